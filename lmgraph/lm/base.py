@@ -1,0 +1,132 @@
+"""The model interface: one async method, plus plain request/response records.
+
+A backend implements :class:`LM`: ``async complete(request) -> LMResponse`` and an
+``identity()`` dict used for cache keys. Wrappers (cache, retry, budget, concurrency)
+implement the same protocol around an inner LM.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+
+@dataclass(frozen=True, kw_only=True)
+class Message:
+    role: str  # "system" | "user" | "assistant"
+    content: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"role": self.role, "content": self.content}
+
+
+@dataclass(frozen=True, kw_only=True)
+class LMRequest:
+    """One model call. Exactly one of ``messages`` (chat) or ``prompt`` (raw completion).
+
+    ``rollout`` distinguishes otherwise identical requests so that optimizers can ask for
+    fresh samples without bypassing the cache. ``json_schema`` asks for structured
+    (grammar-constrained where the backend supports it) JSON output.
+    """
+
+    messages: tuple[Message, ...] | None = None
+    prompt: str | None = None
+    temperature: float = 0.0
+    max_tokens: int = 256
+    stop: tuple[str, ...] = ()
+    seed: int = 0
+    top_p: float = 1.0
+    json_schema: dict[str, Any] | None = None
+    logprobs: bool = False
+    rollout: int = 0
+    use_cache: bool = True
+    node: str | None = None  # for accounting/tracing only; not part of the cache key
+
+    def __post_init__(self) -> None:
+        if (self.messages is None) == (self.prompt is None):
+            raise ValueError("LMRequest needs exactly one of messages= or prompt=")
+
+    @property
+    def mode(self) -> str:
+        return "chat" if self.messages is not None else "completion"
+
+    def replace(self, **changes: Any) -> "LMRequest":
+        return dataclasses.replace(self, **changes)
+
+    def canonical(self) -> dict[str, Any]:
+        """Everything that determines the completion (used for cache keys)."""
+        return {
+            "messages": [m.to_dict() for m in self.messages] if self.messages is not None else None,
+            "prompt": self.prompt,
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+            "stop": list(self.stop),
+            "seed": self.seed,
+            "top_p": self.top_p,
+            "json_schema": self.json_schema,
+            "logprobs": self.logprobs,
+            "rollout": self.rollout,
+        }
+
+
+@dataclass(frozen=True, kw_only=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def __add__(self, other: "Usage") -> "Usage":
+        return Usage(prompt_tokens=self.prompt_tokens + other.prompt_tokens,
+                     completion_tokens=self.completion_tokens + other.completion_tokens)
+
+
+@dataclass(frozen=True, kw_only=True)
+class LMResponse:
+    """A normalised completion: plain data only, safe to cache as JSON."""
+
+    text: str
+    usage: Usage = field(default_factory=Usage)
+    model: str = ""
+    finish_reason: str | None = None
+    logprobs: list[dict[str, Any]] | None = None
+    cost: float | None = None  # dollars, where the backend knows a price
+    cached: bool = False
+    latency_s: float = 0.0
+
+    def replace(self, **changes: Any) -> "LMResponse":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "text": self.text,
+            "usage": {"prompt_tokens": self.usage.prompt_tokens,
+                      "completion_tokens": self.usage.completion_tokens},
+            "model": self.model,
+            "finish_reason": self.finish_reason,
+            "logprobs": self.logprobs,
+            "cost": self.cost,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "LMResponse":
+        u = data.get("usage") or {}
+        return cls(text=data["text"],
+                   usage=Usage(prompt_tokens=int(u.get("prompt_tokens", 0)),
+                               completion_tokens=int(u.get("completion_tokens", 0))),
+                   model=data.get("model", ""), finish_reason=data.get("finish_reason"),
+                   logprobs=data.get("logprobs"), cost=data.get("cost"))
+
+
+@runtime_checkable
+class LM(Protocol):
+    """What every backend and wrapper implements."""
+
+    async def complete(self, request: LMRequest) -> LMResponse: ...
+
+    def identity(self) -> dict[str, Any]:
+        """A JSON-able description of the model (backend, endpoint, model identity)."""
+        ...
