@@ -1,0 +1,23 @@
+"""lmgraph: a declarative LLM pipeline compiler.
+
+Declare a pipeline as a typed graph of modules, run it (independent nodes concurrently) on
+an API model, a local server or the embedded SmolLM2 model, and compile it into a better one.
+"""
+
+from .context import RunContext
+from .errors import (ArtifactError, BudgetExceeded, DefinitionError, InputError, LmgraphError, LMError,
+                     OutputParseError, PipelineValidationError, RunError, SignatureError)
+from .lm.base import LM, LMRequest, LMResponse
+from .lm.wrappers import Budget
+from .modules import ChainOfThought, Module, Predict
+from .pipeline import Pipeline, Prediction, Program, Result, Trace, const
+from .signatures import FieldSpec, InputField, OutputField, Signature
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "LM", "ArtifactError", "Budget", "BudgetExceeded", "ChainOfThought", "DefinitionError", "FieldSpec",
+    "InputError", "InputField", "LMError", "LMRequest", "LMResponse", "LmgraphError", "Module",
+    "OutputField", "OutputParseError", "Pipeline", "PipelineValidationError", "Predict", "Prediction",
+    "Program", "Result", "RunContext", "RunError", "Signature", "SignatureError", "Trace", "const",
+]

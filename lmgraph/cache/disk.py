@@ -1,0 +1,133 @@
+"""A persistent cache of model calls: :mod:`diskcache` on disk, an LRU in memory in front.
+
+Values are stored as JSON text, never pickles, so a cache directory can be inspected,
+shared and loaded without executing anything.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import diskcache
+
+from .memory import MemoryCache
+
+logger = logging.getLogger(__name__)
+
+CACHE_DIR_ENV = "LMGRAPH_CACHE_DIR"
+
+
+def default_cache_dir() -> Path:
+    """``$LMGRAPH_CACHE_DIR`` if set, else ``~/.cache/lmgraph/calls``."""
+    env = os.environ.get(CACHE_DIR_ENV)
+    if env:
+        return Path(env).expanduser()
+    return Path.home() / ".cache" / "lmgraph" / "calls"
+
+
+class DiskCache:
+    """Persistent key -> dict cache.
+
+    The on-disk store is opened lazily on the first :meth:`get`/:meth:`set`; constructing a
+    ``DiskCache`` touches nothing on disk. ``size_limit`` (bytes) is enforced by diskcache's
+    LRU eviction.
+    """
+
+    def __init__(self, directory: str | os.PathLike[str] | None = None, *,
+                 memory_size: int = 4096, size_limit: int = 2**30) -> None:
+        self.directory = Path(directory).expanduser() if directory is not None else default_cache_dir()
+        self.size_limit = size_limit
+        self.memory = MemoryCache(memory_size)
+        self._disk: diskcache.Cache | None = None
+        self._open_lock = threading.Lock()
+        self._stats_lock = threading.Lock()
+        self._counts = {"memory_hits": 0, "disk_hits": 0, "misses": 0}
+
+    def _store(self) -> diskcache.Cache:
+        disk = self._disk
+        if disk is None:
+            with self._open_lock:
+                disk = self._disk
+                if disk is None:
+                    import diskcache
+
+                    disk = diskcache.Cache(str(self.directory), size_limit=self.size_limit)
+                    self._disk = disk
+        return disk
+
+    def _count(self, what: str) -> None:
+        with self._stats_lock:
+            self._counts[what] += 1
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        """The value stored under ``key``, or None. Disk hits are copied to the memory front."""
+        value = self.memory.get(key)
+        if value is not None:
+            self._count("memory_hits")
+            return value
+        raw = self._store().get(key, default=None, retry=True)
+        value = self._decode(key, raw)
+        if value is None:
+            self._count("misses")
+            return None
+        self._count("disk_hits")
+        self.memory.set(key, value)
+        return value
+
+    def set(self, key: str, value: dict[str, Any]) -> None:
+        """Store ``value`` (which must be JSON-serialisable) on disk and in memory."""
+        text = json.dumps(value, ensure_ascii=False)
+        self._store().set(key, text, retry=True)
+        self.memory.set(key, value)
+
+    @staticmethod
+    def _decode(key: str, raw: object) -> dict[str, Any] | None:
+        if raw is None:
+            return None
+        if not isinstance(raw, str):
+            logger.warning("ignoring non-JSON cache entry %s (%s)", key, type(raw).__name__)
+            return None
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            logger.warning("ignoring corrupt cache entry %s", key)
+            return None
+        if not isinstance(value, dict):
+            logger.warning("ignoring cache entry %s: not a JSON object", key)
+            return None
+        return value
+
+    def stats(self) -> dict[str, int]:
+        """Lookup counts since construction: ``hits``, ``memory_hits``, ``disk_hits``, ``misses``."""
+        with self._stats_lock:
+            c = self._counts
+            return {"hits": c["memory_hits"] + c["disk_hits"], "memory_hits": c["memory_hits"],
+                    "disk_hits": c["disk_hits"], "misses": c["misses"]}
+
+    def clear(self) -> None:
+        """Remove every entry, on disk and in memory."""
+        self.memory.clear()
+        self._store().clear(retry=True)
+
+    def close(self) -> None:
+        """Close the on-disk store (it is reopened on next use) and drop the memory front."""
+        with self._open_lock:
+            disk, self._disk = self._disk, None
+        if disk is not None:
+            disk.close()
+        self.memory.clear()
+
+    def __enter__(self) -> "DiskCache":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"DiskCache({str(self.directory)!r})"

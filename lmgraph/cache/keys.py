@@ -1,0 +1,50 @@
+"""Cache keys for model calls.
+
+A key is the SHA-256 of the canonical JSON of the model identity plus everything in the
+request that determines the completion. Accounting-only fields (``node``, ``use_cache``)
+are not part of it, and credential-looking entries of the identity are dropped first so
+keys (and anything derived from them) never depend on, or leak, secrets.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from typing import Any
+
+from ..lm.base import LMRequest
+
+KEY_VERSION = 1
+
+_SENSITIVE_MARKERS = ("api_key", "apikey", "secret", "password", "authorization")
+
+
+def _is_sensitive(name: object) -> bool:
+    """Credential-like key names; 'token' counts only as a whole word (not ``max_tokens``)."""
+    lowered = str(name).lower()
+    return any(marker in lowered for marker in _SENSITIVE_MARKERS) or \
+        "token" in re.split(r"[^a-z0-9]+", lowered)
+
+
+def strip_credentials(value: Any) -> Any:
+    """Return a copy of ``value`` without dict entries whose key names look like credentials.
+
+    Recurses through dicts, lists and tuples; other values are returned unchanged.
+    """
+    if isinstance(value, dict):
+        return {k: strip_credentials(v) for k, v in value.items() if not _is_sensitive(k)}
+    if isinstance(value, (list, tuple)):
+        return [strip_credentials(v) for v in value]
+    return value
+
+
+def canonical_json(value: Any) -> str:
+    """Deterministic JSON text: sorted keys, no whitespace, unescaped unicode."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def cache_key(identity: dict[str, Any], request: LMRequest) -> str:
+    """SHA-256 hex digest identifying the completion of ``request`` by the model ``identity``."""
+    payload = {"v": KEY_VERSION, "lm": strip_credentials(identity), "request": request.canonical()}
+    return hashlib.sha256(canonical_json(payload).encode("utf-8")).hexdigest()

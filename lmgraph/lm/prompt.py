@@ -1,0 +1,369 @@
+"""Prompt formats: render (signature + instructions + demos + inputs) into a request, parse back.
+
+Formats (a per-module parameter an optimizer may change):
+
+* ``completion`` -- one raw text: instructions, then demos and the input as "Field: value" blocks;
+  the prompt ends with the first output label and the model continues. Measured to help small
+  local models most when demos are present.
+* ``chat`` -- system message with instructions and the output format; demos as user/assistant
+  turns; the reply is "Field: value" lines.
+* ``json`` -- chat, but outputs are one JSON object constrained by the output schema
+  (grammar-constrained on llama.cpp).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import typing
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pydantic
+
+from ..errors import OutputParseError
+from ..signatures import FieldSpec, Signature, literal_options, type_adapter, type_to_str
+from .base import LMRequest, Message
+
+FORMATS = ("chat", "completion", "json")
+
+Demo = Mapping[str, Any]
+
+
+# --------------------------------------------------------------------------- value <-> text
+
+def format_value(value: Any, *, as_input: bool = True) -> str:
+    """Render one field value as prompt text."""
+    if isinstance(value, str):
+        return value.strip()
+    if isinstance(value, pydantic.BaseModel):
+        return value.model_dump_json()
+    if isinstance(value, (list, tuple)):
+        if as_input and all(isinstance(v, str) for v in value):
+            return "\n".join(f"[{i}] {v.strip()}" for i, v in enumerate(value, 1)) or "(none)"
+        return json.dumps(jsonable(value), ensure_ascii=False)
+    if isinstance(value, dict):
+        return json.dumps(jsonable(value), ensure_ascii=False)
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if hasattr(value, "value") and not isinstance(value, (int, float)):  # Enum
+        return str(value.value)
+    return str(value)
+
+
+def jsonable(value: Any) -> Any:
+    """Convert a value to plain JSON data (pydantic models, enums, tuples)."""
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, pydantic.BaseModel):
+        return value.model_dump(mode="json")
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if hasattr(value, "value"):
+        return jsonable(value.value)
+    return str(value)
+
+
+_NUM = re.compile(r"[-+]?\$?\d[\d,]*(?:\.\d+)?(?:[eE][-+]?\d+)?|[-+]?\.\d+")
+
+
+def _norm(s: str) -> str:
+    return re.sub(r"[\s_\-]+", " ", s.strip().strip("\"'`*.,;:!()[]{}").lower()).strip()
+
+
+def _extract_json(text: str) -> Any:
+    text = text.strip()
+    if text.startswith("```"):
+        text = re.sub(r"^```[a-zA-Z]*\n?|```\s*$", "", text).strip()
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        pass
+    for open_, close in (("{", "}"), ("[", "]")):
+        i, j = text.find(open_), text.rfind(close)
+        if i != -1 and j > i:
+            try:
+                return json.loads(text[i:j + 1])
+            except json.JSONDecodeError:
+                continue
+    raise ValueError("no JSON value found")
+
+
+def coerce(text: str, annotation: Any) -> Any:
+    """Parse model text into ``annotation``; raises ValueError with a reason."""
+    if annotation is str or annotation is Any:
+        return text.strip()
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin is typing.Union or (origin is not None and type(None) in args):
+        if _norm(text) in ("", "none", "null", "n/a"):
+            if type(None) in args:
+                return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return coerce(text, a)
+            except ValueError as e:
+                errors.append(str(e))
+        raise ValueError("; ".join(errors))
+    options = literal_options(annotation)
+    if options is not None:
+        value = _match_option(text, options)
+        return annotation(value) if isinstance(annotation, type) else value
+    if annotation is bool:
+        n = _norm(text).split(" ")[0] if text.strip() else ""
+        if n in ("yes", "true", "1", "y", "correct", "pass"):
+            return True
+        if n in ("no", "false", "0", "n", "incorrect", "fail"):
+            return False
+        raise ValueError(f"expected yes/no, got {text.strip()[:60]!r}")
+    if annotation in (int, float):
+        m = _NUM.search(text)
+        if not m:
+            raise ValueError(f"expected a number, got {text.strip()[:60]!r}")
+        num = float(m.group(0).replace(",", "").replace("$", ""))
+        if annotation is int:
+            if not num.is_integer():
+                raise ValueError(f"expected an integer, got {m.group(0)}")
+            return int(num)
+        return num
+    if origin in (list, tuple) or annotation in (list, tuple):
+        item = args[0] if args else str
+        try:
+            data = _extract_json(text)
+            if not isinstance(data, list):
+                raise ValueError
+            raw_items = data
+        except ValueError:
+            lines = [re.sub(r"^\s*(?:[-*\u2022]|\d+[.)]|\[\d+\])\s*", "", ln).strip()
+                     for ln in text.strip().splitlines()]
+            raw_items = [ln for ln in lines if ln]
+            if len(raw_items) == 1 and "," in raw_items[0] and item is not str:
+                raw_items = [p.strip() for p in raw_items[0].split(",") if p.strip()]
+        items = [coerce(v, item) if isinstance(v, str) else v for v in raw_items]
+        return type_adapter(annotation).validate_python(items)
+    # dicts, pydantic models, anything else: JSON
+    try:
+        data = _extract_json(text)
+    except ValueError:
+        raise ValueError(f"expected JSON for {type_to_str(annotation)}, got {text.strip()[:80]!r}") from None
+    try:
+        return type_adapter(annotation).validate_python(data)
+    except pydantic.ValidationError as e:
+        raise ValueError(f"JSON does not match {type_to_str(annotation)}: {e.errors()[0]['msg']}") from None
+
+
+def _match_option(text: str, options: Sequence[Any]) -> Any:
+    t = _norm(text)
+    normed = [(_norm(str(o)), o) for o in options]
+    for n, o in normed:
+        if t == n:
+            return o
+    first_line = _norm(text.strip().splitlines()[0]) if text.strip() else ""
+    for n, o in sorted(normed, key=lambda x: -len(x[0])):
+        if first_line.startswith(n) and (len(first_line) == len(n) or not first_line[len(n)].isalnum()):
+            return o
+    found = [o for n, o in normed if re.search(rf"(?<![a-z0-9]){re.escape(n)}(?![a-z0-9])", t)]
+    if len(found) == 1:
+        return found[0]
+    raise ValueError(f"expected one of {', '.join(map(str, options))}; got {text.strip()[:60]!r}")
+
+
+def validate_value(value: Any, annotation: Any) -> Any:
+    """Validate an already-typed value (e.g. a demo or a JSON field)."""
+    if annotation is str and isinstance(value, str):
+        return value
+    if annotation is Any:
+        return value
+    if isinstance(value, str) and annotation is not str:
+        return coerce(value, annotation)
+    return type_adapter(annotation).validate_python(value)
+
+
+# --------------------------------------------------------------------------- field docs
+
+def _type_hint(f: FieldSpec) -> str:
+    opts = literal_options(f.annotation)
+    if opts is not None:
+        return "one of: " + ", ".join(str(o) for o in opts)
+    if f.annotation is str:
+        return ""
+    if f.annotation in (int, float):
+        return "a number"
+    if f.annotation is bool:
+        return "yes or no"
+    return f"JSON {type_to_str(f.annotation)}"
+
+
+def _field_doc(f: FieldSpec, *, output: bool) -> str:
+    bits = [b for b in (f.desc, _type_hint(f) if output else "") if b]
+    return f"{f.label}: {'; '.join(bits)}" if bits else ""
+
+
+def _header(sig: Signature, instructions: str) -> str:
+    docs = [d for d in ([_field_doc(f, output=False) for f in sig.inputs]
+                        + [_field_doc(f, output=True) for f in sig.outputs]) if d]
+    if docs:
+        return instructions.strip() + "\n\n" + "\n".join(docs)
+    return instructions.strip()
+
+
+def _block(fields: Sequence[FieldSpec], values: Mapping[str, Any], *, as_input: bool) -> str:
+    lines = []
+    for f in fields:
+        v = format_value(values[f.name], as_input=as_input)
+        sep = "\n" if "\n" in v or (as_input and isinstance(values[f.name], (list, tuple))) else " "
+        lines.append(f"{f.label}:{sep}{v}")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- formats
+
+class PromptFormat:
+    name = "base"
+
+    def render(self, sig: Signature, instructions: str, demos: Sequence[Demo],
+               inputs: Mapping[str, Any], **params: Any) -> LMRequest:
+        raise NotImplementedError
+
+    def parse(self, sig: Signature, text: str) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def repair(self, request: LMRequest, text: str, error: Exception, sig: Signature) -> LMRequest:
+        """One follow-up request that shows the model its unparseable output and the rule."""
+        note = (f"The previous answer could not be read ({error}). Answer again, giving "
+                + ", ".join(f"'{f.label}:'" for f in sig.outputs) + " each on its own line.")
+        if request.messages is not None:
+            msgs = (*request.messages, Message(role="assistant", content=text),
+                    Message(role="user", content=note))
+            return request.replace(messages=msgs)
+        return request.replace(prompt=request.prompt + text.rstrip() + "\n\n" + note + "\n"
+                               + sig.outputs[0].label + ":")
+
+
+def _split_labels(sig: Signature, text: str, first: FieldSpec | None) -> dict[str, str]:
+    """Split "Label: value" sections. ``first`` = field whose label was prefilled."""
+    labels = {_norm(f.label): f.name for f in sig.outputs}
+    labels.update({_norm(f.name): f.name for f in sig.outputs})
+    pattern = re.compile(
+        r"^[ \t*#]*(" + "|".join(re.escape(f.label) for f in sig.outputs)
+        + "|" + "|".join(re.escape(f.name) for f in sig.outputs) + r")[ \t*]*:[ \t]*",
+        re.IGNORECASE | re.MULTILINE)
+    sections: dict[str, str] = {}
+    pos = 0
+    current = first.name if first is not None else None
+    for m in pattern.finditer(text):
+        if current is not None and current not in sections:
+            sections[current] = text[pos:m.start()]
+        name = labels[_norm(m.group(1))]
+        current = name if name not in sections else None
+        pos = m.end()
+    if current is not None and current not in sections:
+        sections[current] = text[pos:]
+    return {k: v.strip() for k, v in sections.items()}
+
+
+def _typed(sig: Signature, sections: Mapping[str, str], text: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for f in sig.outputs:
+        if f.name not in sections:
+            if len(sig.outputs) == 1 and text.strip():
+                raw = text.strip()
+            else:
+                raise OutputParseError(f"missing '{f.label}:' in the model output", field=f.name, raw=text)
+        else:
+            raw = sections[f.name]
+        try:
+            out[f.name] = coerce(raw, f.annotation)
+        except ValueError as e:
+            raise OutputParseError(str(e), field=f.name, raw=text) from None
+    return out
+
+
+class CompletionFormat(PromptFormat):
+    name = "completion"
+
+    def render(self, sig: Signature, instructions: str, demos: Sequence[Demo],
+               inputs: Mapping[str, Any], **params: Any) -> LMRequest:
+        parts = [_header(sig, instructions)]
+        for d in demos:
+            parts.append(_block(sig.inputs, d, as_input=True) + "\n" + _block(sig.outputs, d, as_input=False))
+        parts.append(_block(sig.inputs, inputs, as_input=True) + "\n" + sig.outputs[0].label + ":")
+        stop = ["\n\n"]
+        if sig.inputs:
+            stop.append("\n" + sig.inputs[0].label + ":")
+        return LMRequest(prompt="\n\n".join(parts), stop=tuple(stop), **params)
+
+    def parse(self, sig: Signature, text: str) -> dict[str, Any]:
+        return _typed(sig, _split_labels(sig, text, sig.outputs[0]), text)
+
+
+class ChatFormat(PromptFormat):
+    name = "chat"
+
+    def render(self, sig: Signature, instructions: str, demos: Sequence[Demo],
+               inputs: Mapping[str, Any], **params: Any) -> LMRequest:
+        system = _header(sig, instructions) + "\n\nReply with " + ", then ".join(
+            f"'{f.label}: ...'" for f in sig.outputs) + (", each on its own line." if len(sig.outputs) > 1 else ".")
+        msgs = [Message(role="system", content=system)]
+        for d in demos:
+            msgs.append(Message(role="user", content=_block(sig.inputs, d, as_input=True)))
+            msgs.append(Message(role="assistant", content=_block(sig.outputs, d, as_input=False)))
+        msgs.append(Message(role="user", content=_block(sig.inputs, inputs, as_input=True)))
+        return LMRequest(messages=tuple(msgs), **params)
+
+    def parse(self, sig: Signature, text: str) -> dict[str, Any]:
+        return _typed(sig, _split_labels(sig, text, None), text)
+
+
+class JSONFormat(PromptFormat):
+    name = "json"
+
+    def render(self, sig: Signature, instructions: str, demos: Sequence[Demo],
+               inputs: Mapping[str, Any], **params: Any) -> LMRequest:
+        keys = ", ".join(f'"{f.name}"' for f in sig.outputs)
+        system = _header(sig, instructions) + f"\n\nReply with one JSON object with the keys {keys}."
+        msgs = [Message(role="system", content=system)]
+        for d in demos:
+            msgs.append(Message(role="user", content=_block(sig.inputs, d, as_input=True)))
+            msgs.append(Message(role="assistant", content=json.dumps(
+                {f.name: jsonable(d[f.name]) for f in sig.outputs}, ensure_ascii=False)))
+        msgs.append(Message(role="user", content=_block(sig.inputs, inputs, as_input=True)))
+        return LMRequest(messages=tuple(msgs), json_schema=sig.output_json_schema(), **params)
+
+    def parse(self, sig: Signature, text: str) -> dict[str, Any]:
+        try:
+            data = _extract_json(text)
+        except ValueError:
+            raise OutputParseError("the output is not JSON", raw=text) from None
+        if not isinstance(data, dict):
+            raise OutputParseError("expected a JSON object", raw=text)
+        out = {}
+        for f in sig.outputs:
+            if f.name not in data:
+                raise OutputParseError(f"missing key {f.name!r}", field=f.name, raw=text)
+            try:
+                out[f.name] = validate_value(data[f.name], f.annotation)
+            except (ValueError, pydantic.ValidationError) as e:
+                raise OutputParseError(str(e).splitlines()[0], field=f.name, raw=text) from None
+        return out
+
+    def repair(self, request: LMRequest, text: str, error: Exception, sig: Signature) -> LMRequest:
+        assert request.messages is not None
+        note = f"The previous answer was not valid ({error}). Reply with only the JSON object."
+        return request.replace(messages=(*request.messages, Message(role="assistant", content=text),
+                                         Message(role="user", content=note)))
+
+
+_FORMATS: dict[str, PromptFormat] = {f.name: f for f in (CompletionFormat(), ChatFormat(), JSONFormat())}
+
+
+def get_format(name: str) -> PromptFormat:
+    try:
+        return _FORMATS[name]
+    except KeyError:
+        raise ValueError(f"unknown prompt format {name!r}; choose one of {', '.join(FORMATS)}") from None

@@ -1,0 +1,449 @@
+"""LM wrappers: caching, retries, concurrency limits, hard budgets and usage metering.
+
+Each wrapper implements the :class:`~lmgraph.lm.base.LM` protocol around an inner LM and
+reports the inner LM's ``identity()``. :func:`build_stack` composes them in the standard
+order, outermost first::
+
+    MeteredLM -> BudgetLM -> CachedLM -> RetryLM -> ConcurrencyLimitedLM -> backend
+
+The budget sits outside the cache (cache hits are free unless asked otherwise), and the
+retry sits outside the concurrency limit (a request waiting out its backoff holds no slot).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+
+from ..cache import Cache, cache_key
+from ..errors import BudgetExceeded, LMError, OutputParseError
+from .base import LM, LMRequest, LMResponse
+
+__all__ = [
+    "Budget",
+    "BudgetLM",
+    "BudgetMeter",
+    "CachedLM",
+    "ConcurrencyLimitedLM",
+    "DEFAULT_RETRY_ON",
+    "MeteredLM",
+    "RetryLM",
+    "UsageMeter",
+    "build_stack",
+]
+
+
+class _Wrapper:
+    """Shared plumbing: keeps the inner LM and forwards ``identity()``."""
+
+    def __init__(self, inner: LM) -> None:
+        self.inner = inner
+
+    def identity(self) -> dict[str, Any]:
+        return self.inner.identity()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.inner!r})"
+
+
+# --------------------------------------------------------------------------- cache
+
+
+class _Flight:
+    """One in-progress backend call that identical concurrent requests wait on."""
+
+    __slots__ = ("done", "result", "error")
+
+    def __init__(self) -> None:
+        self.done = asyncio.Event()
+        self.result: dict[str, Any] | None = None
+        self.error: Exception | None = None
+
+
+class CachedLM(_Wrapper):
+    """Answers repeated requests from ``cache``; identical concurrent misses share one call.
+
+    Requests with ``use_cache=False`` go straight to the inner LM (no read, no write).
+    Responses served from the cache, or from another request's in-flight call, come back
+    with ``cached=True`` and ``latency_s=0.0``.
+    """
+
+    def __init__(self, inner: LM, cache: Cache) -> None:
+        super().__init__(inner)
+        self.cache = cache
+        self._flights: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, _Flight]] = (
+            weakref.WeakKeyDictionary())
+        self._flights_lock = threading.Lock()
+
+    def _loop_flights(self) -> dict[str, _Flight]:
+        loop = asyncio.get_running_loop()
+        with self._flights_lock:
+            flights = self._flights.get(loop)
+            if flights is None:
+                flights = self._flights[loop] = {}
+            return flights
+
+    @staticmethod
+    def _hit(data: dict[str, Any]) -> LMResponse:
+        return LMResponse.from_dict(data).replace(cached=True, latency_s=0.0)
+
+    async def complete(self, request: LMRequest) -> LMResponse:
+        if not request.use_cache:
+            return await self.inner.complete(request)
+        key = cache_key(self.inner.identity(), request)
+        flights = self._loop_flights()
+        while True:
+            data = self.cache.get(key)
+            if data is not None:
+                return self._hit(data)
+            flight = flights.get(key)
+            if flight is None:
+                break
+            await flight.done.wait()
+            if flight.result is not None:
+                return self._hit(flight.result)
+            if flight.error is not None:
+                raise flight.error
+            # The leading call was cancelled: look again, and lead if nobody else does.
+
+        flight = flights[key] = _Flight()
+        try:
+            response = await self.inner.complete(request)
+            data = response.to_dict()
+            self.cache.set(key, data)
+            flight.result = data
+            return response
+        except Exception as exc:
+            flight.error = exc
+            raise
+        finally:
+            if flights.get(key) is flight:
+                del flights[key]
+            flight.done.set()
+
+
+# --------------------------------------------------------------------------- retry
+
+DEFAULT_RETRY_ON: tuple[type[BaseException], ...] = (LMError, ConnectionError, TimeoutError, OSError)
+_NEVER_RETRY: tuple[type[BaseException], ...] = (BudgetExceeded, OutputParseError)
+
+
+class RetryLM(_Wrapper):
+    """Retries transient failures with exponential backoff and full jitter (via tenacity).
+
+    Makes at most ``attempts`` calls; the wait before retry *n* is uniform in
+    ``[0, min(max_wait, initial_wait * 2**(n-1))]``. The last error is re-raised as is.
+    :class:`BudgetExceeded` and :class:`OutputParseError` are never retried.
+    """
+
+    def __init__(self, inner: LM, *, attempts: int = 3, initial_wait: float = 0.5,
+                 max_wait: float = 8.0,
+                 retry_on: tuple[type[BaseException], ...] = DEFAULT_RETRY_ON) -> None:
+        super().__init__(inner)
+        if attempts < 1:
+            raise ValueError(f"attempts must be >= 1, got {attempts}")
+        if initial_wait < 0 or max_wait < 0:
+            raise ValueError("initial_wait and max_wait must be >= 0")
+        self.attempts = attempts
+        self.initial_wait = initial_wait
+        self.max_wait = max_wait
+        self.retry_on = tuple(retry_on)
+
+    def _should_retry(self, exc: BaseException) -> bool:
+        return isinstance(exc, self.retry_on) and not isinstance(exc, _NEVER_RETRY)
+
+    async def complete(self, request: LMRequest) -> LMResponse:
+        from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_random_exponential
+
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self.attempts),
+            wait=wait_random_exponential(multiplier=self.initial_wait, max=self.max_wait),
+            retry=retry_if_exception(self._should_retry),
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                return await self.inner.complete(request)
+        raise AssertionError("unreachable: tenacity either returns or re-raises")  # pragma: no cover
+
+
+# --------------------------------------------------------------------------- concurrency
+
+
+class ConcurrencyLimitedLM(_Wrapper):
+    """At most ``max_concurrency`` calls in flight at once (per event loop)."""
+
+    def __init__(self, inner: LM, max_concurrency: int) -> None:
+        super().__init__(inner)
+        if max_concurrency < 1:
+            raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
+        self.max_concurrency = max_concurrency
+        self._semaphores: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+            weakref.WeakKeyDictionary())
+        self._lock = threading.Lock()
+
+    def _semaphore(self) -> asyncio.Semaphore:
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            sem = self._semaphores.get(loop)
+            if sem is None:
+                sem = self._semaphores[loop] = asyncio.Semaphore(self.max_concurrency)
+            return sem
+
+    async def complete(self, request: LMRequest) -> LMResponse:
+        async with self._semaphore():
+            return await self.inner.complete(request)
+
+
+# --------------------------------------------------------------------------- budget
+
+
+@dataclass(frozen=True, kw_only=True)
+class Budget:
+    """Hard limits on model spend; ``None`` means unlimited. Tokens are prompt + completion."""
+
+    max_calls: int | None = None
+    max_tokens: int | None = None
+    max_dollars: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("max_calls", "max_tokens", "max_dollars"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ValueError(f"Budget.{name} must be >= 0, got {value}")
+
+
+class BudgetMeter:
+    """Thread-safe spend counters checked against a :class:`Budget`.
+
+    Calls can be reserved (:meth:`reserve`) so concurrent callers can never exceed
+    ``max_calls``. Token and dollar limits are checked before a call, so the call that
+    crosses such a limit completes and only later calls are refused.
+    """
+
+    def __init__(self, budget: Budget) -> None:
+        self.budget = budget
+        self._lock = threading.Lock()
+        self.calls = 0
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+        self.dollars = 0.0
+        self.cache_hits = 0
+        self._reserved = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def _problem(self) -> str | None:
+        b = self.budget
+        calls = self.calls + self._reserved
+        if b.max_calls is not None and calls >= b.max_calls:
+            return f"call budget spent: {calls}/{b.max_calls} calls used"
+        if b.max_tokens is not None and self.total_tokens >= b.max_tokens:
+            return f"token budget spent: {self.total_tokens}/{b.max_tokens} tokens used"
+        if b.max_dollars is not None and self.dollars >= b.max_dollars:
+            return f"dollar budget spent: ${self.dollars:.4f}/${b.max_dollars:.4f} used"
+        return None
+
+    def check(self) -> None:
+        """Raise :class:`BudgetExceeded` if any limit is already reached."""
+        with self._lock:
+            problem = self._problem()
+        if problem is not None:
+            raise BudgetExceeded(problem)
+
+    @contextmanager
+    def reserve(self) -> Iterator[None]:
+        """Check the budget and hold one call slot for the duration of the block.
+
+        Record the response inside the block so the slot turns into a counted call
+        without a window in which another caller could slip past the limit.
+        """
+        with self._lock:
+            problem = self._problem()
+            if problem is None:
+                self._reserved += 1
+        if problem is not None:
+            raise BudgetExceeded(problem)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._reserved -= 1
+
+    def record(self, response: LMResponse) -> None:
+        """Count one model call and its tokens and cost."""
+        with self._lock:
+            self.calls += 1
+            self.prompt_tokens += response.usage.prompt_tokens
+            self.completion_tokens += response.usage.completion_tokens
+            if response.cost is not None:
+                self.dollars += response.cost
+
+    def record_cache_hit(self) -> None:
+        """Count a response served from the cache (free under the budget)."""
+        with self._lock:
+            self.cache_hits += 1
+
+    def remaining(self) -> dict[str, float | int | None]:
+        """What is left of each limit (``None`` for unlimited), never below zero."""
+        b = self.budget
+        with self._lock:
+            return {
+                "calls": None if b.max_calls is None else max(0, b.max_calls - self.calls - self._reserved),
+                "tokens": None if b.max_tokens is None else max(0, b.max_tokens - self.total_tokens),
+                "dollars": None if b.max_dollars is None else max(0.0, b.max_dollars - self.dollars),
+            }
+
+    @property
+    def exhausted(self) -> bool:
+        """True once any limit is reached (the next :meth:`check` would raise)."""
+        with self._lock:
+            return self._problem() is not None
+
+    def snapshot(self) -> dict[str, float | int]:
+        """The counters as a plain dict."""
+        with self._lock:
+            return {"calls": self.calls, "prompt_tokens": self.prompt_tokens,
+                    "completion_tokens": self.completion_tokens, "total_tokens": self.total_tokens,
+                    "dollars": self.dollars, "cache_hits": self.cache_hits}
+
+    def __repr__(self) -> str:
+        return f"BudgetMeter({self.budget!r}, used={self.snapshot()!r})"
+
+
+class BudgetLM(_Wrapper):
+    """Refuses calls once ``meter``'s budget is spent and records every call made.
+
+    Cache hits (``response.cached``) only count as ``cache_hits`` unless
+    ``count_cache_hits=True``, in which case they are charged like real calls.
+    """
+
+    def __init__(self, inner: LM, meter: BudgetMeter, *, count_cache_hits: bool = False) -> None:
+        super().__init__(inner)
+        self.meter = meter
+        self.count_cache_hits = count_cache_hits
+
+    async def complete(self, request: LMRequest) -> LMResponse:
+        with self.meter.reserve():
+            response = await self.inner.complete(request)
+            if response.cached:
+                self.meter.record_cache_hit()
+            if not response.cached or self.count_cache_hits:
+                self.meter.record(response)
+        return response
+
+
+# --------------------------------------------------------------------------- usage
+
+UNNAMED_NODE = "<unnamed>"
+
+
+def _zero_usage() -> dict[str, float | int]:
+    return {"requests": 0, "calls": 0, "cache_hits": 0, "errors": 0,
+            "prompt_tokens": 0, "completion_tokens": 0, "dollars": 0.0}
+
+
+class UsageMeter:
+    """Thread-safe per-node accounting of model use (node from ``request.node``).
+
+    ``requests`` counts every response, ``calls`` those that reached the backend and
+    ``cache_hits`` those that did not; tokens and dollars are summed over real calls only.
+    ``errors`` counts requests that raised.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._nodes: dict[str, dict[str, float | int]] = {}
+
+    def _entry(self, node: str | None) -> dict[str, float | int]:
+        name = node or UNNAMED_NODE
+        entry = self._nodes.get(name)
+        if entry is None:
+            entry = self._nodes[name] = _zero_usage()
+        return entry
+
+    def record(self, request: LMRequest, response: LMResponse) -> None:
+        with self._lock:
+            entry = self._entry(request.node)
+            entry["requests"] += 1
+            if response.cached:
+                entry["cache_hits"] += 1
+                return
+            entry["calls"] += 1
+            entry["prompt_tokens"] += response.usage.prompt_tokens
+            entry["completion_tokens"] += response.usage.completion_tokens
+            if response.cost is not None:
+                entry["dollars"] += response.cost
+
+    def record_error(self, request: LMRequest) -> None:
+        with self._lock:
+            self._entry(request.node)["errors"] += 1
+
+    def by_node(self) -> dict[str, dict[str, float | int]]:
+        """A copy of the counters per node name."""
+        with self._lock:
+            return {name: dict(entry) for name, entry in self._nodes.items()}
+
+    def total(self) -> dict[str, float | int]:
+        """The counters summed over all nodes."""
+        out = _zero_usage()
+        for entry in self.by_node().values():
+            for k, v in entry.items():
+                out[k] += v
+        return out
+
+    def reset(self) -> None:
+        with self._lock:
+            self._nodes.clear()
+
+
+class MeteredLM(_Wrapper):
+    """Records every request's outcome in a :class:`UsageMeter`."""
+
+    def __init__(self, inner: LM, usage_meter: UsageMeter) -> None:
+        super().__init__(inner)
+        self.usage_meter = usage_meter
+
+    async def complete(self, request: LMRequest) -> LMResponse:
+        try:
+            response = await self.inner.complete(request)
+        except Exception:
+            self.usage_meter.record_error(request)
+            raise
+        self.usage_meter.record(request, response)
+        return response
+
+
+# --------------------------------------------------------------------------- composition
+
+
+def build_stack(backend: LM, *, cache: Cache | None = None, retry_attempts: int | None = 3,
+                max_concurrency: int | None = None, budget_meter: BudgetMeter | None = None,
+                usage_meter: UsageMeter | None = None) -> LM:
+    """Wrap ``backend`` in the standard order, skipping layers not asked for.
+
+    Outermost first: Metered -> Cache -> Budget -> Retry -> ConcurrencyLimit -> backend.
+    The budget sits inside the cache: cache hits are free and stay available after the
+    budget is spent (a resumed compile replays its cached calls without new spending).
+    Retries are skipped when ``retry_attempts`` is None or <= 1.
+    """
+    lm: LM = backend
+    if max_concurrency is not None:
+        lm = ConcurrencyLimitedLM(lm, max_concurrency)
+    if retry_attempts is not None and retry_attempts > 1:
+        lm = RetryLM(lm, attempts=retry_attempts)
+    if budget_meter is not None:
+        lm = BudgetLM(lm, budget_meter)
+    if cache is not None:
+        lm = CachedLM(lm, cache)
+    if usage_meter is not None:
+        lm = MeteredLM(lm, usage_meter)
+    return lm

@@ -1,0 +1,165 @@
+"""The module contract shared by every node kind.
+
+A module is an immutable value: its configuration (signature, instructions, demos, prompt
+format, model name, decoding settings) plus, for some kinds, named runtime *resources*
+(a retriever, Python tools, a reward function) that are bound by name when an artifact is
+loaded -- never serialized as code.
+
+``forward(inputs, call)`` does the work; ``call`` is the executor's per-node handle
+(:class:`lmgraph.pipeline.executor.NodeCall`) that owns the model, tracing and budget.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from ..errors import ArtifactError, DefinitionError
+from ..lm.prompt import FORMATS, jsonable, validate_value
+from ..signatures import Signature
+
+if TYPE_CHECKING:
+    from ..pipeline.executor import NodeCall
+
+#: kind name -> module class; the closed set of node kinds an artifact may contain.
+MODULE_KINDS: dict[str, type["Module"]] = {}
+
+FORMAT_CHOICES = ("auto", *FORMATS)
+
+
+class Module:
+    """Base class of all node kinds."""
+
+    kind: ClassVar[str] = ""
+    #: names of attributes an optimizer may change with ``replace``
+    tunable: ClassVar[tuple[str, ...]] = ()
+
+    _frozen: bool = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.kind:
+            MODULE_KINDS[cls.kind] = cls
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        if self._frozen:
+            raise AttributeError(f"{type(self).__name__} is immutable; use .replace({key}=...)")
+        object.__setattr__(self, key, value)
+
+    def _freeze(self) -> None:
+        object.__setattr__(self, "_frozen", True)
+
+    # ---- contract every kind implements
+    @property
+    def signature(self) -> Signature:
+        """The node's external inputs/outputs (what edges connect to)."""
+        raise NotImplementedError
+
+    async def forward(self, inputs: dict[str, Any], call: "NodeCall") -> dict[str, Any]:
+        raise NotImplementedError
+
+    def config(self) -> dict[str, Any]:
+        """JSON-able configuration (no resources, no code)."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any], *, resources: Mapping[str, Any],
+                    types: Mapping[str, Any] | None) -> "Module":
+        raise NotImplementedError
+
+    def resources(self) -> dict[str, Any]:
+        """Named runtime objects this module needs (bound by name on load)."""
+        return {}
+
+    def submodules(self) -> dict[str, "Module"]:
+        """Inner modules (for modules built from others), for optimizers and rendering."""
+        return {}
+
+    # ---- shared behaviour
+    def replace(self, **changes: Any) -> "Module":
+        """A copy with some tunable attributes changed (modules are never mutated)."""
+        bad = [k for k in changes if k not in self.tunable]
+        if bad:
+            raise DefinitionError(f"{type(self).__name__} has no tunable parameter {bad[0]!r}",
+                                  fix=f"tunable parameters are: {', '.join(self.tunable) or 'none'}.")
+        new = copy.copy(self)
+        object.__setattr__(new, "_frozen", False)
+        for k, v in changes.items():
+            setattr(new, k, _normalise_param(k, v, new))
+        new._check()
+        new._freeze()
+        return new
+
+    def _check(self) -> None:
+        """Validate configuration; raise DefinitionError naming the fix."""
+
+    def parameters(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.tunable}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, **self.config()}
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and self.to_dict() == other.to_dict() \
+            and self.resources().keys() == other.resources().keys()  # type: ignore[union-attr]
+
+    def __hash__(self) -> int:
+        return hash((self.kind, repr(sorted(self.resources()))))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.signature.shorthand()!r})"
+
+    def describe(self) -> str:
+        return type(self).__name__
+
+
+def module_from_dict(data: Mapping[str, Any], *, resources: Mapping[str, Any],
+                     types: Mapping[str, Any] | None, node: str | None = None) -> Module:
+    kind = data.get("kind")
+    cls = MODULE_KINDS.get(str(kind))
+    if cls is None:
+        raise ArtifactError(f"unknown module kind {kind!r}", node=node,
+                            fix=f"known kinds: {', '.join(sorted(MODULE_KINDS))}.")
+    try:
+        return cls.from_config({k: v for k, v in data.items() if k != "kind"},
+                               resources=resources, types=types)
+    except KeyError as e:
+        raise ArtifactError(f"module config lacks {e}", node=node) from None
+
+
+def need_resource(resources: Mapping[str, Any], name: str, what: str) -> Any:
+    try:
+        return resources[name]
+    except KeyError:
+        raise ArtifactError(f"this artifact needs the {what} named {name!r}",
+                            fix=f"pass resources={{{name!r}: ...}} to Program.load().") from None
+
+
+def _normalise_param(key: str, value: Any, module: Module) -> Any:
+    if key == "demos":
+        return normalise_demos(value, getattr(module, "signature_for_demos", module.signature))
+    if key == "format" and value not in FORMAT_CHOICES:
+        raise DefinitionError(f"unknown prompt format {value!r}",
+                              fix=f"choose one of {', '.join(FORMAT_CHOICES)}.")
+    return value
+
+
+def normalise_demos(demos: Any, sig: Signature) -> tuple[dict[str, Any], ...]:
+    """Validate demos against the signature and store them as plain JSON data."""
+    out = []
+    for i, d in enumerate(demos or ()):
+        if not isinstance(d, Mapping):
+            raise DefinitionError(f"demo #{i} is a {type(d).__name__}, not a mapping",
+                                  fix="pass demos as dicts of field name -> value.")
+        row = {}
+        for f in (*sig.inputs, *sig.outputs):
+            if f.name not in d:
+                raise DefinitionError(f"demo #{i} lacks field {f.name!r}", field=f.name,
+                                      fix=f"every demo needs {', '.join(sig.input_names + sig.output_names)}.")
+            try:
+                row[f.name] = jsonable(validate_value(d[f.name], f.annotation))
+            except Exception as e:  # noqa: BLE001 - report any validation failure the same way
+                raise DefinitionError(f"demo #{i} has a bad value: {e}", field=f.name) from None
+        out.append(row)
+    return tuple(out)

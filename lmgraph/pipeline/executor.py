@@ -1,0 +1,243 @@
+"""The async executor: run ready nodes concurrently, trace everything, fail loudly per node.
+
+One async core (:func:`execute`, :func:`execute_batch`); the sync entry points in
+:mod:`lmgraph.pipeline.program` are thin wrappers over it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from ..context import RunContext
+from ..errors import InputError, LmgraphError, RunError
+from ..lm.base import LMRequest, LMResponse
+from ..lm.prompt import validate_value
+from .ir import INPUT, Const, Node
+from .trace import CallRecord, NodeTrace, Trace
+
+if TYPE_CHECKING:
+    from ..modules.base import Module
+    from .program import Program
+
+
+class Prediction(dict):
+    """A run's outputs: a dict with attribute access, plus the run's :class:`Trace`."""
+
+    trace: Trace | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(f"prediction has no field {name!r}; fields: {', '.join(self)}") from None
+
+
+class NodeCall:
+    """The executor's handle given to ``Module.forward``: model access, tracing, sub-runs."""
+
+    __slots__ = ("node", "module", "ctx", "trace")
+
+    def __init__(self, node: str, module: "Module", ctx: RunContext, trace: NodeTrace) -> None:
+        self.node = node
+        self.module = module
+        self.ctx = ctx
+        self.trace = trace
+
+    def lm(self, name: str | None = None) -> tuple[Any, str]:
+        """(model stack, preferred format) for ``name`` (default: the module's ``lm``)."""
+        return self.ctx.lm_for(name if name is not None else getattr(self.module, "lm", None))
+
+    async def generate(self, request: LMRequest, *, lm: str | None = None) -> tuple[LMResponse, CallRecord]:
+        """Make one model call through the context's stack and record it in the trace."""
+        stack, _ = self.lm(lm)
+        ctx_rollout = self.ctx.rollout
+        if ctx_rollout or request.node is None:
+            request = request.replace(node=self.node, rollout=request.rollout + ctx_rollout)
+        rec = CallRecord(request)
+        self.trace.calls.append(rec)
+        t0 = time.perf_counter()
+        try:
+            resp = await stack.complete(request)
+        except LmgraphError as e:
+            rec.error = str(e)
+            rec.latency_s = time.perf_counter() - t0
+            if isinstance(e, RunError) and e.node is None:
+                e.node = self.node
+            raise
+        except Exception as e:  # backend bug or unexpected failure: keep the cause
+            rec.error = f"{type(e).__name__}: {e}"
+            rec.latency_s = time.perf_counter() - t0
+            raise RunError(f"model call failed: {type(e).__name__}: {e}", node=self.node) from e
+        rec.latency_s = time.perf_counter() - t0
+        rec.response = resp
+        return resp, rec
+
+    async def run_program(self, program: "Program", inputs: Mapping[str, Any]) -> Prediction:
+        """Run a sub-program (Map and friends); its trace becomes a child of this node's."""
+        pred = await execute(program, inputs, self.ctx)
+        if pred.trace is not None:
+            self.trace.children.append(pred.trace)
+        return pred
+
+
+def check_inputs(program: "Program", inputs: Mapping[str, Any]) -> dict[str, Any]:
+    """Validate run inputs against the declared pipeline inputs (before any model call)."""
+    specs = program.input_specs
+    extra = [k for k in inputs if k not in specs]
+    if extra:
+        raise InputError(f"unexpected input {extra[0]!r}; {program.name!r} takes: "
+                         f"{', '.join(specs)}. Fix: pass only declared inputs.")
+    out = {}
+    for name, ann in specs.items():
+        if name not in inputs:
+            raise InputError(f"missing input {name!r}; {program.name!r} takes: {', '.join(specs)}. "
+                             f"Fix: pass {name}=... .")
+        v = inputs[name]
+        if ann is str and isinstance(v, str):
+            out[name] = v
+            continue
+        try:
+            out[name] = validate_value(v, ann)
+        except Exception as e:  # noqa: BLE001
+            raise InputError(f"input {name!r} is not valid: {e}") from None
+    return out
+
+
+async def _run_node(node: Node, values: dict[str, dict[str, Any]], ctx: RunContext, trace: Trace) -> None:
+    kwargs = {f: (b.value if isinstance(b, Const) else values[b.node][b.field]) for f, b in node.bindings}
+    nt = NodeTrace(node.name, node.module.kind, kwargs, started=time.time())
+    trace.nodes.append(nt)
+    t0 = time.perf_counter()
+    try:
+        out = await node.module.forward(kwargs, NodeCall(node.name, node.module, ctx, nt))
+    except RunError as e:
+        if e.node is None:
+            e.node = node.name
+        nt.error = f"{type(e).__name__}: {e}"
+        raise
+    except LmgraphError as e:
+        nt.error = f"{type(e).__name__}: {e}"
+        raise
+    except asyncio.CancelledError:
+        nt.error = "cancelled"
+        raise
+    except Exception as e:  # a bug in a tool or custom module: wrap, keep the cause
+        nt.error = f"{type(e).__name__}: {e}"
+        raise RunError(f"{type(e).__name__}: {e}", node=node.name) from e
+    finally:
+        nt.latency_s = time.perf_counter() - t0
+    nt.outputs = out
+    values[node.name] = out
+
+
+async def execute(program: "Program", inputs: Mapping[str, Any], ctx: RunContext) -> Prediction:
+    """Run ``program`` once. Raises RunError (with ``.trace``) if any node fails."""
+    t0 = time.perf_counter()
+    trace = Trace(program.name, dict(inputs))
+    try:
+        values: dict[str, dict[str, Any]] = {INPUT: check_inputs(program, inputs)}
+        await _schedule(program, values, ctx, trace)
+        outputs = {name: values[ref.node][ref.field] for name, ref in program.output_refs}
+    except BaseException as e:
+        trace.error = f"{type(e).__name__}: {e}"
+        trace.latency_s = time.perf_counter() - t0
+        if isinstance(e, LmgraphError):
+            e.trace = trace  # type: ignore[attr-defined]
+        raise
+    trace.outputs = outputs
+    trace.latency_s = time.perf_counter() - t0
+    pred = Prediction(outputs)
+    pred.trace = trace
+    return pred
+
+
+async def _schedule(program: "Program", values: dict[str, dict[str, Any]], ctx: RunContext, trace: Trace) -> None:
+    nodes = program.node_map
+    if program.is_chain:  # no two nodes can ever run together: skip task machinery
+        for name in program.order:
+            await _run_node(nodes[name], values, ctx, trace)
+        return
+    waiting = {n: len(deps) for n, deps in program.deps.items()}
+    ready = [n for n in program.order if waiting[n] == 0]
+    running: dict[asyncio.Task[None], str] = {}
+    limit = ctx.max_parallel_nodes
+    try:
+        while ready or running:
+            while ready and len(running) < limit:
+                name = ready.pop(0)
+                running[asyncio.ensure_future(_run_node(nodes[name], values, ctx, trace))] = name
+            done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                name = running.pop(task)
+                task.result()  # re-raises the node's error
+                for child in program.dependents[name]:
+                    waiting[child] -= 1
+                    if waiting[child] == 0:
+                        ready.append(child)
+    finally:
+        for task in running:
+            task.cancel()
+        if running:
+            await asyncio.gather(*running, return_exceptions=True)
+
+
+class Result:
+    """One example's outcome in a batch: outputs or the recorded error, plus the trace."""
+
+    __slots__ = ("index", "inputs", "outputs", "error", "trace")
+
+    def __init__(self, index: int, inputs: Mapping[str, Any], outputs: Prediction | None,
+                 error: BaseException | None, trace: Trace | None) -> None:
+        self.index = index
+        self.inputs = inputs
+        self.outputs = outputs
+        self.error = error
+        self.trace = trace
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def __repr__(self) -> str:
+        state = f"outputs={dict(self.outputs)!r}" if self.ok else f"error={self.error!r}"
+        return f"Result(#{self.index}, {state})"
+
+
+async def execute_batch(program: "Program", rows: Iterable[Mapping[str, Any]], ctx: RunContext, *,
+                        concurrency: int = 8, progress: bool = False,
+                        return_exceptions: type[BaseException] | tuple[type[BaseException], ...] = Exception
+                        ) -> list[Result]:
+    """Run many examples; a failing example is recorded in its Result, never raised.
+
+    Row keys that are not pipeline inputs (labels, ids) are ignored.
+    """
+    rows = list(rows)
+    names = program.input_specs
+    sem = asyncio.Semaphore(max(1, concurrency))
+    results: list[Result | None] = [None] * len(rows)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(rows), desc=program.name, unit="ex")
+
+    async def one(i: int, row: Mapping[str, Any]) -> None:
+        inputs = {k: row[k] for k in names if k in row} if isinstance(row, Mapping) else row
+        async with sem:
+            try:
+                pred = await execute(program, inputs, ctx)
+                results[i] = Result(i, inputs, pred, None, pred.trace)
+            except return_exceptions as e:  # recorded, not raised
+                results[i] = Result(i, inputs, None, e, getattr(e, "trace", None))
+        if bar is not None:
+            bar.update(1)
+
+    try:
+        await asyncio.gather(*(one(i, r) for i, r in enumerate(rows)))
+    finally:
+        if bar is not None:
+            bar.close()
+    return results  # type: ignore[return-value]

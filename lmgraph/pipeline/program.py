@@ -1,0 +1,181 @@
+"""Program: a built, validated, immutable pipeline you can run, render, save and rewrite."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import threading
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from ..context import RunContext
+from ..errors import DefinitionError
+from ..modules.base import Module
+from .executor import Prediction, Result, execute, execute_batch
+from .ir import INPUT, InputSpec, Node, Ref
+from .validate import validate
+
+_loops = threading.local()
+
+
+def _run_sync(coro: Any) -> Any:
+    """Run a coroutine from sync code on a per-thread event loop (reused across calls)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    else:
+        coro.close()
+        raise DefinitionError("run_sync()/batch_sync() was called inside a running event loop",
+                              fix="use `await program.run(...)` / `await program.batch(...)` in async code.")
+    loop = getattr(_loops, "loop", None)
+    if loop is None or loop.is_closed():
+        loop = asyncio.new_event_loop()
+        _loops.loop = loop
+    return loop.run_until_complete(coro)
+
+
+class Program:
+    """A frozen pipeline graph. Build one with :class:`lmgraph.Pipeline` or :meth:`load`."""
+
+    __slots__ = ("name", "inputs", "nodes", "outputs", "order", "node_map", "deps", "dependents",
+                 "is_chain", "input_specs", "output_refs", "_default_ctx", "_hash")
+
+    def __init__(self, name: str, inputs: Iterable[InputSpec], nodes: Iterable[Node],
+                 outputs: Iterable[tuple[str, Ref]]) -> None:
+        inputs, nodes, outputs = tuple(inputs), tuple(nodes), tuple(outputs)
+        order = validate(name, inputs, nodes, outputs)
+        node_map = {n.name: n for n in nodes}
+        deps = {n.name: sorted({r.node for _, r in n.refs() if r.node != INPUT}) for n in nodes}
+        dependents: dict[str, list[str]] = {n: [] for n in node_map}
+        for n, ds in deps.items():
+            for d in ds:
+                dependents[d].append(n)
+        set_ = object.__setattr__
+        set_(self, "name", name)
+        set_(self, "inputs", inputs)
+        set_(self, "nodes", tuple(node_map[n] for n in order))
+        set_(self, "outputs", outputs)
+        set_(self, "order", tuple(order))
+        set_(self, "node_map", node_map)
+        set_(self, "deps", deps)
+        set_(self, "dependents", dependents)
+        # a chain: each node depends on (at most) the one before it and nothing can overlap
+        set_(self, "is_chain", all(len(deps[n]) <= 1 and len(dependents[n]) <= 1 for n in order)
+             and sum(1 for n in order if not deps[n]) <= 1)
+        set_(self, "input_specs", {s.name: s.annotation for s in inputs})
+        set_(self, "output_refs", outputs)
+        set_(self, "_default_ctx", None)
+        set_(self, "_hash", None)
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        raise AttributeError("Program is immutable; use with_module()/replace_modules() for a new one")
+
+    # ---- running
+    def _ctx(self, ctx: RunContext | None) -> RunContext:
+        if ctx is not None:
+            return ctx
+        if self._default_ctx is None:
+            object.__setattr__(self, "_default_ctx", RunContext())
+        return self._default_ctx  # type: ignore[return-value]
+
+    async def run(self, ctx: RunContext | None = None, **inputs: Any) -> Prediction:
+        """Run once; returns a :class:`Prediction` (``.trace`` has the details)."""
+        return await execute(self, inputs, self._ctx(ctx))
+
+    def run_sync(self, ctx: RunContext | None = None, **inputs: Any) -> Prediction:
+        return _run_sync(execute(self, inputs, self._ctx(ctx)))
+
+    async def batch(self, rows: Iterable[Mapping[str, Any]], *, ctx: RunContext | None = None,
+                    concurrency: int = 8, progress: bool = False) -> list[Result]:
+        """Run many examples concurrently; failures are recorded per example, never raised."""
+        return await execute_batch(self, rows, self._ctx(ctx), concurrency=concurrency, progress=progress)
+
+    def batch_sync(self, rows: Iterable[Mapping[str, Any]], *, ctx: RunContext | None = None,
+                   concurrency: int = 8, progress: bool = False) -> list[Result]:
+        return _run_sync(self.batch(rows, ctx=ctx, concurrency=concurrency, progress=progress))
+
+    # ---- rewriting (optimizers use these; the original is never touched)
+    def module(self, node: str) -> Module:
+        try:
+            return self.node_map[node].module
+        except KeyError:
+            raise DefinitionError(f"no node {node!r}", fix=f"nodes are: {', '.join(self.order)}.") from None
+
+    def with_module(self, node: str, module: Module) -> "Program":
+        return self.replace_modules({node: module})
+
+    def replace_modules(self, modules: Mapping[str, Module]) -> "Program":
+        for n in modules:
+            self.module(n)
+        nodes = [n.with_module(modules[n.name]) if n.name in modules else n for n in self.nodes]
+        return Program(self.name, self.inputs, nodes, self.outputs)
+
+    def rewrite(self, *, inputs: Iterable[InputSpec] | None = None, nodes: Iterable[Node] | None = None,
+                outputs: Iterable[tuple[str, Ref]] | None = None, name: str | None = None) -> "Program":
+        """A new program with some parts swapped; validated like any other."""
+        return Program(name or self.name, self.inputs if inputs is None else inputs,
+                       self.nodes if nodes is None else nodes, self.outputs if outputs is None else outputs)
+
+    # ---- views
+    def render(self, fmt: str = "text") -> str:
+        from .render import render_mermaid, render_text
+
+        if fmt == "text":
+            return render_text(self)
+        if fmt == "mermaid":
+            return render_mermaid(self)
+        raise ValueError("fmt must be 'text' or 'mermaid'")
+
+    def __repr__(self) -> str:
+        return f"Program({self.name!r}, nodes={list(self.order)})"
+
+    # ---- serialization (JSON only; loading executes no code)
+    def to_dict(self) -> dict[str, Any]:
+        from .serialize import program_to_dict
+
+        return program_to_dict(self)
+
+    def to_json(self, *, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent, sort_keys=True, ensure_ascii=False)
+
+    def save(self, path: str | Path) -> Path:
+        p = Path(path)
+        p.write_text(self.to_json() + "\n", encoding="utf-8")
+        return p
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, resources: Mapping[str, Any] | None = None,
+                  types: Mapping[str, Any] | None = None) -> "Program":
+        from .serialize import program_from_dict
+
+        return program_from_dict(data, resources=resources or {}, types=types)
+
+    @classmethod
+    def load(cls, path: str | Path, *, resources: Mapping[str, Any] | None = None,
+             types: Mapping[str, Any] | None = None) -> "Program":
+        """Load a saved program. Retrievers/tools/reward functions are bound by name via ``resources``."""
+        from .serialize import load_json
+
+        return cls.from_dict(load_json(path), resources=resources, types=types)
+
+    def resources(self) -> dict[str, Any]:
+        """Every named runtime resource the program's modules use (what ``load`` needs back)."""
+        out: dict[str, Any] = {}
+        for n in self.nodes:
+            out.update(n.module.resources())
+        return out
+
+    def content_hash(self) -> str:
+        if self._hash is None:
+            blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+            object.__setattr__(self, "_hash", hashlib.sha256(blob.encode()).hexdigest())
+        return self._hash  # type: ignore[return-value]
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Program) and self.to_dict() == other.to_dict()
+
+    def __hash__(self) -> int:
+        return hash(self.content_hash())

@@ -1,0 +1,59 @@
+"""Text and Mermaid views of a program."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..signatures import type_to_str
+from .ir import INPUT, Const, Ref
+
+if TYPE_CHECKING:
+    from .program import Program
+
+
+def _src(b: Ref | Const) -> str:
+    if isinstance(b, Const):
+        return f"const {b.value!r}"[:40]
+    return f"input.{b.field}" if b.node == INPUT else str(b)
+
+
+def render_text(p: "Program") -> str:
+    lines = [f"Program {p.name!r} ({len(p.nodes)} nodes)"]
+    lines.append("  inputs: " + ", ".join(f"{s.name}: {type_to_str(s.annotation)}" for s in p.inputs))
+    for n in p.nodes:
+        sig = n.module.signature
+        binds = ", ".join(f"{f} <- {_src(b)}" for f, b in n.bindings)
+        outs = ", ".join(f.name if f.annotation is str else f"{f.name}: {type_to_str(f.annotation)}"
+                         for f in sig.outputs)
+        lines.append(f"  [{n.name}] {n.module.describe()}")
+        lines.append(f"      in:  {binds or '-'}")
+        lines.append(f"      out: {outs}")
+        extra = getattr(n.module, "summary", None)
+        if callable(extra):
+            for s in extra():
+                lines.append(f"      {s}")
+    lines.append("  outputs: " + ", ".join(f"{o} <- {_src(r)}" for o, r in p.outputs))
+    return "\n".join(lines)
+
+
+def _esc(s: str) -> str:
+    return s.replace('"', "#quot;").replace("<", "#lt;").replace(">", "#gt;")
+
+
+def render_mermaid(p: "Program") -> str:
+    lines = ["flowchart LR"]
+    for s in p.inputs:
+        lines.append(f'  in_{s.name}(["{_esc(s.name)}: {_esc(type_to_str(s.annotation))}"])')
+    for n in p.nodes:
+        lines.append(f'  n_{n.name}["{_esc(n.name)}<br/><i>{_esc(n.module.describe())}</i>"]')
+    for n in p.nodes:
+        for f, b in n.bindings:
+            if isinstance(b, Ref):
+                src = f"in_{b.field}" if b.node == INPUT else f"n_{b.node}"
+                label = f if b.node == INPUT else f"{b.field} → {f}"
+                lines.append(f'  {src} -->|"{_esc(label)}"| n_{n.name}')
+    for o, r in p.outputs:
+        lines.append(f'  out_{o}(["{_esc(o)}"])')
+        src = f"in_{r.field}" if r.node == INPUT else f"n_{r.node}"
+        lines.append(f'  {src} -->|"{_esc(r.field)}"| out_{o}')
+    return "\n".join(lines)
