@@ -13,6 +13,7 @@ Formats (a per-module parameter an optimizer may change):
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import typing
@@ -204,6 +205,7 @@ def _field_doc(f: FieldSpec, *, output: bool) -> str:
     return f"{f.label}: {'; '.join(bits)}" if bits else ""
 
 
+@functools.lru_cache(maxsize=1024)
 def _header(sig: Signature, instructions: str) -> str:
     docs = [d for d in ([_field_doc(f, output=False) for f in sig.inputs]
                         + [_field_doc(f, output=True) for f in sig.outputs]) if d]
@@ -245,14 +247,21 @@ class PromptFormat:
                                + sig.outputs[0].label + ":")
 
 
-def _split_labels(sig: Signature, text: str, first: FieldSpec | None) -> dict[str, str]:
-    """Split "Label: value" sections. ``first`` = field whose label was prefilled."""
+@functools.lru_cache(maxsize=512)
+def _label_plan(sig: Signature) -> tuple[re.Pattern[str], dict[str, str]]:
+    """Per-signature regex matching any output label at a line start (cached: hot path)."""
     labels = {_norm(f.label): f.name for f in sig.outputs}
     labels.update({_norm(f.name): f.name for f in sig.outputs})
     pattern = re.compile(
         r"^[ \t*#]*(" + "|".join(re.escape(f.label) for f in sig.outputs)
         + "|" + "|".join(re.escape(f.name) for f in sig.outputs) + r")[ \t*]*:[ \t]*",
         re.IGNORECASE | re.MULTILINE)
+    return pattern, labels
+
+
+def _split_labels(sig: Signature, text: str, first: FieldSpec | None) -> dict[str, str]:
+    """Split "Label: value" sections. ``first`` = field whose label was prefilled."""
+    pattern, labels = _label_plan(sig)
     sections: dict[str, str] = {}
     pos = 0
     current = first.name if first is not None else None
@@ -302,14 +311,18 @@ class CompletionFormat(PromptFormat):
         return _typed(sig, _split_labels(sig, text, sig.outputs[0]), text)
 
 
+@functools.lru_cache(maxsize=1024)
+def _chat_system(sig: Signature, instructions: str) -> str:
+    return _header(sig, instructions) + "\n\nReply with " + ", then ".join(
+        f"'{f.label}: ...'" for f in sig.outputs) + (", each on its own line." if len(sig.outputs) > 1 else ".")
+
+
 class ChatFormat(PromptFormat):
     name = "chat"
 
     def render(self, sig: Signature, instructions: str, demos: Sequence[Demo],
                inputs: Mapping[str, Any], **params: Any) -> LMRequest:
-        system = _header(sig, instructions) + "\n\nReply with " + ", then ".join(
-            f"'{f.label}: ...'" for f in sig.outputs) + (", each on its own line." if len(sig.outputs) > 1 else ".")
-        msgs = [Message(role="system", content=system)]
+        msgs = [Message(role="system", content=_chat_system(sig, instructions))]
         for d in demos:
             msgs.append(Message(role="user", content=_block(sig.inputs, d, as_input=True)))
             msgs.append(Message(role="assistant", content=_block(sig.outputs, d, as_input=False)))

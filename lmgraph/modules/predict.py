@@ -33,7 +33,7 @@ async def predict(call: "NodeCall", sig: Signature, inputs: Mapping[str, Any], *
     fmt = get_format(fmt_name)
     call.trace.format = fmt_name
     request = fmt.render(sig, instructions or sig.instructions, demos, inputs,
-                         temperature=temperature, max_tokens=max_tokens, rollout=rollout)
+                         temperature=temperature, max_tokens=max_tokens, rollout=rollout, node=call.node)
     resp, rec = await call.generate(request, lm=lm)
     try:
         return fmt.parse(sig, resp.text)
