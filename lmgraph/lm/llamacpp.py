@@ -1,0 +1,387 @@
+"""In-process llama.cpp backend (llama-cpp-python), the embedded local default.
+
+``llama_cpp`` is imported lazily, on the first call that needs it, so importing this module
+costs nothing and works without the optional dependency.
+
+Concurrency: a ``Llama`` object is not thread-safe, so :class:`LlamaCppLM` keeps a pool of
+``n_instances`` of them. Each ``complete`` call waits for a free instance (an asyncio
+semaphore per event loop, so waiting callers hold no worker thread), then runs the blocking
+generation in a worker thread (``asyncio.to_thread``) with that instance checked out.
+Instances are created lazily, one per concurrent caller, up to ``n_instances``.
+
+Determinism: each call starts from a reset context (``llm.reset()``), so llama.cpp never
+reuses a previous call's KV-cache prefix and an output never depends on call order. With
+``temperature == 0`` sampling is greedy (no RNG involved); otherwise the RNG is seeded with
+``request.seed``.
+
+Log-probabilities need ``logits_all=True`` on the ``Llama`` object, which makes prompt
+evaluation slower and keeps an ``n_ctx x n_vocab`` float array, so requests with
+``logprobs=True`` use a second pool, created only when such a request arrives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import os
+import pathlib
+import queue
+import re
+import threading
+import time
+import weakref
+from typing import Any, Callable
+
+from ..errors import DefinitionError, LMError
+from .base import LMRequest, LMResponse, Usage
+from .embedded import embedded_model_path
+
+__all__ = ["LlamaCppLM", "INSTALL_COMMAND"]
+
+INSTALL_COMMAND = "pip install 'llama-cpp-python>=0.3.8'  (or: pip install 'lmgraph[local]')"
+
+# Model loading goes through process-global llama.cpp state (backend init, log callback,
+# and with verbose=False a temporary redirect of fds 1/2): do one load at a time.
+_LOAD_LOCK = threading.Lock()
+
+_CTX_OVERFLOW = re.compile(r"Requested tokens \((\d+)\) exceed context window of (\d+)")
+
+
+def _import_llama_cpp() -> Any:
+    try:
+        import llama_cpp
+    except ImportError as exc:
+        raise DefinitionError(
+            "The in-process llama.cpp backend needs the optional package llama-cpp-python, "
+            "which is not installed.",
+            fix=f"run `{INSTALL_COMMAND}`.",
+        ) from exc
+    return llama_cpp
+
+
+def _default_threads(n_instances: int) -> int:
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - non-Linux
+        cpus = os.cpu_count() or 1
+    return max(1, cpus // max(1, n_instances))
+
+
+@functools.lru_cache(maxsize=128)
+def _gbnf_for_schema(schema_json: str) -> str:
+    """JSON schema (as JSON text, property order kept) -> GBNF grammar text, cached."""
+    from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+    return json_schema_to_gbnf(schema_json)
+
+
+class _Pool:
+    """Up to ``size`` objects made by ``factory``, created on demand, checked out one at a time."""
+
+    def __init__(self, factory: Callable[[], Any], size: int) -> None:
+        self._factory = factory
+        self._size = size
+        self._idle: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._all: list[Any] = []
+        self._creating = 0
+        self._cond = threading.Condition()
+
+    def acquire(self) -> Any:
+        with self._cond:
+            while True:
+                try:
+                    return self._idle.get_nowait()
+                except queue.Empty:
+                    pass
+                if len(self._all) + self._creating < self._size:
+                    self._creating += 1
+                    break
+                self._cond.wait()
+        try:
+            with _LOAD_LOCK:
+                item = self._factory()
+        except BaseException:
+            with self._cond:
+                self._creating -= 1
+                self._cond.notify()
+            raise
+        with self._cond:
+            self._creating -= 1
+            self._all.append(item)
+        return item
+
+    def release(self, item: Any) -> None:
+        with self._cond:
+            self._idle.put(item)
+            self._cond.notify()
+
+    def fill(self) -> None:
+        """Create every instance now (warm-up)."""
+        taken = [self.acquire() for _ in range(self._size)]
+        for item in taken:
+            self.release(item)
+
+    @property
+    def loaded(self) -> int:
+        with self._cond:
+            return len(self._all)
+
+    def close(self) -> None:
+        with self._cond:
+            items, self._all = self._all, []
+            self._idle = queue.SimpleQueue()
+        for item in items:
+            closer = getattr(item, "close", None)
+            if closer is not None:
+                try:
+                    closer()
+                except Exception:  # pragma: no cover - best effort
+                    pass
+
+
+class LlamaCppLM:
+    """A GGUF model run in-process through llama.cpp.
+
+    ``model_path`` defaults to the embedded SmolLM2-135M-Instruct
+    (:func:`~lmgraph.lm.embedded.embedded_model_path`). ``n_threads`` defaults to the
+    available CPUs divided among the ``n_instances`` pooled model instances.
+    ``chat_format`` overrides the chat template stored in the GGUF file (a llama-cpp-python
+    format name such as ``"chatml"``). ``top_logprobs`` is how many alternatives each token's
+    entry lists when a request asks for log-probabilities.
+    """
+
+    #: small local models follow "Field: value" completion prompts with demos best (DESIGN.md)
+    preferred_format = "completion"
+
+    def __init__(self, model_path: str | os.PathLike[str] | None = None, *, n_ctx: int = 2048,
+                 n_threads: int | None = None, n_instances: int = 1,
+                 chat_format: str | None = None, verbose: bool = False,
+                 top_logprobs: int = 5) -> None:
+        if n_ctx < 16:
+            raise DefinitionError(f"n_ctx must be at least 16, got {n_ctx}.", fix="pass n_ctx=2048.")
+        if n_instances < 1:
+            raise DefinitionError(f"n_instances must be >= 1, got {n_instances}.",
+                                  fix="pass n_instances=1 (one model copy per concurrent call).")
+        if n_threads is not None and n_threads < 1:
+            raise DefinitionError(f"n_threads must be >= 1, got {n_threads}.",
+                                  fix="leave n_threads=None to use the available CPUs.")
+        if model_path is None:
+            path = embedded_model_path()
+        else:
+            path = pathlib.Path(model_path).expanduser()
+            if not path.is_file():
+                raise DefinitionError(f"model file {str(path)!r} does not exist.",
+                                      fix="pass the path of a .gguf file, or model_path=None "
+                                          "for the embedded model.")
+        self.model_path = path.resolve()
+        self.n_ctx = int(n_ctx)
+        self.n_instances = int(n_instances)
+        self.n_threads = int(n_threads) if n_threads is not None else _default_threads(n_instances)
+        self.chat_format = chat_format
+        self.verbose = verbose
+        self.top_logprobs = int(top_logprobs)
+        stat = self.model_path.stat()
+        self._identity: dict[str, Any] = {
+            "backend": "llama.cpp",
+            "model": self.model_path.name,
+            "file_size": stat.st_size,
+            "file_mtime_ns": stat.st_mtime_ns,
+            "n_ctx": self.n_ctx,
+        }
+        if chat_format is not None:
+            self._identity["chat_format"] = chat_format
+        self._pool = _Pool(lambda: self._new_llama(logits_all=False), self.n_instances)
+        self._lp_pool = _Pool(lambda: self._new_llama(logits_all=True), self.n_instances)
+        self._vocab: Any = None
+        self._vocab_lock = threading.Lock()
+        self._sems: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+            weakref.WeakKeyDictionary())
+        self._sems_lock = threading.Lock()
+        self.load_seconds: float | None = None  # wall time of the first model load
+
+    # ------------------------------------------------------------------ public API
+
+    def identity(self) -> dict[str, Any]:
+        return dict(self._identity)
+
+    def __repr__(self) -> str:
+        return (f"LlamaCppLM({self.model_path.name!r}, n_ctx={self.n_ctx}, "
+                f"n_instances={self.n_instances}, n_threads={self.n_threads})")
+
+    def load(self) -> "LlamaCppLM":
+        """Load every pooled instance now, so the first call does not pay for it."""
+        self._pool.fill()
+        return self
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens ``text`` takes as a raw completion prompt (BOS included if the model adds one)."""
+        with self._vocab_lock:
+            if self._vocab is None:
+                llama_cpp = _import_llama_cpp()
+                with _LOAD_LOCK:
+                    self._vocab = llama_cpp.Llama(str(self.model_path), vocab_only=True,
+                                                  verbose=self.verbose)
+            return len(self._vocab.tokenize(text.encode("utf-8"), add_bos=True, special=True))
+
+    def close(self) -> None:
+        """Free the loaded models (a later call loads them again)."""
+        self._pool.close()
+        self._lp_pool.close()
+        with self._vocab_lock:
+            vocab, self._vocab = self._vocab, None
+        if vocab is not None:
+            try:
+                vocab.close()
+            except Exception:  # pragma: no cover - best effort
+                pass
+
+    def __enter__(self) -> "LlamaCppLM":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    async def complete(self, request: LMRequest) -> LMResponse:
+        start = time.perf_counter()
+        async with self._semaphore():
+            response = await asyncio.to_thread(self._complete_blocking, request)
+        return response.replace(latency_s=time.perf_counter() - start)
+
+    # ------------------------------------------------------------------ internals
+
+    def _semaphore(self) -> asyncio.Semaphore:
+        loop = asyncio.get_running_loop()
+        with self._sems_lock:
+            sem = self._sems.get(loop)
+            if sem is None:
+                sem = self._sems[loop] = asyncio.Semaphore(self.n_instances)
+            return sem
+
+    def _new_llama(self, *, logits_all: bool) -> Any:
+        llama_cpp = _import_llama_cpp()
+        t0 = time.perf_counter()
+        try:
+            llm = llama_cpp.Llama(
+                str(self.model_path), n_ctx=self.n_ctx, n_threads=self.n_threads,
+                n_threads_batch=self.n_threads, chat_format=self.chat_format,
+                logits_all=logits_all, verbose=self.verbose,
+            )
+        except Exception as exc:
+            raise LMError(f"llama.cpp could not load {str(self.model_path)!r}: {exc}") from exc
+        if self.load_seconds is None:
+            self.load_seconds = time.perf_counter() - t0
+        return llm
+
+    def _complete_blocking(self, request: LMRequest) -> LMResponse:
+        grammar = self._grammar(request.json_schema) if request.json_schema is not None else None
+        pool = self._lp_pool if request.logprobs else self._pool
+        llm = pool.acquire()
+        try:
+            llm.reset()  # never reuse a previous call's KV prefix: outputs independent of order
+            kwargs = self._sampling_kwargs(request)
+            if grammar is not None:
+                kwargs["grammar"] = grammar
+            if request.messages is not None:
+                if request.logprobs:
+                    kwargs.update(logprobs=True, top_logprobs=self.top_logprobs)
+                out = llm.create_chat_completion(
+                    messages=[m.to_dict() for m in request.messages], **kwargs)
+            else:
+                if request.logprobs:
+                    kwargs["logprobs"] = self.top_logprobs
+                out = llm.create_completion(prompt=request.prompt, **kwargs)
+        except LMError:
+            raise
+        except Exception as exc:
+            raise self._wrap_error(exc) from exc
+        finally:
+            pool.release(llm)
+        return self._to_response(out, request)
+
+    @staticmethod
+    def _sampling_kwargs(request: LMRequest) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {
+            "max_tokens": max(1, int(request.max_tokens)),
+            "stop": list(request.stop),
+            "seed": int(request.seed),
+            "repeat_penalty": 1.0,
+            "frequency_penalty": 0.0,
+            "presence_penalty": 0.0,
+            "typical_p": 1.0,
+            "min_p": 0.0,
+        }
+        if request.temperature <= 0:
+            # temperature 0 selects llama.cpp's greedy sampler (argmax, no RNG).
+            kwargs.update(temperature=0.0, top_k=1, top_p=1.0)
+        else:
+            # OpenAI semantics: only temperature and top_p (llama.cpp's top_k/min_p off).
+            kwargs.update(temperature=float(request.temperature), top_k=0,
+                          top_p=float(request.top_p))
+        return kwargs
+
+    def _grammar(self, schema: dict[str, Any]) -> Any:
+        _import_llama_cpp()  # clear error if missing
+        from llama_cpp.llama_grammar import LlamaGrammar
+
+        try:
+            gbnf = _gbnf_for_schema(json.dumps(schema))  # key order matters: it fixes field order
+        except Exception as exc:
+            err = LMError(f"llama.cpp cannot turn this JSON schema into a grammar: {exc}. "
+                          "Simplify the output schema (plain objects, strings, numbers, "
+                          "booleans, enums and lists are supported).")
+            err.retryable = False  # type: ignore[attr-defined]
+            raise err from exc
+        return LlamaGrammar.from_string(gbnf, verbose=self.verbose)
+
+    def _wrap_error(self, exc: Exception) -> LMError:
+        match = _CTX_OVERFLOW.search(str(exc))
+        if match:
+            n_prompt, n_ctx = match.groups()
+            err = LMError(f"the prompt is {n_prompt} tokens, which does not fit the model's "
+                          f"context window (n_ctx={n_ctx}). Raise n_ctx (LlamaCppLM(n_ctx=...)) "
+                          "or shorten the prompt (fewer demos, shorter inputs).")
+            err.retryable = False  # type: ignore[attr-defined]
+            return err
+        return LMError(f"llama.cpp failed ({type(exc).__name__}): {exc}")
+
+    def _to_response(self, out: dict[str, Any], request: LMRequest) -> LMResponse:
+        choice = out["choices"][0]
+        if request.messages is not None:
+            text = (choice.get("message") or {}).get("content") or ""
+        else:
+            text = choice.get("text") or ""
+        usage = out.get("usage") or {}
+        return LMResponse(
+            text=text,
+            usage=Usage(prompt_tokens=int(usage.get("prompt_tokens") or 0),
+                        completion_tokens=int(usage.get("completion_tokens") or 0)),
+            model=self._identity["model"],
+            finish_reason=choice.get("finish_reason"),
+            logprobs=_normalise_logprobs(choice.get("logprobs")) if request.logprobs else None,
+        )
+
+
+def _normalise_logprobs(raw: Any) -> list[dict[str, Any]] | None:
+    """Completion- or chat-style logprobs -> ``[{"token", "logprob", "top": {tok: lp}}]``."""
+    if not raw:
+        return None
+    entries: list[dict[str, Any]] = []
+    if "content" in raw:  # chat style
+        for item in raw.get("content") or []:
+            top = {t["token"]: float(t["logprob"]) for t in item.get("top_logprobs") or []}
+            entries.append({"token": item.get("token"), "logprob": _float(item.get("logprob")),
+                            "top": top})
+        return entries
+    tokens = raw.get("tokens") or []
+    lps = raw.get("token_logprobs") or []
+    tops = raw.get("top_logprobs") or []
+    for i, token in enumerate(tokens):
+        top = tops[i] if i < len(tops) and tops[i] else {}
+        entries.append({"token": token, "logprob": _float(lps[i] if i < len(lps) else None),
+                        "top": {k: float(v) for k, v in top.items()}})
+    return entries
+
+
+def _float(value: Any) -> float | None:
+    return None if value is None else float(value)
