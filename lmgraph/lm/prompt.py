@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import json
 import re
+import types
 import typing
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -98,7 +99,7 @@ def coerce(text: str, annotation: Any) -> Any:
         return text.strip()
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
-    if origin is typing.Union or (origin is not None and type(None) in args):
+    if origin is typing.Union or origin is types.UnionType:
         if _norm(text) in ("", "none", "null", "n/a"):
             if type(None) in args:
                 return None
@@ -116,7 +117,8 @@ def coerce(text: str, annotation: Any) -> Any:
         value = _match_option(text, options)
         return annotation(value) if isinstance(annotation, type) else value
     if annotation is bool:
-        n = _norm(text).split(" ")[0] if text.strip() else ""
+        m = re.match(r"[a-z0-9]+", _norm(text))  # first word, without its punctuation ("Yes, ...")
+        n = m.group(0) if m else ""
         if n in ("yes", "true", "1", "y", "correct", "pass"):
             return True
         if n in ("no", "false", "0", "n", "incorrect", "fail"):
@@ -140,10 +142,11 @@ def coerce(text: str, annotation: Any) -> Any:
                 raise ValueError
             raw_items = data
         except ValueError:
-            lines = [re.sub(r"^\s*(?:[-*\u2022]|\d+[.)]|\[\d+\])\s*", "", ln).strip()
+            # strip bullets / numbering ("- a", "1. a", "[1] a") but not a value's own "-5" or "3.5"
+            lines = [re.sub(r"^\s*(?:[-*\u2022]\s+|\d+[.)]\s+|\[\d+\]\s*)", "", ln).strip()
                      for ln in text.strip().splitlines()]
             raw_items = [ln for ln in lines if ln]
-            if len(raw_items) == 1 and "," in raw_items[0] and item is not str:
+            if len(raw_items) == 1 and "," in raw_items[0]:  # "a, b, c" on one line
                 raw_items = [p.strip() for p in raw_items[0].split(",") if p.strip()]
         items = [coerce(v, item) if isinstance(v, str) else v for v in raw_items]
         return type_adapter(annotation).validate_python(items)
@@ -237,8 +240,9 @@ class PromptFormat:
 
     def repair(self, request: LMRequest, text: str, error: Exception, sig: Signature) -> LMRequest:
         """One follow-up request that shows the model its unparseable output and the rule."""
-        note = (f"The previous answer could not be read ({error}). Answer again, giving "
-                + ", ".join(f"'{f.label}:'" for f in sig.outputs) + " each on its own line.")
+        wanted = ", ".join(f"'{f.label}:'" + (f" ({_type_hint(f)})" if _type_hint(f) else "")
+                           for f in sig.outputs)
+        note = f"The previous answer could not be read ({error}). Answer again, giving {wanted} each on its own line."
         if request.messages is not None:
             msgs = (*request.messages, Message(role="assistant", content=text),
                     Message(role="user", content=note))
@@ -333,6 +337,11 @@ class ChatFormat(PromptFormat):
         return _typed(sig, _split_labels(sig, text, None), text)
 
 
+@functools.lru_cache(maxsize=512)
+def _output_schema(sig: Signature) -> dict[str, Any]:
+    return sig.output_json_schema()
+
+
 class JSONFormat(PromptFormat):
     name = "json"
 
@@ -346,7 +355,9 @@ class JSONFormat(PromptFormat):
             msgs.append(Message(role="assistant", content=json.dumps(
                 {f.name: jsonable(d[f.name]) for f in sig.outputs}, ensure_ascii=False)))
         msgs.append(Message(role="user", content=_block(sig.inputs, inputs, as_input=True)))
-        return LMRequest(messages=tuple(msgs), json_schema=sig.output_json_schema(), **params)
+        # the JSON syntax itself costs tokens: allow ~12 per key on top of the value budget
+        params["max_tokens"] = params.get("max_tokens", 256) + 12 * len(sig.outputs)
+        return LMRequest(messages=tuple(msgs), json_schema=_output_schema(sig), **params)
 
     def parse(self, sig: Signature, text: str) -> dict[str, Any]:
         try:
@@ -359,9 +370,17 @@ class JSONFormat(PromptFormat):
         for f in sig.outputs:
             if f.name not in data:
                 raise OutputParseError(f"missing key {f.name!r}", field=f.name, raw=text)
+            value = data[f.name]
+            if f.annotation is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+                value = str(value)  # {"answer": 42} for a text field
             try:
-                out[f.name] = validate_value(data[f.name], f.annotation)
-            except (ValueError, pydantic.ValidationError) as e:
+                out[f.name] = validate_value(value, f.annotation)
+            except pydantic.ValidationError as e:
+                err = e.errors()[0]
+                where = ".".join(map(str, err["loc"]))
+                raise OutputParseError(f"{where + ': ' if where else ''}{err['msg']}", field=f.name,
+                                       raw=text) from None
+            except ValueError as e:
                 raise OutputParseError(str(e).splitlines()[0], field=f.name, raw=text) from None
         return out
 
