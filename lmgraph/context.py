@@ -63,6 +63,7 @@ class RunContext:
     retries: int = 3
     default_format: str = "auto"
     rollout: int = 0
+    budget_counts_cache_hits: bool = False  # compiles count logical calls (reproducible under a cache)
     budget_meter: BudgetMeter | None = None
     usage: UsageMeter = field(default_factory=UsageMeter)
     _stacks: dict[Any, tuple[LM, str]] = field(default_factory=dict, repr=False, compare=False)
@@ -79,8 +80,9 @@ class RunContext:
         """A derived context; it shares the budget meter, usage meter and model stacks."""
         if "budget" in changes and "budget_meter" not in changes:
             changes["budget_meter"] = None
-        changes.setdefault("_stacks", self._stacks if not ({"lm", "lms", "cache", "budget", "retries",
-                                                             "max_concurrency"} & changes.keys()) else {})
+        rebuild = {"lm", "lms", "cache", "budget", "retries", "max_concurrency", "budget_meter",
+                   "budget_counts_cache_hits"}
+        changes.setdefault("_stacks", self._stacks if not (rebuild & changes.keys()) else {})
         return dataclasses.replace(self, **changes)
 
     def lm_for(self, name: str | None) -> tuple[LM, str]:
@@ -99,10 +101,13 @@ class RunContext:
                     raise DefinitionError(f"no model named {name!r} in the run context",
                                           fix=f"pass RunContext(lms={{{name!r}: model}}); known: "
                                               f"{', '.join(self.lms) or 'none'}.")
-                cache = default_cache() if self.cache is True else (self.cache or None)
+                # `is` checks: an empty cache object is falsy (it has __len__) but must still be used
+                cache = default_cache() if self.cache is True else (
+                    None if self.cache is None or self.cache is False else self.cache)
                 stack = build_stack(backend, cache=cache, retry_attempts=self.retries,
                                     max_concurrency=self.max_concurrency,
-                                    budget_meter=self.budget_meter, usage_meter=self.usage)
+                                    budget_meter=self.budget_meter, usage_meter=self.usage,
+                                    count_cache_hits=self.budget_counts_cache_hits)
                 got = (stack, getattr(backend, "preferred_format", "chat"))
                 self._stacks[name] = got
             return got

@@ -336,6 +336,16 @@ class BudgetMeter:
             if response.cost is not None:
                 self.dollars += response.cost
 
+    def charge(self, *, calls: int = 0, prompt_tokens: int = 0, completion_tokens: int = 0,
+               dollars: float = 0.0, cache_hits: int = 0) -> None:
+        """Add spend recorded elsewhere (a resumed compile replaying a checkpointed evaluation)."""
+        with self._lock:
+            self.calls += calls
+            self.prompt_tokens += prompt_tokens
+            self.completion_tokens += completion_tokens
+            self.dollars += dollars
+            self.cache_hits += cache_hits
+
     def record_cache_hit(self) -> None:
         """Count a response served from the cache (free under the budget)."""
         with self._lock:
@@ -476,23 +486,29 @@ class MeteredLM(_Wrapper):
 
 def build_stack(backend: LM, *, cache: Cache | None = None, retry_attempts: int | None = 3,
                 max_concurrency: int | None = None, budget_meter: BudgetMeter | None = None,
-                usage_meter: UsageMeter | None = None) -> LM:
+                usage_meter: UsageMeter | None = None, count_cache_hits: bool = False) -> LM:
     """Wrap ``backend`` in the standard order, skipping layers not asked for.
 
     Outermost first: Metered -> Cache -> Budget -> Retry -> ConcurrencyLimit -> backend.
     The budget sits inside the cache: cache hits are free and stay available after the
     budget is spent (a resumed compile replays its cached calls without new spending).
     Retries are skipped when ``retry_attempts`` is None or <= 1.
+
+    ``count_cache_hits=True`` puts the budget outside the cache and charges hits like calls:
+    the budget then counts *logical* calls, so a compile spends the same budget whether or not
+    its calls were cached (what makes a resumed or re-run compile reproduce its result).
     """
     lm: LM = backend
     if max_concurrency is not None:
         lm = ConcurrencyLimitedLM(lm, max_concurrency)
     if retry_attempts is not None and retry_attempts > 1:
         lm = RetryLM(lm, attempts=retry_attempts)
-    if budget_meter is not None:
+    if budget_meter is not None and not count_cache_hits:
         lm = BudgetLM(lm, budget_meter)
     if cache is not None:
         lm = CachedLM(lm, cache)
+    if budget_meter is not None and count_cache_hits:
+        lm = BudgetLM(lm, budget_meter, count_cache_hits=True)
     if usage_meter is not None:
         lm = MeteredLM(lm, usage_meter)
     return lm

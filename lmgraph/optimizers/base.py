@@ -1,0 +1,159 @@
+"""The optimizer protocol: a pure pass ``program -> (better program, report)`` under a hard budget.
+
+Subclasses implement :meth:`Optimizer.search` (propose candidates and hand them to
+``session.consider``) and :meth:`Optimizer.estimate` (calls a run would need, for ``dry_run``).
+The base class checks the inputs before any model call, splits a validation set off the
+training set when none is given, evaluates the baseline, stops cleanly when the budget is spent
+(returning the best program found so far, saying so in the report) and never mutates the
+program it was given.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from ..context import RunContext
+from ..errors import DefinitionError
+from ..evaluation.datasets import split
+from ..evaluation.metrics import Metric
+from ..lm.wrappers import Budget
+from ..pipeline.program import Program, _run_sync
+from .report import Report
+from .session import BudgetStop, CompileSession, static_calls_per_example
+
+
+@dataclass(frozen=True)
+class CostEstimate:
+    """What a compile would spend at most (from ``dry_run``), before it starts."""
+
+    calls: int
+    tokens: int
+    breakdown: dict[str, int]
+
+    def __str__(self) -> str:
+        parts = ", ".join(f"{k}: {v}" for k, v in self.breakdown.items())
+        return f"<= {self.calls} model calls, ~{self.tokens} tokens ({parts})"
+
+
+def check_rows(program: Program, rows: Sequence[Mapping[str, Any]], name: str) -> None:
+    """Every row must be a mapping with the program's inputs (checked before any model call)."""
+    if not rows:
+        raise DefinitionError(f"the {name} is empty", fix=f"pass at least one example as {name}.")
+    for i, row in enumerate(rows):
+        if not isinstance(row, Mapping):
+            raise DefinitionError(f"{name} row {i} is a {type(row).__name__}, not a mapping",
+                                  fix="pass rows as dicts of field -> value.")
+        missing = [k for k in program.input_specs if k not in row]
+        if missing:
+            raise DefinitionError(f"{name} row {i} lacks the program input {missing[0]!r}",
+                                  field=missing[0],
+                                  fix=f"every row needs {', '.join(program.input_specs)} (plus the labels "
+                                      "your metric reads).")
+
+
+def _prompt_tokens_guess(program: Program, row: Mapping[str, Any]) -> int:
+    """Rough prompt size per example: instructions, demos and inputs at ~4 characters a token."""
+    chars = sum(len(str(v)) for v in row.values())
+    for n in program.nodes:
+        m = n.module
+        chars += len(getattr(m, "instructions", "") or "")
+        chars += sum(len(str(d)) for d in getattr(m, "demos", ()) or ())
+    return chars // 4 + 32 * len(program.nodes)
+
+
+class Optimizer:
+    """Base class of every optimizer (a pure pass; see the module docstring)."""
+
+    name: ClassVar[str] = "optimizer"
+
+    def __init__(self, *, accept_confidence: float = 0.95, concurrency: int = 8,
+                 checkpoint: str | Path | None = None, progress: bool = False, val_fraction: float = 0.5) -> None:
+        if not 0.5 <= accept_confidence < 1:
+            raise DefinitionError("accept_confidence must be in [0.5, 1)",
+                                  fix="0.95 accepts a candidate when 95% of paired bootstrap resamples favour it.")
+        self.accept_confidence = accept_confidence
+        self.concurrency = concurrency
+        self.checkpoint = checkpoint
+        self.progress = progress
+        self.val_fraction = val_fraction
+
+    # ---- subclass API
+    def config(self) -> dict[str, Any]:
+        """JSON-able settings (recorded in the report; part of the checkpoint fingerprint)."""
+        return {"accept_confidence": self.accept_confidence}
+
+    async def search(self, session: CompileSession) -> None:
+        raise NotImplementedError
+
+    def estimate(self, program: Program, n_train: int, n_val: int) -> dict[str, int]:
+        """Upper bound of model calls per phase (for ``dry_run``)."""
+        raise NotImplementedError
+
+    # ---- public API
+    def dry_run(self, program: Program, trainset: Sequence[Mapping[str, Any]],
+                valset: Sequence[Mapping[str, Any]] | None = None) -> CostEstimate:
+        train, val, _ = self._split(program, trainset, valset, seed=0)
+        per = static_calls_per_example(program)
+        breakdown = {"baseline": len(val) * per, **self.estimate(program, len(train), len(val))}
+        calls = sum(breakdown.values())
+        tokens = calls * (_prompt_tokens_guess(program, train[0]) // max(1, per) + 64)
+        return CostEstimate(calls, tokens, breakdown)
+
+    def _split(self, program: Program, trainset: Sequence[Mapping[str, Any]],
+               valset: Sequence[Mapping[str, Any]] | None, seed: int) -> tuple[list, list, str]:
+        check_rows(program, trainset, "trainset")
+        if valset is not None:
+            check_rows(program, valset, "valset")
+            return list(trainset), list(valset), ""
+        if len(trainset) < 2:
+            raise DefinitionError("need at least 2 training examples to split off a validation set",
+                                  fix="pass more examples or an explicit valset=.")
+        n_val = max(1, min(len(trainset) - 1, round(len(trainset) * self.val_fraction)))
+        val, train = split(trainset, [n_val, len(trainset) - n_val], seed=seed)
+        return train, val, f"no valset given: {n_val} of {len(trainset)} training examples held out (seed {seed})"
+
+    async def aoptimize(self, program: Program, trainset: Sequence[Mapping[str, Any]], metric: Metric, *,
+                        valset: Sequence[Mapping[str, Any]] | None = None, budget: Budget | None = None,
+                        seed: int = 0, ctx: RunContext | None = None) -> tuple[Program, Report]:
+        if not isinstance(program, Program):
+            raise DefinitionError("optimize() takes a built Program", fix="call pipeline.build() first.")
+        if not callable(metric):
+            raise DefinitionError("metric must be callable (example, prediction, trace) -> float")
+        train, val, note = self._split(program, trainset, valset, seed)
+        t0 = time.perf_counter()
+        session = CompileSession(optimizer=self.name, config=self.config(), program=program, trainset=train,
+                                 valset=val, metric=metric, ctx=ctx, budget=budget, seed=seed,
+                                 checkpoint=self.checkpoint, concurrency=self.concurrency,
+                                 accept_confidence=self.accept_confidence, progress=self.progress,
+                                 data_note=note)
+        report = session.report
+        misses_before = int(session.ctx.usage.total()["calls"])
+        try:
+            await session.baseline()
+            await self.search(session)
+        except BudgetStop as e:
+            report.stopped = str(e)
+        if not report.candidates:
+            report.stopped = report.stopped or "no evaluation was possible"
+            raise DefinitionError(f"the budget cannot even cover the baseline evaluation ({report.stopped})",
+                                  fix="raise the budget or pass a smaller valset.")
+        inc = session.incumbent_candidate
+        report.best_id = inc.id if inc is not None else 0
+        snap = session.meter.snapshot()
+        report.spent = {"calls": snap["calls"], "tokens": snap["total_tokens"],
+                        "dollars": round(snap["dollars"], 6)}
+        report.runtime = {"cache_misses": int(session.ctx.usage.total()["calls"]) - misses_before,
+                          "replayed_evaluations": session.replayed}
+        report.wall_s = time.perf_counter() - t0
+        return session.incumbent, report
+
+    def optimize(self, program: Program, trainset: Sequence[Mapping[str, Any]], metric: Metric, *,
+                 valset: Sequence[Mapping[str, Any]] | None = None, budget: Budget | None = None,
+                 seed: int = 0, ctx: RunContext | None = None) -> tuple[Program, Report]:
+        """Sync wrapper of :meth:`aoptimize`."""
+        return _run_sync(self.aoptimize(program, trainset, metric, valset=valset, budget=budget, seed=seed,
+                                        ctx=ctx))

@@ -1,0 +1,224 @@
+"""Few-shot optimizers: labelled demos, bootstrapped demos (per node), random search over demo sets.
+
+Bootstrapping runs the program (or a teacher program) on training examples through the
+compile session (so it is budgeted, cached, memoised and checkpointed), keeps the runs whose
+final output passes the metric, and turns each node's inputs/outputs in those runs into demos
+for that node -- for every demo-taking node of a multi-node pipeline.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from ..errors import DefinitionError
+from ..pipeline.ir import INPUT, Ref
+from ..pipeline.program import Program
+from .base import Optimizer
+from .session import CompileSession, static_calls_per_example
+
+Demo = dict[str, Any]
+
+
+def demo_nodes(program: Program) -> list[str]:
+    """Nodes whose module takes demos (Predict, ChainOfThought, Plan, ...)."""
+    return [n.name for n in program.nodes if "demos" in n.module.tunable]
+
+
+def _demo_sig(program: Program, node: str):  # noqa: ANN202
+    m = program.module(node)
+    return getattr(m, "signature_for_demos", m.signature)
+
+
+def with_demos(program: Program, demos: Mapping[str, Sequence[Demo]]) -> Program:
+    return program.replace_modules({n: program.module(n).replace(demos=list(d)) for n, d in demos.items()})
+
+
+def describe_demos(demos: Mapping[str, Sequence[Demo]]) -> dict[str, dict[str, Any]]:
+    return {n: {"demos": len(d)} for n, d in demos.items()}
+
+
+def labeled_demos(program: Program, rows: Sequence[Mapping[str, Any]], k: int,
+                  label_map: Mapping[str, str] | None = None) -> dict[str, list[Demo]]:
+    """Demos straight from labelled rows, for nodes whose every field maps to a row key.
+
+    A node input maps when it is bound to a pipeline input; a node output maps when a program
+    output exports it (the row key is the output name, or ``label_map[output name]``).
+    """
+    label_map = dict(label_map or {})
+    exported = {(r.node, r.field): label_map.get(o, o) for o, r in program.outputs}
+    out: dict[str, list[Demo]] = {}
+    for name in demo_nodes(program):
+        node = program.node_map[name]
+        sig = _demo_sig(program, name)
+        keys: dict[str, str] = {}
+        for f in sig.inputs:
+            b = node.binding(f.name)
+            if isinstance(b, Ref) and b.node == INPUT:
+                keys[f.name] = b.field
+        for f in sig.outputs:
+            if (name, f.name) in exported:
+                keys[f.name] = exported[(name, f.name)]
+        if len(keys) < len(sig.inputs) + len(sig.outputs):
+            continue
+        demos = [{f: row[key] for f, key in keys.items()} for row in rows
+                 if all(key in row for key in keys.values())]
+        if demos:
+            out[name] = demos[:k]
+    return out
+
+
+def _dedupe(demos: Sequence[Demo]) -> list[Demo]:
+    seen, out = set(), []
+    for d in demos:
+        key = json.dumps(d, sort_keys=True, default=str)
+        if key not in seen:
+            seen.add(key)
+            out.append(d)
+    return out
+
+
+async def bootstrap_pool(session: CompileSession, teacher: Program, student: Program, want: int,
+                         threshold: float, chunk: int) -> dict[str, list[Demo]]:
+    """Run ``teacher`` on shuffled training rows until every demo node of ``student`` has
+    ``want`` demos from runs scoring >= ``threshold`` (or the training set is used up)."""
+    rows = list(session.trainset)
+    session.rng.shuffle(rows)
+    nodes = demo_nodes(student)
+    pool: dict[str, list[Demo]] = {n: [] for n in nodes}
+    sigs = {n: _demo_sig(student, n) for n in nodes}
+    for start in range(0, len(rows), chunk):
+        if all(len(pool[n]) >= want for n in nodes):
+            break
+        entry = await session.run(teacher, rows[start:start + chunk], kind="bootstrap")
+        for ex in entry["examples"]:
+            if not ex["ok"] or ex["score"] < threshold:
+                continue
+            for n in nodes:
+                io = ex["nodes"].get(n)
+                if io is None or io["outputs"] is None:
+                    continue
+                sig = sigs[n]
+                vals = {**io["inputs"], **io["outputs"]}
+                if all(f.name in vals for f in (*sig.inputs, *sig.outputs)):
+                    pool[n].append({f.name: vals[f.name] for f in (*sig.inputs, *sig.outputs)})
+        pool = {n: _dedupe(d) for n, d in pool.items()}
+    return pool
+
+
+class LabeledFewShot(Optimizer):
+    """Put ``k`` labelled training examples (seeded sample) in each mappable node as demos."""
+
+    name = "labeled_fewshot"
+
+    def __init__(self, k: int = 4, *, label_map: Mapping[str, str] | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.k = k
+        self.label_map = dict(label_map or {})
+
+    def config(self) -> dict[str, Any]:
+        return {**super().config(), "k": self.k, "label_map": self.label_map}
+
+    def estimate(self, program: Program, n_train: int, n_val: int) -> dict[str, int]:
+        return {"candidate": n_val * static_calls_per_example(program)}
+
+    async def search(self, session: CompileSession) -> None:
+        rows = list(session.trainset)
+        session.rng.shuffle(rows)
+        demos = labeled_demos(session.incumbent, rows, self.k, self.label_map)
+        if not demos:
+            raise DefinitionError("no node's fields map onto the training rows",
+                                  fix="export the node's outputs as program outputs named like the row labels, "
+                                      "or pass label_map={output: row_key}.")
+        await session.consider(with_demos(session.incumbent, demos), f"{self.k} labelled demos",
+                               describe_demos(demos))
+
+
+class BootstrapFewShot(Optimizer):
+    """Demos from the program's own successful runs on training data, per node."""
+
+    name = "bootstrap_fewshot"
+
+    def __init__(self, max_demos: int = 4, *, max_labeled: int = 0, teacher: Program | None = None,
+                 threshold: float = 1.0, label_map: Mapping[str, str] | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.max_demos = max_demos
+        self.max_labeled = max_labeled
+        self.teacher = teacher
+        self.threshold = threshold
+        self.label_map = dict(label_map or {})
+
+    def config(self) -> dict[str, Any]:
+        return {**super().config(), "max_demos": self.max_demos, "max_labeled": self.max_labeled,
+                "threshold": self.threshold, "teacher": self.teacher.content_hash() if self.teacher else None}
+
+    def estimate(self, program: Program, n_train: int, n_val: int) -> dict[str, int]:
+        per = static_calls_per_example(self.teacher or program)
+        return {"bootstrap": n_train * per, "candidate": n_val * static_calls_per_example(program)}
+
+    async def _teacher(self, session: CompileSession) -> Program:
+        teacher = self.teacher or session.incumbent
+        if self.max_labeled:
+            lab = labeled_demos(teacher, session.trainset, self.max_labeled, self.label_map)
+            teacher = with_demos(teacher, lab) if lab else teacher
+        return teacher
+
+    async def search(self, session: CompileSession) -> None:
+        teacher = await self._teacher(session)
+        pool = await bootstrap_pool(session, teacher, session.incumbent, self.max_demos, self.threshold,
+                                    chunk=max(4, 2 * self.max_demos))
+        demos = {n: d[:self.max_demos] for n, d in pool.items() if d}
+        if not demos:
+            session.report.notes.append("no training run passed the metric: nothing to bootstrap")
+            return
+        await session.consider(with_demos(session.incumbent, demos), "bootstrapped demos",
+                               describe_demos(demos))
+
+
+class BootstrapRandomSearch(BootstrapFewShot):
+    """Bootstrap a pool of demos once, then evaluate seeded random demo sets and demo counts."""
+
+    name = "bootstrap_random_search"
+
+    def __init__(self, max_demos: int = 4, *, num_candidates: int = 6, **kwargs: Any) -> None:
+        super().__init__(max_demos, **kwargs)
+        self.num_candidates = num_candidates
+
+    def config(self) -> dict[str, Any]:
+        return {**super().config(), "num_candidates": self.num_candidates}
+
+    def estimate(self, program: Program, n_train: int, n_val: int) -> dict[str, int]:
+        per = static_calls_per_example(self.teacher or program)
+        return {"bootstrap": n_train * per,
+                "candidates": (self.num_candidates + 2) * n_val * static_calls_per_example(program)}
+
+    async def search(self, session: CompileSession) -> None:
+        base = session.incumbent
+        teacher = await self._teacher(session)
+        want = self.max_demos * max(2, self.num_candidates // 2)
+        pool = await bootstrap_pool(session, teacher, base, want, self.threshold,
+                                    chunk=max(8, 2 * self.max_demos))
+        candidates: list[tuple[str, dict[str, list[Demo]]]] = []
+        if self.max_labeled:
+            rows = list(session.trainset)
+            session.rng.shuffle(rows)
+            lab = labeled_demos(base, rows, self.max_labeled, self.label_map)
+            if lab:
+                candidates.append((f"{self.max_labeled} labelled demos", lab))
+        if any(pool.values()):
+            candidates.append((f"first {self.max_demos} bootstrapped demos",
+                               {n: d[:self.max_demos] for n, d in pool.items() if d}))
+        for i in range(self.num_candidates):
+            k = session.rng.randint(1, self.max_demos)
+            pick = {}
+            for n, d in pool.items():
+                if d:
+                    pick[n] = session.rng.sample(d, min(k, len(d)))
+            if pick:
+                candidates.append((f"random set #{i + 1} ({k} demos/node)", pick))
+        if not candidates:
+            session.report.notes.append("no training run passed the metric and no labels map: no candidates")
+            return
+        for label, demos in candidates:
+            await session.consider(with_demos(base, demos), label, describe_demos(demos))

@@ -1,0 +1,211 @@
+"""CompileSession: the one path every optimizer evaluates through.
+
+It owns the compile's RunContext (a hard budget that counts *logical* model calls, so cached
+and uncached runs spend alike), memoises every evaluation by (program hash, rows hash) and
+checkpoints the memo to disk after each one, so a killed compile restarted with the same
+arguments replays completed evaluations (charging their recorded spend) instead of repeating
+them, and ends with the same result. Acceptance of a candidate is decided here, on a paired
+bootstrap over validation examples.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from ..context import RunContext
+from ..errors import ArtifactError, BudgetExceeded
+from ..evaluation.datasets import fingerprint
+from ..evaluation.evaluate import evaluate, paired_bootstrap
+from ..evaluation.metrics import Metric
+from ..lm.prompt import jsonable
+from ..lm.wrappers import Budget
+from ..pipeline.program import Program
+from .report import Candidate, Report
+
+CHECKPOINT_VERSION = 1
+#: node kinds that make no model call
+_NO_LM_KINDS = {"retrieve"}
+
+
+class BudgetStop(Exception):
+    """Raised inside a search when the budget cannot cover the next evaluation."""
+
+
+def _hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                                     default=str).encode()).hexdigest()
+
+
+def static_calls_per_example(program: Program) -> int:
+    """A lower-bound guess of model calls per example before anything was measured."""
+    return max(1, sum(1 for n in program.nodes if n.kind not in _NO_LM_KINDS))
+
+
+class CompileSession:
+    def __init__(self, *, optimizer: str, config: Mapping[str, Any], program: Program,
+                 trainset: Sequence[Mapping[str, Any]], valset: Sequence[Mapping[str, Any]], metric: Metric,
+                 ctx: RunContext | None, budget: Budget | None, seed: int, checkpoint: str | Path | None,
+                 concurrency: int, accept_confidence: float, progress: bool, data_note: str = "") -> None:
+        base = ctx if ctx is not None else RunContext()
+        self.ctx = base.replace(budget=budget or Budget(), budget_counts_cache_hits=True)
+        self.meter = self.ctx.budget_meter
+        assert self.meter is not None
+        self.metric = metric
+        self.trainset = list(trainset)
+        self.valset = list(valset)
+        self.seed = seed
+        self.rng = random.Random(seed)
+        self.concurrency = concurrency
+        self.accept_confidence = accept_confidence
+        self.progress = progress
+        self.observed_calls: float | None = None
+        self._val_fp = fingerprint(self.valset)
+        data = {"train": {"n": len(self.trainset), "sha256_16": fingerprint(self.trainset)},
+                "val": {"n": len(self.valset), "sha256_16": self._val_fp}}
+        if data_note:
+            data["note"] = data_note
+        b = budget or Budget()
+        self.report = Report(optimizer=optimizer, seed=seed, config=dict(config),
+                             budget={"max_calls": b.max_calls, "max_tokens": b.max_tokens,
+                                     "max_dollars": b.max_dollars},
+                             data=data)
+        self.checkpoint = Path(checkpoint) if checkpoint else None
+        self._fingerprint = _hash({"optimizer": optimizer, "config": config, "seed": seed,
+                                   "program": program.content_hash(), "data": data,
+                                   "budget": self.report.budget, "metric": getattr(metric, "__name__", "")})
+        self.memo: dict[str, dict[str, Any]] = {}
+        self.replayed = 0
+        self._load_checkpoint()
+        self.incumbent: Program = program
+        self.incumbent_candidate: Candidate | None = None
+
+    # ---- checkpointing
+    def _load_checkpoint(self) -> None:
+        if self.checkpoint is None or not self.checkpoint.exists():
+            return
+        try:
+            data = json.loads(self.checkpoint.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise ArtifactError(f"checkpoint {self.checkpoint} is not valid JSON ({e})",
+                                fix="delete it to start the compile afresh.") from None
+        if data.get("lmgraph_checkpoint") != CHECKPOINT_VERSION or data.get("fingerprint") != self._fingerprint:
+            raise ArtifactError(f"checkpoint {self.checkpoint} belongs to a compile with other arguments",
+                                fix="use the same program, data, seed, budget and settings, "
+                                    "or delete the checkpoint / pass another path.")
+        self.memo = data.get("memo", {})
+
+    def _save_checkpoint(self) -> None:
+        if self.checkpoint is None:
+            return
+        self.checkpoint.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.checkpoint.with_suffix(self.checkpoint.suffix + ".tmp")
+        tmp.write_text(json.dumps({"lmgraph_checkpoint": CHECKPOINT_VERSION, "fingerprint": self._fingerprint,
+                                   "memo": self.memo}, ensure_ascii=False), encoding="utf-8")
+        os.replace(tmp, self.checkpoint)
+
+    # ---- budget
+    def remaining_calls(self) -> int | None:
+        return self.meter.remaining()["calls"]  # type: ignore[return-value]
+
+    def calls_per_example(self, program: Program) -> float:
+        static = static_calls_per_example(program)
+        return max(static, self.observed_calls or 0.0)
+
+    def can_afford(self, program: Program, n_rows: int) -> bool:
+        rem = self.remaining_calls()
+        if self.meter.exhausted:
+            return False
+        return rem is None or n_rows * self.calls_per_example(program) <= rem
+
+    # ---- evaluation (memoised, checkpointed)
+    async def run(self, program: Program, rows: Sequence[Mapping[str, Any]], *, kind: str = "eval"
+                  ) -> dict[str, Any]:
+        """Evaluate ``program`` on ``rows``: per-example scores, outputs and node I/O, and spend.
+
+        Raises BudgetStop (before any call) when the remaining budget can't cover it.
+        """
+        key = _hash({"kind": kind, "program": program.content_hash(), "rows": fingerprint(rows)})
+        hit = self.memo.get(key)
+        if hit is not None:
+            u = hit["usage"]
+            self.meter.charge(calls=u["calls"], prompt_tokens=u["prompt_tokens"],
+                              completion_tokens=u["completion_tokens"], dollars=u.get("dollars", 0.0))
+            self.replayed += 1
+            return hit
+        if not self.can_afford(program, len(rows)):
+            rem = self.remaining_calls()
+            raise BudgetStop(f"budget left ({rem} calls) cannot cover evaluating {len(rows)} examples "
+                             f"at ~{self.calls_per_example(program):.1f} calls each")
+        before = self.meter.snapshot()
+        res = await evaluate(program, rows, self.metric, ctx=self.ctx, concurrency=self.concurrency,
+                             progress=self.progress)
+        if any(isinstance(r.error, BudgetExceeded) for r in res.results):
+            raise BudgetStop("budget spent during an evaluation (it is not used)")
+        after = self.meter.snapshot()
+        usage = {k: after[k] - before[k] for k in ("calls", "prompt_tokens", "completion_tokens", "dollars")}
+        examples = []
+        for r, s in zip(res.results, res.scores):
+            ex: dict[str, Any] = {"score": s, "ok": r.ok}
+            if r.ok:
+                ex["outputs"] = jsonable(dict(r.outputs))
+                ex["nodes"] = {n.node: {"inputs": jsonable(n.inputs), "outputs": jsonable(n.outputs)}
+                               for n in r.trace.nodes} if r.trace else {}
+            else:
+                ex["error"] = f"{type(r.error).__name__}: {r.error}"
+            examples.append(ex)
+        entry = {"scores": res.scores, "examples": examples, "usage": usage}
+        per_ex = usage["calls"] / max(1, len(rows))
+        self.observed_calls = max(self.observed_calls or 0.0, per_ex)
+        self.memo[key] = entry
+        self._save_checkpoint()
+        return entry
+
+    # ---- candidates
+    def _new_candidate(self, label: str, changes: Mapping[str, Any], entry: Mapping[str, Any]) -> Candidate:
+        u = entry["usage"]
+        c = Candidate(id=len(self.report.candidates), label=label, changes=dict(changes),
+                      scores=list(entry["scores"]), calls=u["calls"],
+                      tokens=u["prompt_tokens"] + u["completion_tokens"])
+        self.report.candidates.append(c)
+        return c
+
+    async def baseline(self) -> Candidate:
+        entry = await self.run(self.incumbent, self.valset)
+        c = self._new_candidate("baseline (the program as given)", {}, entry)
+        c.status, c.reason = "baseline", "starting point"
+        self.incumbent_candidate = c
+        return c
+
+    async def consider(self, program: Program, label: str, changes: Mapping[str, Any], *,
+                       rows: Sequence[Mapping[str, Any]] | None = None) -> Candidate:
+        """Evaluate a candidate on the validation set; it replaces the incumbent only on evidence."""
+        entry = await self.run(program, self.valset if rows is None else rows)
+        cand = self._new_candidate(label, changes, entry)
+        inc = self.incumbent_candidate
+        assert inc is not None
+        if rows is not None and len(rows) != len(self.valset):
+            cand.status, cand.reason = "skipped", f"scored on a minibatch of {len(rows)}"
+            return cand
+        ev = paired_bootstrap(inc.scores, cand.scores, seed=self.seed)
+        cand.evidence = ev
+        if ev["diff"] > 0 and ev["p_better"] >= self.accept_confidence:
+            cand.status = "accepted"
+            cand.reason = (f"better than #{inc.id} by {ev['diff']:+.3f} "
+                           f"(95% CI {ev['ci_low']:+.3f}..{ev['ci_high']:+.3f}, P(better)={ev['p_better']:.2f})")
+            self.incumbent, self.incumbent_candidate = program, cand
+        else:
+            cand.status = "rejected"
+            cand.reason = (f"vs #{inc.id}: {ev['diff']:+.3f}, P(better)={ev['p_better']:.2f} "
+                           f"< {self.accept_confidence:.2f}")
+        return cand
+
+    def best_by_mean(self) -> Candidate:
+        """The best-scoring candidate evaluated on the full validation set (ties: earliest)."""
+        full = [c for c in self.report.candidates if c.status != "skipped"]
+        return max(full, key=lambda c: (c.mean, -c.id))
