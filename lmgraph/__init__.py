@@ -9,13 +9,16 @@ from .errors import (ArtifactError, BudgetExceeded, DefinitionError, InputError,
                      OutputParseError, PipelineValidationError, RunError, SignatureError)
 from .lm.base import LM, LMRequest, LMResponse
 from .lm.wrappers import Budget
-from .modules import ChainOfThought, Module, Predict
+from .modules import (BestOfN, BM25Retriever, CallTool, ChainOfThought, Critique, FunctionRetriever, Map, Module,
+                      Plan, Predict, Refine, Retrieve, Tool)
 from .pipeline import Pipeline, Prediction, Program, Result, Trace, const
 from .signatures import FieldSpec, InputField, OutputField, Signature
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BM25Retriever", "BestOfN", "CallTool", "Critique", "FunctionRetriever", "Map", "Plan", "Refine", "Retrieve",
+    "Tool",
     "LM", "ArtifactError", "Budget", "BudgetExceeded", "ChainOfThought", "DefinitionError", "FieldSpec",
     "InputError", "InputField", "LMError", "LMRequest", "LMResponse", "LmgraphError", "Module",
     "OutputField", "OutputParseError", "Pipeline", "PipelineValidationError", "Predict", "Prediction",

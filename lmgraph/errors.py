@@ -37,6 +37,9 @@ class DefinitionError(LmgraphError):
             text += f" Fix: {fix}"
         super().__init__(text)
 
+    def __reduce__(self) -> tuple[object, ...]:  # keep node/field/fix across pickling (Ray, processes)
+        return (_rebuild, (type(self), self.args, self.__dict__))
+
 
 class SignatureError(DefinitionError):
     """A signature string or class could not be understood."""
@@ -48,11 +51,11 @@ class PipelineValidationError(DefinitionError):
     def __init__(self, problems: list[DefinitionError]) -> None:
         self.problems = list(problems)
         first = self.problems[0]
-        super().__init__(
-            str(first) if len(self.problems) == 1 else
-            f"{len(self.problems)} problems:\n" + "\n".join(f"  - {p}" for p in self.problems),
-            node=first.node, field=first.field,
-        )
+        # str(first) already says where and how to fix it: don't prefix the location twice
+        LmgraphError.__init__(
+            self, str(first) if len(self.problems) == 1 else
+            f"{len(self.problems)} problems:\n" + "\n".join(f"  - {p}" for p in self.problems))
+        self.node, self.field, self.fix = first.node, first.field, first.fix
 
 
 class ArtifactError(DefinitionError):
@@ -65,6 +68,17 @@ class RunError(LmgraphError):
     def __init__(self, message: str, *, node: str | None = None) -> None:
         self.node = node
         super().__init__(f"node {node!r}: {message}" if node else message)
+
+    def locate(self, node: str) -> "RunError":
+        """Name the node the error happened in (once; the message says it too)."""
+        if self.node is None:
+            self.node = node
+            if self.args and isinstance(self.args[0], str):
+                self.args = (f"node {node!r}: {self.args[0]}", *self.args[1:])
+        return self
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild, (type(self), self.args, self.__dict__))
 
 
 class OutputParseError(RunError):
@@ -88,3 +102,11 @@ class LMError(RunError):
 
 class InputError(RunError):
     """A run was given inputs that do not match the pipeline's declared inputs."""
+
+
+def _rebuild(cls: type[BaseException], args: tuple[object, ...], state: dict[str, object]) -> BaseException:
+    """Unpickle an lmgraph error without re-running its __init__ (whose signature varies)."""
+    err = cls.__new__(cls)
+    err.args = args
+    err.__dict__.update(state)
+    return err

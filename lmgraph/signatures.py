@@ -22,9 +22,11 @@ from __future__ import annotations
 import ast
 import enum
 import functools
+import json
 import re
 import types as _pytypes
 import typing
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional, Union
 
@@ -79,7 +81,7 @@ def OutputField(*, desc: str = "", prefix: str = "") -> Any:  # noqa: N802
 class Signature:
     """An immutable set of input fields, output fields and instructions."""
 
-    __slots__ = ("inputs", "outputs", "instructions", "_hash")
+    __slots__ = ("inputs", "outputs", "instructions", "_hash", "_k")
 
     # class-based declarations fill these in via __init_subclass__
     _declared: typing.ClassVar[tuple[tuple[FieldSpec, ...], tuple[FieldSpec, ...], str] | None] = None
@@ -98,12 +100,22 @@ class Signature:
         object.__setattr__(self, "outputs", outs_t)
         object.__setattr__(self, "instructions", (instructions or "").strip() or _default_instructions(ins_t, outs_t))
         object.__setattr__(self, "_hash", None)
+        object.__setattr__(self, "_k", None)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        hints = typing.get_type_hints(cls, include_extras=False)
-        ins: list[FieldSpec] = []
-        outs: list[FieldSpec] = []
+        try:
+            hints = typing.get_type_hints(cls, include_extras=False)
+        except NameError as e:
+            raise SignatureError(f"cannot resolve an annotation of {cls.__name__}: {e}",
+                                 fix="define the field types at module level (string annotations are "
+                                     "resolved in the module's globals).") from None
+        # fields declared by a parent signature class come first; a redeclared name replaces them
+        parent = next((b._declared for b in cls.__mro__[1:] if isinstance(b.__dict__.get("_declared"), tuple)),
+                      None)
+        own = set(cls.__dict__.get("__annotations__", {}))
+        ins: list[FieldSpec] = [f for f in parent[0] if f.name not in own] if parent else []
+        outs: list[FieldSpec] = [f for f in parent[1] if f.name not in own] if parent else []
         for name in cls.__dict__.get("__annotations__", {}):
             marker = cls.__dict__.get(name)
             if not isinstance(marker, _FieldMarker):
@@ -112,13 +124,16 @@ class Signature:
                     field=name, fix=f"write `{name}: ... = InputField()` or `= OutputField()`.")
             spec = FieldSpec(name, hints[name], marker.desc, marker.prefix)
             (ins if marker.kind == "input" else outs).append(spec)
-        doc = (cls.__doc__ or "").strip()
+        doc = (cls.__dict__.get("__doc__") or "").strip() or (parent[2] if parent else "")
         cls._declared = (tuple(ins), tuple(outs), doc)
         for name in cls.__dict__.get("__annotations__", {}):
             delattr(cls, name)
 
     def __setattr__(self, key: str, value: Any) -> None:
-        raise AttributeError("Signature is immutable; use with_instructions()/with_fields()")
+        raise AttributeError("Signature is immutable; use with_instructions()/prepend_output()/append_input()")
+
+    def __reduce__(self) -> tuple[Any, ...]:  # copy/pickle through the constructor (slots + immutability)
+        return (Signature, (self.inputs, self.outputs, self.instructions))
 
     # ---- construction helpers
     @classmethod
@@ -179,12 +194,21 @@ class Signature:
 
     # ---- equality / serialization
     def _key(self) -> tuple[Any, ...]:
-        return (tuple((f.name, type_to_str(f.annotation), f.desc, f.prefix) for f in self.inputs),
-                tuple((f.name, type_to_str(f.annotation), f.desc, f.prefix) for f in self.outputs),
-                self.instructions)
+        k = self._k
+        if k is None:
+            custom: dict[str, Any] = {}
+            for f in (*self.inputs, *self.outputs):
+                _collect_custom_types(f.annotation, custom)
+            # custom types by name *and* content: two different classes both named "Person" differ
+            k = (tuple((f.name, type_to_str(f.annotation), f.desc, f.prefix) for f in self.inputs),
+                 tuple((f.name, type_to_str(f.annotation), f.desc, f.prefix) for f in self.outputs),
+                 self.instructions,
+                 json.dumps(custom, sort_keys=True, default=str) if custom else "")
+            object.__setattr__(self, "_k", k)
+        return k
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Signature) and self._key() == other._key()
+        return isinstance(other, Signature) and (self is other or self._key() == other._key())
 
     def __hash__(self) -> int:
         h = self._hash
@@ -322,6 +346,10 @@ def _type_from_ast(node: ast.AST, expr: str, types: dict[str, Any]) -> Any:
         if base is Literal:
             vals = []
             for a in args:
+                if (isinstance(a, ast.UnaryOp) and isinstance(a.op, ast.USub) and isinstance(a.operand, ast.Constant)
+                        and isinstance(a.operand.value, (int, float))):
+                    vals.append(-a.operand.value)  # Literal[-1, 1]
+                    continue
                 if not isinstance(a, ast.Constant):
                     raise SignatureError(f"Literal values must be constants in {expr!r}")
                 vals.append(a.value)
@@ -362,8 +390,15 @@ def type_to_str(tp: Any) -> str:
     raise SignatureError(f"cannot serialize type {tp!r}")
 
 
+#: types rebuilt from a saved description -> that description, so that saving them again gives
+#: back exactly what was loaded (same JSON, same content hash)
+_REBUILT: "weakref.WeakKeyDictionary[type, dict[str, Any]]" = weakref.WeakKeyDictionary()
+
+
 def _collect_custom_types(tp: Any, out: dict[str, Any]) -> None:
-    if isinstance(tp, type) and issubclass(tp, pydantic.BaseModel):
+    if isinstance(tp, type) and tp in _REBUILT:
+        out.setdefault(tp.__name__, _REBUILT[tp])
+    elif isinstance(tp, type) and issubclass(tp, pydantic.BaseModel):
         out.setdefault(tp.__name__, {"kind": "model", "schema": tp.model_json_schema()})
     elif isinstance(tp, type) and issubclass(tp, enum.Enum):
         out.setdefault(tp.__name__, {"kind": "enum", "values": [m.value for m in tp]})
@@ -374,23 +409,42 @@ def _collect_custom_types(tp: Any, out: dict[str, Any]) -> None:
 _JSON_PRIMS = {"string": str, "integer": int, "number": float, "boolean": bool, "null": type(None)}
 
 
+_CONSTRAINTS = {"minimum": "ge", "maximum": "le", "exclusiveMinimum": "gt", "exclusiveMaximum": "lt",
+                "minLength": "min_length", "maxLength": "max_length", "minItems": "min_length",
+                "maxItems": "max_length", "pattern": "pattern"}
+
+
 def _type_from_spec(name: str, spec: dict[str, Any], registry: dict[str, Any]) -> Any:
     """Rebuild a custom type from its JSON description (data only; no code runs)."""
     if spec.get("kind") == "enum":
-        return enum.Enum(name, {f"V{i}": v for i, v in enumerate(spec["values"])})  # type: ignore[misc]
+        rebuilt = enum.Enum(name, {f"V{i}": v for i, v in enumerate(spec["values"])})  # type: ignore[misc]
+        _REBUILT[rebuilt] = spec
+        return rebuilt
     schema = spec["schema"]
     defs = schema.get("$defs", {})
 
-    def conv(s: dict[str, Any]) -> Any:
+    def conv(s: Any) -> Any:
+        if not isinstance(s, dict):
+            return Any
         if "$ref" in s:
             ref = s["$ref"].rsplit("/", 1)[-1]
             if ref not in registry:
-                registry[ref] = build(ref, defs[ref])
+                d = defs[ref]
+                if "enum" in d:  # an Enum class referenced by the model
+                    registry[ref] = enum.Enum(ref, {f"V{i}": v for i, v in enumerate(d["enum"])})  # type: ignore[misc]
+                elif d.get("type") == "object" or "properties" in d:
+                    registry[ref] = build(ref, d)
+                else:
+                    registry[ref] = conv({k: v for k, v in d.items() if k != "title"})
             return registry[ref]
+        if "const" in s:
+            return Literal[s["const"]]  # type: ignore[valid-type]
         if "enum" in s:
             return Literal[tuple(s["enum"])]  # type: ignore[valid-type]
         if "anyOf" in s:
             return Union[tuple(conv(x) for x in s["anyOf"])]  # type: ignore[valid-type]
+        if "allOf" in s and len(s["allOf"]) == 1:
+            return conv(s["allOf"][0])
         t = s.get("type")
         if t == "array":
             return list[conv(s.get("items", {}))]  # type: ignore[misc]
@@ -400,12 +454,21 @@ def _type_from_spec(name: str, spec: dict[str, Any], registry: dict[str, Any]) -
             return dict[str, conv(s.get("additionalProperties") or {})]  # type: ignore[misc]
         return _JSON_PRIMS.get(t, Any)  # type: ignore[arg-type]
 
+    def field_info(k: str, v: dict[str, Any], required: bool) -> Any:
+        kw: dict[str, Any] = {c: v[j] for j, c in _CONSTRAINTS.items() if j in v}
+        for key in ("title", "description", "examples"):
+            if key in v:
+                kw[key] = v[key]
+        return pydantic.Field(... if required else v.get("default"), **kw)
+
     def build(mname: str, s: dict[str, Any]) -> type[pydantic.BaseModel]:
         req = set(s.get("required", []))
-        fields = {k: (conv(v), ... if k in req else v.get("default")) for k, v in s.get("properties", {}).items()}
-        return pydantic.create_model(mname, **fields)  # type: ignore[call-overload]
+        fields = {k: (conv(v), field_info(k, v, k in req)) for k, v in s.get("properties", {}).items()}
+        return pydantic.create_model(mname, __doc__=s.get("description"), **fields)  # type: ignore[call-overload]
 
-    return build(name, schema)
+    rebuilt = build(name, schema)
+    _REBUILT[rebuilt] = spec
+    return rebuilt
 
 
 # --------------------------------------------------------------------------- values

@@ -162,6 +162,14 @@ def coerce(text: str, annotation: Any) -> Any:
 
 
 def _match_option(text: str, options: Sequence[Any]) -> Any:
+    if options and all(isinstance(o, (int, float)) and not isinstance(o, bool) for o in options):
+        m = _NUM.search(text)  # numeric options compare as numbers ("-1" is not "1")
+        if m:
+            num = float(m.group(0).replace(",", "").replace("$", ""))
+            for o in options:
+                if o == num:
+                    return o
+        raise ValueError(f"expected one of {', '.join(map(str, options))}; got {text.strip()[:60]!r}")
     t = _norm(text)
     normed = [(_norm(str(o)), o) for o in options]
     for n, o in normed:
@@ -220,6 +228,8 @@ def _header(sig: Signature, instructions: str) -> str:
 def _block(fields: Sequence[FieldSpec], values: Mapping[str, Any], *, as_input: bool) -> str:
     lines = []
     for f in fields:
+        if not as_input and f.name not in values:  # an optional demo output (CoT reasoning)
+            continue
         v = format_value(values[f.name], as_input=as_input)
         sep = "\n" if "\n" in v or (as_input and isinstance(values[f.name], (list, tuple))) else " "
         lines.append(f"{f.label}:{sep}{v}")
@@ -258,7 +268,7 @@ def _label_plan(sig: Signature) -> tuple[re.Pattern[str], dict[str, str]]:
     labels.update({_norm(f.name): f.name for f in sig.outputs})
     pattern = re.compile(
         r"^[ \t*#]*(" + "|".join(re.escape(f.label) for f in sig.outputs)
-        + "|" + "|".join(re.escape(f.name) for f in sig.outputs) + r")[ \t*]*:[ \t]*",
+        + "|" + "|".join(re.escape(f.name) for f in sig.outputs) + r")[ \t*]*:(?:[ \t]*\*\*)?[ \t]*",
         re.IGNORECASE | re.MULTILINE)
     return pattern, labels
 
@@ -270,7 +280,8 @@ def _split_labels(sig: Signature, text: str, first: FieldSpec | None) -> dict[st
     pos = 0
     current = first.name if first is not None else None
     for m in pattern.finditer(text):
-        if current is not None and current not in sections:
+        # a blank section stays open: " Answer: Paris" after a prefilled "Answer:" repeats the label
+        if current is not None and current not in sections and text[pos:m.start()].strip():
             sections[current] = text[pos:m.start()]
         name = labels[_norm(m.group(1))]
         current = name if name not in sections else None
@@ -286,10 +297,15 @@ def _typed(sig: Signature, sections: Mapping[str, str], text: str) -> dict[str, 
         if f.name not in sections:
             if len(sig.outputs) == 1 and text.strip():
                 raw = text.strip()
+            elif type(None) in typing.get_args(f.annotation):  # an Optional field may be left out
+                out[f.name] = None
+                continue
             else:
                 raise OutputParseError(f"missing '{f.label}:' in the model output", field=f.name, raw=text)
         else:
             raw = sections[f.name]
+        if f.annotation is str and not raw.strip():
+            raise OutputParseError(f"'{f.label}:' is empty in the model output", field=f.name, raw=text)
         try:
             out[f.name] = coerce(raw, f.annotation)
         except ValueError as e:
@@ -353,7 +369,7 @@ class JSONFormat(PromptFormat):
         for d in demos:
             msgs.append(Message(role="user", content=_block(sig.inputs, d, as_input=True)))
             msgs.append(Message(role="assistant", content=json.dumps(
-                {f.name: jsonable(d[f.name]) for f in sig.outputs}, ensure_ascii=False)))
+                {f.name: jsonable(d[f.name]) for f in sig.outputs if f.name in d}, ensure_ascii=False)))
         msgs.append(Message(role="user", content=_block(sig.inputs, inputs, as_input=True)))
         # the JSON syntax itself costs tokens: allow ~12 per key on top of the value budget
         params["max_tokens"] = params.get("max_tokens", 256) + 12 * len(sig.outputs)

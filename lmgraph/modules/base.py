@@ -138,15 +138,19 @@ def need_resource(resources: Mapping[str, Any], name: str, what: str) -> Any:
 
 def _normalise_param(key: str, value: Any, module: Module) -> Any:
     if key == "demos":
-        return normalise_demos(value, getattr(module, "signature_for_demos", module.signature))
+        return normalise_demos(value, getattr(module, "signature_for_demos", module.signature),
+                               optional=getattr(module, "optional_demo_fields", ()))
     if key == "format" and value not in FORMAT_CHOICES:
         raise DefinitionError(f"unknown prompt format {value!r}",
                               fix=f"choose one of {', '.join(FORMAT_CHOICES)}.")
     return value
 
 
-def normalise_demos(demos: Any, sig: Signature) -> tuple[dict[str, Any], ...]:
-    """Validate demos against the signature and store them as plain JSON data."""
+def normalise_demos(demos: Any, sig: Signature, *, optional: tuple[str, ...] = ()) -> tuple[dict[str, Any], ...]:
+    """Validate demos against the signature and store them as plain JSON data.
+
+    Fields named in ``optional`` (e.g. ChainOfThought's ``reasoning``) may be left out.
+    """
     out = []
     for i, d in enumerate(demos or ()):
         if not isinstance(d, Mapping):
@@ -155,6 +159,8 @@ def normalise_demos(demos: Any, sig: Signature) -> tuple[dict[str, Any], ...]:
         row = {}
         for f in (*sig.inputs, *sig.outputs):
             if f.name not in d:
+                if f.name in optional:
+                    continue
                 raise DefinitionError(f"demo #{i} lacks field {f.name!r}", field=f.name,
                                       fix=f"every demo needs {', '.join(sig.input_names + sig.output_names)}.")
             try:

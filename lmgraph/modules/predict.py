@@ -40,21 +40,14 @@ async def predict(call: "NodeCall", sig: Signature, inputs: Mapping[str, Any], *
     except OutputParseError as e:
         rec.parse_error = str(e)
         if not repair:
-            raise _located(e, call.node)
+            raise e.locate(call.node)
         first = e
     resp2, rec2 = await call.generate(fmt.repair(request, resp.text, first, sig), lm=lm)
     try:
         return fmt.parse(sig, resp2.text)
     except OutputParseError as e:
         rec2.parse_error = str(e)
-        raise _located(e, call.node) from None
-
-
-def _located(e: OutputParseError, node: str) -> OutputParseError:
-    if e.node is None:
-        e.node = node
-        e.args = (f"node {node!r}: {e.args[0]}",)
-    return e
+        raise e.locate(call.node) from None
 
 
 class Predict(Module):
@@ -74,7 +67,7 @@ class Predict(Module):
         self.temperature = float(temperature)
         self.max_tokens = int(max_tokens)
         self.repair = repair
-        self.demos = normalise_demos(demos, self.signature)
+        self.demos = normalise_demos(demos, self.signature, optional=self.optional_demo_fields)
         self._check()
         self._freeze()
 
@@ -83,7 +76,10 @@ class Predict(Module):
             raise DefinitionError(f"unknown prompt format {self.format!r}",
                                   fix=f"choose one of {', '.join(FORMAT_CHOICES)}.")
         if self.max_tokens < 1:
-            raise DefinitionError("max_tokens must be >= 1")
+            raise DefinitionError("max_tokens must be >= 1", fix="pass max_tokens=1 or more.")
+        if not self.signature.outputs:
+            raise DefinitionError(f"signature {self.signature.shorthand()!r} has no output field",
+                                  fix="declare at least one output, e.g. 'question -> answer'.")
 
     @property
     def signature(self) -> Signature:
@@ -92,6 +88,11 @@ class Predict(Module):
     @property
     def signature_for_demos(self) -> Signature:
         return self.signature
+
+    @property
+    def optional_demo_fields(self) -> tuple[str, ...]:
+        """Demo fields that may be left out (labelled data has no reasoning)."""
+        return ()
 
     async def forward(self, inputs: dict[str, Any], call: "NodeCall") -> dict[str, Any]:
         return await predict(call, self.signature, inputs, instructions=self.instructions, demos=self.demos,
@@ -139,3 +140,7 @@ class ChainOfThought(Predict):
         if sig.output("reasoning") is not None:
             return sig
         return sig.prepend_output(REASONING)
+
+    @property
+    def optional_demo_fields(self) -> tuple[str, ...]:
+        return () if self.base_signature.output("reasoning") is not None else ("reasoning",)

@@ -143,6 +143,13 @@ class Optimizer:
                                   fix="raise the budget or pass a smaller valset.")
         inc = session.incumbent_candidate
         report.best_id = inc.id if inc is not None else 0
+        if inc is not None and inc.id != report.baseline.id:
+            what = "; ".join(f"{node}: " + ", ".join(f"{k}={v}" for k, v in ch.items())
+                             for node, ch in inc.changes.items()) or inc.label
+            report.notes.append(f"what made the difference: candidate #{inc.id} ({inc.label}) -- {what}; "
+                                f"validation {report.baseline.mean:.3f} -> {inc.mean:.3f}")
+        elif inc is not None:
+            report.notes.append("no candidate beat the baseline with enough evidence; the program is unchanged")
         snap = session.meter.snapshot()
         report.spent = {"calls": snap["calls"], "tokens": snap["total_tokens"],
                         "dollars": round(snap["dollars"], 6)}

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..context import RunContext
-from ..errors import InputError, LmgraphError, RunError
+from ..errors import DefinitionError, InputError, LmgraphError, RunError
 from ..lm.base import LMRequest, LMResponse
 from ..lm.prompt import validate_value
 from .ir import INPUT, Const, Node
@@ -64,8 +64,8 @@ class NodeCall:
         except LmgraphError as e:
             rec.error = str(e)
             rec.latency_s = time.perf_counter() - t0
-            if isinstance(e, RunError) and e.node is None:
-                e.node = self.node
+            if isinstance(e, RunError):
+                e.locate(self.node)
             raise
         except Exception as e:  # backend bug or unexpected failure: keep the cause
             rec.error = f"{type(e).__name__}: {e}"
@@ -77,7 +77,13 @@ class NodeCall:
 
     async def run_program(self, program: "Program", inputs: Mapping[str, Any]) -> Prediction:
         """Run a sub-program (Map and friends); its trace becomes a child of this node's."""
-        pred = await execute(program, inputs, self.ctx)
+        try:
+            pred = await execute(program, inputs, self.ctx)
+        except LmgraphError as e:  # keep the failed sub-run's trace too
+            child = getattr(e, "trace", None)
+            if child is not None:
+                self.trace.children.append(child)
+            raise
         if pred.trace is not None:
             self.trace.children.append(pred.trace)
         return pred
@@ -113,9 +119,13 @@ async def _run_node(node: Node, values: dict[str, dict[str, Any]], ctx: RunConte
     t0 = time.perf_counter()
     try:
         out = await node.module.forward(kwargs, NodeCall(node.name, node.module, ctx, nt))
+        missing = [f for f in node.module.signature.output_names if not isinstance(out, Mapping) or f not in out]
+        if missing:  # a module bug: fail here, naming it, not with a KeyError in a later node
+            raise RunError(f"{type(node.module).__name__}.forward returned no value for output "
+                           f"{missing[0]!r} (got {sorted(out) if isinstance(out, Mapping) else type(out).__name__})",
+                           node=node.name)
     except RunError as e:
-        if e.node is None:
-            e.node = node.name
+        e.locate(node.name)
         nt.error = f"{type(e).__name__}: {e}"
         raise
     except LmgraphError as e:
@@ -129,8 +139,8 @@ async def _run_node(node: Node, values: dict[str, dict[str, Any]], ctx: RunConte
         raise RunError(f"{type(e).__name__}: {e}", node=node.name) from e
     finally:
         nt.latency_s = time.perf_counter() - t0
-    nt.outputs = out
-    values[node.name] = out
+    nt.outputs = dict(out)
+    values[node.name] = dict(out)
 
 
 async def execute(program: "Program", inputs: Mapping[str, Any], ctx: RunContext) -> Prediction:
@@ -139,6 +149,7 @@ async def execute(program: "Program", inputs: Mapping[str, Any], ctx: RunContext
     trace = Trace(program.name, dict(inputs))
     try:
         values: dict[str, dict[str, Any]] = {INPUT: check_inputs(program, inputs)}
+        _check_models(program, ctx)
         await _schedule(program, values, ctx, trace)
         outputs = {name: values[ref.node][ref.field] for name, ref in program.output_refs}
     except BaseException as e:
@@ -152,6 +163,14 @@ async def execute(program: "Program", inputs: Mapping[str, Any], ctx: RunContext
     pred = Prediction(outputs)
     pred.trace = trace
     return pred
+
+
+def _check_models(program: "Program", ctx: RunContext) -> None:
+    """Fail before any model call when a node asks for a model the context does not name."""
+    for node in program.nodes:
+        name = getattr(node.module, "lm", None)
+        if isinstance(name, str) and name not in ctx.lms:
+            ctx.lm_for(name)  # raises DefinitionError naming the model and the fix
 
 
 async def _schedule(program: "Program", values: dict[str, dict[str, Any]], ctx: RunContext, trace: Trace) -> None:
@@ -230,14 +249,20 @@ async def execute_batch(program: "Program", rows: Iterable[Mapping[str, Any]], c
             try:
                 pred = await execute(program, inputs, ctx)
                 results[i] = Result(i, inputs, pred, None, pred.trace)
+            except DefinitionError:  # a mistake in the program or context, the same for every row
+                raise
             except return_exceptions as e:  # recorded, not raised
                 results[i] = Result(i, inputs, None, e, getattr(e, "trace", None))
         if bar is not None:
             bar.update(1)
 
+    tasks = [asyncio.ensure_future(one(i, r)) for i, r in enumerate(rows)]
     try:
-        await asyncio.gather(*(one(i, r) for i, r in enumerate(rows)))
+        await asyncio.gather(*tasks)
     finally:
+        for task in tasks:  # on an error or cancellation, stop the other rows too
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         if bar is not None:
             bar.close()
     return results  # type: ignore[return-value]

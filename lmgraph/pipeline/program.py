@@ -8,6 +8,7 @@ import json
 import threading
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from ..context import RunContext
@@ -48,30 +49,38 @@ class Program:
         inputs, nodes, outputs = tuple(inputs), tuple(nodes), tuple(outputs)
         order = validate(name, inputs, nodes, outputs)
         node_map = {n.name: n for n in nodes}
-        deps = {n.name: sorted({r.node for _, r in n.refs() if r.node != INPUT}) for n in nodes}
-        dependents: dict[str, list[str]] = {n: [] for n in node_map}
+        deps = {n.name: tuple(sorted({r.node for _, r in n.refs() if r.node != INPUT})) for n in nodes}
+        dependents_: dict[str, list[str]] = {n: [] for n in node_map}
         for n, ds in deps.items():
             for d in ds:
-                dependents[d].append(n)
+                dependents_[d].append(n)
+        dependents = {n: tuple(ds) for n, ds in dependents_.items()}
         set_ = object.__setattr__
         set_(self, "name", name)
         set_(self, "inputs", inputs)
         set_(self, "nodes", tuple(node_map[n] for n in order))
         set_(self, "outputs", outputs)
         set_(self, "order", tuple(order))
-        set_(self, "node_map", node_map)
-        set_(self, "deps", deps)
-        set_(self, "dependents", dependents)
+        # read-only views: a Program is a value, its lookup tables cannot be edited behind its back
+        set_(self, "node_map", MappingProxyType(node_map))
+        set_(self, "deps", MappingProxyType(deps))
+        set_(self, "dependents", MappingProxyType(dependents))
         # a chain: each node depends on (at most) the one before it and nothing can overlap
         set_(self, "is_chain", all(len(deps[n]) <= 1 and len(dependents[n]) <= 1 for n in order)
              and sum(1 for n in order if not deps[n]) <= 1)
-        set_(self, "input_specs", {s.name: s.annotation for s in inputs})
+        set_(self, "input_specs", MappingProxyType({s.name: s.annotation for s in inputs}))
         set_(self, "output_refs", outputs)
         set_(self, "_default_ctx", None)
         set_(self, "_hash", None)
 
     def __setattr__(self, key: str, value: Any) -> None:
         raise AttributeError("Program is immutable; use with_module()/replace_modules() for a new one")
+
+    def __delattr__(self, key: str) -> None:
+        raise AttributeError("Program is immutable")
+
+    def __reduce__(self) -> tuple[Any, ...]:  # copy/deepcopy/pickle rebuild (and re-validate) it
+        return (Program, (self.name, self.inputs, self.nodes, self.outputs))
 
     # ---- running
     def _ctx(self, ctx: RunContext | None) -> RunContext:
@@ -139,7 +148,8 @@ class Program:
         return program_to_dict(self)
 
     def to_json(self, *, indent: int | None = 2) -> str:
-        return json.dumps(self.to_dict(), indent=indent, sort_keys=True, ensure_ascii=False)
+        # declaration order is kept (not sort_keys): output and binding order survive a save/load
+        return json.dumps(self.to_dict(), indent=indent, ensure_ascii=False)
 
     def save(self, path: str | Path) -> Path:
         p = Path(path)

@@ -51,6 +51,7 @@ class NodeTrace:
     started: float = 0.0
     latency_s: float = 0.0
     format: str | None = None  # resolved prompt format of the last model call
+    meta: dict[str, Any] = field(default_factory=dict)  # kind-specific details (retrieval scores, tool steps...)
 
     @property
     def usage(self) -> dict[str, int]:
@@ -71,7 +72,8 @@ class NodeTrace:
                 "outputs": jsonable(self.outputs), "format": self.format,
                 "calls": [c.to_dict() for c in self.calls],
                 "children": [c.to_dict() for c in self.children], "error": self.error,
-                "latency_s": round(self.latency_s, 6), "usage": self.usage}
+                "latency_s": round(self.latency_s, 6), "usage": self.usage,
+                **({"meta": jsonable(self.meta)} if self.meta else {})}
 
 
 @dataclass(slots=True)

@@ -9,7 +9,10 @@ from __future__ import annotations
 import difflib
 from collections.abc import Sequence
 
+import pydantic
+
 from ..errors import DefinitionError, PipelineValidationError
+from ..lm.prompt import validate_value
 from ..signatures import compatible, type_to_str
 from ._nx import topo_order
 from .ir import INPUT, Const, InputSpec, Node, Ref
@@ -74,6 +77,14 @@ def validate(name: str, inputs: Sequence[InputSpec], nodes: Sequence[Node],
                     fix=f"{_suggest(field, sig.input_names)}its inputs are: {', '.join(sig.input_names)}.")
                 continue
             if isinstance(b, Const):
+                if target.annotation is not str:  # anything renders into a text field
+                    try:
+                        validate_value(b.value, target.annotation)
+                    except Exception as e:  # noqa: BLE001 - any validation failure reads the same
+                        why = e.errors()[0]["msg"] if isinstance(e, pydantic.ValidationError) else str(e)
+                        add(f"constant {b.value!r} is not a valid {type_to_str(target.annotation)} ({why})",
+                            node=n.name, field=field,
+                            fix=f"bind a constant of type {type_to_str(target.annotation)}, or change the signature.")
                 continue
             st = source_type(b, n.name, field)
             if st is not None and not compatible(st, target.annotation):
@@ -99,7 +110,8 @@ def validate(name: str, inputs: Sequence[InputSpec], nodes: Sequence[Node],
     order, cycles = topo_order([n.name for n in nodes], edges) if not problems else ([], [])
     for cyc in cycles:
         path = " -> ".join([*cyc, cyc[0]])
-        add(f"cycle {path}", node=cyc[0],
+        back = next((f for f, r in by_name[cyc[0]].refs() if r.node == cyc[-1]), None)
+        add(f"cycle {path}", node=cyc[0], field=back,
             fix="a pipeline is a DAG; express bounded iteration with Refine (critique loop), "
                 "CallTool (max_steps) or Map instead of an edge back.")
     if problems:

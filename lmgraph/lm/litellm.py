@@ -1,0 +1,264 @@
+"""API models through litellm (OpenAI, Anthropic, ... and any OpenAI-compatible local server).
+
+``litellm`` is imported lazily, inside the first call: importing it takes seconds, and unless
+``LITELLM_LOCAL_MODEL_COST_MAP`` is set it fetches a price list from the network. This module
+sets that variable (``setdefault``) just before the import, so lmgraph never makes that request.
+
+Chat requests go to ``litellm.acompletion``, raw-prompt requests to ``litellm.atext_completion``.
+Every litellm/provider failure surfaces as :class:`~lmgraph.errors.LMError` with the original
+exception as ``__cause__``; errors that retrying cannot fix (bad request, authentication,
+unknown model, context window exceeded) carry ``retryable = False``.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import warnings
+from typing import Any
+
+from ..errors import DefinitionError, LmgraphError, LMError
+from .base import LMRequest, LMResponse, Usage
+from .llamacpp import _normalise_logprobs
+
+__all__ = ["LiteLLM", "openai_compatible", "INSTALL_COMMAND"]
+
+INSTALL_COMMAND = "pip install 'litellm>=1.40'  (or: pip install 'lmgraph[litellm]')"
+
+_IMPORT_LOCK = threading.Lock()
+_READONLY_WARNING = r".*(is|are) using the `ReadOnly` qualifier"
+_litellm: Any = None
+
+# How a JSON schema is sent: OpenAI's structured-output format, or the
+# ``{"type": "json_object", "schema": ...}`` form that llama-cpp-python's server understands.
+_JSON_MODES = frozenset({"json_schema", "json_object"})
+
+# litellm exception class names that no retry can fix.
+_NOT_RETRYABLE = frozenset({
+    "BadRequestError", "InvalidRequestError", "AuthenticationError", "PermissionDeniedError",
+    "NotFoundError", "ContextWindowExceededError", "UnsupportedParamsError",
+    "ContentPolicyViolationError", "UnprocessableEntityError", "LiteLLMUnknownProvider",
+    "PaymentRequiredError", "BudgetExceededError",
+})
+
+
+def _import_litellm() -> Any:
+    """Import litellm once, offline (local cost map), quiet."""
+    global _litellm
+    if _litellm is not None:
+        return _litellm
+    with _IMPORT_LOCK:
+        if _litellm is None:
+            os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+            try:
+                import litellm
+            except ImportError as exc:
+                raise DefinitionError(
+                    "The litellm backend needs the optional package litellm, which is not "
+                    "installed.", fix=f"run `{INSTALL_COMMAND}`.") from exc
+            # litellm's pydantic types emit these (lazily, on first use); they are noise.
+            warnings.filterwarnings("ignore", message=_READONLY_WARNING, category=UserWarning)
+            litellm.suppress_debug_info = True  # no "Give Feedback / Get Help" banners
+            litellm.telemetry = False
+            _litellm = litellm
+    return _litellm
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and its causes/contexts, outermost first."""
+    seen: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and all(current is not e for e in seen):
+        seen.append(current)
+        current = current.__cause__ or current.__context__
+    return seen
+
+
+def _get(obj: Any, key: str, default: Any = None) -> Any:
+    """Attribute-or-key access (litellm responses are pydantic objects that act like dicts)."""
+    if obj is None:
+        return default
+    if isinstance(obj, dict):
+        return obj.get(key, default)
+    return getattr(obj, key, default)
+
+
+def _as_dict(obj: Any) -> Any:
+    if obj is None or isinstance(obj, dict):
+        return obj
+    for name in ("model_dump", "dict", "to_dict"):
+        fn = getattr(obj, name, None)
+        if callable(fn):
+            try:
+                return fn()
+            except Exception:  # pragma: no cover - odd objects
+                continue
+    return None
+
+
+class LiteLLM:
+    """A model reached through litellm.
+
+    ``model`` is a litellm model string (``"openai/gpt-4o-mini"``, ``"anthropic/..."``,
+    ``"openai/local"`` with ``api_base`` for an OpenAI-compatible server). ``extra`` is
+    passed to every litellm call (it may override the defaults below, e.g.
+    ``{"drop_params": False}``). By default ``drop_params=True``, so parameters a provider
+    does not support (``seed``, ``top_p``) are dropped instead of failing the call.
+    ``num_retries`` is litellm's own retrying; lmgraph's ``RetryLM`` usually does that job.
+    ``json_mode`` says how ``request.json_schema`` is sent: ``"json_schema"`` (OpenAI
+    structured outputs; also vLLM, Ollama) or ``"json_object"`` (``{"type": "json_object",
+    "schema": ...}``, which llama-cpp-python's server needs: it rejects ``json_schema``).
+    """
+
+    def __init__(self, model: str, *, api_base: str | None = None, api_key: str | None = None,
+                 timeout: float = 60.0, num_retries: int = 0,
+                 extra: dict[str, Any] | None = None, top_logprobs: int = 5,
+                 json_mode: str = "json_schema") -> None:
+        if not model or not isinstance(model, str):
+            raise DefinitionError(f"LiteLLM needs a model name, got {model!r}.",
+                                  fix="pass a litellm model string such as 'openai/gpt-4o-mini'.")
+        self.model = model
+        self.api_base = api_base
+        self._api_key = api_key
+        self.timeout = float(timeout)
+        self.num_retries = int(num_retries)
+        self.extra = dict(extra or {})
+        self.top_logprobs = int(top_logprobs)
+        if json_mode not in _JSON_MODES:
+            raise DefinitionError(f"json_mode must be one of {sorted(_JSON_MODES)}, got {json_mode!r}.",
+                                  fix="use 'json_schema' (OpenAI, vLLM) or 'json_object' "
+                                      "(llama-cpp-python's server).")
+        self.json_mode = json_mode
+
+    def identity(self) -> dict[str, Any]:
+        # Never the API key: identities end up in cache keys, traces and artifacts.
+        return {"backend": "litellm", "model": self.model, "api_base": self.api_base}
+
+    def __repr__(self) -> str:
+        base = f", api_base={self.api_base!r}" if self.api_base else ""
+        return f"LiteLLM({self.model!r}{base})"
+
+    async def aclose(self) -> None:
+        """Close litellm's cached HTTP clients (avoids "Unclosed client session" warnings).
+
+        litellm shares those clients process-wide, so this affects every litellm user.
+        """
+        if _litellm is None:
+            return
+        closer = getattr(_litellm, "close_litellm_async_clients", None)
+        if closer is not None:
+            try:
+                await closer()
+            except Exception:  # pragma: no cover - best effort
+                pass
+
+    def _kwargs(self, request: LMRequest) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {
+            "model": self.model,
+            "temperature": float(request.temperature),
+            "max_tokens": int(request.max_tokens),
+            "seed": int(request.seed),
+            "top_p": float(request.top_p),
+            "timeout": self.timeout,
+            "num_retries": self.num_retries,
+            "drop_params": True,
+        }
+        if request.stop:
+            kwargs["stop"] = list(request.stop)
+        if self.api_base is not None:
+            kwargs["api_base"] = self.api_base
+        if self._api_key is not None:
+            kwargs["api_key"] = self._api_key
+        if request.json_schema is not None:
+            if self.json_mode == "json_schema":
+                kwargs["response_format"] = {
+                    "type": "json_schema",
+                    "json_schema": {"name": "output", "schema": request.json_schema},
+                }
+            else:
+                kwargs["response_format"] = {"type": "json_object", "schema": request.json_schema}
+        if request.logprobs:
+            if request.messages is not None:
+                kwargs.update(logprobs=True, top_logprobs=self.top_logprobs)
+            else:
+                kwargs["logprobs"] = self.top_logprobs
+        kwargs.update(self.extra)
+        return kwargs
+
+    async def complete(self, request: LMRequest) -> LMResponse:
+        litellm = _import_litellm()
+        kwargs = self._kwargs(request)
+        start = time.perf_counter()
+        try:
+            if request.messages is not None:
+                raw = await litellm.acompletion(
+                    messages=[m.to_dict() for m in request.messages], **kwargs)
+            else:
+                raw = await litellm.atext_completion(prompt=request.prompt, **kwargs)
+        except LmgraphError:
+            raise
+        except Exception as exc:
+            raise self._wrap_error(exc) from exc
+        latency = time.perf_counter() - start
+        return self._to_response(raw, request, latency, litellm)
+
+    def _wrap_error(self, exc: Exception) -> LMError:
+        # litellm re-wraps transport failures (a refused connection arrives as
+        # InternalServerError), so classify by the whole cause chain.
+        names = {type(e).__name__ for e in _chain(exc)}
+        where = f"{self.model}" + (f" at {self.api_base}" if self.api_base else "")
+        if names & {"Timeout", "APITimeoutError", "TimeoutError", "ConnectTimeout",
+                    "ReadTimeout", "ConnectionTimeoutError"}:
+            msg = f"{where} timed out after {self.timeout:g} s ({exc})."
+        elif names & {"APIConnectionError", "ConnectError", "ConnectionError",
+                      "ConnectionRefusedError", "ClientConnectorError"}:
+            msg = (f"could not connect to {where} (is the server running?): "
+                   f"{type(exc).__name__}: {exc}")
+        else:
+            msg = f"{where} failed ({type(exc).__name__}): {exc}"
+        err = LMError(msg)
+        err.retryable = type(exc).__name__ not in _NOT_RETRYABLE  # type: ignore[attr-defined]
+        return err
+
+    def _to_response(self, raw: Any, request: LMRequest, latency: float,
+                     litellm: Any) -> LMResponse:
+        choices = _get(raw, "choices") or []
+        if not choices:
+            raise LMError(f"{self.model} returned no choices.")
+        choice = choices[0]
+        if request.messages is not None:
+            text = _get(_get(choice, "message"), "content") or ""
+        else:
+            text = _get(choice, "text") or ""
+        usage = _get(raw, "usage")
+        logprobs = None
+        if request.logprobs:
+            logprobs = _normalise_logprobs(_as_dict(_get(choice, "logprobs")))
+        cost: float | None
+        try:
+            cost = float(litellm.completion_cost(completion_response=raw))
+        except Exception:
+            cost = None  # unknown price (local servers, unmapped models)
+        return LMResponse(
+            text=text,
+            usage=Usage(prompt_tokens=int(_get(usage, "prompt_tokens") or 0),
+                        completion_tokens=int(_get(usage, "completion_tokens") or 0)),
+            model=str(_get(raw, "model") or self.model),
+            finish_reason=_get(choice, "finish_reason"),
+            logprobs=logprobs,
+            cost=cost,
+            latency_s=latency,
+        )
+
+
+def openai_compatible(base_url: str, model: str = "local", *,
+                      json_mode: str = "json_schema", **kwargs: Any) -> LiteLLM:
+    """A :class:`LiteLLM` for an OpenAI-compatible server (llama.cpp server, vLLM, Ollama).
+
+    ``base_url`` is the API root including ``/v1``, e.g. ``LlamaServer().base_url``; use
+    ``json_mode="json_object"`` for llama-cpp-python's server. ``kwargs`` go to
+    :class:`LiteLLM` (``timeout``, ``extra`` ...).
+    """
+    return LiteLLM(f"openai/{model}", api_base=base_url, api_key="sk-local",
+                   json_mode=json_mode, **kwargs)

@@ -1,0 +1,181 @@
+"""BestOfN: sample a module n times (distinct rollouts, so caching still works) and pick one.
+
+Selection: ``"vote"`` (majority over one output field, ties to the earliest sample),
+``"judge"`` (the first sample a :class:`Critique` accepts; else the vote) or ``"reward"``
+(the highest ``reward(inputs, outputs) -> float``; a named resource, ties to the earliest).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import re
+from collections import Counter
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from ..errors import BudgetExceeded, DefinitionError, RunError
+from ..lm.prompt import jsonable
+from ..signatures import FieldSpec, Signature
+from .base import Module, module_from_dict, need_resource
+from .critique import Critique, check_judge, default_judge
+
+if TYPE_CHECKING:
+    from ..pipeline.executor import NodeCall
+
+__all__ = ["BestOfN", "vote_key"]
+
+SELECT = ("vote", "judge", "reward")
+
+
+def vote_key(value: Any) -> str:
+    """Normalised form used for voting: case, spacing and trailing punctuation do not count."""
+    if isinstance(value, str):
+        return re.sub(r"\s+", " ", value.strip().lower()).strip(" .!?;:\"'`")
+    return json.dumps(jsonable(value), sort_keys=True, ensure_ascii=False)
+
+
+class BestOfN(Module):
+    """Run ``module`` ``n`` times at ``temperature`` and select one result; adds ``votes: int``."""
+
+    kind = "best_of_n"
+    tunable = ("module", "n", "temperature")
+
+    def __init__(self, module: Module, *, n: int = 3, select: str = "vote", judge: Critique | None = None,
+                 reward: Callable[[Mapping[str, Any], Mapping[str, Any]], Any] | None = None,
+                 reward_name: str | None = None, temperature: float = 0.7, vote_on: str | None = None) -> None:
+        if select == "judge" and judge is None and isinstance(module, Module):
+            judge = default_judge(module)
+        self.module = module
+        self.n = n
+        self.select = select
+        self.judge = judge
+        self.reward = reward
+        name = reward_name or getattr(reward, "__name__", None)
+        self.reward_name = name if reward is not None else None
+        self.temperature = float(temperature)
+        self.vote_on = vote_on
+        self._check()
+        self._freeze()
+
+    def _check(self) -> None:
+        m = self.module
+        if not isinstance(m, Module) or "temperature" not in m.tunable:
+            raise DefinitionError(f"BestOfN needs a module that samples (a tunable temperature), "
+                                  f"got {type(m).__name__}", fix="wrap a Predict, ChainOfThought, Plan or CallTool.")
+        if isinstance(self.n, bool) or not isinstance(self.n, int) or self.n < 1:
+            raise DefinitionError(f"n must be a positive integer, got {self.n!r}", fix="pass n=3 (or more).")
+        if self.select not in SELECT:
+            raise DefinitionError(f"unknown select {self.select!r}", fix=f"choose one of {', '.join(SELECT)}.")
+        if self.select == "judge":
+            check_judge(self.judge, m.signature.input_names + m.signature.output_names, "BestOfN")
+        elif self.judge is not None:
+            raise DefinitionError("judge= is only used with select='judge'", fix="pass select='judge' or drop judge=.")
+        if self.select == "reward":
+            if not callable(self.reward):
+                raise DefinitionError("select='reward' needs reward=fn(inputs, outputs) -> float",
+                                      fix="pass reward=my_reward (a named function).")
+            if not self.reward_name or self.reward_name == "<lambda>":
+                raise DefinitionError("the reward function needs a name (it is stored by name, not as code)",
+                                      fix="use a def function or pass reward_name='my_reward'.")
+        elif self.reward is not None:
+            raise DefinitionError("reward= is only used with select='reward'", fix="pass select='reward' or drop it.")
+        if m.signature.output("votes") is not None:
+            raise DefinitionError("BestOfN adds a 'votes' output; the module already has one", field="votes",
+                                  fix="rename the module's output.")
+        if self.vote_field not in m.signature.output_names:
+            raise DefinitionError(f"vote_on={self.vote_on!r} is not an output of the module", field=self.vote_on,
+                                  fix=f"choose one of {', '.join(m.signature.output_names)}.")
+
+    @property
+    def vote_field(self) -> str:
+        if self.vote_on:
+            return self.vote_on
+        outs = self.module.signature.output_names
+        return next((o for o in outs if o != "reasoning"), outs[0])
+
+    @property
+    def signature(self) -> Signature:
+        sig = self.module.signature
+        return Signature(sig.inputs, (*sig.outputs, FieldSpec("votes", int, "samples that agree with the pick")),
+                         sig.instructions)
+
+    async def _sample(self, inputs: dict[str, Any], call: "NodeCall") -> list[Any]:
+        sampler = self.module.replace(temperature=self.temperature)
+        base = call.ctx.rollout * self.n  # fresh, non-overlapping rollouts per outer rollout
+
+        async def one(i: int) -> dict[str, Any]:
+            sub = type(call)(call.node, sampler, call.ctx.replace(rollout=base + i), call.trace)
+            return await sampler.forward(dict(inputs), sub)
+
+        return await asyncio.gather(*(one(i) for i in range(self.n)), return_exceptions=True)
+
+    async def forward(self, inputs: dict[str, Any], call: "NodeCall") -> dict[str, Any]:
+        results = await self._sample(inputs, call)
+        for r in results:
+            if isinstance(r, BudgetExceeded) or (isinstance(r, BaseException) and not isinstance(r, RunError)):
+                raise r
+        ok = [(i, r) for i, r in enumerate(results) if not isinstance(r, BaseException)]
+        meta: dict[str, Any] = {"failed": [i for i, r in enumerate(results) if isinstance(r, BaseException)]}
+        call.trace.meta["best_of_n"] = meta
+        if not ok:
+            raise next(r for r in results if isinstance(r, BaseException))
+        keys = [vote_key(r[self.vote_field]) for _, r in ok]
+        counts = Counter(keys)
+        meta["candidates"] = keys
+        pick = None
+        if self.select == "judge":
+            assert self.judge is not None
+            verdicts = []
+            for j, (_, r) in enumerate(ok):
+                seen = {**inputs, **r}
+                v = await self.judge.forward({n: seen[n] for n in self.judge.signature.input_names}, call)
+                verdicts.append(bool(v["verdict"]))
+                if v["verdict"]:
+                    pick = j
+                    break
+            meta["verdicts"] = verdicts
+        elif self.select == "reward":
+            scores = []
+            for _, r in ok:
+                s = self.reward(dict(inputs), dict(r))  # type: ignore[misc]
+                scores.append(float(await s if inspect.isawaitable(s) else s))
+            meta["scores"] = scores
+            pick = max(range(len(ok)), key=lambda j: (scores[j], -j))
+        if pick is None:  # vote (also the judge's fallback)
+            top = max(counts.values())
+            pick = next(j for j, k in enumerate(keys) if counts[k] == top)
+        meta["picked"] = ok[pick][0]
+        return {**ok[pick][1], "votes": counts[keys[pick]]}
+
+    def config(self) -> dict[str, Any]:
+        return {"module": self.module.to_dict(), "n": self.n, "select": self.select,
+                "judge": self.judge.to_dict() if self.judge is not None else None,
+                "reward": self.reward_name, "temperature": self.temperature, "vote_on": self.vote_on}
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any], *, resources: Mapping[str, Any],
+                    types: Mapping[str, Any] | None) -> "BestOfN":
+        module = module_from_dict(config["module"], resources=resources, types=types)
+        judge = config.get("judge")
+        name = config.get("reward")
+        return cls(module, n=config.get("n", 3), select=config.get("select", "vote"),
+                   judge=module_from_dict(judge, resources=resources, types=types) if judge else None,  # type: ignore[arg-type]
+                   reward=need_resource(resources, name, "reward function") if name else None,
+                   reward_name=name, temperature=config.get("temperature", 0.7), vote_on=config.get("vote_on"))
+
+    def resources(self) -> dict[str, Any]:
+        out = dict(self.module.resources())
+        if self.judge is not None:
+            out.update(self.judge.resources())
+        if self.reward is not None and self.reward_name:
+            out[self.reward_name] = self.reward
+        return out
+
+    def submodules(self) -> dict[str, Module]:
+        return {"module": self.module, **({"judge": self.judge} if self.judge is not None else {})}
+
+    def describe(self) -> str:
+        how = f"reward {self.reward_name}" if self.select == "reward" else self.select
+        return f"BestOfN[{self.module.describe()} x{self.n}, {how}, t={self.temperature:g}]"

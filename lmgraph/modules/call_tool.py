@@ -1,0 +1,285 @@
+"""CallTool: a ReAct-style loop -- think, call a Python tool, observe -- then extract the outputs.
+
+Each step is one model call with the step signature
+``<inputs>, trajectory -> thought, tool: Literal[<tools>, "finish"], args: dict``; the tool runs
+with validated arguments and its result (or its error) is appended to the trajectory. The loop
+stops at ``finish`` or after ``max_steps`` steps; a final call reads the trajectory and produces
+the declared outputs (plus ``trajectory: str``). Tools are resources bound by name on load.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import re
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal
+
+import pydantic
+
+from ..errors import DefinitionError, OutputParseError
+from ..lm.prompt import jsonable
+from ..signatures import FieldSpec, Signature, ensure_signature
+from .base import FORMAT_CHOICES, Module, need_resource, normalise_demos
+from .predict import predict
+
+if TYPE_CHECKING:
+    from ..pipeline.executor import NodeCall
+
+__all__ = ["CallTool", "Tool"]
+
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+FINISH = "finish"
+MAX_OBSERVATION_CHARS = 2000
+
+
+class ToolArgumentError(ValueError):
+    """The model's arguments do not fit the tool's parameters."""
+
+
+def _strip_titles(schema: Any) -> Any:
+    if isinstance(schema, dict):
+        return {k: _strip_titles(v) for k, v in schema.items() if k != "title"}
+    if isinstance(schema, list):
+        return [_strip_titles(v) for v in schema]
+    return schema
+
+
+class Tool:
+    """A Python function the model may call; arguments are validated with pydantic."""
+
+    def __init__(self, fn: Callable[..., Any], *, name: str | None = None, description: str | None = None) -> None:
+        if not callable(fn):
+            raise DefinitionError(f"a tool must be callable, got {type(fn).__name__}",
+                                  fix="pass a function or Tool(fn, name=...).")
+        name = name or getattr(fn, "__name__", None) or type(fn).__name__
+        if not _IDENT.match(name) or name == FINISH:
+            raise DefinitionError(f"tool name {name!r} is not usable",
+                                  fix=f"pass Tool(fn, name='an_identifier'); {FINISH!r} is reserved.")
+        self.fn = fn
+        self.name = name
+        doc = inspect.getdoc(fn) or ""
+        self.description = (description or (doc.strip().splitlines()[0] if doc.strip() else "")).strip()
+        self._params: list[inspect.Parameter] = []
+        fields: dict[str, Any] = {}
+        try:
+            sig = inspect.signature(fn)
+        except (TypeError, ValueError):
+            raise DefinitionError(f"cannot read the parameters of tool {name!r}",
+                                  fix="wrap it in a plain Python function with annotated parameters.") from None
+        try:
+            hints = typing.get_type_hints(fn)
+        except Exception:  # noqa: BLE001 - unresolvable annotations: fall back to the raw ones
+            hints = {}
+        extra = "forbid"
+        for i, p in enumerate(sig.parameters.values()):
+            if p.kind is p.VAR_KEYWORD:
+                extra = "allow"
+                continue
+            if p.kind is p.VAR_POSITIONAL:
+                continue
+            ann = hints.get(p.name, p.annotation)
+            ann = Any if ann is p.empty or isinstance(ann, str) else ann
+            default = ... if p.default is p.empty else p.default
+            fields[f"p{i}"] = (ann, pydantic.Field(default, alias=p.name))
+            self._params.append(p)
+        self._model = pydantic.create_model(f"{name}_args", __config__=pydantic.ConfigDict(extra=extra),
+                                            **fields)  # type: ignore[call-overload]
+        self.parameters_schema = _strip_titles(self._model.model_json_schema(by_alias=True))
+
+    def validate(self, args: Any) -> tuple[list[Any], dict[str, Any]]:
+        if not isinstance(args, Mapping):
+            raise ToolArgumentError(f"args must be a JSON object, got {type(args).__name__}")
+        try:
+            m = self._model.model_validate(dict(args))
+        except pydantic.ValidationError as e:
+            msgs = [f"{'.'.join(map(str, err['loc'])) or 'args'}: {err['msg']}" for err in e.errors()]
+            raise ToolArgumentError("; ".join(msgs)) from None
+        pos, kw = [], dict(m.model_extra or {})
+        for i, p in enumerate(self._params):
+            value = getattr(m, f"p{i}")
+            (pos.append(value) if p.kind is p.POSITIONAL_ONLY else kw.__setitem__(p.name, value))
+        return pos, kw
+
+    async def run(self, args: Any) -> Any:
+        """Validate ``args`` and call the function (sync functions run in a worker thread)."""
+        pos, kw = self.validate(args)
+        if inspect.iscoroutinefunction(self.fn):
+            return await self.fn(*pos, **kw)
+        out = await asyncio.to_thread(self.fn, *pos, **kw)
+        return await out if inspect.isawaitable(out) else out
+
+    def render(self) -> str:
+        props = self.parameters_schema.get("properties", {})
+        req = self.parameters_schema.get("required", [])
+        head = f"- {self.name}: {self.description}" if self.description else f"- {self.name}"
+        return (f"{head}\n  args (JSON schema properties): {json.dumps(props, ensure_ascii=False)}"
+                + (f"; required: {', '.join(req)}" if req else ""))
+
+    def __repr__(self) -> str:
+        return f"Tool({self.name!r})"
+
+
+def as_tools(tools: Any) -> dict[str, Tool]:
+    items = list(tools.items()) if isinstance(tools, Mapping) else [(None, t) for t in tools or ()]
+    out: dict[str, Tool] = {}
+    for key, t in items:
+        if isinstance(t, Tool):
+            tool = t if key in (None, t.name) else Tool(t.fn, name=key, description=t.description)
+        else:
+            tool = Tool(t, name=key)
+        if tool.name in out:
+            raise DefinitionError(f"two tools are named {tool.name!r}", fix="give each tool a distinct name.")
+        out[tool.name] = tool
+    if not out:
+        raise DefinitionError("CallTool needs at least one tool", fix="pass tools=[my_function, ...].")
+    return out
+
+
+def observation_text(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(jsonable(value), ensure_ascii=False)
+    return text if len(text) <= MAX_OBSERVATION_CHARS else text[:MAX_OBSERVATION_CHARS] + " ...(truncated)"
+
+
+TRAJECTORY = FieldSpec("trajectory", str, "the steps taken so far: thoughts, tool calls and observations")
+NO_STEPS = "(no steps yet)"
+STEP_PROTOCOL = ("You solve the task step by step with tools. At each step write a short thought, then "
+                 "choose one tool and its arguments as a JSON object. The trajectory shows your earlier "
+                 "steps and what each tool returned (including errors). When you know enough to give "
+                 "{outputs}, choose the tool \"finish\" with args {{}}.\n\nTools:\n{tools}\n"
+                 "- finish: stop; the final answer is written afterwards from the trajectory.")
+
+
+class CallTool(Module):
+    """ReAct: ``signature`` inputs -> (think, call tool, observe)* -> signature outputs + trajectory."""
+
+    kind = "call_tool"
+    tunable = ("instructions", "demos", "format", "lm", "max_steps", "temperature")
+
+    def __init__(self, signature: "str | Signature | type[Signature]", tools: Any, *, max_steps: int = 5,
+                 instructions: str | None = None, demos: Sequence[Mapping[str, Any]] = (),
+                 format: str = "auto", lm: str | None = None, temperature: float = 0.0,
+                 max_tokens: int = 256, repair: bool = True, types: Mapping[str, Any] | None = None) -> None:
+        self.base_signature = ensure_signature(signature, types=dict(types or {}))
+        self.tools = as_tools(tools)
+        self.instructions = instructions or self.base_signature.instructions
+        self.format = format
+        self.lm = lm
+        self.temperature = float(temperature)
+        self.max_tokens = int(max_tokens)
+        self.repair = repair
+        self.max_steps = max_steps
+        sig = self.base_signature
+        for f in sig.inputs:
+            if f.name in ("trajectory", "thought", "tool", "args"):
+                raise DefinitionError(f"CallTool reserves the field name {f.name!r}", field=f.name,
+                                      fix="rename that input.")
+        if sig.output("trajectory") is not None:
+            raise DefinitionError("CallTool adds its own 'trajectory' output", field="trajectory",
+                                  fix="rename that output.")
+        self.demos = normalise_demos(demos, sig)
+        self._check()
+        self._freeze()
+
+    def _check(self) -> None:
+        if self.format not in FORMAT_CHOICES:
+            raise DefinitionError(f"unknown prompt format {self.format!r}",
+                                  fix=f"choose one of {', '.join(FORMAT_CHOICES)}.")
+        if isinstance(self.max_steps, bool) or not isinstance(self.max_steps, int) or self.max_steps < 1:
+            raise DefinitionError(f"max_steps must be a positive integer, got {self.max_steps!r}",
+                                  fix="pass max_steps=5 (or another positive integer).")
+
+    @property
+    def signature(self) -> Signature:
+        sig = self.base_signature
+        return Signature(sig.inputs, (*sig.outputs, TRAJECTORY), sig.instructions)
+
+    @property
+    def signature_for_demos(self) -> Signature:
+        return self.base_signature
+
+    def step_signature(self) -> Signature:
+        names = (*self.tools, FINISH)
+        return Signature((*self.base_signature.inputs, TRAJECTORY), (
+            FieldSpec("thought", str, "what to do next and why"),
+            FieldSpec("tool", Literal[names], "the tool to call"),  # type: ignore[valid-type]
+            FieldSpec("args", dict[str, Any], "the tool's arguments as a JSON object")))
+
+    def step_instructions(self) -> str:
+        outs = ", ".join(f"`{n}`" for n in self.base_signature.output_names)
+        return self.instructions.strip() + "\n\n" + STEP_PROTOCOL.format(
+            outputs=outs, tools="\n".join(t.render() for t in self.tools.values()))
+
+    async def _step_call(self, call: "NodeCall", sig: Signature, inputs: dict[str, Any],
+                         instructions: str, demos: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
+        return await predict(call, sig, inputs, instructions=instructions, demos=demos, format=self.format,
+                             lm=self.lm, temperature=self.temperature, max_tokens=self.max_tokens,
+                             repair=self.repair)
+
+    async def forward(self, inputs: dict[str, Any], call: "NodeCall") -> dict[str, Any]:
+        step_sig, step_instr = self.step_signature(), self.step_instructions()
+        lines: list[str] = []
+        steps: list[dict[str, Any]] = []
+        call.trace.meta["steps"] = steps
+        for i in range(1, self.max_steps + 1):
+            traj = "\n".join(lines) or NO_STEPS
+            try:
+                step = await self._step_call(call, step_sig, {**inputs, "trajectory": traj}, step_instr)
+            except OutputParseError as e:
+                lines.append(f"Step {i}: the reply could not be read ({e}). Reply with a valid tool and args.")
+                steps.append({"step": i, "error": str(e)})
+                continue
+            tool, args = step["tool"], step["args"]
+            lines += [f"Thought {i}: {step['thought']}",
+                      f"Action {i}: {tool}({json.dumps(jsonable(args), ensure_ascii=False)})"]
+            if tool == FINISH:
+                steps.append({"step": i, "tool": FINISH})
+                break
+            observation, ok = await self._run_tool(tool, args)
+            lines.append(f"Observation {i}: {observation}")
+            steps.append({"step": i, "tool": tool, "args": jsonable(args), "ok": ok, "observation": observation})
+        trajectory = "\n".join(lines) or NO_STEPS
+        extract_sig = self.base_signature.append_input(TRAJECTORY)
+        demos = [{**d, "trajectory": "(omitted)"} for d in self.demos]
+        out = await self._step_call(call, extract_sig, {**inputs, "trajectory": trajectory},
+                                    self.instructions, demos)
+        return {**out, "trajectory": trajectory}
+
+    async def _run_tool(self, name: str, args: Any) -> tuple[str, bool]:
+        tool = self.tools.get(name)
+        if tool is None:  # only reachable with a non-Literal parse; kept for safety
+            return f"Error: unknown tool {name!r}; tools: {', '.join(self.tools)}, {FINISH}.", False
+        try:
+            return observation_text(await tool.run(args)), True
+        except ToolArgumentError as e:
+            return f"Error: bad arguments for {name}: {e}", False
+        except Exception as e:  # noqa: BLE001 - a tool failure is an observation, not a crash
+            return f"Error: {name} raised {type(e).__name__}: {e}", False
+
+    def config(self) -> dict[str, Any]:
+        return {"signature": self.base_signature.to_dict(), "tools": list(self.tools),
+                "max_steps": self.max_steps, "instructions": self.instructions,
+                "demos": [dict(d) for d in self.demos], "format": self.format, "lm": self.lm,
+                "temperature": self.temperature, "max_tokens": self.max_tokens, "repair": self.repair}
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any], *, resources: Mapping[str, Any],
+                    types: Mapping[str, Any] | None) -> "CallTool":
+        tools = {n: need_resource(resources, n, "tool") for n in config["tools"]}
+        return cls(Signature.from_dict(config["signature"], types=dict(types or {})), tools,
+                   max_steps=config.get("max_steps", 5), instructions=config.get("instructions"),
+                   demos=config.get("demos", ()), format=config.get("format", "auto"), lm=config.get("lm"),
+                   temperature=config.get("temperature", 0.0), max_tokens=config.get("max_tokens", 256),
+                   repair=config.get("repair", True))
+
+    def resources(self) -> dict[str, Any]:
+        return dict(self.tools)
+
+    def describe(self) -> str:
+        extra = f", {len(self.demos)} demos" if self.demos else ""
+        return f"CallTool[{', '.join(self.tools)}; max_steps={self.max_steps}, {self.format}{extra}]"
+
+    def summary(self) -> list[str]:
+        return [f"tools: {', '.join(self.tools)}"]

@@ -1,0 +1,181 @@
+"""Critique (a judge) and Refine (generate -> judge -> revise, a declared bounded loop)."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from ..errors import DefinitionError
+from ..lm.prompt import format_value
+from ..signatures import FieldSpec, Signature, ensure_signature
+from .base import Module, module_from_dict
+from .plan import is_default_instructions
+from .predict import Predict
+
+if TYPE_CHECKING:
+    from ..pipeline.executor import NodeCall
+
+__all__ = ["CRITIQUE_INSTRUCTIONS", "Critique", "Refine"]
+
+FEEDBACK = FieldSpec("feedback", str, "what is wrong and how to fix it, or why it is fine")
+VERDICT = FieldSpec("verdict", bool, "yes if acceptable, no otherwise")
+CRITIQUE_INSTRUCTIONS = ("Judge whether the {last} is correct and acceptable given the other fields. "
+                         "First give short, specific feedback (what is wrong and how to fix it), then "
+                         "the verdict: yes if it is acceptable, no otherwise.")
+
+
+def critique_signature(signature: "str | Signature | type[Signature]",
+                       types: Mapping[str, Any] | None = None) -> Signature:
+    """The judge's signature: the declared inputs (and extra outputs) + ``feedback`` + ``verdict: bool``."""
+    if isinstance(signature, str) and "->" not in signature:
+        signature = signature + " -> feedback"
+    sig = ensure_signature(signature, types=dict(types or {}))
+    for f in sig.inputs:
+        if f.name in ("feedback", "verdict"):
+            raise DefinitionError(f"a Critique input may not be called {f.name!r} (it is an output)",
+                                  field=f.name, fix="rename the input.")
+    declared = {f.name: f for f in sig.outputs}
+    extras = [f for f in sig.outputs if f.name not in ("feedback", "verdict")]
+    fb = declared.get("feedback")
+    vd = declared.get("verdict")
+    outs = [*extras, FieldSpec("feedback", str, fb.desc or FEEDBACK.desc, fb.prefix) if fb else FEEDBACK,
+            FieldSpec("verdict", bool, vd.desc or VERDICT.desc, vd.prefix) if vd else VERDICT]
+    default = is_default_instructions(sig)
+    new = Signature(sig.inputs, outs)
+    if default:
+        last = sig.inputs[-1].name if sig.inputs else "output"
+        return new.with_instructions(CRITIQUE_INSTRUCTIONS.format(last=f"`{last}`"))
+    return new.with_instructions(sig.instructions)
+
+
+class Critique(Predict):
+    """A judge: ``<declared inputs> -> feedback, verdict: bool`` (verdict yes = acceptable)."""
+
+    kind = "critique"
+
+    def __init__(self, signature: "str | Signature | type[Signature]", *,
+                 types: Mapping[str, Any] | None = None, **predict_kwargs: Any) -> None:
+        super().__init__(critique_signature(signature, types), types=types, **predict_kwargs)
+
+    def describe(self) -> str:
+        extra = f", {len(self.demos)} demos" if self.demos else ""
+        return f"Critique[{', '.join(self.signature.input_names)}; {self.format}{extra}]"
+
+
+def default_judge(module: Module) -> Critique:
+    """A Critique over a module's inputs and (non-reasoning) outputs."""
+    sig = getattr(module, "base_signature", module.signature)
+    outs = [f for f in sig.outputs if f.name != "reasoning"]
+    return Critique(Signature([*sig.inputs, *outs], []))
+
+
+def check_judge(judge: Any, available: tuple[str, ...], owner: str) -> None:
+    if not isinstance(judge, Critique):
+        raise DefinitionError(f"{owner}: judge must be a Critique, got {type(judge).__name__}",
+                              fix="pass judge=Critique('question, answer') or leave it out.")
+    missing = [n for n in judge.signature.input_names if n not in available]
+    if missing:
+        raise DefinitionError(f"{owner}: the judge reads {missing[0]!r}, which the judged module neither "
+                              "takes nor produces", field=missing[0],
+                              fix=f"the judge's inputs must come from: {', '.join(available)}.")
+
+
+def revision_prompt(outputs: Mapping[str, Any], feedback: str) -> str:
+    prev = "\n".join(f"{k}: {format_value(v, as_input=False)}" for k, v in outputs.items())
+    return f"A previous attempt was not accepted:\n{prev}\nWhat to fix: {feedback}"
+
+
+NO_FEEDBACK = "(first attempt)"
+REVISION = FieldSpec("feedback", str, "a previous attempt and what to fix; (first attempt) if none")
+
+
+class Refine(Module):
+    """Run ``generator``; let ``judge`` check it; revise with the feedback, at most ``max_rounds`` tries.
+
+    Outputs: the generator's outputs + ``verdict: bool`` (the last judgement) + ``rounds: int``.
+    """
+
+    kind = "refine"
+    tunable = ("generator", "judge", "max_rounds")
+
+    def __init__(self, generator: Predict, *, judge: Critique | None = None, max_rounds: int = 2) -> None:
+        if not isinstance(generator, Predict):
+            raise DefinitionError(f"Refine needs a Predict-like generator, got {type(generator).__name__}",
+                                  fix="pass Refine(Predict('question -> answer')) or a ChainOfThought.")
+        self.generator = generator
+        self.judge = judge if judge is not None else default_judge(generator)
+        self.max_rounds = max_rounds
+        self._check()
+        self._freeze()
+
+    def _check(self) -> None:
+        gen = self.generator
+        if not isinstance(gen, Predict):
+            raise DefinitionError("Refine's generator must be a Predict-like module",
+                                  fix="pass a Predict or ChainOfThought.")
+        if isinstance(self.max_rounds, bool) or not isinstance(self.max_rounds, int) or self.max_rounds < 1:
+            raise DefinitionError(f"max_rounds must be a positive integer, got {self.max_rounds!r}",
+                                  fix="pass max_rounds=2 (one draft and one revision).")
+        sig = gen.signature
+        if sig.input("feedback") is not None:
+            raise DefinitionError("Refine's generator may not have an input named 'feedback'",
+                                  field="feedback", fix="rename that input; Refine adds its own.")
+        for name in ("verdict", "rounds"):
+            if sig.output(name) is not None:
+                raise DefinitionError(f"Refine's generator may not have an output named {name!r}",
+                                      field=name, fix="rename that output; Refine adds its own.")
+        check_judge(self.judge, sig.input_names + sig.output_names, "Refine")
+
+    @property
+    def signature(self) -> Signature:
+        sig = self.generator.signature
+        return Signature(sig.inputs, (*sig.outputs, FieldSpec("verdict", bool, "the judge accepted the output"),
+                                      FieldSpec("rounds", int, "attempts made")), sig.instructions)
+
+    def _reviser(self) -> Predict:
+        """The generator with an extra ``feedback`` input (demos show it as a first attempt)."""
+        gen = self.generator
+        rev = copy.copy(gen)
+        object.__setattr__(rev, "base_signature", gen.base_signature.append_input(REVISION))
+        object.__setattr__(rev, "demos", tuple({**d, "feedback": NO_FEEDBACK} for d in gen.demos))
+        return rev
+
+    async def forward(self, inputs: dict[str, Any], call: "NodeCall") -> dict[str, Any]:
+        out = await self.generator.forward(inputs, call)
+        history: list[dict[str, Any]] = []
+        call.trace.meta["rounds"] = history
+        reviser = None
+        for rnd in range(1, self.max_rounds + 1):
+            seen = {**inputs, **out}
+            verdict = await self.judge.forward({n: seen[n] for n in self.judge.signature.input_names}, call)
+            history.append({"round": rnd, "verdict": verdict["verdict"], "feedback": verdict["feedback"]})
+            if verdict["verdict"] or rnd == self.max_rounds:
+                return {**out, "verdict": bool(verdict["verdict"]), "rounds": rnd}
+            shown = {k: v for k, v in out.items() if k != "reasoning"}
+            reviser = reviser or self._reviser()
+            out = await reviser.forward({**inputs, "feedback": revision_prompt(shown, verdict["feedback"])}, call)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def config(self) -> dict[str, Any]:
+        return {"generator": self.generator.to_dict(), "judge": self.judge.to_dict(),
+                "max_rounds": self.max_rounds}
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any], *, resources: Mapping[str, Any],
+                    types: Mapping[str, Any] | None) -> "Refine":
+        gen = module_from_dict(config["generator"], resources=resources, types=types)
+        judge = module_from_dict(config["judge"], resources=resources, types=types)
+        return cls(gen, judge=judge, max_rounds=config.get("max_rounds", 2))  # type: ignore[arg-type]
+
+    def resources(self) -> dict[str, Any]:
+        return {**self.generator.resources(), **self.judge.resources()}
+
+    def submodules(self) -> dict[str, Module]:
+        return {"generator": self.generator, "judge": self.judge}
+
+    def describe(self) -> str:
+        return f"Refine[{self.generator.describe()} + {self.judge.describe()}, max_rounds={self.max_rounds}]"
+
+    def summary(self) -> list[str]:
+        return [f"generator: {self.generator.describe()}", f"judge: {self.judge.describe()}"]

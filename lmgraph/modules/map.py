@@ -1,0 +1,168 @@
+"""Map: run a sub-program once per item of one or more list inputs (bounded concurrency).
+
+For each sub-program input ``x``: the node takes ``x: list[T]`` when ``x`` is in ``over``
+(zipped item by item) and ``x: T`` otherwise (the same value for every item). Every
+sub-program output ``y: T`` becomes ``y: list[T]``, in item order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from ..errors import BudgetExceeded, DefinitionError, RunError
+from ..signatures import FieldSpec, Signature
+from .base import Module
+
+if TYPE_CHECKING:
+    from ..pipeline.executor import NodeCall, Prediction
+    from ..pipeline.program import Program
+
+__all__ = ["Map"]
+
+ON_ERROR = ("raise", "skip")
+
+
+def _output_type(program: "Program", node: str, field: str) -> Any:
+    if node == "input":
+        return program.input_specs[field]
+    spec = program.node_map[node].module.signature.output(field)
+    return spec.annotation if spec is not None else Any
+
+
+class Map(Module):
+    """Fan a sub-program out over list inputs; outputs are lists in item order."""
+
+    kind = "map"
+    tunable = ("program", "concurrency")
+
+    def __init__(self, program: Any, *, over: str | list[str] | tuple[str, ...],
+                 concurrency: int = 4, on_error: str = "raise") -> None:
+        from ..pipeline.builder import Pipeline
+
+        if isinstance(program, Pipeline):
+            program = program.build()
+        self.program = program
+        self.over = (over,) if isinstance(over, str) else tuple(over)
+        self.concurrency = concurrency
+        self.on_error = on_error
+        self._check()
+        self._freeze()
+
+    def _check(self) -> None:
+        from ..pipeline.program import Program
+
+        p = self.program
+        if not isinstance(p, Program):
+            raise DefinitionError(f"Map needs a Program, got {type(p).__name__}",
+                                  fix="build the per-item pipeline first: Map(pipeline.build(), over='x').")
+        if not self.over:
+            raise DefinitionError("Map needs at least one input to map over",
+                                  fix=f"pass over=... naming one of {', '.join(p.input_specs)}.")
+        for name in self.over:
+            if name not in p.input_specs:
+                raise DefinitionError(f"Map over {name!r}, but {p.name!r} has no such input", field=name,
+                                      fix=f"its inputs are: {', '.join(p.input_specs)}.")
+        if len(set(self.over)) != len(self.over):
+            raise DefinitionError("Map names an input in over= twice", fix="list each input once.")
+        if isinstance(self.concurrency, bool) or not isinstance(self.concurrency, int) or self.concurrency < 1:
+            raise DefinitionError(f"concurrency must be a positive integer, got {self.concurrency!r}",
+                                  fix="pass concurrency=4 (or another positive integer).")
+        if self.on_error not in ON_ERROR:
+            raise DefinitionError(f"unknown on_error {self.on_error!r}", fix="choose 'raise' or 'skip'.")
+        clash = set(p.input_specs) & {o for o, _ in p.output_refs}
+        if clash:
+            raise DefinitionError(f"{p.name!r} has an input and an output both named {sorted(clash)[0]!r}",
+                                  fix="rename the sub-program's output (pipeline.output(other_name=...)).")
+        object.__setattr__(self, "_signature", self._make_signature())
+
+    def _make_signature(self) -> Signature:
+        p = self.program
+        ins = [FieldSpec(n, list[t] if n in self.over else t,  # type: ignore[valid-type]
+                         "one item per run" if n in self.over else "the same for every item")
+               for n, t in p.input_specs.items()]
+        outs = [FieldSpec(o, list[_output_type(p, r.node, r.field)], f"{o} of each item")  # type: ignore[misc]
+                for o, r in p.output_refs]
+        return Signature(ins, outs, f"Run {p.name!r} for each item of {', '.join(self.over)}.")
+
+    @property
+    def signature(self) -> Signature:
+        return self._signature  # type: ignore[attr-defined,no-any-return]
+
+    async def forward(self, inputs: dict[str, Any], call: "NodeCall") -> dict[str, Any]:
+        for n in self.over:
+            if not isinstance(inputs[n], (list, tuple)):
+                raise RunError(f"Map over {n!r} needs a list, got {type(inputs[n]).__name__}", node=call.node)
+        lengths = {n: len(inputs[n]) for n in self.over}
+        if len(set(lengths.values())) > 1:
+            raise RunError("the lists mapped over differ in length: "
+                           + ", ".join(f"{n}={k}" for n, k in lengths.items()), node=call.node)
+        count = next(iter(lengths.values()))
+        sem = asyncio.Semaphore(self.concurrency)
+        n_children = len(call.trace.children)
+
+        async def one(i: int) -> "Prediction":
+            item = {n: (inputs[n][i] if n in self.over else inputs[n]) for n in self.program.input_specs}
+            async with sem:
+                return await call.run_program(self.program, item)
+
+        results: list[Any] = [None] * count
+        errors: dict[int, BaseException] = {}
+        pending = {asyncio.ensure_future(one(i)): i for i in range(count)}
+        try:
+            while pending:
+                done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_EXCEPTION)
+                for task in sorted(done, key=pending.__getitem__):
+                    i = pending.pop(task)
+                    if task.exception() is None:
+                        results[i] = task.result()
+                    else:
+                        errors[i] = task.exception()  # type: ignore[assignment]
+                if errors and self.on_error == "raise":
+                    break
+        finally:
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+            # child traces in item order (run_program appends them as items finish)
+            traces = [r.trace if r is not None else getattr(errors.get(i), "trace", None)
+                      for i, r in enumerate(results)]
+            call.trace.children[n_children:] = [t for t in traces if t is not None]
+        call.trace.meta["items"] = count
+        if errors:
+            call.trace.meta["failed"] = {str(i): f"{type(e).__name__}: {e}" for i, e in sorted(errors.items())}
+            if self.on_error == "raise":
+                i, e = min(errors.items())
+                if isinstance(e, BudgetExceeded):
+                    raise e
+                raise RunError(f"item {i} of {count} failed: {type(e).__name__}: {e}", node=call.node) from e
+        kept = [r for r in results if r is not None]
+        return {o: [r[o] for r in kept] for o, _ in self.program.output_refs}
+
+    def config(self) -> dict[str, Any]:
+        return {"program": self.program.to_dict(), "over": list(self.over), "concurrency": self.concurrency,
+                "on_error": self.on_error}
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any], *, resources: Mapping[str, Any],
+                    types: Mapping[str, Any] | None) -> "Map":
+        from ..pipeline.program import Program
+
+        program = Program.from_dict(config["program"], resources=resources, types=types)
+        return cls(program, over=config["over"], concurrency=config.get("concurrency", 4),
+                   on_error=config.get("on_error", "raise"))
+
+    def resources(self) -> dict[str, Any]:
+        return self.program.resources()
+
+    def submodules(self) -> dict[str, Module]:
+        return {n.name: n.module for n in self.program.nodes}
+
+    def describe(self) -> str:
+        skip = ", skip errors" if self.on_error == "skip" else ""
+        return f"Map[{self.program.name} over {', '.join(self.over)}, concurrency={self.concurrency}{skip}]"
+
+    def summary(self) -> list[str]:
+        return [f"per item: {' -> '.join(self.program.order)}"]

@@ -1,0 +1,340 @@
+"""Prompt formats (completion / chat / json): rendering, parsing, value coercion."""
+
+from __future__ import annotations
+
+import enum
+import json
+from typing import Literal, Optional, Union
+
+import pydantic
+import pytest
+
+from lmgraph.errors import OutputParseError
+from lmgraph.lm.prompt import FORMATS, coerce, format_value, get_format
+from lmgraph.signatures import FieldSpec, Signature
+
+SENTIMENT = Signature.parse("review -> sentiment: Literal['positive', 'negative']",
+                            instructions="Classify the review.")
+QA = Signature.parse("question, context: list[str] -> reasoning, answer: int", instructions="Answer it.")
+DEMOS = [
+    {"question": "2+2?", "context": ["arithmetic"], "reasoning": "two and two", "answer": 4},
+    {"question": "3*3?", "context": ["times", "tables"], "reasoning": "three threes", "answer": 9},
+]
+INPUTS = {"question": "10-3?", "context": ["subtraction"]}
+
+
+class Item(pydantic.BaseModel):
+    name: str
+    qty: int = 1
+
+
+class Mood(enum.Enum):
+    HAPPY = "happy"
+    SAD = "sad"
+
+
+# --------------------------------------------------------------------------- rendering
+
+def test_completion_renders_instructions_demos_inputs_and_ends_with_first_output_label():
+    req = get_format("completion").render(QA, QA.instructions, DEMOS, INPUTS, temperature=0.3, max_tokens=50)
+    assert req.messages is None and req.mode == "completion"
+    p = req.prompt
+    assert p.startswith("Answer it.")
+    assert p.endswith("Context:\n[1] subtraction\nReasoning:")
+    # demos as "Field: value" blocks, in order, before the input
+    assert "Question: 2+2?\nContext:\n[1] arithmetic\nReasoning: two and two\nAnswer: 4" in p
+    assert p.index("2+2?") < p.index("3*3?") < p.index("10-3?")
+    assert "Context:\n[1] times\n[2] tables" in p
+    # output type documented in the header
+    assert "Answer: a number" in p
+    assert req.stop == ("\n\n", "\nQuestion:")
+    assert req.temperature == 0.3 and req.max_tokens == 50
+    assert req.json_schema is None
+
+
+def test_completion_without_demos():
+    req = get_format("completion").render(SENTIMENT, "Classify.", [], {"review": "Great!"})
+    assert req.prompt == ("Classify.\n\nSentiment: one of: positive, negative\n\n"
+                          "Review: Great!\nSentiment:")
+
+
+def test_chat_has_system_and_demo_turns():
+    req = get_format("chat").render(QA, QA.instructions, DEMOS, INPUTS)
+    assert req.prompt is None and req.mode == "chat"
+    roles = [m.role for m in req.messages]
+    assert roles == ["system", "user", "assistant", "user", "assistant", "user"]
+    system = req.messages[0].content
+    assert system.startswith("Answer it.")
+    assert "'Reasoning: ...', then 'Answer: ...', each on its own line" in system
+    assert req.messages[1].content == "Question: 2+2?\nContext:\n[1] arithmetic"
+    assert req.messages[2].content == "Reasoning: two and two\nAnswer: 4"
+    assert req.messages[-1].content == "Question: 10-3?\nContext:\n[1] subtraction"
+    assert req.json_schema is None and req.stop == ()
+
+
+def test_json_carries_schema_and_json_demos():
+    req = get_format("json").render(QA, QA.instructions, DEMOS, INPUTS)
+    schema = req.json_schema
+    assert schema["type"] == "object"
+    assert set(schema["properties"]) == {"reasoning", "answer"}
+    assert schema["properties"]["answer"]["type"] == "integer"
+    assert set(schema["required"]) == {"reasoning", "answer"}
+    assert '"reasoning", "answer"' in req.messages[0].content
+    assert json.loads(req.messages[2].content) == {"reasoning": "two and two", "answer": 4}
+    assert [m.role for m in req.messages] == ["system", "user", "assistant", "user", "assistant", "user"]
+
+
+def test_json_schema_of_literal_and_model():
+    sig = Signature.parse("text -> items: list[Item], mood: Literal['happy', 'sad']", types={"Item": Item})
+    schema = get_format("json").render(sig, "x", [], {"text": "t"}).json_schema
+    assert schema["properties"]["mood"]["enum"] == ["happy", "sad"]
+    assert "Item" in schema["$defs"]
+
+
+def test_demo_without_optional_output_is_rendered_without_it():
+    demo = {"question": "q", "context": ["c"], "answer": 1}  # no reasoning (ChainOfThought labels)
+    for fmt in FORMATS:
+        req = get_format(fmt).render(QA, "x", [demo], INPUTS)
+        text = req.prompt if req.prompt is not None else "\n".join(m.content for m in req.messages)
+        assert "Answer: 1" in text or '"answer": 1' in text
+
+
+def test_format_value():
+    assert format_value("  hi  ") == "hi"
+    assert format_value(["a", "b"]) == "[1] a\n[2] b"
+    assert format_value([]) == "(none)"
+    assert format_value(["a", "b"], as_input=False) == '["a", "b"]'
+    assert format_value([1, 2]) == "[1, 2]"
+    assert format_value({"k": 1}) == '{"k": 1}'
+    assert format_value(True) == "yes" and format_value(False) == "no"
+    assert format_value(Item(name="x")) == '{"name":"x","qty":1}'
+    assert format_value(Mood.SAD) == "sad"
+    assert format_value(3) == "3"
+
+
+def test_unknown_format():
+    with pytest.raises(ValueError, match="unknown prompt format 'xml'"):
+        get_format("xml")
+
+
+# --------------------------------------------------------------------------- parsing
+
+def test_completion_parse_multi_field_prefilled_first_label():
+    out = get_format("completion").parse(QA, " seven from ten\nAnswer: 7")
+    assert out == {"reasoning": "seven from ten", "answer": 7}
+
+
+def test_completion_parse_single_field():
+    assert get_format("completion").parse(SENTIMENT, " positive") == {"sentiment": "positive"}
+
+
+def test_completion_parse_when_the_model_repeats_the_prefilled_label():
+    assert get_format("completion").parse(SENTIMENT, " Sentiment: negative") == {"sentiment": "negative"}
+    assert get_format("completion").parse(QA, "\nReasoning: r\nAnswer: 3") == {"reasoning": "r", "answer": 3}
+
+
+def test_chat_parse_multi_field():
+    text = "Reasoning: it is\nmultiline\nAnswer: 7"
+    assert get_format("chat").parse(QA, text) == {"reasoning": "it is\nmultiline", "answer": 7}
+
+
+def test_chat_parse_tolerates_markdown_and_case():
+    text = "**reasoning:** because\n**ANSWER**: 12"
+    assert get_format("chat").parse(QA, text) == {"reasoning": "because", "answer": 12}
+    text = "## Reasoning: because\n* Answer: 12"
+    assert get_format("chat").parse(QA, text) == {"reasoning": "because", "answer": 12}
+
+
+def test_chat_single_output_without_label_uses_whole_text():
+    assert get_format("chat").parse(SENTIMENT, "Negative.") == {"sentiment": "negative"}
+
+
+def test_optional_output_may_be_left_out():
+    sig = Signature.parse("q -> notes: Optional[str], answer: int")
+    assert get_format("chat").parse(sig, "Answer: 4") == {"notes": None, "answer": 4}
+    assert get_format("chat").parse(sig, "Notes: none\nAnswer: 4") == {"notes": None, "answer": 4}
+
+
+def test_chat_field_name_as_label():
+    sig = Signature([FieldSpec("q")], [FieldSpec("final_answer", str)])
+    assert get_format("chat").parse(sig, "final_answer: Paris") == {"final_answer": "Paris"}
+    assert get_format("chat").parse(sig, "Final answer: Paris") == {"final_answer": "Paris"}
+
+
+def test_json_parse():
+    fmt = get_format("json")
+    assert fmt.parse(QA, '{"reasoning": "r", "answer": 7}') == {"reasoning": "r", "answer": 7}
+    assert fmt.parse(QA, '```json\n{"reasoning": "r", "answer": "7"}\n```') == {"reasoning": "r", "answer": 7}
+    assert fmt.parse(QA, 'Sure! {"reasoning": "r", "answer": 7} Hope it helps.')["answer"] == 7
+    sig = Signature.parse("q -> answer")
+    assert fmt.parse(sig, '{"answer": 42}') == {"answer": "42"}  # a number where text was asked
+
+
+def test_json_parse_models():
+    sig = Signature.parse("text -> items: list[Item], first: Item", types={"Item": Item})
+    out = get_format("json").parse(sig, json.dumps({"items": [{"name": "a", "qty": 2}, {"name": "b"}],
+                                                    "first": {"name": "a"}}))
+    assert out["items"] == [Item(name="a", qty=2), Item(name="b")]
+    assert isinstance(out["first"], Item)
+
+
+def test_chat_parse_model_field_as_json():
+    sig = Signature.parse("text -> item: Item", types={"Item": Item})
+    assert get_format("chat").parse(sig, 'Item: {"name": "pen", "qty": 3}') == {"item": Item(name="pen", qty=3)}
+
+
+@pytest.mark.parametrize("fmt, sig, text, field, needle", [
+    ("chat", QA, "Reasoning: r\nAnswer: seven", "answer", "expected a number"),
+    ("chat", QA, "Reasoning: r", "answer", "missing 'Answer:'"),
+    ("completion", QA, " r\nAnswer: lots", "answer", "expected a number"),
+    ("completion", SENTIMENT, " mixed feelings", "sentiment", "expected one of positive, negative"),
+    ("completion", SENTIMENT, " ", "sentiment", "expected one of"),
+    ("completion", Signature.parse("q -> answer"), "   ", "answer", "empty"),
+    ("json", QA, '{"reasoning": "r"}', "answer", "missing key 'answer'"),
+    ("json", QA, '{"reasoning": "r", "answer": "many"}', "answer", "expected a number"),
+    ("json", Signature.parse("t -> item: Item", types={"Item": Item}), '{"item": {"qty": 2}}', "item",
+     "name: Field required"),
+])
+def test_parse_errors_name_the_field(fmt, sig, text, field, needle):
+    with pytest.raises(OutputParseError) as ei:
+        get_format(fmt).parse(sig, text)
+    assert ei.value.field == field
+    assert f"field {field!r}" in str(ei.value)
+    assert needle in str(ei.value)
+    assert ei.value.raw == text
+
+
+def test_json_parse_not_json():
+    with pytest.raises(OutputParseError, match="not JSON"):
+        get_format("json").parse(QA, "the answer is 7")
+    with pytest.raises(OutputParseError, match="JSON object"):
+        get_format("json").parse(QA, "[1, 2]")
+
+
+def test_repair_requests():
+    chat = get_format("chat")
+    req = chat.render(QA, "x", [], INPUTS)
+    fixed = chat.repair(req, "garbage", ValueError("bad"), QA)
+    assert [m.role for m in fixed.messages][-2:] == ["assistant", "user"]
+    assert fixed.messages[-2].content == "garbage"
+    assert "'Reasoning:'" in fixed.messages[-1].content and "bad" in fixed.messages[-1].content
+    comp = get_format("completion")
+    req = comp.render(QA, "x", [], INPUTS)
+    fixed = comp.repair(req, " garbage", ValueError("bad"), QA)
+    assert fixed.prompt.startswith(req.prompt) and fixed.prompt.endswith("Reasoning:")
+    js = get_format("json")
+    req = js.render(QA, "x", [], INPUTS)
+    fixed = js.repair(req, "{", ValueError("bad"), QA)
+    assert fixed.json_schema == req.json_schema and "only the JSON object" in fixed.messages[-1].content
+
+
+# --------------------------------------------------------------------------- coerce
+
+LABELS = Literal["positive", "negative", "neutral"]
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("positive", "positive"), ("Positive", "positive"), ("POSITIVE!", "positive"), ("'negative'", "negative"),
+    ("**Neutral**", "neutral"), ("The answer is positive.", "positive"), ("positive. The review is glowing", "positive"),
+    ("  negative\n\nbecause it is bad", "negative"), ("Sentiment is: negative", "negative"),
+])
+def test_literal_matching(text, expected):
+    assert coerce(text, LABELS) == expected
+
+
+@pytest.mark.parametrize("text", ["it could be positive or negative", "unclear", "", "posit"])
+def test_literal_rejects_ambiguous_or_unknown(text):
+    with pytest.raises(ValueError, match="expected one of"):
+        coerce(text, LABELS)
+
+
+def test_literal_of_numbers_and_multiword():
+    assert coerce("2", Literal[1, 2, 3]) == 2
+    assert coerce("Rating: 3 stars", Literal[1, 2, 3]) == 3
+    assert coerce("1", Literal[-1, 0, 1]) == 1
+    assert coerce("-1", Literal[-1, 0, 1]) == -1
+    with pytest.raises(ValueError, match="expected one of"):
+        coerce("7", Literal[1, 2, 3])
+    assert coerce("very good", Literal["good", "very good"]) == "very good"
+    assert coerce("Very-Good", Literal["good", "very good"]) == "very good"
+
+
+def test_enum():
+    assert coerce("Sad", Mood) is Mood.SAD
+
+
+@pytest.mark.parametrize("text, tp, expected", [
+    ("42", int, 42), ("1,234", int, 1234), ("$5", int, 5), ("-3", int, -3), ("The answer is 12.", int, 12),
+    ("3.5", float, 3.5), ("$1,234.50", float, 1234.5), ("-0.25", float, -0.25), ("1e3", float, 1000.0),
+    ("7", float, 7.0), ("-$5.50", float, -5.5),
+])
+def test_numbers(text, tp, expected):
+    value = coerce(text, tp)
+    assert value == expected and type(value) is tp
+
+
+def test_number_errors():
+    with pytest.raises(ValueError, match="expected a number"):
+        coerce("seven", int)
+    with pytest.raises(ValueError, match="expected an integer"):
+        coerce("2.5", int)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("yes", True), ("Yes.", True), ("TRUE", True), ("Yes, it is.", True), ("y", True), ("correct", True),
+    ("no", False), ("No, never", False), ("false", False), ("0", False), ("Incorrect.", False),
+])
+def test_bool(text, expected):
+    assert coerce(text, bool) is expected
+
+
+def test_bool_error():
+    with pytest.raises(ValueError, match="yes/no"):
+        coerce("maybe", bool)
+
+
+@pytest.mark.parametrize("text, tp, expected", [
+    ('["a", "b"]', list[str], ["a", "b"]),
+    ("Here you go: [1, 2, 3]", list[int], [1, 2, 3]),
+    ("1. apple\n2. banana\n3) cherry", list[str], ["apple", "banana", "cherry"]),
+    ("- apple\n* banana\n\u2022 cherry", list[str], ["apple", "banana", "cherry"]),
+    ("[1] first\n[2] second", list[str], ["first", "second"]),
+    ("1, 2, 3", list[int], [1, 2, 3]),
+    ("apple, banana, cherry", list[str], ["apple", "banana", "cherry"]),
+    ("3.5\n2.25", list[float], [3.5, 2.25]),
+    ("-5\n-6", list[int], [-5, -6]),
+    ("1. 3.5\n2. -2", list[float], [3.5, -2.0]),
+    ("- yes\n- no", list[bool], [True, False]),
+    ("positive\nnegative", list[LABELS], ["positive", "negative"]),
+    ("", list[str], []),
+])
+def test_lists(text, tp, expected):
+    assert coerce(text, tp) == expected
+
+
+def test_list_item_error():
+    with pytest.raises(ValueError):
+        coerce("1. one\n2. two", list[int])
+
+
+def test_optional_and_union():
+    assert coerce("none", Optional[int]) is None
+    assert coerce("N/A", Optional[int]) is None
+    assert coerce("5", Optional[int]) == 5
+    assert coerce("5", int | None) == 5
+    assert coerce("hello", Union[int, str]) == "hello"
+    assert coerce("hello", int | str) == "hello"
+    assert coerce("12", int | str) == 12
+
+
+def test_dict_and_model():
+    assert coerce('{"a": 1}', dict[str, int]) == {"a": 1}
+    assert coerce('```\n{"name": "x"}\n```', Item) == Item(name="x")
+    with pytest.raises(ValueError, match="expected JSON for Item"):
+        coerce("a pen", Item)
+    with pytest.raises(ValueError, match="does not match Item"):
+        coerce('{"qty": "many"}', Item)
+
+
+def test_str_is_stripped():
+    assert coerce("  Paris \n", str) == "Paris"
