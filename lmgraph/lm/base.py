@@ -48,6 +48,11 @@ class LMRequest:
             raise ValueError("LMRequest needs exactly one of messages= or prompt=")
 
     @property
+    def sampling_seed(self) -> int:
+        """The seed backends sample with: ``seed`` mixed with ``rollout``, so rollouts differ at T > 0."""
+        return (self.seed * 1_000_003 + self.rollout) % (2**31 - 1)
+
+    @property
     def mode(self) -> str:
         return "chat" if self.messages is not None else "completion"
 

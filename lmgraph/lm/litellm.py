@@ -158,7 +158,7 @@ class LiteLLM:
             "model": self.model,
             "temperature": float(request.temperature),
             "max_tokens": int(request.max_tokens),
-            "seed": int(request.seed),
+            "seed": request.sampling_seed,
             "top_p": float(request.top_p),
             "timeout": self.timeout,
             "num_retries": self.num_retries,

@@ -12,7 +12,7 @@ Instances are created lazily, one per concurrent caller, up to ``n_instances``.
 Determinism: each call starts from a reset context (``llm.reset()``), so llama.cpp never
 reuses a previous call's KV-cache prefix and an output never depends on call order. With
 ``temperature == 0`` sampling is greedy (no RNG involved); otherwise the RNG is seeded with
-``request.seed``.
+``request.sampling_seed`` (seed mixed with rollout, so each rollout is a fresh sample).
 
 Log-probabilities need ``logits_all=True`` on the ``Llama`` object, which makes prompt
 evaluation slower and keeps an ``n_ctx x n_vocab`` float array, so requests with
@@ -318,7 +318,7 @@ class LlamaCppLM:
         kwargs: dict[str, Any] = {
             "max_tokens": max(1, int(request.max_tokens)),
             "stop": list(request.stop),
-            "seed": int(request.seed),
+            "seed": request.sampling_seed,
             "repeat_penalty": 1.0,
             "frequency_penalty": 0.0,
             "presence_penalty": 0.0,

@@ -81,6 +81,7 @@ class CompileSession:
                                    "budget": self.report.budget, "metric": getattr(metric, "__name__", "")})
         self.memo: dict[str, dict[str, Any]] = {}
         self.replayed = 0
+        self._charged: set[str] = set()  # memo keys already paid for in this process
         self._load_checkpoint()
         self.incumbent: Program = program
         self.incumbent_candidate: Candidate | None = None
@@ -133,10 +134,12 @@ class CompileSession:
         key = _hash({"kind": kind, "program": program.content_hash(), "rows": fingerprint(rows)})
         hit = self.memo.get(key)
         if hit is not None:
-            u = hit["usage"]
-            self.meter.charge(calls=u["calls"], prompt_tokens=u["prompt_tokens"],
-                              completion_tokens=u["completion_tokens"], dollars=u.get("dollars", 0.0))
-            self.replayed += 1
+            if key not in self._charged:  # replayed from a checkpoint: charge what it cost then
+                u = hit["usage"]
+                self.meter.charge(calls=u["calls"], prompt_tokens=u["prompt_tokens"],
+                                  completion_tokens=u["completion_tokens"], dollars=u.get("dollars", 0.0))
+                self._charged.add(key)
+                self.replayed += 1
             return hit
         if not self.can_afford(program, len(rows)):
             rem = self.remaining_calls()
@@ -163,6 +166,7 @@ class CompileSession:
         per_ex = usage["calls"] / max(1, len(rows))
         self.observed_calls = max(self.observed_calls or 0.0, per_ex)
         self.memo[key] = entry
+        self._charged.add(key)
         self._save_checkpoint()
         return entry
 
