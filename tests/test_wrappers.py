@@ -481,3 +481,13 @@ def test_build_stack_skips_layers() -> None:
     assert build_stack(backend, retry_attempts=None) is backend
     assert build_stack(backend, retry_attempts=1) is backend
     assert isinstance(build_stack(backend), RetryLM)
+
+
+def test_no_retry_when_backend_marks_error_not_retryable() -> None:
+    err = LMError("prompt too long for n_ctx")
+    err.retryable = False  # type: ignore[attr-defined]
+    backend = Flaky(failures=5, error=err)
+    lm = RetryLM(backend, attempts=4, initial_wait=0)
+    with pytest.raises(LMError):
+        asyncio.run(lm.complete(chat()))
+    assert backend.calls == 1

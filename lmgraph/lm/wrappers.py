@@ -157,7 +157,9 @@ class RetryLM(_Wrapper):
         self.retry_on = tuple(retry_on)
 
     def _should_retry(self, exc: BaseException) -> bool:
-        return isinstance(exc, self.retry_on) and not isinstance(exc, _NEVER_RETRY)
+        # backends mark errors no retry can fix (prompt too long, bad request, auth) retryable=False
+        return (isinstance(exc, self.retry_on) and not isinstance(exc, _NEVER_RETRY)
+                and getattr(exc, "retryable", True) is not False)
 
     async def complete(self, request: LMRequest) -> LMResponse:
         from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_random_exponential

@@ -2,6 +2,7 @@
 
 from .artifact import diff, format_diff, load_artifact, read_artifact, save_artifact
 from .base import CostEstimate, Optimizer
+from .decompose import Decompose, collapse_node, decompose_node, find_decompositions, lint_rewrite
 from .fewshot import BootstrapFewShot, BootstrapRandomSearch, LabeledFewShot
 from .instructions import InstructionSearch
 from .joint import JointSearch
@@ -9,5 +10,6 @@ from .report import Candidate, Report
 from .session import BudgetStop, CompileSession
 
 __all__ = ["BootstrapFewShot", "BootstrapRandomSearch", "BudgetStop", "Candidate", "CompileSession",
-           "CostEstimate", "InstructionSearch", "JointSearch", "LabeledFewShot", "Optimizer", "Report", "diff",
-           "format_diff", "load_artifact", "read_artifact", "save_artifact"]
+           "CostEstimate", "Decompose", "InstructionSearch", "JointSearch", "LabeledFewShot", "Optimizer", "Report",
+           "collapse_node", "decompose_node", "diff", "find_decompositions", "format_diff", "lint_rewrite",
+           "load_artifact", "read_artifact", "save_artifact"]
