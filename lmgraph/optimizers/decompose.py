@@ -39,7 +39,7 @@ from ..signatures import FieldSpec, Signature, type_to_str
 from .base import Optimizer
 from .fewshot import Demo, _dedupe, _demo_sig, with_demos
 from .report import Candidate
-from .session import CompileSession, static_calls_per_example
+from .session import BudgetStop, CompileSession, static_calls_per_example
 
 __all__ = ["Decompose", "collapse_node", "decompose_node", "decomposable_nodes", "find_decompositions",
            "lint_rewrite"]
@@ -227,6 +227,27 @@ def collapse_node(program: Program, node: str) -> Program:
     return _checked(program, program.rewrite(nodes=new_nodes), f"collapsing {node!r}")
 
 
+def calls_bound(program: Program) -> int:
+    """Model calls per example at most (repairs aside): the static count, with each recognised
+    decomposition's Map counted at its plan's ``max_steps`` items instead of one."""
+    n = static_calls_per_example(program)
+    for x in find_decompositions(program):
+        inner = static_calls_per_example(program.module(x + STEPS_SUFFIX).program)  # type: ignore[attr-defined]
+        n += inner * program.module(x + PLAN_SUFFIX).max_steps - 1  # type: ignore[attr-defined]
+    return n
+
+
+def _afford(session: CompileSession, program: Program, n_rows: int, what: str) -> None:
+    """Refuse (BudgetStop) an evaluation the budget may not cover. The session's own check counts a
+    Map as one call and would start an evaluation that the Map's fan-out cannot finish: the spend
+    would be lost. Deterministic given the spend so far, so a resumed compile decides the same."""
+    rem = session.remaining_calls()
+    need = n_rows * calls_bound(program)
+    if rem is not None and need > rem:
+        raise BudgetStop(f"budget left ({rem} calls) cannot cover {what} ({n_rows} examples at up to "
+                         f"{calls_bound(program)} calls each)")
+
+
 # --------------------------------------------------------------------------- demos for a decomposition
 
 def _map_parts(program: Program, node: str) -> tuple[Map, str, str, str]:
@@ -267,6 +288,7 @@ async def bootstrap_decomposition(session: CompileSession, program: Program, nod
     for start in range(0, len(rows), chunk):
         if all(len(d) >= want for d in pool.values()):
             break
+        _afford(session, program, len(rows[start:start + chunk]), "bootstrapping demos")
         entry = await session.run(program, rows[start:start + chunk], kind="bootstrap")
         for ex in entry["examples"]:
             if not ex["ok"] or ex["score"] < threshold:
@@ -354,11 +376,10 @@ class Decompose(Optimizer):
 
     def estimate(self, program: Program, n_train: int, n_val: int) -> dict[str, int]:
         collapse, targets = self.targets(program)
-        # a Map counts as one call in the static count; a decomposition's runs up to max_steps
-        fan = sum(program.module(n + PLAN_SUFFIX).max_steps - 1  # type: ignore[attr-defined]
-                  for n in find_decompositions(program))
+        # the base class counts a Map as one call: a decomposition's runs up to max_steps
+        fan = calls_bound(program) - static_calls_per_example(program)
         # every candidate is at most the program with every target decomposed
-        full = static_calls_per_example(program) + fan + len(targets) * (1 + self.max_steps)
+        full = calls_bound(program) + len(targets) * (1 + self.max_steps)
         out = {"map fan-out (baseline)": n_val * fan} if fan else {}
         if collapse:
             out["collapse"] = len(collapse) * n_val * full
@@ -382,6 +403,7 @@ class Decompose(Optimizer):
         assert inc is not None
         prog = collapse_node(base, node)
         removed = len(base.nodes) - len(prog.nodes)
+        _afford(session, prog, len(session.valset), f"evaluating the collapse of {node!r}")
         cand = await session.consider(prog, f"collapse {node}", {node: {"collapse": f"-{removed} nodes"}})
         diff = cand.evidence.get("diff", 0.0)
         if cand.status == "rejected" and diff >= -self.collapse_tolerance:
@@ -396,6 +418,7 @@ class Decompose(Optimizer):
         base = session.incumbent
         prog = decompose_node(base, node, max_steps=self.max_steps, concurrency=self.map_concurrency)
         what = f"plan (<= {self.max_steps} steps) -> solve each -> combine"
+        _afford(session, prog, len(session.valset), f"evaluating the decomposition of {node!r}")
         await session.consider(prog, f"decompose {node}", {node: {"decompose": what}})
         if not self.max_demos:
             return
@@ -404,6 +427,7 @@ class Decompose(Optimizer):
             session.report.notes.append(f"decompose {node}: no training run passed the metric; no demos")
             return
         with_d = with_decomposition_demos(prog, node, demos)
+        _afford(session, with_d, len(session.valset), f"evaluating the decomposition of {node!r} with demos")
         await session.consider(with_d, f"decompose {node} + bootstrapped demos",
                                {node: {"decompose": what, **{f"demos[{n}]": len(d) for n, d in demos.items()}}})
 

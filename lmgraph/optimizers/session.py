@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..cache.keys import strip_credentials
 from ..context import RunContext
 from ..errors import ArtifactError, BudgetExceeded
 from ..evaluation.datasets import fingerprint
@@ -76,8 +77,11 @@ class CompileSession:
                                      "max_dollars": b.max_dollars},
                              data=data)
         self.checkpoint = Path(checkpoint) if checkpoint else None
+        # the models are arguments too: a memo made with another model must not be replayed
+        models = {"lm": strip_credentials(base.lm.identity()) if base.lm is not None else "default",
+                  "lms": {k: strip_credentials(v.identity()) for k, v in sorted(base.lms.items())}}
         self._fingerprint = _hash({"optimizer": optimizer, "config": config, "seed": seed,
-                                   "program": program.content_hash(), "data": data,
+                                   "program": program.content_hash(), "data": data, "models": models,
                                    "budget": self.report.budget, "metric": getattr(metric, "__name__", "")})
         self.memo: dict[str, dict[str, Any]] = {}
         self.replayed = 0
