@@ -24,6 +24,7 @@ class DefinitionError(LmgraphError):
 
     def __init__(self, message: str, *, node: str | None = None, field: str | None = None,
                  fix: str | None = None) -> None:
+        self.message = message  # without the location and the fix
         self.node = node
         self.field = field
         self.fix = fix
@@ -56,6 +57,7 @@ class PipelineValidationError(DefinitionError):
             self, str(first) if len(self.problems) == 1 else
             f"{len(self.problems)} problems:\n" + "\n".join(f"  - {p}" for p in self.problems))
         self.node, self.field, self.fix = first.node, first.field, first.fix
+        self.message = first.message if len(self.problems) == 1 else str(self)
 
 
 class ArtifactError(DefinitionError):

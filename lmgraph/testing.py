@@ -3,6 +3,9 @@
 * :class:`ScriptedLM` answers from a fixed list of completions, in order (or cycling).
 * :class:`FunctionLM` answers with ``fn(request) -> str | LMResponse``; the function sees the
   whole request, so a test can answer correctly only when a given instruction/demo is present.
+  A scoring request (``request.choices`` set, from ``Predict(decode="score")``) is answered like
+  a real backend by returning ``LMResponse(text=<best choice>, logprobs=[{"choice": c,
+  "logprob": lp, "tokens": n}, ...])``; plain text naming an option works too.
 
 Both count calls and report token usage as whitespace-separated word counts.
 """

@@ -18,35 +18,21 @@ from lmgraph.evaluation import label_accuracy
 from lmgraph.optimizers import (BootstrapFewShot, decompose_node, diff, format_diff, load_artifact, read_artifact,
                                 save_artifact)
 from lmgraph.optimizers.artifact import _canonical, artifact_dict
-from lmgraph.testing import FunctionLM, request_text
+from lmgraph.testing import FunctionLM
+
+from helpers import sentiment_fn, sentiment_program, sentiment_rows
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def fn(req: lg.LMRequest) -> str:
-    text = request_text(req)
-    last = re.findall(r"Sentence: (.*)", text)[-1]
-    gold = "positive" if "good" in last else "negative"
-    return " " + (gold if text.count("Sentence:") > 1 else "positive")
-
-
-def program() -> lg.Program:
-    p = lg.Pipeline("sentiment")
-    n = p.add(lg.Predict("sentence -> sentiment: Literal['negative', 'positive']", format="completion"),
-              name="clf", sentence=p.input("sentence"))
-    p.output(label=n.sentiment)
-    return p.build()
-
-
-ROWS = [{"sentence": f"{'good' if i % 2 else 'bad'} film {i}", "label": "positive" if i % 2 else "negative"}
-        for i in range(24)]
+ROWS = sentiment_rows(24)
 
 
 @pytest.fixture(scope="module")
 def compiled() -> tuple[lg.Program, lg.Program, object]:
-    prog = program()
+    prog = sentiment_program()
     new, rep = BootstrapFewShot(2).optimize(prog, ROWS[:12], label_accuracy(), valset=ROWS[12:],
-                                            ctx=lg.RunContext(lm=FunctionLM(fn), cache=False))
+                                            ctx=lg.RunContext(lm=FunctionLM(sentiment_fn), cache=False))
     assert len(new.module("clf").demos) == 2
     return prog, new, rep
 
@@ -64,7 +50,7 @@ def test_round_trip_keeps_program_and_report(tmp_path: Path, compiled) -> None: 
     again = save_artifact(tmp_path / "b.json", *load_artifact(path)[:1], rep)
     assert again.read_bytes() == path.read_bytes()
     # the loaded program runs and the demos do their work
-    out = loaded.run_sync(lg.RunContext(lm=FunctionLM(fn), cache=False), sentence="a bad film")
+    out = loaded.run_sync(lg.RunContext(lm=FunctionLM(sentiment_fn), cache=False), sentence="a bad film")
     assert out.label == "negative"
     # an artifact without a report is fine too, and Program.load reads artifacts
     bare = save_artifact(tmp_path / "bare.json", new)
@@ -90,6 +76,26 @@ def test_content_hash_is_verified(tmp_path: Path, compiled) -> None:  # noqa: AN
     path.write_text(json.dumps(data))
     with pytest.raises(ArtifactError, match="content hash"):
         read_artifact(path)
+
+
+def test_program_load_verifies_artifact_hash(tmp_path: Path, compiled) -> None:  # noqa: ANN001
+    _, new, rep = compiled
+    path = save_artifact(tmp_path / "a.json", new, rep)
+    assert lg.Program.load(path) == new
+    data = json.loads(path.read_text())
+    data["program"]["nodes"][0]["module"]["instructions"] = "Always say positive."
+    path.write_text(json.dumps(data))
+    with pytest.raises(ArtifactError, match="does not match its content hash") as e:
+        lg.Program.load(path)
+    assert "Fix:" in str(e.value)
+    # a bare program (no hash) and a plain wrapper still load as before
+    bare = new.save(tmp_path / "bare.json")
+    assert lg.Program.load(bare) == new
+    (tmp_path / "wrapped.json").write_text(json.dumps({"program": new.to_dict()}))
+    assert lg.Program.load(tmp_path / "wrapped.json") == new
+    (tmp_path / "v99.json").write_text(json.dumps({"lmgraph_artifact": 99, "program": new.to_dict()}))
+    with pytest.raises(ArtifactError, match="not an lmgraph artifact"):
+        lg.Program.load(tmp_path / "v99.json")
 
 
 @pytest.mark.parametrize("content, match", [
@@ -156,7 +162,7 @@ def test_loading_executes_no_code(tmp_path: Path, compiled, where: str) -> None:
     data["content_hash"] = hashlib.sha256(_canonical(body).encode()).hexdigest()  # passes the hash check
     path = tmp_path / "evil.json"
     path.write_text(json.dumps(data))
-    # an unknown kind is an ArtifactError; a type expression is read by an AST walker (SignatureError)
+    # an unknown kind is an ArtifactError; a type expression is read by an AST walker, never evaluated
     with pytest.raises(ArtifactError if where == "kind" else DefinitionError, match="Fix:"):
         load_artifact(path)
     assert not marker.exists()
@@ -187,7 +193,7 @@ def test_diff_shows_demo_and_instruction_changes(tmp_path: Path, compiled) -> No
 
 
 def test_diff_shows_added_and_removed_nodes() -> None:
-    prog = program()
+    prog = sentiment_program()
     dec = decompose_node(prog, "clf", max_steps=2)
     d = diff(prog, dec)
     assert d["added"] == ["clf__plan", "clf__steps"] and d["removed"] == []

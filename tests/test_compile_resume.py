@@ -18,7 +18,9 @@ from lmgraph.cache import DiskCache, MemoryCache
 from lmgraph.errors import ArtifactError
 from lmgraph.evaluation import label_accuracy
 from lmgraph.optimizers import BootstrapRandomSearch, load_artifact, read_artifact, save_artifact
-from lmgraph.testing import FunctionLM, request_text
+from lmgraph.testing import FunctionLM
+
+from helpers import sentiment_fn, sentiment_program, sentiment_rows
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -26,33 +28,24 @@ REPO = Path(__file__).resolve().parents[1]
 # (right only with demos in the prompt), a small sleep per call, concurrency 1 so the run is long
 # enough to be killed between evaluations. Writes the artifact and its stats when it finishes.
 COMPILE = textwrap.dedent('''
-    import json, re, sys
+    import json, sys
     from pathlib import Path
     import lmgraph as lg
     from lmgraph.cache import DiskCache
     from lmgraph.evaluation import label_accuracy
     from lmgraph.optimizers import BootstrapRandomSearch, save_artifact
-    from lmgraph.testing import FunctionLM, request_text
+    from lmgraph.testing import FunctionLM
+
+    from helpers import sentiment_fn, sentiment_program, sentiment_rows
 
     work, seed, latency = Path(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
 
-    def fn(req):
-        text = request_text(req)
-        last = re.findall(r"Sentence: (.*)", text)[-1]
-        gold = "positive" if "good" in last else "negative"
-        return " " + (gold if text.count("Sentence:") > 1 else "positive")
-
-    p = lg.Pipeline("sentiment")
-    n = p.add(lg.Predict("sentence -> sentiment: Literal['negative', 'positive']", format="completion"),
-              name="clf", sentence=p.input("sentence"))
-    p.output(label=n.sentiment)
-    rows = [{"sentence": f"{'good' if i % 3 else 'bad'} film {i}", "label": "positive" if i % 3 else "negative"}
-            for i in range(36)]
-    lm = FunctionLM(fn, latency_s=latency)
+    rows = sentiment_rows(36, period=3)
+    lm = FunctionLM(sentiment_fn, latency_s=latency)
     ctx = lg.RunContext(lm=lm, cache=DiskCache(work / "cache"))
     opt = BootstrapRandomSearch(2, num_candidates=6, concurrency=1, checkpoint=work / "ckpt.json")
-    new, rep = opt.optimize(p.build(), rows[:16], label_accuracy(), valset=rows[16:], seed=seed, ctx=ctx,
-                            budget=lg.Budget(max_calls=2000))
+    new, rep = opt.optimize(sentiment_program(), rows[:16], label_accuracy(), valset=rows[16:], seed=seed,
+                            ctx=ctx, budget=lg.Budget(max_calls=2000))
     save_artifact(work / "artifact.json", new, rep)
     (work / "stats.json").write_text(json.dumps({"backend_calls": len(lm.calls), "runtime": rep.runtime,
                                                  "spent": rep.spent}))
@@ -64,15 +57,16 @@ def _launch(work: Path, seed: int = 0, latency: float = 0.004) -> subprocess.Pop
     script = work.parent / "compile.py"
     if not script.exists():
         script.write_text(COMPILE, encoding="utf-8")
-    env = {**os.environ, "PYTHONPATH": str(REPO), "LMGRAPH_CACHE": "0"}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")]), "LMGRAPH_CACHE": "0"}
     return subprocess.Popen([sys.executable, str(script), str(work), str(seed), str(latency)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
 def _evaluations(ckpt: Path) -> int:
+    """Complete memo entries in a checkpoint (JSON lines: a header, then one line per entry)."""
     try:
-        return len(json.loads(ckpt.read_text(encoding="utf-8"))["memo"])
-    except (FileNotFoundError, json.JSONDecodeError, KeyError):
+        return max(0, ckpt.read_text(encoding="utf-8").count("\n") - 1)
+    except FileNotFoundError:
         return 0
 
 
@@ -115,30 +109,15 @@ def test_killed_compile_resumes_to_the_same_artifact(tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------- in-process: seeds, caches, checkpoints
 
-def fn(req: lg.LMRequest) -> str:
-    text = request_text(req)
-    last = text.rsplit("Sentence: ", 1)[1].splitlines()[0]
-    gold = "positive" if "good" in last else "negative"
-    return " " + (gold if text.count("Sentence:") > 1 else "positive")
-
-
-def program() -> lg.Program:
-    p = lg.Pipeline("sentiment")
-    n = p.add(lg.Predict("sentence -> sentiment: Literal['negative', 'positive']", format="completion"),
-              name="clf", sentence=p.input("sentence"))
-    p.output(label=n.sentiment)
-    return p.build()
-
-
-ROWS = [{"sentence": f"{'good' if i % 3 else 'bad'} film {i}", "label": "positive" if i % 3 else "negative"}
-        for i in range(36)]
+ROWS = sentiment_rows(36, period=3)
 
 
 def compile_to(path: Path, *, seed: int = 0, cache: object = False, checkpoint: Path | None = None,
                num_candidates: int = 4, model: str | None = None) -> tuple[FunctionLM, dict]:
-    lm = FunctionLM(fn, name=model)
+    lm = FunctionLM(sentiment_fn, name=model)
     opt = BootstrapRandomSearch(2, num_candidates=num_candidates, checkpoint=checkpoint)
-    new, rep = opt.optimize(program(), ROWS, label_accuracy(), seed=seed, ctx=lg.RunContext(lm=lm, cache=cache))
+    new, rep = opt.optimize(sentiment_program(), ROWS, label_accuracy(), seed=seed,
+                            ctx=lg.RunContext(lm=lm, cache=cache))
     save_artifact(path, new, rep)
     return lm, rep.runtime
 
@@ -163,7 +142,7 @@ def test_different_seed_gives_a_valid_artifact(tmp_path: Path) -> None:
     assert a["data"]["val"]["sha256_16"] != b["data"]["val"]["sha256_16"]  # another held-out split
     prog, report = load_artifact(tmp_path / "s1.json")
     assert report["best_score"] >= report["baseline_score"]
-    out = prog.run_sync(lg.RunContext(lm=FunctionLM(fn), cache=False), sentence="a good film")
+    out = prog.run_sync(lg.RunContext(lm=FunctionLM(sentiment_fn), cache=False), sentence="a good film")
     assert out.label in ("positive", "negative")
 
 
@@ -181,5 +160,31 @@ def test_checkpoint_from_other_arguments_is_refused(tmp_path: Path) -> None:
     assert (tmp_path / "a.json").read_bytes() == (tmp_path / "b.json").read_bytes()
     ckpt.write_text("{not json", encoding="utf-8")
     with pytest.raises(ArtifactError, match="not valid JSON") as e:
+        compile_to(tmp_path / "c.json", checkpoint=ckpt)
+    assert "delete it" in str(e.value)
+
+
+def test_checkpoint_is_appended_and_a_cut_off_last_line_is_ignored(tmp_path: Path) -> None:
+    ckpt = tmp_path / "ckpt.jsonl"
+    lm_a, _ = compile_to(tmp_path / "a.json", checkpoint=ckpt)
+    lines = ckpt.read_text(encoding="utf-8").splitlines()
+    header = json.loads(lines[0])
+    assert header["lmgraph_checkpoint"] == 2 and set(header) == {"lmgraph_checkpoint", "fingerprint"}
+    entries = [json.loads(line) for line in lines[1:]]
+    assert len(entries) >= 2 and all(set(e) == {"key", "entry"} for e in entries)
+    # a kill mid-write: the last entry is cut off half-way (no newline)
+    full = ckpt.read_bytes()
+    cut = full[:len(full) - len(lines[-1].encode()) // 2 - 1]
+    ckpt.write_bytes(cut)
+    assert not cut.endswith(b"\n")
+    lm_b, rt = compile_to(tmp_path / "b.json", checkpoint=ckpt)
+    assert rt["replayed_evaluations"] == len(entries) - 1  # every complete entry replays
+    assert 0 < len(lm_b.calls) < len(lm_a.calls)  # only the lost evaluation runs again
+    assert (tmp_path / "a.json").read_bytes() == (tmp_path / "b.json").read_bytes()
+    # the partial line was dropped and the evaluation appended again on a line of its own
+    assert ckpt.read_bytes() == full
+    # a header from another checkpoint format is refused with a fix
+    ckpt.write_text(json.dumps({"lmgraph_checkpoint": 1, "fingerprint": header["fingerprint"], "memo": {}}))
+    with pytest.raises(ArtifactError, match="format version 1") as e:
         compile_to(tmp_path / "c.json", checkpoint=ckpt)
     assert "delete it" in str(e.value)

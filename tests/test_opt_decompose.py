@@ -262,8 +262,8 @@ def test_dry_run_bounds_the_spend() -> None:
 
 @pytest.mark.parametrize("budget", [30, 50])
 def test_budget_stop_before_an_unaffordable_decomposition(budget: int) -> None:
-    # 12 validation rows: the baseline takes 12 calls, the decomposition up to 12 * 5; the session alone
-    # (a Map counted as one call) would start it with 50 and lose the spend half way
+    # 12 validation rows: the baseline takes 12 calls, the decomposition up to 12 * 5 (its Map counted at
+    # the plan's max_steps items); counting the Map as one call would start it with 50 and lose the spend
     lm = FunctionLM(make_fn())
     prog = adder()
     new, rep = Decompose().optimize(prog, TRAIN, metric, valset=VAL, ctx=lg.RunContext(lm=lm, cache=False),

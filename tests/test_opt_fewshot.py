@@ -10,30 +10,14 @@ import lmgraph as lg
 from lmgraph.errors import DefinitionError
 from lmgraph.evaluation import label_accuracy
 from lmgraph.optimizers import BootstrapFewShot, BootstrapRandomSearch, LabeledFewShot, diff
-from lmgraph.testing import FunctionLM, request_text
+from lmgraph.testing import FunctionLM
+
+from helpers import sentiment_fn, sentiment_program, sentiment_rows
 
 # ---------------------------------------------------------------- one node: right only with demos
 
 
-def sentiment_fn(req: lg.LMRequest) -> str:
-    """Completion format: the gold label when the prompt holds a demo, else always 'positive'."""
-    text = request_text(req)
-    has_demo = text.count("Sentence:") > 1
-    last = re.findall(r"Sentence: (.*)", text)[-1]
-    gold = "positive" if "good" in last else "negative"
-    return " " + (gold if has_demo else "positive")
-
-
-def sentiment_program() -> lg.Program:
-    p = lg.Pipeline("sentiment")
-    n = p.add(lg.Predict("sentence -> sentiment: Literal['negative', 'positive']", format="completion"),
-              name="clf", sentence=p.input("sentence"))
-    p.output(label=n.sentiment)
-    return p.build()
-
-
-ROWS = [{"sentence": f"{'good' if i % 2 else 'bad'} film {i}", "label": "positive" if i % 2 else "negative"}
-        for i in range(40)]
+ROWS = sentiment_rows(40)
 TRAIN, VAL = ROWS[:20], ROWS[20:]
 
 

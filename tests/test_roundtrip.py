@@ -162,6 +162,65 @@ def test_load_malformed(tmp_path, tamper, needle):
         lg.Program.load(path)
 
 
+def _bad_output_type(d):
+    d["nodes"][0]["module"]["signature"]["outputs"][0]["type"] = "list[int"
+
+
+def _bad_field_name(d):
+    d["nodes"][0]["module"]["signature"]["outputs"][0]["name"] = "not a name"
+
+
+def _bad_format(d):
+    d["nodes"][0]["module"]["format"] = "yaml"
+
+
+def _bad_demo(d):
+    d["nodes"][0]["module"]["demos"] = [{"question": "q"}]
+
+
+def _bad_input_type(d):
+    d["inputs"][0]["type"] = "Mystery"
+
+
+@pytest.mark.parametrize("tamper, node, field", [
+    (_bad_output_type, "answer", None),
+    (_bad_field_name, "answer", None),
+    (_bad_format, "answer", None),
+    (_bad_demo, "answer", "answer"),
+    (_bad_input_type, None, "question"),
+])
+def test_bad_definitions_in_an_artifact_are_artifact_errors(tmp_path, tamper, node, field):
+    path = simple().save(tmp_path / "p.json")
+    data = json.loads(path.read_text())
+    tamper(data)
+    path.write_text(json.dumps(data))
+    with pytest.raises(ArtifactError) as ei:
+        lg.Program.load(path)
+    e = ei.value
+    assert e.node == node
+    if field is not None:
+        assert e.field == field
+    assert isinstance(e.__cause__, DefinitionError)  # the original error, message and fix kept
+    assert e.message == e.__cause__.message and e.fix == (e.__cause__.fix or e.fix) and e.fix
+    assert str(e).count("Fix:") == 1 and (node is None or str(e).startswith(f"node {node!r}"))
+
+
+def test_bad_definition_inside_a_map_names_both_nodes(tmp_path):
+    inner = lg.Pipeline("item")
+    a = inner.add(lg.Predict("item -> label"), name="label", item=inner.input("item"))
+    inner.output(label=a.label)
+    p = lg.Pipeline("outer")
+    m = p.add(lg.Map(inner.build(), over="item"), name="each", item=p.input("items", list[str]))
+    p.output(labels=m.label)
+    data = p.build().to_dict()
+    data["nodes"][0]["module"]["program"]["nodes"][0]["module"]["format"] = "yaml"
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(ArtifactError, match="unknown prompt format 'yaml'") as ei:
+        lg.Program.load(path)
+    assert ei.value.node == "each/label" and str(ei.value).count("Fix:") == 1
+
+
 def test_load_not_json_or_missing(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")

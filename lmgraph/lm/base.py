@@ -11,6 +11,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from ..errors import DefinitionError
+
 
 @dataclass(frozen=True, kw_only=True)
 class Message:
@@ -28,6 +30,13 @@ class LMRequest:
     ``rollout`` distinguishes otherwise identical requests so that optimizers can ask for
     fresh samples without bypassing the cache. ``json_schema`` asks for structured
     (grammar-constrained where the backend supports it) JSON output.
+
+    ``choices`` turns the call into *scoring* (raw ``prompt`` requests only): the backend
+    generates nothing, it scores each choice as a continuation of ``prompt`` and returns an
+    :class:`LMResponse` whose ``text`` is the best choice (highest total log-probability; ties
+    go to the earliest) and whose ``logprobs`` lists ``{"choice", "logprob", "tokens"}`` for
+    every choice, in the request's order. Usage counts the prompt once and every choice's
+    tokens as completion tokens. Sampling fields (temperature, max_tokens, stop) are ignored.
     """
 
     messages: tuple[Message, ...] | None = None
@@ -42,10 +51,35 @@ class LMRequest:
     rollout: int = 0
     use_cache: bool = True
     node: str | None = None  # for accounting/tracing only; not part of the cache key
+    choices: tuple[str, ...] | None = None  # score these continuations instead of generating
 
     def __post_init__(self) -> None:
         if (self.messages is None) == (self.prompt is None):
             raise ValueError("LMRequest needs exactly one of messages= or prompt=")
+        if self.choices is not None:
+            self._check_choices()
+
+    def _check_choices(self) -> None:
+        choices = self.choices
+        if isinstance(choices, str) or not all(isinstance(c, str) for c in choices or ()):
+            raise DefinitionError(f"choices must be a sequence of strings, got {choices!r}.",
+                                  fix="pass choices=(' negative', ' positive').")
+        if not isinstance(choices, tuple):
+            object.__setattr__(self, "choices", tuple(choices))
+        if self.messages is not None:
+            raise DefinitionError(
+                "choices= (log-prob scoring) needs a raw prompt= request; a chat request "
+                "cannot be scored.",
+                fix="render the prompt in completion format (format='completion').")
+        if not self.choices:
+            raise DefinitionError("choices= is empty: there is nothing to score.",
+                                  fix="pass at least one choice, or choices=None to generate.")
+        if any(not c for c in self.choices):
+            raise DefinitionError("choices= contains an empty string, which has no tokens to "
+                                  "score.", fix="give every choice some text, e.g. ' yes'.")
+        if len(set(self.choices)) != len(self.choices):
+            raise DefinitionError(f"choices= repeats a choice: {list(self.choices)!r}.",
+                                  fix="list every choice once.")
 
     @property
     def sampling_seed(self) -> int:
@@ -60,8 +94,11 @@ class LMRequest:
         return dataclasses.replace(self, **changes)
 
     def canonical(self) -> dict[str, Any]:
-        """Everything that determines the completion (used for cache keys)."""
-        return {
+        """Everything that determines the completion (used for cache keys).
+
+        ``choices`` appears only when set, so keys of generation requests are unchanged.
+        """
+        data: dict[str, Any] = {
             "messages": [m.to_dict() for m in self.messages] if self.messages is not None else None,
             "prompt": self.prompt,
             "temperature": self.temperature,
@@ -73,6 +110,9 @@ class LMRequest:
             "logprobs": self.logprobs,
             "rollout": self.rollout,
         }
+        if self.choices is not None:
+            data["choices"] = list(self.choices)
+        return data
 
 
 @dataclass(frozen=True, kw_only=True)

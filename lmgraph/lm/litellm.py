@@ -187,6 +187,14 @@ class LiteLLM:
         return kwargs
 
     async def complete(self, request: LMRequest) -> LMResponse:
+        if request.choices is not None:
+            err = LMError(
+                f"{self.model}: scoring choices (decode='score') needs a backend that returns "
+                "the log-probabilities of given continuation tokens, which the litellm backend "
+                "does not provide. Use the in-process llama.cpp backend (LlamaCppLM) for "
+                "scoring, or decode='generate' with this model.")
+            err.retryable = False  # type: ignore[attr-defined]
+            raise err
         litellm = _import_litellm()
         kwargs = self._kwargs(request)
         start = time.perf_counter()

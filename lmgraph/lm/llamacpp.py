@@ -17,6 +17,12 @@ reuses a previous call's KV-cache prefix and an output never depends on call ord
 Log-probabilities need ``logits_all=True`` on the ``Llama`` object, which makes prompt
 evaluation slower and keeps an ``n_ctx x n_vocab`` float array, so requests with
 ``logprobs=True`` use a second pool, created only when such a request arrives.
+
+Scoring (``request.choices``) needs neither: it runs on the ordinary pool. The prompt is
+evaluated once (llama.cpp keeps only its last token's logits); each choice is then evaluated
+after it, asking logits for the choice's tokens only, with the KV cache cut back to the
+prompt between choices so the prompt is never evaluated twice. A one-token choice costs no
+evaluation at all: the prompt's last logits already score it.
 """
 
 from __future__ import annotations
@@ -25,17 +31,16 @@ import asyncio
 import functools
 import json
 import os
-import pathlib
 import queue
 import re
 import threading
 import time
 import weakref
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from ..errors import DefinitionError, LMError
 from .base import LMRequest, LMResponse, Usage
-from .embedded import embedded_model_path
+from .embedded import check_threads, default_threads, local_model_path
 
 __all__ = ["LlamaCppLM", "INSTALL_COMMAND"]
 
@@ -60,20 +65,6 @@ def _import_llama_cpp() -> Any:
             fix=f"run `{INSTALL_COMMAND}`.",
         ) from exc
     return llama_cpp
-
-
-def _default_threads(n_instances: int) -> int:
-    """Half the usable CPUs, split among the instances (at least one thread each).
-
-    llama.cpp's worker threads wait for each other on every layer, so a model whose threads
-    cover all cores collapses when anything else runs (measured on 2 cores with one other busy
-    process: 2 threads 2-15 tok/s, 1 thread 60-78 tok/s; idle: 125 vs 82 tok/s).
-    """
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # pragma: no cover - non-Linux
-        cpus = os.cpu_count() or 1
-    return max(1, (cpus // 2) // max(1, n_instances))
 
 
 @functools.lru_cache(maxsize=128)
@@ -174,24 +165,14 @@ class LlamaCppLM:
         if n_instances < 1:
             raise DefinitionError(f"n_instances must be >= 1, got {n_instances}.",
                                   fix="pass n_instances=1 (one model copy per concurrent call).")
-        if n_threads is not None and n_threads < 1:
-            raise DefinitionError(f"n_threads must be >= 1, got {n_threads}.",
-                                  fix="leave n_threads=None to use the available CPUs.")
-        if model_path is None:
-            path = embedded_model_path()
-        else:
-            path = pathlib.Path(model_path).expanduser()
-            if not path.is_file():
-                raise DefinitionError(f"model file {str(path)!r} does not exist.",
-                                      fix="pass the path of a .gguf file, or model_path=None "
-                                          "for the embedded model.")
-        self.model_path = path.resolve()
+        check_threads(n_threads)
+        self.model_path = local_model_path(model_path)
         # llama.cpp pads the context to a multiple of 256; llama-cpp-python sizes its token
         # buffer by the requested value and then crashes on prompts between the two sizes
         # (0.3.36). Asking for the padded size up front keeps both in agreement.
         self.n_ctx = -(-int(n_ctx) // _CTX_PAD) * _CTX_PAD
         self.n_instances = int(n_instances)
-        self.n_threads = int(n_threads) if n_threads is not None else _default_threads(n_instances)
+        self.n_threads = int(n_threads) if n_threads is not None else default_threads(n_instances)
         self.chat_format = chat_format
         self.verbose = verbose
         self.top_logprobs = int(top_logprobs)
@@ -288,6 +269,8 @@ class LlamaCppLM:
         return llm
 
     def _complete_blocking(self, request: LMRequest) -> LMResponse:
+        if request.choices is not None:
+            return self._score_blocking(request)
         grammar = self._grammar(request.json_schema) if request.json_schema is not None else None
         pool = self._lp_pool if request.logprobs else self._pool
         llm = pool.acquire()
@@ -312,6 +295,50 @@ class LlamaCppLM:
         finally:
             pool.release(llm)
         return self._to_response(out, request)
+
+    def _score_blocking(self, request: LMRequest) -> LMResponse:
+        """Total log-probability of each choice as a continuation of the prompt; best = text."""
+        assert request.prompt is not None and request.choices is not None  # LMRequest checks
+        llm = self._pool.acquire()
+        try:
+            llm.reset()  # as for generation: nothing carried over from the previous call
+            prompt_tokens, choice_tokens = _tokenize_choices(llm, request.prompt, request.choices)
+            longest = max(len(t) for t in choice_tokens)
+            if len(prompt_tokens) + longest > self.n_ctx:
+                # same wording as llama-cpp-python's overflow error, so _wrap_error explains it
+                raise ValueError(f"Requested tokens ({len(prompt_tokens) + longest}) exceed "
+                                 f"context window of {self.n_ctx}")
+            import numpy as np
+
+            n_vocab = llm.n_vocab()
+            llm.eval(prompt_tokens)  # logits of the last prompt token only (logits_all=False)
+            first = _log_softmax(np.ctypeslib.as_array(llm._ctx.get_logits_ith(-1), shape=(n_vocab,)))
+            scores: list[dict[str, Any]] = []
+            for choice, tokens in zip(request.choices, choice_tokens):
+                total = float(first[tokens[0]])
+                if len(tokens) > 1:
+                    rows = _decode_all_logits(llm, tokens[:-1], len(prompt_tokens), n_vocab)
+                    for row, token in zip(rows, tokens[1:]):
+                        total += float(_log_softmax(row)[token])
+                scores.append({"choice": choice, "logprob": total, "tokens": len(tokens)})
+        except LMError:
+            raise
+        except Exception as exc:
+            raise self._wrap_error(exc) from exc
+        finally:
+            self._pool.release(llm)
+        best = 0
+        for i, item in enumerate(scores):
+            if item["logprob"] > scores[best]["logprob"]:  # strict: ties keep the earlier choice
+                best = i
+        return LMResponse(
+            text=request.choices[best],
+            usage=Usage(prompt_tokens=len(prompt_tokens),
+                        completion_tokens=sum(item["tokens"] for item in scores)),
+            model=self._identity["model"],
+            finish_reason="score",
+            logprobs=scores,
+        )
 
     @staticmethod
     def _sampling_kwargs(request: LMRequest) -> dict[str, Any]:
@@ -374,6 +401,61 @@ class LlamaCppLM:
             finish_reason=choice.get("finish_reason"),
             logprobs=_normalise_logprobs(choice.get("logprobs")) if request.logprobs else None,
         )
+
+
+def _tokenize_choices(llm: Any, prompt: str,
+                      choices: Sequence[str]) -> tuple[list[int], list[list[int]]]:
+    """Prompt tokens (as ``create_completion`` makes them) and each choice's continuation tokens.
+
+    A choice's tokens are those of ``prompt + choice`` past the prompt's own tokens, so they are
+    what the model would emit after this prompt; where the two merge across the boundary (a
+    prompt ending in a space, say) the choice is tokenized on its own instead.
+    """
+    prompt_tokens = llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
+    if not prompt_tokens:  # an empty prompt: condition on BOS, as create_completion does
+        bos = llm.token_bos()
+        if bos < 0:
+            raise LMError("cannot score choices after an empty prompt with a model that has no "
+                          "BOS token; give the request some prompt text.")
+        prompt_tokens = [bos]
+    n = len(prompt_tokens)
+    out: list[list[int]] = []
+    for choice in choices:
+        full = llm.tokenize((prompt + choice).encode("utf-8"), add_bos=True, special=True)
+        if len(full) > n and full[:n] == prompt_tokens:
+            tokens = full[n:]
+        else:
+            tokens = llm.tokenize(choice.encode("utf-8"), add_bos=False, special=False)
+        if not tokens:
+            raise LMError(f"choice {choice!r} has no tokens to score.")
+        out.append(list(tokens))
+    return prompt_tokens, out
+
+
+def _decode_all_logits(llm: Any, tokens: Sequence[int], n_past: int, n_vocab: int) -> Any:
+    """Evaluate ``tokens`` at positions ``n_past...`` (dropping any KV entries from ``n_past`` on)
+    and return the logits after each of them, one row per token."""
+    import numpy as np
+
+    rows = []
+    llm._ctx.kv_cache_seq_rm(-1, n_past, -1)
+    for i in range(0, len(tokens), llm.n_batch):
+        chunk = list(tokens[i:i + llm.n_batch])
+        llm._batch.set_batch(batch=chunk, n_past=n_past + i, logits_all=True)
+        llm._ctx.decode(llm._batch)
+        rows.append(np.ctypeslib.as_array(llm._ctx.get_logits(),
+                                          shape=(len(chunk), n_vocab)).copy())
+        llm.input_ids[n_past + i:n_past + i + len(chunk)] = chunk
+        llm.n_tokens = n_past + i + len(chunk)
+    return np.concatenate(rows)
+
+
+def _log_softmax(logits: Any) -> Any:
+    import numpy as np
+
+    x = np.asarray(logits, dtype=np.float64)
+    shifted = x - x.max()
+    return shifted - np.log(np.exp(shifted).sum())
 
 
 def _normalise_logprobs(raw: Any) -> list[dict[str, Any]] | None:

@@ -18,7 +18,6 @@ import collections
 import importlib.util
 import ipaddress
 import os
-import pathlib
 import signal
 import socket
 import subprocess
@@ -32,7 +31,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..errors import DefinitionError, LMError
-from .embedded import embedded_model_path
+from .embedded import check_threads, default_threads, local_model_path
 
 __all__ = ["LlamaServer", "SERVER_INSTALL_COMMAND"]
 
@@ -55,15 +54,6 @@ def _free_port(host: str) -> int:
     with socket.socket(family, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
-
-
-def _default_threads() -> int:
-    """Half the usable CPUs (see ``lmgraph.lm.llamacpp._default_threads`` for why)."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # pragma: no cover - non-Linux
-        cpus = os.cpu_count() or 1
-    return max(1, cpus // 2)
 
 
 # Never send loopback probes through an HTTP proxy from the environment.
@@ -101,20 +91,13 @@ class LlamaServer:
                 f"LlamaServer refuses host {host!r}: it serves an unauthenticated model and "
                 "binds to loopback only.",
                 fix="use host='127.0.0.1' (the default).")
-        if model_path is None:
-            path = embedded_model_path()
-        else:
-            path = pathlib.Path(model_path).expanduser()
-            if not path.is_file():
-                raise DefinitionError(f"model file {str(path)!r} does not exist.",
-                                      fix="pass the path of a .gguf file, or model_path=None "
-                                          "for the embedded model.")
-        self.model_path = path.resolve()
+        check_threads(n_threads)
+        self.model_path = local_model_path(model_path)
         self.host = host
         self.port = port
         self.n_ctx = int(n_ctx)
         self.startup_timeout = float(startup_timeout)
-        self.n_threads = int(n_threads) if n_threads is not None else _default_threads()
+        self.n_threads = int(n_threads) if n_threads is not None else default_threads()
         self.model_alias = model_alias
         self.logits_all = logits_all
         self.extra_args = tuple(extra_args)

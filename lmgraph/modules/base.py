@@ -76,6 +76,16 @@ class Module:
         """Inner modules (for modules built from others), for optimizers and rendering."""
         return {}
 
+    def estimated_calls(self, list_lengths: Mapping[str, int] | None = None) -> int:
+        """Model calls one run of this module makes, guessed before running (budget checks and dry
+        runs; repairs aside). ``list_lengths``: the known item counts of list inputs, by field name
+        (what a fan-out kind such as Map multiplies by)."""
+        return 1
+
+    def max_items(self, field: str) -> int | None:
+        """At most how many items the list output ``field`` holds (None: not bounded or not a list)."""
+        return None
+
     # ---- shared behaviour
     def replace(self, **changes: Any) -> "Module":
         """A copy with some tunable attributes changed (modules are never mutated)."""

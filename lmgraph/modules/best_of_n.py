@@ -149,6 +149,10 @@ class BestOfN(Module):
         meta["picked"] = ok[pick][0]
         return {**ok[pick][1], "votes": counts[keys[pick]]}
 
+    def estimated_calls(self, list_lengths: Mapping[str, int] | None = None) -> int:
+        judged = self.n * self.judge.estimated_calls() if self.select == "judge" and self.judge is not None else 0
+        return self.n * self.module.estimated_calls(list_lengths) + judged
+
     def config(self) -> dict[str, Any]:
         return {"module": self.module.to_dict(), "n": self.n, "select": self.select,
                 "judge": self.judge.to_dict() if self.judge is not None else None,

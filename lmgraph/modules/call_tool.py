@@ -22,8 +22,8 @@ import pydantic
 from ..errors import DefinitionError, OutputParseError
 from ..lm.prompt import jsonable
 from ..signatures import FieldSpec, Signature, ensure_signature
-from .base import FORMAT_CHOICES, Module, need_resource, normalise_demos
-from .predict import predict
+from .base import Module, need_resource, normalise_demos
+from .predict import GenerationSettings, predict
 
 if TYPE_CHECKING:
     from ..pipeline.executor import NodeCall
@@ -152,7 +152,7 @@ STEP_PROTOCOL = ("You solve the task step by step with tools. At each step write
                  "- finish: stop; the final answer is written afterwards from the trajectory.")
 
 
-class CallTool(Module):
+class CallTool(GenerationSettings, Module):
     """ReAct: ``signature`` inputs -> (think, call tool, observe)* -> signature outputs + trajectory."""
 
     kind = "call_tool"
@@ -164,12 +164,8 @@ class CallTool(Module):
                  max_tokens: int = 256, repair: bool = True, types: Mapping[str, Any] | None = None) -> None:
         self.base_signature = ensure_signature(signature, types=dict(types or {}))
         self.tools = as_tools(tools)
-        self.instructions = instructions or self.base_signature.instructions
-        self.format = format
-        self.lm = lm
-        self.temperature = float(temperature)
-        self.max_tokens = int(max_tokens)
-        self.repair = repair
+        self._init_generation(instructions=instructions, format=format, lm=lm, temperature=temperature,
+                              max_tokens=max_tokens, repair=repair)
         self.max_steps = max_steps
         sig = self.base_signature
         for f in sig.inputs:
@@ -184,9 +180,7 @@ class CallTool(Module):
         self._freeze()
 
     def _check(self) -> None:
-        if self.format not in FORMAT_CHOICES:
-            raise DefinitionError(f"unknown prompt format {self.format!r}",
-                                  fix=f"choose one of {', '.join(FORMAT_CHOICES)}.")
+        self._check_generation()
         if isinstance(self.max_steps, bool) or not isinstance(self.max_steps, int) or self.max_steps < 1:
             raise DefinitionError(f"max_steps must be a positive integer, got {self.max_steps!r}",
                                   fix="pass max_steps=5 (or another positive integer).")
@@ -258,21 +252,19 @@ class CallTool(Module):
         except Exception as e:  # noqa: BLE001 - a tool failure is an observation, not a crash
             return f"Error: {name} raised {type(e).__name__}: {e}", False
 
+    def estimated_calls(self, list_lengths: Mapping[str, int] | None = None) -> int:
+        return self.max_steps + 1  # a step call per tool use at most, then the final answer
+
     def config(self) -> dict[str, Any]:
         return {"signature": self.base_signature.to_dict(), "tools": list(self.tools),
-                "max_steps": self.max_steps, "instructions": self.instructions,
-                "demos": [dict(d) for d in self.demos], "format": self.format, "lm": self.lm,
-                "temperature": self.temperature, "max_tokens": self.max_tokens, "repair": self.repair}
+                "max_steps": self.max_steps, **self._generation_config()}
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any], *, resources: Mapping[str, Any],
                     types: Mapping[str, Any] | None) -> "CallTool":
         tools = {n: need_resource(resources, n, "tool") for n in config["tools"]}
         return cls(Signature.from_dict(config["signature"], types=dict(types or {})), tools,
-                   max_steps=config.get("max_steps", 5), instructions=config.get("instructions"),
-                   demos=config.get("demos", ()), format=config.get("format", "auto"), lm=config.get("lm"),
-                   temperature=config.get("temperature", 0.0), max_tokens=config.get("max_tokens", 256),
-                   repair=config.get("repair", True))
+                   max_steps=config.get("max_steps", 5), **cls._generation_kwargs(config))
 
     def resources(self) -> dict[str, Any]:
         return dict(self.tools)

@@ -157,6 +157,10 @@ class Refine(Module):
             out = await reviser.forward({**inputs, "feedback": revision_prompt(shown, verdict["feedback"])}, call)
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def estimated_calls(self, list_lengths: Mapping[str, int] | None = None) -> int:
+        # at most max_rounds judgements and as many drafts (the first and max_rounds - 1 revisions)
+        return (self.generator.estimated_calls(list_lengths) + self.judge.estimated_calls()) * self.max_rounds
+
     def config(self) -> dict[str, Any]:
         return {"generator": self.generator.to_dict(), "judge": self.judge.to_dict(),
                 "max_rounds": self.max_rounds}

@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 __all__ = ["Map"]
 
 ON_ERROR = ("raise", "skip")
+#: the guessed item count of a mapped list whose length nothing upstream bounds
+FAN_OUT_GUESS = 4
 
 
 def _output_type(program: "Program", node: str, field: str) -> Any:
@@ -156,6 +158,12 @@ class Map(Module):
 
     def resources(self) -> dict[str, Any]:
         return self.program.resources()
+
+    def estimated_calls(self, list_lengths: Mapping[str, int] | None = None) -> int:
+        """The sub-program's calls per item x the items: the shortest known length among the lists
+        mapped over (a Plan's ``max_steps``, a constant list's length), else FAN_OUT_GUESS."""
+        known = [n for f, n in (list_lengths or {}).items() if f in self.over]
+        return self.program.estimated_calls() * (min(known) if known else FAN_OUT_GUESS)
 
     def submodules(self) -> dict[str, Module]:
         return {n.name: n.module for n in self.program.nodes}

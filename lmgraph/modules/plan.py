@@ -70,6 +70,9 @@ class Plan(Predict):
         out[name] = steps[: self.max_steps]
         return out
 
+    def max_items(self, field: str) -> int | None:
+        return self.max_steps if field == self.steps_field else None
+
     def config(self) -> dict[str, Any]:
         return {**super().config(), "max_steps": self.max_steps}
 

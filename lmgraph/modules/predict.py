@@ -1,17 +1,74 @@
-"""Predict and ChainOfThought: one model call from signature + instructions + demos."""
+"""Predict and ChainOfThought: one model call from signature + instructions + demos.
+
+Two decoding modes (``decode``, tunable):
+
+* ``"generate"`` -- the model writes the outputs; they are parsed (one repair call on failure).
+* ``"score"`` -- classification without generation: for a single Literal/Enum output, the prompt
+  (completion format, ending with the output label) is sent with every option as a choice
+  (``" " + option``); the backend scores each by log-probability and the best one is the output.
+  Small local models pick the right label far more often this way, and never produce an
+  unparseable answer. Needs a backend that scores continuations (the llama.cpp backend).
+"""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..errors import DefinitionError, OutputParseError
-from ..lm.prompt import get_format
-from ..signatures import FieldSpec, Signature, ensure_signature
+from ..lm.prompt import coerce, format_value, get_format
+from ..signatures import FieldSpec, Signature, ensure_signature, literal_options, type_to_str
 from .base import FORMAT_CHOICES, Module, normalise_demos
 
 if TYPE_CHECKING:
     from ..pipeline.executor import NodeCall
+
+
+DECODE_CHOICES = ("generate", "score")
+
+#: prompt formats a scoring Predict accepts ('auto' resolves to completion)
+SCORE_FORMATS = ("auto", "completion")
+
+
+def score_choices(sig: Signature) -> tuple[str, ...]:
+    """The continuations a scoring Predict asks the model to score: ``" " + option`` each.
+
+    Options are rendered as demos render them (an Enum by its value), so a demo's
+    "Label: value" line and the scored continuation agree.
+    """
+    return _score_plan(sig)[1]
+
+
+@functools.lru_cache(maxsize=512)
+def _score_plan(sig: Signature) -> tuple[tuple[Any, ...], tuple[str, ...]]:
+    """(options, choices) of a scoring signature, checked; cached (hot path)."""
+    outs = sig.outputs
+    if len(outs) != 1:
+        raise DefinitionError(
+            f"decode='score' picks one label, but {sig.shorthand()!r} has {len(outs)} outputs "
+            f"({', '.join(sig.output_names)})",
+            fix="keep a single Literal/Enum output (a ChainOfThought adds 'reasoning': use Predict), "
+                "or use decode='generate'.")
+    field = outs[0]
+    options = literal_options(field.annotation)
+    if not options:
+        raise DefinitionError(
+            f"decode='score' needs the output to be a Literal or an Enum, got {field.label!r} "
+            f"typed {type_to_str(field.annotation)}", field=field.name,
+            fix=f"declare the options, e.g. \"... -> {field.name}: Literal['a', 'b']\", "
+                "or use decode='generate'.")
+    choices = tuple(" " + format_value(o, as_input=False) for o in options)
+    if any(c == " " for c in choices) or len(set(choices)) != len(choices):
+        raise DefinitionError(
+            f"decode='score' needs distinct, non-empty options, got {list(options)!r}",
+            field=field.name, fix="give every option its own non-empty text.")
+    return tuple(options), choices
+
+
+def check_score_signature(sig: Signature) -> None:
+    """Raise DefinitionError unless ``sig`` has exactly one Literal/Enum output with distinct options."""
+    _score_plan(sig)
 
 
 def resolve_format(fmt: str, sig: Signature, preferred: str, ctx_default: str) -> str:
@@ -26,8 +83,17 @@ def resolve_format(fmt: str, sig: Signature, preferred: str, ctx_default: str) -
 async def predict(call: "NodeCall", sig: Signature, inputs: Mapping[str, Any], *,
                   instructions: str | None = None, demos: Sequence[Mapping[str, Any]] = (),
                   format: str = "auto", lm: str | None = None, temperature: float = 0.0,
-                  max_tokens: int = 256, rollout: int = 0, repair: bool = True) -> dict[str, Any]:
-    """Render, call the model, parse into the signature's types; one repair attempt on failure."""
+                  max_tokens: int = 256, rollout: int = 0, repair: bool = True,
+                  decode: str = "generate") -> dict[str, Any]:
+    """Render, call the model, parse into the signature's types; one repair attempt on failure.
+
+    With ``decode="score"`` the model scores the output's options instead (see
+    :func:`score_predict`); ``format``, ``temperature``, ``max_tokens`` and ``repair`` then
+    play no part.
+    """
+    if decode == "score":
+        return await score_predict(call, sig, inputs, instructions=instructions, demos=demos, lm=lm,
+                                   rollout=rollout)
     _, preferred = call.lm(lm)
     fmt_name = resolve_format(format, sig, preferred, call.ctx.default_format)
     fmt = get_format(fmt_name)
@@ -50,36 +116,113 @@ async def predict(call: "NodeCall", sig: Signature, inputs: Mapping[str, Any], *
         raise e.locate(call.node) from None
 
 
-class Predict(Module):
-    """One model call: inputs -> outputs of the signature."""
+async def score_predict(call: "NodeCall", sig: Signature, inputs: Mapping[str, Any], *,
+                        instructions: str | None = None, demos: Sequence[Mapping[str, Any]] = (),
+                        lm: str | None = None, rollout: int = 0) -> dict[str, Any]:
+    """Pick the single Literal/Enum output by scoring every option (one scoring call)."""
+    options, choices = _score_plan(sig)
+    field = sig.outputs[0]
+    fmt = get_format("completion")
+    call.trace.format = "completion"
+    # sampling settings do not change a score: fixed values keep the cache key independent of them
+    request = fmt.render(sig, instructions or sig.instructions, demos, inputs, temperature=0.0,
+                         max_tokens=1, rollout=rollout, node=call.node)
+    request = request.replace(stop=(), choices=choices)
+    resp, rec = await call.generate(request, lm=lm)
+    if resp.logprobs:
+        call.trace.meta["scores"] = {str(item.get("choice", "")).strip(): item.get("logprob")
+                                     for item in resp.logprobs if isinstance(item, Mapping)}
+    try:
+        value = options[choices.index(resp.text)]
+    except ValueError:  # a backend (or a test fake) answered with the option's text, not the choice
+        try:
+            value = coerce(resp.text, field.annotation)
+        except ValueError as e:
+            rec.parse_error = f"the scored answer {resp.text!r} is not one of the choices: {e}"
+            raise OutputParseError(rec.parse_error, field=field.name, raw=resp.text).locate(call.node) from None
+        return {field.name: value}
+    annotation = field.annotation
+    return {field.name: annotation(value) if isinstance(annotation, type) else value}
 
-    kind = "predict"
-    tunable = ("instructions", "demos", "format", "lm", "temperature", "max_tokens")
 
-    def __init__(self, signature: "str | Signature | type[Signature]", *, instructions: str | None = None,
-                 demos: Sequence[Mapping[str, Any]] = (), format: str = "auto", lm: str | None = None,
-                 temperature: float = 0.0, max_tokens: int = 256, repair: bool = True,
-                 types: Mapping[str, Any] | None = None) -> None:
-        self.base_signature = ensure_signature(signature, types=dict(types or {}))
+class GenerationSettings:
+    """What every module that prompts a model itself (Predict and its kinds, CallTool) is configured
+    with: instructions, demos, prompt format, model name and decoding settings."""
+
+    base_signature: Signature
+    instructions: str
+    demos: tuple[dict[str, Any], ...]
+    format: str
+    lm: str | None
+    temperature: float
+    max_tokens: int
+    repair: bool
+
+    def _init_generation(self, *, instructions: str | None, format: str, lm: str | None, temperature: float,
+                         max_tokens: int, repair: bool) -> None:
         self.instructions = instructions or self.base_signature.instructions
         self.format = format
         self.lm = lm
         self.temperature = float(temperature)
         self.max_tokens = int(max_tokens)
         self.repair = repair
-        self.demos = normalise_demos(demos, self.signature, optional=self.optional_demo_fields)
-        self._check()
-        self._freeze()
 
-    def _check(self) -> None:
+    def _check_generation(self) -> None:
         if self.format not in FORMAT_CHOICES:
             raise DefinitionError(f"unknown prompt format {self.format!r}",
                                   fix=f"choose one of {', '.join(FORMAT_CHOICES)}.")
         if self.max_tokens < 1:
             raise DefinitionError("max_tokens must be >= 1", fix="pass max_tokens=1 or more.")
+
+    def _generation_config(self) -> dict[str, Any]:
+        return {"instructions": self.instructions, "demos": [dict(d) for d in self.demos], "format": self.format,
+                "lm": self.lm, "temperature": self.temperature, "max_tokens": self.max_tokens, "repair": self.repair}
+
+    @staticmethod
+    def _generation_kwargs(config: Mapping[str, Any]) -> dict[str, Any]:
+        """Constructor keywords back from a saved config (the defaults where a key is missing)."""
+        return {"instructions": config.get("instructions"), "demos": config.get("demos", ()),
+                "format": config.get("format", "auto"), "lm": config.get("lm"),
+                "temperature": config.get("temperature", 0.0), "max_tokens": config.get("max_tokens", 256),
+                "repair": config.get("repair", True)}
+
+
+class Predict(GenerationSettings, Module):
+    """One model call: inputs -> outputs of the signature.
+
+    ``decode="score"`` (single Literal/Enum output only) scores each option instead of
+    generating text; see the module docstring.
+    """
+
+    kind = "predict"
+    tunable = ("instructions", "demos", "format", "lm", "temperature", "max_tokens", "decode")
+
+    def __init__(self, signature: "str | Signature | type[Signature]", *, instructions: str | None = None,
+                 demos: Sequence[Mapping[str, Any]] = (), format: str = "auto", lm: str | None = None,
+                 temperature: float = 0.0, max_tokens: int = 256, repair: bool = True,
+                 types: Mapping[str, Any] | None = None, decode: str = "generate") -> None:
+        self.base_signature = ensure_signature(signature, types=dict(types or {}))
+        self._init_generation(instructions=instructions, format=format, lm=lm, temperature=temperature,
+                              max_tokens=max_tokens, repair=repair)
+        self.decode = decode
+        self.demos = normalise_demos(demos, self.signature, optional=self.optional_demo_fields)
+        self._check()
+        self._freeze()
+
+    def _check(self) -> None:
+        self._check_generation()
         if not self.signature.outputs:
             raise DefinitionError(f"signature {self.signature.shorthand()!r} has no output field",
                                   fix="declare at least one output, e.g. 'question -> answer'.")
+        if self.decode not in DECODE_CHOICES:
+            raise DefinitionError(f"unknown decode mode {self.decode!r}",
+                                  fix=f"choose one of {', '.join(DECODE_CHOICES)}.")
+        if self.decode == "score":
+            check_score_signature(self.signature)
+            if self.format not in SCORE_FORMATS:
+                raise DefinitionError(
+                    f"decode='score' scores a completion prompt; format {self.format!r} cannot be scored",
+                    fix="use format='completion' (or 'auto'), or decode='generate'.")
 
     @property
     def signature(self) -> Signature:
@@ -97,25 +240,24 @@ class Predict(Module):
     async def forward(self, inputs: dict[str, Any], call: "NodeCall") -> dict[str, Any]:
         return await predict(call, self.signature, inputs, instructions=self.instructions, demos=self.demos,
                              format=self.format, lm=self.lm, temperature=self.temperature,
-                             max_tokens=self.max_tokens, repair=self.repair)
+                             max_tokens=self.max_tokens, repair=self.repair, decode=self.decode)
 
     def config(self) -> dict[str, Any]:
-        return {"signature": self.base_signature.to_dict(), "instructions": self.instructions,
-                "demos": [dict(d) for d in self.demos], "format": self.format, "lm": self.lm,
-                "temperature": self.temperature, "max_tokens": self.max_tokens, "repair": self.repair}
+        config = {"signature": self.base_signature.to_dict(), **self._generation_config()}
+        if self.decode != "generate":  # written only when set: existing artifacts keep their bytes/hash
+            config["decode"] = self.decode
+        return config
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any], *, resources: Mapping[str, Any],
                     types: Mapping[str, Any] | None) -> "Predict":
         return cls(Signature.from_dict(config["signature"], types=dict(types or {})),
-                   instructions=config.get("instructions"), demos=config.get("demos", ()),
-                   format=config.get("format", "auto"), lm=config.get("lm"),
-                   temperature=config.get("temperature", 0.0), max_tokens=config.get("max_tokens", 256),
-                   repair=config.get("repair", True))
+                   **cls._generation_kwargs(config), decode=config.get("decode", "generate"))
 
     def describe(self) -> str:
         extra = f", {len(self.demos)} demos" if self.demos else ""
-        return f"{type(self).__name__}[{self.format}{extra}]"
+        mode = ", score" if self.decode == "score" else ""
+        return f"{type(self).__name__}[{self.format}{mode}{extra}]"
 
     def summary(self) -> list[str]:
         text = self.instructions if len(self.instructions) < 70 else self.instructions[:67] + "..."

@@ -233,5 +233,11 @@ class Retrieve(Module):
     def resources(self) -> dict[str, Any]:
         return {self.retriever_name: self.retriever}
 
+    def estimated_calls(self, list_lengths: Mapping[str, int] | None = None) -> int:
+        return 0  # a search, no model call
+
+    def max_items(self, field: str) -> int | None:
+        return self.k if field == "passages" else None
+
     def describe(self) -> str:
         return f"Retrieve[{self.retriever_name}, k={self.k}]"

@@ -9,21 +9,15 @@ same seed and cache give the same bytes.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..errors import ArtifactError
 from ..pipeline.program import Program
+from ..pipeline.serialize import ARTIFACT_VERSION, content_hash, read_json_file, verify_artifact
+from ..pipeline.serialize import canonical_json as _canonical
 from .report import Report
-
-ARTIFACT_VERSION = 1
-
-
-def _canonical(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 def artifact_dict(program: Program, report: Report | None = None) -> dict[str, Any]:
@@ -32,7 +26,7 @@ def artifact_dict(program: Program, report: Report | None = None) -> dict[str, A
         rep = report.to_dict(timing=False)
         body["report"] = rep
         body["data"] = rep["data"]
-    body["content_hash"] = hashlib.sha256(_canonical(body).encode()).hexdigest()
+    body["content_hash"] = content_hash(body)
     return body
 
 
@@ -46,18 +40,8 @@ def save_artifact(path: str | Path, program: Program, report: Report | None = No
 
 def read_artifact(path: str | Path) -> dict[str, Any]:
     """The artifact's JSON, with its content hash verified."""
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ArtifactError(f"no artifact at {path}") from None
-    except json.JSONDecodeError as e:
-        raise ArtifactError(f"{path} is not valid JSON ({e})") from None
-    if data.get("lmgraph_artifact") != ARTIFACT_VERSION:
-        raise ArtifactError(f"{path} is not an lmgraph artifact (version {data.get('lmgraph_artifact')!r})")
-    body = {k: v for k, v in data.items() if k != "content_hash"}
-    if hashlib.sha256(_canonical(body).encode()).hexdigest() != data.get("content_hash"):
-        raise ArtifactError(f"{path} does not match its content hash (edited or corrupted)",
-                            fix="re-save it with save_artifact() or restore the original file.")
+    data = read_json_file(path)
+    verify_artifact(data, path)
     return data
 
 
@@ -79,7 +63,7 @@ def diff(a: Program | str | Path, b: Program | str | Path) -> dict[str, Any]:
     def as_dict(x: Program | str | Path) -> dict[str, Any]:
         if isinstance(x, Program):
             return x.to_dict()
-        data = json.loads(Path(x).read_text(encoding="utf-8"))
+        data = read_json_file(x)  # not hash-checked: a diff should show what an edit changed
         return data.get("program", data)
 
     da, db = as_dict(a), as_dict(b)

@@ -183,7 +183,8 @@ def decompose_node(program: Program, node: str, *, max_steps: int = 3, concurren
     combine_sig = Signature([*ins, FieldSpec(steps_f, list[str], "the sub-questions"),
                              FieldSpec(answers_f, list[str], "their answers, in order")],
                             outs, _with_note(sig.instructions, note))
-    combine = type(m)(combine_sig, instructions=_with_note(m.instructions, note), max_tokens=m.max_tokens, **common)
+    combine = type(m)(combine_sig, instructions=_with_note(m.instructions, note), max_tokens=m.max_tokens,
+                      decode=m.decode, **common)
 
     bind = old.bindings
     new_nodes: list[Node] = []
@@ -220,32 +221,23 @@ def collapse_node(program: Program, node: str) -> Program:
     new_sig = Signature(keep, sig.outputs, _without_note(sig.instructions, note))
     demos = [{k: v for k, v in d.items() if k not in roles} for d in m.demos]
     module = type(m)(new_sig, instructions=_without_note(m.instructions, note), demos=demos, format=m.format,
-                     lm=m.lm, temperature=m.temperature, max_tokens=m.max_tokens, repair=m.repair)
+                     lm=m.lm, temperature=m.temperature, max_tokens=m.max_tokens, repair=m.repair,
+                     decode=m.decode)
     old = program.node_map[node]
     new_nodes = [Node(node, module, tuple((f, b) for f, b in old.bindings if f not in roles)) if n.name == node else n
                  for n in program.nodes if n.name not in (plan, steps)]
     return _checked(program, program.rewrite(nodes=new_nodes), f"collapsing {node!r}")
 
 
-def calls_bound(program: Program) -> int:
-    """Model calls per example at most (repairs aside): the static count, with each recognised
-    decomposition's Map counted at its plan's ``max_steps`` items instead of one."""
-    n = static_calls_per_example(program)
-    for x in find_decompositions(program):
-        inner = static_calls_per_example(program.module(x + STEPS_SUFFIX).program)  # type: ignore[attr-defined]
-        n += inner * program.module(x + PLAN_SUFFIX).max_steps - 1  # type: ignore[attr-defined]
-    return n
-
-
 def _afford(session: CompileSession, program: Program, n_rows: int, what: str) -> None:
-    """Refuse (BudgetStop) an evaluation the budget may not cover. The session's own check counts a
-    Map as one call and would start an evaluation that the Map's fan-out cannot finish: the spend
-    would be lost. Deterministic given the spend so far, so a resumed compile decides the same."""
-    rem = session.remaining_calls()
-    need = n_rows * calls_bound(program)
-    if rem is not None and need > rem:
+    """Refuse (BudgetStop) an evaluation the budget may not cover, naming the phase. The static
+    estimate counts a decomposition's Map at its plan's ``max_steps`` items, so an evaluation the
+    fan-out cannot finish is never started (its spend would be lost). Deterministic given the spend
+    so far, so a resumed compile decides the same."""
+    rem, per = session.remaining_calls(), static_calls_per_example(program)
+    if rem is not None and n_rows * per > rem:
         raise BudgetStop(f"budget left ({rem} calls) cannot cover {what} ({n_rows} examples at up to "
-                         f"{calls_bound(program)} calls each)")
+                         f"{per} calls each)")
 
 
 # --------------------------------------------------------------------------- demos for a decomposition
@@ -376,11 +368,10 @@ class Decompose(Optimizer):
 
     def estimate(self, program: Program, n_train: int, n_val: int) -> dict[str, int]:
         collapse, targets = self.targets(program)
-        # the base class counts a Map as one call: a decomposition's runs up to max_steps
-        fan = calls_bound(program) - static_calls_per_example(program)
-        # every candidate is at most the program with every target decomposed
-        full = calls_bound(program) + len(targets) * (1 + self.max_steps)
-        out = {"map fan-out (baseline)": n_val * fan} if fan else {}
+        # every candidate is at most the program with every target decomposed (the static count
+        # includes each decomposition's Map at its plan's max_steps items)
+        full = static_calls_per_example(program) + len(targets) * (1 + self.max_steps)
+        out: dict[str, int] = {}
         if collapse:
             out["collapse"] = len(collapse) * n_val * full
         if targets:

@@ -170,13 +170,12 @@ async def _memo_generate(session: CompileSession, program: Program,
             for k in ("calls", "prompt_tokens", "completion_tokens"):
                 usage[k] = int(trace.usage.get(k, 0))
             usage["dollars"] = float(trace.cost or 0.0)
-        session.memo[key] = {"text": text, "usage": usage}
+        session.remember(key, {"text": text, "usage": usage})
         return text
 
     if session.meter.exhausted:
         raise BudgetStop("budget spent before proposing instructions")
     results = await asyncio.gather(*(one(i, r) for i, r in jobs), return_exceptions=True)
-    session._save_checkpoint()
     for res in results:
         if isinstance(res, BudgetExceeded):
             raise BudgetStop(f"budget spent while proposing instructions ({res})")

@@ -70,6 +70,15 @@ def joint_nodes(program: Program, nodes: Sequence[str] | None) -> list[str]:
     return [n for n in program.order if n in wanted]
 
 
+def _accepts_format(module: Any, fmt: str) -> bool:
+    """Whether ``module`` can use ``fmt`` (a scoring Predict takes only the completion format)."""
+    try:
+        module.replace(format=fmt)
+    except DefinitionError:
+        return False
+    return True
+
+
 def _canon(demos: Sequence[Mapping[str, Any]]) -> str:
     return json.dumps(list(demos), sort_keys=True, default=str)
 
@@ -205,7 +214,8 @@ class JointSearch(Optimizer):
             if "format" in tun:
                 cur_f = m.format  # type: ignore[attr-defined]
                 fmts.append((f"format {cur_f} (current)", cur_f))
-                fmts += [(f"format {f}", f) for f in dict.fromkeys(self.formats) if f != cur_f]
+                fmts += [(f"format {f}", f) for f in dict.fromkeys(self.formats)
+                         if f != cur_f and _accepts_format(m, f)]
             else:
                 fmts.append(("n/a", ""))
             out.append(_NodeOptions(node, instr, demos, fmts))

@@ -2,7 +2,8 @@
 
 It owns the compile's RunContext (a hard budget that counts *logical* model calls, so cached
 and uncached runs spend alike), memoises every evaluation by (program hash, rows hash) and
-checkpoints the memo to disk after each one, so a killed compile restarted with the same
+appends each one to a checkpoint on disk (JSON lines: a header, then one line per memo entry,
+flushed and fsynced), so a killed compile restarted with the same
 arguments replays completed evaluations (charging their recorded spend) instead of repeating
 them, and ends with the same result. Acceptance of a candidate is decided here, on a paired
 bootstrap over validation examples.
@@ -29,9 +30,7 @@ from ..lm.wrappers import Budget
 from ..pipeline.program import Program
 from .report import Candidate, Report
 
-CHECKPOINT_VERSION = 1
-#: node kinds that make no model call
-_NO_LM_KINDS = {"retrieve"}
+CHECKPOINT_VERSION = 2
 
 
 class BudgetStop(Exception):
@@ -44,8 +43,9 @@ def _hash(obj: Any) -> str:
 
 
 def static_calls_per_example(program: Program) -> int:
-    """A lower-bound guess of model calls per example before anything was measured."""
-    return max(1, sum(1 for n in program.nodes if n.kind not in _NO_LM_KINDS))
+    """A guess of model calls per example before anything was measured: each module's
+    ``estimated_calls()`` (a Map's fan-out, Refine's rounds, a tool loop's steps counted)."""
+    return max(1, program.estimated_calls())
 
 
 class CompileSession:
@@ -86,33 +86,65 @@ class CompileSession:
         self.memo: dict[str, dict[str, Any]] = {}
         self.replayed = 0
         self._charged: set[str] = set()  # memo keys already paid for in this process
+        self._checkpoint_open = False  # the checkpoint file exists with this compile's header
         self._load_checkpoint()
         self.incumbent: Program = program
         self.incumbent_candidate: Candidate | None = None
 
-    # ---- checkpointing
+    # ---- checkpointing: a JSON-lines file, a header line then one line per memo entry
     def _load_checkpoint(self) -> None:
-        if self.checkpoint is None or not self.checkpoint.exists():
+        path = self.checkpoint
+        if path is None or not path.exists():
             return
+        raw = path.read_bytes()
+        header, sep, _ = raw.partition(b"\n")
         try:
-            data = json.loads(self.checkpoint.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise ArtifactError(f"checkpoint {self.checkpoint} is not valid JSON ({e})",
+            head = json.loads(header.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ArtifactError(f"checkpoint {path} is not valid JSON ({e})",
                                 fix="delete it to start the compile afresh.") from None
-        if data.get("lmgraph_checkpoint") != CHECKPOINT_VERSION or data.get("fingerprint") != self._fingerprint:
-            raise ArtifactError(f"checkpoint {self.checkpoint} belongs to a compile with other arguments",
+        version = head.get("lmgraph_checkpoint") if isinstance(head, dict) else None
+        if version != CHECKPOINT_VERSION:
+            raise ArtifactError(f"checkpoint {path} has format version {version!r}; this lmgraph reads "
+                                f"version {CHECKPOINT_VERSION}", fix="delete it to start the compile afresh.")
+        if head.get("fingerprint") != self._fingerprint:
+            raise ArtifactError(f"checkpoint {path} belongs to a compile with other arguments",
                                 fix="use the same program, data, seed, budget and settings, "
                                     "or delete the checkpoint / pass another path.")
-        self.memo = data.get("memo", {})
+        if not sep:  # a header without its newline (not written by lmgraph): rewrite it on first append
+            return
+        end = raw.rfind(b"\n") + 1  # past the last complete line: a kill mid-append leaves a partial one
+        for i, line in enumerate(raw[len(header) + len(sep):end].split(b"\n")[:-1], start=2):
+            try:
+                rec = json.loads(line.decode("utf-8"))
+                self.memo[rec["key"]] = rec["entry"]
+            except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
+                raise ArtifactError(f"checkpoint {path} is corrupted at line {i} ({e})",
+                                    fix="delete it to start the compile afresh.") from None
+        if end < len(raw):
+            os.truncate(path, end)  # drop the partial line, so that appends start on a fresh line
+        self._checkpoint_open = True
 
-    def _save_checkpoint(self) -> None:
+    def _append(self, line: dict[str, Any]) -> None:
+        assert self.checkpoint is not None
+        with open(self.checkpoint, "a", encoding="utf-8") as f:
+            f.write(json.dumps(line, ensure_ascii=False) + "\n")  # the newline goes last: a cut-off line has none
+            f.flush()
+            os.fsync(f.fileno())
+
+    def remember(self, key: str, entry: dict[str, Any]) -> None:
+        """Memoise ``entry`` under ``key`` and append it to the checkpoint (durably, before returning)."""
+        self.memo[key] = entry
         if self.checkpoint is None:
             return
-        self.checkpoint.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.checkpoint.with_suffix(self.checkpoint.suffix + ".tmp")
-        tmp.write_text(json.dumps({"lmgraph_checkpoint": CHECKPOINT_VERSION, "fingerprint": self._fingerprint,
-                                   "memo": self.memo}, ensure_ascii=False), encoding="utf-8")
-        os.replace(tmp, self.checkpoint)
+        if not self._checkpoint_open:  # the header goes in atomically: a checkpoint always has one
+            self.checkpoint.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.checkpoint.with_suffix(self.checkpoint.suffix + ".tmp")
+            tmp.write_text(json.dumps({"lmgraph_checkpoint": CHECKPOINT_VERSION,
+                                       "fingerprint": self._fingerprint}) + "\n", encoding="utf-8")
+            os.replace(tmp, self.checkpoint)
+            self._checkpoint_open = True
+        self._append({"key": key, "entry": entry})
 
     # ---- budget
     def remaining_calls(self) -> int | None:
@@ -144,6 +176,9 @@ class CompileSession:
                                   completion_tokens=u["completion_tokens"], dollars=u.get("dollars", 0.0))
                 self._charged.add(key)
                 self.replayed += 1
+                if kind != "propose" and hit.get("scores") is not None:
+                    # same state as the original run: later can_afford() decisions must match
+                    self.observed_calls = max(self.observed_calls or 0.0, u["calls"] / max(1, len(rows)))
             return hit
         if not self.can_afford(program, len(rows)):
             rem = self.remaining_calls()
@@ -169,9 +204,8 @@ class CompileSession:
         entry = {"scores": res.scores, "examples": examples, "usage": usage}
         per_ex = usage["calls"] / max(1, len(rows))
         self.observed_calls = max(self.observed_calls or 0.0, per_ex)
-        self.memo[key] = entry
+        self.remember(key, entry)
         self._charged.add(key)
-        self._save_checkpoint()
         return entry
 
     # ---- candidates

@@ -15,7 +15,7 @@ from ..context import RunContext
 from ..errors import DefinitionError
 from ..modules.base import Module
 from .executor import Prediction, Result, execute, execute_batch
-from .ir import INPUT, InputSpec, Node, Ref
+from .ir import INPUT, Const, InputSpec, Node, Ref
 from .validate import validate
 
 _loops = threading.local()
@@ -170,6 +170,24 @@ class Program:
         from .serialize import load_json
 
         return cls.from_dict(load_json(path), resources=resources, types=types)
+
+    def estimated_calls(self) -> int:
+        """Model calls one run makes, guessed before running (no model call): the sum of each node's
+        ``module.estimated_calls()``, told the item counts of list inputs that an upstream node bounds
+        (a Plan's ``max_steps``, a Retrieve's ``k``) or that are constant."""
+        total = 0
+        for n in self.nodes:
+            lengths: dict[str, int] = {}
+            for f, b in n.bindings:
+                if isinstance(b, Const):
+                    if isinstance(b.value, (list, tuple)):
+                        lengths[f] = len(b.value)
+                elif b.node != INPUT:
+                    bound = self.node_map[b.node].module.max_items(b.field)
+                    if bound is not None:
+                        lengths[f] = bound
+            total += n.module.estimated_calls(lengths)
+        return total
 
     def resources(self) -> dict[str, Any]:
         """Every named runtime resource the program's modules use (what ``load`` needs back)."""

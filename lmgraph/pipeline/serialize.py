@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ArtifactError
+from ..errors import ArtifactError, DefinitionError, PipelineValidationError
 from ..lm.prompt import jsonable
 from ..modules.base import module_from_dict
 from ..signatures import _collect_custom_types, _type_from_spec, str_to_type, type_to_str
@@ -17,6 +19,7 @@ if TYPE_CHECKING:
     from .program import Program
 
 FORMAT_VERSION = 1
+ARTIFACT_VERSION = 1  # compiled artifacts (lmgraph.optimizers.artifact) wrap a program with a content hash
 
 
 def program_to_dict(p: "Program") -> dict[str, Any]:
@@ -68,16 +71,63 @@ def _type_registry(data: Mapping[str, Any], types: Mapping[str, Any] | None) -> 
     return registry
 
 
-def load_json(path: str | Path) -> dict[str, Any]:
+def canonical_json(obj: Any) -> str:
+    """The one JSON text a value hashes as: sorted keys, no whitespace."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def content_hash(data: Mapping[str, Any]) -> str:
+    """sha256 over an artifact's canonical JSON, its own ``content_hash`` field left out."""
+    body = {k: v for k, v in data.items() if k != "content_hash"}
+    return hashlib.sha256(canonical_json(body).encode()).hexdigest()
+
+
+def read_json_file(path: str | Path) -> Any:
+    """A JSON file's value; a missing or unparseable file is an ArtifactError."""
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        return json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ArtifactError(f"no artifact at {path}") from None
     except json.JSONDecodeError as e:
         raise ArtifactError(f"{path} is not valid JSON ({e})") from None
-    if "program" in data and "lmgraph_program" not in data:  # a compiled artifact wraps a program
+
+
+def verify_artifact(data: Any, path: str | Path) -> None:
+    """Check a compiled artifact's format version and content hash (raises ArtifactError)."""
+    version = data.get("lmgraph_artifact") if isinstance(data, dict) else None
+    if version != ARTIFACT_VERSION:
+        raise ArtifactError(f"{path} is not an lmgraph artifact (version {version!r})")
+    if content_hash(data) != data.get("content_hash"):
+        raise ArtifactError(f"{path} does not match its content hash (edited or corrupted)",
+                            fix="re-save it with save_artifact() or restore the original file.")
+
+
+def load_json(path: str | Path) -> dict[str, Any]:
+    """A saved program's JSON: a bare program, or the program inside a compiled artifact (whose
+    content hash is verified first)."""
+    data = read_json_file(path)
+    if isinstance(data, dict) and "lmgraph_artifact" in data:
+        verify_artifact(data, path)
         data = data["program"]
+    elif isinstance(data, dict) and "program" in data and "lmgraph_program" not in data:
+        data = data["program"]  # a wrapper without a hash
     return data
+
+
+@contextmanager
+def _as_artifact_error(*, node: str | None = None, field: str | None = None) -> Iterator[None]:
+    """A definition error met while rebuilding a saved node or input is the artifact's fault: raise
+    it as an ArtifactError that says where (the original message and fix kept). A node inside a
+    nested program (a Map's) is named ``outer/inner``."""
+    try:
+        yield
+    except DefinitionError as e:
+        where = node if e.node in (None, node) else f"{node}/{e.node}" if node else e.node
+        if isinstance(e, ArtifactError) and where == e.node and (e.field or field) == e.field:
+            raise  # already says where
+        several = isinstance(e, PipelineValidationError) and len(e.problems) > 1  # each says its own fix
+        fix = None if several else e.fix or "repair that entry in the JSON, or save the program again from code."
+        raise ArtifactError(e.message, node=where, field=e.field or field, fix=fix) from e
 
 
 def program_from_dict(data: Mapping[str, Any], *, resources: Mapping[str, Any],
@@ -93,11 +143,14 @@ def program_from_dict(data: Mapping[str, Any], *, resources: Mapping[str, Any],
     try:
         name = data["name"]
         types = _type_registry(data, types)
-        inputs = [InputSpec(d["name"], str_to_type(d.get("type", "str"), types))
-                  for d in data["inputs"]]
+        inputs = []
+        for d in data["inputs"]:
+            with _as_artifact_error(field=d["name"]):
+                inputs.append(InputSpec(d["name"], str_to_type(d.get("type", "str"), types)))
         nodes = []
         for nd in data["nodes"]:
-            module = module_from_dict(nd["module"], resources=resources, types=types, node=nd["name"])
+            with _as_artifact_error(node=nd["name"]):
+                module = module_from_dict(nd["module"], resources=resources, types=types, node=nd["name"])
             bindings = []
             for f, b in nd.get("bindings", {}).items():
                 bindings.append((f, Const(b["const"]) if "const" in b else Ref.parse(b["ref"])))

@@ -22,7 +22,7 @@ class CallRecord:
 
     def to_dict(self) -> dict[str, Any]:
         r = self.request
-        return {
+        data: dict[str, Any] = {
             "prompt": r.prompt,
             "messages": [m.to_dict() for m in r.messages] if r.messages is not None else None,
             "params": {"temperature": r.temperature, "max_tokens": r.max_tokens, "stop": list(r.stop),
@@ -37,6 +37,10 @@ class CallRecord:
             "error": self.error,
             "parse_error": self.parse_error,
         }
+        if r.choices is not None:  # a scoring call: what was scored, and each choice's log-prob
+            data["params"]["choices"] = list(r.choices)
+            data["scores"] = self.response.logprobs if self.response else None
+        return data
 
 
 @dataclass(slots=True)
