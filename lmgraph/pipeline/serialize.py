@@ -1,4 +1,4 @@
-"""JSON round-trip for programs: plain data, no pickle, no code execution on load."""
+"""JSON round-trip for programs: plain data only; loading executes no code."""
 
 from __future__ import annotations
 

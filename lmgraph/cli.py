@@ -1,0 +1,346 @@
+"""The ``lmgraph`` command line: render, run, eval, compile and diff saved programs.
+
+Programs are read from JSON (a bare ``Program.save`` file or a compiled artifact). Programs that
+need runtime resources (Retrieve corpora, tools) cannot be bound here: use the Python API.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .errors import ArtifactError, DefinitionError, LmgraphError
+
+METRICS = {"exact_match": "exact_match", "em": "normalized_em", "f1": "token_f1",
+           "accuracy": "label_accuracy", "numeric": "numeric_match"}
+OPTIMIZERS = {"labeled": "LabeledFewShot", "bootstrap": "BootstrapFewShot",
+              "random_search": "BootstrapRandomSearch", "instructions": "InstructionSearch",
+              "joint": "JointSearch", "decompose": "Decompose"}
+
+
+# ---------------------------------------------------------------- building blocks (tests patch make_lm)
+
+def make_lm(spec: str) -> Any:
+    """The model for ``--model``: embedded | gguf:PATH | openai:BASE_URL | litellm:MODEL."""
+    if spec == "embedded":
+        from .lm.llamacpp import LlamaCppLM
+
+        return LlamaCppLM()
+    kind, _, rest = spec.partition(":")
+    if kind == "gguf" and rest:
+        from .lm.llamacpp import LlamaCppLM
+
+        return LlamaCppLM(rest)
+    if kind == "openai" and rest:
+        from .lm.litellm import openai_compatible
+
+        return openai_compatible(rest)
+    if kind == "litellm" and rest:
+        from .lm.litellm import LiteLLM
+
+        return LiteLLM(rest)
+    raise DefinitionError(f"unknown --model {spec!r}",
+                          fix="use embedded, gguf:/path/file.gguf, openai:http://host:port/v1 or litellm:MODEL.")
+
+
+def load_program(path: str) -> Any:
+    from .pipeline.program import Program
+
+    try:
+        return Program.load(path)
+    except ArtifactError as e:
+        if "needs the" in e.message:  # a retriever/tool/reward function bound by name
+            raise ArtifactError(f"{path}: {e.message}; the command line cannot bind resources "
+                                "(retrievers, tools)",
+                                fix="load it with the Python API: Program.load(path, resources={...}).") from None
+        raise
+
+
+def read_jsonl(path: str) -> list[dict[str, Any]]:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise DefinitionError(f"cannot read data file {path}: {e.strerror or e}",
+                              fix="pass an existing JSONL file (one JSON object per line).") from None
+    rows = []
+    for i, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DefinitionError(f"{path}:{i} is not valid JSON ({e.msg})",
+                                  fix="write one JSON object per line.") from None
+        if not isinstance(row, dict):
+            raise DefinitionError(f"{path}:{i} is a JSON {type(row).__name__}, not an object",
+                                  fix="write one JSON object (field -> value) per line.")
+        rows.append(row)
+    if not rows:
+        raise DefinitionError(f"{path} holds no rows", fix="write one JSON object per line.")
+    return rows
+
+
+def metric_spec(text: str) -> tuple[str, str | None, str | None]:
+    """argparse type for NAME[:pred_field[:label_field]]."""
+    parts = text.split(":")
+    if len(parts) > 3 or parts[0] not in METRICS or any(not p for p in parts[1:]):
+        raise argparse.ArgumentTypeError(
+            f"bad metric {text!r}: use NAME[:pred_field[:label_field]] with NAME one of {', '.join(METRICS)}")
+    return parts[0], (parts[1] if len(parts) > 1 else None), (parts[2] if len(parts) > 2 else None)
+
+
+def make_metric(spec: tuple[str, str | None, str | None], program: Any) -> Any:
+    from . import evaluation
+
+    name, pred, label = spec
+    factory = getattr(evaluation, METRICS[name])
+    if pred is None and len(program.outputs) == 1:
+        pred = program.outputs[0][0]  # the program's only output
+    kwargs = {}
+    if pred is not None:
+        kwargs = {"pred_field": pred, "label": label or pred}
+    outputs = [o for o, _ in program.outputs]
+    if pred is not None and pred not in outputs:
+        raise DefinitionError(f"the metric reads the output {pred!r}, which the program does not have",
+                              fix=f"use --metric {name}:FIELD with FIELD one of {', '.join(outputs)}.")
+    return factory(**kwargs)
+
+
+def make_ctx(args: argparse.Namespace, **kw: Any) -> Any:
+    from .context import RunContext
+
+    return RunContext(lm=make_lm(args.model), cache=not args.no_cache, max_concurrency=args.concurrency, **kw)
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, ensure_ascii=False, default=str))
+
+
+def _err(e: BaseException) -> str:
+    return f"{type(e).__name__}: {e}"
+
+
+# ---------------------------------------------------------------- subcommands
+
+def cmd_render(args: argparse.Namespace) -> int:
+    print(load_program(args.program).render("mermaid" if args.mermaid else "text"))
+    return 0
+
+
+def _parse_inputs(pairs: Sequence[str], program: Any) -> dict[str, Any]:
+    inputs: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise DefinitionError(f"bad --input {pair!r}", fix="write --input name=value.")
+        if key not in program.input_specs:
+            raise DefinitionError(f"the program has no input {key!r}",
+                                  fix=f"inputs are: {', '.join(program.input_specs)}.")
+        parsed: Any = value
+        if program.input_specs[key] is not str:  # lists, numbers...: JSON if it parses
+            try:
+                parsed = json.loads(value)
+            except json.JSONDecodeError:
+                pass
+        inputs[key] = parsed
+    return inputs
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    program = load_program(args.program)
+    if args.data is None:
+        inputs = _parse_inputs(args.input or [], program)
+        missing = [k for k in program.input_specs if k not in inputs]
+        if missing:
+            raise DefinitionError(f"missing input {missing[0]!r}",
+                                  fix=f"pass --input NAME=VALUE for each of {', '.join(program.input_specs)}, "
+                                      "or --data rows.jsonl.")
+        pred = program.run_sync(make_ctx(args), **inputs)
+        print(json.dumps(_jsonable(dict(pred)), ensure_ascii=False, indent=2))
+        return 0
+    rows = read_jsonl(args.data)
+    results = program.batch_sync(rows, ctx=make_ctx(args), concurrency=args.concurrency)
+    lines = []
+    for r in results:
+        rec: dict[str, Any] = {"index": r.index}
+        if r.ok:
+            rec["outputs"] = _jsonable(dict(r.outputs or {}))
+        else:
+            rec["error"] = _err(r.error)  # type: ignore[arg-type]
+        lines.append(json.dumps(rec, ensure_ascii=False))
+    print("\n".join(lines))
+    if args.out:
+        Path(args.out).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    failed = sum(1 for r in results if not r.ok)
+    print(f"{len(results)} rows, {failed} failed" + (f"; results in {args.out}" if args.out else ""),
+          file=sys.stderr)
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluation import evaluate_sync
+    from .optimizers.base import check_rows
+
+    program = load_program(args.program)
+    rows = read_jsonl(args.data)
+    check_rows(program, rows, "dataset")
+    metric = make_metric(args.metric, program)
+    res = evaluate_sync(program, rows, metric, ctx=make_ctx(args), concurrency=args.concurrency)
+    s = res.summary()
+    s["tokens"] = s.get("prompt_tokens", 0) + s.get("completion_tokens", 0)
+    s["metric"] = getattr(metric, "__name__", args.metric[0])
+    if args.json:
+        print(json.dumps(s, ensure_ascii=False))
+        return 0
+    lo, hi = s["ci95"]
+    print(f"metric:   {s['metric']}\n"
+          f"mean:     {res.mean:.4f}  (95% CI {lo:.4f}-{hi:.4f}, n={s['n']})\n"
+          f"failures: {s['failures']}\n"
+          f"calls:    {s.get('calls', 0)} (cache hits {s.get('cache_hits', 0)})\n"
+          f"tokens:   {s['tokens']}\n"
+          f"wall:     {res.wall_s:.2f}s")
+    return 0
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    from . import optimizers
+    from .lm.wrappers import Budget
+    from .optimizers import save_artifact
+
+    program = load_program(args.program)
+    train = read_jsonl(args.train)
+    val = read_jsonl(args.val) if args.val else None
+    opt = getattr(optimizers, OPTIMIZERS[args.optimizer])(checkpoint=args.checkpoint,
+                                                          concurrency=args.concurrency)
+    if args.dry_run:
+        print(f"{args.optimizer}: {opt.dry_run(program, train, val)}")
+        return 0
+    metric = make_metric(args.metric, program)
+    budget = Budget(max_calls=args.max_calls, max_tokens=args.max_tokens)
+    t0 = time.perf_counter()
+    compiled, report = opt.optimize(program, train, metric, valset=val, budget=budget, seed=args.seed,
+                                    ctx=make_ctx(args))
+    save_artifact(args.out, compiled, report)
+    print(report.table())
+    print(f"artifact: {args.out}")
+    if args.report:
+        body = report.to_dict(timing=True)
+        body["total_wall_s"] = round(time.perf_counter() - t0, 3)
+        Path(args.report).write_text(json.dumps(body, indent=2, ensure_ascii=False, default=str) + "\n",
+                                     encoding="utf-8")
+        print(f"report: {args.report}")
+    return 0
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    from .optimizers import diff, format_diff
+
+    print(format_diff(diff(args.a, args.b)))
+    return 0
+
+
+# ---------------------------------------------------------------- parser
+
+def _nonneg_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be >= 0")
+    return value
+
+
+def _pos_int(text: str) -> int:
+    value = _nonneg_int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be >= 1")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lmgraph", description="Render, run, evaluate, compile and diff "
+                                     "lmgraph programs saved as JSON (a program file or a compiled artifact).")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    model = argparse.ArgumentParser(add_help=False)
+    g = model.add_argument_group("model")
+    g.add_argument("--model", default="embedded",
+                   help="embedded (default: in-process SmolLM2), gguf:/path/file.gguf, "
+                        "openai:http://127.0.0.1:8080/v1, or litellm:MODEL")
+    g.add_argument("--no-cache", action="store_true", help="disable the on-disk call cache")
+    g.add_argument("--concurrency", type=_pos_int, default=8, help="concurrent examples / model calls (8)")
+
+    p = sub.add_parser("render", help="print a program's graph")
+    p.add_argument("program", metavar="PROGRAM.json")
+    p.add_argument("--mermaid", action="store_true", help="a mermaid diagram instead of text")
+    p.set_defaults(func=cmd_render)
+
+    p = sub.add_parser("run", parents=[model], help="run once (--input) or over a JSONL dataset (--data)")
+    p.add_argument("program", metavar="PROGRAM.json")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--input", action="append", metavar="KEY=VALUE", help="a program input (repeatable)")
+    src.add_argument("--data", metavar="ROWS.jsonl", help="run every row; failures are recorded per row")
+    p.add_argument("--out", metavar="RESULTS.jsonl", help="with --data: write one JSON line per row")
+    p.set_defaults(func=cmd_run)
+
+    metric_help = f"NAME[:pred_field[:label_field]], NAME in {', '.join(METRICS)}"
+    p = sub.add_parser("eval", parents=[model], help="score a program on a JSONL dataset")
+    p.add_argument("program", metavar="PROGRAM.json")
+    p.add_argument("--data", required=True, metavar="ROWS.jsonl")
+    p.add_argument("--metric", required=True, type=metric_spec, help=metric_help)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("compile", parents=[model], help="optimize a program into a compiled artifact")
+    p.add_argument("program", metavar="PROGRAM.json")
+    p.add_argument("--train", required=True, metavar="TRAIN.jsonl")
+    p.add_argument("--val", metavar="VAL.jsonl", help="validation rows (default: split off the train rows)")
+    p.add_argument("--metric", required=True, type=metric_spec, help=metric_help)
+    p.add_argument("--optimizer", required=True, choices=list(OPTIMIZERS))
+    p.add_argument("--max-calls", type=_nonneg_int, help="hard budget: model calls")
+    p.add_argument("--max-tokens", type=_nonneg_int, help="hard budget: tokens")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint", metavar="PATH", help="resumable compile state")
+    p.add_argument("--dry-run", action="store_true", help="print the cost estimate and exit")
+    p.add_argument("--out", metavar="ARTIFACT.json", help="where to write the compiled artifact")
+    p.add_argument("--report", metavar="REPORT.json", help="also write the full report (with timing)")
+    p.set_defaults(func=cmd_compile)
+
+    p = sub.add_parser("diff", help="what changed per node between two programs/artifacts")
+    p.add_argument("a", metavar="A.json")
+    p.add_argument("b", metavar="B.json")
+    p.set_defaults(func=cmd_diff)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "compile" and not args.dry_run and not args.out:
+        parser.error("compile: --out ARTIFACT.json is required (unless --dry-run)")
+    if args.command == "run" and args.out and not args.data:
+        parser.error("run: --out needs --data")
+    try:
+        return int(args.func(args))
+    except DefinitionError as e:  # the user's program, data or arguments are wrong
+        print(f"lmgraph: error: {e}", file=sys.stderr)
+        return 2
+    except LmgraphError as e:  # a run failed (model error, budget, parse failure)
+        print(f"lmgraph: run failed: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"lmgraph: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("lmgraph: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
