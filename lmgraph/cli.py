@@ -56,7 +56,7 @@ def load_program(path: str) -> Any:
     except ArtifactError as e:
         if "needs the" in e.message:  # a retriever/tool/reward function bound by name
             raise ArtifactError(f"{path}: {e.message}; the command line cannot bind resources "
-                                "(retrievers, tools)",
+                                "(retrievers, tools).", node=e.node,
                                 fix="load it with the Python API: Program.load(path, resources={...}).") from None
         raise
 
