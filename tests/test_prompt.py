@@ -338,3 +338,21 @@ def test_dict_and_model():
 
 def test_str_is_stripped():
     assert coerce("  Paris \n", str) == "Paris"
+
+
+def test_completion_continues_after_the_next_missing_label_instead_of_a_repair_note():
+    import lmgraph as lg
+    from lmgraph.testing import ScriptedLM
+
+    # the model writes the reasoning and stops; the second call continues after "Answer:"
+    lm = ScriptedLM([" it is in the text.", " Paris"])
+    p = lg.Pipeline("cot")
+    q = p.input("question")
+    node = p.add(lg.ChainOfThought("question -> answer", format="completion"), question=q)
+    p.output(answer=node.answer, reasoning=node.reasoning)
+    out = p.build().run_sync(lg.RunContext(lm=lm, cache=False), question="Capital of France?")
+    assert out == {"answer": "Paris", "reasoning": "it is in the text."}
+    second = lm.calls[1].prompt
+    assert second.endswith("Reasoning: it is in the text.\nAnswer:")
+    assert "could not be read" not in second
+    assert out.trace.nodes[0].calls[0].parse_error is not None

@@ -248,6 +248,13 @@ class PromptFormat:
     def parse(self, sig: Signature, text: str) -> dict[str, Any]:
         raise NotImplementedError
 
+    def continuation(self, request: LMRequest, text: str, sig: Signature) -> tuple[LMRequest, str] | None:
+        """When the output stopped before some fields, a request that continues it.
+
+        Returns (request, prefix): parse ``prefix + next completion``. None when not applicable.
+        """
+        return None
+
     def repair(self, request: LMRequest, text: str, error: Exception, sig: Signature) -> LMRequest:
         """One follow-up request that shows the model its unparseable output and the rule."""
         wanted = ", ".join(f"'{f.label}:'" + (f" ({_type_hint(f)})" if _type_hint(f) else "")
@@ -329,6 +336,18 @@ class CompletionFormat(PromptFormat):
 
     def parse(self, sig: Signature, text: str) -> dict[str, Any]:
         return _typed(sig, _split_labels(sig, text, sig.outputs[0]), text)
+
+    def continuation(self, request: LMRequest, text: str, sig: Signature) -> tuple[LMRequest, str] | None:
+        # Small models often write the first field (e.g. the reasoning) and stop. Rather than a
+        # repair note, append the next missing label to the prompt and let the model go on.
+        if request.prompt is None or not text.strip():
+            return None
+        sections = _split_labels(sig, text, sig.outputs[0])
+        missing = [f for f in sig.outputs if f.name not in sections]
+        if not missing or len(missing) == len(sig.outputs):
+            return None
+        prefix = text.rstrip() + "\n" + missing[0].label + ":"
+        return request.replace(prompt=request.prompt + prefix), prefix
 
 
 @functools.lru_cache(maxsize=1024)

@@ -108,9 +108,11 @@ async def predict(call: "NodeCall", sig: Signature, inputs: Mapping[str, Any], *
         if not repair:
             raise e.locate(call.node)
         first = e
-    resp2, rec2 = await call.generate(fmt.repair(request, resp.text, first, sig), lm=lm)
+    cont = fmt.continuation(request, resp.text, sig)
+    second, prefix = cont if cont is not None else (fmt.repair(request, resp.text, first, sig), "")
+    resp2, rec2 = await call.generate(second, lm=lm)
     try:
-        return fmt.parse(sig, resp2.text)
+        return fmt.parse(sig, prefix + resp2.text)
     except OutputParseError as e:
         rec2.parse_error = str(e)
         raise e.locate(call.node) from None
