@@ -641,3 +641,24 @@ def test_run_errors_pickle_with_their_location():
     assert type(err) is BudgetExceeded and err.node == "a" and str(err) == str(ei.value)
     ope = pickle.loads(pickle.dumps(OutputParseError("bad", node="n", field="f", raw="r")))
     assert (ope.node, ope.field, ope.raw) == ("n", "f", "r")
+
+
+def test_a_node_can_opt_out_of_the_cache():
+    from lmgraph.cache import MemoryCache
+
+    lm = FunctionLM(lambda req: "Answer: 42")
+    p = lg.Pipeline("optout")
+    q = p.input("question")
+    cached = p.add(lg.Predict("question -> answer"), name="cached", question=q)
+    fresh = p.add(lg.Predict("question -> answer", cache=False), name="fresh", question=q)
+    p.output(a=cached.answer, b=fresh.answer)
+    program = p.build()
+    ctx = lg.RunContext(lm=lm, cache=MemoryCache())
+    program.run_sync(ctx, question="q")
+    out = program.run_sync(ctx, question="q")
+    assert out.trace.node("cached").calls[0].response.cached
+    assert not out.trace.node("fresh").calls[0].response.cached
+    assert len(lm.calls) == 3
+    # the opt-out survives a JSON round trip; modules that keep the default write nothing new
+    again = lg.Program.from_dict(program.to_dict())
+    assert again.module("fresh").cache is False and "cache" not in program.to_dict()["nodes"][0]["module"]

@@ -161,11 +161,12 @@ class CallTool(GenerationSettings, Module):
     def __init__(self, signature: "str | Signature | type[Signature]", tools: Any, *, max_steps: int = 5,
                  instructions: str | None = None, demos: Sequence[Mapping[str, Any]] = (),
                  format: str = "auto", lm: str | None = None, temperature: float = 0.0,
-                 max_tokens: int = 256, repair: bool = True, types: Mapping[str, Any] | None = None) -> None:
+                 max_tokens: int = 256, repair: bool = True, types: Mapping[str, Any] | None = None,
+                 cache: bool = True) -> None:
         self.base_signature = ensure_signature(signature, types=dict(types or {}))
         self.tools = as_tools(tools)
         self._init_generation(instructions=instructions, format=format, lm=lm, temperature=temperature,
-                              max_tokens=max_tokens, repair=repair)
+                              max_tokens=max_tokens, repair=repair, cache=cache)
         self.max_steps = max_steps
         sig = self.base_signature
         for f in sig.inputs:

@@ -159,15 +159,17 @@ class GenerationSettings:
     temperature: float
     max_tokens: int
     repair: bool
+    cache: bool
 
     def _init_generation(self, *, instructions: str | None, format: str, lm: str | None, temperature: float,
-                         max_tokens: int, repair: bool) -> None:
+                         max_tokens: int, repair: bool, cache: bool = True) -> None:
         self.instructions = instructions or self.base_signature.instructions
         self.format = format
         self.lm = lm
         self.temperature = float(temperature)
         self.max_tokens = int(max_tokens)
         self.repair = repair
+        self.cache = bool(cache)  # False: this node's calls bypass the cache (per-node opt-out)
 
     def _check_generation(self) -> None:
         if self.format not in FORMAT_CHOICES:
@@ -177,8 +179,11 @@ class GenerationSettings:
             raise DefinitionError("max_tokens must be >= 1", fix="pass max_tokens=1 or more.")
 
     def _generation_config(self) -> dict[str, Any]:
-        return {"instructions": self.instructions, "demos": [dict(d) for d in self.demos], "format": self.format,
-                "lm": self.lm, "temperature": self.temperature, "max_tokens": self.max_tokens, "repair": self.repair}
+        out = {"instructions": self.instructions, "demos": [dict(d) for d in self.demos], "format": self.format,
+               "lm": self.lm, "temperature": self.temperature, "max_tokens": self.max_tokens, "repair": self.repair}
+        if not self.cache:  # written only when off, so existing artifacts keep their bytes
+            out["cache"] = False
+        return out
 
     @staticmethod
     def _generation_kwargs(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -186,7 +191,7 @@ class GenerationSettings:
         return {"instructions": config.get("instructions"), "demos": config.get("demos", ()),
                 "format": config.get("format", "auto"), "lm": config.get("lm"),
                 "temperature": config.get("temperature", 0.0), "max_tokens": config.get("max_tokens", 256),
-                "repair": config.get("repair", True)}
+                "repair": config.get("repair", True), "cache": config.get("cache", True)}
 
 
 class Predict(GenerationSettings, Module):
@@ -202,10 +207,10 @@ class Predict(GenerationSettings, Module):
     def __init__(self, signature: "str | Signature | type[Signature]", *, instructions: str | None = None,
                  demos: Sequence[Mapping[str, Any]] = (), format: str = "auto", lm: str | None = None,
                  temperature: float = 0.0, max_tokens: int = 256, repair: bool = True,
-                 types: Mapping[str, Any] | None = None, decode: str = "generate") -> None:
+                 types: Mapping[str, Any] | None = None, decode: str = "generate", cache: bool = True) -> None:
         self.base_signature = ensure_signature(signature, types=dict(types or {}))
         self._init_generation(instructions=instructions, format=format, lm=lm, temperature=temperature,
-                              max_tokens=max_tokens, repair=repair)
+                              max_tokens=max_tokens, repair=repair, cache=cache)
         self.decode = decode
         self.demos = normalise_demos(demos, self.signature, optional=self.optional_demo_fields)
         self._check()

@@ -56,6 +56,8 @@ class NodeCall:
         ctx_rollout = self.ctx.rollout
         if ctx_rollout or request.node is None:
             request = request.replace(node=self.node, rollout=request.rollout + ctx_rollout)
+        if request.use_cache and getattr(self.module, "cache", True) is False:
+            request = request.replace(use_cache=False)  # the node opted out of caching
         rec = CallRecord(request)
         self.trace.calls.append(rec)
         t0 = time.perf_counter()
