@@ -48,11 +48,22 @@ def make_lm(spec: str) -> Any:
                           fix="use embedded, gguf:/path/file.gguf, openai:http://host:port/v1 or litellm:MODEL.")
 
 
-def load_program(path: str) -> Any:
+class _Unbound(dict):  # type: ignore[type-arg]
+    """Resources for viewing only (render/diff): any name resolves to a stub that refuses to run."""
+
+    def __missing__(self, name: str) -> Any:
+        def unbound(*args: Any, **kwargs: Any) -> Any:
+            raise DefinitionError(f"resource {name!r} is not bound on the command line",
+                                  fix="run this program from Python: Program.load(path, resources={...}).")
+        unbound.__name__ = name
+        return unbound
+
+
+def load_program(path: str, *, view_only: bool = False) -> Any:
     from .pipeline.program import Program
 
     try:
-        return Program.load(path)
+        return Program.load(path, resources=_Unbound() if view_only else None)
     except ArtifactError as e:
         if "needs the" in e.message:  # a retriever/tool/reward function bound by name
             raise ArtifactError(f"{path}: {e.message}; the command line cannot bind resources "
@@ -128,7 +139,7 @@ def _err(e: BaseException) -> str:
 # ---------------------------------------------------------------- subcommands
 
 def cmd_render(args: argparse.Namespace) -> int:
-    print(load_program(args.program).render("mermaid" if args.mermaid else "text"))
+    print(load_program(args.program, view_only=True).render("mermaid" if args.mermaid else "text"))
     return 0
 
 

@@ -166,3 +166,13 @@ def test_unknown_model_spec_is_an_error(prog_path, capsys) -> None:  # noqa: ANN
 def test_python_m_lmgraph_help() -> None:
     done = subprocess.run([sys.executable, "-m", "lmgraph", "--help"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and "compile" in done.stdout
+
+
+def test_render_shows_a_program_whose_resources_are_not_bound(tmp_path, capsys) -> None:  # noqa: ANN001
+    p = lg.Pipeline("rag")
+    q = p.input("question")
+    docs = p.add(lg.Retrieve(lg.BM25Retriever(["a doc"], name="wiki"), k=1), name="ret", query=q)
+    p.output(passages=docs.passages)
+    path = str(p.build().save(tmp_path / "rag.json"))
+    assert cli.main(["render", path]) == 0
+    assert "Retrieve[wiki, k=1]" in capsys.readouterr().out

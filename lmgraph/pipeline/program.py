@@ -161,7 +161,7 @@ class Program:
                   types: Mapping[str, Any] | None = None) -> "Program":
         from .serialize import program_from_dict
 
-        return program_from_dict(data, resources=resources or {}, types=types)
+        return program_from_dict(data, resources=resources if resources is not None else {}, types=types)
 
     @classmethod
     def load(cls, path: str | Path, *, resources: Mapping[str, Any] | None = None,
