@@ -94,18 +94,24 @@ def main() -> None:
     ap.add_argument("--val", type=int, default=100)
     ap.add_argument("--test", type=int, default=300)
     ap.add_argument("--budget", type=int, default=1000, help="hard limit on compile model calls")
-    ap.add_argument("--optimizer", choices=["bootstrap", "random_search"], default="random_search")
+    ap.add_argument("--optimizer", choices=["bootstrap", "random_search", "joint"], default="random_search")
     args = ap.parse_args()
 
     t = TASKS[args.task](args.seed, args.train, args.val, args.test)
     program: lg.Program = t["program"]
     ctx = lg.RunContext(max_concurrency=2)
     ctx.lm_for(None)[0]  # build the stack; the model loads on first call
-    if args.optimizer == "bootstrap":
-        opt = BootstrapFewShot(max_demos=4, max_labeled=4, checkpoint=RESULTS / f".ckpt_{args.task}_s{args.seed}_b{args.budget}.json")
+    ckpt = RESULTS / f".ckpt_{args.task}_{args.optimizer}_s{args.seed}_b{args.budget}.jsonl"
+    if args.optimizer == "joint":
+        from lmgraph.optimizers import JointSearch
+
+        opt = JointSearch(num_trials=12, num_instructions=2, num_demo_sets=3, max_demos=4,
+                          formats=("completion", "json"), minibatch_size=20, checkpoint=ckpt)
+    elif args.optimizer == "bootstrap":
+        opt = BootstrapFewShot(max_demos=4, max_labeled=4, checkpoint=ckpt)
     else:
         opt = BootstrapRandomSearch(max_demos=4, max_labeled=4, num_candidates=4,
-                                    checkpoint=RESULTS / f".ckpt_{args.task}_s{args.seed}_b{args.budget}.json")
+                                    checkpoint=ckpt)
     RESULTS.mkdir(exist_ok=True)
     print(f"[{args.task}] dry run: {opt.dry_run(program, t['train'], t['val'])}")
     t0 = time.perf_counter()
@@ -113,7 +119,8 @@ def main() -> None:
                                     budget=lg.Budget(max_calls=args.budget), seed=args.seed, ctx=ctx)
     compile_s = time.perf_counter() - t0
     print(report.table())
-    save_artifact(RESULTS / f"compiled_{args.task}.json", compiled, report)
+    suffix = "" if args.optimizer == "random_search" else f"_{args.optimizer}"
+    save_artifact(RESULTS / f"compiled_{args.task}{suffix}.json", compiled, report)
 
     zero = score(program, t["test"], t["metrics"], ctx)
     comp = score(compiled, t["test"], t["metrics"], ctx)
@@ -141,7 +148,7 @@ def main() -> None:
         }
     out["test"]["parse_failure_rate"] = {"zero_shot": zero["_summary"]["parse_failure_rate"],
                                          "compiled": comp["_summary"]["parse_failure_rate"]}
-    (RESULTS / f"compile_{args.task}.json").write_text(json.dumps(out, indent=2) + "\n")
+    (RESULTS / f"compile_{args.task}{suffix}.json").write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps(out, indent=2))
 
 
