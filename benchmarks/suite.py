@@ -166,7 +166,7 @@ class System:
 
 
 def systems_for(mode: str) -> list[System]:
-    quick = mode == "quick"
+    quick = mode.startswith("quick")
     rs_candidates = 2 if quick else 6
     out = [
         System("lmgraph zero-shot", "lmgraph", "zero-shot"),
@@ -496,6 +496,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="threads per server")
     ap.add_argument("--no-overhead", action="store_true", help="skip the overhead/scheduling part")
     ap.add_argument("--fresh", action="store_true", help="discard this mode's saved progress")
+    ap.add_argument("--sizes", help="override every task's split sizes: TRAIN,VAL,TEST (smoke runs; results "
+                                    "go to a separate state dir)")
     ap.add_argument("--date", default=_dt.date.today().isoformat())
     args = ap.parse_args(argv)
 
@@ -510,6 +512,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.systems:
         pats = [p.strip().lower() for p in args.systems.split(",")]
         systems = [s for s in systems if any(p in s.name.lower() for p in pats)]
+    override = Sizes(*(int(x) for x in args.sizes.split(","))) if args.sizes else None
+    if override:
+        mode = f"{mode}-sizes{override.train}x{override.val}x{override.test}"
     state = RunState(WORK / f"{mode}-s{args.seed}" / "records.jsonl", args.fresh)
     t_start = time.perf_counter()
 
@@ -534,8 +539,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         counter = None
         inproc_lm = None
         for task, system in todo:
-            sizes = task.quick if args.quick else task.full
-            data = task.splits(args.seed, sizes)
+            sizes = override or (task.quick if args.quick else task.full)
+            train, val, test = task.splits(args.seed, sizes)
+            # Labels also under the predicted field's name, so labelled demos (both frameworks)
+            # find them; the metric reads the task's own label field.
+            train, val = ([{**r, task.output: r[task.label_field]} for r in part] for part in (train, val))
+            data = (train, val, test)
             data_sizes = {"train": len(data[0]), "val": len(data[1]), "test": len(data[2])}
             budget = 8 * (sizes.train + sizes.val) * (2 if task.name == "gsm8k" else 1)
             print(f"[suite] {task.name} / {system.name} ...", flush=True)
