@@ -33,6 +33,7 @@ import logging
 import os
 import queue
 import random
+import signal
 import sys
 import threading
 import time
@@ -502,6 +503,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     mode = "quick" if args.quick else "full"
+    # A kill (SIGTERM) unwinds like Ctrl-C, so the servers are stopped; the run resumes later.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     # Failures are counted in the records; per-example tracebacks from DSPy's optimizers and
     # aiohttp's "Unclosed client session" notices (litellm's shared sessions) would bury the log.
     logging.getLogger("dspy").setLevel(logging.CRITICAL)
@@ -517,6 +520,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         mode = f"{mode}-sizes{override.train}x{override.val}x{override.test}"
     state = RunState(WORK / f"{mode}-s{args.seed}" / "records.jsonl", args.fresh)
     t_start = time.perf_counter()
+
+    # Load every split first: a missing dataset fails here, before minutes of other work.
+    splits: dict[str, tuple[list, list, list]] = {}
+    for task in chosen_tasks:
+        splits[task.name] = task.splits(args.seed, override or (task.quick if args.quick else task.full))
 
     overhead = None
     if not args.no_overhead:
@@ -540,7 +548,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         inproc_lm = None
         for task, system in todo:
             sizes = override or (task.quick if args.quick else task.full)
-            train, val, test = task.splits(args.seed, sizes)
+            train, val, test = splits[task.name]
             # Labels also under the predicted field's name, so labelled demos (both frameworks)
             # find them; the metric reads the task's own label field.
             train, val = ([{**r, task.output: r[task.label_field]} for r in part] for part in (train, val))
