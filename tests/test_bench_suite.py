@@ -1,0 +1,132 @@
+"""The benchmark suite's own machinery: counting proxy, resumable state, goal summary.
+
+No model and no DSPy: a stdlib upstream on 127.0.0.1 stands in for the llama.cpp server.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+import report  # noqa: E402
+import suite  # noqa: E402
+
+
+@pytest.fixture()
+def upstream():
+    seen = []
+
+    class H(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *a):
+            pass
+
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            seen.append((self.path, body))
+            status = 400 if body.get("bad") else 200
+            data = json.dumps({"choices": [{"text": "ok"}],
+                               "usage": {"prompt_tokens": 7, "completion_tokens": 3}}).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), H)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    yield f"http://127.0.0.1:{srv.server_address[1]}", seen
+    srv.shutdown()
+    srv.server_close()
+
+
+def _post(url: str, payload: dict) -> tuple[int, dict]:
+    req = urllib.request.Request(url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_proxy_forwards_and_counts_requests_and_tokens(upstream):
+    url, seen = upstream
+    proxy = suite.CountingProxy([url])
+    try:
+        assert proxy.base_url.startswith("http://127.0.0.1:")
+        before = proxy.snapshot()
+        status, body = _post(proxy.base_url + "/completions", {"prompt": "hi"})
+        assert status == 200 and body["choices"][0]["text"] == "ok"
+        status, _ = _post(proxy.base_url + "/completions", {"bad": True})
+        assert status == 400
+        d = suite.delta(proxy.snapshot(), before)
+        assert d == {"requests": 2, "prompt_tokens": 14, "completion_tokens": 6, "errors": 1}
+        assert [p for p, _ in seen] == ["/v1/completions", "/v1/completions"]
+    finally:
+        proxy.close()
+
+
+def test_run_state_resumes_skips_done_retries_failed_and_ignores_torn_line(tmp_path):
+    path = tmp_path / "records.jsonl"
+    st = suite.RunState(path, fresh=False)
+    st.add({"task": "trec", "system": "a", "x": 1})
+    st.add({"task": "trec", "system": "b", "failed": "boom"})
+    with path.open("a") as f:
+        f.write('{"task": "trec", "sys')  # a kill mid-write
+    again = suite.RunState(path, fresh=False)
+    assert again.done("trec", "a") and not again.done("trec", "b") and not again.done("sst2", "a")
+    again.add({"task": "trec", "system": "b", "x": 2})
+    latest = {r["system"]: r for r in again.latest()}
+    assert latest["b"]["x"] == 2 and "failed" not in latest["b"]
+    assert suite.RunState(path, fresh=True).records == []
+
+
+def _rec(system, framework, optimizer, scores, calls):
+    return {"task": "t", "system": system, "framework": framework, "optimizer": optimizer, "variant": "",
+            "main": "accuracy", "scores": {"accuracy": scores},
+            "test": {"accuracy": {"mean": sum(scores) / len(scores), "ci95": [0.0, 1.0]}},
+            "compile": None if optimizer == "zero-shot" else {"calls": calls}, "parse_failure_rate": 0.0,
+            "splits": {"train": 1, "val": 1, "test": len(scores)}}
+
+
+def test_goals_compare_best_compiled_systems_and_call_ratio():
+    recs = [_rec("lg zero", "lmgraph", "zero-shot", [0, 0, 0, 0], 0),
+            _rec("lg A", "lmgraph", "A", [1, 1, 0, 0], 40),
+            _rec("lg B", "lmgraph", "B", [1, 1, 1, 0], 60),
+            _rec("ds zero", "dspy", "zero-shot", [1, 1, 1, 1], 0),   # zero-shot is not a compiled system
+            _rec("ds A", "dspy", "A", [1, 0, 0, 0], 100)]
+    (g,) = report.goals(recs, ["t"])
+    assert g["lmgraph_best"] == "lg B" and g["dspy_best"] == "ds A"
+    assert g["lmgraph_calls"] == 60 and g["dspy_calls"] == 100 and g["calls_ratio"] == 0.6
+    assert g["score_goal"] is True and g["calls_goal"] is False and g["met"] is False
+    assert g["paired_diff"] == pytest.approx(0.5)
+    md = report.markdown({"mode": "quick", "date": "d", "model": "m", "server": {"servers": 1, "threads": 1},
+                          "seed": 0, "command": "c", "wall_s": 60, "goals": [g], "tasks": ["t"],
+                          "records": recs, "overhead": None})
+    assert "| t (accuracy) | lg B | ds A | 0.750 vs 0.250 |" in md and "score only" in md
+
+
+def test_every_task_file_defines_a_task_with_disjoint_seeded_splits():
+    import tasks
+
+    for t in tasks.all_tasks():
+        a = t.splits(0, t.quick)
+        b = t.splits(0, t.quick)
+        assert a == b, t.name
+        train, val, test = a
+        assert (len(train), len(val), len(test)) == (t.quick.train, t.quick.val, t.quick.test)
+        ids = lambda rows: {json.dumps({k: r[k] for k in t.inputs}, sort_keys=True) for r in rows}  # noqa: E731
+        assert not ids(train) & ids(val), t.name
+        assert t.main in t.metrics and all(k in train[0] for k in t.inputs)
+        assert t.lmgraph_program().name == t.name
