@@ -55,6 +55,10 @@ def markdown(doc: dict[str, Any]) -> str:
              f"Command: `{doc['command']}`. Suite wall time: {doc['wall_s'] / 60:.1f} min.", "",
              "Compile calls: logical LM calls while compiling (cache hits included); requests: HTTP requests "
              "that reached the model (cache misses), with their tokens. Test scores: mean [95% bootstrap CI].", ""]
+    if doc.get("missing"):
+        lines += [f"**Incomplete run**: {len(doc['missing'])} of {len(doc['tasks']) * len(doc['systems'])} "
+                  "(task, system) units not run yet (rerun the command to resume): "
+                  + ", ".join(doc["missing"][:12]) + (" ..." if len(doc["missing"]) > 12 else "") + ".", ""]
     lines += ["## Goal: lmgraph's best compiled >= DSPy's best, with <= 50% of DSPy's compile calls", "",
               "| task | lmgraph best | DSPy best | score (lmgraph vs DSPy) | paired diff [95% CI] | "
               "compile calls (lmgraph / DSPy = ratio) | met? |", "|---|---|---|---|---|---|---|"]
@@ -144,7 +148,7 @@ def plot(doc: dict[str, Any], path: Path) -> Path | None:
 
 def write(records: list[dict[str, Any]], *, mode: str, date: str, seed: int, tasks: Sequence[str],
           systems: Sequence[str], overhead: dict[str, Any] | None, wall_s: float, command: str,
-          server: dict[str, Any]) -> list[Path]:
+          server: dict[str, Any], missing: Sequence[str] = ()) -> list[Path]:
     import dspy
     import lmgraph
 
@@ -157,7 +161,8 @@ def write(records: list[dict[str, Any]], *, mode: str, date: str, seed: int, tas
            "versions": {"lmgraph": lmgraph.__version__, "dspy": dspy.__version__,
                         "python": platform.python_version()},
            "wall_s": round(wall_s, 1), "tasks": list(tasks), "systems": list(systems),
-           "goals": goals(records, tasks), "overhead": overhead, "records": records}
+           "goals": goals(records, tasks), "overhead": overhead, "missing": list(missing),
+           "records": records}
     RESULTS.mkdir(exist_ok=True)
     stem = date if mode == "full" else f"{date}-{mode}"
     out = [RESULTS / f"{stem}.json", RESULTS / f"{stem}.md"]

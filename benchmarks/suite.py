@@ -497,6 +497,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="threads per server")
     ap.add_argument("--no-overhead", action="store_true", help="skip the overhead/scheduling part")
     ap.add_argument("--fresh", action="store_true", help="discard this mode's saved progress")
+    ap.add_argument("--report-only", action="store_true",
+                    help="write the results files from the saved progress without running anything "
+                         "(e.g. the finished part of an interrupted full run)")
     ap.add_argument("--sizes", help="override every task's split sizes: TRAIN,VAL,TEST (smoke runs; results "
                                     "go to a separate state dir)")
     ap.add_argument("--date", default=_dt.date.today().isoformat())
@@ -527,6 +530,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         splits[task.name] = task.splits(args.seed, override or (task.quick if args.quick else task.full))
 
     overhead = None
+    if args.report_only:
+        import report as report_mod  # benchmarks/report.py
+
+        done = {(r["task"], r["system"]) for r in state.latest()}
+        paths = report_mod.write(state.latest(), mode=mode, date=args.date, seed=args.seed,
+                                 tasks=[t.name for t in chosen_tasks], systems=[s.name for s in systems],
+                                 overhead=None, wall_s=sum(r.get("unit_wall_s", 0) for r in state.latest()),
+                                 command=" ".join(["bash benchmarks/run.sh",
+                                                   *[a for a in (argv if argv is not None else sys.argv[1:])
+                                                     if a != "--report-only"]]),
+                                 server={"servers": args.servers, "threads": args.threads},
+                                 missing=[f"{t.name} / {s.name}" for t in chosen_tasks for s in systems
+                                          if (t.name, s.name) not in done])
+        print("[suite] wrote " + ", ".join(str(p) for p in paths), flush=True)
+        return 0
     if not args.no_overhead:
         import overhead as overhead_mod  # benchmarks/overhead.py
 
