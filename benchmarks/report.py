@@ -70,7 +70,8 @@ def markdown(doc: dict[str, Any]) -> str:
         lines.append(f"| {g['task']} ({g['metric']}) | {g['lmgraph_best']} | {g['dspy_best']} | "
                      f"{g['lmgraph_score']:.3f} vs {g['dspy_score']:.3f} | {g['paired_diff']:+.3f} "
                      f"[{g['paired_ci95'][0]:+.3f}, {g['paired_ci95'][1]:+.3f}] | "
-                     f"{g['lmgraph_calls']} / {g['dspy_calls']} = {g['calls_ratio']} | {verdict} |")
+                     f"{g['lmgraph_calls']} / {g['dspy_calls']} = "
+                     f"{g['calls_ratio'] if g['calls_ratio'] is not None else 'n/a (DSPy made no calls)'} | {verdict} |")
     for t in doc["tasks"]:
         recs = [r for r in doc["records"] if r["task"] == t]
         if not recs:
