@@ -71,7 +71,8 @@ class Optimizer:
     name: ClassVar[str] = "optimizer"
 
     def __init__(self, *, accept_confidence: float = 0.95, concurrency: int = 8,
-                 checkpoint: str | Path | None = None, progress: bool = False, val_fraction: float = 0.5) -> None:
+                 checkpoint: str | Path | None = None, progress: bool = False, val_fraction: float = 0.5,
+                 early_stop: bool = True) -> None:
         if not 0.5 <= accept_confidence < 1:
             raise DefinitionError("accept_confidence must be in [0.5, 1)",
                                   fix="0.95 accepts a candidate when 95% of paired bootstrap resamples favour it.")
@@ -80,11 +81,14 @@ class Optimizer:
         self.checkpoint = checkpoint
         self.progress = progress
         self.val_fraction = val_fraction
+        # score candidates on the valset in stages (1/4, 1/2, all) and drop one as soon as it is
+        # clearly worse than the incumbent: fewer calls, same acceptance rule for the survivors
+        self.early_stop = early_stop
 
     # ---- subclass API
     def config(self) -> dict[str, Any]:
         """JSON-able settings (recorded in the report; part of the checkpoint fingerprint)."""
-        return {"accept_confidence": self.accept_confidence}
+        return {"accept_confidence": self.accept_confidence, "early_stop": self.early_stop}
 
     async def search(self, session: CompileSession) -> None:
         raise NotImplementedError
@@ -132,7 +136,7 @@ class Optimizer:
                                  valset=val, metric=metric, ctx=ctx, budget=budget, seed=seed,
                                  checkpoint=self.checkpoint, concurrency=self.concurrency,
                                  accept_confidence=self.accept_confidence, progress=self.progress,
-                                 data_note=note)
+                                 data_note=note, early_stop=self.early_stop)
         report = session.report
         misses_before = int(session.ctx.usage.total()["calls"])
         try:

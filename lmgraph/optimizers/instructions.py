@@ -554,7 +554,7 @@ class InstructionSearch(Optimizer):
                 if a.free:
                     a.scores = list(race.inc_scores)
                     continue
-                a.candidate = await session.consider(a.program, a.label, a.changes)
+                a.candidate = await session.consider(a.program, a.label, a.changes, early_stop=False)
                 a.scores = list(a.candidate.scores)
 
         await run(arms)

@@ -315,7 +315,7 @@ class JointSearch(Optimizer):
             arm = Arm(len(trials) + 1, f"trial {len(trials) + 1}{' (refined)' if refined else ''}: {what}", prog,
                       changes=changes, payload=cfg)
             if full:
-                arm.candidate = await session.consider(prog, arm.label, changes)
+                arm.candidate = await session.consider(prog, arm.label, changes, early_stop=False)
                 arm.rows, arm.scores = list(range(n_val)), list(arm.candidate.scores)
             else:
                 positives = sum(1 for a in trials if race.delta(a) > 0)

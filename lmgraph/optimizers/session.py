@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import random
 from collections.abc import Mapping, Sequence
@@ -52,7 +53,8 @@ class CompileSession:
     def __init__(self, *, optimizer: str, config: Mapping[str, Any], program: Program,
                  trainset: Sequence[Mapping[str, Any]], valset: Sequence[Mapping[str, Any]], metric: Metric,
                  ctx: RunContext | None, budget: Budget | None, seed: int, checkpoint: str | Path | None,
-                 concurrency: int, accept_confidence: float, progress: bool, data_note: str = "") -> None:
+                 concurrency: int, accept_confidence: float, progress: bool, data_note: str = "",
+                 early_stop: bool = True, early_stop_min: int = 8) -> None:
         base = ctx if ctx is not None else RunContext()
         self.ctx = base.replace(budget=budget or Budget(), budget_counts_cache_hits=True)
         self.meter = self.ctx.budget_meter
@@ -65,6 +67,12 @@ class CompileSession:
         self.concurrency = concurrency
         self.accept_confidence = accept_confidence
         self.progress = progress
+        self.early_stop = early_stop
+        self.early_stop_min = max(1, early_stop_min)
+        # the order in which validation rows are scored when a candidate is evaluated in stages: a
+        # seeded permutation of its own (a valset sorted by label must not make a stage one-sided)
+        self._stage_perm = list(range(len(self.valset)))
+        random.Random(f"stages:{seed}").shuffle(self._stage_perm)
         self.observed_calls: float | None = None
         self._val_fp = fingerprint(self.valset)
         data = {"train": {"n": len(self.trainset), "sha256_16": fingerprint(self.trainset)},
@@ -224,13 +232,64 @@ class CompileSession:
         self.incumbent_candidate = c
         return c
 
-    async def consider(self, program: Program, label: str, changes: Mapping[str, Any], *,
-                       rows: Sequence[Mapping[str, Any]] | None = None) -> Candidate:
-        """Evaluate a candidate on the validation set; it replaces the incumbent only on evidence."""
-        entry = await self.run(program, self.valset if rows is None else rows)
-        cand = self._new_candidate(label, changes, entry)
+    def stages(self) -> list[int]:
+        """How many validation rows (of the stage permutation) are scored before each look:
+        a quarter, a half, then all -- one stage when the valset is too small to look early."""
+        n = len(self.valset)
+        if not self.early_stop or n < 2 * self.early_stop_min:
+            return [n]
+        ends = sorted({max(self.early_stop_min, math.ceil(n / 4)), max(self.early_stop_min, math.ceil(n / 2)), n})
+        return [e for e in ends if e <= n]
+
+    async def _staged(self, program: Program) -> tuple[dict[str, Any], int]:
+        """Score ``program`` on the validation set in stages, stopping after a stage when it is
+        clearly worse than the incumbent on the rows scored so far (the 95% CI of the paired
+        difference lies below 0). Returns the merged entry (scores in stage order) and how many
+        rows were scored."""
         inc = self.incumbent_candidate
         assert inc is not None
+        scores: list[float] = []
+        usage = {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0, "dollars": 0.0}
+        ends, start = self.stages(), 0
+        for end in ends:
+            idx = self._stage_perm[start:end]
+            entry = await self.run(program, [self.valset[i] for i in idx])
+            scores += entry["scores"]
+            for k in usage:
+                usage[k] += entry["usage"].get(k, 0)
+            start = end
+            if end < len(self.valset):
+                seen = self._stage_perm[:end]
+                ev = paired_bootstrap([inc.scores[i] for i in seen], scores, seed=self.seed)
+                if ev["ci_high"] < 0:
+                    return {"scores": scores, "usage": usage, "evidence": ev}, end
+        order = {i: k for k, i in enumerate(self._stage_perm)}
+        full = [scores[order[i]] for i in range(len(self.valset))]  # back in valset order
+        return {"scores": full, "usage": usage}, len(self.valset)
+
+    async def consider(self, program: Program, label: str, changes: Mapping[str, Any], *,
+                       rows: Sequence[Mapping[str, Any]] | None = None, early_stop: bool = True) -> Candidate:
+        """Evaluate a candidate on the validation set; it replaces the incumbent only on evidence.
+
+        With the session's ``early_stop`` (and ``early_stop=True`` here) the candidate is scored
+        in stages (a quarter of the rows, half, all) and rejected as soon as it is clearly worse
+        than the incumbent on the rows scored so far; its report row then holds the partial scores.
+        """
+        inc = self.incumbent_candidate
+        assert inc is not None
+        if rows is None and early_stop and len(self.stages()) > 1:
+            entry, scored = await self._staged(program)
+            if scored < len(self.valset):
+                cand = self._new_candidate(label, changes, entry)
+                ev = entry["evidence"]
+                cand.evidence = ev
+                cand.status = "rejected"
+                cand.reason = (f"stopped early after {scored} of {len(self.valset)} validation rows: worse than "
+                               f"#{inc.id} by {ev['diff']:+.3f} there (95% CI {ev['ci_low']:+.3f}..{ev['ci_high']:+.3f})")
+                return cand
+        else:
+            entry = await self.run(program, self.valset if rows is None else rows)
+        cand = self._new_candidate(label, changes, entry)
         if rows is not None and len(rows) != len(self.valset):
             cand.status, cand.reason = "skipped", f"scored on a minibatch of {len(rows)}"
             return cand
@@ -249,5 +308,6 @@ class CompileSession:
 
     def best_by_mean(self) -> Candidate:
         """The best-scoring candidate evaluated on the full validation set (ties: earliest)."""
-        full = [c for c in self.report.candidates if c.status != "skipped"]
+        n = len(self.valset)
+        full = [c for c in self.report.candidates if c.status != "skipped" and len(c.scores) == n]
         return max(full, key=lambda c: (c.mean, -c.id))
