@@ -21,7 +21,8 @@ def _best(records: list[dict[str, Any]], framework: str) -> dict[str, Any] | Non
 def goals(records: list[dict[str, Any]], task_names: Sequence[str]) -> list[dict[str, Any]]:
     """Per task: lmgraph's best compiled system vs DSPy's best (by test score, a reporting summary:
     no optimizer saw the test split), the score difference (paired bootstrap over the same test
-    rows) and the compile-call ratio."""
+    rows), and for the calls goal the *cheapest* lmgraph compiled system that still scores at
+    least DSPy's best (reaching DSPy's best must cost lmgraph <= 50% of DSPy's compile calls)."""
     from lmgraph.evaluation import paired_bootstrap
 
     out = []
@@ -32,13 +33,20 @@ def goals(records: list[dict[str, Any]], task_names: Sequence[str]) -> list[dict
         if lg and ds:
             m = lg["main"]
             pb = paired_bootstrap(ds["scores"][m], lg["scores"][m], seed=0)
-            lc, dc = lg["compile"]["calls"], ds["compile"]["calls"]
-            row.update(metric=m, lmgraph_score=lg["test"][m]["mean"], dspy_score=ds["test"][m]["mean"],
+            dscore, dc = ds["test"][m]["mean"], ds["compile"]["calls"]
+            matching = [r for r in recs if r["framework"] == "lmgraph" and r["optimizer"] != "zero-shot"
+                        and "failed" not in r and r["test"][m]["mean"] >= dscore]
+            cheap = min(matching, key=lambda r: (r["compile"]["calls"], -r["test"][m]["mean"])) if matching else None
+            lc = cheap["compile"]["calls"] if cheap else None
+            row.update(metric=m, lmgraph_score=lg["test"][m]["mean"], dspy_score=dscore,
                        lmgraph_ci95=lg["test"][m]["ci95"], dspy_ci95=ds["test"][m]["ci95"],
                        paired_diff=round(pb["diff"], 4), paired_ci95=[round(pb["ci_low"], 4), round(pb["ci_high"], 4)],
-                       lmgraph_calls=lc, dspy_calls=dc, calls_ratio=round(lc / dc, 3) if dc else None,
-                       score_goal=lg["test"][m]["mean"] >= ds["test"][m]["mean"],
-                       calls_goal=bool(dc) and lc <= 0.5 * dc)
+                       lmgraph_best_calls=lg["compile"]["calls"], dspy_calls=dc,
+                       lmgraph_cheapest=cheap and cheap["system"],
+                       lmgraph_cheapest_score=cheap and cheap["test"][m]["mean"], lmgraph_calls=lc,
+                       calls_ratio=round(lc / dc, 3) if (dc and lc is not None) else None,
+                       score_goal=lg["test"][m]["mean"] >= dscore,
+                       calls_goal=lc is not None and lc <= 0.5 * dc)
             row["met"] = row["score_goal"] and row["calls_goal"]
         out.append(row)
     return out
@@ -60,18 +68,27 @@ def markdown(doc: dict[str, Any]) -> str:
                   "(task, system) units not run yet (rerun the command to resume): "
                   + ", ".join(doc["missing"][:12]) + (" ..." if len(doc["missing"]) > 12 else "") + ".", ""]
     lines += ["## Goal: lmgraph's best compiled >= DSPy's best, with <= 50% of DSPy's compile calls", "",
+              "Score: lmgraph's best compiled system vs DSPy's best compiled system (by test score). Calls: the "
+              "cheapest lmgraph compiled system scoring at least DSPy's best, vs the calls of DSPy's best.", "",
               "| task | lmgraph best | DSPy best | score (lmgraph vs DSPy) | paired diff [95% CI] | "
-              "compile calls (lmgraph / DSPy = ratio) | met? |", "|---|---|---|---|---|---|---|"]
+              "cheapest lmgraph >= DSPy best | compile calls (lmgraph / DSPy = ratio) | met? |",
+              "|---|---|---|---|---|---|---|---|"]
     for g in doc["goals"]:
         if "metric" not in g:
-            lines.append(f"| {g['task']} | {g['lmgraph_best']} | {g['dspy_best']} | n/a | | | n/a |")
+            lines.append(f"| {g['task']} | {g['lmgraph_best']} | {g['dspy_best']} | n/a | | | | n/a |")
             continue
         verdict = "yes" if g["met"] else ("score only" if g["score_goal"] else ("calls only" if g["calls_goal"] else "no"))
+        if g.get("lmgraph_calls") is None:
+            calls = f"- / {g['dspy_calls']}"
+        elif g["calls_ratio"] is None:
+            calls = f"{g['lmgraph_calls']} / {g['dspy_calls']} = n/a (DSPy made no calls)"
+        else:
+            calls = f"{g['lmgraph_calls']} / {g['dspy_calls']} = {g['calls_ratio']}"
+        cheapest = (f"{g['lmgraph_cheapest']} ({g['lmgraph_cheapest_score']:.3f})" if g.get("lmgraph_cheapest")
+                    else "none")
         lines.append(f"| {g['task']} ({g['metric']}) | {g['lmgraph_best']} | {g['dspy_best']} | "
                      f"{g['lmgraph_score']:.3f} vs {g['dspy_score']:.3f} | {g['paired_diff']:+.3f} "
-                     f"[{g['paired_ci95'][0]:+.3f}, {g['paired_ci95'][1]:+.3f}] | "
-                     f"{g['lmgraph_calls']} / {g['dspy_calls']} = "
-                     f"{g['calls_ratio'] if g['calls_ratio'] is not None else 'n/a (DSPy made no calls)'} | {verdict} |")
+                     f"[{g['paired_ci95'][0]:+.3f}, {g['paired_ci95'][1]:+.3f}] | {cheapest} | {calls} | {verdict} |")
     for t in doc["tasks"]:
         recs = [r for r in doc["records"] if r["task"] == t]
         if not recs:

@@ -486,6 +486,21 @@ def start_servers(n: int, threads: int, n_ctx: int) -> list[Any]:
     return servers
 
 
+def _git_commit() -> str | None:
+    """The checkout's commit (``+dirty`` with local changes): which lmgraph made a record."""
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True,
+                              text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "lmgraph"], cwd=root, capture_output=True,
+                               text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("+dirty" if dirty else "")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small splits, fewer systems (< 15 min on 2 cores)")
@@ -497,6 +512,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="threads per server")
     ap.add_argument("--no-overhead", action="store_true", help="skip the overhead/scheduling part")
     ap.add_argument("--fresh", action="store_true", help="discard this mode's saved progress")
+    ap.add_argument("--redo", help="comma-separated substrings: run the matching systems again even where "
+                                   "finished (e.g. after a change to lmgraph); the newest record counts")
     ap.add_argument("--report-only", action="store_true",
                     help="write the results files from the saved progress without running anything "
                          "(e.g. the finished part of an interrupted full run)")
@@ -551,7 +568,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"[suite] overhead and scheduling ({mode})", flush=True)
         overhead = overhead_mod.run_all(quick=args.quick)
 
-    todo = [(t, s) for t in chosen_tasks for s in systems if not state.done(t.name, s.name)]
+    redo = [p.strip().lower() for p in args.redo.split(",")] if args.redo else []
+    todo = [(t, s) for t in chosen_tasks for s in systems
+            if not state.done(t.name, s.name) or any(p in s.name.lower() for p in redo)]
+    commit = _git_commit()
     print(f"[suite] {mode}: {len(chosen_tasks)} tasks x {len(systems)} systems; "
           f"{len(todo)} to run, {len(chosen_tasks) * len(systems) - len(todo)} already done", flush=True)
     servers: list[Any] = []
@@ -599,6 +619,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                        "optimizer": system.optimizer, "variant": system.variant, "main": task.main,
                        "failed": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()[-2000:]}
             rec["unit_wall_s"] = round(time.perf_counter() - t0, 1)
+            rec["lmgraph_commit"] = commit
             state.add(rec)
             if "failed" in rec:
                 print(f"[suite]   FAILED: {rec['failed']}", flush=True)

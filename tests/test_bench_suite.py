@@ -108,13 +108,23 @@ def test_goals_compare_best_compiled_systems_and_call_ratio():
             _rec("ds A", "dspy", "A", [1, 0, 0, 0], 100)]
     (g,) = report.goals(recs, ["t"])
     assert g["lmgraph_best"] == "lg B" and g["dspy_best"] == "ds A"
-    assert g["lmgraph_calls"] == 60 and g["dspy_calls"] == 100 and g["calls_ratio"] == 0.6
-    assert g["score_goal"] is True and g["calls_goal"] is False and g["met"] is False
+    # calls: the cheapest lmgraph system that still scores >= DSPy's best (lg A: 0.5 >= 0.25)
+    assert g["lmgraph_cheapest"] == "lg A" and g["lmgraph_best_calls"] == 60
+    assert g["lmgraph_calls"] == 40 and g["dspy_calls"] == 100 and g["calls_ratio"] == 0.4
+    assert g["score_goal"] is True and g["calls_goal"] is True and g["met"] is True
     assert g["paired_diff"] == pytest.approx(0.5)
+    recs[1]["compile"]["calls"] = 70  # now both lmgraph systems cost more than half of DSPy's calls
+    (g,) = report.goals(recs, ["t"])
+    assert g["lmgraph_cheapest"] == "lg B" and g["calls_ratio"] == 0.6
+    assert g["score_goal"] is True and g["calls_goal"] is False and g["met"] is False
     md = report.markdown({"mode": "quick", "date": "d", "model": "m", "server": {"servers": 1, "threads": 1},
                           "seed": 0, "command": "c", "wall_s": 60, "goals": [g], "tasks": ["t"],
                           "records": recs, "overhead": None})
     assert "| t (accuracy) | lg B | ds A | 0.750 vs 0.250 |" in md and "score only" in md
+    assert "| lg B (0.750) | 60 / 100 = 0.6 |" in md
+    recs[4]["compile"]["calls"] = 0  # DSPy's best made no compile calls: only a 0-call system would do
+    (g,) = report.goals(recs, ["t"])
+    assert g["calls_ratio"] is None and g["calls_goal"] is False
 
 
 def test_every_task_file_defines_a_task_with_disjoint_seeded_splits():
