@@ -8,6 +8,7 @@ import diskcache
 import pytest
 
 from lmgraph.cache import Cache, DiskCache, MemoryCache, cache_key, default_cache_dir
+from lmgraph.cache.keys import KeyMaker
 from lmgraph.lm.base import LMRequest, Message
 
 IDENTITY = {"backend": "testing", "model": "m1"}
@@ -48,6 +49,14 @@ def test_key_changes_with_messages_prompt_and_model() -> None:
     assert base != cache_key(IDENTITY, LMRequest(prompt="hello"))
     assert base != cache_key({**IDENTITY, "model": "m2"}, chat("hello"))
     assert base != cache_key({**IDENTITY, "endpoint": "http://x"}, chat("hello"))
+
+
+def test_key_maker_gives_the_same_keys_as_cache_key() -> None:
+    make = KeyMaker()
+    other = {**IDENTITY, "model": "m2", "api_key": "sk-secret"}
+    for ident, req in [(IDENTITY, chat("a")), (IDENTITY, chat("b", temperature=0.5)), (other, chat("a")),
+                       (IDENTITY, LMRequest(prompt="p\u00e9", stop=("\n",))), (other, chat("é", seed=3))]:
+        assert make(ident, req) == cache_key(ident, req)  # the memoised identity follows changes
 
 
 def test_key_ignores_node_and_use_cache() -> None:

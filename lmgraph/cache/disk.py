@@ -77,14 +77,14 @@ class DiskCache:
             self._count("misses")
             return None
         self._count("disk_hits")
-        self.memory.set(key, value)
+        self.memory.set_text(key, raw)  # type: ignore[arg-type]  # _decode checked it is JSON text
         return value
 
     def set(self, key: str, value: dict[str, Any]) -> None:
         """Store ``value`` (which must be JSON-serialisable) on disk and in memory."""
         text = json.dumps(value, ensure_ascii=False)
         self._store().set(key, text, retry=True)
-        self.memory.set(key, value)
+        self.memory.set_text(key, text)
 
     @staticmethod
     def _decode(key: str, raw: object) -> dict[str, Any] | None:

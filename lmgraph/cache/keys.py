@@ -48,3 +48,24 @@ def cache_key(identity: dict[str, Any], request: LMRequest) -> str:
     """SHA-256 hex digest identifying the completion of ``request`` by the model ``identity``."""
     payload = {"v": KEY_VERSION, "lm": strip_credentials(identity), "request": request.canonical()}
     return hashlib.sha256(canonical_json(payload).encode("utf-8")).hexdigest()
+
+
+class KeyMaker:
+    """``cache_key`` for one model, with the identity's canonical JSON computed once per identity.
+
+    Produces exactly ``cache_key(identity, request)`` (the payload's keys sort as ``lm``,
+    ``request``, ``v``, so the text can be assembled around the memoised identity part).
+    """
+
+    __slots__ = ("_memo",)
+
+    def __init__(self) -> None:
+        self._memo: tuple[dict[str, Any], str] | None = None  # (identity, its key prefix): swapped atomically
+
+    def __call__(self, identity: dict[str, Any], request: LMRequest) -> str:
+        memo = self._memo
+        if memo is None or memo[0] != identity:
+            memo = (identity, '{"lm":' + canonical_json(strip_credentials(identity)) + ',"request":')
+            self._memo = memo
+        text = memo[1] + canonical_json(request.canonical()) + ',"v":' + str(KEY_VERSION) + "}"
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()

@@ -157,13 +157,13 @@ class LMResponse:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "LMResponse":
+    def from_dict(cls, data: dict[str, Any], *, cached: bool = False) -> "LMResponse":
         u = data.get("usage") or {}
         return cls(text=data["text"],
                    usage=Usage(prompt_tokens=int(u.get("prompt_tokens", 0)),
                                completion_tokens=int(u.get("completion_tokens", 0))),
                    model=data.get("model", ""), finish_reason=data.get("finish_reason"),
-                   logprobs=data.get("logprobs"), cost=data.get("cost"))
+                   logprobs=data.get("logprobs"), cost=data.get("cost"), cached=cached)
 
 
 @runtime_checkable

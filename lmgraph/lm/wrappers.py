@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from typing import Any
 
 
-from ..cache import Cache, cache_key
+from ..cache import Cache
+from ..cache.keys import KeyMaker
 from ..errors import BudgetExceeded, LMError, OutputParseError
 from .base import LM, LMRequest, LMResponse
 
@@ -78,6 +79,7 @@ class CachedLM(_Wrapper):
     def __init__(self, inner: LM, cache: Cache) -> None:
         super().__init__(inner)
         self.cache = cache
+        self._key = KeyMaker()
         self._flights: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, _Flight]] = (
             weakref.WeakKeyDictionary())
         self._flights_lock = threading.Lock()
@@ -92,12 +94,12 @@ class CachedLM(_Wrapper):
 
     @staticmethod
     def _hit(data: dict[str, Any]) -> LMResponse:
-        return LMResponse.from_dict(data).replace(cached=True, latency_s=0.0)
+        return LMResponse.from_dict(data, cached=True)
 
     async def complete(self, request: LMRequest) -> LMResponse:
         if not request.use_cache:
             return await self.inner.complete(request)
-        key = cache_key(self.inner.identity(), request)
+        key = self._key(self.inner.identity(), request)
         flights = self._loop_flights()
         while True:
             data = self.cache.get(key)

@@ -237,17 +237,20 @@ async def execute_batch(program: "Program", rows: Iterable[Mapping[str, Any]], c
     """
     rows = list(rows)
     names = program.input_specs
-    sem = asyncio.Semaphore(max(1, concurrency))
     results: list[Result | None] = [None] * len(rows)
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(rows), desc=program.name, unit="ex")
+    # ``concurrency`` workers take the next row as they finish one: no task (or semaphore wake-up)
+    # per row, and rows answered without waiting (cache hits) run back to back.
+    pending = iter(range(len(rows)))
 
-    async def one(i: int, row: Mapping[str, Any]) -> None:
-        inputs = {k: row[k] for k in names if k in row} if isinstance(row, Mapping) else row
-        async with sem:
+    async def worker() -> None:
+        for i in pending:
+            row = rows[i]
+            inputs = {k: row[k] for k in names if k in row} if isinstance(row, Mapping) else row
             try:
                 pred = await execute(program, inputs, ctx)
                 results[i] = Result(i, inputs, pred, None, pred.trace)
@@ -255,10 +258,10 @@ async def execute_batch(program: "Program", rows: Iterable[Mapping[str, Any]], c
                 raise
             except return_exceptions as e:  # recorded, not raised
                 results[i] = Result(i, inputs, None, e, getattr(e, "trace", None))
-        if bar is not None:
-            bar.update(1)
+            if bar is not None:
+                bar.update(1)
 
-    tasks = [asyncio.ensure_future(one(i, r)) for i, r in enumerate(rows)]
+    tasks = [asyncio.ensure_future(worker()) for _ in range(min(max(1, concurrency), len(rows)))]
     try:
         await asyncio.gather(*tasks)
     finally:
