@@ -8,9 +8,9 @@ reports the number of requests and the most that were in flight at once.
 
 Two measurements, for lmgraph (cache off) and, when installed, DSPy 3.4.1, each run three ways:
 with in-process fake models that sleep the latency (lmgraph ``FunctionLM(latency_s=...)``,
-a DummyLM subclass for DSPy: the scheduler alone), then through litellm over HTTP to the fake
-server at 100 ms and at 1 s per request (lmgraph ``openai_compatible``, DSPy
-``dspy.LM(engine="litellm")``):
+a DummyLM subclass for DSPy: the scheduler alone), then over HTTP to the fake server at 100 ms
+and at 1 s per request: lmgraph through its lean aiohttp client (``OpenAIServerLM``) and through
+litellm (``openai_compatible``), DSPy through litellm (``dspy.LM(engine="litellm")``):
 
 * **parallel branches**: 4 branches of 2 chained nodes each, then a join node (9 calls;
   critical path 3 calls). Median wall time of several runs after a warm-up run.
@@ -387,6 +387,14 @@ def _dspy_installed() -> bool:
     return True
 
 
+def _aiohttp_installed() -> bool:
+    try:
+        import aiohttp  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def _sleepy_dummy_lm(latency_s: float) -> Any:
     """DSPy's DummyLM answering ``answer: ok`` after a blocking sleep (DSPy calls LMs from threads)."""
     from dspy.utils.dummies import DummyLM
@@ -450,6 +458,7 @@ def run(*, latencies: Sequence[float] = (0.1, 1.0), in_process_latency: float | 
         dspy: bool = True) -> dict[str, Any]:
     """Every measurement: with in-process fake models first, then over HTTP at each latency."""
     from lmgraph.lm.litellm import openai_compatible
+    from lmgraph.lm.openai_http import OpenAIServerLM
     from lmgraph.testing import FunctionLM
 
     dspy = dspy and _dspy_installed()
@@ -467,6 +476,11 @@ def run(*, latencies: Sequence[float] = (0.1, 1.0), in_process_latency: float | 
     for latency in latencies:
         with fake_server(latency) as server:
             entry = {"latency_s": latency}
+            if _aiohttp_installed():
+                lean = OpenAIServerLM(server.base_url, "local", max_connections=concurrency)
+                entry["lmgraph_http"] = bench_lmgraph(lean, latency_s=latency, stats=server.stats, **kw)
+                entry["lmgraph_http"]["how"] += "; OpenAIServerLM (lmgraph's aiohttp client)"
+                lean.close()
             lm = openai_compatible(server.base_url, "local")
             entry["lmgraph"] = bench_lmgraph(lm, latency_s=latency, stats=server.stats, **kw)
             _settle()
@@ -494,12 +508,14 @@ def report_lines(res: dict[str, Any]) -> list[str]:
     lines = []
     for where, entry in entries:
         ms = entry["latency_s"] * 1000
-        for name in ("lmgraph", "dspy"):
+        for name in ("lmgraph_http", "lmgraph", "dspy"):
             r = entry.get(name)
             if not r:
                 continue
             pb, tp = r["parallel_branches"], r["throughput"]
-            lines.append(f"{name:8s} {where} {ms:.0f} ms: {BRANCHES}x{DEPTH} branches + join "
+            label = name if where != "HTTP" else {"lmgraph_http": "lmgraph (OpenAIServerLM)",
+                                                  "lmgraph": "lmgraph (litellm)"}.get(name, name)
+            lines.append(f"{label} {where} {ms:.0f} ms: {BRANCHES}x{DEPTH} branches + join "
                          f"{pb['wall_s'] * 1000:.0f} ms = {pb['ratio_wall_over_critical_path']:.3f} x "
                          f"critical path (target <= 1.1)")
             lines.append(f"{'':8s} {tp['examples']} rows @ {tp['concurrency']}: "

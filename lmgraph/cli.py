@@ -26,7 +26,7 @@ OPTIMIZERS = {"labeled": "LabeledFewShot", "bootstrap": "BootstrapFewShot",
 # ---------------------------------------------------------------- building blocks (tests patch make_lm)
 
 def make_lm(spec: str) -> Any:
-    """The model for ``--model``: embedded | gguf:PATH | openai:BASE_URL | litellm:MODEL."""
+    """The model for ``--model``: embedded | gguf:PATH | openai:BASE_URL | http:BASE_URL | litellm:MODEL."""
     if spec == "embedded":
         from .lm.llamacpp import LlamaCppLM
 
@@ -40,12 +40,17 @@ def make_lm(spec: str) -> Any:
         from .lm.litellm import openai_compatible
 
         return openai_compatible(rest)
+    if kind == "http" and rest:
+        from .lm.openai_http import OpenAIServerLM
+
+        return OpenAIServerLM(rest)
     if kind == "litellm" and rest:
         from .lm.litellm import LiteLLM
 
         return LiteLLM(rest)
     raise DefinitionError(f"unknown --model {spec!r}",
-                          fix="use embedded, gguf:/path/file.gguf, openai:http://host:port/v1 or litellm:MODEL.")
+                          fix="use embedded, gguf:/path/file.gguf, openai:http://host:port/v1 (through litellm), "
+                              "http:http://host:port/v1 (the lean aiohttp client) or litellm:MODEL.")
 
 
 class _Unbound(dict):  # type: ignore[type-arg]
@@ -283,7 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = model.add_argument_group("model")
     g.add_argument("--model", default="embedded",
                    help="embedded (default: in-process SmolLM2), gguf:/path/file.gguf, "
-                        "openai:http://127.0.0.1:8080/v1, or litellm:MODEL")
+                        "openai:http://127.0.0.1:8080/v1 (litellm), http:http://127.0.0.1:8080/v1 (lean client), "
+                        "or litellm:MODEL")
     g.add_argument("--no-cache", action="store_true", help="disable the on-disk call cache")
     g.add_argument("--concurrency", type=_pos_int, default=8, help="concurrent examples / model calls (8)")
 

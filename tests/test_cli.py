@@ -176,3 +176,14 @@ def test_render_shows_a_program_whose_resources_are_not_bound(tmp_path, capsys) 
     path = str(p.build().save(tmp_path / "rag.json"))
     assert cli.main(["render", path]) == 0
     assert "Retrieve[wiki, k=1]" in capsys.readouterr().out
+
+
+def test_model_specs_build_the_named_backends() -> None:
+    from lmgraph.lm.litellm import LiteLLM
+    from lmgraph.lm.openai_http import OpenAIServerLM
+
+    lean = cli.make_lm("http:http://127.0.0.1:8080/v1")
+    assert isinstance(lean, OpenAIServerLM) and lean.base_url == "http://127.0.0.1:8080/v1"
+    via = cli.make_lm("openai:http://127.0.0.1:8080/v1")
+    assert isinstance(via, LiteLLM) and via.api_base == "http://127.0.0.1:8080/v1"
+    assert isinstance(cli.make_lm("litellm:gpt-4o-mini"), LiteLLM)

@@ -116,6 +116,22 @@ def test_matches_in_process_backend(server):
     assert via_http.text == in_process.text
 
 
+def test_lean_http_client_matches_litellm_on_the_same_server(server):
+    """OpenAIServerLM (aiohttp) and LiteLLM send the same request the same way: same greedy text."""
+    pytest.importorskip("aiohttp")
+    schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+    reqs = (LMRequest(messages=chat("What is the capital of France?"), max_tokens=24),
+            LMRequest(prompt="1, 2, 3, 4, 5,", max_tokens=12, stop=(" 9",)),
+            LMRequest(messages=chat("Name a city as JSON."), json_schema=schema, max_tokens=32))
+    client = server.client()
+    lean = run(client, *reqs)
+    via_litellm = run(server.litellm(), *reqs)
+    assert [r.text for r in lean] == [r.text for r in via_litellm]
+    assert [r.usage for r in lean] == [r.usage for r in via_litellm]
+    assert "city" in json.loads(lean[2].text)
+    assert [r.text for r in run(client, *reqs)] == [r.text for r in lean]  # deterministic
+
+
 def test_closed_port_raises_lm_error():
     lm = openai_compatible(f"http://127.0.0.1:{free_closed_port()}/v1", timeout=10)
     for req in (LMRequest(prompt="hi", max_tokens=2), LMRequest(messages=chat("hi"), max_tokens=2)):

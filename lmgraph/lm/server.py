@@ -215,6 +215,14 @@ class LlamaServer:
         kwargs.setdefault("json_mode", "json_object")
         return openai_compatible(self.base_url, self.model_alias, **kwargs)
 
+    def client(self, **kwargs: Any) -> Any:
+        """An :class:`~lmgraph.lm.openai_http.OpenAIServerLM` for this server (the lean aiohttp
+        client; ``json_mode="json_object"``)."""
+        from .openai_http import OpenAIServerLM
+
+        kwargs.setdefault("json_mode", "json_object")
+        return OpenAIServerLM(self.base_url, self.model_alias, **kwargs)
+
     def __enter__(self) -> "LlamaServer":
         return self.start()
 

@@ -1,0 +1,218 @@
+"""OpenAIServerLM against a scripted OpenAI-compatible server on 127.0.0.1 (stdlib, no network)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+pytest.importorskip("aiohttp")
+
+import lmgraph as lg  # noqa: E402
+from lmgraph.errors import DefinitionError, LMError  # noqa: E402
+from lmgraph.lm.base import LMRequest, Message  # noqa: E402
+from lmgraph.lm.openai_http import OpenAIServerLM  # noqa: E402
+from lmgraph.lm.wrappers import RetryLM  # noqa: E402
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive
+
+    def log_message(self, *args):  # noqa: ANN002
+        pass
+
+    def setup(self) -> None:
+        super().setup()
+        with self.server.lock:
+            self.server.connections += 1
+
+    def do_POST(self) -> None:  # noqa: N802
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        srv = self.server
+        with srv.lock:
+            srv.bodies.append(body)
+            srv.paths.append(self.path)
+            srv.auth.append(self.headers.get("Authorization"))
+            status, payload = srv.script.pop(0) if srv.script else (200, None)
+        time.sleep(srv.latency)
+        if payload is None:
+            if self.path.endswith("/chat/completions"):
+                text = "echo: " + body["messages"][-1]["content"]
+                payload = {"model": "served-model", "usage": {"prompt_tokens": 7, "completion_tokens": 3},
+                           "choices": [{"message": {"role": "assistant", "content": text},
+                                        "finish_reason": "stop",
+                                        "logprobs": {"content": [{"token": "echo", "logprob": -0.5,
+                                                                  "top_logprobs": [{"token": "echo",
+                                                                                    "logprob": -0.5}]}]}}]}
+            else:
+                payload = {"usage": {"prompt_tokens": 4, "completion_tokens": 2},
+                           "choices": [{"text": " done", "finish_reason": "length",
+                                        "logprobs": {"tokens": [" done"], "token_logprobs": [-0.1],
+                                                     "top_logprobs": [{" done": -0.1}]}}]}
+        raw = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(raw)))
+            self.end_headers()
+            self.wfile.write(raw)
+        except (BrokenPipeError, ConnectionResetError):  # the client gave up (the timeout test)
+            pass
+
+
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 128  # the stdlib's 5 would make concurrent connects wait for SYN retries
+
+
+@pytest.fixture()
+def fake():
+    srv = _Server(("127.0.0.1", 0), _Handler)
+    srv.daemon_threads = True
+    srv.lock = threading.Lock()
+    srv.bodies, srv.paths, srv.auth, srv.script = [], [], [], []
+    srv.connections, srv.latency = 0, 0.0
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    srv.base_url = f"http://127.0.0.1:{srv.server_address[1]}/v1"
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+def run(lm, *requests: LMRequest, client: OpenAIServerLM | None = None):  # noqa: ANN001
+    """Send ``requests`` concurrently through ``lm`` on a fresh loop; close the client's pool after."""
+    async def go():
+        try:
+            return await asyncio.gather(*(lm.complete(r) for r in requests))
+        finally:
+            await (client or lm).aclose()
+
+    return asyncio.run(go())
+
+
+def chat(text: str, **kw) -> LMRequest:  # noqa: ANN003
+    return LMRequest(messages=(Message(role="user", content=text),), **kw)
+
+
+def test_chat_roundtrip_sends_the_openai_body(fake) -> None:
+    lm = OpenAIServerLM(fake.base_url, "m", json_mode="json_object")
+    (r,) = run(lm, chat("hi", max_tokens=9, stop=("\n",), json_schema={"type": "object"}, logprobs=True))
+    assert r.text == "echo: hi" and r.usage.prompt_tokens == 7 and r.usage.completion_tokens == 3
+    assert r.finish_reason == "stop" and r.model == "served-model" and r.cost is None and r.latency_s > 0
+    assert r.logprobs == [{"token": "echo", "logprob": -0.5, "top": {"echo": -0.5}}]
+    (body,) = fake.bodies
+    assert fake.paths == ["/v1/chat/completions"]
+    assert body["model"] == "m" and body["max_tokens"] == 9 and body["stop"] == ["\n"]
+    assert body["temperature"] == 0.0 and body["messages"] == [{"role": "user", "content": "hi"}]
+    assert body["response_format"] == {"type": "json_object", "schema": {"type": "object"}}
+    assert body["logprobs"] is True and body["top_logprobs"] == 5 and "seed" in body
+
+
+def test_completion_roundtrip_and_json_schema_mode(fake) -> None:
+    lm = OpenAIServerLM(fake.base_url, api_key="sk-secret")
+    (r,) = run(lm, LMRequest(prompt="Q:", logprobs=True, json_schema={"type": "object"}))
+    assert r.text == " done" and r.finish_reason == "length"
+    assert r.logprobs == [{"token": " done", "logprob": -0.1, "top": {" done": -0.1}}]
+    (body,) = fake.bodies
+    assert fake.paths == ["/v1/completions"] and body["prompt"] == "Q:" and body["logprobs"] == 5
+    assert body["response_format"]["type"] == "json_schema"
+    assert fake.auth == ["Bearer sk-secret"]
+    assert "sk-secret" not in json.dumps(lm.identity())
+
+
+def test_concurrent_requests_overlap_and_reuse_connections(fake) -> None:
+    fake.latency = 0.2
+    lm = OpenAIServerLM(fake.base_url, max_connections=16)
+
+    async def go():
+        try:
+            t0 = time.perf_counter()
+            await asyncio.gather(*(lm.complete(chat(f"q{i}")) for i in range(16)))
+            first = time.perf_counter() - t0
+            await asyncio.gather(*(lm.complete(chat(f"again{i}")) for i in range(16)))
+            return first
+        finally:
+            await lm.aclose()
+
+    first = asyncio.run(go())
+    assert first < 0.2 * 4  # 16 requests at 0.2 s each did not run one after another
+    assert len(fake.bodies) == 32 and fake.connections <= 16  # the second round reused the pool
+
+
+@pytest.mark.parametrize(("status", "retryable"), [(500, True), (503, True), (429, True), (400, False),
+                                                  (404, False)])
+def test_http_errors_carry_the_server_message_and_retryability(fake, status, retryable) -> None:
+    fake.script.append((status, {"error": {"message": f"scripted failure {status}"}}))
+    with pytest.raises(LMError, match=f"HTTP {status}: scripted failure {status}") as ei:
+        run(OpenAIServerLM(fake.base_url), chat("x"))
+    assert ei.value.retryable is retryable
+
+
+def test_retry_layer_recovers_from_a_transient_server_error(fake) -> None:
+    fake.script.append((502, {"error": {"message": "warming up"}}))
+    lm = OpenAIServerLM(fake.base_url)
+    (r,) = run(RetryLM(lm, attempts=3, initial_wait=0.01, max_wait=0.02), chat("hi"), client=lm)
+    assert r.text == "echo: hi" and len(fake.bodies) == 2
+
+
+def test_malformed_answer_is_not_retryable(fake) -> None:
+    fake.script.append((200, b"<html>not json</html>"))
+    with pytest.raises(LMError, match="returned no completion") as ei:
+        run(OpenAIServerLM(fake.base_url), chat("x"))
+    assert ei.value.retryable is False
+
+
+def test_closed_port_and_timeout() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with pytest.raises(LMError, match="could not connect") as ei:
+        run(OpenAIServerLM(f"http://127.0.0.1:{port}/v1"), chat("x"))
+    assert ei.value.retryable is True
+
+
+def test_timeout(fake) -> None:
+    fake.latency = 1.0
+    with pytest.raises(LMError, match="timed out after 0.2 s"):
+        run(OpenAIServerLM(fake.base_url, timeout=0.2), chat("x"))
+
+
+def test_scoring_choices_fails_before_any_request(fake) -> None:
+    with pytest.raises(LMError, match="scoring choices") as ei:
+        run(OpenAIServerLM(fake.base_url), LMRequest(prompt="x", choices=("a", "b")))
+    assert ei.value.retryable is False and fake.bodies == []
+
+
+@pytest.mark.parametrize("kwargs", [{"base_url": "127.0.0.1:8080"}, {"base_url": "http://h/v1", "model": ""},
+                                    {"base_url": "http://h/v1", "json_mode": "grammar"},
+                                    {"base_url": "http://h/v1", "timeout": 0}])
+def test_bad_settings_fail_at_construction(kwargs) -> None:
+    with pytest.raises(DefinitionError):
+        OpenAIServerLM(**kwargs)
+
+
+def test_proxies_ignored_for_loopback_only() -> None:
+    assert OpenAIServerLM("http://127.0.0.1:1/v1").trust_env is False
+    assert OpenAIServerLM("http://localhost:1/v1").trust_env is False
+    assert OpenAIServerLM("https://api.example.com/v1").trust_env is True
+
+
+def test_a_program_runs_through_it_from_sync_code_repeatedly(fake) -> None:
+    p = lg.Pipeline("echo")
+    n = p.add(lg.Predict("question -> answer", format="completion"), question=p.input("question"))
+    p.output(answer=n.answer)
+    prog = p.build()
+    lm = OpenAIServerLM(fake.base_url)
+    ctx = lg.RunContext(lm=lm, cache=False)
+    rows = [{"question": f"q{i}"} for i in range(6)]
+    first = prog.batch_sync(rows, ctx=ctx, concurrency=3)
+    second = prog.batch_sync(rows, ctx=ctx, concurrency=3)  # same thread loop: the pool is reused
+    assert all(r.ok for r in first + second) and len(fake.bodies) == 12
+    assert fake.connections <= 3
+    lm.close()
+    assert not lm._sessions
