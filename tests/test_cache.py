@@ -142,6 +142,9 @@ def test_disk_cache_is_lazy(tmp_path) -> None:
     assert cache.get("missing") is None
     assert d.exists()
     cache.close()
+    eager = DiskCache(tmp_path / "eager")
+    assert eager.open() is eager and (tmp_path / "eager").exists()
+    eager.close()
 
 
 def test_disk_cache_persists_and_stats(tmp_path) -> None:
