@@ -217,11 +217,24 @@ def test_repair_requests():
     fixed = chat.repair(req, "garbage", ValueError("bad"), QA)
     assert [m.role for m in fixed.messages][-2:] == ["assistant", "user"]
     assert fixed.messages[-2].content == "garbage"
-    assert "'Reasoning:'" in fixed.messages[-1].content and "bad" in fixed.messages[-1].content
+    # the chat repair asks for JSON under the output schema (structured output where supported)
+    assert '"reasoning", "answer"' in fixed.messages[-1].content and "bad" in fixed.messages[-1].content
+    assert fixed.json_schema == get_format("json").render(QA, "x", [], INPUTS).json_schema
+    assert fixed.max_tokens == req.max_tokens + 24
+    # its answer is read as JSON, or with labels where a backend ignored the schema
+    assert chat.parse_repair(QA, '{"reasoning": "r", "answer": 7}') == {"reasoning": "r", "answer": 7}
+    assert chat.parse_repair(QA, "Reasoning: r\nAnswer: 7") == {"reasoning": "r", "answer": 7}
+    with pytest.raises(OutputParseError) as ei:
+        chat.parse_repair(QA, "Reasoning: r")
+    assert ei.value.field == "answer"
+    with pytest.raises(OutputParseError, match="missing key"):
+        chat.parse_repair(QA, '{"reasoning": "r"}')
     comp = get_format("completion")
     req = comp.render(QA, "x", [], INPUTS)
     fixed = comp.repair(req, " garbage", ValueError("bad"), QA)
-    assert fixed.prompt.startswith(req.prompt) and fixed.prompt.endswith("Reasoning:")
+    assert fixed.prompt.startswith(req.prompt + " garbage") and fixed.prompt.endswith('"reasoning", "answer":\n')
+    assert fixed.json_schema is not None and fixed.stop == ()
+    assert comp.parse_repair(QA, '{"reasoning": "r", "answer": 7}') == {"reasoning": "r", "answer": 7}
     js = get_format("json")
     req = js.render(QA, "x", [], INPUTS)
     fixed = js.repair(req, "{", ValueError("bad"), QA)

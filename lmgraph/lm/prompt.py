@@ -267,6 +267,10 @@ class PromptFormat:
         return request.replace(prompt=request.prompt + text.rstrip() + "\n\n" + note + "\n"
                                + sig.outputs[0].label + ":")
 
+    def parse_repair(self, sig: Signature, text: str) -> dict[str, Any]:
+        """Parse the answer to :meth:`repair`'s request (by default like any answer)."""
+        return self.parse(sig, text)
+
 
 @functools.lru_cache(maxsize=512)
 def _label_plan(sig: Signature) -> tuple[re.Pattern[str], dict[str, str]]:
@@ -349,6 +353,20 @@ class CompletionFormat(PromptFormat):
         prefix = text.rstrip() + "\n" + missing[0].label + ":"
         return request.replace(prompt=request.prompt + prefix), prefix
 
+    def repair(self, request: LMRequest, text: str, error: Exception, sig: Signature) -> LMRequest:
+        """Ask again for a JSON object under the output schema (a grammar, in-process): a small
+        model that missed the label layout cannot miss again (see :meth:`ChatFormat.repair`)."""
+        assert request.prompt is not None
+        keys = ", ".join(f'"{f.name}"' for f in sig.outputs)
+        note = (f"The previous answer could not be read ({error}). The answer as one JSON object "
+                f"with the keys {keys}:")
+        return request.replace(prompt=request.prompt + text.rstrip() + "\n\n" + note + "\n", stop=(),
+                               json_schema=_output_schema(sig),
+                               max_tokens=request.max_tokens + 12 * len(sig.outputs))
+
+    def parse_repair(self, sig: Signature, text: str) -> dict[str, Any]:
+        return _parse_json_or_labels(self, sig, text)
+
 
 @functools.lru_cache(maxsize=1024)
 def _chat_system(sig: Signature, instructions: str) -> str:
@@ -371,10 +389,43 @@ class ChatFormat(PromptFormat):
     def parse(self, sig: Signature, text: str) -> dict[str, Any]:
         return _typed(sig, _split_labels(sig, text, None), text)
 
+    def repair(self, request: LMRequest, text: str, error: Exception, sig: Signature) -> LMRequest:
+        """Ask again for a JSON object, with the output schema attached (``json_schema``).
+
+        Servers with structured outputs (llama.cpp's grammar, vLLM, OpenAI) then cannot answer
+        with anything unreadable -- what rescues small models that ignore the label layout. A
+        backend that ignores the schema may still answer with labels: :meth:`parse_repair`
+        reads both.
+        """
+        assert request.messages is not None
+        keys = ", ".join(f'"{f.name}"' for f in sig.outputs)
+        note = (f"The previous answer could not be read ({error}). Reply with only one JSON object "
+                f"with the keys {keys}.")
+        return request.replace(messages=(*request.messages, Message(role="assistant", content=text),
+                                         Message(role="user", content=note)),
+                               json_schema=_output_schema(sig),
+                               max_tokens=request.max_tokens + 12 * len(sig.outputs))
+
+    def parse_repair(self, sig: Signature, text: str) -> dict[str, Any]:
+        return _parse_json_or_labels(self, sig, text)
+
 
 @functools.lru_cache(maxsize=512)
 def _output_schema(sig: Signature) -> dict[str, Any]:
     return sig.output_json_schema()
+
+
+def _parse_json_or_labels(fmt: PromptFormat, sig: Signature, text: str) -> dict[str, Any]:
+    """A repair answer: JSON (as asked), else the format's own labels (a backend that ignored
+    the schema). When neither reads, the more telling error is raised."""
+    try:
+        return _FORMATS["json"].parse(sig, text)
+    except OutputParseError as json_error:
+        try:
+            return fmt.parse(sig, text)
+        except OutputParseError as label_error:
+            # no JSON at all: the label reading names the missing field; else JSON's complaint
+            raise (label_error if json_error.field is None else json_error) from None
 
 
 class JSONFormat(PromptFormat):

@@ -112,7 +112,9 @@ async def predict(call: "NodeCall", sig: Signature, inputs: Mapping[str, Any], *
     second, prefix = cont if cont is not None else (fmt.repair(request, resp.text, first, sig), "")
     resp2, rec2 = await call.generate(second, lm=lm)
     try:
-        return fmt.parse(sig, prefix + resp2.text)
+        if cont is not None:
+            return fmt.parse(sig, prefix + resp2.text)
+        return fmt.parse_repair(sig, resp2.text)
     except OutputParseError as e:
         rec2.parse_error = str(e)
         raise e.locate(call.node) from None
