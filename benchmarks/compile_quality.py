@@ -23,6 +23,7 @@ from lmgraph.evaluation import (bootstrap_ci, evaluate_sync, label_accuracy, loa
                                 load_sst2, load_trec, normalized_em, paired_bootstrap, sample, split, token_f1)
 from lmgraph.evaluation.datasets import TREC_COARSE, fingerprint
 from lmgraph.optimizers import BootstrapFewShot, BootstrapRandomSearch, save_artifact
+from provenance import git_commit  # benchmarks/provenance.py
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -134,6 +135,7 @@ def main() -> None:
                     "stopped": report.stopped, "best_candidate": report.best.label,
                     "val_baseline": round(report.baseline.mean, 4), "val_best": round(report.best.mean, 4)},
         "test": {},
+        "date": time.strftime("%Y-%m-%d"), "lmgraph_commit": git_commit(),
         "command": f"python benchmarks/compile_quality.py --task {args.task} --seed {args.seed} "
                    f"--train {args.train} --val {args.val} --test {args.test} --budget {args.budget} "
                    f"--optimizer {args.optimizer}",

@@ -486,21 +486,6 @@ def start_servers(n: int, threads: int, n_ctx: int) -> list[Any]:
     return servers
 
 
-def _git_commit() -> str | None:
-    """The checkout's commit (``+dirty`` with local changes): which lmgraph made a record."""
-    import subprocess
-
-    root = Path(__file__).resolve().parent.parent
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True,
-                              text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "lmgraph"], cwd=root, capture_output=True,
-                               text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return head + ("+dirty" if dirty else "")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small splits, fewer systems (< 15 min on 2 cores)")
@@ -571,7 +556,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     redo = [p.strip().lower() for p in args.redo.split(",")] if args.redo else []
     todo = [(t, s) for t in chosen_tasks for s in systems
             if not state.done(t.name, s.name) or any(p in s.name.lower() for p in redo)]
-    commit = _git_commit()
+    from provenance import git_commit  # benchmarks/provenance.py
+
+    commit = git_commit()
     print(f"[suite] {mode}: {len(chosen_tasks)} tasks x {len(systems)} systems; "
           f"{len(todo)} to run, {len(chosen_tasks) * len(systems) - len(todo)} already done", flush=True)
     servers: list[Any] = []
