@@ -232,7 +232,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
     train = read_jsonl(args.train)
     val = read_jsonl(args.val) if args.val else None
     opt = getattr(optimizers, OPTIMIZERS[args.optimizer])(checkpoint=args.checkpoint,
-                                                          concurrency=args.concurrency)
+                                                          concurrency=args.concurrency,
+                                                          early_stop=not args.no_early_stop)
     if args.dry_run:
         print(f"{args.optimizer}: {opt.dry_run(program, train, val)}")
         return 0
@@ -324,6 +325,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-tokens", type=_nonneg_int, help="hard budget: tokens")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint", metavar="PATH", help="resumable compile state")
+    p.add_argument("--no-early-stop", action="store_true",
+                   help="score every candidate on every validation row (default: drop a candidate as soon "
+                        "as it is clearly worse than the incumbent on the rows scored so far)")
     p.add_argument("--dry-run", action="store_true", help="print the cost estimate and exit")
     p.add_argument("--out", metavar="ARTIFACT.json", help="where to write the compiled artifact")
     p.add_argument("--report", metavar="REPORT.json", help="also write the full report (with timing)")

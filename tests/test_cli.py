@@ -187,3 +187,16 @@ def test_model_specs_build_the_named_backends() -> None:
     via = cli.make_lm("openai:http://127.0.0.1:8080/v1")
     assert isinstance(via, LiteLLM) and via.api_base == "http://127.0.0.1:8080/v1"
     assert isinstance(cli.make_lm("litellm:gpt-4o-mini"), LiteLLM)
+
+
+def test_compile_no_early_stop_is_passed_to_the_optimizer(prog_path, fake, tmp_path, capsys) -> None:  # noqa: ANN001
+    rows = sentiment_rows(40)
+    train = write_jsonl(tmp_path / "train.jsonl", rows[:20])
+    val = write_jsonl(tmp_path / "val.jsonl", rows[20:])
+    for flag, expected in (([], True), (["--no-early-stop"], False)):
+        rep = tmp_path / f"report{len(flag)}.json"
+        assert cli.main(["compile", prog_path, "--train", train, "--val", val, "--metric", "accuracy:label:label",
+                         "--optimizer", "labeled", "--no-cache", "--report", str(rep),
+                         "--out", str(tmp_path / "a.json"), *flag]) == 0
+        assert json.loads(rep.read_text())["config"]["early_stop"] is expected
+    capsys.readouterr()
