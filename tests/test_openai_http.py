@@ -216,3 +216,23 @@ def test_a_program_runs_through_it_from_sync_code_repeatedly(fake) -> None:
     assert fake.connections <= 3
     lm.close()
     assert not lm._sessions
+
+
+def test_pools_of_closed_loops_are_dropped_without_leak_reports(fake) -> None:
+    import gc
+    import warnings
+
+    lm = OpenAIServerLM(fake.base_url)
+    sessions = []
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        for i in range(3):  # asyncio.run per call, never aclose(): a common way to call it
+            assert asyncio.run(lm.complete(chat(f"q{i}"))).text == f"echo: q{i}"
+            sessions.append(next(iter(lm._sessions.values())))
+        assert len(lm._sessions) == 1  # the pools of the two closed loops were dropped ...
+        assert sessions[0].closed and sessions[1].closed  # ... and marked closed
+        lm.close()  # the last loop is closed too
+        assert not lm._sessions and sessions[2].closed
+        del sessions
+        gc.collect()
+    assert not [w for w in seen if "Unclosed" in str(w.message)]

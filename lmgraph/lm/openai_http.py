@@ -115,6 +115,7 @@ class OpenAIServerLM:
         if session is None or session.closed:
             aiohttp = _import_aiohttp()
             with self._lock:
+                self._drop_dead_loops()
                 session = self._sessions.get(loop)
                 if session is None or session.closed:
                     connector = aiohttp.TCPConnector(limit=self.max_connections, ttl_dns_cache=300)
@@ -140,10 +141,21 @@ class OpenAIServerLM:
         """Close the pools of loops that are not running (sync code, interpreter exit)."""
         for loop, session in list(self._sessions.items()):
             if session.closed:
-                continue
-            if not loop.is_closed() and not loop.is_running():
+                self._sessions.pop(loop, None)
+            elif loop.is_closed():
+                self._sessions.pop(loop, None)
+                _discard(session)
+            elif not loop.is_running():
                 loop.run_until_complete(session.close())
-            self._sessions.pop(loop, None)
+                self._sessions.pop(loop, None)
+
+    def _drop_dead_loops(self) -> None:
+        """Forget the pools of event loops that have closed (``asyncio.run`` per call): their
+        sockets died with the loop; marking them closed keeps aiohttp from reporting a leak."""
+        for loop, session in list(self._sessions.items()):
+            if loop.is_closed():
+                self._sessions.pop(loop, None)
+                _discard(session)
 
     # ---- requests
     def _body(self, request: LMRequest) -> tuple[str, dict[str, Any]]:
@@ -221,6 +233,20 @@ class OpenAIServerLM:
             logprobs=_normalise_logprobs(choice.get("logprobs")) if request.logprobs else None,
             cost=None,  # a self-hosted server has no price
             latency_s=latency)
+
+
+def _discard(session: Any) -> None:
+    """Mark a pool whose event loop has closed as closed, without that loop (no coroutine can
+    run on it any more). aiohttp has no public call for this; where its internals differ, the
+    worst outcome is its "Unclosed client session" notice."""
+    connector = session.connector
+    close_now = getattr(connector, "_close", None)
+    if callable(close_now):
+        try:
+            close_now()  # marks the connector closed; on a closed loop it touches no transport
+        except Exception:  # pragma: no cover - other aiohttp versions
+            return
+    session.detach()
 
 
 def _error_text(raw: bytes) -> str:
