@@ -387,20 +387,7 @@ class LlamaCppLM:
         return LMError(f"llama.cpp failed ({type(exc).__name__}): {exc}")
 
     def _to_response(self, out: dict[str, Any], request: LMRequest) -> LMResponse:
-        choice = out["choices"][0]
-        if request.messages is not None:
-            text = (choice.get("message") or {}).get("content") or ""
-        else:
-            text = choice.get("text") or ""
-        usage = out.get("usage") or {}
-        return LMResponse(
-            text=text,
-            usage=Usage(prompt_tokens=int(usage.get("prompt_tokens") or 0),
-                        completion_tokens=int(usage.get("completion_tokens") or 0)),
-            model=self._identity["model"],
-            finish_reason=choice.get("finish_reason"),
-            logprobs=_normalise_logprobs(choice.get("logprobs")) if request.logprobs else None,
-        )
+        return openai_response(out, request, model=self._identity["model"])
 
 
 def _tokenize_choices(llm: Any, prompt: str,
@@ -456,6 +443,27 @@ def _log_softmax(logits: Any) -> Any:
     x = np.asarray(logits, dtype=np.float64)
     shifted = x - x.max()
     return shifted - np.log(np.exp(shifted).sum())
+
+
+def openai_response(data: dict[str, Any], request: LMRequest, *, model: str,
+                    latency_s: float = 0.0) -> LMResponse:
+    """An OpenAI-shaped completion (``choices[0]``, ``usage``) -> LMResponse; raises KeyError,
+    IndexError or TypeError when ``data`` has no choice. Shared by llama.cpp and HTTP backends."""
+    choice = data["choices"][0]
+    if request.messages is not None:
+        text = (choice.get("message") or {}).get("content") or ""
+    else:
+        text = choice.get("text") or ""
+    usage = data.get("usage") or {}
+    return LMResponse(
+        text=text,
+        usage=Usage(prompt_tokens=int(usage.get("prompt_tokens") or 0),
+                    completion_tokens=int(usage.get("completion_tokens") or 0)),
+        model=model,
+        finish_reason=choice.get("finish_reason"),
+        logprobs=_normalise_logprobs(choice.get("logprobs")) if request.logprobs else None,
+        latency_s=latency_s,
+    )
 
 
 def _normalise_logprobs(raw: Any) -> list[dict[str, Any]] | None:

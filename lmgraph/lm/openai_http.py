@@ -25,8 +25,8 @@ import weakref
 from typing import Any
 
 from ..errors import DefinitionError, LMError
-from .base import LMRequest, LMResponse, Usage
-from .llamacpp import _normalise_logprobs
+from .base import LMRequest, LMResponse
+from .llamacpp import openai_response
 
 __all__ = ["OpenAIServerLM", "HTTP_INSTALL_COMMAND"]
 
@@ -216,23 +216,10 @@ class OpenAIServerLM:
                               status in _RETRYABLE_STATUS or status >= 500)
         try:
             data = json.loads(raw)
-            choice = data["choices"][0]
-        except (ValueError, KeyError, IndexError, TypeError):
+            # cost stays None: a self-hosted server has no price
+            return openai_response(data, request, model=str(data.get("model") or self.model), latency_s=latency)
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError):
             raise self._error(f"{self.model} at {url} returned no completion: {raw[:200]!r}", False) from None
-        if request.messages is not None:
-            text = (choice.get("message") or {}).get("content") or ""
-        else:
-            text = choice.get("text") or ""
-        usage = data.get("usage") or {}
-        return LMResponse(
-            text=text,
-            usage=Usage(prompt_tokens=int(usage.get("prompt_tokens") or 0),
-                        completion_tokens=int(usage.get("completion_tokens") or 0)),
-            model=str(data.get("model") or self.model),
-            finish_reason=choice.get("finish_reason"),
-            logprobs=_normalise_logprobs(choice.get("logprobs")) if request.logprobs else None,
-            cost=None,  # a self-hosted server has no price
-            latency_s=latency)
 
 
 def _discard(session: Any) -> None:
