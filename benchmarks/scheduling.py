@@ -379,20 +379,10 @@ def bench_dspy(lm: Any, *, latency_s: float, repeats: int, examples: int, concur
     return out
 
 
-def _dspy_installed() -> bool:
-    try:
-        import dspy  # noqa: F401
-    except ImportError:
-        return False
-    return True
+def _installed(module: str) -> bool:
+    import importlib.util
 
-
-def _aiohttp_installed() -> bool:
-    try:
-        import aiohttp  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return importlib.util.find_spec(module) is not None
 
 
 def _sleepy_dummy_lm(latency_s: float) -> Any:
@@ -461,7 +451,7 @@ def run(*, latencies: Sequence[float] = (0.1, 1.0), in_process_latency: float | 
     from lmgraph.lm.openai_http import OpenAIServerLM
     from lmgraph.testing import FunctionLM
 
-    dspy = dspy and _dspy_installed()
+    dspy = dspy and _installed("dspy")
     kw = {"repeats": repeats, "examples": examples, "concurrency": concurrency}
     out: dict[str, Any] = {"branches": BRANCHES, "depth": DEPTH,
                            "critical_path_calls": CRITICAL_PATH_CALLS, **kw}
@@ -476,7 +466,7 @@ def run(*, latencies: Sequence[float] = (0.1, 1.0), in_process_latency: float | 
     for latency in latencies:
         with fake_server(latency) as server:
             entry = {"latency_s": latency}
-            if _aiohttp_installed():
+            if _installed("aiohttp"):
                 lean = OpenAIServerLM(server.base_url, "local", max_connections=concurrency)
                 entry["lmgraph_http"] = bench_lmgraph(lean, latency_s=latency, stats=server.stats, **kw)
                 entry["lmgraph_http"]["how"] += "; OpenAIServerLM (lmgraph's aiohttp client)"
