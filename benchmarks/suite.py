@@ -453,9 +453,13 @@ class RunState:
                 except ValueError:
                     pass  # a torn last line from a kill: that unit reruns
 
-    def done(self, task: str, system: str) -> bool:
-        """Finished without failing (a failed unit is retried on the next run)."""
-        return any(r["task"] == task and r["system"] == system and "failed" not in r for r in self.records)
+    def done(self, task: str, system: str, retry_failed: bool = False) -> bool:
+        """Has a record: finished, or failed with a recorded exception. A recorded failure is final
+        unless `retry_failed` (a deterministic failure, e.g. a DSPy optimizer that cannot parse this
+        model's output, would otherwise cost its minutes again on every resume). A unit killed
+        mid-run leaves no record and always reruns."""
+        return any(r["task"] == task and r["system"] == system and (not retry_failed or "failed" not in r)
+                   for r in self.records)
 
     def latest(self) -> list[dict[str, Any]]:
         """One record per (task, system): the last one written."""
@@ -499,6 +503,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--fresh", action="store_true", help="discard this mode's saved progress")
     ap.add_argument("--redo", help="comma-separated substrings: run the matching systems again even where "
                                    "finished (e.g. after a change to lmgraph); the newest record counts")
+    ap.add_argument("--retry-failed", action="store_true",
+                    help="run again the units whose last run failed with an exception (by default a "
+                         "recorded failure is final and shows as FAILED in the results)")
     ap.add_argument("--report-only", action="store_true",
                     help="write the results files from the saved progress without running anything "
                          "(e.g. the finished part of an interrupted full run)")
@@ -555,7 +562,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     redo = [p.strip().lower() for p in args.redo.split(",")] if args.redo else []
     todo = [(t, s) for t in chosen_tasks for s in systems
-            if not state.done(t.name, s.name) or any(p in s.name.lower() for p in redo)]
+            if not state.done(t.name, s.name, retry_failed=args.retry_failed)
+            or any(p in s.name.lower() for p in redo)]
     from provenance import git_commit  # benchmarks/provenance.py
 
     commit = git_commit()

@@ -77,7 +77,7 @@ def test_proxy_forwards_and_counts_requests_and_tokens(upstream):
         proxy.close()
 
 
-def test_run_state_resumes_skips_done_retries_failed_and_ignores_torn_line(tmp_path):
+def test_run_state_resumes_skips_done_and_failed_unless_asked_and_ignores_torn_line(tmp_path):
     path = tmp_path / "records.jsonl"
     st = suite.RunState(path, fresh=False)
     st.add({"task": "trec", "system": "a", "x": 1})
@@ -85,7 +85,8 @@ def test_run_state_resumes_skips_done_retries_failed_and_ignores_torn_line(tmp_p
     with path.open("a") as f:
         f.write('{"task": "trec", "sys')  # a kill mid-write
     again = suite.RunState(path, fresh=False)
-    assert again.done("trec", "a") and not again.done("trec", "b") and not again.done("sst2", "a")
+    assert again.done("trec", "a") and again.done("trec", "b") and not again.done("sst2", "a")
+    assert again.done("trec", "a", retry_failed=True) and not again.done("trec", "b", retry_failed=True)
     again.add({"task": "trec", "system": "b", "x": 2})
     latest = {r["system"]: r for r in again.latest()}
     assert latest["b"]["x"] == 2 and "failed" not in latest["b"]
