@@ -178,6 +178,8 @@ def systems_for(mode: str) -> list[System]:
         System("lmgraph InstructionSearch", "lmgraph", "InstructionSearch",
                settings=(("num_candidates", 3 if quick else 6),)),
         System("lmgraph JointSearch", "lmgraph", "JointSearch", settings=(("num_trials", 4 if quick else 12),)),
+        # plan -> per-step answers -> combine, accepted only on evidence (no demos for the new nodes)
+        System("lmgraph Decompose", "lmgraph", "Decompose", settings=(("max_steps", 3),)),
     ]
     for adapter in ("chat", "json"):
         out += [
@@ -234,6 +236,8 @@ def _lmgraph_optimizer(system: System, task: Task, seed: int) -> Any:
     if system.optimizer == "JointSearch":
         return O.JointSearch(num_trials=o["num_trials"], num_instructions=2, num_demo_sets=3, max_demos=4,
                              formats=("chat", "completion", "json"), minibatch_size=10)
+    if system.optimizer == "Decompose":
+        return O.Decompose(max_steps=o["max_steps"])
     raise ValueError(f"unknown lmgraph optimizer {system.optimizer!r}")
 
 

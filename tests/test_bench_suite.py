@@ -149,3 +149,26 @@ def test_every_task_file_defines_a_task_with_disjoint_seeded_splits():
         assert not ids(train) & ids(val), t.name
         assert t.main in t.metrics and all(k in train[0] for k in t.inputs)
         assert t.lmgraph_program().name == t.name
+
+
+def test_every_full_mode_lmgraph_optimizer_applies_to_every_task_program():
+    """Each lmgraph system of the full mode builds its optimizer, and it can plan a compile of
+    every task's program (dry_run: no model calls) within the suite's call budget."""
+    import tasks
+
+    from lmgraph.errors import DefinitionError
+    from lmgraph.evaluation import data_dir
+
+    try:
+        data_dir()
+    except DefinitionError:
+        pytest.skip("shared/data not available")
+    systems = [s for s in suite.systems_for("full") if s.framework == "lmgraph" and s.optimizer != "zero-shot"]
+    assert {s.optimizer for s in systems} >= {"LabeledFewShot", "BootstrapFewShot", "BootstrapRandomSearch",
+                                              "InstructionSearch", "JointSearch", "Decompose"}
+    for t in tasks.all_tasks():
+        train, val, _ = t.splits(0, t.quick)
+        train, val = ([{**r, t.output: r[t.label_field]} for r in part] for part in (train, val))
+        for s in systems:
+            est = suite._lmgraph_optimizer(s, t, 0).dry_run(t.lmgraph_program(), train, val)
+            assert est.calls > 0, (t.name, s.name)
