@@ -59,6 +59,36 @@ def test_key_maker_gives_the_same_keys_as_cache_key() -> None:
         assert make(ident, req) == cache_key(ident, req)  # the memoised identity follows changes
 
 
+def test_request_json_is_byte_identical_to_the_generic_canonical_json() -> None:
+    import random
+
+    from lmgraph.cache.keys import canonical_json, request_json
+
+    rng = random.Random(7)
+    alphabet = ["a", "Z", " ", "\n", "\t", '"', "\\", "/", "\u00e9", "\u4e2d", "\U0001f600", "\x00", "\x1f",
+                "\u2028", "\ud800", "{", "}", ":", ","]
+
+    def text() -> str:
+        return "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12)))
+
+    schema = {"type": "object", "properties": {"b": {"type": "string"}, "a": {"enum": ["x", "\u00e9"]}}}
+    for _ in range(400):
+        common = dict(temperature=rng.choice([0.0, 0.7, 1e-7, 1.0e20, 0, 1]), max_tokens=rng.choice([1, 256]),
+                      stop=tuple(text() for _ in range(rng.randint(0, 3))), seed=rng.choice([0, 7, 2**40]),
+                      top_p=rng.choice([1.0, 0.95]), json_schema=rng.choice([None, schema]),
+                      logprobs=rng.choice([False, True]), rollout=rng.randint(0, 3))
+        if rng.random() < 0.5:
+            req = LMRequest(messages=tuple(Message(role=rng.choice(["system", "user", "assistant"]), content=text())
+                                           for _ in range(rng.randint(1, 4))), **common)
+        else:
+            choices = rng.choice([None, (" a", " b\u00e9")])
+            req = LMRequest(prompt=text(), choices=choices, **common)
+        assert request_json(req) == canonical_json(req.canonical()), req
+    # unexpected types take the generic path rather than a wrong text
+    odd = LMRequest(prompt="p", temperature=float("nan"), top_p=True)  # type: ignore[arg-type]
+    assert request_json(odd) == canonical_json(odd.canonical())
+
+
 def test_key_ignores_node_and_use_cache() -> None:
     base = cache_key(IDENTITY, chat())
     assert base == cache_key(IDENTITY, chat(node="qa"))

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
+from json.encoder import encode_basestring as _json_str  # what json.dumps(ensure_ascii=False) uses
 from typing import Any
 
 from ..lm.base import LMRequest
@@ -67,5 +69,39 @@ class KeyMaker:
         if memo is None or memo[0] != identity:
             memo = (identity, '{"lm":' + canonical_json(strip_credentials(identity)) + ',"request":')
             self._memo = memo
-        text = memo[1] + canonical_json(request.canonical()) + ',"v":' + str(KEY_VERSION) + "}"
+        text = memo[1] + request_json(request) + ',"v":' + str(KEY_VERSION) + "}"
         return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+_INT, _FLOAT, _STR = int, float, str
+
+
+def request_json(request: LMRequest) -> str:
+    """``canonical_json(request.canonical())``, assembled field by field (the cache-key hot path).
+
+    Byte-identical to the generic path (tested) for the usual field types (str texts, int
+    counts, finite float sampling values, bool logprobs); anything else takes the generic path.
+    """
+    r = request
+    t, top_p, mt, seed, rollout = r.temperature, r.top_p, r.max_tokens, r.seed, r.rollout
+    if not (type(t) is _FLOAT and type(top_p) is _FLOAT and type(mt) is _INT and type(seed) is _INT
+            and type(rollout) is _INT and math.isfinite(t) and math.isfinite(top_p)
+            and type(r.logprobs) is bool):
+        return canonical_json(r.canonical())
+    s = _json_str
+    try:
+        if r.messages is not None:
+            messages = "[" + ",".join(['{"content":' + s(m.content) + ',"role":' + s(m.role) + "}"
+                                       for m in r.messages]) + "]"
+            prompt = "null"
+        else:
+            messages, prompt = "null", s(r.prompt)
+        stop = "[" + ",".join([s(x) for x in r.stop]) + "]"
+        head = "" if r.choices is None else '"choices":[' + ",".join([s(x) for x in r.choices]) + "],"
+    except TypeError:  # a non-str text: let the generic encoder decide
+        return canonical_json(r.canonical())
+    schema = "null" if r.json_schema is None else canonical_json(r.json_schema)
+    return (f'{{{head}"json_schema":{schema},"logprobs":{"true" if r.logprobs else "false"},'
+            f'"max_tokens":{_INT.__repr__(mt)},"messages":{messages},"prompt":{prompt},'
+            f'"rollout":{_INT.__repr__(rollout)},"seed":{_INT.__repr__(seed)},"stop":{stop},'
+            f'"temperature":{_FLOAT.__repr__(t)},"top_p":{_FLOAT.__repr__(top_p)}}}')
