@@ -236,3 +236,26 @@ def test_pools_of_closed_loops_are_dropped_without_leak_reports(fake) -> None:
         del sessions
         gc.collect()
     assert not [w for w in seen if "Unclosed" in str(w.message)]
+
+
+def test_extra_body_fields_are_sent_and_part_of_the_identity(fake) -> None:
+    """Fields in ``extra`` change the completion: they go in every body and into the identity
+    (so a cache never mixes answers decoded differently); credential-like ones never do."""
+    from lmgraph.cache.keys import cache_key
+    from lmgraph.lm.litellm import LiteLLM
+
+    plain = OpenAIServerLM(fake.base_url)
+    parity = OpenAIServerLM(fake.base_url, extra={"repeat_penalty": 1.0, "top_k": 0})
+    run(parity, LMRequest(prompt="Q:"))
+    assert fake.bodies[0]["repeat_penalty"] == 1.0 and fake.bodies[0]["top_k"] == 0
+    assert "extra" not in plain.identity()  # keys of clients without extra are unchanged
+    req = LMRequest(prompt="Q:")
+    assert cache_key(plain.identity(), req) != cache_key(parity.identity(), req)
+    assert cache_key(parity.identity(), req) != cache_key(
+        OpenAIServerLM(fake.base_url, extra={"repeat_penalty": 1.1, "top_k": 0}).identity(), req)
+    secret = OpenAIServerLM(fake.base_url, extra={"api_key": "sk-x", "headers": {"Authorization": "Bearer sk-y"}})
+    assert "sk-" not in json.dumps(secret.identity())
+    a = LiteLLM("openai/local", api_base=fake.base_url, extra={"extra_body": {"repeat_penalty": 1.0}})
+    b = LiteLLM("openai/local", api_base=fake.base_url)
+    assert a.identity()["extra"] == {"extra_body": {"repeat_penalty": 1.0}} and "extra" not in b.identity()
+    assert "sk-z" not in json.dumps(LiteLLM("openai/x", extra={"api_key": "sk-z"}).identity())

@@ -18,6 +18,7 @@ import time
 import warnings
 from typing import Any
 
+from ..cache.keys import strip_credentials
 from ..errors import DefinitionError, LmgraphError, LMError
 from .base import LMRequest, LMResponse, Usage
 from .llamacpp import _normalise_logprobs
@@ -133,7 +134,10 @@ class LiteLLM:
 
     def identity(self) -> dict[str, Any]:
         # Never the API key: identities end up in cache keys, traces and artifacts.
-        return {"backend": "litellm", "model": self.model, "api_base": self.api_base}
+        ident: dict[str, Any] = {"backend": "litellm", "model": self.model, "api_base": self.api_base}
+        if self.extra:  # extra call arguments (sampling settings, extra_body) change the completion
+            ident["extra"] = strip_credentials(self.extra)
+        return ident
 
     def __repr__(self) -> str:
         base = f", api_base={self.api_base!r}" if self.api_base else ""

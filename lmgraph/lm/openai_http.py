@@ -24,6 +24,7 @@ import urllib.parse
 import weakref
 from typing import Any
 
+from ..cache.keys import strip_credentials
 from ..errors import DefinitionError, LMError
 from .base import LMRequest, LMResponse
 from .llamacpp import openai_response
@@ -103,7 +104,10 @@ class OpenAIServerLM:
         # Never the API key: identities end up in cache keys, traces and artifacts. The same
         # fields as LiteLLM's openai_compatible() would give a different backend name on purpose:
         # the two clients may send slightly different bodies.
-        return {"backend": "openai-http", "model": self.model, "api_base": self.base_url}
+        ident: dict[str, Any] = {"backend": "openai-http", "model": self.model, "api_base": self.base_url}
+        if self.extra:  # body fields such as sampling settings change the completion
+            ident["extra"] = strip_credentials(self.extra)
+        return ident
 
     def __repr__(self) -> str:
         return f"OpenAIServerLM({self.base_url!r}, model={self.model!r})"

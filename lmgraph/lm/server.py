@@ -2,10 +2,17 @@
 
 :class:`LlamaServer` starts ``python -m llama_cpp.server`` (llama-cpp-python's ``[server]``
 extra) as a child process on 127.0.0.1, waits until ``GET /v1/models`` answers, and stops it
-on exit. Point :func:`lmgraph.lm.litellm.openai_compatible` at ``server.base_url``::
+on exit. Use the clients it hands out::
 
     with LlamaServer() as server:
-        lm = openai_compatible(server.base_url, json_mode="json_object")  # or server.litellm()
+        lm = server.client()      # lean aiohttp client; or server.litellm() through litellm
+
+The clients it hands out (:meth:`LlamaServer.client`, :meth:`LlamaServer.litellm`) send
+:data:`SAMPLING_PARITY` with every request: llama-cpp-python's server applies its own sampling
+defaults (``repeat_penalty`` 1.1, ``top_k`` 40, ``min_p`` 0.05) to every request, even at
+temperature 0, where the repeat penalty changes which token is the most likely. With these
+settings temperature 0 is plain greedy decoding and the server answers exactly as the
+in-process backend (:class:`~lmgraph.lm.llamacpp.LlamaCppLM`) does.
 
 From a shell (benchmarks): ``python -m lmgraph.lm.server --port 8081`` prints the base URL
 and serves until interrupted or terminated.
@@ -71,6 +78,11 @@ def _stop_process(proc: subprocess.Popen[bytes], grace_s: float = 10.0) -> None:
         proc.wait(timeout=grace_s)
     except ProcessLookupError:  # pragma: no cover - already gone
         pass
+
+
+#: llama.cpp sampling settings that make the server decode as OpenAI's API describes (and as
+#: the in-process backend does): no repeat penalty, no top-k / min-p cut.
+SAMPLING_PARITY: dict[str, float] = {"repeat_penalty": 1.0, "top_k": 0, "min_p": 0.0}
 
 
 class LlamaServer:
@@ -209,19 +221,24 @@ class LlamaServer:
         return "\n".join(tail)
 
     def litellm(self, **kwargs: Any) -> Any:
-        """A :class:`~lmgraph.lm.litellm.LiteLLM` for this server (``json_mode="json_object"``)."""
+        """A :class:`~lmgraph.lm.litellm.LiteLLM` for this server (``json_mode="json_object"``;
+        :data:`SAMPLING_PARITY` in ``extra_body``, which ``extra={"extra_body": {...}}`` may override)."""
         from .litellm import openai_compatible
 
         kwargs.setdefault("json_mode", "json_object")
-        return openai_compatible(self.base_url, self.model_alias, **kwargs)
+        extra = dict(kwargs.pop("extra", None) or {})
+        extra["extra_body"] = {**SAMPLING_PARITY, **extra.get("extra_body", {})}
+        return openai_compatible(self.base_url, self.model_alias, extra=extra, **kwargs)
 
     def client(self, **kwargs: Any) -> Any:
         """An :class:`~lmgraph.lm.openai_http.OpenAIServerLM` for this server (the lean aiohttp
-        client; ``json_mode="json_object"``)."""
+        client; ``json_mode="json_object"``; :data:`SAMPLING_PARITY` in every body, which
+        ``extra=`` may override)."""
         from .openai_http import OpenAIServerLM
 
         kwargs.setdefault("json_mode", "json_object")
-        return OpenAIServerLM(self.base_url, self.model_alias, **kwargs)
+        extra = {**SAMPLING_PARITY, **(kwargs.pop("extra", None) or {})}
+        return OpenAIServerLM(self.base_url, self.model_alias, extra=extra, **kwargs)
 
     def __enter__(self) -> "LlamaServer":
         return self.start()
