@@ -59,7 +59,9 @@ def _fmt_ci(x: dict[str, Any]) -> str:
 def markdown(doc: dict[str, Any]) -> str:
     lines = [f"# lmgraph vs DSPy 3.4.1 — {doc['mode']} run, {doc['date']}", "",
              f"Model: {doc['model']} via llama.cpp server(s) on 127.0.0.1 "
-             f"({doc['server']['servers']} x {doc['server']['threads']} thread), greedy decoding, seed {doc['seed']}. "
+             f"({doc['server']['servers']} x {doc['server']['threads']} thread), temperature 0 with the server's "
+             f"sampling defaults for both frameworks (llama-cpp-python applies repeat_penalty 1.1 before the greedy "
+             f"pick; the in-process rows decode plain greedy, repeat_penalty 1.0), seed {doc['seed']}. "
              f"Command: `{doc['command']}`. Suite wall time: {doc['wall_s'] / 60:.1f} min.", "",
              "Compile calls: logical LM calls while compiling (cache hits included); requests: HTTP requests "
              "that reached the model (cache misses), with their tokens. Test scores: mean [95% bootstrap CI].", ""]
