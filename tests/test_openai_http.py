@@ -238,6 +238,19 @@ def test_pools_of_closed_loops_are_dropped_without_leak_reports(fake) -> None:
     assert not [w for w in seen if "Unclosed" in str(w.message)]
 
 
+def test_a_client_dropped_after_asyncio_run_leaves_no_leak_report(fake) -> None:
+    """``asyncio.run(OpenAIServerLM(url).complete(...))`` in a script: the client and its pool
+    die together once the loop has closed, without aiohttp's "Unclosed client session"."""
+    import gc
+    import warnings
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        assert asyncio.run(OpenAIServerLM(fake.base_url).complete(chat("q"))).text == "echo: q"
+        gc.collect()
+    assert not [w for w in seen if "Unclosed" in str(w.message)]
+
+
 def test_extra_body_fields_are_sent_and_part_of_the_identity(fake) -> None:
     """Fields in ``extra`` change the completion: they go in every body and into the identity
     (so a cache never mixes answers decoded differently); credential-like ones never do."""

@@ -153,6 +153,14 @@ class OpenAIServerLM:
                 loop.run_until_complete(session.close())
                 self._sessions.pop(loop, None)
 
+    def __del__(self) -> None:
+        # The client is going away with its pools (``asyncio.run(OpenAIServerLM(url).complete(r))``):
+        # mark those of closed loops closed, or aiohttp reports each as a leak when it is freed.
+        try:
+            self._drop_dead_loops()
+        except Exception:  # pragma: no cover - best effort, e.g. at interpreter exit
+            pass
+
     def _drop_dead_loops(self) -> None:
         """Forget the pools of event loops that have closed (``asyncio.run`` per call): their
         sockets died with the loop; marking them closed keeps aiohttp from reporting a leak."""
