@@ -125,9 +125,14 @@ def plot(doc: dict[str, Any], path: Path) -> Path | None:
     tasks = [t for t in doc["tasks"] if any(r["task"] == t and "failed" not in r for r in doc["records"])]
     if not tasks:
         return None
-    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 4.2), squeeze=False)
+    cols = min(3, len(tasks))
+    rows = -(-len(tasks) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 4.2 * rows), squeeze=False)
+    flat = [ax for row in axes for ax in row]
+    for ax in flat[len(tasks):]:
+        ax.axis("off")
     colours = {"lmgraph": "tab:blue", "dspy": "tab:orange", "lmgraph-inprocess": "tab:green"}
-    for ax, t in zip(axes[0], tasks):
+    for ax, t in zip(flat, tasks):
         recs = [r for r in doc["records"] if r["task"] == t and "failed" not in r]
         for fw, col in colours.items():
             pts = sorted(((max(1, (r["compile"] or {}).get("calls", 0)), r) for r in recs if r["framework"] == fw),
