@@ -240,3 +240,26 @@ def test_default_cache_dir(monkeypatch, tmp_path) -> None:
     assert default_cache_dir() == tmp_path / "x"
     monkeypatch.delenv("LMGRAPH_CACHE_DIR")
     assert default_cache_dir().parts[-3:] == (".cache", "lmgraph", "calls")
+
+
+def test_response_from_dict_fast_path_equals_the_constructor() -> None:
+    """LMResponse.from_dict fills frozen instances directly (hot path): it must set every field,
+    exactly as the generated constructor would, for present and missing keys alike."""
+    import dataclasses
+
+    from lmgraph.lm.base import LMResponse, Usage
+
+    full = LMResponse(text="x", usage=Usage(prompt_tokens=3, completion_tokens=4), model="m",
+                      finish_reason="stop", logprobs=[{"token": "x", "logprob": -0.1}], cost=0.5)
+    for data, cached in [(full.to_dict(), True), (full.to_dict(), False), ({"text": "y"}, False)]:
+        fast = LMResponse.from_dict(data, cached=cached)
+        u = data.get("usage") or {}
+        slow = LMResponse(text=data["text"], usage=Usage(prompt_tokens=u.get("prompt_tokens", 0),
+                                                         completion_tokens=u.get("completion_tokens", 0)),
+                          model=data.get("model", ""), finish_reason=data.get("finish_reason"),
+                          logprobs=data.get("logprobs"), cost=data.get("cost"), cached=cached)
+        assert fast == slow and hash(fast.usage) == hash(slow.usage)
+        assert set(vars(fast)) == {f.name for f in dataclasses.fields(LMResponse)}
+        assert set(vars(fast.usage)) == {f.name for f in dataclasses.fields(Usage)}
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            fast.text = "z"  # type: ignore[misc]

@@ -100,11 +100,11 @@ class CachedLM(_Wrapper):
         if not request.use_cache:
             return await self.inner.complete(request)
         key = self._key(self.inner.identity(), request)
+        data = self.cache.get(key)
+        if data is not None:  # the common replay case: no flight bookkeeping
+            return self._hit(data)
         flights = self._loop_flights()
         while True:
-            data = self.cache.get(key)
-            if data is not None:
-                return self._hit(data)
             flight = flights.get(key)
             if flight is None:
                 break
@@ -114,6 +114,9 @@ class CachedLM(_Wrapper):
             if flight.error is not None:
                 raise flight.error
             # The leading call was cancelled: look again, and lead if nobody else does.
+            data = self.cache.get(key)
+            if data is not None:
+                return self._hit(data)
 
         flight = flights[key] = _Flight()
         try:
