@@ -480,6 +480,40 @@ class RunState:
             os.fsync(f.fileno())
 
 
+def estimate_unit_s(records: Sequence[dict[str, Any]], task: str, system: System) -> float | None:
+    """A rough duration of (task, system) from finished units: the same system on other tasks,
+    scaled by how long the same framework's zero-shot took here vs there; the largest such
+    guess, or None when the system has not finished anywhere yet."""
+    wall = {(r["task"], r["system"]): r["unit_wall_s"] for r in records
+            if "failed" not in r and r.get("unit_wall_s")}
+    zero = {"lmgraph": "lmgraph zero-shot", "lmgraph-inprocess": "lmgraph zero-shot (in-process)",
+            "dspy": f"DSPy zero-shot [{system.variant}]"}.get(system.framework)
+    guesses = []
+    for (t, name), w in wall.items():
+        if name != system.name or t == task:
+            continue
+        here, there = wall.get((task, zero)), wall.get((t, zero))
+        guesses.append(w * here / there if here and there else w)
+    return max(guesses) if guesses else None
+
+
+def parse_stop_by(text: str, now: float | None = None) -> float:
+    """``HH:MM`` (the next such local time) or an ISO date-time -> a Unix time."""
+    now = time.time() if now is None else now
+    try:
+        if len(text) <= 5 and ":" in text:
+            hh, mm = (int(x) for x in text.split(":"))
+            base = _dt.datetime.fromtimestamp(now)
+            at = base.replace(hour=hh, minute=mm, second=0, microsecond=0)
+            if at.timestamp() <= now:
+                at += _dt.timedelta(days=1)
+            return at.timestamp()
+        return _dt.datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        raise SystemExit(f"--stop-by {text!r}: give HH:MM (local time) or an ISO date-time, "
+                         "e.g. 01:40 or 2026-11-25T01:40") from None
+
+
 def start_servers(n: int, threads: int, n_ctx: int) -> list[Any]:
     from lmgraph.lm.server import LlamaServer
 
@@ -510,6 +544,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--retry-failed", action="store_true",
                     help="run again the units whose last run failed with an exception (by default a "
                          "recorded failure is final and shows as FAILED in the results)")
+    ap.add_argument("--stop-by", help="HH:MM or ISO date-time: start no unit that finished units suggest "
+                                       "would end after it (e.g. the end of a machine session: a killed "
+                                       "unit restarts from scratch); stop starting units once it passes")
     ap.add_argument("--report-only", action="store_true",
                     help="write the results files from the saved progress without running anything "
                          "(e.g. the finished part of an interrupted full run)")
@@ -583,7 +620,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                   flush=True)
         counter = None
         inproc_lm = None
+        stop_by = parse_stop_by(args.stop_by) if args.stop_by else None
         for task, system in todo:
+            if stop_by is not None:
+                left = stop_by - time.time()
+                est = estimate_unit_s(state.records, task.name, system)
+                if left <= 0:
+                    print(f"[suite] --stop-by reached: {task.name} / {system.name} and the rest wait for the "
+                          "next run", flush=True)
+                    break
+                if est is not None and est > left:
+                    print(f"[suite] {task.name} / {system.name}: skipped for now (about {est / 60:.0f} min; "
+                          f"{left / 60:.0f} min left before --stop-by)", flush=True)
+                    continue
             sizes = override or (task.quick if args.quick else task.full)
             train, val, test = splits[task.name]
             # Labels also under the predicted field's name, so labelled demos (both frameworks)

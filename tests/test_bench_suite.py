@@ -172,3 +172,28 @@ def test_every_full_mode_lmgraph_optimizer_applies_to_every_task_program():
         for s in systems:
             est = suite._lmgraph_optimizer(s, t, 0).dry_run(t.lmgraph_program(), train, val)
             assert est.calls > 0, (t.name, s.name)
+
+
+def test_unit_duration_estimate_scales_by_the_frameworks_zero_shot_time():
+    recs = [{"task": "trec", "system": "DSPy BootstrapFewShot [json]", "unit_wall_s": 200.0},
+            {"task": "trec", "system": "DSPy zero-shot [json]", "unit_wall_s": 100.0},
+            {"task": "sst2", "system": "DSPy zero-shot [json]", "unit_wall_s": 300.0},
+            {"task": "sst2", "system": "DSPy BootstrapFewShot [json]", "failed": "boom", "unit_wall_s": 5.0},
+            {"task": "sst2", "system": "lmgraph LabeledFewShot", "unit_wall_s": 50.0}]
+    bfs = suite.System("DSPy BootstrapFewShot [json]", "dspy", "BootstrapFewShot", "json")
+    assert suite.estimate_unit_s(recs, "sst2", bfs) == 600.0  # 200 s on TREC x (300 / 100)
+    assert suite.estimate_unit_s(recs, "gsm8k", bfs) == 200.0  # no zero-shot time there: unscaled
+    assert suite.estimate_unit_s(recs, "trec", bfs) is None  # only its own (failed elsewhere) runs
+    lfs = suite.System("lmgraph LabeledFewShot", "lmgraph", "LabeledFewShot")
+    assert suite.estimate_unit_s(recs, "trec", lfs) == 50.0
+
+
+def test_stop_by_takes_the_next_clock_time_or_an_iso_datetime():
+    import datetime as dt
+
+    now = dt.datetime(2026, 11, 24, 23, 30).timestamp()
+    assert suite.parse_stop_by("23:45", now) == dt.datetime(2026, 11, 24, 23, 45).timestamp()
+    assert suite.parse_stop_by("01:40", now) == dt.datetime(2026, 11, 25, 1, 40).timestamp()
+    assert suite.parse_stop_by("2026-11-25T02:00", now) == dt.datetime(2026, 11, 25, 2, 0).timestamp()
+    with pytest.raises(SystemExit, match="HH:MM"):
+        suite.parse_stop_by("soon", now)
