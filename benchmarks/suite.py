@@ -494,6 +494,13 @@ def estimate_unit_s(records: Sequence[dict[str, Any]], task: str, system: System
             continue
         here, there = wall.get((task, zero)), wall.get((t, zero))
         guesses.append(w * here / there if here and there else w)
+    if not guesses and system.variant:
+        # not finished anywhere yet: the same optimizer with the framework's other variant(s)
+        # (e.g. DSPy MIPROv2 with the ChatAdapter for the JSONAdapter), on any task
+        same = {r["system"]: r for r in records if r.get("framework") == system.framework
+                and r.get("optimizer") == system.optimizer and r.get("variant") != system.variant}
+        guesses = [w for (t, name), w in wall.items() if name in same and t == task] or \
+                  [w for (t, name), w in wall.items() if name in same]
     return max(guesses) if guesses else None
 
 

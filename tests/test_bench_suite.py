@@ -186,6 +186,13 @@ def test_unit_duration_estimate_scales_by_the_frameworks_zero_shot_time():
     assert suite.estimate_unit_s(recs, "trec", bfs) is None  # only its own (failed elsewhere) runs
     lfs = suite.System("lmgraph LabeledFewShot", "lmgraph", "LabeledFewShot")
     assert suite.estimate_unit_s(recs, "trec", lfs) == 50.0
+    # never finished anywhere: the other adapter's run of the same optimizer stands in
+    mipro_chat = {"task": "sst2", "system": "DSPy MIPROv2-light [chat]", "framework": "dspy",
+                  "optimizer": "MIPROv2", "variant": "chat", "unit_wall_s": 2300.0}
+    mipro_json = suite.System("DSPy MIPROv2-light [json]", "dspy", "MIPROv2", "json")
+    assert suite.estimate_unit_s(recs, "sst2", mipro_json) is None
+    assert suite.estimate_unit_s([*recs, mipro_chat], "sst2", mipro_json) == 2300.0
+    assert suite.estimate_unit_s([*recs, mipro_chat], "trec", mipro_json) == 2300.0
 
 
 def test_stop_by_takes_the_next_clock_time_or_an_iso_datetime():
