@@ -521,6 +521,20 @@ def parse_stop_by(text: str, now: float | None = None) -> float:
                          "e.g. 01:40 or 2026-11-25T01:40") from None
 
 
+def run_command(argv: Sequence[str]) -> str:
+    """The command that reproduces a run: ``run.sh`` with the arguments that shape the results
+    (not ``--report-only``, ``--date`` or ``--stop-by``, which only name or pace it)."""
+    kept, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a in ("--date", "--stop-by"):
+            skip = True
+        elif a != "--report-only" and not a.startswith(("--date=", "--stop-by=")):
+            kept.append(a)
+    return " ".join(["bash benchmarks/run.sh", *kept])
+
+
 def start_servers(n: int, threads: int, n_ctx: int) -> list[Any]:
     from lmgraph.lm.server import LlamaServer
 
@@ -594,9 +608,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         paths = report_mod.write(state.latest(), mode=mode, date=args.date, seed=args.seed,
                                  tasks=[t.name for t in chosen_tasks], systems=[s.name for s in systems],
                                  overhead=None, wall_s=sum(r.get("unit_wall_s", 0) for r in state.latest()),
-                                 command=" ".join(["bash benchmarks/run.sh",
-                                                   *[a for a in (argv if argv is not None else sys.argv[1:])
-                                                     if a != "--report-only"]]),
+                                 command=run_command(argv if argv is not None else sys.argv[1:]),
                                  server={"servers": args.servers, "threads": args.threads},
                                  missing=[f"{t.name} / {s.name}" for t in chosen_tasks for s in systems
                                           if (t.name, s.name) not in done])
@@ -694,7 +706,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     paths = report_mod.write(state.latest(), mode=mode, date=args.date, seed=args.seed,
                              tasks=[t.name for t in chosen_tasks], systems=[s.name for s in systems],
                              overhead=overhead, wall_s=time.perf_counter() - t_start,
-                             command=" ".join(["bash benchmarks/run.sh", *(argv if argv is not None else sys.argv[1:])]),
+                             command=run_command(argv if argv is not None else sys.argv[1:]),
                              server={"servers": args.servers, "threads": args.threads})
     print("[suite] wrote " + ", ".join(str(p) for p in paths), flush=True)
     return 0

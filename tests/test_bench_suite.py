@@ -204,3 +204,9 @@ def test_stop_by_takes_the_next_clock_time_or_an_iso_datetime():
     assert suite.parse_stop_by("2026-11-25T02:00", now) == dt.datetime(2026, 11, 25, 2, 0).timestamp()
     with pytest.raises(SystemExit, match="HH:MM"):
         suite.parse_stop_by("soon", now)
+
+
+def test_the_published_command_keeps_what_shapes_results_only():
+    assert suite.run_command(["--report-only", "--date", "2026-11-24", "--stop-by=01:40"]) == "bash benchmarks/run.sh"
+    assert suite.run_command(["--quick", "--stop-by", "01:40", "--tasks", "trec"]) == \
+        "bash benchmarks/run.sh --quick --tasks trec"
