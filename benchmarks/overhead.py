@@ -350,6 +350,9 @@ def run_all(quick: bool = False, *, dspy: bool = True, calls: int | None = None,
                       + (" --quick" if quick else "") + " --json benchmarks/results/overhead.json")
     out["wall_s"] = time.perf_counter() - t0
     out["load_average_1min"] = os.getloadavg()[0]
+    from provenance import git_commit  # benchmarks/provenance.py
+
+    out["lmgraph_commit"] = git_commit()
     return out
 
 
