@@ -101,7 +101,8 @@ def markdown(doc: dict[str, Any]) -> str:
                   "(tokens) | compile wall s | chosen |", "|---|---|---|---|---|---|---|---|"]
         for r in recs:
             if "failed" in r:
-                lines.append(f"| {r['system']} | FAILED: {r['failed'][:120]} | | | | | | |")
+                why = " ".join(r["failed"].split())[:120].replace("|", "/")  # one table cell: no newlines/pipes
+                lines.append(f"| {r['system']} | FAILED: {why} | | | | | | |")
                 continue
             c = r["compile"] or {}
             other = ", ".join(f"{m} {_fmt_ci(v)}" for m, v in r["test"].items() if m != r["main"])

@@ -123,6 +123,13 @@ def test_goals_compare_best_compiled_systems_and_call_ratio():
                           "records": recs, "overhead": None})
     assert "| t (accuracy) | lg B | ds A | 0.750 vs 0.250 |" in md and "score only" in md
     assert "| lg B (0.750) | 60 / 100 = 0.6 |" in md
+    failed = {"task": "t", "system": "ds M", "framework": "dspy", "optimizer": "M", "variant": "", "main": "accuracy",
+              "failed": "AdapterParseError: could not parse\n\nLM Response: {\"a\": 1} | x"}
+    md = report.markdown({"mode": "quick", "date": "d", "model": "m", "server": {"servers": 1, "threads": 1},
+                          "seed": 0, "command": "c", "wall_s": 60, "goals": [g], "tasks": ["t"],
+                          "records": [*recs, failed], "overhead": None})
+    (row,) = [line for line in md.splitlines() if line.startswith("| ds M |")]  # one line: the table holds
+    assert "FAILED: AdapterParseError: could not parse LM Response:" in row and row.count("|") == 9
     recs[4]["compile"]["calls"] = 0  # DSPy's best made no compile calls: only a 0-call system would do
     (g,) = report.goals(recs, ["t"])
     assert g["calls_ratio"] is None and g["calls_goal"] is False
