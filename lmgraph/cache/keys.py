@@ -73,7 +73,7 @@ class KeyMaker:
         return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-_INT, _FLOAT, _STR = int, float, str
+_INT, _FLOAT = int, float
 
 
 def request_json(request: LMRequest) -> str:
