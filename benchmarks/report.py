@@ -64,7 +64,9 @@ def markdown(doc: dict[str, Any]) -> str:
              f"pick; the in-process rows decode plain greedy, repeat_penalty 1.0), seed {doc['seed']}. "
              f"Command: `{doc['command']}`. Suite wall time: {doc['wall_s'] / 60:.1f} min.", "",
              "Compile calls: logical LM calls while compiling (cache hits included); requests: HTTP requests "
-             "that reached the model (cache misses), with their tokens. Test scores: mean [95% bootstrap CI].", ""]
+             "that reached the model (cache misses), with their tokens. Test scores: mean [95% bootstrap CI]. "
+             "A unit killed at the end of a machine session resumes from its journal of answers (same counts "
+             "as one uninterrupted run); its wall time adds up its runs (\"in N runs\").", ""]
     if doc.get("missing"):
         lines += [f"**Incomplete run**: {len(doc['missing'])} of {len(doc['tasks']) * len(doc['systems'])} "
                   "(task, system) units not run yet (rerun the command to resume): "
@@ -107,9 +109,12 @@ def markdown(doc: dict[str, Any]) -> str:
             c = r["compile"] or {}
             other = ", ".join(f"{m} {_fmt_ci(v)}" for m, v in r["test"].items() if m != r["main"])
             req = f"{c.get('requests')} ({c.get('request_tokens')})" if c else "-"
+            wall = str(c.get("wall_s", "-")) if c else "-"
+            if r.get("resumed"):  # ran over several sessions: wall time summed over its runs
+                wall += f" (in {r['resumed']['segments']} runs)"
             lines.append(f"| {r['system']} | {_fmt_ci(r['test'][r['main']])} | {other} | "
                          f"{r['parse_failure_rate']:.2f} | {c.get('calls', 0) if c else 0} | {req} | "
-                         f"{c.get('wall_s', '-') if c else '-'} | {c.get('chosen', '') if c else ''} |")
+                         f"{wall} | {c.get('chosen', '') if c else ''} |")
     if doc.get("overhead"):
         lines += ["", "## Overhead and scheduling", "", "```json", json.dumps(doc["overhead"], indent=2), "```"]
     return "\n".join(lines) + "\n"

@@ -19,14 +19,17 @@ requests that reached the servers (cache misses), counted by the proxy, with the
 Every system starts with empty caches (fresh in-memory caches on both sides).
 
 Resuming: each (task, system) result is appended to ``benchmarks/.work/runs/<mode>-s<seed>/
-records.jsonl`` when it finishes; a rerun skips finished units (an interrupted unit restarts
-from scratch, so its counts stay exact). ``--fresh`` discards that state.
+records.jsonl`` when it finishes; a rerun skips finished units. A unit in progress keeps a
+journal of the answers it got (``journal/``, see :class:`Journal`): killed, it resumes where it
+stopped, with the same counts as an uninterrupted run. ``--fresh`` discards that state.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import datetime as _dt
+import hashlib
 import http.client
 import json
 import logging
@@ -56,6 +59,142 @@ RESULTS = HERE / "results"
 WORK = HERE / ".work" / "runs"
 
 
+# --------------------------------------------------------------------------- unit journal
+
+class Journal:
+    """A unit's checkpoint: every model answer it got, so a killed unit resumes where it stopped.
+
+    Some units run longer than one machine session (DSPy's random search on Banking77 is hours),
+    and a unit's counts are only exact if it runs to the end. With greedy decoding on the same
+    server and model an answer is a function of the request, so on a rerun the journaled
+    requests are answered from here (in recorded order per identical request) and still counted
+    as requests with their tokens, as in an uninterrupted run; the unit then goes on where it
+    was killed. Each segment (one run of the unit) also notes how long each phase ("compile",
+    "test") ran, so the published wall times add up the killed segments' time
+    (:meth:`prior_s`; the resumed segment's replay time is included in its own measurement).
+
+    File format (JSON lines): ``{"segment": n}``, ``{"phase": p, "seg": n}``,
+    ``{"phase_end": p, "seg": n, "t": s}`` and answers ``{"k", "s", "ct", "d", "seg", "ph", "t"}``.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._answers: dict[str, collections.deque[tuple[int, str, str]]] = {}
+        ends: dict[tuple[int, str], float] = {}
+        last: dict[tuple[int, str], float] = {}
+        segments = 0
+        if path.exists():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                try:
+                    e = json.loads(line)
+                except ValueError:
+                    continue  # a torn last line from a kill
+                if "segment" in e:
+                    segments = max(segments, int(e["segment"]))
+                elif "phase_end" in e:
+                    ends[(e["seg"], e["phase_end"])] = float(e["t"])
+                elif "k" in e:
+                    self._answers.setdefault(e["k"], collections.deque()).append((e["s"], e["ct"], e["d"]))
+                    if e.get("ph"):
+                        key = (e["seg"], e["ph"])
+                        last[key] = max(last.get(key, 0.0), float(e["t"]))
+        self.journaled = sum(len(q) for q in self._answers.values())
+        self._prior: dict[str, float] = {}
+        for (seg, ph), t in {**last, **ends}.items():  # a finished phase counts whole
+            self._prior[ph] = self._prior.get(ph, 0.0) + t
+        self.segments_before = segments
+        self.segment = segments + 1
+        self.replayed = 0
+        self._phase: str | None = None
+        self._t0 = time.perf_counter()
+        self._lock = threading.Lock()
+        self._file = path.open("a", encoding="utf-8")
+        self._write({"segment": self.segment, "at": round(time.time(), 1)})
+
+    @staticmethod
+    def key(*parts: str | bytes | None) -> str:
+        h = hashlib.sha256()
+        for p in parts:
+            b = p.encode() if isinstance(p, str) else (p or b"")
+            h.update(len(b).to_bytes(8, "big") + b)
+        return h.hexdigest()
+
+    def _write(self, entry: dict[str, Any]) -> None:
+        with self._lock:
+            if self._file.closed:
+                return
+            self._file.write(json.dumps(entry, ensure_ascii=False) + "\n")
+            self._file.flush()
+
+    def phase(self, name: str) -> None:
+        """A phase of the unit starts now (answers are timed from here)."""
+        self._phase, self._t0 = name, time.perf_counter()
+        self._write({"phase": name, "seg": self.segment})
+
+    def phase_end(self, name: str, wall_s: float) -> None:
+        self._write({"phase_end": name, "seg": self.segment, "t": round(wall_s, 3)})
+        self._phase = None
+
+    def prior_s(self, phase: str) -> float:
+        """Seconds the killed segments spent in ``phase`` (up to their last journaled answer)."""
+        return self._prior.get(phase, 0.0)
+
+    def take(self, key: str) -> tuple[int, str, str] | None:
+        """The next journaled answer to this request, or None (then it goes to the model)."""
+        with self._lock:
+            q = self._answers.get(key)
+            if not q:
+                return None
+            self.replayed += 1
+            return q.popleft()
+
+    def put(self, key: str, status: int, ctype: str, data: str) -> None:
+        self._write({"k": key, "s": status, "ct": ctype, "d": data, "seg": self.segment, "ph": self._phase,
+                     "t": round(time.perf_counter() - self._t0, 3)})
+
+    def summary(self) -> dict[str, Any] | None:
+        """What a resumed unit's record says about it; None for a unit run in one go."""
+        if not self.segments_before:
+            return None
+        return {"segments": self.segment, "replayed_requests": self.replayed,
+                "prior_compile_s": round(self.prior_s("compile"), 1), "prior_test_s": round(self.prior_s("test"), 1)}
+
+    def close(self, *, delete: bool = False) -> None:
+        with self._lock:
+            self._file.close()
+        if delete:
+            self.path.unlink(missing_ok=True)
+
+
+class JournalLM:
+    """An lmgraph LM that journals its inner LM's answers (for the in-process units)."""
+
+    def __init__(self, inner: Any, journal: Journal) -> None:
+        from lmgraph.cache.keys import KeyMaker
+
+        self.inner = inner
+        self.journal = journal
+        self._key = KeyMaker()
+
+    def identity(self) -> dict[str, Any]:
+        return self.inner.identity()
+
+    def __getattr__(self, name: str) -> Any:  # preferred_format and the like
+        return getattr(self.inner, name)
+
+    async def complete(self, request: Any) -> Any:
+        from lmgraph.lm.base import LMResponse
+
+        key = self._key(self.inner.identity(), request)
+        hit = self.journal.take(key)
+        if hit is not None:
+            return LMResponse.from_dict(json.loads(hit[2]))
+        resp = await self.inner.complete(request)
+        self.journal.put(key, 200, "application/json", json.dumps(resp.to_dict(), ensure_ascii=False))
+        return resp
+
+
 # --------------------------------------------------------------------------- counting proxy
 
 class CountingProxy:
@@ -73,6 +212,7 @@ class CountingProxy:
             self._free.put(u)
         self._lock = threading.Lock()
         self.counts = {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0, "errors": 0}
+        self.journal: Journal | None = None  # the running unit's (answers replayed and recorded)
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -111,6 +251,14 @@ class CountingProxy:
 
     def forward(self, method: str, path: str, body: bytes | None,
                 ctype: str | None) -> tuple[int, list[tuple[str, str]], bytes]:
+        journal = self.journal if method == "POST" else None
+        key = Journal.key(method, path, body) if journal is not None else ""
+        hit = journal.take(key) if journal is not None else None
+        if hit is not None:
+            status, rtype, text = hit
+            data = text.encode("utf-8")
+            self._count(status, data)
+            return status, [("Content-Type", rtype)], data
         upstream = self._free.get()
         try:
             u = urllib.parse.urlsplit(upstream)
@@ -125,17 +273,28 @@ class CountingProxy:
         finally:
             self._free.put(upstream)
         if method == "POST":
-            usage: dict[str, Any] = {}
-            try:
-                usage = json.loads(data).get("usage") or {}
-            except (ValueError, AttributeError):
-                pass
-            with self._lock:
-                self.counts["requests"] += 1
-                self.counts["errors"] += int(status >= 400)
-                self.counts["prompt_tokens"] += int(usage.get("prompt_tokens") or 0)
-                self.counts["completion_tokens"] += int(usage.get("completion_tokens") or 0)
+            self._count(status, data)
+            if journal is not None and status == 200:
+                try:
+                    text = data.decode("utf-8")
+                except UnicodeDecodeError:
+                    pass  # not journaled: asked again on a resume
+                else:
+                    rtype = next((v for k, v in headers if k.lower() == "content-type"), "application/json")
+                    journal.put(key, status, rtype, text)
         return status, headers, data
+
+    def _count(self, status: int, data: bytes) -> None:
+        usage: dict[str, Any] = {}
+        try:
+            usage = json.loads(data).get("usage") or {}
+        except (ValueError, AttributeError):
+            pass
+        with self._lock:
+            self.counts["requests"] += 1
+            self.counts["errors"] += int(status >= 400)
+            self.counts["prompt_tokens"] += int(usage.get("prompt_tokens") or 0)
+            self.counts["completion_tokens"] += int(usage.get("completion_tokens") or 0)
 
     def snapshot(self) -> dict[str, int]:
         with self._lock:
@@ -241,8 +400,21 @@ def _lmgraph_optimizer(system: System, task: Task, seed: int) -> Any:
     raise ValueError(f"unknown lmgraph optimizer {system.optimizer!r}")
 
 
+def _timed(journal: Journal | None, phase: str, fn: Callable[[], Any]) -> tuple[Any, float]:
+    """Run one phase of a unit: (its result, its wall time including killed segments' time)."""
+    if journal is not None:
+        journal.phase(phase)
+    t0 = time.perf_counter()
+    result = fn()
+    wall = time.perf_counter() - t0
+    if journal is not None:
+        journal.phase_end(phase, wall)
+        wall += journal.prior_s(phase)
+    return result, wall
+
+
 def run_lmgraph(system: System, task: Task, data: tuple[list, list, list], *, seed: int, lm: Any,
-                proxy: CountingProxy | None, budget_calls: int) -> dict[str, Any]:
+                proxy: CountingProxy | None, budget_calls: int, journal: Journal | None = None) -> dict[str, Any]:
     import lmgraph as lg
     from lmgraph.cache import MemoryCache
     from lmgraph.errors import OutputParseError
@@ -260,10 +432,8 @@ def run_lmgraph(system: System, task: Task, data: tuple[list, list, list], *, se
         ctx = lg.RunContext(lm=lm, cache=cache, max_concurrency=2)
         opt = _lmgraph_optimizer(system, task, seed)
         before = proxy.snapshot() if proxy else None
-        t0 = time.perf_counter()
-        program, report = opt.optimize(program, train, metric, valset=val,
-                                       budget=lg.Budget(max_calls=budget_calls), seed=seed, ctx=ctx)
-        wall = time.perf_counter() - t0
+        (program, report), wall = _timed(journal, "compile", lambda: opt.optimize(
+            program, train, metric, valset=val, budget=lg.Budget(max_calls=budget_calls), seed=seed, ctx=ctx))
         served = delta(proxy.snapshot(), before) if proxy else {}
         out["compile"] = {
             "calls": int(report.spent.get("calls", 0)), "tokens": int(report.spent.get("tokens", 0)),
@@ -275,9 +445,7 @@ def run_lmgraph(system: System, task: Task, data: tuple[list, list, list], *, se
         }
     ctx = lg.RunContext(lm=lm, cache=cache, max_concurrency=2)
     before = proxy.snapshot() if proxy else None
-    t0 = time.perf_counter()
-    res = evaluate_sync(program, test, metric, ctx=ctx, concurrency=2)
-    wall = time.perf_counter() - t0
+    res, wall = _timed(journal, "test", lambda: evaluate_sync(program, test, metric, ctx=ctx, concurrency=2))
     preds, scores = [], {m: [] for m in task.metrics}
     parse_fail = errors = 0
     for row, r in zip(test, res.results):
@@ -370,7 +538,7 @@ def _dspy_optimizer(system: System, metric: Callable, base_url: str, seed: int) 
 
 
 def run_dspy(system: System, task: Task, data: tuple[list, list, list], *, seed: int, base_url: str,
-             proxy: CountingProxy, counter: DSPyCounter) -> dict[str, Any]:
+             proxy: CountingProxy, counter: DSPyCounter, journal: Journal | None = None) -> dict[str, Any]:
     import dspy
     from dspy.utils.exceptions import AdapterParseError
 
@@ -392,9 +560,8 @@ def run_dspy(system: System, task: Task, data: tuple[list, list, list], *, seed:
         compile_fn = _dspy_optimizer(system, metric, base_url, seed)
         before, cbefore = proxy.snapshot(), counter.snapshot()
         random.seed(seed)
-        t0 = time.perf_counter()
-        program = compile_fn(program, [to_ex(r) for r in train], [to_ex(r) for r in val])
-        wall = time.perf_counter() - t0
+        program, wall = _timed(journal, "compile",
+                               lambda: compile_fn(program, [to_ex(r) for r in train], [to_ex(r) for r in val]))
         served, calls = delta(proxy.snapshot(), before), delta(counter.snapshot(), cbefore)
         out["compile"] = {"calls": calls["calls"], "cache_hits": calls["cache_hits"],
                           "requests": served["requests"],
@@ -412,11 +579,12 @@ def run_dspy(system: System, task: Task, data: tuple[list, list, list], *, seed:
         except Exception as exc:  # recorded, never crashes the batch
             return None, f"{type(exc).__name__}: {exc}"[:300]
 
+    def run_test() -> list[tuple[dict[str, Any] | None, str | None]]:
+        with ThreadPoolExecutor(2) as pool:
+            return list(pool.map(one, test))
+
     before = proxy.snapshot()
-    t0 = time.perf_counter()
-    with ThreadPoolExecutor(2) as pool:
-        got = list(pool.map(one, test))
-    wall = time.perf_counter() - t0
+    got, wall = _timed(journal, "test", run_test)
     scores = {m: [task.score(row, pred, m) for row, (pred, _) in zip(test, got)] for m in task.metrics}
     errs = [e for _, e in got if e and e != "parse"]
     out.update(scores=scores, predictions=[None if p is None else str(p[task.output])[:200] for p, _ in got],
@@ -504,6 +672,24 @@ def estimate_unit_s(records: Sequence[dict[str, Any]], task: str, system: System
     return max(guesses) if guesses else None
 
 
+def order_units(todo: Sequence[tuple[Task, System]], records: Sequence[dict[str, Any]], stop_by: float | None,
+                now: Callable[[], float] = time.time) -> Any:
+    """The units in run order. With ``stop_by``, a unit that finished units suggest would not end
+    in the time left goes behind the rest (it still runs if time is left: its journal keeps
+    what it did when the run stops). ``records`` may grow while this is consumed."""
+    deferred = []
+    for task, system in todo:
+        if stop_by is not None:
+            est, left = estimate_unit_s(records, task.name, system), stop_by - now()
+            if est is not None and est > left:
+                print(f"[suite] {task.name} / {system.name}: deferred (about {est / 60:.0f} min; "
+                      f"{left / 60:.0f} min left before --stop-by)", flush=True)
+                deferred.append((task, system))
+                continue
+        yield task, system
+    yield from deferred
+
+
 def parse_stop_by(text: str, now: float | None = None) -> float:
     """``HH:MM`` (the next such local time) or an ISO date-time -> a Unix time."""
     now = time.time() if now is None else now
@@ -533,6 +719,30 @@ def run_command(argv: Sequence[str]) -> str:
         elif a != "--report-only" and not a.startswith(("--date=", "--stop-by=")):
             kept.append(a)
     return " ".join(["bash benchmarks/run.sh", *kept])
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
+
+
+def _stop_at(when: float, servers: Sequence[Any], grace_s: float = 90.0) -> threading.Thread:
+    """At ``when``, end the run as a kill would (SIGTERM: servers stopped, the unit in progress
+    keeps its journal); if it has not ended ``grace_s`` later, stop the servers and exit."""
+    def watch() -> None:
+        time.sleep(max(0.0, when - time.time()))
+        print("[suite] --stop-by reached: stopping; the unit in progress resumes on the next run", flush=True)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(grace_s)
+        for s in servers:
+            try:
+                s.stop()
+            except Exception:  # noqa: BLE001 - exiting anyway
+                pass
+        os._exit(128 + signal.SIGTERM)
+
+    t = threading.Thread(target=watch, name="stop-by", daemon=True)
+    t.start()
+    return t
 
 
 def start_servers(n: int, threads: int, n_ctx: int) -> list[Any]:
@@ -565,9 +775,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--retry-failed", action="store_true",
                     help="run again the units whose last run failed with an exception (by default a "
                          "recorded failure is final and shows as FAILED in the results)")
-    ap.add_argument("--stop-by", help="HH:MM or ISO date-time: start no unit that finished units suggest "
-                                       "would end after it (e.g. the end of a machine session: a killed "
-                                       "unit restarts from scratch); stop starting units once it passes")
+    ap.add_argument("--stop-by", help="HH:MM or ISO date-time (e.g. the end of a machine session): stop "
+                                       "then, the unit in progress keeps its journal and resumes on the next "
+                                       "run; units that finished units suggest would not end by then go last")
     ap.add_argument("--report-only", action="store_true",
                     help="write the results files from the saved progress without running anything "
                          "(e.g. the finished part of an interrupted full run)")
@@ -593,6 +803,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if override:
         mode = f"{mode}-sizes{override.train}x{override.val}x{override.test}"
     state = RunState(WORK / f"{mode}-s{args.seed}" / "records.jsonl", args.fresh)
+    journals = state.path.parent / "journal"
+    if args.fresh and journals.exists():
+        for f in journals.glob("*.jsonl"):
+            f.unlink()
     t_start = time.perf_counter()
 
     # Load every split first: a missing dataset fails here, before minutes of other work.
@@ -640,18 +854,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         counter = None
         inproc_lm = None
         stop_by = parse_stop_by(args.stop_by) if args.stop_by else None
-        for task, system in todo:
-            if stop_by is not None:
-                left = stop_by - time.time()
-                est = estimate_unit_s(state.records, task.name, system)
-                if left <= 0:
-                    print(f"[suite] --stop-by reached: {task.name} / {system.name} and the rest wait for the "
-                          "next run", flush=True)
-                    break
-                if est is not None and est > left:
-                    print(f"[suite] {task.name} / {system.name}: skipped for now (about {est / 60:.0f} min; "
-                          f"{left / 60:.0f} min left before --stop-by)", flush=True)
-                    continue
+        if stop_by is not None:
+            _stop_at(stop_by, servers)
+        for task, system in order_units(todo, state.records, stop_by):
             sizes = override or (task.quick if args.quick else task.full)
             train, val, test = splits[task.name]
             # Labels also under the predicted field's name, so labelled demos (both frameworks)
@@ -660,34 +865,51 @@ def main(argv: Sequence[str] | None = None) -> int:
             data = (train, val, test)
             data_sizes = {"train": len(data[0]), "val": len(data[1]), "test": len(data[2])}
             budget = 8 * (sizes.train + sizes.val) * (2 if task.name == "gsm8k" else 1)
-            print(f"[suite] {task.name} / {system.name} ...", flush=True)
+            jpath = journals / f"{_slug(task.name)}__{_slug(system.name)}.jsonl"
+            if state.done(task.name, system.name) and jpath.exists():
+                jpath.unlink()  # --redo of a finished unit (left by a kill after its record was written)
+            journal = Journal(jpath)
+            resumed = (f" (resuming: {journal.journaled} journaled answers from {journal.segments_before} "
+                       "earlier run(s))" if journal.segments_before else "")
+            print(f"[suite] {task.name} / {system.name} ...{resumed}", flush=True)
             t0 = time.perf_counter()
             try:
+                if proxy is not None:
+                    proxy.journal = journal
                 if system.framework == "dspy":
                     if counter is None:
                         counter = DSPyCounter()
                     raw = run_dspy(system, task, data, seed=args.seed, base_url=proxy.base_url, proxy=proxy,
-                                   counter=counter)
+                                   counter=counter, journal=journal)
                 elif system.framework == "lmgraph":
                     from lmgraph.lm.litellm import openai_compatible
 
                     lm = openai_compatible(proxy.base_url, "local", json_mode="json_object", timeout=600)
-                    raw = run_lmgraph(system, task, data, seed=args.seed, lm=lm, proxy=proxy, budget_calls=budget)
+                    raw = run_lmgraph(system, task, data, seed=args.seed, lm=lm, proxy=proxy, budget_calls=budget,
+                                      journal=journal)
                 else:
                     if inproc_lm is None:
                         from lmgraph.lm.llamacpp import LlamaCppLM
 
                         inproc_lm = LlamaCppLM(n_ctx=4096, n_threads=args.threads * max(1, args.servers))
-                    raw = run_lmgraph(system, task, data, seed=args.seed, lm=inproc_lm, proxy=None,
-                                      budget_calls=budget)
+                    raw = run_lmgraph(system, task, data, seed=args.seed, lm=JournalLM(inproc_lm, journal),
+                                      proxy=None, budget_calls=budget, journal=journal)
                 rec = summarise(task, system, raw, data_sizes)
             except Exception as exc:  # a system that fails is recorded, the suite goes on
                 rec = {"task": task.name, "system": system.name, "framework": system.framework,
                        "optimizer": system.optimizer, "variant": system.variant, "main": task.main,
                        "failed": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()[-2000:]}
-            rec["unit_wall_s"] = round(time.perf_counter() - t0, 1)
+            finally:
+                if proxy is not None:
+                    proxy.journal = None
+            unit_wall = time.perf_counter() - t0
+            if journal.summary() is not None:  # a resumed unit: its killed runs' time counts too
+                rec["resumed"] = journal.summary()
+                unit_wall += journal.prior_s("compile") + journal.prior_s("test")
+            rec["unit_wall_s"] = round(unit_wall, 1)
             rec["lmgraph_commit"] = commit
             state.add(rec)
+            journal.close(delete=True)  # the record holds what it was for
             if "failed" in rec:
                 print(f"[suite]   FAILED: {rec['failed']}", flush=True)
             else:

@@ -217,3 +217,139 @@ def test_the_published_command_keeps_what_shapes_results_only():
     assert suite.run_command(["--report-only", "--date", "2026-11-24", "--stop-by=01:40"]) == "bash benchmarks/run.sh"
     assert suite.run_command(["--quick", "--stop-by", "01:40", "--tasks", "trec"]) == \
         "bash benchmarks/run.sh --quick --tasks trec"
+
+
+@pytest.fixture()
+def counting_upstream():
+    """An upstream whose answers number themselves: a replayed answer is told apart from a new one."""
+    seen = []
+
+    class H(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *a):
+            pass
+
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            seen.append(body)
+            status = 400 if body.get("bad") else 200
+            data = json.dumps({"choices": [{"text": f"answer {len(seen)}"}],
+                               "usage": {"prompt_tokens": 10 * len(seen), "completion_tokens": 1}}).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), H)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{srv.server_address[1]}", seen
+    srv.shutdown()
+    srv.server_close()
+
+
+def _journaled_run(proxy, path, payloads):
+    """One run (segment) of a unit through the proxy; returns (answers, counted delta, journal)."""
+    journal = suite.Journal(path)
+    proxy.journal = journal
+    before = proxy.snapshot()
+    journal.phase("compile")
+    got = [_post(proxy.base_url + "/chat/completions", p) for p in payloads]
+    proxy.journal = None
+    return [(s, b["choices"][0]["text"]) for s, b in got], suite.delta(proxy.snapshot(), before), journal
+
+
+def test_a_killed_unit_resumes_from_its_journal_with_the_counts_of_one_uninterrupted_run(counting_upstream, tmp_path):
+    url, seen = counting_upstream
+    path = tmp_path / "journal" / "trec__dspy.jsonl"
+    proxy = suite.CountingProxy([url])
+    try:
+        # run 1 is killed after three requests (two of them identical, as a sampling optimizer may send)
+        first, d1, j1 = _journaled_run(proxy, path, [{"q": 1}, {"q": 1}, {"q": 2}, {"bad": True}])
+        j1.close()  # a kill: the file stays
+        assert first == [(200, "answer 1"), (200, "answer 2"), (200, "answer 3"), (400, "answer 4")]
+        with path.open("a") as f:
+            f.write('{"k": "torn')  # killed mid-write
+        # run 2 asks the same requests again, then goes on: only what was not answered reaches the model
+        second, d2, j2 = _journaled_run(proxy, path, [{"q": 1}, {"q": 1}, {"q": 2}, {"bad": True}, {"q": 1}])
+        assert second == [(200, "answer 1"), (200, "answer 2"), (200, "answer 3"), (400, "answer 5"),
+                          (200, "answer 6")]
+        assert seen[4:] == [{"bad": True}, {"q": 1}]  # errors are not journaled: asked again
+        assert j2.replayed == 3 and j2.journaled == 3
+        # counted as if every request had reached the model, tokens included
+        assert d2["requests"] == 5 and d2["prompt_tokens"] == 10 + 20 + 30 + 50 + 60 and d2["errors"] == 1
+        assert d1["requests"] == 4
+        assert j2.summary()["segments"] == 2 and j2.summary()["replayed_requests"] == 3
+        j2.close(delete=True)
+        assert not path.exists()
+    finally:
+        proxy.close()
+
+
+def test_journal_credits_the_killed_runs_time_per_phase(tmp_path):
+    path = tmp_path / "u.jsonl"
+    j1 = suite.Journal(path)
+    assert j1.summary() is None and j1.prior_s("compile") == 0.0
+    _, wall = suite._timed(j1, "compile", lambda: None)  # run 1 finishes compiling ...
+    j1._write({"phase_end": "compile", "seg": 1, "t": 120.0})  # (as if it had taken 120 s)
+    j1.phase("test")
+    j1.put("k1", 200, "application/json", "{}")
+    j1._write({"k": "k2", "s": 200, "ct": "application/json", "d": "{}", "seg": 1, "ph": "test", "t": 30.0})
+    j1.close()  # ... and is killed 30 s into the test set
+    j2 = suite.Journal(path)
+    assert j2.prior_s("compile") == 120.0 and j2.prior_s("test") == 30.0
+    result, wall = suite._timed(j2, "compile", lambda: "compiled")
+    assert result == "compiled" and 120.0 <= wall < 121.0  # this run's (replayed) compile plus run 1's
+    j2.close()
+    j3 = suite.Journal(path)  # killed again: both earlier runs count
+    assert 120.0 <= j3.prior_s("compile") < 121.0  # run 1's 120 s + run 2's (replay-only) compile
+    assert j3.summary()["segments"] == 3
+    j3.close()
+
+
+def test_journal_lm_replays_an_in_process_models_answers(tmp_path):
+    import asyncio
+
+    from lmgraph.lm.base import LMRequest, Message
+    from lmgraph.testing import FunctionLM
+
+    inner = FunctionLM(lambda req: f"reply {len(inner.calls)}")
+    req = LMRequest(messages=(Message(role="user", content="hi"),), max_tokens=8)
+    j = suite.Journal(tmp_path / "inproc.jsonl")
+    r1 = asyncio.run(suite.JournalLM(inner, j).complete(req))
+    j.close()
+    j2 = suite.Journal(tmp_path / "inproc.jsonl")
+    lm2 = suite.JournalLM(inner, j2)
+    assert lm2.identity() == inner.identity()
+    r2 = asyncio.run(lm2.complete(req))
+    assert r2.text == r1.text and r2.usage == r1.usage and len(inner.calls) == 1 and not r2.cached
+    r3 = asyncio.run(lm2.complete(req))  # beyond the journal: the model answers
+    assert len(inner.calls) == 2 and r3.text != r1.text
+    j2.close()
+
+
+def test_units_that_would_not_end_by_stop_by_go_last_but_still_run():
+    t = type("T", (), {"name": "banking77"})()
+    mk = lambda n: suite.System(n, "dspy", n, "json")  # noqa: E731
+    todo = [(t, mk("long")), (t, mk("short")), (t, mk("unknown"))]
+    recs = [{"task": "trec", "system": "long", "unit_wall_s": 5000.0},
+            {"task": "trec", "system": "short", "unit_wall_s": 100.0}]
+    order = [s.name for _, s in suite.order_units(todo, recs, stop_by=1000.0, now=lambda: 0.0)]
+    assert order == ["short", "unknown", "long"]
+    assert [s.name for _, s in suite.order_units(todo, recs, stop_by=None)] == ["long", "short", "unknown"]
+
+
+@pytest.mark.parametrize("ignores_sigterm", [False, True])
+def test_stop_by_ends_the_run_then_forces_it(ignores_sigterm, tmp_path):
+    import subprocess
+    import time
+
+    handler = "signal.SIG_IGN" if ignores_sigterm else "lambda s, f: sys.exit(128 + s)"
+    code = (f"import signal, sys, time; sys.path.insert(0, {str(BENCH)!r}); import suite; "
+            f"signal.signal(signal.SIGTERM, {handler}); "
+            "suite._stop_at(time.time() + 0.3, [], grace_s=0.5); time.sleep(30)")
+    t0 = time.time()
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=25)
+    assert proc.returncode == 128 + 15, proc.stderr
+    assert "--stop-by reached" in proc.stdout and time.time() - t0 < 20
