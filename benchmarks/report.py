@@ -66,7 +66,9 @@ def markdown(doc: dict[str, Any]) -> str:
              "Compile calls: logical LM calls while compiling (cache hits included); requests: HTTP requests "
              "that reached the model (cache misses), with their tokens. Test scores: mean [95% bootstrap CI]. "
              "A unit killed at the end of a machine session resumes from its journal of answers (same counts "
-             "as one uninterrupted run); its wall time adds up its runs (\"in N runs\").", ""]
+             "as one uninterrupted run); its wall time adds up its runs (\"in N runs\"). A test request that an "
+             "earlier unit already sent (e.g. the zero-shot program, which every optimizer that accepts nothing "
+             "returns) is answered from that unit's answer and still counted; compile calls are never shared.", ""]
     if doc.get("missing"):
         lines += [f"**Incomplete run**: {len(doc['missing'])} of {len(doc['tasks']) * len(doc['systems'])} "
                   "(task, system) units not run yet (rerun the command to resume): "

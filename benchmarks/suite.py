@@ -106,6 +106,7 @@ class Journal:
         self.segments_before = segments
         self.segment = segments + 1
         self.replayed = 0
+        self.shared = 0  # test answers taken from SharedAnswers in this run
         self._phase: str | None = None
         self._t0 = time.perf_counter()
         self._lock = threading.Lock()
@@ -131,6 +132,10 @@ class Journal:
         """A phase of the unit starts now (answers are timed from here)."""
         self._phase, self._t0 = name, time.perf_counter()
         self._write({"phase": name, "seg": self.segment})
+
+    @property
+    def current_phase(self) -> str | None:
+        return self._phase
 
     def phase_end(self, name: str, wall_s: float) -> None:
         self._write({"phase_end": name, "seg": self.segment, "t": round(wall_s, 3)})
@@ -165,6 +170,42 @@ class Journal:
             self._file.close()
         if delete:
             self.path.unlink(missing_ok=True)
+
+
+class SharedAnswers:
+    """Test-set answers shared between the units of one run.
+
+    Systems that end with the same program (every lmgraph optimizer that accepted nothing
+    evaluates the zero-shot program) send the same test requests, and with greedy decoding on
+    the same server an answer is a function of the request; the proxy answers such a repeat from
+    here and counts it as a request with its tokens. Only the test phase is shared: compile
+    calls, requests and compile wall time are each unit's own. A unit's test wall time then is
+    not a measurement of its own; its record says how many test answers were shared.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._answers: dict[str, tuple[int, str, str]] = {}
+        if path.exists():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                try:
+                    e = json.loads(line)
+                    self._answers[e["k"]] = (e["s"], e["ct"], e["d"])
+                except (ValueError, KeyError):
+                    continue  # a torn last line from a kill
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> tuple[int, str, str] | None:
+        return self._answers.get(key)
+
+    def put(self, key: str, status: int, ctype: str, data: str) -> None:
+        with self._lock:
+            if key in self._answers:
+                return
+            self._answers[key] = (status, ctype, data)
+            with self.path.open("a", encoding="utf-8") as f:
+                f.write(json.dumps({"k": key, "s": status, "ct": ctype, "d": data}, ensure_ascii=False) + "\n")
 
 
 class JournalLM:
@@ -213,6 +254,7 @@ class CountingProxy:
         self._lock = threading.Lock()
         self.counts = {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0, "errors": 0}
         self.journal: Journal | None = None  # the running unit's (answers replayed and recorded)
+        self.shared: SharedAnswers | None = None  # test answers shared between units
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -254,6 +296,11 @@ class CountingProxy:
         journal = self.journal if method == "POST" else None
         key = Journal.key(method, path, body) if journal is not None else ""
         hit = journal.take(key) if journal is not None else None
+        testing = journal is not None and self.shared is not None and journal.current_phase == "test"
+        if hit is None and testing:
+            hit = self.shared.get(key)  # type: ignore[union-attr]
+            if hit is not None:
+                journal.shared += 1  # type: ignore[union-attr]
         if hit is not None:
             status, rtype, text = hit
             data = text.encode("utf-8")
@@ -282,6 +329,8 @@ class CountingProxy:
                 else:
                     rtype = next((v for k, v in headers if k.lower() == "content-type"), "application/json")
                     journal.put(key, status, rtype, text)
+                    if testing:
+                        self.shared.put(key, status, rtype, text)  # type: ignore[union-attr]
         return status, headers, data
 
     def _count(self, status: int, data: bytes) -> None:
@@ -804,9 +853,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         mode = f"{mode}-sizes{override.train}x{override.val}x{override.test}"
     state = RunState(WORK / f"{mode}-s{args.seed}" / "records.jsonl", args.fresh)
     journals = state.path.parent / "journal"
-    if args.fresh and journals.exists():
-        for f in journals.glob("*.jsonl"):
-            f.unlink()
+    if args.fresh:
+        for f in [*journals.glob("*.jsonl"), state.path.parent / "shared-test-answers.jsonl"]:
+            f.unlink(missing_ok=True)
     t_start = time.perf_counter()
 
     # Load every split first: a missing dataset fails here, before minutes of other work.
@@ -849,6 +898,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if any(s.framework in ("lmgraph", "dspy") for _, s in todo):
             servers = start_servers(args.servers, args.threads, n_ctx=4096)
             proxy = CountingProxy([s.url for s in servers])
+            proxy.shared = SharedAnswers(state.path.parent / "shared-test-answers.jsonl")
             print(f"[suite] {len(servers)} llama.cpp server(s) x {args.threads} thread(s) behind {proxy.base_url}",
                   flush=True)
         counter = None
@@ -906,6 +956,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if journal.summary() is not None:  # a resumed unit: its killed runs' time counts too
                 rec["resumed"] = journal.summary()
                 unit_wall += journal.prior_s("compile") + journal.prior_s("test")
+            if journal.shared and "test_eval" in rec:
+                rec["test_eval"]["shared_answers"] = journal.shared
             rec["unit_wall_s"] = round(unit_wall, 1)
             rec["lmgraph_commit"] = commit
             state.add(rec)

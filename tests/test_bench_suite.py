@@ -353,3 +353,33 @@ def test_stop_by_ends_the_run_then_forces_it(ignores_sigterm, tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=25)
     assert proc.returncode == 128 + 15, proc.stderr
     assert "--stop-by reached" in proc.stdout and time.time() - t0 < 20
+
+
+def test_units_share_test_answers_but_never_compile_answers(counting_upstream, tmp_path):
+    url, seen = counting_upstream
+    proxy = suite.CountingProxy([url])
+    proxy.shared = suite.SharedAnswers(tmp_path / "shared.jsonl")
+    try:
+        def unit(name):
+            j = suite.Journal(tmp_path / "journal" / f"{name}.jsonl")
+            proxy.journal = j
+            before = proxy.snapshot()
+            j.phase("compile")
+            c = _post(proxy.base_url + "/chat/completions", {"q": "compile"})[1]["choices"][0]["text"]
+            j.phase("test")
+            t = [_post(proxy.base_url + "/chat/completions", {"q": i})[1]["choices"][0]["text"] for i in (1, 2)]
+            proxy.journal = None
+            j.close(delete=True)
+            return c, t, suite.delta(proxy.snapshot(), before), j.shared
+
+        c1, t1, d1, shared1 = unit("a")
+        c2, t2, d2, shared2 = unit("b")
+        assert (c1, c2) == ("answer 1", "answer 4")  # compile requests always reach the model
+        assert t2 == t1 and shared1 == 0 and shared2 == 2  # the test answers were shared ...
+        assert d2["requests"] == d1["requests"] == 3  # ... and counted all the same
+        assert d2["prompt_tokens"] == 40 + 20 + 30 and len(seen) == 4
+        # the store outlives the process (a later session's units share it too)
+        again = suite.SharedAnswers(tmp_path / "shared.jsonl")
+        assert again.get(suite.Journal.key("POST", "/v1/chat/completions", json.dumps({"q": 1}).encode())) is not None
+    finally:
+        proxy.close()
