@@ -592,6 +592,9 @@ def run_dspy(system: System, task: Task, data: tuple[list, list, list], *, seed:
     from dspy.utils.exceptions import AdapterParseError
 
     train, val, test = data
+    # `import dspy` sets its logger to INFO; failures are counted in the records, and per-example
+    # parse errors from its optimizers would bury the run's log (hundreds of MB over a full run)
+    logging.getLogger("dspy").setLevel(logging.CRITICAL)
     _dspy_fresh_cache()
     lm = _dspy_lm(base_url, task.max_tokens)
     adapter = dspy.JSONAdapter() if system.variant == "json" else dspy.ChatAdapter()
