@@ -34,7 +34,6 @@ import http.client
 import json
 import logging
 import os
-import queue
 import random
 import signal
 import sys
@@ -238,19 +237,42 @@ class JournalLM:
 
 # --------------------------------------------------------------------------- counting proxy
 
+def common_prefix_len(a: bytes, b: bytes) -> int:
+    """Length of the longest common prefix of ``a`` and ``b`` (a binary search of C-speed compares)."""
+    lo, hi = 0, min(len(a), len(b))
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if a[:mid] == b[:mid]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
 class CountingProxy:
     """An HTTP proxy on 127.0.0.1 in front of one or more OpenAI-compatible servers.
 
-    Each request goes to a free upstream (one request per upstream at a time: a llama.cpp
-    server decodes one request at a time anyway), and the proxy counts requests and the
-    ``usage`` tokens of the responses: the framework-neutral count of what reached the model.
+    One request per upstream at a time (a llama.cpp server decodes one request at a time
+    anyway). The proxy counts requests and the ``usage`` tokens of the responses: the
+    framework-neutral count of what reached the model.
+
+    Routing (``affinity_wait_s`` > 0): a llama.cpp server reuses the KV cache of the longest
+    prefix its previous prompt shares with the next one, so a request goes to the upstream
+    whose previous request body shares the longest prefix with it; if that upstream is busy, a
+    free one whose prefix is within ``slack`` bytes of it is taken, else the request waits for
+    it up to ``affinity_wait_s`` seconds (then takes any free one). Without it, a framework that
+    alternates two prompt layouts (DSPy's ChatAdapter and its JSONAdapter fallback) re-reads
+    its whole ~2,000-token prompt on every request. Routing never changes which requests are
+    sent, only where and how fast they are answered.
     """
 
-    def __init__(self, upstreams: Sequence[str]) -> None:
+    def __init__(self, upstreams: Sequence[str], *, affinity_wait_s: float = 0.0, slack: int = 1024) -> None:
         self.upstreams = list(upstreams)
-        self._free: queue.Queue[str] = queue.Queue()
-        for u in self.upstreams:
-            self._free.put(u)
+        self.affinity_wait_s = affinity_wait_s
+        self.slack = slack
+        self._cv = threading.Condition()
+        self._busy = {u: False for u in self.upstreams}
+        self._last = {u: b"" for u in self.upstreams}
         self._lock = threading.Lock()
         self.counts = {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0, "errors": 0}
         self.journal: Journal | None = None  # the running unit's (answers replayed and recorded)
@@ -306,7 +328,7 @@ class CountingProxy:
             data = text.encode("utf-8")
             self._count(status, data)
             return status, [("Content-Type", rtype)], data
-        upstream = self._free.get()
+        upstream = self._acquire(body or b"")
         try:
             u = urllib.parse.urlsplit(upstream)
             conn = http.client.HTTPConnection(u.hostname, u.port, timeout=600)
@@ -318,7 +340,7 @@ class CountingProxy:
             finally:
                 conn.close()
         finally:
-            self._free.put(upstream)
+            self._release(upstream)
         if method == "POST":
             self._count(status, data)
             if journal is not None and status == 200:
@@ -332,6 +354,36 @@ class CountingProxy:
                     if testing:
                         self.shared.put(key, status, rtype, text)  # type: ignore[union-attr]
         return status, headers, data
+
+    def _acquire(self, body: bytes) -> str:
+        """Take an upstream for ``body`` (see the class docstring); it is busy until released."""
+        with self._cv:
+            deadline = time.monotonic() + self.affinity_wait_s
+            while True:
+                free = [u for u in self.upstreams if not self._busy[u]]
+                choice = None
+                if self.affinity_wait_s > 0 and body:
+                    cp = {u: common_prefix_len(self._last[u], body) for u in self.upstreams}
+                    best = max(self.upstreams, key=cp.__getitem__)
+                    near = [u for u in free if cp[u] >= cp[best] - self.slack]
+                    if near:
+                        choice = max(near, key=cp.__getitem__)
+                    elif free and time.monotonic() >= deadline:
+                        choice = max(free, key=cp.__getitem__)
+                elif free:
+                    choice = free[0]
+                if choice is not None:
+                    self._busy[choice] = True
+                    if body:  # what the server's KV cache now holds (a GET leaves it as it was)
+                        self._last[choice] = body
+                    return choice
+                left = deadline - time.monotonic()
+                self._cv.wait(timeout=left if free and left > 0 else None)
+
+    def _release(self, upstream: str) -> None:
+        with self._cv:
+            self._busy[upstream] = False
+            self._cv.notify_all()
 
     def _count(self, status: int, data: bytes) -> None:
         usage: dict[str, Any] = {}
@@ -820,6 +872,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--servers", type=int, default=2, help="llama.cpp server processes (requests are balanced)")
     ap.add_argument("--threads", type=int, default=1, help="threads per server")
+    ap.add_argument("--affinity-wait", type=float, default=5.0,
+                    help="prefix-affinity routing: seconds a request may wait for the server whose KV cache "
+                         "holds the longest prefix of its prompt (0: any free server)")
     ap.add_argument("--no-overhead", action="store_true", help="skip the overhead/scheduling part")
     ap.add_argument("--fresh", action="store_true", help="discard this mode's saved progress")
     ap.add_argument("--redo", help="comma-separated substrings: run the matching systems again even where "
@@ -900,7 +955,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if any(s.framework in ("lmgraph", "dspy") for _, s in todo):
             servers = start_servers(args.servers, args.threads, n_ctx=4096)
-            proxy = CountingProxy([s.url for s in servers])
+            proxy = CountingProxy([s.url for s in servers], affinity_wait_s=args.affinity_wait)
             proxy.shared = SharedAnswers(state.path.parent / "shared-test-answers.jsonl")
             print(f"[suite] {len(servers)} llama.cpp server(s) x {args.threads} thread(s) behind {proxy.base_url}",
                   flush=True)
@@ -963,6 +1018,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 rec["test_eval"]["shared_answers"] = journal.shared
             rec["unit_wall_s"] = round(unit_wall, 1)
             rec["lmgraph_commit"] = commit
+            if proxy is not None and system.framework != "lmgraph-inprocess":
+                rec["affinity_wait_s"] = args.affinity_wait
             state.add(rec)
             journal.close(delete=True)  # the record holds what it was for
             if "failed" in rec:

@@ -383,3 +383,60 @@ def test_units_share_test_answers_but_never_compile_answers(counting_upstream, t
         assert again.get(suite.Journal.key("POST", "/v1/chat/completions", json.dumps({"q": 1}).encode())) is not None
     finally:
         proxy.close()
+
+
+def test_common_prefix_len():
+    assert suite.common_prefix_len(b"", b"abc") == 0
+    assert suite.common_prefix_len(b"abcdef", b"abcxyz") == 3
+    assert suite.common_prefix_len(b"abc", b"abc") == 3 and suite.common_prefix_len(b"ab", b"abc") == 2
+    a = bytes(range(256)) * 40
+    assert suite.common_prefix_len(a, a[:5000] + b"!" + a[5001:]) == 5000
+
+
+def test_prefix_affinity_routes_to_the_server_holding_the_prompt_prefix():
+    import time
+
+    proxy = suite.CountingProxy(["s1", "s2"], affinity_wait_s=2.0, slack=4)
+    chat, js = b"SYSTEM chat layout " * 10, b"SYSTEM json layout " * 10
+    try:
+        a = proxy._acquire(chat + b"row 1")
+        b = proxy._acquire(js + b"row 1")
+        assert {a, b} == {"s1", "s2"}
+        proxy._release(a)
+        proxy._release(b)
+        # the next chat request goes where the chat prompt was, even though both are free
+        assert proxy._acquire(chat + b"row 2") == a
+        proxy._release(a)
+        # the chat server is busy: a chat request waits for it rather than re-read the prompt elsewhere
+        assert proxy._acquire(chat + b"row 3") == a
+        got = []
+        t = threading.Thread(target=lambda: got.append(proxy._acquire(chat + b"row 4")))
+        t.start()
+        time.sleep(0.3)
+        assert got == []  # waiting, although s2 is free
+        proxy._release(a)
+        t.join(2)
+        assert got == [a]
+        # ... but not forever: after affinity_wait_s it takes the free server
+        t0 = time.monotonic()
+        assert proxy._acquire(chat + b"row 5") == b and time.monotonic() - t0 >= 1.9
+        proxy._release(a)
+        proxy._release(b)
+        # prefixes within the slack: any free server, no waiting
+        same = suite.CountingProxy(["s1", "s2"], affinity_wait_s=30.0, slack=1024)
+        x = same._acquire(chat + b"row 1")
+        t0 = time.monotonic()
+        y = same._acquire(chat + b"row 2")
+        assert x != y and time.monotonic() - t0 < 1.0
+        same.close()
+    finally:
+        proxy.close()
+
+
+def test_without_affinity_any_free_server_is_taken():
+    proxy = suite.CountingProxy(["s1", "s2"])
+    try:
+        first = proxy._acquire(b"x" * 100)
+        assert proxy._acquire(b"x" * 100) != first  # never waits for the busy one
+    finally:
+        proxy.close()
