@@ -69,6 +69,13 @@ def markdown(doc: dict[str, Any]) -> str:
              "as one uninterrupted run); its wall time adds up its runs (\"in N runs\"). A test request that an "
              "earlier unit already sent (e.g. the zero-shot program, which every optimizer that accepts nothing "
              "returns) is answered from that unit's answer and still counted; compile calls are never shared.", ""]
+    routed = [r for r in doc["records"] if r.get("affinity_wait_s")]
+    if routed:
+        lines += [f"Routing: {len(routed)} of {len(doc['records'])} units ran with prefix-affinity routing (a "
+                  "request waits up to a few seconds for the server whose KV cache holds its prompt's prefix; "
+                  "`affinity_wait_s` in their records), the others on any free server: routing changes how fast "
+                  "requests are answered, not which are sent, so compile wall times of the two groups are not "
+                  "comparable while calls, requests, tokens and scores are.", ""]
     if doc.get("missing"):
         lines += [f"**Incomplete run**: {len(doc['missing'])} of {len(doc['tasks']) * len(doc['systems'])} "
                   "(task, system) units not run yet (rerun the command to resume): "
