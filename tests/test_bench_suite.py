@@ -21,8 +21,9 @@ import report  # noqa: E402
 import suite  # noqa: E402
 
 
-@pytest.fixture()
-def upstream():
+def _fake_upstream(answer):
+    """A stdlib OpenAI-style upstream on 127.0.0.1: ``answer(n, body)`` -> (text, prompt_tokens,
+    completion_tokens) for the n-th request; a body with ``"bad"`` gets status 400."""
     seen = []
 
     class H(BaseHTTPRequestHandler):
@@ -34,19 +35,24 @@ def upstream():
         def do_POST(self):
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             seen.append((self.path, body))
-            status = 400 if body.get("bad") else 200
-            data = json.dumps({"choices": [{"text": "ok"}],
-                               "usage": {"prompt_tokens": 7, "completion_tokens": 3}}).encode()
-            self.send_response(status)
+            text, prompt_tokens, completion_tokens = answer(len(seen), body)
+            data = json.dumps({"choices": [{"text": text}],
+                               "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens}}).encode()
+            self.send_response(400 if body.get("bad") else 200)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)
 
     srv = ThreadingHTTPServer(("127.0.0.1", 0), H)
-    t = threading.Thread(target=srv.serve_forever, daemon=True)
-    t.start()
-    yield f"http://127.0.0.1:{srv.server_address[1]}", seen
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    return srv, f"http://127.0.0.1:{srv.server_address[1]}", seen
+
+
+@pytest.fixture()
+def upstream():
+    srv, url, seen = _fake_upstream(lambda n, body: ("ok", 7, 3))
+    yield url, seen
     srv.shutdown()
     srv.server_close()
 
@@ -222,29 +228,8 @@ def test_the_published_command_keeps_what_shapes_results_only():
 @pytest.fixture()
 def counting_upstream():
     """An upstream whose answers number themselves: a replayed answer is told apart from a new one."""
-    seen = []
-
-    class H(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, *a):
-            pass
-
-        def do_POST(self):
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            seen.append(body)
-            status = 400 if body.get("bad") else 200
-            data = json.dumps({"choices": [{"text": f"answer {len(seen)}"}],
-                               "usage": {"prompt_tokens": 10 * len(seen), "completion_tokens": 1}}).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), H)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{srv.server_address[1]}", seen
+    srv, url, seen = _fake_upstream(lambda n, body: (f"answer {n}", 10 * n, 1))
+    yield url, seen
     srv.shutdown()
     srv.server_close()
 
@@ -275,7 +260,7 @@ def test_a_killed_unit_resumes_from_its_journal_with_the_counts_of_one_uninterru
         second, d2, j2 = _journaled_run(proxy, path, [{"q": 1}, {"q": 1}, {"q": 2}, {"bad": True}, {"q": 1}])
         assert second == [(200, "answer 1"), (200, "answer 2"), (200, "answer 3"), (400, "answer 5"),
                           (200, "answer 6")]
-        assert seen[4:] == [{"bad": True}, {"q": 1}]  # errors are not journaled: asked again
+        assert [body for _, body in seen[4:]] == [{"bad": True}, {"q": 1}]  # errors are not journaled: asked again
         assert j2.replayed == 3 and j2.journaled == 3
         # counted as if every request had reached the model, tokens included
         assert d2["requests"] == 5 and d2["prompt_tokens"] == 10 + 20 + 30 + 50 + 60 and d2["errors"] == 1
