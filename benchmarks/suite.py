@@ -758,13 +758,19 @@ def estimate_unit_s(records: Sequence[dict[str, Any]], task: str, system: System
     guess, or None when the system has not finished anywhere yet."""
     wall = {(r["task"], r["system"]): r["unit_wall_s"] for r in records
             if "failed" not in r and r.get("unit_wall_s")}
-    zero = {"lmgraph": "lmgraph zero-shot", "lmgraph-inprocess": "lmgraph zero-shot (in-process)",
-            "dspy": f"DSPy zero-shot [{system.variant}]"}.get(system.framework)
+    # zero-shot units whose test answers were shared with an earlier unit did not decode: no scale
+    timed = {(r["task"], r["system"]) for r in records if not (r.get("test_eval") or {}).get("shared_answers")}
+    zeros = {"lmgraph": ["lmgraph zero-shot"], "lmgraph-inprocess": ["lmgraph zero-shot (in-process)"],
+             "dspy": [f"DSPy zero-shot [{v}]" for v in (system.variant, "chat", "json")]}.get(system.framework, [])
     guesses = []
     for (t, name), w in wall.items():
         if name != system.name or t == task:
             continue
-        here, there = wall.get((task, zero)), wall.get((t, zero))
+        here = there = None
+        for zero in zeros:  # the framework's own zero-shot here and there, timed on both tasks
+            if (task, zero) in timed and (t, zero) in timed:
+                here, there = wall.get((task, zero)), wall.get((t, zero))
+                break
         guesses.append(w * here / there if here and there else w)
     if not guesses and system.variant:
         # not finished anywhere yet: the same optimizer with the framework's other variant(s)

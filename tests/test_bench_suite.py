@@ -208,6 +208,18 @@ def test_unit_duration_estimate_scales_by_the_frameworks_zero_shot_time():
     assert suite.estimate_unit_s([*recs, mipro_chat], "trec", mipro_json) == 2300.0
 
 
+def test_unit_estimate_ignores_a_zero_shot_time_made_of_shared_answers():
+    recs = [{"task": "trec", "system": "DSPy BootstrapFewShot [json]", "unit_wall_s": 200.0},
+            {"task": "trec", "system": "DSPy zero-shot [json]", "unit_wall_s": 100.0},
+            {"task": "trec", "system": "DSPy zero-shot [chat]", "unit_wall_s": 150.0},
+            {"task": "sst2", "system": "DSPy zero-shot [chat]", "unit_wall_s": 450.0},
+            # answered from the [chat] unit's identical fallback requests: 4 s says nothing
+            {"task": "sst2", "system": "DSPy zero-shot [json]", "unit_wall_s": 4.0,
+             "test_eval": {"shared_answers": 150}}]
+    bfs = suite.System("DSPy BootstrapFewShot [json]", "dspy", "BootstrapFewShot", "json")
+    assert suite.estimate_unit_s(recs, "sst2", bfs) == 600.0  # scaled by the [chat] zero-shot: x3
+
+
 def test_stop_by_takes_the_next_clock_time_or_an_iso_datetime():
     import datetime as dt
 
