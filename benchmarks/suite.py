@@ -1017,8 +1017,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if proxy is not None:
                     proxy.journal = None
             unit_wall = time.perf_counter() - t0
-            if journal.summary() is not None:  # a resumed unit: its killed runs' time counts too
-                rec["resumed"] = journal.summary()
+            resumed_from = journal.summary()
+            if resumed_from is not None:  # a resumed unit: its killed runs' time counts too
+                rec["resumed"] = resumed_from
                 unit_wall += journal.prior_s("compile") + journal.prior_s("test")
             if journal.shared and "test_eval" in rec:
                 rec["test_eval"]["shared_answers"] = journal.shared
