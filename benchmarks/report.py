@@ -76,6 +76,11 @@ def markdown(doc: dict[str, Any]) -> str:
                   "`affinity_wait_s` in their records), the others on any free server: routing changes how fast "
                   "requests are answered, not which are sent, so compile wall times of the two groups are not "
                   "comparable while calls, requests, tokens and scores are.", ""]
+        lru = [r for r in routed if r.get("routing")]
+        if lru:
+            lines[-2] += (f" {len(lru)} of them also had the LRU fallback (`routing` in their records, from "
+                          "2026-11-25 04:50 UTC): a request whose prompt layout was evicted everywhere goes to the "
+                          "least recently used free server, which parts DSPy's two alternating adapter layouts.")
     if doc.get("missing"):
         lines += [f"**Incomplete run**: {len(doc['missing'])} of {len(doc['tasks']) * len(doc['systems'])} "
                   "(task, system) units not run yet (rerun the command to resume): "

@@ -237,6 +237,10 @@ class JournalLM:
 
 # --------------------------------------------------------------------------- counting proxy
 
+# How the proxy picks a server (see CountingProxy); records of units routed so carry it.
+ROUTING = "prefix-affinity + LRU fallback"
+
+
 def common_prefix_len(a: bytes, b: bytes) -> int:
     """Length of the longest common prefix of ``a`` and ``b`` (a binary search of C-speed compares)."""
     lo, hi = 0, min(len(a), len(b))
@@ -264,15 +268,27 @@ class CountingProxy:
     alternates two prompt layouts (DSPy's ChatAdapter and its JSONAdapter fallback) re-reads
     its whole ~2,000-token prompt on every request. Routing never changes which requests are
     sent, only where and how fast they are answered.
+
+    Longest prefix alone keeps two alternating layouts on one server once they are there (each
+    shares the layouts' common head with the other's last prompt, and an idle server shares
+    nothing), so every request re-reads from where the layouts part. Hence: when a recent
+    request (the last ``history``) shares more than ``slack`` bytes more with this one than
+    the chosen server's prompt does, this request's own layout was evicted, and it goes to
+    the free server used least recently, where it evicts the coldest prompt rather than the
+    other layout's.
     """
 
-    def __init__(self, upstreams: Sequence[str], *, affinity_wait_s: float = 0.0, slack: int = 1024) -> None:
+    def __init__(self, upstreams: Sequence[str], *, affinity_wait_s: float = 0.0, slack: int = 1024,
+                 history: int = 8) -> None:
         self.upstreams = list(upstreams)
         self.affinity_wait_s = affinity_wait_s
         self.slack = slack
         self._cv = threading.Condition()
         self._busy = {u: False for u in self.upstreams}
         self._last = {u: b"" for u in self.upstreams}
+        self._used = {u: 0 for u in self.upstreams}  # when each was last taken (a sequence number)
+        self._recent: collections.deque[bytes] = collections.deque(maxlen=history)
+        self._tick = 0
         self._lock = threading.Lock()
         self.counts = {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0, "errors": 0}
         self.journal: Journal | None = None  # the running unit's (answers replayed and recorded)
@@ -370,12 +386,19 @@ class CountingProxy:
                         choice = max(near, key=cp.__getitem__)
                     elif free and time.monotonic() >= deadline:
                         choice = max(free, key=cp.__getitem__)
+                    if choice is not None:
+                        seen = max((common_prefix_len(b, body) for b in self._recent), default=0)
+                        if seen > cp[choice] + self.slack:  # its layout was evicted: evict the coldest
+                            choice = min(free, key=self._used.__getitem__)
                 elif free:
                     choice = free[0]
                 if choice is not None:
                     self._busy[choice] = True
+                    self._tick += 1
+                    self._used[choice] = self._tick
                     if body:  # what the server's KV cache now holds (a GET leaves it as it was)
                         self._last[choice] = body
+                        self._recent.append(body)
                     return choice
                 left = deadline - time.monotonic()
                 self._cv.wait(timeout=left if free and left > 0 else None)
@@ -1027,6 +1050,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             rec["lmgraph_commit"] = commit
             if proxy is not None and system.framework != "lmgraph-inprocess":
                 rec["affinity_wait_s"] = args.affinity_wait
+                rec["routing"] = ROUTING
             state.add(rec)
             journal.close(delete=True)  # the record holds what it was for
             if "failed" in rec:

@@ -430,6 +430,35 @@ def test_prefix_affinity_routes_to_the_server_holding_the_prompt_prefix():
         proxy.close()
 
 
+def test_prefix_affinity_separates_two_alternating_layouts():
+    """DSPy's ChatAdapter request, then its JSONAdapter fallback, one example after another:
+    the two layouts share a head; longest-prefix routing alone would keep both on one server
+    (each re-reading everything after the head), the LRU fallback parts them."""
+    head, chat, js = b"H" * 100, b"C" * 100, b"J" * 100
+    proxy = suite.CountingProxy(["s1", "s2"], affinity_wait_s=2.0, slack=16)
+    try:
+        got = []
+        for row in range(1, 5):
+            for layout in (chat, js):
+                u = proxy._acquire(head + layout + b"row %d" % row)
+                got.append(u)
+                proxy._release(u)
+        # the first fallback lands with the chat prompt (nothing better is known), the next chat
+        # request finds its layout evicted and takes the idle server; from then on each stays
+        assert got == ["s1", "s1", "s2", "s1", "s2", "s1", "s2", "s1"]
+        # one layout only: it stays where its prefix is (no spurious moves)
+        one = suite.CountingProxy(["s1", "s2"], affinity_wait_s=2.0, slack=16)
+        seq = []
+        for row in range(4):
+            u = one._acquire(head + chat + b"row %d" % row)
+            seq.append(u)
+            one._release(u)
+        assert seq == ["s1"] * 4
+        one.close()
+    finally:
+        proxy.close()
+
+
 def test_without_affinity_any_free_server_is_taken():
     proxy = suite.CountingProxy(["s1", "s2"])
     try:
