@@ -79,7 +79,7 @@ def markdown(doc: dict[str, Any]) -> str:
         lru = [r for r in routed if r.get("routing")]
         if lru:
             lines[-2] += (f" {len(lru)} of them also had the LRU fallback (`routing` in their records, from "
-                          "2026-11-25 04:50 UTC): a request whose prompt layout was evicted everywhere goes to the "
+                          "2026-11-25 04:30 UTC): a request whose prompt layout was evicted everywhere goes to the "
                           "least recently used free server, which parts DSPy's two alternating adapter layouts.")
     if doc.get("missing"):
         lines += [f"**Incomplete run**: {len(doc['missing'])} of {len(doc['tasks']) * len(doc['systems'])} "
