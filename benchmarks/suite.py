@@ -286,9 +286,8 @@ class CountingProxy:
         self._cv = threading.Condition()
         self._busy = {u: False for u in self.upstreams}
         self._last = {u: b"" for u in self.upstreams}
-        self._used = {u: 0 for u in self.upstreams}  # when each was last taken (a sequence number)
+        self._used = {u: 0.0 for u in self.upstreams}  # when each was last taken (monotonic clock)
         self._recent: collections.deque[bytes] = collections.deque(maxlen=history)
-        self._tick = 0
         self._lock = threading.Lock()
         self.counts = {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0, "errors": 0}
         self.journal: Journal | None = None  # the running unit's (answers replayed and recorded)
@@ -394,8 +393,7 @@ class CountingProxy:
                     choice = free[0]
                 if choice is not None:
                     self._busy[choice] = True
-                    self._tick += 1
-                    self._used[choice] = self._tick
+                    self._used[choice] = time.monotonic()
                     if body:  # what the server's KV cache now holds (a GET leaves it as it was)
                         self._last[choice] = body
                         self._recent.append(body)
@@ -1050,7 +1048,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             rec["lmgraph_commit"] = commit
             if proxy is not None and system.framework != "lmgraph-inprocess":
                 rec["affinity_wait_s"] = args.affinity_wait
-                rec["routing"] = ROUTING
+                if args.affinity_wait > 0:  # with no wait the proxy takes any free server
+                    rec["routing"] = ROUTING
             state.add(rec)
             journal.close(delete=True)  # the record holds what it was for
             if "failed" in rec:
