@@ -10,7 +10,7 @@ import lmgraph as lg
 from lmgraph.errors import DefinitionError
 from lmgraph.evaluation import label_accuracy
 from lmgraph.optimizers import BootstrapFewShot, BootstrapRandomSearch, LabeledFewShot, diff
-from lmgraph.testing import FunctionLM
+from lmgraph.testing import FunctionLM, request_text
 
 from helpers import sentiment_fn, sentiment_program, sentiment_rows
 
@@ -223,3 +223,79 @@ def test_bad_optimizer_settings_and_inputs() -> None:
         BootstrapFewShot().optimize(lg.Pipeline("x"), TRAIN, label_accuracy(), ctx=ctx())  # type: ignore[arg-type]
     with pytest.raises(DefinitionError, match="metric must be callable"):
         BootstrapFewShot().optimize(sentiment_program(), TRAIN, "accuracy", ctx=ctx())  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------- labelled demos beyond one Predict
+
+CAPITALS = {"France": "Paris", "Peru": "Lima", "Kenya": "Nairobi", "Japan": "Tokyo", "Chile": "Santiago",
+            "Egypt": "Cairo", "Spain": "Madrid", "Italy": "Rome", "Ghana": "Accra", "Nepal": "Kathmandu"}
+CORPUS = [f"{city} is the capital of {country}." for country, city in CAPITALS.items()]
+QA_ROWS = [{"question": f"What is the capital of {c}?", "answer": a} for c, a in CAPITALS.items()]
+
+
+def _gold_when_shown_demos(req: lg.LMRequest) -> str:
+    """The answer that the last question's context names, but only when the prompt holds a demo."""
+    text = request_text(req)
+    if text.count("Question:") < 2:
+        return " unknown"
+    country = re.findall(r"capital of (\w+)\?", text)[-1]
+    return " " + CAPITALS[country]
+
+
+def rag_program() -> lg.Program:
+    p = lg.Pipeline("rag")
+    q = p.input("question")
+    docs = p.add(lg.Retrieve(lg.BM25Retriever(CORPUS, name="capitals"), k=1), name="retrieve", query=q)
+    ans = p.add(lg.Predict("context: list[str], question -> answer", format="completion"), name="answer",
+                context=docs.passages, question=q)
+    p.output(answer=ans.answer)
+    return p.build()
+
+
+def test_labeled_fewshot_computes_a_rag_nodes_context_with_the_retriever_and_no_model_call() -> None:
+    lm = FunctionLM(_gold_when_shown_demos)
+    prog = rag_program()
+    train, val = QA_ROWS[:5], QA_ROWS[5:]
+    new, rep = LabeledFewShot(2).optimize(prog, train, label_accuracy("answer", "answer"), valset=val,
+                                          ctx=lg.RunContext(lm=lm, cache=False))
+    assert rep.baseline.mean == 0.0 and rep.best.mean == 1.0
+    demos = new.module("answer").demos
+    assert len(demos) == 2
+    for d in demos:  # each demo shows the passage the node really gets for that question
+        assert set(d) == {"context", "question", "answer"}
+        country = re.findall(r"capital of (\w+)\?", d["question"])[0]
+        assert d["answer"] == CAPITALS[country]
+        assert d["context"] == [f"{CAPITALS[country]} is the capital of {country}."]
+    # only the evaluation asked the model: baseline + one candidate over the validation rows
+    assert len(lm.calls) == 2 * len(val)
+    assert any("computed per row by running retrieve (no model call)" in n for n in rep.notes)
+
+
+def test_labeled_fewshot_skips_inputs_a_model_computes() -> None:
+    p = lg.Pipeline("two_step")
+    q = p.input("question")
+    first = p.add(lg.Predict("question -> query"), name="rewrite", question=q)
+    docs = p.add(lg.Retrieve(CORPUS, k=1), name="retrieve", query=first.query)
+    ans = p.add(lg.Predict("context: list[str], question -> answer"), name="answer", context=docs.passages,
+                question=q)
+    p.output(answer=ans.answer)
+    with pytest.raises(DefinitionError, match="no model call"):
+        LabeledFewShot(2).optimize(p.build(), QA_ROWS[:5], label_accuracy("answer", "answer"),
+                                   valset=QA_ROWS[5:], ctx=lg.RunContext(lm=FunctionLM(lambda r: " x"), cache=False))
+
+
+def test_labeled_fewshot_fills_a_chain_of_thought_node_without_reasoning() -> None:
+    p = lg.Pipeline("cot")
+    n = p.add(lg.ChainOfThought("question -> answer", format="completion"), name="solve",
+              question=p.input("question"))
+    p.output(answer=n.answer)
+
+    def fn(req: lg.LMRequest) -> str:
+        ans = _gold_when_shown_demos(req).strip()
+        return f" I recall it.\nAnswer: {ans}"
+
+    new, rep = LabeledFewShot(3).optimize(p.build(), QA_ROWS[:5], label_accuracy("answer", "answer"),
+                                          valset=QA_ROWS[5:], ctx=lg.RunContext(lm=FunctionLM(fn), cache=False))
+    demos = new.module("solve").demos
+    assert len(demos) == 3 and all(set(d) == {"question", "answer"} for d in demos)
+    assert rep.baseline.mean == 0.0 and rep.best.mean == 1.0

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..errors import DefinitionError
+from ..pipeline.executor import execute_batch
 from ..pipeline.ir import INPUT, Ref
 from ..pipeline.program import Program
 from .base import Optimizer
@@ -39,34 +40,131 @@ def describe_demos(demos: Mapping[str, Sequence[Demo]]) -> dict[str, dict[str, A
     return {n: {"demos": len(d)} for n, d in demos.items()}
 
 
+def _label_sources(program: Program, name: str, exported: Mapping[tuple[str, str], str],
+                   computed: bool) -> dict[str, str | Ref] | None:
+    """Where each demo field of node ``name`` comes from in a labelled row: a row key (an input
+    bound to a pipeline input; an output a program output exports), or -- with ``computed`` -- the
+    output of an upstream node that makes no model call (a retriever's passages), worked out per
+    row. Optional demo fields (ChainOfThought's ``reasoning``) may have no source. None when a
+    required field has none."""
+    node = program.node_map[name]
+    sig = _demo_sig(program, name)
+    optional = set(getattr(program.module(name), "optional_demo_fields", ()))
+    out: dict[str, str | Ref] = {}
+    for f in sig.inputs:
+        b = node.binding(f.name)
+        if isinstance(b, Ref) and b.node == INPUT:
+            out[f.name] = b.field
+        elif isinstance(b, Ref) and computed and _model_free(program, b.node):
+            out[f.name] = b
+        elif f.name not in optional:
+            return None
+    for f in sig.outputs:
+        if (name, f.name) in exported:
+            out[f.name] = exported[(name, f.name)]
+        elif f.name not in optional:
+            return None
+    return out
+
+
+def _model_free(program: Program, name: str) -> bool:
+    """True when node ``name`` and everything upstream of it make no model call (searches, constants)."""
+    seen: set[str] = set()
+    todo = [name]
+    while todo:
+        n = todo.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        if program.module(n).estimated_calls() != 0:
+            return False
+        todo.extend(program.deps[n])
+    return True
+
+
+def _exported(program: Program, label_map: Mapping[str, str]) -> dict[tuple[str, str], str]:
+    return {(r.node, r.field): label_map.get(o, o) for o, r in program.outputs}
+
+
 def labeled_demos(program: Program, rows: Sequence[Mapping[str, Any]], k: int,
                   label_map: Mapping[str, str] | None = None) -> dict[str, list[Demo]]:
-    """Demos straight from labelled rows, for nodes whose every field maps to a row key.
+    """Demos straight from labelled rows, for nodes whose every (required) demo field maps to a row key.
 
     A node input maps when it is bound to a pipeline input; a node output maps when a program
-    output exports it (the row key is the output name, or ``label_map[output name]``).
+    output exports it (the row key is the output name, or ``label_map[output name]``). Optional
+    demo fields (a ChainOfThought's ``reasoning``) are left out: labelled data has none.
     """
-    label_map = dict(label_map or {})
-    exported = {(r.node, r.field): label_map.get(o, o) for o, r in program.outputs}
+    exported = _exported(program, dict(label_map or {}))
     out: dict[str, list[Demo]] = {}
     for name in demo_nodes(program):
-        node = program.node_map[name]
-        sig = _demo_sig(program, name)
-        keys: dict[str, str] = {}
-        for f in sig.inputs:
-            b = node.binding(f.name)
-            if isinstance(b, Ref) and b.node == INPUT:
-                keys[f.name] = b.field
-        for f in sig.outputs:
-            if (name, f.name) in exported:
-                keys[f.name] = exported[(name, f.name)]
-        if len(keys) < len(sig.inputs) + len(sig.outputs):
+        keys = _label_sources(program, name, exported, computed=False)
+        if not keys:
             continue
         demos = [{f: row[key] for f, key in keys.items()} for row in rows
-                 if all(key in row for key in keys.values())]
+                 if all(key in row for key in keys.values())]  # type: ignore[operator]
         if demos:
             out[name] = demos[:k]
     return out
+
+
+async def labeled_demos_computed(program: Program, rows: Sequence[Mapping[str, Any]], k: int,
+                                 label_map: Mapping[str, str] | None, ctx: Any, *,
+                                 concurrency: int = 8) -> tuple[dict[str, list[Demo]], list[str]]:
+    """Like :func:`labeled_demos`, and also for nodes with inputs that model-free upstream nodes
+    compute (a RAG answer node's ``context`` from a Retrieve node): those nodes are run on the
+    labelled rows -- no model call -- so each demo shows what the node really sees.
+
+    Returns (demos per node, notes): rows whose upstream run failed are skipped and counted in a note.
+    """
+    exported = _exported(program, dict(label_map or {}))
+    out: dict[str, list[Demo]] = {}
+    notes: list[str] = []
+    for name in demo_nodes(program):
+        sources = _label_sources(program, name, exported, computed=True)
+        if not sources:
+            continue
+        keyed = {f: s for f, s in sources.items() if isinstance(s, str)}
+        refs = {f: s for f, s in sources.items() if isinstance(s, Ref)}
+        eligible = [row for row in rows if all(key in row for key in keyed.values())]
+        if not refs:
+            demos = [{f: row[key] for f, key in keyed.items()} for row in eligible[:k]]
+        else:
+            sub = _upstream_program(program, list(refs.values()))
+            demos, failed = [], 0
+            for start in range(0, len(eligible), k):  # k rows at a time until k demos (failures skipped)
+                if len(demos) >= k:
+                    break
+                chunk = eligible[start:start + k]
+                results = await execute_batch(sub, chunk, ctx, concurrency=concurrency)
+                for row, res in zip(chunk, results):
+                    if res.error is not None or res.outputs is None:
+                        failed += 1
+                        continue
+                    demo = {f: row[key] for f, key in keyed.items()}
+                    demo.update({f: res.outputs[f"v{i}"] for i, f in enumerate(refs)})
+                    demos.append(demo)
+            if failed:
+                notes.append(f"node {name!r}: {failed} labelled row(s) skipped, their upstream run failed")
+            notes.append(f"node {name!r}: {', '.join(refs)} computed per row by running "
+                         f"{', '.join(sub.order)} (no model call)")
+        if demos:
+            out[name] = demos[:k]
+    return out, notes
+
+
+def _upstream_program(program: Program, refs: Sequence[Ref]) -> Program:
+    """The sub-pipeline that computes ``refs``: their nodes and everything upstream, nothing else."""
+    keep: set[str] = set()
+    todo = [r.node for r in refs]
+    while todo:
+        n = todo.pop()
+        if n not in keep:
+            keep.add(n)
+            todo.extend(program.deps[n])
+    nodes = [n for n in program.nodes if n.name in keep]
+    used = {b.field for n in nodes for _, b in n.refs() if b.node == INPUT}
+    return Program(f"{program.name}_upstream", [s for s in program.inputs if s.name in used], nodes,
+                   [(f"v{i}", r) for i, r in enumerate(refs)])
 
 
 def _dedupe(demos: Sequence[Demo]) -> list[Demo]:
@@ -126,11 +224,15 @@ class LabeledFewShot(Optimizer):
     async def search(self, session: CompileSession) -> None:
         rows = list(session.trainset)
         session.rng.shuffle(rows)
-        demos = labeled_demos(session.incumbent, rows, self.k, self.label_map)
+        demos, notes = await labeled_demos_computed(session.incumbent, rows, self.k, self.label_map,
+                                                    session.ctx, concurrency=session.concurrency)
+        session.report.notes.extend(notes)
         if not demos:
-            raise DefinitionError("no node's fields map onto the training rows",
-                                  fix="export the node's outputs as program outputs named like the row labels, "
-                                      "or pass label_map={output: row_key}.")
+            raise DefinitionError(
+                "no node's fields map onto the training rows",
+                fix="export the node's outputs as program outputs named like the row labels, or pass "
+                    "label_map={output: row_key}; a node input must come from a pipeline input or from "
+                    "upstream nodes that make no model call (a Retrieve).")
         await session.consider(with_demos(session.incumbent, demos), f"{self.k} labelled demos",
                                describe_demos(demos))
 
