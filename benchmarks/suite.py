@@ -821,16 +821,25 @@ def order_units(todo: Sequence[tuple[Task, System]], records: Sequence[dict[str,
     yield from deferred
 
 
+STOP_BY_PAST_S = 3600.0
+
+
 def parse_stop_by(text: str, now: float | None = None) -> float:
-    """``HH:MM`` (the next such local time) or an ISO date-time -> a Unix time."""
+    """``HH:MM`` or an ISO date-time -> a Unix time. ``HH:MM`` is the next such local time, unless
+    it passed within the last hour: then it is that (past) time, reached already -- so that a
+    second command chained after a first with the same ``--stop-by`` stops instead of running
+    until tomorrow."""
     now = time.time() if now is None else now
     try:
         if len(text) <= 5 and ":" in text:
             hh, mm = (int(x) for x in text.split(":"))
             base = _dt.datetime.fromtimestamp(now)
             at = base.replace(hour=hh, minute=mm, second=0, microsecond=0)
-            if at.timestamp() <= now:
-                at += _dt.timedelta(days=1)
+            if at.timestamp() > now:
+                return at.timestamp()
+            if now - at.timestamp() <= STOP_BY_PAST_S:
+                return at.timestamp()
+            at += _dt.timedelta(days=1)
             return at.timestamp()
         return _dt.datetime.fromisoformat(text).timestamp()
     except ValueError:
@@ -949,6 +958,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         splits[task.name] = task.splits(args.seed, override or (task.quick if args.quick else task.full))
 
     overhead = None
+    stop_by = parse_stop_by(args.stop_by) if args.stop_by and not args.report_only else None
+    if stop_by is not None and stop_by <= time.time():
+        print(f"[suite] --stop-by {args.stop_by} has passed already: nothing run (rerun with a later time "
+              "to resume)", flush=True)
+        return 0
     if args.report_only:
         import report as report_mod  # benchmarks/report.py
 
@@ -988,7 +1002,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                   flush=True)
         counter = None
         inproc_lm = None
-        stop_by = parse_stop_by(args.stop_by) if args.stop_by else None
         if stop_by is not None:
             _stop_at(stop_by, servers)
         for task, system in order_units(todo, state.records, stop_by):

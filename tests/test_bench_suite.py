@@ -229,6 +229,19 @@ def test_stop_by_takes_the_next_clock_time_or_an_iso_datetime():
     assert suite.parse_stop_by("2026-11-25T02:00", now) == dt.datetime(2026, 11, 25, 2, 0).timestamp()
     with pytest.raises(SystemExit, match="HH:MM"):
         suite.parse_stop_by("soon", now)
+    # passed within the last hour: reached already (a chained second command stops), not tomorrow
+    assert suite.parse_stop_by("23:10", now) == dt.datetime(2026, 11, 24, 23, 10).timestamp()
+    assert suite.parse_stop_by("22:00", now) == dt.datetime(2026, 11, 25, 22, 0).timestamp()
+
+
+def test_a_passed_stop_by_runs_nothing(tmp_path, monkeypatch, capsys):
+    import datetime as dt
+
+    monkeypatch.setattr(suite, "WORK", tmp_path)
+    past = (dt.datetime.now() - dt.timedelta(minutes=5)).isoformat(timespec="minutes")
+    assert suite.main(["--quick", "--tasks", "trec", "--no-overhead", "--stop-by", past]) == 0
+    assert "has passed already: nothing run" in capsys.readouterr().out
+    assert not (tmp_path / "quick-s0" / "records.jsonl").exists()
 
 
 def test_the_published_command_keeps_what_shapes_results_only():
