@@ -835,11 +835,8 @@ def parse_stop_by(text: str, now: float | None = None) -> float:
             hh, mm = (int(x) for x in text.split(":"))
             base = _dt.datetime.fromtimestamp(now)
             at = base.replace(hour=hh, minute=mm, second=0, microsecond=0)
-            if at.timestamp() > now:
-                return at.timestamp()
-            if now - at.timestamp() <= STOP_BY_PAST_S:
-                return at.timestamp()
-            at += _dt.timedelta(days=1)
+            if at.timestamp() < now - STOP_BY_PAST_S:
+                at += _dt.timedelta(days=1)
             return at.timestamp()
         return _dt.datetime.fromisoformat(text).timestamp()
     except ValueError:

@@ -67,19 +67,21 @@ def _label_sources(program: Program, name: str, exported: Mapping[tuple[str, str
     return out
 
 
-def _model_free(program: Program, name: str) -> bool:
-    """True when node ``name`` and everything upstream of it make no model call (searches, constants)."""
+def _with_upstream(program: Program, names: Sequence[str]) -> set[str]:
+    """``names`` and every node upstream of them."""
     seen: set[str] = set()
-    todo = [name]
+    todo = list(names)
     while todo:
         n = todo.pop()
-        if n in seen:
-            continue
-        seen.add(n)
-        if program.module(n).estimated_calls() != 0:
-            return False
-        todo.extend(program.deps[n])
-    return True
+        if n not in seen:
+            seen.add(n)
+            todo.extend(program.deps[n])
+    return seen
+
+
+def _model_free(program: Program, name: str) -> bool:
+    """True when node ``name`` and everything upstream of it make no model call (searches, constants)."""
+    return all(program.module(n).estimated_calls() == 0 for n in _with_upstream(program, [name]))
 
 
 def _exported(program: Program, label_map: Mapping[str, str]) -> dict[tuple[str, str], str]:
@@ -154,13 +156,7 @@ async def labeled_demos_computed(program: Program, rows: Sequence[Mapping[str, A
 
 def _upstream_program(program: Program, refs: Sequence[Ref]) -> Program:
     """The sub-pipeline that computes ``refs``: their nodes and everything upstream, nothing else."""
-    keep: set[str] = set()
-    todo = [r.node for r in refs]
-    while todo:
-        n = todo.pop()
-        if n not in keep:
-            keep.add(n)
-            todo.extend(program.deps[n])
+    keep = _with_upstream(program, [r.node for r in refs])
     nodes = [n for n in program.nodes if n.name in keep]
     used = {b.field for n in nodes for _, b in n.refs() if b.node == INPUT}
     return Program(f"{program.name}_upstream", [s for s in program.inputs if s.name in used], nodes,
