@@ -204,6 +204,48 @@ def test_parse_errors_name_the_field(fmt, sig, text, field, needle):
     assert ei.value.raw == text
 
 
+def test_chat_unlabelled_lead_is_the_free_text_first_field():
+    chat = get_format("chat")
+    # a chat model that starts reasoning straight away, then labels the answer
+    assert chat.parse(QA, "Ten minus three.\nSo seven.\nAnswer: 7") == {"reasoning": "Ten minus three.\nSo seven.",
+                                                                       "answer": 7}
+    # a labelled first field wins over any preamble
+    assert chat.parse(QA, "Sure.\nReasoning: r\nAnswer: 7") == {"reasoning": "r", "answer": 7}
+    # only a free-text first field stands for unlabelled text
+    sig = Signature.parse("q -> n: int, note")
+    with pytest.raises(OutputParseError) as ei:
+        chat.parse(sig, "5\nNote: easy")
+    assert ei.value.field == "n"
+
+
+def test_chat_continuation_keeps_the_written_fields_and_asks_for_the_rest():
+    chat = get_format("chat")
+    req = chat.render(QA, "x", [], INPUTS, max_tokens=100)
+    text = "Ten minus three is seven, as 3 + 7 = 10."  # no labels, no answer
+    with pytest.raises(OutputParseError, match="missing 'Answer:'"):
+        chat.parse(QA, text)
+    follow, prefix = chat.continuation(req, text, QA)
+    assert [m.role for m in follow.messages][-2:] == ["assistant", "user"] and follow.messages[-2].content == text
+    assert '"answer"' in follow.messages[-1].content and '"reasoning"' not in follow.messages[-1].content
+    assert set(follow.json_schema["properties"]) == {"answer"} and follow.max_tokens == 112
+    assert chat.parse_continuation(QA, prefix, '{"answer": 7}') == {"reasoning": text, "answer": 7}
+    assert chat.parse_continuation(QA, prefix, "Answer: 7") == {"reasoning": text, "answer": 7}
+    with pytest.raises(OutputParseError) as ei:
+        chat.parse_continuation(QA, prefix, '{"answer": "seven"}')
+    assert ei.value.field == "answer"
+    # a labelled first field that stopped early continues the same way
+    follow, prefix = chat.continuation(req, "Reasoning: 10 - 3\n= 7", QA)
+    assert chat.parse_continuation(QA, prefix, '{"answer": 7}') == {"reasoning": "10 - 3\n= 7", "answer": 7}
+    # nothing to keep, a gap before a written field, or nothing missing: the ordinary repair instead
+    three = Signature.parse("q -> a, b, c")
+    three_req = chat.render(three, "x", [], {"q": "?"})
+    assert chat.continuation(three_req, "A: 1\nC: 3", three) is None
+    assert chat.continuation(req, "   ", QA) is None
+    assert chat.continuation(req, "Answer: 7", QA) is None  # the first field is the one missing
+    assert chat.continuation(req, "Reasoning: r\nAnswer: 7", QA) is None
+    assert chat.continuation(chat.render(SENTIMENT, "x", [], {"review": "ok"}), "meh", SENTIMENT) is None
+
+
 def test_json_parse_not_json():
     with pytest.raises(OutputParseError, match="not JSON"):
         get_format("json").parse(QA, "the answer is 7")

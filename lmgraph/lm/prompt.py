@@ -251,9 +251,14 @@ class PromptFormat:
     def continuation(self, request: LMRequest, text: str, sig: Signature) -> tuple[LMRequest, str] | None:
         """When the output stopped before some fields, a request that continues it.
 
-        Returns (request, prefix): parse ``prefix + next completion``. None when not applicable.
+        Returns (request, prefix): :meth:`parse_continuation` reads ``prefix`` and the next
+        completion. None when not applicable.
         """
         return None
+
+    def parse_continuation(self, sig: Signature, prefix: str, text: str) -> dict[str, Any]:
+        """Parse the answer to :meth:`continuation`'s request (by default: ``prefix + text``)."""
+        return self.parse(sig, prefix + text)
 
     def repair(self, request: LMRequest, text: str, error: Exception, sig: Signature) -> LMRequest:
         """One follow-up request that shows the model its unparseable output and the rule."""
@@ -300,6 +305,19 @@ def _split_labels(sig: Signature, text: str, first: FieldSpec | None) -> dict[st
     if current is not None and current not in sections:
         sections[current] = text[pos:]
     return {k: v.strip() for k, v in sections.items()}
+
+
+def _chat_sections(sig: Signature, text: str) -> dict[str, str]:
+    """Labelled sections of a chat answer; text before the first label stands for the first
+    output when that one is free text and never labelled (a chat model that starts its
+    reasoning straight away, as in ``"First, 3 + 4 = 7 ... Answer: 7"``)."""
+    sections = _split_labels(sig, text, None)
+    first = sig.outputs[0] if sig.outputs else None
+    if first is None or len(sig.outputs) < 2 or first.name in sections or first.annotation is not str:
+        return sections
+    m = _label_plan(sig)[0].search(text)
+    lead = (text if m is None else text[:m.start()]).strip()
+    return {first.name: lead, **sections} if lead else sections
 
 
 def _typed(sig: Signature, sections: Mapping[str, str], text: str) -> dict[str, Any]:
@@ -387,7 +405,41 @@ class ChatFormat(PromptFormat):
         return LMRequest(messages=tuple(msgs), **params)
 
     def parse(self, sig: Signature, text: str) -> dict[str, Any]:
-        return _typed(sig, _split_labels(sig, text, None), text)
+        return _typed(sig, _chat_sections(sig, text), text)
+
+    def continuation(self, request: LMRequest, text: str, sig: Signature) -> tuple[LMRequest, str] | None:
+        """Keep the leading fields the model wrote; ask only for the missing later ones.
+
+        Small chat models asked for ``Reasoning: ... / Answer: ...`` often write their reasoning
+        without any label and stop (or run out of tokens) before the answer. That text is the
+        first field (see :func:`_chat_sections`); the follow-up shows it back as the assistant
+        turn and asks for the missing fields alone as one JSON object under their schema -- a
+        short answer that cannot run out of tokens rewriting the reasoning, as a whole-object
+        repair would. The prefix carries the kept fields as labelled text.
+        """
+        if request.messages is None or len(sig.outputs) < 2 or not text.strip():
+            return None
+        sections = _chat_sections(sig, text)
+        present = [f.name in sections for f in sig.outputs]
+        if not any(present) or all(present) or present.index(False) < sum(present):
+            return None  # nothing kept, nothing missing, or a gap before a written field
+        missing = [f for f in sig.outputs if f.name not in sections]
+        keys = ", ".join(f'"{f.name}"' for f in missing)
+        note = f"Now reply with only one JSON object with the key{'s' if len(missing) > 1 else ''} {keys}."
+        rest = Signature(sig.inputs, missing, sig.instructions)
+        req = request.replace(messages=(*request.messages, Message(role="assistant", content=text),
+                                        Message(role="user", content=note)),
+                              json_schema=_output_schema(rest), max_tokens=request.max_tokens + 12 * len(missing))
+        prefix = "\n".join(f"{f.label}: {sections[f.name]}" for f in sig.outputs if f.name in sections)
+        return req, prefix
+
+    def parse_continuation(self, sig: Signature, prefix: str, text: str) -> dict[str, Any]:
+        sections = _split_labels(sig, prefix, None)
+        kept = [f for f in sig.outputs if f.name in sections]
+        rest = [f for f in sig.outputs if f.name not in sections]
+        out = _typed(Signature(sig.inputs, kept, sig.instructions), sections, prefix)
+        out.update(_parse_json_or_labels(self, Signature(sig.inputs, rest, sig.instructions), text))
+        return {f.name: out[f.name] for f in sig.outputs}
 
     def repair(self, request: LMRequest, text: str, error: Exception, sig: Signature) -> LMRequest:
         """Ask again for a JSON object, with the output schema attached (``json_schema``).

@@ -113,7 +113,7 @@ async def predict(call: "NodeCall", sig: Signature, inputs: Mapping[str, Any], *
     resp2, rec2 = await call.generate(second, lm=lm)
     try:
         if cont is not None:
-            return fmt.parse(sig, prefix + resp2.text)
+            return fmt.parse_continuation(sig, prefix, resp2.text)
         return fmt.parse_repair(sig, resp2.text)
     except OutputParseError as e:
         rec2.parse_error = str(e)
