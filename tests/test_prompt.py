@@ -226,19 +226,26 @@ def test_chat_continuation_keeps_the_written_fields_and_asks_for_the_rest():
         chat.parse(QA, text)
     follow, prefix = chat.continuation(req, text, QA)
     assert [m.role for m in follow.messages][-2:] == ["assistant", "user"] and follow.messages[-2].content == text
-    assert '"answer"' in follow.messages[-1].content and '"reasoning"' not in follow.messages[-1].content
-    assert set(follow.json_schema["properties"]) == {"answer"} and follow.max_tokens == 112
-    assert chat.parse_continuation(QA, prefix, '{"answer": 7}') == {"reasoning": text, "answer": 7}
-    assert chat.parse_continuation(QA, prefix, "Answer: 7") == {"reasoning": text, "answer": 7}
+    # one missing field: asked for in plain text with its label (a JSON grammar makes a small
+    # model write code into the string), its type named
+    assert follow.messages[-1].content == "Now reply with only 'Answer: ...' (a number)."
+    assert follow.json_schema is None and follow.max_tokens == 100
+    for reply in ("Answer: 7", "The answer is 7.", '{"answer": 7}'):
+        assert chat.parse_continuation(QA, prefix, reply) == {"reasoning": text, "answer": 7}
     with pytest.raises(OutputParseError) as ei:
-        chat.parse_continuation(QA, prefix, '{"answer": "seven"}')
+        chat.parse_continuation(QA, prefix, "Answer: seven")
     assert ei.value.field == "answer"
     # a labelled first field that stopped early continues the same way
     follow, prefix = chat.continuation(req, "Reasoning: 10 - 3\n= 7", QA)
-    assert chat.parse_continuation(QA, prefix, '{"answer": 7}') == {"reasoning": "10 - 3\n= 7", "answer": 7}
+    assert chat.parse_continuation(QA, prefix, "Answer: 7") == {"reasoning": "10 - 3\n= 7", "answer": 7}
+    # several missing fields: one JSON object under their schema
+    three = Signature.parse("q -> a, b: int, c")
+    three_req = chat.render(three, "x", [], {"q": "?"}, max_tokens=50)
+    follow, prefix = chat.continuation(three_req, "A: 1", three)
+    assert set(follow.json_schema["properties"]) == {"b", "c"} and follow.max_tokens == 74
+    assert '"b", "c"' in follow.messages[-1].content
+    assert chat.parse_continuation(three, prefix, '{"b": 2, "c": "x"}') == {"a": "1", "b": 2, "c": "x"}
     # nothing to keep, a gap before a written field, or nothing missing: the ordinary repair instead
-    three = Signature.parse("q -> a, b, c")
-    three_req = chat.render(three, "x", [], {"q": "?"})
     assert chat.continuation(three_req, "A: 1\nC: 3", three) is None
     assert chat.continuation(req, "   ", QA) is None
     assert chat.continuation(req, "Answer: 7", QA) is None  # the first field is the one missing

@@ -413,9 +413,12 @@ class ChatFormat(PromptFormat):
         Small chat models asked for ``Reasoning: ... / Answer: ...`` often write their reasoning
         without any label and stop (or run out of tokens) before the answer. That text is the
         first field (see :func:`_chat_sections`); the follow-up shows it back as the assistant
-        turn and asks for the missing fields alone as one JSON object under their schema -- a
-        short answer that cannot run out of tokens rewriting the reasoning, as a whole-object
-        repair would. The prefix carries the kept fields as labelled text.
+        turn and asks for the missing fields alone: one field as ``Label: ...`` in plain text,
+        several as one JSON object under their schema. A whole-object JSON repair instead makes
+        the model rewrite its reasoning inside a JSON string, where SmolLM2-135M runs out of
+        tokens or writes code (GSM8K validation rows: 0/20 numbers read that way, against a
+        sensible "The answer is N." for most rows in plain text). The prefix carries the kept
+        fields as labelled text.
         """
         if request.messages is None or len(sig.outputs) < 2 or not text.strip():
             return None
@@ -424,12 +427,17 @@ class ChatFormat(PromptFormat):
         if not any(present) or all(present) or present.index(False) < sum(present):
             return None  # nothing kept, nothing missing, or a gap before a written field
         missing = [f for f in sig.outputs if f.name not in sections]
-        keys = ", ".join(f'"{f.name}"' for f in missing)
-        note = f"Now reply with only one JSON object with the key{'s' if len(missing) > 1 else ''} {keys}."
-        rest = Signature(sig.inputs, missing, sig.instructions)
-        req = request.replace(messages=(*request.messages, Message(role="assistant", content=text),
-                                        Message(role="user", content=note)),
-                              json_schema=_output_schema(rest), max_tokens=request.max_tokens + 12 * len(missing))
+        msgs = (*request.messages, Message(role="assistant", content=text))
+        if len(missing) == 1:
+            hint = _type_hint(missing[0])
+            note = f"Now reply with only '{missing[0].label}: ...'" + (f" ({hint})." if hint else ".")
+            req = request.replace(messages=(*msgs, Message(role="user", content=note)))
+        else:
+            keys = ", ".join(f'"{f.name}"' for f in missing)
+            note = f"Now reply with only one JSON object with the keys {keys}."
+            rest = Signature(sig.inputs, missing, sig.instructions)
+            req = request.replace(messages=(*msgs, Message(role="user", content=note)),
+                                  json_schema=_output_schema(rest), max_tokens=request.max_tokens + 12 * len(missing))
         prefix = "\n".join(f"{f.label}: {sections[f.name]}" for f in sig.outputs if f.name in sections)
         return req, prefix
 
