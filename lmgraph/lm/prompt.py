@@ -416,9 +416,9 @@ class ChatFormat(PromptFormat):
         turn and asks for the missing fields alone: one field as ``Label: ...`` in plain text,
         several as one JSON object under their schema. A whole-object JSON repair instead makes
         the model rewrite its reasoning inside a JSON string, where SmolLM2-135M runs out of
-        tokens or writes code (GSM8K validation rows: 0/20 numbers read that way, against a
-        sensible "The answer is N." for most rows in plain text). The prefix carries the kept
-        fields as labelled text.
+        tokens; and a JSON-only follow-up for the answer got code and JSON fragments in the
+        string (GSM8K, 20 validation rows: 0 correct; in plain text 1 correct, the replies
+        mostly "The answer is N."). The prefix carries the kept fields as labelled text.
         """
         if request.messages is None or len(sig.outputs) < 2 or not text.strip():
             return None
