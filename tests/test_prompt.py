@@ -253,6 +253,42 @@ def test_chat_continuation_keeps_the_written_fields_and_asks_for_the_rest():
     assert chat.continuation(chat.render(SENTIMENT, "x", [], {"review": "ok"}), "meh", SENTIMENT) is None
 
 
+def test_json_cut_off_by_the_token_limit_keeps_what_was_written():
+    fmt = get_format("json")
+    # the open string and object are closed
+    assert fmt.parse(QA, '{"answer": 4, "reasoning": "two and t') == {"answer": 4, "reasoning": "two and t"}
+    assert fmt.parse(QA, '```json\n{"answer": 4, "reasoning": "a \\"quote') == {"answer": 4, "reasoning": 'a "quote'}
+    assert fmt.parse(QA, '{"answer": 4, "reasoning": "r", ') == {"answer": 4, "reasoning": "r"}
+    # cut inside a later key: that member is dropped, and the field it was to hold is missing
+    with pytest.raises(OutputParseError, match="missing key 'answer'") as ei:
+        fmt.parse(QA, '{"reasoning": "two and two", "answ')
+    assert ei.value.field == "answer"
+    with pytest.raises(OutputParseError, match="missing key 'answer'"):
+        fmt.parse(QA, '{"reasoning": "two and t')
+    sig = Signature.parse("text -> items: list[Item]", types={"Item": Item})
+    assert fmt.parse(sig, '{"items": [{"name": "a", "qty": 2}, {"name": "b') == {
+        "items": [Item(name="a", qty=2), Item(name="b")]}
+    # not a cut-off object: still an error
+    with pytest.raises(OutputParseError, match="not JSON"):
+        fmt.parse(QA, '{"answer": 4}} trailing {')
+
+
+def test_label_formats_read_a_json_answer_by_its_value():
+    """A single-output reply that is a JSON object keyed by the field (a chat model answering in
+    JSON, or a repair cut off by max_tokens) gives the value, not the JSON syntax as text."""
+    sig = Signature.parse("question -> answer", instructions="x")
+    chat = get_format("chat")
+    assert chat.parse(sig, '{"answer": "Paris"}') == {"answer": "Paris"}
+    assert chat.parse(sig, '{"answer": "The Eiffel To') == {"answer": "The Eiffel To"}
+    assert chat.parse_repair(sig, '{"answer": "The Eiffel To') == {"answer": "The Eiffel To"}
+    assert get_format("completion").parse(SENTIMENT, ' {"sentiment": "negative"}') == {"sentiment": "negative"}
+    # a JSON object without the field's key is the answer's text, as before
+    assert chat.parse(sig, '{"city": "Paris"}') == {"answer": '{"city": "Paris"}'}
+    with pytest.raises(OutputParseError, match="expected one of") as ei:
+        chat.parse(SENTIMENT, '{"sentiment": "mixed"}')
+    assert ei.value.field == "sentiment"
+
+
 def test_json_parse_not_json():
     with pytest.raises(OutputParseError, match="not JSON"):
         get_format("json").parse(QA, "the answer is 7")

@@ -75,10 +75,16 @@ def _norm(s: str) -> str:
     return re.sub(r"[\s_\-]+", " ", s.strip().strip("\"'`*.,;:!()[]{}").lower()).strip()
 
 
-def _extract_json(text: str) -> Any:
+def _strip_fence(text: str) -> str:
+    """``text`` without a Markdown code fence around it (```json ... ```), stripped."""
     text = text.strip()
     if text.startswith("```"):
         text = re.sub(r"^```[a-zA-Z]*\n?|```\s*$", "", text).strip()
+    return text
+
+
+def _extract_json(text: str) -> Any:
+    text = _strip_fence(text)
     try:
         return json.loads(text)
     except json.JSONDecodeError:
@@ -91,6 +97,59 @@ def _extract_json(text: str) -> Any:
             except json.JSONDecodeError:
                 continue
     raise ValueError("no JSON value found")
+
+
+def _close_json_object(text: str) -> dict[str, Any] | None:
+    """An object the model began but did not finish -- out of tokens inside a JSON answer,
+    e.g. ``{"answer": "The Eiffel To`` -- closed and read; None when ``text`` is no such prefix.
+
+    The open string and brackets are closed at the end or, failing that (cut inside a key or
+    an escape), at the last comma between members, dropping the unfinished member.
+    """
+    text = _strip_fence(text)
+    if not text.startswith("{"):
+        return None
+    stack: list[str] = []
+    in_str = escaped = False
+    cuts: list[tuple[int, str]] = []  # (position of a member comma, the closers needed there)
+    for i, ch in enumerate(text):
+        if in_str:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_str = False
+        elif ch == '"':
+            in_str = True
+        elif ch in "{[":
+            stack.append("}" if ch == "{" else "]")
+        elif ch in "}]":
+            if not stack or stack.pop() != ch:
+                return None
+            if not stack:
+                return None  # a complete value: not a truncated one (json.loads had its say)
+        elif ch == ",":
+            cuts.append((i, "".join(reversed(stack))))
+    end = text[:-1] if escaped else text
+    tries = [end + ('"' if in_str else "") + "".join(reversed(stack))]
+    tries += [text[:i] + closers for i, closers in reversed(cuts)]
+    for attempt in tries:
+        try:
+            data = json.loads(attempt)
+        except json.JSONDecodeError:
+            continue
+        return data if isinstance(data, dict) else None
+    return None
+
+
+def _json_object(text: str) -> dict[str, Any] | None:
+    """The reply read as a JSON object, complete or cut off by the token limit; else None."""
+    try:
+        data = _extract_json(text)
+    except ValueError:
+        return _close_json_object(text)
+    return data if isinstance(data, dict) else None
 
 
 def coerce(text: str, annotation: Any) -> Any:
@@ -320,11 +379,31 @@ def _chat_sections(sig: Signature, text: str) -> dict[str, str]:
     return {first.name: lead, **sections} if lead else sections
 
 
+def _validated(f: FieldSpec, value: Any, text: str) -> Any:
+    """A JSON value for output field ``f``, validated; OutputParseError names the field."""
+    if f.annotation is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = str(value)  # {"answer": 42} for a text field
+    try:
+        return validate_value(value, f.annotation)
+    except pydantic.ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(map(str, err["loc"]))
+        raise OutputParseError(f"{where + ': ' if where else ''}{err['msg']}", field=f.name,
+                               raw=text) from None
+    except ValueError as e:
+        raise OutputParseError(str(e).splitlines()[0], field=f.name, raw=text) from None
+
+
 def _typed(sig: Signature, sections: Mapping[str, str], text: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for f in sig.outputs:
         if f.name not in sections:
             if len(sig.outputs) == 1 and text.strip():
+                data = _json_object(text) if text.lstrip()[:1] in ("{", "`") else None
+                if data is not None and f.name in data:
+                    # a JSON answer ({"answer": ...}) in a label format: its value, not the syntax
+                    out[f.name] = _validated(f, data[f.name], text)
+                    continue
                 raw = text.strip()
             elif type(None) in typing.get_args(f.annotation):  # an Optional field may be left out
                 out[f.name] = None
@@ -509,25 +588,16 @@ class JSONFormat(PromptFormat):
         try:
             data = _extract_json(text)
         except ValueError:
-            raise OutputParseError("the output is not JSON", raw=text) from None
+            data = _close_json_object(text)  # cut off by max_tokens: keep what was written
+            if data is None:
+                raise OutputParseError("the output is not JSON", raw=text) from None
         if not isinstance(data, dict):
             raise OutputParseError("expected a JSON object", raw=text)
         out = {}
         for f in sig.outputs:
             if f.name not in data:
                 raise OutputParseError(f"missing key {f.name!r}", field=f.name, raw=text)
-            value = data[f.name]
-            if f.annotation is str and isinstance(value, (int, float)) and not isinstance(value, bool):
-                value = str(value)  # {"answer": 42} for a text field
-            try:
-                out[f.name] = validate_value(value, f.annotation)
-            except pydantic.ValidationError as e:
-                err = e.errors()[0]
-                where = ".".join(map(str, err["loc"]))
-                raise OutputParseError(f"{where + ': ' if where else ''}{err['msg']}", field=f.name,
-                                       raw=text) from None
-            except ValueError as e:
-                raise OutputParseError(str(e).splitlines()[0], field=f.name, raw=text) from None
+            out[f.name] = _validated(f, data[f.name], text)
         return out
 
     def repair(self, request: LMRequest, text: str, error: Exception, sig: Signature) -> LMRequest:
