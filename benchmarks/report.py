@@ -62,7 +62,8 @@ def markdown(doc: dict[str, Any]) -> str:
              f"({doc['server']['servers']} x {doc['server']['threads']} thread), temperature 0 with the server's "
              f"sampling defaults for both frameworks (llama-cpp-python applies repeat_penalty 1.1 before the greedy "
              f"pick; the in-process rows decode plain greedy, repeat_penalty 1.0), seed {doc['seed']}. "
-             f"Command: `{doc['command']}`. Suite wall time: {doc['wall_s'] / 60:.1f} min.", "",
+             f"Command: `{doc['command']}`. Wall time: {doc['wall_s'] / 60:.1f} min (the run's own "
+             "where one run made every unit, else its units' times summed).", "",
              "Compile calls: logical LM calls while compiling (cache hits included); requests: HTTP requests "
              "that reached the model (cache misses), with their tokens. Test scores: mean [95% bootstrap CI]. "
              "A unit killed at the end of a machine session resumes from its journal of answers (same counts "

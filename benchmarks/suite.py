@@ -844,18 +844,38 @@ def parse_stop_by(text: str, now: float | None = None) -> float:
                          "e.g. 01:40 or 2026-11-25T01:40") from None
 
 
+_PACING_OPTS = ("--date", "--stop-by", "--tasks", "--systems", "--redo")
+_PACING_FLAGS = ("--report-only", "--retry-failed")
+
+
 def run_command(argv: Sequence[str]) -> str:
-    """The command that reproduces a run: ``run.sh`` with the arguments that shape the results
-    (not ``--report-only``, ``--date`` or ``--stop-by``, which only name or pace it)."""
+    """The command that reproduces the results files: ``run.sh`` with the arguments that shape
+    the results. Not those that name, pace or pick this invocation's share of the work
+    (``--date``, ``--stop-by``, ``--report-only``, ``--tasks``, ``--systems``, ``--redo``,
+    ``--retry-failed``): the files cover every recorded unit of the mode and seed, and the
+    plain command resumes what is missing."""
     kept, skip = [], False
     for a in argv:
         if skip:
             skip = False
-        elif a in ("--date", "--stop-by"):
+        elif a in _PACING_OPTS:
             skip = True
-        elif a != "--report-only" and not a.startswith(("--date=", "--stop-by=")):
+        elif a not in _PACING_FLAGS and not a.startswith(tuple(o + "=" for o in _PACING_OPTS)):
             kept.append(a)
     return " ".join(["bash benchmarks/run.sh", *kept])
+
+
+def report_scope(records: Sequence[dict[str, Any]], default_tasks: Sequence[str], chosen_tasks: Sequence[str],
+                 systems: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(tasks, missing units) the results files cover: the mode's tasks, those run now and those
+    with records -- not just the ``--tasks`` of the last invocation, which would overwrite a
+    date's full results with one task's -- and the ``"task / system"`` units not run yet."""
+    tasks = list(default_tasks)
+    for name in [*chosen_tasks, *(r["task"] for r in records)]:
+        if name not in tasks:
+            tasks.append(name)
+    done = {(r["task"], r["system"]) for r in records}
+    return tasks, [f"{t} / {s}" for t in tasks for s in systems if (t, s) not in done]
 
 
 def _slug(name: str) -> str:
@@ -935,7 +955,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("asyncio").setLevel(logging.CRITICAL)
     names = args.tasks.split(",") if args.tasks else list(QUICK_TASKS if args.quick else task_defs.ORDER)
     chosen_tasks = task_defs.all_tasks(names)
-    systems = systems_for(mode)
+    systems = all_systems = systems_for(mode)
     if args.systems:
         pats = [p.strip().lower() for p in args.systems.split(",")]
         systems = [s for s in systems if any(p in s.name.lower() for p in pats)]
@@ -960,18 +980,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"[suite] --stop-by {args.stop_by} has passed already: nothing run (rerun with a later time "
               "to resume)", flush=True)
         return 0
-    if args.report_only:
+    records_before = len(state.records)
+
+    def write_report(overhead: dict[str, Any] | None) -> None:
         import report as report_mod  # benchmarks/report.py
 
-        done = {(r["task"], r["system"]) for r in state.latest()}
-        paths = report_mod.write(state.latest(), mode=mode, date=args.date, seed=args.seed,
-                                 tasks=[t.name for t in chosen_tasks], systems=[s.name for s in systems],
-                                 overhead=None, wall_s=sum(r.get("unit_wall_s", 0) for r in state.latest()),
+        latest = state.latest()
+        tasks, missing = report_scope(latest, QUICK_TASKS if args.quick else task_defs.ORDER,
+                                      [t.name for t in chosen_tasks], [s.name for s in all_systems])
+        # wall time: this invocation's, when it made every record; else the units' own, summed
+        fresh_run = not args.report_only and records_before == 0
+        wall_s = time.perf_counter() - t_start if fresh_run else sum(r.get("unit_wall_s", 0) for r in latest)
+        paths = report_mod.write(latest, mode=mode, date=args.date, seed=args.seed, tasks=tasks,
+                                 systems=[s.name for s in all_systems], overhead=overhead, wall_s=wall_s,
                                  command=run_command(argv if argv is not None else sys.argv[1:]),
-                                 server={"servers": args.servers, "threads": args.threads},
-                                 missing=[f"{t.name} / {s.name}" for t in chosen_tasks for s in systems
-                                          if (t.name, s.name) not in done])
+                                 server={"servers": args.servers, "threads": args.threads}, missing=missing)
         print("[suite] wrote " + ", ".join(str(p) for p in paths), flush=True)
+
+    if args.report_only:
+        write_report(None)
         return 0
     if not args.no_overhead:
         import overhead as overhead_mod  # benchmarks/overhead.py
@@ -1075,14 +1102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for s in servers:
             s.stop()
 
-    import report as report_mod  # benchmarks/report.py
-
-    paths = report_mod.write(state.latest(), mode=mode, date=args.date, seed=args.seed,
-                             tasks=[t.name for t in chosen_tasks], systems=[s.name for s in systems],
-                             overhead=overhead, wall_s=time.perf_counter() - t_start,
-                             command=run_command(argv if argv is not None else sys.argv[1:]),
-                             server={"servers": args.servers, "threads": args.threads})
-    print("[suite] wrote " + ", ".join(str(p) for p in paths), flush=True)
+    write_report(overhead)
     return 0
 
 

@@ -246,8 +246,20 @@ def test_a_passed_stop_by_runs_nothing(tmp_path, monkeypatch, capsys):
 
 def test_the_published_command_keeps_what_shapes_results_only():
     assert suite.run_command(["--report-only", "--date", "2026-11-24", "--stop-by=01:40"]) == "bash benchmarks/run.sh"
-    assert suite.run_command(["--quick", "--stop-by", "01:40", "--tasks", "trec"]) == \
-        "bash benchmarks/run.sh --quick --tasks trec"
+    assert suite.run_command(["--quick", "--stop-by", "01:40", "--tasks", "trec", "--seed", "1"]) == \
+        "bash benchmarks/run.sh --quick --seed 1"
+    assert suite.run_command(["--no-overhead", "--tasks=hotpotqa", "--systems", "DSPy", "--redo", "x",
+                              "--retry-failed", "--sizes", "4,4,8"]) == \
+        "bash benchmarks/run.sh --no-overhead --sizes 4,4,8"
+
+
+def test_results_cover_every_recorded_unit_not_only_the_last_invocations_tasks():
+    # a resumed full run with --tasks hotpotqa once rewrote the date's results with HotPotQA alone
+    records = [{"task": "trec", "system": "a"}, {"task": "hotpotqa", "system": "a"},
+               {"task": "hotpotqa", "system": "b"}, {"task": "extra", "system": "a"}]
+    tasks, missing = suite.report_scope(records, ("trec", "sst2", "hotpotqa"), ["hotpotqa"], ["a", "b"])
+    assert tasks == ["trec", "sst2", "hotpotqa", "extra"]
+    assert missing == ["trec / b", "sst2 / a", "sst2 / b", "extra / b"]
 
 
 @pytest.fixture()
