@@ -750,6 +750,22 @@ class RunState:
                 except ValueError:
                     pass  # a torn last line from a kill: that unit reruns
 
+    def run_date(self, given: str | None) -> str:
+        """The date that names the results files: ``given`` (``--date``), else the one this run
+        state started under -- a full run resumed over several days keeps writing one date's
+        files -- else today. A new run state keeps the date it starts with."""
+        meta = self.path.parent / "run.json"
+        try:
+            started = json.loads(meta.read_text()).get("date")
+        except (OSError, ValueError):
+            started = None
+        if not self.records:  # a new (or --fresh) run starts its own date
+            started = None
+        date = given or started or _dt.date.today().isoformat()
+        if started is None:
+            meta.write_text(json.dumps({"date": date}) + "\n")
+        return date
+
     def done(self, task: str, system: str, retry_failed: bool = False) -> bool:
         """Has a record: finished, or failed with a recorded exception. A recorded failure is final
         unless `retry_failed` (a deterministic failure, e.g. a DSPy optimizer that cannot parse this
@@ -943,7 +959,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                          "(e.g. the finished part of an interrupted full run)")
     ap.add_argument("--sizes", help="override every task's split sizes: TRAIN,VAL,TEST (smoke runs; results "
                                     "go to a separate state dir)")
-    ap.add_argument("--date", default=_dt.date.today().isoformat())
+    ap.add_argument("--date", help="names the results files (default: the date the run state "
+                                   "started under, so a resumed run keeps its files; else today)")
     args = ap.parse_args(argv)
 
     mode = "quick" if args.quick else "full"
@@ -963,6 +980,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if override:
         mode = f"{mode}-sizes{override.train}x{override.val}x{override.test}"
     state = RunState(WORK / f"{mode}-s{args.seed}" / "records.jsonl", args.fresh)
+    args.date = state.run_date(args.date)
     journals = state.path.parent / "journal"
     if args.fresh:
         for f in [*journals.glob("*.jsonl"), state.path.parent / "shared-test-answers.jsonl"]:

@@ -99,6 +99,22 @@ def test_run_state_resumes_skips_done_and_failed_unless_asked_and_ignores_torn_l
     assert suite.RunState(path, fresh=True).records == []
 
 
+def test_a_resumed_run_keeps_the_date_it_started_under(tmp_path):
+    import datetime as dt
+
+    today = dt.date.today().isoformat()
+    path = tmp_path / "records.jsonl"
+    st = suite.RunState(path, fresh=False)
+    assert st.run_date("2026-11-24") == "2026-11-24"  # a new run: the date given
+    st.add({"task": "trec", "system": "a"})
+    again = suite.RunState(path, fresh=False)
+    assert again.run_date(None) == "2026-11-24"  # resumed another day without --date
+    assert again.run_date("2026-12-01") == "2026-12-01"  # an explicit --date still wins
+    assert again.run_date(None) == "2026-11-24"
+    assert suite.RunState(path, fresh=True).run_date(None) == today  # --fresh starts anew
+    assert suite.RunState(tmp_path / "other" / "records.jsonl", fresh=False).run_date(None) == today
+
+
 def _rec(system, framework, optimizer, scores, calls):
     return {"task": "t", "system": system, "framework": framework, "optimizer": optimizer, "variant": "",
             "main": "accuracy", "scores": {"accuracy": scores},
