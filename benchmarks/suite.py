@@ -789,6 +789,51 @@ class RunState:
             os.fsync(f.fileno())
 
 
+def results_stem(mode: str, date: str) -> str:
+    """The name the results files of ``mode`` and ``date`` share (``report.write`` uses it)."""
+    return date if mode == "full" else f"{date}-{mode}"
+
+
+def restore_state(state: RunState, doc: Mapping[str, Any], carried: Path, journals: Path) -> tuple[int, int]:
+    """Seed a run state from its published results: a full run goes on on a fresh machine.
+
+    The state lives in ``benchmarks/.work/`` (not committed), so a new machine starts with none.
+    ``doc`` is a results file (``results/<date>.json``): every finished or failed unit's record is
+    added where the state has none for that (task, system); ``carried`` (``results/<date>-journal/``)
+    holds the journals of units that were in progress when a run stopped, committed with the results,
+    and each is copied in where the state has no journal of its own for that unit. Returns
+    (records added, journals copied). What is not restored: the shared test answers (a later unit
+    then asks the model again: same answers, only its test wall time differs)."""
+    have = {(r["task"], r["system"]) for r in state.records}
+    added = 0
+    for rec in doc.get("records", []):
+        if (rec["task"], rec["system"]) not in have:
+            state.add(rec)
+            have.add((rec["task"], rec["system"]))
+            added += 1
+    copied = 0
+    if carried.is_dir():
+        journals.mkdir(parents=True, exist_ok=True)
+        for src in sorted(carried.glob("*.jsonl")):
+            dst = journals / src.name
+            if not dst.exists():
+                dst.write_bytes(src.read_bytes())
+                copied += 1
+    return added, copied
+
+
+def carry_journals(journals: Path, carried: Path) -> list[Path]:
+    """Copy the journals of units still in progress (a stopped run) next to the results, where they
+    can be committed and a run on another machine resumes them (``--restore``)."""
+    out = []
+    for src in sorted(journals.glob("*.jsonl")) if journals.is_dir() else []:
+        carried.mkdir(parents=True, exist_ok=True)
+        dst = carried / src.name
+        dst.write_bytes(src.read_bytes())
+        out.append(dst)
+    return out
+
+
 def estimate_unit_s(records: Sequence[dict[str, Any]], task: str, system: System) -> float | None:
     """A rough duration of (task, system) from finished units: the same system on other tasks,
     scaled by how long the same framework's zero-shot took here vs there; the largest such
@@ -860,7 +905,7 @@ def parse_stop_by(text: str, now: float | None = None) -> float:
                          "e.g. 01:40 or 2026-11-25T01:40") from None
 
 
-_PACING_OPTS = ("--date", "--stop-by", "--tasks", "--systems", "--redo")
+_PACING_OPTS = ("--date", "--stop-by", "--tasks", "--systems", "--redo", "--restore")
 _PACING_FLAGS = ("--report-only", "--retry-failed")
 
 
@@ -961,6 +1006,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                                     "go to a separate state dir)")
     ap.add_argument("--date", help="names the results files (default: the date the run state "
                                    "started under, so a resumed run keeps its files; else today)")
+    ap.add_argument("--restore", metavar="DATE",
+                    help="seed this machine's run state from the committed results/DATE[-quick].json and "
+                         "the journals of unfinished units in results/DATE[-quick]-journal/ (a fresh "
+                         "machine), then go on as a resume; implies --date DATE")
     args = ap.parse_args(argv)
 
     mode = "quick" if args.quick else "full"
@@ -980,8 +1029,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     if override:
         mode = f"{mode}-sizes{override.train}x{override.val}x{override.test}"
     state = RunState(WORK / f"{mode}-s{args.seed}" / "records.jsonl", args.fresh)
-    args.date = state.run_date(args.date)
     journals = state.path.parent / "journal"
+    if args.restore:
+        src = RESULTS / f"{results_stem(mode, args.restore)}.json"
+        try:
+            doc = json.loads(src.read_text())
+        except (OSError, ValueError) as exc:
+            raise SystemExit(f"--restore {args.restore}: cannot read {src} ({exc}); give the date of a "
+                             f"committed results file of this mode ({mode})") from None
+        if doc.get("mode") != mode or doc.get("seed") != args.seed:
+            raise SystemExit(f"--restore {args.restore}: {src.name} is mode {doc.get('mode')!r} seed "
+                             f"{doc.get('seed')!r}, this run is mode {mode!r} seed {args.seed}")
+        added, copied = restore_state(state, doc, RESULTS / f"{results_stem(mode, args.restore)}-journal",
+                                      journals)
+        print(f"[suite] restored {added} unit record(s) and {copied} unfinished unit journal(s) from "
+              f"{src.relative_to(HERE.parent)}", flush=True)
+        args.date = args.date or args.restore
+    args.date = state.run_date(args.date)
+    carried = RESULTS / f"{results_stem(mode, args.date)}-journal"
     if args.fresh:
         for f in [*journals.glob("*.jsonl"), state.path.parent / "shared-test-answers.jsonl"]:
             f.unlink(missing_ok=True)
@@ -1107,6 +1172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     rec["routing"] = ROUTING
             state.add(rec)
             journal.close(delete=True)  # the record holds what it was for
+            (carried / jpath.name).unlink(missing_ok=True)
             if "failed" in rec:
                 print(f"[suite]   FAILED: {rec['failed']}", flush=True)
             else:
@@ -1119,6 +1185,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             proxy.close()
         for s in servers:
             s.stop()
+        if not override:  # a smoke run's state is not published
+            for kept in carry_journals(journals, carried):
+                print(f"[suite] unfinished unit's journal kept in {kept.relative_to(HERE.parent)}: commit it "
+                      f"with the results; on another machine `--restore {args.date}` resumes it", flush=True)
+        if carried.is_dir() and not any(carried.iterdir()):
+            carried.rmdir()
 
     write_report(overhead)
     return 0

@@ -115,6 +115,46 @@ def test_a_resumed_run_keeps_the_date_it_started_under(tmp_path):
     assert suite.RunState(tmp_path / "other" / "records.jsonl", fresh=False).run_date(None) == today
 
 
+
+def test_a_run_restored_from_the_committed_results_resumes_the_unfinished_unit(tmp_path):
+    """Machine A stops mid-unit and publishes; machine B, with only the committed files, resumes."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    st = suite.RunState(a / "records.jsonl", fresh=False)
+    st.add({"task": "t", "system": "done", "x": 1})
+    st.add({"task": "t", "system": "broken", "failed": "boom"})
+    j = suite.Journal(a / "journal" / "t__going.jsonl")
+    j.phase("compile")
+    j.put("k1", 200, "application/json", '{"x": 1}')
+    j.close()
+    carried = tmp_path / "results" / "2026-11-24-journal"
+    assert [p.name for p in suite.carry_journals(a / "journal", carried)] == ["t__going.jsonl"]
+    assert suite.carry_journals(tmp_path / "nothing", carried) == []
+    doc = {"mode": "full", "seed": 0, "records": st.latest()}
+
+    st_b = suite.RunState(b / "records.jsonl", fresh=False)
+    assert suite.restore_state(st_b, doc, carried, b / "journal") == (2, 1)
+    again = suite.RunState(b / "records.jsonl", fresh=False)  # written through to B's state file
+    assert again.done("t", "done") and again.done("t", "broken") and not again.done("t", "going")
+    jb = suite.Journal(b / "journal" / "t__going.jsonl")
+    assert jb.segments_before == 1 and jb.take("k1") == (200, "application/json", '{"x": 1}')
+    jb.put("k2", 200, "application/json", '{"x": 2}')
+    jb.close()
+    # a second restore adds nothing and keeps B's own (longer) journal
+    assert suite.restore_state(again, doc, carried, b / "journal") == (0, 0)
+    assert '"k2"' in (b / "journal" / "t__going.jsonl").read_text()
+
+
+def test_restore_names_the_results_file_it_cannot_use(tmp_path, monkeypatch):
+    monkeypatch.setattr(suite, "WORK", tmp_path / "work")
+    monkeypatch.setattr(suite, "RESULTS", tmp_path / "results")
+    with pytest.raises(SystemExit, match=r"cannot read .*2026-11-24\.json"):
+        suite.main(["--restore", "2026-11-24", "--report-only"])
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "2026-11-24.json").write_text(json.dumps({"mode": "quick", "seed": 0}))
+    with pytest.raises(SystemExit, match="is mode 'quick' seed 0, this run is mode 'full' seed 0"):
+        suite.main(["--restore", "2026-11-24", "--report-only"])
+    assert not (tmp_path / "work" / "full-s0" / "records.jsonl").exists()
+
 def _rec(system, framework, optimizer, scores, calls):
     return {"task": "t", "system": system, "framework": framework, "optimizer": optimizer, "variant": "",
             "main": "accuracy", "scores": {"accuracy": scores},
