@@ -9,8 +9,21 @@ cd "$(dirname "$0")/.."
 
 LLAMA_VERSION="0.3.36"
 PY="${PYTHON:-python3}"
-WHEELS="${LMGRAPH_WHEEL_CACHE:-$HOME/.cache/lmgraph/wheels}"
 VENV=".venv"
+# How llama.cpp is compiled. Its default targets the build machine's CPU (-march=native), and on
+# CPUs with AMX (Sapphire Rapids and later) that build segfaults in ggml_backend_amx_mul_mat at
+# the first evaluation (llama.cpp issue #20824; seen here on 2026-12-01). On x86-64 we build for
+# AVX2 without AMX/AVX-512 instead: it runs on every x86-64 machine since 2013 and computes with
+# the same kernels on all of them. LMGRAPH_LLAMA_CMAKE_ARGS overrides ("" = llama.cpp's default).
+if [ "$(uname -m)" = "x86_64" ]; then
+  DEFAULT_CMAKE="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF"
+else
+  DEFAULT_CMAKE=""
+fi
+LLAMA_CMAKE="${LMGRAPH_LLAMA_CMAKE_ARGS-$DEFAULT_CMAKE}"
+# One cached wheel per (version, build flags); the venv records which one it has.
+BUILD_ID="$LLAMA_VERSION-$(printf '%s' "$LLAMA_CMAKE" | sha256sum | cut -c1-12)"
+WHEELS="${LMGRAPH_WHEEL_CACHE:-$HOME/.cache/lmgraph/wheels}/$BUILD_ID"
 
 if [ ! -x "$VENV/bin/python" ]; then
   echo "[setup] creating $VENV"
@@ -19,19 +32,23 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 PIP=("$VENV/bin/pip" install -q --disable-pip-version-check)
 
-if ! "$VENV/bin/python" -c "import llama_cpp, sys; sys.exit(0 if llama_cpp.__version__ == '$LLAMA_VERSION' else 1)" 2>/dev/null; then
+if [ "$(cat "$VENV/.llama-build" 2>/dev/null)" != "$BUILD_ID" ] || \
+   ! "$VENV/bin/python" -c "import llama_cpp, sys; sys.exit(0 if llama_cpp.__version__ == '$LLAMA_VERSION' else 1)" 2>/dev/null; then
   mkdir -p "$WHEELS"
   wheel=$(ls "$WHEELS"/llama_cpp_python-"$LLAMA_VERSION"-*.whl 2>/dev/null | head -1 || true)
   if [ -z "$wheel" ]; then
-    echo "[setup] building llama-cpp-python $LLAMA_VERSION from source (about 6-10 minutes on 2 cores)"
-    CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-2}" \
-      "$VENV/bin/pip" wheel -q --no-deps "llama-cpp-python==$LLAMA_VERSION" -w "$WHEELS" 2>&1 \
+    echo "[setup] building llama-cpp-python $LLAMA_VERSION from source (about 6-10 minutes on 2 cores; CMAKE_ARGS: ${LLAMA_CMAKE:-default})"
+    # --no-cache-dir: pip's own wheel cache would hand back a build made with other CMAKE_ARGS
+    CMAKE_ARGS="$LLAMA_CMAKE" CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-2}" \
+      "$VENV/bin/pip" wheel -q --no-cache-dir --no-deps "llama-cpp-python==$LLAMA_VERSION" -w "$WHEELS" 2>&1 \
       | grep -v '^WARNING: Location' || true
     wheel=$(ls "$WHEELS"/llama_cpp_python-"$LLAMA_VERSION"-*.whl | head -1)
   else
     echo "[setup] using cached wheel $wheel"
   fi
+  "$VENV/bin/pip" uninstall -q -y llama-cpp-python >/dev/null 2>&1 || true
   "${PIP[@]}" "${wheel}[server]" 2>&1 | grep -v '^WARNING: Location' || true
+  echo "$BUILD_ID" > "$VENV/.llama-build"
 fi
 
 echo "[setup] installing lmgraph (editable) with test + litellm + http extras"
