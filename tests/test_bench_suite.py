@@ -547,3 +547,14 @@ def test_without_affinity_any_free_server_is_taken():
         assert proxy._acquire(b"x" * 100) != first  # never waits for the busy one
     finally:
         proxy.close()
+
+
+def test_same_answers_counts_identical_predictions_and_refuses_another_split():
+    import same_answers
+
+    got = same_answers.compare(["a", "b", None, "d"], ["a", "x", None, None])
+    assert got["rows"] == 4 and got["identical"] == 2
+    assert got["first_differences"] == [{"row": 1, "recorded": "b", "now": "x"},
+                                        {"row": 3, "recorded": "d", "now": None}]
+    with pytest.raises(ValueError, match="not the same test split"):
+        same_answers.compare(["a"], ["a", "b"])
