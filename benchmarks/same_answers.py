@@ -10,7 +10,7 @@ compares each prediction with the one recorded in ``results/<date>.json``.
         --units "trec/lmgraph zero-shot,banking77/DSPy zero-shot [json]"
 
 Writes ``results/same-answers-<today>.json`` (per unit: rows, identical predictions, score then
-and now, the first differing rows) and prints a line per unit. Nothing is written to the run state.
+and now, the first differing rows, every prediction made now) and prints a line per unit. Nothing is written to the run state.
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
             entry = {"task": task.name, "system": system.name, **compare(rec["predictions"], raw["predictions"]),
                      "score_recorded": rec["test"][task.main]["mean"],
                      "score_now": round(suite.mean(raw["scores"][task.main]), 4),
-                     "recorded_at_commit": rec.get("lmgraph_commit")}
+                     "recorded_at_commit": rec.get("lmgraph_commit"), "predictions_now": raw["predictions"]}
             out["units"].append(entry)
             print(f"[same-answers] {task.name} / {system.name}: {entry['identical']}/{entry['rows']} identical; "
                   f"{task.main} {entry['score_recorded']} then, {entry['score_now']} now", flush=True)
