@@ -1012,6 +1012,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                          "machine), then go on as a resume; implies --date DATE")
     args = ap.parse_args(argv)
 
+    if args.fresh and args.restore:
+        raise SystemExit("--fresh discards the run state that --restore seeds: give one of them")
     mode = "quick" if args.quick else "full"
     # A kill (SIGTERM) unwinds like Ctrl-C, so the servers are stopped; the run resumes later.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))

@@ -153,6 +153,8 @@ def test_restore_names_the_results_file_it_cannot_use(tmp_path, monkeypatch):
     (tmp_path / "results" / "2026-11-24.json").write_text(json.dumps({"mode": "quick", "seed": 0}))
     with pytest.raises(SystemExit, match="is mode 'quick' seed 0, this run is mode 'full' seed 0"):
         suite.main(["--restore", "2026-11-24", "--report-only"])
+    with pytest.raises(SystemExit, match="--fresh discards the run state that --restore seeds"):
+        suite.main(["--restore", "2026-11-24", "--fresh"])
     assert not (tmp_path / "work" / "full-s0" / "records.jsonl").exists()
 
 def _rec(system, framework, optimizer, scores, calls):
