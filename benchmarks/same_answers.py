@@ -19,6 +19,7 @@ import argparse
 import datetime as _dt
 import json
 import platform
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"{item!r}: only zero-shot units over the server are rerun here (no compile)")
         units.append((task_defs.all_tasks([task_name])[0], system, rec))
 
+    # a kill (SIGTERM) unwinds like Ctrl-C, so the servers below are stopped, not orphaned
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     servers = suite.start_servers(args.servers, args.threads, n_ctx=4096)
     proxy = suite.CountingProxy([s.url for s in servers], affinity_wait_s=5.0)
     out: dict[str, Any] = {"compared_with": f"results/{args.date}.json", "date": _dt.date.today().isoformat(),
