@@ -560,3 +560,27 @@ def test_same_answers_counts_identical_predictions_and_refuses_another_split():
                                         {"row": 3, "recorded": "d", "now": None}]
     with pytest.raises(ValueError, match="not the same test split"):
         same_answers.compare(["a"], ["a", "b"])
+
+
+@pytest.mark.parametrize("quick, latencies", [(True, (0.1,)), (False, (0.1, 1.0))])
+def test_overhead_quick_measures_http_at_the_headline_latency_only(monkeypatch, quick, latencies):
+    import overhead
+
+    seen = {}
+    sched_entry = {"parallel_branches": {"ratio_wall_over_critical_path": 1.0},
+                   "throughput": {"fraction_of_ideal": 1.0}}
+
+    def fake_sched(**kw):
+        seen.update(kw)
+        return {"http": [{"latency_s": lat, "lmgraph": sched_entry} for lat in kw["latencies"]]}
+
+    monkeypatch.setattr(overhead, "bench_lmgraph", lambda calls, repeats, chain: {
+        "async_run_us": 1.0, "run_sync_us": 1.0, "chain_per_node_us": 1.0})
+    monkeypatch.setattr(overhead, "bench_replay", lambda *a: {"ratio_x": 10.0})
+    monkeypatch.setattr(overhead, "import_time", lambda module, repeats=7: 0.1)
+    monkeypatch.setattr(overhead.scheduling, "run", fake_sched)
+    out = overhead.run_all(quick, dspy=False)
+    assert seen["latencies"] == latencies
+    assert seen["repeats"] == (3 if quick else 5)
+    # the headline targets come from the 100 ms row in both modes
+    assert out["targets"]["throughput_fraction_of_ideal"]["met"] is True
