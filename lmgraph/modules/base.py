@@ -16,7 +16,8 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..errors import ArtifactError, DefinitionError
-from ..lm.prompt import FORMATS, jsonable, validate_value
+from ..lm.prompt import FORMATS
+from ..lm.values import jsonable, validate_value
 from ..signatures import Signature
 
 if TYPE_CHECKING:

@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..errors import BudgetExceeded, DefinitionError, RunError
-from ..lm.prompt import jsonable
+from ..lm.values import jsonable
 from ..signatures import FieldSpec, Signature
 from .base import Module, module_from_dict, need_resource
 from .critique import Critique, check_judge, default_judge

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import pydantic
 
 from ..errors import DefinitionError, OutputParseError
-from ..lm.prompt import jsonable
+from ..lm.values import jsonable
 from ..signatures import FieldSpec, Signature, ensure_signature
 from .base import Module, need_resource, normalise_demos
 from .predict import GenerationSettings, predict

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..errors import DefinitionError
-from ..lm.prompt import format_value
+from ..lm.values import format_value
 from ..signatures import FieldSpec, Signature, ensure_signature
 from .base import Module, module_from_dict
 from .plan import is_default_instructions

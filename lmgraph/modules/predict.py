@@ -17,7 +17,8 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..errors import DefinitionError, OutputParseError
-from ..lm.prompt import coerce, format_value, get_format
+from ..lm.prompt import get_format
+from ..lm.values import coerce, format_value
 from ..signatures import FieldSpec, Signature, ensure_signature, literal_options, type_to_str
 from .base import FORMAT_CHOICES, Module, normalise_demos
 

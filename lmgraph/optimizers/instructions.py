@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import BudgetExceeded, DefinitionError, LmgraphError
-from ..lm.prompt import format_value
+from ..lm.values import format_value
 from ..modules.predict import Predict
 from ..pipeline.builder import Pipeline
 from ..pipeline.program import Program

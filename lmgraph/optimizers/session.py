@@ -26,7 +26,7 @@ from ..errors import ArtifactError, BudgetExceeded
 from ..evaluation.datasets import fingerprint
 from ..evaluation.evaluate import evaluate, paired_bootstrap
 from ..evaluation.metrics import Metric
-from ..lm.prompt import jsonable
+from ..lm.values import jsonable
 from ..lm.wrappers import Budget
 from ..pipeline.program import Program
 from .report import Candidate, Report

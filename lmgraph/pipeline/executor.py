@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from ..context import RunContext
 from ..errors import DefinitionError, InputError, LmgraphError, RunError
 from ..lm.base import LMRequest, LMResponse
-from ..lm.prompt import validate_value
+from ..lm.values import validate_value
 from .ir import INPUT, Const, Node
 from .trace import CallRecord, NodeTrace, Trace
 

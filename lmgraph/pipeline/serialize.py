@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ArtifactError, DefinitionError, PipelineValidationError
-from ..lm.prompt import jsonable
+from ..lm.values import jsonable
 from ..modules.base import module_from_dict
 from ..signatures import _collect_custom_types, _type_from_spec, str_to_type, type_to_str
 from .ir import Const, InputSpec, Node, Ref

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..lm.base import LMRequest, LMResponse
-from ..lm.prompt import jsonable
+from ..lm.values import jsonable
 
 
 @dataclass(slots=True)

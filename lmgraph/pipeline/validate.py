@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import pydantic
 
 from ..errors import DefinitionError, PipelineValidationError
-from ..lm.prompt import validate_value
+from ..lm.values import validate_value
 from ..signatures import compatible, type_to_str
 from ._nx import topo_order
 from .ir import INPUT, Const, InputSpec, Node, Ref
