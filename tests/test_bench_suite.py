@@ -17,6 +17,7 @@ import pytest
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
+import answers  # noqa: E402
 import report  # noqa: E402
 import suite  # noqa: E402
 
@@ -68,7 +69,7 @@ def _post(url: str, payload: dict) -> tuple[int, dict]:
 
 def test_proxy_forwards_and_counts_requests_and_tokens(upstream):
     url, seen = upstream
-    proxy = suite.CountingProxy([url])
+    proxy = answers.CountingProxy([url])
     try:
         assert proxy.base_url.startswith("http://127.0.0.1:")
         before = proxy.snapshot()
@@ -76,7 +77,7 @@ def test_proxy_forwards_and_counts_requests_and_tokens(upstream):
         assert status == 200 and body["choices"][0]["text"] == "ok"
         status, _ = _post(proxy.base_url + "/completions", {"bad": True})
         assert status == 400
-        d = suite.delta(proxy.snapshot(), before)
+        d = answers.delta(proxy.snapshot(), before)
         assert d == {"requests": 2, "prompt_tokens": 14, "completion_tokens": 6, "errors": 1}
         assert [p for p, _ in seen] == ["/v1/completions", "/v1/completions"]
     finally:
@@ -122,7 +123,7 @@ def test_a_run_restored_from_the_committed_results_resumes_the_unfinished_unit(t
     st = suite.RunState(a / "records.jsonl", fresh=False)
     st.add({"task": "t", "system": "done", "x": 1})
     st.add({"task": "t", "system": "broken", "failed": "boom"})
-    j = suite.Journal(a / "journal" / "t__going.jsonl")
+    j = answers.Journal(a / "journal" / "t__going.jsonl")
     j.phase("compile")
     j.put("k1", 200, "application/json", '{"x": 1}')
     j.close()
@@ -135,7 +136,7 @@ def test_a_run_restored_from_the_committed_results_resumes_the_unfinished_unit(t
     assert suite.restore_state(st_b, doc, carried, b / "journal") == (2, 1)
     again = suite.RunState(b / "records.jsonl", fresh=False)  # written through to B's state file
     assert again.done("t", "done") and again.done("t", "broken") and not again.done("t", "going")
-    jb = suite.Journal(b / "journal" / "t__going.jsonl")
+    jb = answers.Journal(b / "journal" / "t__going.jsonl")
     assert jb.segments_before == 1 and jb.take("k1") == (200, "application/json", '{"x": 1}')
     jb.put("k2", 200, "application/json", '{"x": 2}')
     jb.close()
@@ -331,19 +332,19 @@ def counting_upstream():
 
 def _journaled_run(proxy, path, payloads):
     """One run (segment) of a unit through the proxy; returns (answers, counted delta, journal)."""
-    journal = suite.Journal(path)
+    journal = answers.Journal(path)
     proxy.journal = journal
     before = proxy.snapshot()
     journal.phase("compile")
     got = [_post(proxy.base_url + "/chat/completions", p) for p in payloads]
     proxy.journal = None
-    return [(s, b["choices"][0]["text"]) for s, b in got], suite.delta(proxy.snapshot(), before), journal
+    return [(s, b["choices"][0]["text"]) for s, b in got], answers.delta(proxy.snapshot(), before), journal
 
 
 def test_a_killed_unit_resumes_from_its_journal_with_the_counts_of_one_uninterrupted_run(counting_upstream, tmp_path):
     url, seen = counting_upstream
     path = tmp_path / "journal" / "trec__dspy.jsonl"
-    proxy = suite.CountingProxy([url])
+    proxy = answers.CountingProxy([url])
     try:
         # run 1 is killed after three requests (two of them identical, as a sampling optimizer may send)
         first, d1, j1 = _journaled_run(proxy, path, [{"q": 1}, {"q": 1}, {"q": 2}, {"bad": True}])
@@ -369,7 +370,7 @@ def test_a_killed_unit_resumes_from_its_journal_with_the_counts_of_one_uninterru
 
 def test_journal_credits_the_killed_runs_time_per_phase(tmp_path):
     path = tmp_path / "u.jsonl"
-    j1 = suite.Journal(path)
+    j1 = answers.Journal(path)
     assert j1.summary() is None and j1.prior_s("compile") == 0.0
     _, wall = suite._timed(j1, "compile", lambda: None)  # run 1 finishes compiling ...
     j1._write({"phase_end": "compile", "seg": 1, "t": 120.0})  # (as if it had taken 120 s)
@@ -377,12 +378,12 @@ def test_journal_credits_the_killed_runs_time_per_phase(tmp_path):
     j1.put("k1", 200, "application/json", "{}")
     j1._write({"k": "k2", "s": 200, "ct": "application/json", "d": "{}", "seg": 1, "ph": "test", "t": 30.0})
     j1.close()  # ... and is killed 30 s into the test set
-    j2 = suite.Journal(path)
+    j2 = answers.Journal(path)
     assert j2.prior_s("compile") == 120.0 and j2.prior_s("test") == 30.0
     result, wall = suite._timed(j2, "compile", lambda: "compiled")
     assert result == "compiled" and 120.0 <= wall < 121.0  # this run's (replayed) compile plus run 1's
     j2.close()
-    j3 = suite.Journal(path)  # killed again: both earlier runs count
+    j3 = answers.Journal(path)  # killed again: both earlier runs count
     assert 120.0 <= j3.prior_s("compile") < 121.0  # run 1's 120 s + run 2's (replay-only) compile
     assert j3.summary()["segments"] == 3
     j3.close()
@@ -396,11 +397,11 @@ def test_journal_lm_replays_an_in_process_models_answers(tmp_path):
 
     inner = FunctionLM(lambda req: f"reply {len(inner.calls)}")
     req = LMRequest(messages=(Message(role="user", content="hi"),), max_tokens=8)
-    j = suite.Journal(tmp_path / "inproc.jsonl")
-    r1 = asyncio.run(suite.JournalLM(inner, j).complete(req))
+    j = answers.Journal(tmp_path / "inproc.jsonl")
+    r1 = asyncio.run(answers.JournalLM(inner, j).complete(req))
     j.close()
-    j2 = suite.Journal(tmp_path / "inproc.jsonl")
-    lm2 = suite.JournalLM(inner, j2)
+    j2 = answers.Journal(tmp_path / "inproc.jsonl")
+    lm2 = answers.JournalLM(inner, j2)
     assert lm2.identity() == inner.identity()
     r2 = asyncio.run(lm2.complete(req))
     assert r2.text == r1.text and r2.usage == r1.usage and len(inner.calls) == 1 and not r2.cached
@@ -437,11 +438,11 @@ def test_stop_by_ends_the_run_then_forces_it(ignores_sigterm, tmp_path):
 
 def test_units_share_test_answers_but_never_compile_answers(counting_upstream, tmp_path):
     url, seen = counting_upstream
-    proxy = suite.CountingProxy([url])
-    proxy.shared = suite.SharedAnswers(tmp_path / "shared.jsonl")
+    proxy = answers.CountingProxy([url])
+    proxy.shared = answers.SharedAnswers(tmp_path / "shared.jsonl")
     try:
         def unit(name):
-            j = suite.Journal(tmp_path / "journal" / f"{name}.jsonl")
+            j = answers.Journal(tmp_path / "journal" / f"{name}.jsonl")
             proxy.journal = j
             before = proxy.snapshot()
             j.phase("compile")
@@ -450,7 +451,7 @@ def test_units_share_test_answers_but_never_compile_answers(counting_upstream, t
             t = [_post(proxy.base_url + "/chat/completions", {"q": i})[1]["choices"][0]["text"] for i in (1, 2)]
             proxy.journal = None
             j.close(delete=True)
-            return c, t, suite.delta(proxy.snapshot(), before), j.shared
+            return c, t, answers.delta(proxy.snapshot(), before), j.shared
 
         c1, t1, d1, shared1 = unit("a")
         c2, t2, d2, shared2 = unit("b")
@@ -459,24 +460,24 @@ def test_units_share_test_answers_but_never_compile_answers(counting_upstream, t
         assert d2["requests"] == d1["requests"] == 3  # ... and counted all the same
         assert d2["prompt_tokens"] == 40 + 20 + 30 and len(seen) == 4
         # the store outlives the process (a later session's units share it too)
-        again = suite.SharedAnswers(tmp_path / "shared.jsonl")
-        assert again.get(suite.Journal.key("POST", "/v1/chat/completions", json.dumps({"q": 1}).encode())) is not None
+        again = answers.SharedAnswers(tmp_path / "shared.jsonl")
+        assert again.get(answers.Journal.key("POST", "/v1/chat/completions", json.dumps({"q": 1}).encode())) is not None
     finally:
         proxy.close()
 
 
 def test_common_prefix_len():
-    assert suite.common_prefix_len(b"", b"abc") == 0
-    assert suite.common_prefix_len(b"abcdef", b"abcxyz") == 3
-    assert suite.common_prefix_len(b"abc", b"abc") == 3 and suite.common_prefix_len(b"ab", b"abc") == 2
+    assert answers.common_prefix_len(b"", b"abc") == 0
+    assert answers.common_prefix_len(b"abcdef", b"abcxyz") == 3
+    assert answers.common_prefix_len(b"abc", b"abc") == 3 and answers.common_prefix_len(b"ab", b"abc") == 2
     a = bytes(range(256)) * 40
-    assert suite.common_prefix_len(a, a[:5000] + b"!" + a[5001:]) == 5000
+    assert answers.common_prefix_len(a, a[:5000] + b"!" + a[5001:]) == 5000
 
 
 def test_prefix_affinity_routes_to_the_server_holding_the_prompt_prefix():
     import time
 
-    proxy = suite.CountingProxy(["s1", "s2"], affinity_wait_s=2.0, slack=4)
+    proxy = answers.CountingProxy(["s1", "s2"], affinity_wait_s=2.0, slack=4)
     chat, js = b"SYSTEM chat layout " * 10, b"SYSTEM json layout " * 10
     try:
         a = proxy._acquire(chat + b"row 1")
@@ -503,7 +504,7 @@ def test_prefix_affinity_routes_to_the_server_holding_the_prompt_prefix():
         proxy._release(a)
         proxy._release(b)
         # prefixes within the slack: any free server, no waiting
-        same = suite.CountingProxy(["s1", "s2"], affinity_wait_s=30.0, slack=1024)
+        same = answers.CountingProxy(["s1", "s2"], affinity_wait_s=30.0, slack=1024)
         x = same._acquire(chat + b"row 1")
         t0 = time.monotonic()
         y = same._acquire(chat + b"row 2")
@@ -518,7 +519,7 @@ def test_prefix_affinity_separates_two_alternating_layouts():
     the two layouts share a head; longest-prefix routing alone would keep both on one server
     (each re-reading everything after the head), the LRU fallback parts them."""
     head, chat, js = b"H" * 100, b"C" * 100, b"J" * 100
-    proxy = suite.CountingProxy(["s1", "s2"], affinity_wait_s=2.0, slack=16)
+    proxy = answers.CountingProxy(["s1", "s2"], affinity_wait_s=2.0, slack=16)
     try:
         got = []
         for row in range(1, 5):
@@ -530,7 +531,7 @@ def test_prefix_affinity_separates_two_alternating_layouts():
         # request finds its layout evicted and takes the idle server; from then on each stays
         assert got == ["s1", "s1", "s2", "s1", "s2", "s1", "s2", "s1"]
         # one layout only: it stays where its prefix is (no spurious moves)
-        one = suite.CountingProxy(["s1", "s2"], affinity_wait_s=2.0, slack=16)
+        one = answers.CountingProxy(["s1", "s2"], affinity_wait_s=2.0, slack=16)
         seq = []
         for row in range(4):
             u = one._acquire(head + chat + b"row %d" % row)
@@ -543,7 +544,7 @@ def test_prefix_affinity_separates_two_alternating_layouts():
 
 
 def test_without_affinity_any_free_server_is_taken():
-    proxy = suite.CountingProxy(["s1", "s2"])
+    proxy = answers.CountingProxy(["s1", "s2"])
     try:
         first = proxy._acquire(b"x" * 100)
         assert proxy._acquire(b"x" * 100) != first  # never waits for the busy one
