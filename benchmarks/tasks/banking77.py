@@ -20,5 +20,5 @@ TASK = Task(
                                                    INSTRUCTION, MAX_TOKENS),
     dspy_program=lambda: classification_dspy("text", "intent", banking77_labels(), INSTRUCTION),
     metrics={"accuracy": label_metric("intent")}, main="accuracy", max_tokens=MAX_TOKENS,
-    quick=Sizes(12, 12, 20), full=Sizes(50, 50, 150),
+    quick=Sizes(16, 16, 20), full=Sizes(50, 50, 150),
 )

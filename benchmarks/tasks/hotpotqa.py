@@ -79,5 +79,5 @@ TASK = Task(
     inputs=("question",), output="answer", splits=splits,
     lmgraph_program=lmgraph_program, dspy_program=dspy_program,
     metrics={"f1": f1, "em": em}, main="f1", max_tokens=MAX_TOKENS, label_field="answer",
-    quick=Sizes(12, 12, 20), full=Sizes(50, 50, 100),
+    quick=Sizes(16, 16, 20), full=Sizes(50, 50, 100),
 )

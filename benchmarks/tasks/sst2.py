@@ -21,5 +21,5 @@ TASK = Task(
     lmgraph_program=lambda: classification_lmgraph("sst2", "sentence", "sentiment", LABELS, INSTRUCTION, MAX_TOKENS),
     dspy_program=lambda: classification_dspy("sentence", "sentiment", LABELS, INSTRUCTION),
     metrics={"accuracy": label_metric("sentiment")}, main="accuracy", max_tokens=MAX_TOKENS,
-    quick=Sizes(12, 12, 20), full=Sizes(50, 50, 150),
+    quick=Sizes(16, 16, 20), full=Sizes(50, 50, 150),
 )

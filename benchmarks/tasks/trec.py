@@ -21,5 +21,5 @@ TASK = Task(
     lmgraph_program=lambda: classification_lmgraph("trec", "question", "answer_type", LABELS, INSTRUCTION, MAX_TOKENS),
     dspy_program=lambda: classification_dspy("question", "answer_type", LABELS, INSTRUCTION),
     metrics={"accuracy": label_metric("answer_type")}, main="accuracy", max_tokens=MAX_TOKENS,
-    quick=Sizes(12, 12, 20), full=Sizes(50, 50, 150),
+    quick=Sizes(16, 16, 20), full=Sizes(50, 50, 150),
 )
