@@ -391,7 +391,8 @@ def report_lines(out: dict[str, Any]) -> list[str]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description="lmgraph vs DSPy: framework overhead and scheduling")
-    ap.add_argument("--quick", action="store_true", help="fewer repeats, HTTP rows at 100 ms only (about half the time)")
+    ap.add_argument("--quick", action="store_true",
+                    help="fewer repeats, HTTP rows at 100 ms only (about half the time)")
     ap.add_argument("--calls", type=int, help="calls per repeat for per-node overhead")
     ap.add_argument("--repeats", type=int)
     ap.add_argument("--chain", type=int, default=5)

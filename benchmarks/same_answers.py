@@ -10,7 +10,8 @@ compares each prediction with the one recorded in ``results/<date>.json``.
         --units "trec/lmgraph zero-shot,banking77/DSPy zero-shot [json]"
 
 Writes ``results/same-answers-<today>.json`` (per unit: rows, identical predictions, score then
-and now, the first differing rows, every prediction made now) and prints a line per unit. Nothing is written to the run state.
+and now, the first differing rows, every prediction made now) and prints a line per unit.
+Nothing is written to the run state.
 """
 
 from __future__ import annotations

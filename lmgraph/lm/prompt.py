@@ -25,8 +25,8 @@ import pydantic
 from ..errors import OutputParseError
 from ..signatures import FieldSpec, Signature, literal_options, type_to_str
 from .base import LMRequest, Message
-from .values import (_close_json_object, _extract_json, _json_object, _norm, coerce, format_value,
-                     jsonable, validate_value)
+from .values import (close_json_object, coerce, extract_json, format_value, json_object, jsonable,
+                     norm_label, validate_value)
 
 __all__ = ["FORMATS", "ChatFormat", "CompletionFormat", "JSONFormat", "PromptFormat", "coerce",
            "format_value", "get_format", "jsonable", "validate_value"]
@@ -120,8 +120,8 @@ class PromptFormat:
 @functools.lru_cache(maxsize=512)
 def _label_plan(sig: Signature) -> tuple[re.Pattern[str], dict[str, str]]:
     """Per-signature regex matching any output label at a line start (cached: hot path)."""
-    labels = {_norm(f.label): f.name for f in sig.outputs}
-    labels.update({_norm(f.name): f.name for f in sig.outputs})
+    labels = {norm_label(f.label): f.name for f in sig.outputs}
+    labels.update({norm_label(f.name): f.name for f in sig.outputs})
     pattern = re.compile(
         r"^[ \t*#]*(" + "|".join(re.escape(f.label) for f in sig.outputs)
         + "|" + "|".join(re.escape(f.name) for f in sig.outputs) + r")[ \t*]*:(?:[ \t]*\*\*)?[ \t]*",
@@ -139,7 +139,7 @@ def _split_labels(sig: Signature, text: str, first: FieldSpec | None) -> dict[st
         # a blank section stays open: " Answer: Paris" after a prefilled "Answer:" repeats the label
         if current is not None and current not in sections and text[pos:m.start()].strip():
             sections[current] = text[pos:m.start()]
-        name = labels[_norm(m.group(1))]
+        name = labels[norm_label(m.group(1))]
         current = name if name not in sections else None
         pos = m.end()
     if current is not None and current not in sections:
@@ -180,7 +180,7 @@ def _typed(sig: Signature, sections: Mapping[str, str], text: str) -> dict[str, 
     for f in sig.outputs:
         if f.name not in sections:
             if len(sig.outputs) == 1 and text.strip():
-                data = _json_object(text) if text.lstrip()[:1] in ("{", "`") else None
+                data = json_object(text) if text.lstrip()[:1] in ("{", "`") else None
                 if data is not None and f.name in data:
                     # a JSON answer ({"answer": ...}) in a label format: its value, not the syntax
                     out[f.name] = _validated(f, data[f.name], text)
@@ -367,9 +367,9 @@ class JSONFormat(PromptFormat):
 
     def parse(self, sig: Signature, text: str) -> dict[str, Any]:
         try:
-            data = _extract_json(text)
+            data = extract_json(text)
         except ValueError:
-            data = _close_json_object(text)  # cut off by max_tokens: keep what was written
+            data = close_json_object(text)  # cut off by max_tokens: keep what was written
             if data is None:
                 raise OutputParseError("the output is not JSON", raw=text) from None
         if not isinstance(data, dict):

@@ -57,7 +57,8 @@ def jsonable(value: Any) -> Any:
 _NUM = re.compile(r"[-+]?\$?\d[\d,]*(?:\.\d+)?(?:[eE][-+]?\d+)?|[-+]?\.\d+")
 
 
-def _norm(s: str) -> str:
+def norm_label(s: str) -> str:
+    """A label or option compared loosely: lower case, no edge punctuation, runs of space/_/- as one space."""
     return re.sub(r"[\s_\-]+", " ", s.strip().strip("\"'`*.,;:!()[]{}").lower()).strip()
 
 
@@ -69,7 +70,7 @@ def _strip_fence(text: str) -> str:
     return text
 
 
-def _extract_json(text: str) -> Any:
+def extract_json(text: str) -> Any:
     text = _strip_fence(text)
     try:
         return json.loads(text)
@@ -85,7 +86,7 @@ def _extract_json(text: str) -> Any:
     raise ValueError("no JSON value found")
 
 
-def _close_json_object(text: str) -> dict[str, Any] | None:
+def close_json_object(text: str) -> dict[str, Any] | None:
     """An object the model began but did not finish -- out of tokens inside a JSON answer,
     e.g. ``{"answer": "The Eiffel To`` -- closed and read; None when ``text`` is no such prefix.
 
@@ -129,12 +130,12 @@ def _close_json_object(text: str) -> dict[str, Any] | None:
     return None
 
 
-def _json_object(text: str) -> dict[str, Any] | None:
+def json_object(text: str) -> dict[str, Any] | None:
     """The reply read as a JSON object, complete or cut off by the token limit; else None."""
     try:
-        data = _extract_json(text)
+        data = extract_json(text)
     except ValueError:
-        return _close_json_object(text)
+        return close_json_object(text)
     return data if isinstance(data, dict) else None
 
 
@@ -145,7 +146,7 @@ def coerce(text: str, annotation: Any) -> Any:
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
     if origin is typing.Union or origin is types.UnionType:
-        if _norm(text) in ("", "none", "null", "n/a"):
+        if norm_label(text) in ("", "none", "null", "n/a"):
             if type(None) in args:
                 return None
         errors = []
@@ -162,7 +163,7 @@ def coerce(text: str, annotation: Any) -> Any:
         value = _match_option(text, options)
         return annotation(value) if isinstance(annotation, type) else value
     if annotation is bool:
-        m = re.match(r"[a-z0-9]+", _norm(text))  # first word, without its punctuation ("Yes, ...")
+        m = re.match(r"[a-z0-9]+", norm_label(text))  # first word, without its punctuation ("Yes, ...")
         n = m.group(0) if m else ""
         if n in ("yes", "true", "1", "y", "correct", "pass"):
             return True
@@ -182,7 +183,7 @@ def coerce(text: str, annotation: Any) -> Any:
     if origin in (list, tuple) or annotation in (list, tuple):
         item = args[0] if args else str
         try:
-            data = _extract_json(text)
+            data = extract_json(text)
             if not isinstance(data, list):
                 raise ValueError
             raw_items = data
@@ -197,7 +198,7 @@ def coerce(text: str, annotation: Any) -> Any:
         return type_adapter(annotation).validate_python(items)
     # dicts, pydantic models, anything else: JSON
     try:
-        data = _extract_json(text)
+        data = extract_json(text)
     except ValueError:
         raise ValueError(f"expected JSON for {type_to_str(annotation)}, got {text.strip()[:80]!r}") from None
     try:
@@ -215,12 +216,12 @@ def _match_option(text: str, options: Sequence[Any]) -> Any:
                 if o == num:
                     return o
         raise ValueError(f"expected one of {', '.join(map(str, options))}; got {text.strip()[:60]!r}")
-    t = _norm(text)
-    normed = [(_norm(str(o)), o) for o in options]
+    t = norm_label(text)
+    normed = [(norm_label(str(o)), o) for o in options]
     for n, o in normed:
         if t == n:
             return o
-    first_line = _norm(text.strip().splitlines()[0]) if text.strip() else ""
+    first_line = norm_label(text.strip().splitlines()[0]) if text.strip() else ""
     for n, o in sorted(normed, key=lambda x: -len(x[0])):
         if first_line.startswith(n) and (len(first_line) == len(n) or not first_line[len(n)].isalnum()):
             return o
