@@ -200,6 +200,27 @@ def test_goals_compare_best_compiled_systems_and_call_ratio():
     assert g["calls_ratio"] is None and g["calls_goal"] is False
 
 
+def test_tied_dspy_systems_count_the_cheapest_and_in_process_rows_show_no_requests():
+    # Banking77 full mode: four DSPy systems tie at 2/150; the 0-call one is DSPy's best, so the
+    # calls goal is judged against the hardest bar, not against the 1,448-call random search
+    recs = [_rec("lg A", "lmgraph", "A", [1, 1, 0, 0], 40),
+            _rec("ds search", "dspy", "S", [1, 0, 0, 0], 1448),
+            _rec("ds labeled", "dspy", "L", [0, 1, 0, 0], 0)]
+    (g,) = report.goals(recs, ["t"])
+    assert g["dspy_best"] == "ds labeled" and g["dspy_calls"] == 0 and g["calls_goal"] is False
+    recs.append(_rec("lg in-process", "lmgraph", "B", [1, 1, 1, 0], 10))
+    recs[-1]["compile"].update(requests=None, request_tokens=None, wall_s=5.0)  # no HTTP in-process
+    recs[0]["compile"].update(requests=38, request_tokens=1234, wall_s=9.0)
+    md = report.markdown({"mode": "quick", "date": "d", "model": "m", "server": {"servers": 1, "threads": 1},
+                          "seed": 0, "command": "c", "wall_s": 60, "goals": report.goals(recs, ["t"]),
+                          "tasks": ["t"], "records": recs, "overhead": None})
+    assert "None" not in md
+    (row,) = [line for line in md.splitlines() if line.startswith("| lg in-process |")]
+    assert "| 10 | - | 5.0 |" in row
+    (row,) = [line for line in md.splitlines() if line.startswith("| lg A |")]
+    assert "| 40 | 38 (1234) | 9.0 |" in row
+
+
 def test_every_task_file_defines_a_task_with_disjoint_seeded_splits():
     import tasks
 
