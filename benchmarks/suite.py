@@ -601,6 +601,16 @@ def start_servers(n: int, threads: int, n_ctx: int) -> list[Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # A kill (SIGTERM) unwinds like Ctrl-C, so the servers are stopped; the run resumes later.
+    # The caller's handler comes back afterwards (tests call main() inside pytest's process).
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    try:
+        return _main(argv)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small splits, fewer systems (< 15 min on 2 cores)")
     ap.add_argument("--tasks", help="comma-separated task names (default: all in full mode, "
@@ -638,8 +648,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.fresh and args.restore:
         raise SystemExit("--fresh discards the run state that --restore seeds: give one of them")
     mode = "quick" if args.quick else "full"
-    # A kill (SIGTERM) unwinds like Ctrl-C, so the servers are stopped; the run resumes later.
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     # Failures are counted in the records; per-example tracebacks from DSPy's optimizers and
     # aiohttp's "Unclosed client session" notices (litellm's shared sessions) would bury the log.
     logging.getLogger("dspy").setLevel(logging.CRITICAL)

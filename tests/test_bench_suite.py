@@ -319,9 +319,14 @@ def test_a_passed_stop_by_runs_nothing(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(suite, "WORK", tmp_path)
     past = (dt.datetime.now() - dt.timedelta(minutes=5)).isoformat(timespec="minutes")
+    import signal
+
+    before = signal.getsignal(signal.SIGTERM)
     assert suite.main(["--quick", "--tasks", "trec", "--no-overhead", "--stop-by", past]) == 0
     assert "has passed already: nothing run" in capsys.readouterr().out
     assert not (tmp_path / "quick-s0" / "records.jsonl").exists()
+    # main() turns SIGTERM into an unwinding exit while it runs, and gives the caller's handler back
+    assert signal.getsignal(signal.SIGTERM) is before
 
 
 def test_the_published_command_keeps_what_shapes_results_only():
