@@ -123,7 +123,7 @@ def markdown(doc: dict[str, Any]) -> str:
                 continue
             c = r["compile"] or {}
             other = ", ".join(f"{m} {_fmt_ci(v)}" for m, v in r["test"].items() if m != r["main"])
-            req = f"{c['requests']} ({c.get('request_tokens')})" if c and c.get('requests') is not None else "-"
+            req = "-" if c.get("requests") is None else f"{c['requests']} ({c.get('request_tokens')})"
             wall = str(c.get("wall_s", "-")) if c else "-"
             if r.get("resumed"):  # ran over several sessions: wall time summed over its runs
                 wall += f" (in {r['resumed']['segments']} runs)"

@@ -316,11 +316,10 @@ def test_stop_by_takes_the_next_clock_time_or_an_iso_datetime():
 
 def test_a_passed_stop_by_runs_nothing(tmp_path, monkeypatch, capsys):
     import datetime as dt
+    import signal
 
     monkeypatch.setattr(suite, "WORK", tmp_path)
     past = (dt.datetime.now() - dt.timedelta(minutes=5)).isoformat(timespec="minutes")
-    import signal
-
     before = signal.getsignal(signal.SIGTERM)
     assert suite.main(["--quick", "--tasks", "trec", "--no-overhead", "--stop-by", past]) == 0
     assert "has passed already: nothing run" in capsys.readouterr().out
