@@ -269,10 +269,15 @@ class Budget:
     max_dollars: float | None = None
 
     def __post_init__(self) -> None:
+        from ..errors import ConfigError  # a DefinitionError that is also a ValueError
+
         for name in ("max_calls", "max_tokens", "max_dollars"):
             value = getattr(self, name)
-            if value is not None and value < 0:
-                raise ValueError(f"Budget.{name} must be >= 0, got {value}")
+            kind = "a number" if name == "max_dollars" else "a whole number"
+            ok = isinstance(value, (int, float)) if name == "max_dollars" else isinstance(value, int)
+            if value is not None and (isinstance(value, bool) or not ok or value < 0):
+                raise ConfigError(f"Budget.{name} is {value!r}; it must be None (no limit) or {kind} >= 0",
+                                  field=name, fix=f"pass e.g. Budget({name}={100 if kind != 'a number' else 1.0}).")
 
 
 class BudgetMeter:
