@@ -64,6 +64,56 @@ class ArtifactError(DefinitionError):
     """A saved pipeline artifact could not be loaded."""
 
 
+class ConfigError(DefinitionError, ValueError):
+    """A setting has a value it cannot take (a negative budget, an unknown render format, a
+    temperature of ``"hot"``). The message names the setting, the value and what is valid; it is
+    also a ``ValueError``, so code that caught the old bare error keeps working."""
+
+
+class UsageError(DefinitionError, TypeError):
+    """An lmgraph function was called with the wrong kind of argument (e.g. a dict of inputs passed
+    positionally where the RunContext goes). Also a ``TypeError``."""
+
+
+class DatasetError(DefinitionError):
+    """A dataset row lacks a field the program or the metric reads (found before any model call).
+
+    ``row`` is the row's index, ``row_id`` its ``id`` field if it has one."""
+
+    def __init__(self, message: str, *, row: int | None = None, row_id: object = None,
+                 field: str | None = None, fix: str | None = None) -> None:
+        self.row = row
+        self.row_id = row_id
+        super().__init__(message, field=field, fix=fix)
+
+
+class MetricError(DefinitionError):
+    """A metric cannot be used as given (wrong number of arguments, a return value that is not a
+    score), or -- with ``evaluate(..., strict=True)`` -- raised on a row (chained as ``__cause__``).
+
+    ``metric`` names the metric, ``row`` is the row's index (None for a problem found up front)."""
+
+    def __init__(self, message: str, *, metric: str | None = None, row: int | None = None,
+                 fix: str | None = None) -> None:
+        self.metric = metric
+        self.row = row
+        super().__init__(f"metric {metric!r}: {message}" if metric else message, fix=fix)
+
+
+class BudgetError(DefinitionError):
+    """A budget too small for the work asked of it, known before any model call is made (e.g. a
+    compile budget that cannot cover scoring the baseline once). The fix names the minimum."""
+
+
+class LmgraphWarning(UserWarning):
+    """Base class of lmgraph's warnings."""
+
+
+class MetricWarning(LmgraphWarning):
+    """A metric raised on some rows (scored 0 there), or was adapted to the (example, prediction,
+    trace) calling convention."""
+
+
 class RunError(LmgraphError):
     """Something failed while executing a pipeline."""
 
