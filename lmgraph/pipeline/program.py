@@ -130,13 +130,9 @@ class Program:
 
     # ---- views
     def render(self, fmt: str = "text") -> str:
-        from .render import render_mermaid, render_text
+        from .render import render
 
-        if fmt == "text":
-            return render_text(self)
-        if fmt == "mermaid":
-            return render_mermaid(self)
-        raise ValueError("fmt must be 'text' or 'mermaid'")
+        return render(self, fmt)  # an unknown fmt is a ConfigError naming the valid ones
 
     def __repr__(self) -> str:
         return f"Program({self.name!r}, nodes={list(self.order)})"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ..errors import ConfigError
 from ..signatures import type_to_str
 from .ir import INPUT, Const, Ref
 
@@ -57,3 +58,17 @@ def render_mermaid(p: "Program") -> str:
         src = f"in_{r.field}" if r.node == INPUT else f"n_{r.node}"
         lines.append(f'  {src} -->|"{_esc(r.field)}"| out_{o}')
     return "\n".join(lines)
+
+
+#: the views ``Program.render(fmt)`` can produce
+RENDER_FORMATS = ("text", "mermaid")
+
+
+def render(p: "Program", fmt: str = "text") -> str:
+    """``p`` as text or a Mermaid flowchart; any other ``fmt`` is a ConfigError naming the valid ones."""
+    if fmt == "text":
+        return render_text(p)
+    if fmt == "mermaid":
+        return render_mermaid(p)
+    raise ConfigError(f"unknown render format {fmt!r}", field="fmt",
+                      fix=f"use one of {', '.join(repr(f) for f in RENDER_FORMATS)}.")
