@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import DefinitionError
+from .errors import DefinitionError, UsageError
 from .lm.base import LM
 from .lm.wrappers import Budget, BudgetMeter, UsageMeter, build_stack
 
@@ -111,3 +111,17 @@ class RunContext:
                 got = (stack, getattr(backend, "preferred_format", "chat"))
                 self._stacks[name] = got
             return got
+
+
+def check_context(ctx: Any) -> RunContext:
+    """``ctx`` if it is a RunContext; anything else (typically a dict of inputs passed positionally,
+    ``program.run_sync(row)``) is a UsageError saying how to pass inputs."""
+    if isinstance(ctx, RunContext):
+        return ctx
+    if isinstance(ctx, Mapping):
+        raise UsageError(f"a {type(ctx).__name__} was passed as the first positional argument of "
+                         "program.run_sync()/run(); the first positional argument is the RunContext",
+                         fix="pass inputs as keywords: program.run_sync(**row) (or program.run_sync(ctx, **row)).")
+    raise UsageError(f"a {type(ctx).__name__} was passed where program.run_sync()/run()/batch() take the "
+                     "RunContext", fix="pass ctx=lmgraph.RunContext(...) (or nothing, for the defaults) and the "
+                                       "inputs as keywords: program.run_sync(ctx, **inputs).")

@@ -11,7 +11,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from ..context import RunContext
+from ..context import RunContext, check_context
 from ..errors import DefinitionError
 from ..modules.base import Module
 from .executor import Prediction, Result, execute, execute_batch
@@ -85,7 +85,7 @@ class Program:
     # ---- running
     def _ctx(self, ctx: RunContext | None) -> RunContext:
         if ctx is not None:
-            return ctx
+            return check_context(ctx)  # run_sync({...}): a UsageError saying to pass inputs as keywords
         if self._default_ctx is None:
             object.__setattr__(self, "_default_ctx", RunContext())
         return self._default_ctx  # type: ignore[return-value]
