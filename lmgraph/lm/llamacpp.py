@@ -40,6 +40,7 @@ from typing import Any, Callable, Sequence
 
 from ..errors import DefinitionError, LMError
 from .base import LMRequest, LMResponse, Usage
+from .capabilities import Capabilities
 from .embedded import check_threads, default_threads, local_model_path
 
 __all__ = ["LlamaCppLM", "INSTALL_COMMAND"]
@@ -155,6 +156,10 @@ class LlamaCppLM:
 
     #: small local models follow "Field: value" completion prompts with demos best (DESIGN.md)
     preferred_format = "completion"
+    supports_scoring = True  # scores given continuations (LMRequest.choices): decode="score"
+    #: what it can do: a JSON schema becomes a grammar; log-probabilities and choice scoring
+    capabilities = Capabilities(json_modes=("json_schema", "none"), json_mode="json_schema",
+                                logprobs=True, scoring=True, streaming=False)
 
     def __init__(self, model_path: str | os.PathLike[str] | None = None, *, n_ctx: int = 2048,
                  n_threads: int | None = None, n_instances: int = 1,

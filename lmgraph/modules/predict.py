@@ -8,11 +8,18 @@ Two decoding modes (``decode``, tunable):
   (``" " + option``); the backend scores each by log-probability and the best one is the output.
   Small local models pick the right label far more often this way, and never produce an
   unparseable answer. Needs a backend that scores continuations (the llama.cpp backend).
+* ``"calibrated"`` -- ``"score"`` with contextual calibration (Zhao et al., 2021, "Calibrate
+  before use"): the same prompt with every input replaced by ``"N/A"`` is scored too, and each
+  option's log-probability (normalised over the options) is divided by that content-free prior.
+  This removes the label bias a small model shows whatever the input (always "positive", always
+  the first option). One extra scoring call per row, the same request every row (a cache hit
+  after the first).
 """
 
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +33,8 @@ if TYPE_CHECKING:
     from ..pipeline.executor import NodeCall
 
 
-DECODE_CHOICES = ("generate", "score")
+DECODE_CHOICES = ("generate", "score", "calibrated")
+SCORING_DECODES = ("score", "calibrated")
 
 #: prompt formats a scoring Predict accepts ('auto' resolves to completion)
 SCORE_FORMATS = ("auto", "completion")
@@ -92,9 +100,9 @@ async def predict(call: "NodeCall", sig: Signature, inputs: Mapping[str, Any], *
     :func:`score_predict`); ``format``, ``temperature``, ``max_tokens`` and ``repair`` then
     play no part.
     """
-    if decode == "score":
+    if decode in SCORING_DECODES:
         return await score_predict(call, sig, inputs, instructions=instructions, demos=demos, lm=lm,
-                                   rollout=rollout)
+                                   rollout=rollout, calibrate=decode == "calibrated")
     _, preferred = call.lm(lm)
     fmt_name = resolve_format(format, sig, preferred, call.ctx.default_format)
     fmt = get_format(fmt_name)
@@ -123,8 +131,9 @@ async def predict(call: "NodeCall", sig: Signature, inputs: Mapping[str, Any], *
 
 async def score_predict(call: "NodeCall", sig: Signature, inputs: Mapping[str, Any], *,
                         instructions: str | None = None, demos: Sequence[Mapping[str, Any]] = (),
-                        lm: str | None = None, rollout: int = 0) -> dict[str, Any]:
-    """Pick the single Literal/Enum output by scoring every option (one scoring call)."""
+                        lm: str | None = None, rollout: int = 0, calibrate: bool = False) -> dict[str, Any]:
+    """Pick the single Literal/Enum output by scoring every option (one scoring call; with
+    ``calibrate`` a second one scores the content-free prompt and its prior is divided out)."""
     options, choices = _score_plan(sig)
     field = sig.outputs[0]
     fmt = get_format("completion")
@@ -137,6 +146,17 @@ async def score_predict(call: "NodeCall", sig: Signature, inputs: Mapping[str, A
     if resp.logprobs:
         call.trace.meta["scores"] = {str(item.get("choice", "")).strip(): item.get("logprob")
                                      for item in resp.logprobs if isinstance(item, Mapping)}
+    if calibrate:
+        free = fmt.render(sig, instructions or sig.instructions, demos, content_free_inputs(sig),
+                          temperature=0.0, max_tokens=1, rollout=rollout, node=call.node)
+        free_resp, free_rec = await call.generate(free.replace(stop=(), choices=choices), lm=lm)
+        best = calibrated_choice(choices, resp.logprobs, free_resp.logprobs)
+        if best is None:
+            free_rec.parse_error = rec.parse_error = (
+                "decode='calibrated' needs the option log-probabilities, and the backend returned none")
+            raise OutputParseError(rec.parse_error, field=field.name, raw=resp.text).locate(call.node)
+        call.trace.meta["calibrated"] = True
+        return {field.name: _option_value(field.annotation, options[best])}
     try:
         value = options[choices.index(resp.text)]
     except ValueError:  # a backend (or a test fake) answered with the option's text, not the choice
@@ -146,8 +166,37 @@ async def score_predict(call: "NodeCall", sig: Signature, inputs: Mapping[str, A
             rec.parse_error = f"the scored answer {resp.text!r} is not one of the choices: {e}"
             raise OutputParseError(rec.parse_error, field=field.name, raw=resp.text).locate(call.node) from None
         return {field.name: value}
-    annotation = field.annotation
-    return {field.name: annotation(value) if isinstance(annotation, type) else value}
+    return {field.name: _option_value(field.annotation, value)}
+
+
+def _option_value(annotation: Any, value: Any) -> Any:
+    return annotation(value) if isinstance(annotation, type) else value
+
+
+def content_free_inputs(sig: Signature) -> dict[str, Any]:
+    """Every input replaced by the content-free ``"N/A"`` (the calibration prompt's inputs)."""
+    return {f.name: "N/A" for f in sig.inputs}
+
+
+def calibrated_choice(choices: Sequence[str], logprobs: Any, prior: Any) -> int | None:
+    """Index of the option with the best calibrated score: log p(option | x) - log p(option | N/A),
+    each normalised over the options (a log-softmax); ties keep the earlier option. None when
+    either response lacks a log-probability for some option."""
+    def table(raw: Any) -> list[float] | None:
+        if not isinstance(raw, Sequence):
+            return None
+        got = {str(item.get("choice")): item.get("logprob") for item in raw if isinstance(item, Mapping)}
+        vals = [got.get(c) for c in choices]
+        if any(not isinstance(v, (int, float)) for v in vals):
+            return None
+        top = max(vals)  # type: ignore[type-var]
+        norm = top + math.log(sum(math.exp(v - top) for v in vals))  # type: ignore[operator]
+        return [v - norm for v in vals]  # type: ignore[operator]
+    x, free = table(logprobs), table(prior)
+    if x is None or free is None:
+        return None
+    adjusted = [a - b for a, b in zip(x, free)]
+    return max(range(len(adjusted)), key=lambda i: (adjusted[i], -i))
 
 
 class GenerationSettings:
@@ -227,7 +276,7 @@ class Predict(GenerationSettings, Module):
         if self.decode not in DECODE_CHOICES:
             raise DefinitionError(f"unknown decode mode {self.decode!r}",
                                   fix=f"choose one of {', '.join(DECODE_CHOICES)}.")
-        if self.decode == "score":
+        if self.decode in SCORING_DECODES:
             check_score_signature(self.signature)
             if self.format not in SCORE_FORMATS:
                 raise DefinitionError(
@@ -266,7 +315,7 @@ class Predict(GenerationSettings, Module):
 
     def describe(self) -> str:
         extra = f", {len(self.demos)} demos" if self.demos else ""
-        mode = ", score" if self.decode == "score" else ""
+        mode = f", {self.decode}" if self.decode in SCORING_DECODES else ""
         return f"{type(self).__name__}[{self.format}{mode}{extra}]"
 
     def summary(self) -> list[str]:

@@ -1,0 +1,636 @@
+"""The default compiler: search the levers that matter, pick on all the evidence, say what it knows.
+
+``lg.compile(program, rows, metric, budget=...)`` (or :class:`Compile`) differs from the older
+optimizers in three ways.
+
+* **Every labelled row is scored.** Training and validation rows are pooled and cut (seeded) into
+  a *search fold* and a *confirmation fold*. Demos come only from search-fold rows -- from the
+  baseline's own passing runs (bootstrapped, free: the baseline is run on every row anyway) or
+  straight from the labels -- and a candidate is never scored on a row its demos were drawn from
+  (cross-fitting). The confirmation fold is touched once, by the one chosen candidate, so its
+  estimate of the gain is unbiased.
+* **The levers are the ones small and large models respond to**: the output decoding (generate,
+  log-prob scoring of a label's options, scoring with contextual calibration), the prompt format
+  (completion, chat, grammar-constrained JSON), bootstrapped or labelled demos (label-balanced),
+  their number, and instructions written from the signature (field names, options) rather than
+  by the task model. Candidates are tried in a fixed order of prior promise.
+* **Selection maximises the expected held-out gain.** Candidates are raced by successive halving
+  on search-fold rows (never fewer than ``min_race_rows`` per decision), ranked by their paired
+  gain over the baseline shrunk toward 0 by an empirical-Bayes estimate of how much the
+  candidates truly differ (the winner's-curse correction), and the winner is confirmed on the
+  held-out fold. It replaces the program when the confirmed gain is not negative and the
+  combined estimate is positive; the report gives that expected gain with its 95% CI, and when
+  nothing is chosen, why, and what would help.
+
+The search is planned to fit the budget before it starts: :meth:`Compile.dry_run` shows the plan
+(its total never exceeds the budget), and candidates the budget can't cover are listed as not
+tried, with ``report.stopped`` saying so.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..context import RunContext
+from ..errors import DefinitionError
+from ..evaluation.evaluate import paired_bootstrap
+from ..evaluation.metrics import Metric
+from ..lm.wrappers import Budget
+from ..modules.predict import SCORING_DECODES, check_score_signature
+from ..pipeline.program import Program, _run_sync
+from ..signatures import literal_options
+from .base import CostEstimate, Optimizer, check_rows
+from .fewshot import _demo_sig, demo_nodes, labeled_demos
+from .report import Report
+from .session import BudgetStop, CompileSession
+
+Demo = dict[str, Any]
+
+
+# --------------------------------------------------------------------------- statistics
+
+def shrink(deltas: Sequence[float], ses: Sequence[float]) -> list[float]:
+    """Empirical-Bayes posterior means of true gains ``deltas`` measured with standard errors
+    ``ses``: each is pulled toward 0 by ``tau2 / (tau2 + se^2)``, where ``tau2`` (the spread of
+    true gains) is the observed spread less the noise. The best raw delta among many candidates
+    is biased upward (the winner's curse); this pulls noisy ones back the most."""
+    if not deltas:
+        return []
+    if len(deltas) == 1:
+        tau2 = deltas[0] ** 2  # one candidate: its own size is the only hint of the spread
+    else:
+        mean = sum(deltas) / len(deltas)
+        var = sum((d - mean) ** 2 for d in deltas) / (len(deltas) - 1)
+        tau2 = max(0.0, var - sum(s * s for s in ses) / len(ses))
+        tau2 = max(tau2, mean * mean)  # a shared shift counts as signal too
+    return [d * tau2 / (tau2 + s * s) if tau2 + s * s > 0 else 0.0 for d, s in zip(deltas, ses)]
+
+
+def paired_stats(base: Sequence[float], cand: Sequence[float]) -> tuple[float, float]:
+    """Mean paired difference and its standard error."""
+    d = [b - a for a, b in zip(base, cand)]
+    n = len(d)
+    if n == 0:
+        return 0.0, float("inf")
+    m = sum(d) / n
+    if n == 1:
+        return m, 1.0
+    var = sum((x - m) ** 2 for x in d) / (n - 1)
+    return m, math.sqrt(var / n)
+
+
+def detectable_gain(base: Sequence[float], n: int) -> float:
+    """The smallest gain a paired comparison on ``n`` rows can tell from noise (two standard
+    errors of a difference whose per-row spread is that of the baseline's scores, at least that
+    of a 50/50 change in a tenth of the rows)."""
+    if n <= 0:
+        return float("inf")
+    m = sum(base) / max(1, len(base))
+    var = max(sum((x - m) ** 2 for x in base) / max(1, len(base) - 1), 0.1)
+    return 2.0 * math.sqrt(2 * var / n)
+
+
+# --------------------------------------------------------------------------- candidates
+
+@dataclass
+class Spec:
+    """One candidate: a label, per-node parameter changes and the search rows its demos use."""
+
+    label: str
+    params: dict[str, dict[str, Any]]
+    demo_rows: frozenset[int] = frozenset()
+    program: Program | None = None
+    calls_per_row: float = 1.0
+    rows: list[int] = field(default_factory=list)    # search rows scored so far
+    scores: list[float] = field(default_factory=list)
+    calls: int = 0
+    tokens: int = 0
+    alive: bool = True
+    note: str = ""
+
+    def changes(self) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        for node, p in self.params.items():
+            ch = {k: (len(v) if k == "demos" else v) for k, v in p.items()}
+            if "instructions" in ch:
+                text = str(ch["instructions"])
+                ch["instructions"] = text if len(text) <= 80 else text[:77] + "..."
+            out[node] = ch
+        return out
+
+
+def signature_instruction(sig: Any) -> str:
+    """An instruction written from the signature alone: what to read, what to give, the options."""
+    ins = ", ".join(f.name.replace("_", " ") for f in sig.inputs) or "input"
+    parts = []
+    for f in sig.outputs:
+        opts = literal_options(f.annotation)
+        what = f.name.replace("_", " ")
+        if f.desc and f.desc != what:
+            what += f" ({f.desc})"
+        if opts:
+            what += " -- exactly one of: " + ", ".join(str(o) for o in opts)
+        parts.append(what)
+    return f"Read the {ins} and give the {'; and the '.join(parts)}."
+
+
+def _label_value(demo: Mapping[str, Any], sig: Any) -> str | None:
+    outs = [f for f in sig.outputs if literal_options(f.annotation)]
+    return str(demo.get(outs[0].name)) if len(outs) == 1 else None
+
+
+def balanced(pool: Sequence[tuple[int, Demo]], sig: Any, k: int, rng: random.Random) -> list[tuple[int, Demo]]:
+    """``k`` demos, round-robin over the label values when the node has one label output (a small
+    model copies the label of the demos it sees: every label shown, none twice before all once)."""
+    items = list(pool)
+    rng.shuffle(items)
+    groups: dict[str | None, list[tuple[int, Demo]]] = {}
+    for item in items:
+        groups.setdefault(_label_value(item[1], sig), []).append(item)
+    order = sorted(groups, key=lambda g: str(g))
+    rng.shuffle(order)
+    out: list[tuple[int, Demo]] = []
+    while len(out) < k and any(groups.values()):
+        for g in order:
+            if groups[g] and len(out) < k:
+                out.append(groups[g].pop(0))
+    return out
+
+
+def _scores_labels(module: Any) -> bool:
+    if "decode" not in module.tunable:
+        return False
+    try:
+        check_score_signature(module.signature)
+    except DefinitionError:
+        return False
+    return True
+
+
+def backend_scores(ctx: RunContext, lm_name: str | None) -> bool:
+    """Whether the backend behind ``lm_name`` scores continuations (log-prob decoding)."""
+    backend = ctx.lm if lm_name is None else ctx.lms.get(lm_name)
+    if backend is None:
+        return lm_name is None  # the default model: the embedded llama.cpp backend, which scores
+    caps = getattr(backend, "capabilities", None)
+    if caps is not None and hasattr(caps, "scoring"):
+        return bool(caps.scoring)
+    return bool(getattr(backend, "supports_scoring", False))
+
+
+# --------------------------------------------------------------------------- the optimizer
+
+class Compile(Optimizer):
+    """The default compiler (see the module docstring)."""
+
+    name = "compile"
+
+    def __init__(self, *, max_demos: int = 4, confirm_fraction: float = 0.4, min_race_rows: int = 20,
+                 decodes: Sequence[str] | str = "auto", formats: Sequence[str] = ("completion", "json", "chat"),
+                 instructions: bool = True, label_map: Mapping[str, str] | None = None,
+                 max_candidates: int = 12, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        from ..modules.base import FORMAT_CHOICES
+
+        if max_demos < 1 or min_race_rows < 1 or max_candidates < 1:
+            raise DefinitionError("max_demos, min_race_rows and max_candidates must be >= 1",
+                                  fix="e.g. Compile(max_demos=4, min_race_rows=20).")
+        if not 0 < confirm_fraction < 1:
+            raise DefinitionError(f"confirm_fraction must be in (0, 1), got {confirm_fraction}",
+                                  fix="0.4 keeps 40% of the rows for confirming the chosen candidate.")
+        bad = [f for f in formats if f not in FORMAT_CHOICES or f == "auto"]
+        if bad:
+            raise DefinitionError(f"unknown prompt format {bad[0]!r}", fix="choose from completion, chat, json.")
+        if decodes != "auto" and any(d not in SCORING_DECODES for d in decodes):
+            raise DefinitionError(f"decodes must be 'auto' or a subset of {SCORING_DECODES}, got {decodes!r}",
+                                  fix="decodes=() turns log-prob scoring off.")
+        self.max_demos = max_demos
+        self.confirm_fraction = confirm_fraction
+        self.min_race_rows = min_race_rows
+        self.decodes = decodes if decodes == "auto" else tuple(decodes)
+        self.formats = tuple(formats)
+        self.instructions = instructions
+        self.label_map = dict(label_map or {})
+        self.max_candidates = max_candidates
+
+    def config(self) -> dict[str, Any]:
+        return {"max_demos": self.max_demos, "confirm_fraction": self.confirm_fraction,
+                "min_race_rows": self.min_race_rows, "decodes": list(self.decodes) if self.decodes != "auto"
+                else "auto", "formats": list(self.formats), "instructions": self.instructions,
+                "label_map": self.label_map, "max_candidates": self.max_candidates}
+
+    # ---- folds and plan
+    def folds(self, n: int, seed: int) -> tuple[list[int], list[int]]:
+        """(search rows, confirmation rows): a seeded cut of the pooled rows."""
+        perm = list(range(n))
+        random.Random(f"folds:{seed}").shuffle(perm)
+        n_conf = max(1, round(n * self.confirm_fraction)) if n >= 4 else 0
+        return perm[n_conf:], perm[:n_conf]
+
+    def rounds(self, n_search: int) -> list[int]:
+        """Row counts after each racing round: at least ``min_race_rows``, doubling, ending at all."""
+        first = min(n_search, max(self.min_race_rows, math.ceil(n_search / 4)))
+        out = [first]
+        while out[-1] < n_search:
+            out.append(min(n_search, 2 * out[-1]))
+        return out
+
+    def race_cost(self, k: int, n_search: int, per_row: float) -> float:
+        cost, prev, alive = 0.0, 0, k
+        for end in self.rounds(n_search):
+            cost += alive * (end - prev) * per_row
+            prev, alive = end, max(1, math.ceil(alive / 2))
+        return cost
+
+    def plan(self, n_rows: int, baseline_per_row: float, cand_per_row: float, budget_calls: int | None,
+             n_specs: int) -> dict[str, Any]:
+        """How many candidates fit: baseline on every row, the race, one confirmation."""
+        search, conf = self.folds(n_rows, 0)
+        base = math.ceil(n_rows * baseline_per_row)
+        confirm = math.ceil(len(conf) * cand_per_row)
+        k = min(n_specs, self.max_candidates)
+        if budget_calls is not None:
+            while k > 0 and base + confirm + self.race_cost(k, len(search), cand_per_row) > budget_calls:
+                k -= 1
+        race = math.ceil(self.race_cost(k, len(search), cand_per_row)) if k else 0
+        return {"candidates": k, "of": n_specs, "baseline": base, "race": race,
+                "confirmation": confirm if k else 0, "search_rows": len(search), "confirm_rows": len(conf)}
+
+    @staticmethod
+    def _pool(trainset: Sequence[Mapping[str, Any]], valset: Sequence[Mapping[str, Any]] | None) -> list:
+        return list(trainset) + list(valset or [])
+
+    def dry_run(self, program: Program, trainset: Sequence[Mapping[str, Any]],  # type: ignore[override]
+                valset: Sequence[Mapping[str, Any]] | None = None, *, budget: Budget | None = None,
+                ctx: RunContext | None = None) -> CostEstimate:
+        rows = self._pool(trainset, valset)
+        check_rows(program, rows, "trainset")
+        per = _per_row(program)
+        specs = self._spec_skeleton(program, ctx)
+        cand = max([_per_row(program, s) for s in specs] or [per])
+        p = self.plan(len(rows), per, cand, budget.max_calls if budget else None, len(specs))
+        breakdown = {"baseline": p["baseline"], "race": p["race"], "confirmation": p["confirmation"]}
+        calls = sum(breakdown.values())
+        return CostEstimate(calls, calls * 300, breakdown)
+
+    # ---- run
+    async def aoptimize(self, program: Program, trainset: Sequence[Mapping[str, Any]], metric: Metric, *,
+                        valset: Sequence[Mapping[str, Any]] | None = None, budget: Budget | None = None,
+                        seed: int = 0, ctx: RunContext | None = None) -> tuple[Program, Report]:
+        if isinstance(program, Program) and not isinstance(trainset, (str, bytes)):
+            check_rows(program, trainset, "trainset")
+            rows = self._pool(trainset, valset)
+            self._ctx_hint = ctx
+            self._budget_hint = budget
+            return await super().aoptimize(program, rows, metric, valset=rows, budget=budget, seed=seed, ctx=ctx)
+        return await super().aoptimize(program, trainset, metric, valset=valset, budget=budget, seed=seed, ctx=ctx)
+
+    def _spec_skeleton(self, program: Program, ctx: RunContext | None) -> list[Spec]:
+        """The candidate list with placeholder demos (for planning before any row is run)."""
+        fake = {n: [(i, {}) for i in range(self.max_demos * 2)] for n in demo_nodes(program)}
+        return self._specs(program, fake, fake, ctx, random.Random(0))
+
+    def _specs(self, program: Program, boot: Mapping[str, list[tuple[int, Demo]]],
+               labelled: Mapping[str, list[tuple[int, Demo]]], ctx: RunContext | None,
+               rng: random.Random) -> list[Spec]:
+        k = self.max_demos
+        mods = {n.name: n.module for n in program.nodes}
+        fmt_nodes = [n for n, m in mods.items() if "format" in m.tunable]
+        decodes: tuple[str, ...]
+        if self.decodes == "auto":
+            score_nodes = [n for n, m in mods.items() if _scores_labels(m)
+                           and backend_scores(ctx if ctx is not None else RunContext(), getattr(m, "lm", None))]
+            decodes = ("calibrated", "score") if score_nodes else ()
+        else:
+            score_nodes = [n for n, m in mods.items() if _scores_labels(m)]
+            decodes = tuple(self.decodes) if score_nodes else ()
+
+        def demos_of(pool: Mapping[str, list[tuple[int, Demo]]], count: int) -> tuple[dict[str, Any], set[int]]:
+            out, used = {}, set()
+            for node, items in pool.items():
+                if not items:
+                    continue
+                pick = balanced(items, _demo_sig(program, node), count, random.Random(f"{rng.random()}"))
+                out[node] = [d for _, d in pick]
+                used |= {i for i, _ in pick}
+            return out, used
+
+        boot_k, boot_rows = demos_of(boot, k)
+        boot_2k, boot2_rows = demos_of(boot, 2 * k)
+        lab_k, lab_rows = demos_of(labelled, k)
+
+        def decode(d: str) -> dict[str, dict[str, Any]]:
+            return {n: {"decode": d, **({} if mods[n].format in ("auto", "completion")  # type: ignore[attr-defined]
+                                        else {"format": "completion"})} for n in score_nodes}
+
+        def fmt(f: str) -> dict[str, dict[str, Any]]:
+            return {n: {"format": f} for n in fmt_nodes if mods[n].format != f  # type: ignore[attr-defined]
+                    and f in self.formats and _accepts(mods[n], f)}
+
+        def demos(d: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+            return {n: {"demos": v} for n, v in d.items()}
+
+        def instr() -> dict[str, dict[str, Any]]:
+            out = {}
+            for n, m in mods.items():
+                if self.instructions and "instructions" in m.tunable:
+                    text = signature_instruction(m.signature)
+                    if text != getattr(m, "instructions", None):
+                        out[n] = {"instructions": text}
+            return out
+
+        def merge(*parts: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+            out: dict[str, dict[str, Any]] = {}
+            for p in parts:
+                for n, v in p.items():
+                    out.setdefault(n, {}).update(v)
+            return out
+
+        cur_fmt = "completion"
+        lead = decodes[0] if decodes else None
+        raw: list[tuple[str, dict[str, dict[str, Any]], set[int]]] = []
+        if lead:
+            raw += [(f"{lead} + {k} bootstrapped demos", merge(decode(lead), demos(boot_k)), boot_rows),
+                    (f"{lead}, zero-shot", decode(lead), set())]
+            if "score" in decodes and lead != "score":
+                raw.append((f"score + {k} bootstrapped demos", merge(decode("score"), demos(boot_k)), boot_rows))
+        raw += [(f"{k} bootstrapped demos", demos(boot_k), boot_rows),
+                (f"json + {k} bootstrapped demos", merge(fmt("json"), demos(boot_k)), boot_rows)]
+        if lead:
+            raw.append((f"{lead} + {k} labelled demos", merge(decode(lead), demos(lab_k)), lab_rows))
+        raw += [(f"{k} labelled demos", demos(lab_k), lab_rows),
+                ("json, zero-shot", fmt("json"), set())]
+        if lead:
+            raw.append((f"{lead} + {2 * k} bootstrapped demos", merge(decode(lead), demos(boot_2k)), boot2_rows))
+            raw.append((f"{lead} + {k} demos + signature instruction",
+                        merge(decode(lead), demos(boot_k), instr()), boot_rows))
+        raw += [(f"{2 * k} bootstrapped demos", demos(boot_2k), boot2_rows),
+                (f"{k} bootstrapped demos + signature instruction", merge(demos(boot_k), instr()), boot_rows),
+                ("signature instruction, zero-shot", instr(), set()),
+                (f"completion + {k} bootstrapped demos", merge(fmt(cur_fmt), demos(boot_k)), boot_rows),
+                (f"chat + {k} bootstrapped demos", merge(fmt("chat"), demos(boot_k)), boot_rows)]
+        out, seen = [], set()
+        for label, params, used in raw:
+            params = {n: p for n, p in params.items() if p}
+            if not params:
+                continue
+            try:
+                prog = program.replace_modules({n: mods[n].replace(**p) for n, p in params.items()})
+            except DefinitionError:
+                continue
+            h = prog.content_hash()
+            if h in seen or h == program.content_hash():
+                continue
+            seen.add(h)
+            out.append(Spec(label, params, frozenset(used), prog, _per_row(prog)))
+        return out
+
+    async def search(self, session: CompileSession) -> None:
+        rows = session.valset
+        n = len(rows)
+        base_prog = session.incumbent
+        base_entry = await session.run(base_prog, rows)  # the baseline's memo entry (no new calls)
+        base_scores = list(base_entry["scores"])
+        search_idx, conf_idx = self.folds(n, session.seed)
+        report = session.report
+        report.data["folds"] = {"search": len(search_idx), "confirm": len(conf_idx),
+                                "note": "train and validation rows pooled; demos only from search rows; "
+                                        "the confirmation rows are scored once, by the chosen candidate"}
+        if not conf_idx or len(search_idx) < 2:
+            report.notes.append(f"{n} rows are too few to search and confirm: the program is unchanged "
+                                "(pass at least 10 labelled rows)")
+            return
+        boot, labelled = self._pools(base_prog, base_entry, search_idx, rows)
+        specs = self._specs(base_prog, boot, labelled, getattr(self, "_ctx_hint", None), session.rng)
+        if not specs:
+            report.notes.append("nothing to search: no node has tunable demos, format, decoding or instructions")
+            return
+        rounds = self.rounds(len(search_idx))
+        report.notes.append(
+            f"rows: {n} pooled ({len(search_idx)} search, {len(conf_idx)} confirmation); {len(specs)} candidates "
+            f"in order of prior promise, raced in rounds at {', '.join(map(str, rounds))} search rows")
+        # waves: as many untried candidates as the budget left covers (upper-bound costs, the
+        # confirmation kept in reserve) race against the champion so far, whose scores are reused
+        untried, tried, alive = list(specs), [], []
+        try:
+            while untried:
+                rem = session.remaining_calls()
+                reserve = math.ceil(len(conf_idx) * max(s.calls_per_row for s in [*alive, *untried]))
+                k = min(len(untried), self.max_candidates)
+                while k > 0 and rem is not None and \
+                        reserve + self._wave_cost(untried[:k], len(alive), rounds) > rem:
+                    k -= 1
+                if k == 0:
+                    break
+                wave, untried = untried[:k], untried[k:]
+                tried += wave
+                alive = await self._race(session, [*alive, *wave], rounds, search_idx, rows, base_scores)
+        except BudgetStop as e:
+            report.stopped = f"race cut short: {e}"
+            alive = [s for s in alive if s.rows]
+        if untried:
+            why = (f"the budget covers {len(tried)} of {len(specs)} candidates; not tried: "
+                   + "; ".join(s.label for s in untried))
+            report.stopped = f"{report.stopped}; {why}" if report.stopped else why
+        if not tried:
+            report.notes.append("the budget left after the baseline cannot cover racing even one candidate "
+                                f"on {rounds[0]} rows and confirming it on {len(conf_idx)}")
+        self._finish(session, base_prog, base_scores, tried, alive, conf_idx, rows)
+        if not alive:
+            return
+        winner = alive[0]
+        est, d, se = next((e, dd, s_) for s_obj, e, dd, s_ in self._rank(alive, base_scores) if s_obj is winner)
+        if est <= 0 and d <= 0:
+            self._explain_none(session, base_scores, tried, search_idx)
+            return
+        try:
+            entry = await session.run(winner.program, [rows[i] for i in conf_idx])  # type: ignore[arg-type]
+        except BudgetStop as e:
+            report.stopped = f"{report.stopped + '; ' if report.stopped else ''}no budget to confirm: {e}"
+            report.notes.append(f"best on the search rows: {winner.label} ({d:+.3f}); not confirmed, not taken")
+            return
+        conf_base = [base_scores[i] for i in conf_idx]
+        ev = paired_bootstrap(conf_base, entry["scores"], seed=session.seed)
+        dc, sec = paired_stats(conf_base, entry["scores"])
+        w1 = 1 / max(se, 1e-9) ** 2
+        w2 = 1 / max(sec, 1e-9) ** 2
+        combined = (est * w1 + dc * w2) / (w1 + w2)
+        all_idx = winner.rows + conf_idx
+        all_scores = winner.scores + list(entry["scores"])
+        cand = session._new_candidate(
+            f"{winner.label} (confirmed)", winner.changes(),
+            {"scores": all_scores, "usage": {"calls": winner.calls + entry["usage"]["calls"],
+                                             "prompt_tokens": winner.tokens + entry["usage"]["prompt_tokens"],
+                                             "completion_tokens": entry["usage"]["completion_tokens"]}})
+        cand.evidence = {"confirm_diff": ev["diff"], "confirm_ci_low": ev["ci_low"], "confirm_ci_high": ev["ci_high"],
+                         "confirm_p_better": ev["p_better"], "search_diff": d, "search_shrunk": est,
+                         "expected_gain": combined, "rows": float(len(all_idx))}
+        mde = detectable_gain(conf_base, len(conf_idx))
+        if dc >= 0 and combined > 0:
+            cand.status = "accepted"
+            cand.reason = (f"expected gain {combined:+.3f} (search rows {d:+.3f}, shrunk {est:+.3f}; held-out "
+                           f"confirmation {dc:+.3f}, 95% CI {ev['ci_low']:+.3f}..{ev['ci_high']:+.3f} on "
+                           f"{len(conf_idx)} rows)")
+            session.incumbent, session.incumbent_candidate = winner.program, cand  # type: ignore[assignment]
+            if ev["ci_low"] <= 0:
+                report.notes.append(f"the held-out confirmation alone cannot rule out no gain: with {len(conf_idx)} "
+                                    f"confirmation rows a gain under {mde:+.2f} is not distinguishable from noise; "
+                                    "more labelled rows narrow it")
+        else:
+            cand.status = "rejected"
+            cand.reason = (f"held-out confirmation {dc:+.3f} (95% CI {ev['ci_low']:+.3f}..{ev['ci_high']:+.3f}) "
+                           f"did not hold up the search-row gain {d:+.3f}")
+            report.notes.append(f"no change: the best candidate on the search rows ({winner.label}) was not better "
+                                f"on the {len(conf_idx)} held-out rows; gains under {mde:+.2f} can't be shown with "
+                                "that many rows -- more labelled rows would help")
+
+    # ---- racing
+    @staticmethod
+    def _wave_cost(wave: Sequence[Spec], n_alive: int, rounds: Sequence[int]) -> float:
+        """Upper bound of the calls a wave's race makes: every newcomer on the first round's rows,
+        then the surviving half (the champion, already scored, costs nothing) on each next slice."""
+        cost, prev = 0.0, 0
+        worst = max(s.calls_per_row for s in wave)
+        alive = len(wave) + n_alive
+        for j, end in enumerate(rounds):
+            if j == 0:
+                cost += sum(s.calls_per_row for s in wave) * end
+            else:
+                cost += max(0, alive - n_alive) * (end - prev) * worst
+            prev, alive = end, max(1, math.ceil(alive / 2))
+        return cost
+
+    async def _race(self, session: CompileSession, specs: list[Spec], rounds: Sequence[int],
+                    order: Sequence[int], rows: Sequence[Mapping[str, Any]], base: Sequence[float]) -> list[Spec]:
+        """Successive halving over ``specs`` on the search rows (in ``order``); returns the survivor."""
+        alive, prev = list(specs), 0
+        for s in alive:
+            s.alive = True
+        for end in rounds:
+            chunk = order[prev:end]
+            for s in alive:
+                done = set(s.rows)
+                use = [i for i in chunk if i not in s.demo_rows and i not in done]
+                if use:
+                    entry = await session.run(s.program, [rows[i] for i in use])  # type: ignore[arg-type]
+                    s.rows += use
+                    s.scores += entry["scores"]
+                    s.calls += entry["usage"]["calls"]
+                    s.tokens += entry["usage"]["prompt_tokens"] + entry["usage"]["completion_tokens"]
+            prev = end
+            ranked = self._rank(alive, base)
+            keep = max(1, math.ceil(len(alive) / 2)) if end < rounds[-1] else 1
+            for pos, (s, est, d, se) in enumerate(ranked):
+                s.note = f"search rows {len(s.rows)}: {d:+.3f} vs baseline (se {se:.3f}), shrunk estimate {est:+.3f}"
+                if pos >= keep:
+                    s.alive = False
+                    s.note += f"; dropped after the race on {end} search rows (rank {pos + 1} of {len(ranked)})"
+            alive = [s for s, *_ in ranked[:keep]]
+        return alive
+
+    # ---- pieces
+    def _pools(self, program: Program, entry: Mapping[str, Any], search_idx: Sequence[int],
+               rows: Sequence[Mapping[str, Any]]) -> tuple[dict[str, list[tuple[int, Demo]]],
+                                                           dict[str, list[tuple[int, Demo]]]]:
+        """Demo pools from the search rows: the baseline's passing runs, and the labels."""
+        nodes = demo_nodes(program)
+        boot: dict[str, list[tuple[int, Demo]]] = {n: [] for n in nodes}
+        for i in search_idx:
+            ex = entry["examples"][i]
+            if not ex.get("ok") or ex.get("score", 0) < 1.0:
+                continue
+            for n in nodes:
+                io = ex.get("nodes", {}).get(n)
+                if not io or io.get("outputs") is None:
+                    continue
+                sig = _demo_sig(program, n)
+                vals = {**io["inputs"], **io["outputs"]}
+                if all(f.name in vals for f in (*sig.inputs, *sig.outputs)):
+                    boot[n].append((i, {f.name: vals[f.name] for f in (*sig.inputs, *sig.outputs)}))
+        labelled: dict[str, list[tuple[int, Demo]]] = {n: [] for n in nodes}
+        for i in search_idx:
+            for n, ds in labeled_demos(program, [rows[i]], 1, self.label_map).items():
+                labelled[n] += [(i, d) for d in ds]
+        return ({n: v for n, v in boot.items() if v}, {n: v for n, v in labelled.items() if v})
+
+    @staticmethod
+    def _rank(specs: Sequence[Spec], base: Sequence[float]) -> list[tuple[Spec, float, float, float]]:
+        stats = [paired_stats([base[i] for i in s.rows], s.scores) for s in specs]
+        est = shrink([d for d, _ in stats], [se for _, se in stats])
+        ranked = sorted(zip(specs, est, stats), key=lambda t: (-t[1], -t[2][0]))
+        return [(s, e, d, se) for s, e, (d, se) in ranked]
+
+    def _finish(self, session: CompileSession, base_prog: Program, base_scores: Sequence[float],
+                tried: Sequence[Spec], alive: Sequence[Spec], conf_idx: Sequence[int],
+                rows: Sequence[Mapping[str, Any]]) -> None:
+        """Report rows for every raced candidate (search-row scores; never the confirmation rows)."""
+        for s in tried:
+            if not s.rows:
+                continue
+            c = session._new_candidate(s.label, s.changes(), {
+                "scores": s.scores, "usage": {"calls": s.calls, "prompt_tokens": s.tokens, "completion_tokens": 0}})
+            c.status = "raced" if s.alive else "dropped"
+            c.reason = s.note + ("; finalist" if s.alive and s in alive else "")
+
+    def _explain_none(self, session: CompileSession, base: Sequence[float], tried: Sequence[Spec],
+                      search_idx: Sequence[int]) -> None:
+        report = session.report
+        raced = [s for s in tried if s.rows]
+        same = [s for s in raced if all(abs(a - base[i]) < 1e-12 for i, a in zip(s.rows, s.scores))]
+        mde = detectable_gain([base[i] for i in search_idx], len(search_idx))
+        why = [f"no candidate beat the baseline on the {len(search_idx)} search rows; the program is unchanged"]
+        if raced and len(same) == len(raced):
+            why.append("every candidate scored exactly like the baseline on every row: the outputs do not depend "
+                       "on the prompt -- try log-prob scoring with calibration (a scoring backend), or a larger model")
+        demo_worse = [s for s in raced if any("demos" in p for p in s.params.values())
+                      and paired_stats([base[i] for i in s.rows], s.scores)[0] < 0]
+        if demo_worse and len(demo_worse) >= len([s for s in raced if any("demos" in p for p in s.params.values())]):
+            why.append("every demo set lowered the score")
+        why.append(f"with {len(search_idx)} search rows, gains under {mde:+.2f} cannot be told from noise: "
+                   "more labelled rows would help")
+        report.notes.append("; ".join(why))
+
+
+def _accepts(module: Any, fmt: str) -> bool:
+    try:
+        module.replace(format=fmt)
+    except DefinitionError:
+        return False
+    return True
+
+
+def _per_row(program: Program, spec: Spec | None = None) -> float:
+    """Upper bound of logical model calls per row: a generating node may need a repair call; a
+    calibrated scoring node makes two scoring calls; other modules say themselves."""
+    prog = spec.program if spec is not None and spec.program is not None else program
+    total = 0.0
+    for n in prog.nodes:
+        m = n.module
+        dec = getattr(m, "decode", None)
+        if dec == "calibrated":
+            total += 2
+        elif dec == "score":
+            total += 1
+        elif getattr(m, "repair", False) and m.kind in ("predict", "chain_of_thought"):
+            total += 2 * m.estimated_calls()
+        else:
+            total += m.estimated_calls()
+    return max(1.0, total)
+
+
+def compile(program: Program, trainset: Sequence[Mapping[str, Any]], metric: Metric, *,  # noqa: A001
+            valset: Sequence[Mapping[str, Any]] | None = None, budget: Budget | int | None = None,
+            seed: int = 0, ctx: RunContext | None = None, **options: Any) -> tuple[Program, Report]:
+    """Compile ``program`` with the default optimizer (:class:`Compile`) under ``budget``
+    (a :class:`Budget` or a number of model calls). Returns (compiled program, report)."""
+    if isinstance(budget, int):
+        budget = Budget(max_calls=budget)
+    opt = Compile(**options)
+    return _run_sync(opt.aoptimize(program, trainset, metric, valset=valset, budget=budget, seed=seed, ctx=ctx))
+
+
+__all__ = ["Compile", "compile", "shrink", "signature_instruction"]

@@ -1,0 +1,154 @@
+"""The default compiler (lmgraph.optimizers.auto.Compile / lg.compile) with scripted fake models."""
+
+from __future__ import annotations
+
+import random
+import re
+
+import pytest
+
+import lmgraph as lg
+from lmgraph.evaluation import label_accuracy
+from lmgraph.lm.base import LMResponse
+from lmgraph.modules.predict import calibrated_choice
+from lmgraph.optimizers.auto import Compile, compile, shrink, signature_instruction
+from lmgraph.testing import FunctionLM, request_text
+
+WORDS = {"good": "positive", "great": "positive", "fine": "positive", "bad": "negative", "awful": "negative",
+         "poor": "negative"}
+
+
+def rows(n: int, seed: int = 0) -> list[dict]:
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        w = rng.choice(sorted(WORDS))
+        out.append({"id": f"r{i}", "sentence": f"a {w} film number {i}", "label": WORDS[w]})
+    return out
+
+
+def program(fmt: str = "completion") -> lg.Program:
+    p = lg.Pipeline("sent")
+    s = p.input("sentence")
+    node = p.add(lg.Predict("sentence -> label: Literal['negative', 'positive']", format=fmt, max_tokens=4),
+                 name="classify", sentence=s)
+    p.output(label=node.label)
+    return p.build()
+
+
+def _last_sentence(text: str) -> str:
+    return re.findall(r"Sentence: (.*)", text)[-1]
+
+
+def demo_lover(request):
+    """Right only when the prompt shows at least two demos; otherwise always 'positive'."""
+    text = request_text(request)
+    sentence = _last_sentence(text)
+    truth = next((v for k, v in WORDS.items() if f" {k} " in f" {sentence} "), "positive")
+    shown = text.count("Sentence: ") - 1
+    answer = truth if shown >= 2 else "positive"
+    if request.choices:
+        return LMResponse(text=f" {answer}", logprobs=[{"choice": c, "logprob": 0.0 if c.strip() == answer else -5.0,
+                                                        "tokens": 1} for c in request.choices])
+    return f"Label: {answer}" if request.prompt is not None else answer
+
+
+def test_compile_finds_demos_and_confirms_on_held_out_rows():
+    lm = FunctionLM(demo_lover)
+    data = rows(60)
+    compiled, report = Compile(decodes=()).optimize(program(), data, label_accuracy(), budget=lg.Budget(max_calls=600),
+                                                    ctx=lg.RunContext(lm=lm, cache=False))
+    assert compiled.module("classify").demos, report.table()
+    best = report.best
+    assert best.status == "accepted"
+    assert best.evidence["confirm_diff"] > 0 and best.evidence["expected_gain"] > 0
+    # demos come from search rows only: no confirmation row's sentence appears among the demos
+    search, conf = Compile().folds(len(data), 0)
+    conf_sentences = {data[i]["sentence"] for i in conf}
+    assert not conf_sentences & {d["sentence"] for d in compiled.module("classify").demos}
+    assert report.spent["calls"] <= 600
+
+
+def test_compile_reports_why_when_outputs_do_not_depend_on_the_prompt():
+    def constant(request):  # 'positive' in whatever format it is asked for
+        return '{"label": "positive"}' if request.json_schema or request.prompt is None else "Label: positive"
+
+    lm = FunctionLM(constant)
+    compiled, report = Compile(decodes=()).optimize(program(), rows(40), label_accuracy(),
+                                                    budget=lg.Budget(max_calls=800),
+                                                    ctx=lg.RunContext(lm=lm, cache=False))
+    assert compiled.content_hash() == program().content_hash()
+    text = " ".join(report.notes)
+    assert "do not depend on the prompt" in text and "more labelled rows" in text
+
+
+def test_dry_run_fits_the_budget_and_a_small_budget_says_what_was_left_out():
+    opt = Compile(decodes=())
+    data = rows(50)
+    for calls in (150, 300, 2000):
+        assert opt.dry_run(program(), data, budget=lg.Budget(max_calls=calls)).calls <= calls
+    lm = FunctionLM(demo_lover)
+    _, report = opt.optimize(program(), data, label_accuracy(), budget=lg.Budget(max_calls=250),
+                             ctx=lg.RunContext(lm=lm, cache=False))
+    assert report.stopped and "candidates" in report.stopped
+    assert report.spent["calls"] <= 250
+
+
+def test_calibrated_scoring_removes_a_label_bias():
+    # the model prefers 'positive' by a constant +3 whatever the input; the input adds +2 for its true label
+    def biased(request):
+        text = request_text(request)
+        sentence = _last_sentence(text)
+        truth = next((v for k, v in WORDS.items() if f" {k} " in f" {sentence} "), None)
+        lps = []
+        for c in request.choices:
+            lp = (3.0 if c.strip() == "positive" else 0.0) + (2.0 if c.strip() == truth else 0.0)
+            lps.append({"choice": c, "logprob": lp, "tokens": 1})
+        best = max(lps, key=lambda x: x["logprob"])["choice"]
+        return LMResponse(text=best, logprobs=lps)
+
+    data = rows(40)
+    base = program().module("classify")
+    ctx = lg.RunContext(lm=FunctionLM(biased), cache=False)
+    from lmgraph.evaluation import evaluate_sync
+    plain = evaluate_sync(program().replace_modules({"classify": base.replace(decode="score")}), data,
+                          label_accuracy(), ctx=ctx)
+    cal = evaluate_sync(program().replace_modules({"classify": base.replace(decode="calibrated")}), data,
+                        label_accuracy(), ctx=ctx)
+    assert cal.mean == 1.0 and plain.mean < 0.8
+
+
+def test_calibrated_choice_math():
+    ch = (" a", " b")
+    x = [{"choice": " a", "logprob": -1.0}, {"choice": " b", "logprob": -2.0}]
+    prior = [{"choice": " a", "logprob": -0.1}, {"choice": " b", "logprob": -5.0}]
+    assert calibrated_choice(ch, x, prior) == 1
+    assert calibrated_choice(ch, x, None) is None
+
+
+def test_shrinkage_pulls_noisy_winners_back():
+    est = shrink([0.3, 0.0, -0.1, 0.05], [0.2, 0.2, 0.2, 0.2])
+    assert all(abs(e) <= abs(d) for e, d in zip(est, [0.3, 0.0, -0.1, 0.05]))
+    assert est[0] < 0.3
+
+
+def test_signature_instruction_names_the_options():
+    text = signature_instruction(program().module("classify").signature)
+    assert "negative" in text and "positive" in text and "sentence" in text
+
+
+def test_compile_function_takes_an_int_budget_and_leaves_the_input_unchanged():
+    p = program()
+    h = p.content_hash()
+    lm = FunctionLM(demo_lover)
+    compiled, report = compile(p, rows(40), label_accuracy(), budget=400, ctx=lg.RunContext(lm=lm, cache=False),
+                               decodes=())
+    assert p.content_hash() == h
+    assert report.optimizer == "compile"
+
+
+def test_bad_options_are_definition_errors():
+    with pytest.raises(lg.DefinitionError):
+        Compile(confirm_fraction=1.5)
+    with pytest.raises(lg.DefinitionError):
+        Compile(decodes=("sample",))
