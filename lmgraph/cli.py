@@ -261,6 +261,41 @@ def cmd_diff(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_show(args: argparse.Namespace) -> int:
+    """The program's graph; with --prompts, the request each model-calling node will send for
+    --model (format resolved as in a run), with no model call."""
+    try:
+        program, unbound = load_program(args.program), False
+    except ArtifactError as e:
+        if "cannot bind resources" not in e.message:
+            raise
+        program, unbound = load_program(args.program, view_only=True), True
+    if not args.prompts:
+        print(program.render("text"))
+        return 0
+    from .context import RunContext
+    from .errors import InputError
+
+    try:
+        inputs = json.loads(args.inputs) if args.inputs is not None else {}
+    except json.JSONDecodeError as e:
+        raise DefinitionError(f"--inputs is not valid JSON ({e.msg})",
+                              fix='pass a JSON object, e.g. --inputs \'{"question": "Who wrote Hamlet?"}\'.') from None
+    if not isinstance(inputs, dict):
+        raise DefinitionError(f"--inputs is a JSON {type(inputs).__name__}, not an object",
+                              fix='pass a JSON object of input name -> value, e.g. --inputs \'{"question": "..."}\'.')
+    try:
+        prompts = program.prompts(ctx=RunContext(lm=make_lm(args.model), cache=False), **inputs)
+    except InputError as e:
+        raise DefinitionError(f"--inputs: {e}") from None  # a mistake in the command: exit 2
+    if unbound:
+        prompts.notes.append("resources (retrievers, tools) are not bound on the command line: Retrieve nodes "
+                             "are not run and CallTool prompts list stand-in tools; for exact prompts use "
+                             "Program.load(path, resources={...}).prompts(...) in Python")
+    print(json.dumps(prompts.to_dict(), indent=2, ensure_ascii=False) if args.json else prompts)
+    return 0
+
+
 # ---------------------------------------------------------------- parser
 
 def _nonneg_int(text: str) -> int:
@@ -332,6 +367,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="ARTIFACT.json", help="where to write the compiled artifact")
     p.add_argument("--report", metavar="REPORT.json", help="also write the full report (with timing)")
     p.set_defaults(func=cmd_compile)
+
+    p = sub.add_parser("show", help="print a program; --prompts: the exact prompts it will send (no model call)")
+    p.add_argument("program", metavar="PROGRAM.json")
+    p.add_argument("--prompts", action="store_true",
+                   help="every model-calling node's request for --model, in schedule order; inputs not "
+                        "given and upstream model outputs appear as <placeholders>")
+    p.add_argument("--inputs", metavar="JSON", help='program inputs as a JSON object, e.g. \'{"question": "..."}\'')
+    p.add_argument("--model", default="embedded", help="the model the prompts are rendered for (as for run)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_show)
 
     p = sub.add_parser("diff", help="what changed per node between two programs/artifacts")
     p.add_argument("a", metavar="A.json")

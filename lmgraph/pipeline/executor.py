@@ -50,16 +50,30 @@ class NodeCall:
         """(model stack, preferred format) for ``name`` (default: the module's ``lm``)."""
         return self.ctx.lm_for(name if name is not None else getattr(self.module, "lm", None))
 
-    async def generate(self, request: LMRequest, *, lm: str | None = None) -> tuple[LMResponse, CallRecord]:
-        """Make one model call through the context's stack and record it in the trace."""
-        stack, _ = self.lm(lm)
+    def prepare(self, request: LMRequest) -> LMRequest:
+        """The request as it is sent: tagged with the node and the context's rollout, with the
+        node's cache opt-out applied (shared with :mod:`lmgraph.pipeline.preview`)."""
         ctx_rollout = self.ctx.rollout
         if ctx_rollout or request.node is None:
             request = request.replace(node=self.node, rollout=request.rollout + ctx_rollout)
         if request.use_cache and getattr(self.module, "cache", True) is False:
             request = request.replace(use_cache=False)  # the node opted out of caching
-        rec = CallRecord(request)
+        return request
+
+    def record(self, request: LMRequest, format: str | None = None) -> CallRecord:
+        """Add a call to the node's trace. Its format: ``format``, else the one the module
+        resolved for this call (modules set ``trace.format`` just before calling), else the
+        request's shape."""
+        rec = CallRecord(request, format=format or self.trace.format or request.mode)
         self.trace.calls.append(rec)
+        return rec
+
+    async def generate(self, request: LMRequest, *, lm: str | None = None,
+                       format: str | None = None) -> tuple[LMResponse, CallRecord]:
+        """Make one model call through the context's stack and record it in the trace."""
+        stack, _ = self.lm(lm)
+        request = self.prepare(request)
+        rec = self.record(request, format)
         t0 = time.perf_counter()
         try:
             resp = await stack.complete(request)
@@ -91,8 +105,11 @@ class NodeCall:
         return pred
 
 
-def check_inputs(program: "Program", inputs: Mapping[str, Any]) -> dict[str, Any]:
-    """Validate run inputs against the declared pipeline inputs (before any model call)."""
+def check_inputs(program: "Program", inputs: Mapping[str, Any], *, allow_missing: bool = False) -> dict[str, Any]:
+    """Validate run inputs against the declared pipeline inputs (before any model call).
+
+    ``allow_missing``: leave missing inputs out instead of raising (a prompt preview shows them
+    as placeholders)."""
     specs = program.input_specs
     extra = [k for k in inputs if k not in specs]
     if extra:
@@ -101,6 +118,8 @@ def check_inputs(program: "Program", inputs: Mapping[str, Any]) -> dict[str, Any
     out = {}
     for name, ann in specs.items():
         if name not in inputs:
+            if allow_missing:
+                continue
             raise InputError(f"missing input {name!r}; {program.name!r} takes: {', '.join(specs)}. "
                              f"Fix: pass {name}=... .")
         v = inputs[name]

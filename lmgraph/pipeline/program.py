@@ -3,39 +3,118 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import hashlib
 import json
 import threading
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..context import RunContext, check_context
-from ..errors import DefinitionError
+from ..errors import DefinitionError, UsageError
 from ..modules.base import Module
 from .executor import Prediction, Result, execute, execute_batch
 from .ir import INPUT, Const, InputSpec, Node, Ref
 from .validate import validate
 
+if TYPE_CHECKING:
+    from .preview import PromptList
+
 _loops = threading.local()
 
 
 def _run_sync(coro: Any) -> Any:
-    """Run a coroutine from sync code on a per-thread event loop (reused across calls)."""
+    """Run a coroutine to the end from sync code; the one sync entry point of the async core.
+
+    Outside an event loop it runs on a per-thread loop (reused across calls). Inside a running
+    loop (a Jupyter notebook, async code) it runs on a fresh loop in a worker thread while the
+    caller waits (``await program.run(...)`` avoids the thread). Either way, every task the call
+    started is cancelled and awaited before it returns or raises: an aborted batch (an exception,
+    Ctrl-C, a tool's ``SystemExit``) leaves nothing running into the next call.
+    """
     try:
         asyncio.get_running_loop()
     except RuntimeError:
         pass
     else:
-        coro.close()
-        raise DefinitionError("run_sync()/batch_sync() was called inside a running event loop",
-                              fix="use `await program.run(...)` / `await program.batch(...)` in async code.")
+        return _run_in_worker(coro)
     loop = getattr(_loops, "loop", None)
     if loop is None or loop.is_closed():
         loop = asyncio.new_event_loop()
         _loops.loop = loop
-    return loop.run_until_complete(coro)
+    return _run_to_end(loop, coro)
+
+
+def _run_to_end(loop: asyncio.AbstractEventLoop, coro: Any) -> Any:
+    _cancel_pending(loop)  # leftovers of an earlier call whose clean-up was itself interrupted
+    task = loop.create_task(coro)
+    try:
+        return loop.run_until_complete(task)
+    finally:
+        _cancel_pending(loop)
+
+
+def _cancel_pending(loop: asyncio.AbstractEventLoop) -> None:
+    """Cancel every unfinished task of ``loop`` (a loop only ``_run_sync`` runs) and wait for them.
+
+    A ``SystemExit``/``KeyboardInterrupt`` raised inside a task stops ``run_until_complete`` before
+    the batch's own clean-up has run, and may re-raise out of it while the tasks unwind: keep draining.
+    """
+    for _ in range(64):
+        pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+        if not pending:
+            return
+        for t in pending:
+            t.cancel()
+        try:
+            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        except (SystemExit, KeyboardInterrupt):
+            continue
+
+
+def _run_in_worker(coro: Any) -> Any:
+    """Run ``coro`` on a fresh loop in a worker thread and wait for it (called inside a running loop)."""
+    box: dict[str, Any] = {}
+    ready = threading.Event()
+
+    def work() -> None:
+        loop = asyncio.new_event_loop()
+        box["loop"] = loop
+        ready.set()
+        try:
+            box["result"] = _run_to_end(loop, coro)
+        except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
+            box["error"] = e
+        finally:
+            try:
+                loop.run_until_complete(loop.shutdown_asyncgens())
+                loop.run_until_complete(loop.shutdown_default_executor())
+            finally:
+                loop.close()
+
+    thread = threading.Thread(target=contextvars.copy_context().run, args=(work,),
+                              name="lmgraph-run-sync", daemon=True)
+    thread.start()
+    try:
+        thread.join()
+    except BaseException:  # Ctrl-C in the caller: stop the worker's run too, then re-raise
+        ready.wait()
+        try:
+            box["loop"].call_soon_threadsafe(_cancel_all, box["loop"])
+        except RuntimeError:  # the loop has just closed: the run is over
+            pass
+        thread.join()
+        raise
+    if "error" in box:
+        raise box["error"]
+    return box.get("result")
+
+
+def _cancel_all(loop: asyncio.AbstractEventLoop) -> None:
+    for t in asyncio.all_tasks(loop):
+        t.cancel()
 
 
 class Program:
@@ -105,6 +184,28 @@ class Program:
     def batch_sync(self, rows: Iterable[Mapping[str, Any]], *, ctx: RunContext | None = None,
                    concurrency: int = 8, progress: bool = False) -> list[Result]:
         return _run_sync(self.batch(rows, ctx=ctx, concurrency=concurrency, progress=progress))
+
+    # ---- prompts
+    def prompts(self, lm: Any = None, ctx: RunContext | None = None, **inputs: Any) -> "PromptList":
+        """The request each model-calling node will send, in schedule order -- without calling a model.
+
+        The prompt format resolves as in a run, for ``lm`` (default: the context's model; the
+        embedded llama.cpp model when none, constructed without loading its weights):
+        ``format='auto'`` is ``json`` for structured outputs, else ``completion`` for in-process
+        llama.cpp and ``chat`` for API models. Inputs not given, and outputs of upstream model
+        calls, appear as placeholders (``<question>``, ``<classify.answer_type>``); model-free
+        upstream nodes (Retrieve) run for real. ``print(program.prompts(question="..."))``.
+        """
+        from .preview import preview_prompts
+
+        run_ctx = self._ctx(ctx)
+        if lm is not None:
+            if not callable(getattr(lm, "complete", None)):
+                raise UsageError(f"prompts(lm=...) takes a model object, got {type(lm).__name__} {lm!r}",
+                                      fix="pass e.g. lm=LlamaCppLM() or lm=LiteLLM('gpt-4o-mini'), or "
+                                          "leave it out for the context's model.")
+            run_ctx = run_ctx.replace(lm=lm)
+        return _run_sync(preview_prompts(self, inputs, run_ctx))
 
     # ---- rewriting (optimizers use these; the original is never touched)
     def module(self, node: str) -> Module:

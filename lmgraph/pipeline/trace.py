@@ -12,17 +12,21 @@ from ..lm.values import jsonable
 
 @dataclass(slots=True)
 class CallRecord:
-    """One model call made by a node."""
+    """One model call made by a node; ``format`` is the prompt format it was rendered in
+    (``completion``, ``chat`` or ``json``; a module that renders its own requests: the request's
+    shape, ``completion`` or ``chat``)."""
 
     request: LMRequest
     response: LMResponse | None = None
     error: str | None = None
     parse_error: str | None = None
     latency_s: float = 0.0
+    format: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         r = self.request
         data: dict[str, Any] = {
+            "format": self.format,
             "prompt": r.prompt,
             "messages": [m.to_dict() for m in r.messages] if r.messages is not None else None,
             "params": {"temperature": r.temperature, "max_tokens": r.max_tokens, "stop": list(r.stop),
@@ -54,8 +58,14 @@ class NodeTrace:
     error: str | None = None
     started: float = 0.0
     latency_s: float = 0.0
-    format: str | None = None  # resolved prompt format of the last model call
+    format: str | None = None  # resolved prompt format of the last model call (``formats``: every call's)
     meta: dict[str, Any] = field(default_factory=dict)  # kind-specific details (retrieval scores, tool steps...)
+
+    @property
+    def formats(self) -> list[str | None]:
+        """The prompt format of each of this node's model calls, in call order (a repair call
+        keeps its call's format; sub-runs of Map and friends are in ``children``)."""
+        return [c.format for c in self.calls]
 
     @property
     def usage(self) -> dict[str, int]:
@@ -73,7 +83,7 @@ class NodeTrace:
 
     def to_dict(self) -> dict[str, Any]:
         return {"node": self.node, "kind": self.kind, "inputs": jsonable(self.inputs),
-                "outputs": jsonable(self.outputs), "format": self.format,
+                "outputs": jsonable(self.outputs), "format": self.format, "formats": self.formats,
                 "calls": [c.to_dict() for c in self.calls],
                 "children": [c.to_dict() for c in self.children], "error": self.error,
                 "latency_s": round(self.latency_s, 6), "usage": self.usage,
