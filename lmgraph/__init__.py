@@ -5,8 +5,9 @@ an API model, a local server or the embedded SmolLM2 model, and compile it into 
 """
 
 from .context import RunContext
-from .errors import (ArtifactError, BudgetExceeded, DefinitionError, InputError, LmgraphError, LMError,
-                     OutputParseError, PipelineValidationError, RunError, SignatureError)
+from .errors import (ArtifactError, BudgetError, BudgetExceeded, ConfigError, DatasetError, DefinitionError,
+                     InputError, LmgraphError, LMError, LmgraphWarning, MetricError, MetricWarning, OutputParseError,
+                     PipelineValidationError, RunError, SignatureError, UsageError)
 from .lm.base import LM, LMRequest, LMResponse
 from .lm.wrappers import Budget
 from .modules import (BestOfN, BM25Retriever, CallTool, ChainOfThought, Critique, FunctionRetriever, Map, Module,
@@ -23,4 +24,5 @@ __all__ = [
     "InputError", "InputField", "LMError", "LMRequest", "LMResponse", "LmgraphError", "Module",
     "OutputField", "OutputParseError", "Pipeline", "PipelineValidationError", "Predict", "Prediction",
     "Program", "Result", "RunContext", "RunError", "Signature", "SignatureError", "Trace", "const",
+    "BudgetError", "ConfigError", "DatasetError", "LmgraphWarning", "MetricError", "MetricWarning", "UsageError",
 ]

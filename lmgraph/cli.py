@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import ArtifactError, DefinitionError, LmgraphError
+from .errors import ArtifactError, DefinitionError, InputError, LmgraphError
 
 METRICS = {"exact_match": "exact_match", "em": "normalized_em", "f1": "token_f1",
            "accuracy": "label_accuracy", "numeric": "numeric_match"}
@@ -394,18 +394,43 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("run: --out needs --data")
     try:
         return int(args.func(args))
-    except DefinitionError as e:  # the user's program, data or arguments are wrong
-        print(f"lmgraph: error: {e}", file=sys.stderr)
-        return 2
-    except LmgraphError as e:  # a run failed (model error, budget, parse failure)
-        print(f"lmgraph: run failed: {e}", file=sys.stderr)
-        return 1
-    except OSError as e:
-        print(f"lmgraph: error: {e}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print("lmgraph: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # a user mistake: one line, exit 2; a failed run: one line, exit 1; a bug: traceback
+        code = _exit_code(e)
+        if code is None:
+            raise
+        print(f"lmgraph: {'error' if code == 2 else 'run failed'}: {_one_line(e)}", file=sys.stderr)
+        return code
+
+
+def _exit_code(e: BaseException) -> int | None:
+    """2 for the user's mistakes (their program, data, arguments or files), 1 for a run that failed
+    (model error, budget spent, unparseable output), None for anything else (a bug: let it show)."""
+    if isinstance(e, (DefinitionError, InputError)):  # before LmgraphError: wrong inputs are mistakes too
+        return 2
+    if isinstance(e, LmgraphError):
+        return 1
+    if isinstance(e, json.JSONDecodeError) or (type(e).__name__ == "ValidationError"
+                                               and type(e).__module__.startswith("pydantic")):
+        return 2
+    if isinstance(e, (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)):
+        return 2
+    if isinstance(e, OSError):
+        return 1
+    return None
+
+
+def _one_line(e: BaseException) -> str:
+    """The error's message on one line (a multi-problem message joined with '; ')."""
+    lines = [ln.strip().removeprefix("- ") for ln in str(e).splitlines() if ln.strip()]
+    if not lines:
+        return type(e).__name__
+    text = lines[0] + (" " + "; ".join(lines[1:]) if len(lines) > 1 else "")
+    if not isinstance(e, LmgraphError) and isinstance(e, (OSError, ValueError)):
+        text = f"{type(e).__name__}: {text}"
+    return text
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..context import RunContext
-from .metrics import Metric, mean, score_value
+from ..errors import BudgetExceeded, MetricError, MetricWarning
+from .metrics import Metric, check_metric, describe_row, mean, metric_name, row_id, score_value
 
 if TYPE_CHECKING:
     from ..pipeline.executor import Result
@@ -50,9 +52,27 @@ def paired_bootstrap(a: Sequence[float], b: Sequence[float], *, n_resamples: int
             "ci_high": float(np.quantile(means, 0.975)), "p_better": float((means > 0).mean())}
 
 
+@dataclass(frozen=True)
+class MetricFailure:
+    """The metric raised on one row (the row was scored 0)."""
+
+    index: int
+    row_id: Any
+    metric: str
+    error_type: str
+    message: str
+
+    def __str__(self) -> str:
+        rid = f" (id {self.row_id!r})" if self.row_id is not None else ""
+        return f"row {self.index}{rid}: {self.error_type}: {self.message}"
+
+
 @dataclass
 class EvalResult:
-    """Scores per example, the mean with its 95% CI, failures and what it cost."""
+    """Scores per example, the mean with its 95% CI, failures and what it cost.
+
+    ``feedback`` holds, per row, the text a metric returned as ``(score, feedback)`` (or why the row
+    scored 0); ``metric_errors`` the rows on which the metric itself raised (scored 0)."""
 
     scores: list[float]
     feedback: list[str | None]
@@ -60,6 +80,7 @@ class EvalResult:
     wall_s: float
     usage: dict[str, int] = field(default_factory=dict)
     cost: float | None = None
+    metric_errors: list[MetricFailure] = field(default_factory=list)
 
     @property
     def n(self) -> int:
@@ -88,29 +109,55 @@ class EvalResult:
         lo, hi = self.ci
         return {"n": self.n, "mean": round(self.mean, 4), "ci95": [round(lo, 4), round(hi, 4)],
                 "failures": len(self.failures), "parse_failure_rate": round(self.parse_failure_rate, 4),
+                "metric_errors": len(self.metric_errors),
                 "wall_s": round(self.wall_s, 3), **self.usage,
                 **({"cost": self.cost} if self.cost is not None else {})}
 
     def __str__(self) -> str:
         lo, hi = self.ci
-        return (f"{self.mean:.3f} (95% CI {lo:.3f}-{hi:.3f}, n={self.n}, failures={len(self.failures)}, "
+        errs = f"metric_errors={len(self.metric_errors)}, " if self.metric_errors else ""
+        return (f"{self.mean:.3f} (95% CI {lo:.3f}-{hi:.3f}, n={self.n}, failures={len(self.failures)}, {errs}"
                 f"calls={self.usage.get('calls', 0)}, cache_hits={self.usage.get('cache_hits', 0)}, "
                 f"tokens={self.usage.get('prompt_tokens', 0) + self.usage.get('completion_tokens', 0)}, "
                 f"{self.wall_s:.1f}s)")
 
 
 async def evaluate(program: "Program", dataset: Sequence[Mapping[str, Any]], metric: Metric, *,
-                   ctx: RunContext | None = None, concurrency: int = 8, progress: bool = False) -> EvalResult:
-    """Run ``program`` on every example and score it; failed runs score 0 and are kept."""
+                   ctx: RunContext | None = None, concurrency: int = 8, progress: bool = False,
+                   strict: bool = False) -> EvalResult:
+    """Run ``program`` on every example and score it; failed runs score 0 and are kept.
+
+    Before any model call the metric is checked (its arity; a 2-argument ``(example, prediction)``
+    function is adapted) and every row is checked for the fields the metric declares. A metric
+    that raises on a row scores that row 0, is recorded in ``EvalResult.metric_errors`` and
+    reported in one warning -- unless ``strict=True``, which raises a :class:`MetricError` naming the
+    row (the metric's exception chained). A metric returning something that is not a score is
+    always a MetricError."""
     t0 = time.perf_counter()
+    dataset = list(dataset)
+    ready = check_metric(metric, dataset, program=program)
+    name = metric_name(metric)
     results = await program.batch(dataset, ctx=ctx, concurrency=concurrency, progress=progress)
     scores: list[float] = []
     feedback: list[str | None] = []
+    errors: list[MetricFailure] = []
     usage = {"calls": 0, "cache_hits": 0, "prompt_tokens": 0, "completion_tokens": 0}
     costs = []
-    for ex, res in zip(dataset, results):
+    for i, (ex, res) in enumerate(zip(dataset, results)):
         if res.ok:
-            s, fb = score_value(metric(ex, res.outputs, res.trace))
+            try:
+                raw = ready(ex, res.outputs, res.trace)
+            except BudgetExceeded:  # a model-judged metric ran out of budget: a stop, not a metric bug
+                raise
+            except Exception as e:  # noqa: BLE001 - any failure of user code is recorded per row
+                if strict:
+                    raise MetricError(f"raised {type(e).__name__} on {describe_row(i, ex)}: {e}", metric=name,
+                                      row=i, fix="fix the metric for this row, or pass strict=False to score "
+                                                 "such rows 0 and carry on.") from e
+                errors.append(MetricFailure(i, row_id(ex), name, type(e).__name__, str(e)))
+                s, fb = 0.0, f"metric failed: {type(e).__name__}: {e}"
+            else:
+                s, fb = score_value(raw, metric=name, row=i)
         else:
             s, fb = 0.0, f"run failed: {res.error}"
         scores.append(s)
@@ -121,8 +168,13 @@ async def evaluate(program: "Program", dataset: Sequence[Mapping[str, Any]], met
             c = res.trace.cost
             if c is not None:
                 costs.append(c)
+    if errors:
+        shown = "; ".join(str(e) for e in errors[:3]) + ("; ..." if len(errors) > 3 else "")
+        warnings.warn(f"metric {name!r} raised on {len(errors)} of {len(dataset)} rows (scored 0): {shown}. "
+                      "See EvalResult.metric_errors; pass strict=True to raise instead.", MetricWarning,
+                      stacklevel=2)
     return EvalResult(scores, feedback, results, time.perf_counter() - t0, usage,
-                      sum(costs) if costs else None)
+                      sum(costs) if costs else None, errors)
 
 
 def evaluate_sync(program: "Program", dataset: Sequence[Mapping[str, Any]], metric: Metric, **kwargs: Any

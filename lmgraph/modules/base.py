@@ -28,6 +28,12 @@ MODULE_KINDS: dict[str, type["Module"]] = {}
 
 FORMAT_CHOICES = ("auto", *FORMATS)
 
+_CUSTOM_SAVE_FIX = ("to save a custom module, give its class a `kind = \"my_kind\"` (this registers it for loading), "
+                    "a config(self) -> dict of JSON values, and a classmethod from_config(cls, config, *, "
+                    "resources, types) that rebuilds it (runtime objects go in resources(), bound by name); "
+                    "to load, import the module that defines the class, then "
+                    "Program.load(path, resources={...}).")
+
 
 class Module:
     """Base class of all node kinds."""
@@ -55,19 +61,24 @@ class Module:
     @property
     def signature(self) -> Signature:
         """The node's external inputs/outputs (what edges connect to)."""
-        raise NotImplementedError
+        raise DefinitionError(f"{type(self).__name__} does not define its signature",
+                              fix="a custom module implements the property `signature` -> lmgraph.Signature.")
 
     async def forward(self, inputs: dict[str, Any], call: "NodeCall") -> dict[str, Any]:
-        raise NotImplementedError
+        raise DefinitionError(f"{type(self).__name__} does not implement forward()",
+                              fix="a custom module implements async forward(self, inputs, call) -> dict of its "
+                                  "output fields.")
 
     def config(self) -> dict[str, Any]:
         """JSON-able configuration (no resources, no code)."""
-        raise NotImplementedError
+        raise DefinitionError(f"the custom module {type(self).__name__} cannot be saved (or hashed): it does not "
+                              "implement config()", fix=_CUSTOM_SAVE_FIX)
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any], *, resources: Mapping[str, Any],
                     types: Mapping[str, Any] | None) -> "Module":
-        raise NotImplementedError
+        raise DefinitionError(f"the custom module {cls.__name__} cannot be loaded: it does not implement "
+                              "from_config()", fix=_CUSTOM_SAVE_FIX)
 
     def resources(self) -> dict[str, Any]:
         """Named runtime objects this module needs (bound by name on load)."""
@@ -128,10 +139,14 @@ class Module:
 def module_from_dict(data: Mapping[str, Any], *, resources: Mapping[str, Any],
                      types: Mapping[str, Any] | None, node: str | None = None) -> Module:
     kind = data.get("kind")
-    cls = MODULE_KINDS.get(str(kind))
+    cls = MODULE_KINDS.get(str(kind)) if kind else None
     if cls is None:
-        raise ArtifactError(f"unknown module kind {kind!r}", node=node,
-                            fix=f"known kinds: {', '.join(sorted(MODULE_KINDS))}.")
+        what = (f"unknown module kind {kind!r}" if kind else
+                "a module saved without a kind (a custom Module subclass that sets no `kind`)")
+        raise ArtifactError(what, node=node,
+                            fix=f"known kinds: {', '.join(sorted(MODULE_KINDS))}. A custom module kind is known "
+                                "once the code defining its class (with `kind = ...`, config() and from_config()) "
+                                "is imported: import it before Program.load().")
     try:
         return cls.from_config({k: v for k, v in data.items() if k != "kind"},
                                resources=resources, types=types)

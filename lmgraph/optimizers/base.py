@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from ..context import RunContext
-from ..errors import DefinitionError
+from ..errors import BudgetError, DefinitionError
 from ..evaluation.datasets import split
-from ..evaluation.metrics import Metric
+from ..evaluation.metrics import Metric, check_metric
 from ..lm.wrappers import Budget
 from ..pipeline.program import Program, _run_sync
 from .report import Report
@@ -53,6 +53,22 @@ def check_rows(program: Program, rows: Sequence[Mapping[str, Any]], name: str) -
                                   field=missing[0],
                                   fix=f"every row needs {', '.join(program.input_specs)} (plus the labels "
                                       "your metric reads).")
+
+
+def check_budget_covers_baseline(program: Program, valset: Sequence[Mapping[str, Any]],
+                                 budget: Budget | None) -> None:
+    """A call budget that cannot cover scoring the program as given on the validation set once is a
+    BudgetError naming the minimum, raised before any model call."""
+    if budget is None or budget.max_calls is None:
+        return
+    per = static_calls_per_example(program)
+    need = len(valset) * per
+    if budget.max_calls < need:
+        raise BudgetError(f"the budget cannot even cover the baseline evaluation: max_calls={budget.max_calls}, "
+                          f"but scoring the program as given on {len(valset)} validation rows takes at least "
+                          f"{need} calls ({per} per row)", field="max_calls",
+                          fix=f"raise the budget to at least {need} calls, plus room for the candidates "
+                              "(dry_run() estimates the whole compile), or pass a smaller valset.")
 
 
 def _prompt_tokens_guess(program: Program, row: Mapping[str, Any]) -> int:
@@ -131,6 +147,9 @@ class Optimizer:
         if not callable(metric):
             raise DefinitionError("metric must be callable (example, prediction, trace) -> float")
         train, val, note = self._split(program, trainset, valset, seed)
+        for rows, what in ((train, "trainset"), (val, "valset")):  # labels present, arity usable
+            check_metric(metric, rows, program=program, name=what)
+        check_budget_covers_baseline(program, val, budget)
         t0 = time.perf_counter()
         session = CompileSession(optimizer=self.name, config=self.config(), program=program, trainset=train,
                                  valset=val, metric=metric, ctx=ctx, budget=budget, seed=seed,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -11,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ArtifactError, DefinitionError, PipelineValidationError
 from ..lm.values import jsonable
-from ..modules.base import module_from_dict
+from ..modules.base import MODULE_KINDS, module_from_dict
 from ..signatures import _collect_custom_types, _type_from_spec, str_to_type, type_to_str
 from .ir import Const, InputSpec, Node, Ref
 
@@ -32,7 +33,7 @@ def program_to_dict(p: "Program") -> dict[str, Any]:
         "lmgraph_program": FORMAT_VERSION,
         "name": p.name,
         "inputs": [{"name": s.name, "type": type_to_str(s.annotation)} for s in p.inputs],
-        "nodes": [{"name": n.name, "module": n.module.to_dict(),
+        "nodes": [{"name": n.name, "module": _module_dict(n.name, n.module),
                    "bindings": {f: binding(b) for f, b in n.bindings}} for n in p.nodes],
         "outputs": {o: str(r) for o, r in p.outputs},
     }
@@ -42,6 +43,48 @@ def program_to_dict(p: "Program") -> dict[str, Any]:
     if custom:
         out["types"] = custom
     return out
+
+
+def _module_dict(node: str, module: Any) -> dict[str, Any]:
+    """A node's module as JSON data; a module that cannot say (a custom one without config()) is a
+    DefinitionError naming the node."""
+    try:
+        return module.to_dict()
+    except DefinitionError as e:
+        if e.node is not None:
+            raise
+        raise DefinitionError(e.message, node=node, field=e.field, fix=e.fix) from None
+
+
+_SIMPLE_TYPES = {"float": (float, "a number"), "int": (int, "a whole number"), "bool": (bool, "true or false"),
+                 "str": (str, "a string")}
+
+
+def _bad_config_value(kind: Any, config: Mapping[str, Any]) -> tuple[str, Any, str] | None:
+    """The first saved setting whose JSON type does not match the module constructor's annotation of
+    the same name (``"temperature": "hot"``): (field, value, what it should be); None if none."""
+    cls = MODULE_KINDS.get(str(kind))
+    if cls is None:
+        return None
+    try:
+        params = inspect.signature(cls.__init__).parameters
+    except (TypeError, ValueError):
+        return None
+    for key, value in config.items():
+        param = params.get(key)
+        if param is None or value is None:
+            continue
+        ann = param.annotation if isinstance(param.annotation, str) else getattr(param.annotation, "__name__", "")
+        parts = [t.strip() for t in str(ann).split("|") if t.strip() != "None"]
+        if len(parts) != 1 or parts[0] not in _SIMPLE_TYPES:
+            continue
+        want, words = _SIMPLE_TYPES[parts[0]]
+        ok = isinstance(value, want) and not (want is not bool and isinstance(value, bool))
+        if want is float:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not ok:
+            return key, value, words
+    return None
 
 
 def _type_specs(data: Any, out: dict[str, Any]) -> None:
@@ -130,6 +173,29 @@ def _as_artifact_error(*, node: str | None = None, field: str | None = None) -> 
         raise ArtifactError(e.message, node=where, field=e.field or field, fix=fix) from e
 
 
+def _load_module(node: str, data: Mapping[str, Any], *, resources: Mapping[str, Any],
+                 types: Mapping[str, Any] | None) -> Any:
+    """Rebuild one node's module; a setting of the wrong type (``"temperature": "hot"``), which the
+    constructor rejects with a bare ValueError/TypeError, is an ArtifactError naming the node, the
+    field and the value."""
+    if not isinstance(data, Mapping):
+        raise ArtifactError(f"the module entry is a JSON {type(data).__name__}, not an object", node=node)
+    try:
+        return module_from_dict(data, resources=resources, types=types, node=node)
+    except (ValueError, TypeError) as e:
+        if isinstance(e, DefinitionError):  # a ConfigError/UsageError already says where and why
+            raise
+        bad = _bad_config_value(data.get("kind"), {k: v for k, v in data.items() if k != "kind"})
+        if bad is not None:
+            field, value, words = bad
+            raise ArtifactError(f"{field} is {json.dumps(value, ensure_ascii=False)[:60]}; it must be {words}",
+                                node=node, field=field,
+                                fix=f"repair \"{field}\" in the JSON (e.g. \"temperature\": 0.0), or save the "
+                                    "program again from code.") from None
+        raise ArtifactError(f"bad module settings: {type(e).__name__}: {e}", node=node,
+                            fix="repair that entry in the JSON, or save the program again from code.") from None
+
+
 def program_from_dict(data: Mapping[str, Any], *, resources: Mapping[str, Any],
                       types: Mapping[str, Any] | None) -> "Program":
     from .program import Program
@@ -150,7 +216,7 @@ def program_from_dict(data: Mapping[str, Any], *, resources: Mapping[str, Any],
         nodes = []
         for nd in data["nodes"]:
             with _as_artifact_error(node=nd["name"]):
-                module = module_from_dict(nd["module"], resources=resources, types=types, node=nd["name"])
+                module = _load_module(nd["name"], nd["module"], resources=resources, types=types)
             bindings = []
             for f, b in nd.get("bindings", {}).items():
                 bindings.append((f, Const(b["const"]) if "const" in b else Ref.parse(b["ref"])))
