@@ -37,6 +37,7 @@ from pathlib import Path
 clone = Path.cwd().resolve()
 import lmgraph
 from lmgraph.evaluation import datasets as ds
+from lmgraph.evaluation import load_trec, sample, split
 
 assert Path(lmgraph.__file__).resolve().is_relative_to(clone), f"lmgraph imported from {lmgraph.__file__}, not the clone"
 
@@ -47,8 +48,8 @@ spec.loader.exec_module(demo)
 # examples/demo.py's first steps with its defaults (--train 60 --val 40 --test 100 --seed 0)
 program = demo.build()
 print(program.render(), "\n")
-train, val = demo.split(demo.load_trec("train"), [60, 40], seed=0)
-test = demo.sample(demo.load_trec("test"), 100, seed=0)
+train, val = split(load_trec("train"), [60, 40], seed=0)
+test = sample(load_trec("test"), 100, seed=0)
 print(f"data: TREC coarse, train {len(train)} / val {len(val)} (train file), test {len(test)} (test file), seed 0")
 
 for name in ("train_5500.label", "TREC_10.en.label"):
