@@ -181,16 +181,19 @@ def _note(module: Any) -> str:
     return f"call 1 of up to {estimated}" if estimated > 1 else ""
 
 
-async def _forward(node: str, module: Any, kwargs: dict[str, Any], ctx: RunContext
+async def _forward(node: str, module: Any, kwargs: dict[str, Any], ctx: RunContext, *, model_free: bool = False
                    ) -> tuple[dict[str, Any] | None, CallRecord | None, BaseException | None]:
-    """Run ``module.forward`` until its first model call: (outputs if it finished, the first call, error)."""
+    """Run ``module.forward`` until its first model call: (outputs if it finished, the first call, error).
+    ``node`` is the node's own name (what its requests carry)."""
     nt = NodeTrace(node, module.kind, dict(kwargs))
     try:
         out = await module.forward(dict(kwargs), PreviewCall(node, module, ctx, nt))
     except _Captured:
         return None, nt.calls[0], None
-    except DefinitionError:
-        raise  # the program or the context is wrong: the same error a run would raise
+    except DefinitionError as e:
+        if not model_free:
+            raise  # the program or the context is wrong: the same error a run would raise
+        return None, None, e  # e.g. a retriever not bound (the command line): a note
     except Exception as e:  # noqa: BLE001 - reported as a note, the preview goes on
         return None, (nt.calls[0] if nt.calls else None), e
     return dict(out), (nt.calls[0] if nt.calls else None), None
@@ -211,7 +214,7 @@ async def _preview(program: "Program", given: dict[str, Any], ctx: RunContext, p
             await _preview_map(name, module, kwargs, ctx, out)
         elif module.estimated_calls() == 0 and not unknown:
             # model-free (a search): run it for real so downstream prompts show its outputs
-            outputs, rec, err = await _forward(name, module, kwargs, ctx)
+            outputs, rec, err = await _forward(node.name, module, kwargs, ctx, model_free=True)
             if rec is not None:
                 out.append(_record(name, module, rec, unknown, note))
             if err is not None:
@@ -219,7 +222,7 @@ async def _preview(program: "Program", given: dict[str, Any], ctx: RunContext, p
         elif module.estimated_calls() == 0:
             pass  # model-free on model outputs: its outputs stay placeholders
         else:
-            outputs, rec, err = await _forward(name, module, kwargs, ctx)
+            outputs, rec, err = await _forward(node.name, module, kwargs, ctx)
             if rec is not None:
                 out.append(_record(name, module, rec, unknown, "; ".join(x for x in (note, _note(module)) if x)))
             elif err is not None:

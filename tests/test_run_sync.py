@@ -1,0 +1,119 @@
+"""run_sync / batch_sync: they work inside a running event loop (a notebook), and every task a call
+started is cancelled and awaited before it returns or raises -- nothing leaks into the next run."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+import lmgraph as lg
+from lmgraph.pipeline import program as program_mod
+from lmgraph.testing import FunctionLM
+
+
+def qa() -> lg.Program:
+    p = lg.Pipeline("qa")
+    n = p.add(lg.Predict("question -> answer"), name="n", question=p.input("question"))
+    p.output(answer=n.answer)
+    return p.build()
+
+
+def ctx(lm: FunctionLM) -> lg.RunContext:
+    return lg.RunContext(lm=lm, cache=False)
+
+
+def echo(req: lg.LMRequest) -> str:
+    return "Answer: " + req.messages[-1].content.removeprefix("Question: ")
+
+
+def test_run_sync_and_batch_sync_inside_a_running_loop() -> None:
+    prog = qa()
+    caller = threading.get_ident()
+
+    async def main() -> tuple[str, list[str]]:
+        one = prog.run_sync(ctx(FunctionLM(echo)), question="x")
+        rows = prog.batch_sync([{"question": q} for q in "abc"], ctx=ctx(FunctionLM(echo)), concurrency=2)
+        assert threading.get_ident() == caller  # the caller's loop thread waited for the worker
+        return one.answer, [r.outputs.answer for r in rows]
+
+    assert asyncio.run(main()) == ("x", ["a", "b", "c"])
+
+
+def test_run_sync_inside_a_running_loop_raises_the_runs_error() -> None:
+    prog = qa()
+
+    def boom(req: lg.LMRequest) -> str:
+        raise lg.LMError("provider down")
+
+    async def main() -> None:
+        prog.run_sync(lg.RunContext(lm=FunctionLM(boom), cache=False, retries=1), question="x")
+
+    with pytest.raises(lg.LMError, match="provider down"):
+        asyncio.run(main())
+
+
+def aborting_lm(exc: type[BaseException]) -> FunctionLM:
+    """Answers every row after a short wait; the row 'boom' raises ``exc`` (a tool's SystemExit, a
+    Ctrl-C), which stops the event loop before the batch can cancel its other workers."""
+
+    def fn(req: lg.LMRequest) -> str:
+        if req.messages[-1].content.endswith("boom"):
+            raise exc()
+        return echo(req)
+
+    return FunctionLM(fn, latency_s=0.02)
+
+
+ROWS = [{"question": f"q{i}"} for i in range(3)] + [{"question": "boom"}] + [{"question": f"q{i}"} for i in range(3, 30)]
+
+
+@pytest.mark.parametrize("exc", [SystemExit, KeyboardInterrupt])
+def test_an_aborted_batch_makes_no_more_calls_after_batch_sync_raises(exc) -> None:  # noqa: ANN001
+    prog = qa()
+    lm = aborting_lm(exc)
+    with pytest.raises(exc):
+        prog.batch_sync(ROWS, ctx=ctx(lm), concurrency=4)
+    made = len(lm.calls)
+    assert made < len(ROWS)
+    loop = program_mod._loops.loop
+    assert not [t for t in asyncio.all_tasks(loop) if not t.done()]  # nothing left on the loop
+    # the next, unrelated run makes exactly its own calls; the aborted batch's workers stay dead
+    other = FunctionLM(echo)
+    assert prog.run_sync(ctx(other), question="next").answer == "next"
+    time.sleep(0.1)
+    assert prog.batch_sync([{"question": "a"}, {"question": "b"}], ctx=ctx(other))[1].outputs.answer == "b"
+    assert len(lm.calls) == made and len(other.calls) == 3
+
+
+def test_an_aborted_batch_inside_a_running_loop_leaves_nothing_running() -> None:
+    prog = qa()
+    lm = aborting_lm(SystemExit)
+
+    async def main() -> int:
+        with pytest.raises(SystemExit):
+            prog.batch_sync(ROWS, ctx=ctx(lm), concurrency=4)
+        made = len(lm.calls)
+        await asyncio.sleep(0.1)
+        assert prog.run_sync(ctx(FunctionLM(echo)), question="next").answer == "next"
+        return made
+
+    made = asyncio.run(main())
+    assert len(lm.calls) == made < len(ROWS)
+    assert not [t for t in threading.enumerate() if t.name == "lmgraph-run-sync"]
+
+
+def test_a_failed_run_leaves_no_tasks_behind() -> None:
+    p = lg.Pipeline("fan")
+    q = p.input("question")
+    a = p.add(lg.Predict("question -> answer"), name="a", question=q)
+    b = p.add(lg.Predict("question -> answer"), name="b", question=q)
+    p.output(x=a.answer, y=b.answer)
+    prog = p.build()
+    lm = aborting_lm(KeyboardInterrupt)
+    with pytest.raises(KeyboardInterrupt):
+        prog.run_sync(ctx(lm), question="boom")
+    assert not [t for t in asyncio.all_tasks(program_mod._loops.loop) if not t.done()]
+    assert prog.run_sync(ctx(FunctionLM(echo)), question="ok").x == "ok"
