@@ -401,3 +401,48 @@ def test_cli_show_prompts_of_a_program_with_unbound_resources(tmp_path, monkeypa
     assert cli.main(["show", path, "--prompts", "--inputs", json.dumps({"question": Q})]) == 0
     out = capsys.readouterr().out
     assert "Context: <retrieve.passages>" in out and "retrieve: not run" in out and "not bound" in out
+
+
+# ---------------------------------------------------------------- the real embedded model
+
+class Recording:
+    """Wraps a backend and records every request it receives."""
+
+    def __init__(self, inner) -> None:  # noqa: ANN001
+        self.inner = inner
+        self.calls: list[LMRequest] = []
+        self.preferred_format = inner.preferred_format
+
+    def identity(self) -> dict:
+        return self.inner.identity()
+
+    async def complete(self, request: LMRequest):  # noqa: ANN201
+        self.calls.append(request)
+        return await self.inner.complete(request)
+
+
+@pytest.mark.integration
+def test_default_embedded_model_prompts_equal_what_llamacpp_receives() -> None:
+    pytest.importorskip("llama_cpp")
+    from lmgraph.context import default_lm
+    from lmgraph.lm.embedded import embedded_model_path
+
+    try:
+        embedded_model_path()
+    except DefinitionError as e:
+        pytest.skip(str(e))
+    p = lg.Pipeline("qa")
+    q = p.input("question")
+    c = p.add(lg.Predict("question -> answer_type: Literal['person', 'place']", decode="score"),
+              name="classify", question=q)
+    a = p.add(lg.Predict("question, answer_type -> answer", max_tokens=12), name="answer",
+              question=q, answer_type=c.answer_type)
+    p.output(answer=a.answer, answer_type=c.answer_type)
+    prog = p.build()
+    shown = prog.prompts(question=Q)  # no model given: the context's default, the embedded model
+    assert [(x.node, x.format) for x in shown] == [("classify", "completion"), ("answer", "completion")]
+    rec = Recording(default_lm())
+    out = prog.run_sync(lg.RunContext(lm=rec, cache=False), question=Q)
+    assert [r.node for r in rec.calls] == ["classify", "answer"]
+    assert shown.node("classify").request == rec.calls[0]
+    assert substitute(shown.node("answer").request, "<classify.answer_type>", out.answer_type) == rec.calls[1]
