@@ -25,13 +25,23 @@ OPTIMIZERS = {"labeled": "LabeledFewShot", "bootstrap": "BootstrapFewShot",
 
 # ---------------------------------------------------------------- building blocks (tests patch make_lm)
 
-def make_lm(spec: str) -> Any:
-    """The model for ``--model``: embedded | gguf:PATH | openai:BASE_URL | http:BASE_URL | litellm:MODEL."""
+def make_lm(spec: str, json_mode: str = "auto") -> Any:
+    """The model for ``--model``: embedded | gguf:PATH | openai:BASE_URL | http:BASE_URL | litellm:MODEL.
+
+    ``json_mode`` (``--json-mode``) is how HTTP models take a JSON schema: ``auto`` negotiates
+    it with the server; ``json_schema``, ``json_object`` or ``none`` fixes it."""
+    from .lm.capabilities import check_json_mode
+
+    check_json_mode(json_mode, owner="--json-mode")
+    kind, _, rest = spec.partition(":")
+    if json_mode != "auto" and (spec == "embedded" or kind == "gguf"):
+        raise DefinitionError(f"--json-mode {json_mode} applies to HTTP models only; {spec.split(':')[0]} "
+                              "runs in process, where a JSON schema always becomes a grammar",
+                              fix="drop --json-mode, or use it with --model openai:URL, http:URL or litellm:MODEL.")
     if spec == "embedded":
         from .lm.llamacpp import LlamaCppLM
 
         return LlamaCppLM()
-    kind, _, rest = spec.partition(":")
     if kind == "gguf" and rest:
         from .lm.llamacpp import LlamaCppLM
 
@@ -39,18 +49,26 @@ def make_lm(spec: str) -> Any:
     if kind == "openai" and rest:
         from .lm.litellm import openai_compatible
 
-        return openai_compatible(rest)
+        return openai_compatible(rest, json_mode=json_mode)
     if kind == "http" and rest:
         from .lm.openai_http import OpenAIServerLM
 
-        return OpenAIServerLM(rest)
+        return OpenAIServerLM(rest, json_mode=json_mode)
     if kind == "litellm" and rest:
         from .lm.litellm import LiteLLM
 
-        return LiteLLM(rest)
-    raise DefinitionError(f"unknown --model {spec!r}",
+        return LiteLLM(rest, json_mode=json_mode)
+    raise DefinitionError(f"unknown --model {_shown(spec)!r}",
                           fix="use embedded, gguf:/path/file.gguf, openai:http://host:port/v1 (through litellm), "
                               "http:http://host:port/v1 (the lean aiohttp client) or litellm:MODEL.")
+
+
+def _shown(spec: str) -> str:
+    """A --model value without credentials (a URL may carry a key)."""
+    from .lm.credentials import redact_url
+
+    kind, sep, rest = spec.partition(":")
+    return kind + sep + (redact_url(rest) or "") if "://" in rest else (redact_url(spec) or "")
 
 
 class _Unbound(dict):  # type: ignore[type-arg]
@@ -130,7 +148,9 @@ def make_metric(spec: tuple[str, str | None, str | None], program: Any) -> Any:
 def make_ctx(args: argparse.Namespace, **kw: Any) -> Any:
     from .context import RunContext
 
-    return RunContext(lm=make_lm(args.model), cache=not args.no_cache, max_concurrency=args.concurrency, **kw)
+    json_mode = getattr(args, "json_mode", "auto")
+    lm = make_lm(args.model) if json_mode == "auto" else make_lm(args.model, json_mode=json_mode)
+    return RunContext(lm=lm, cache=not args.no_cache, max_concurrency=args.concurrency, **kw)
 
 
 def _jsonable(value: Any) -> Any:
@@ -326,6 +346,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="embedded (default: in-process SmolLM2), gguf:/path/file.gguf, "
                         "openai:http://127.0.0.1:8080/v1 (litellm), http:http://127.0.0.1:8080/v1 (lean client), "
                         "or litellm:MODEL")
+    g.add_argument("--json-mode", choices=("auto", "json_schema", "json_object", "none"), default="auto",
+                   help="how an HTTP model takes a JSON schema: auto (default: negotiate with the server), "
+                        "json_schema (OpenAI, vLLM, Ollama), json_object (llama-cpp-python's server), "
+                        "none (schema in the prompt)")
     g.add_argument("--no-cache", action="store_true", help="disable the on-disk call cache")
     g.add_argument("--concurrency", type=_pos_int, default=8, help="concurrent examples / model calls (8)")
 

@@ -21,6 +21,9 @@ from typing import Any
 from ..cache.keys import strip_credentials
 from ..errors import DefinitionError, LmgraphError, LMError
 from .base import LMRequest, LMResponse, Usage
+from .capabilities import Capabilities, JsonModeNegotiator, mark_json_mode_rejection, response_format
+from .credentials import (LOCAL_PLACEHOLDER_KEY, Secrets, redact_url, resolve_api_key, split_userinfo,
+                          url_secrets)
 from .llamacpp import _normalise_logprobs
 
 __all__ = ["LiteLLM", "openai_compatible", "INSTALL_COMMAND"]
@@ -30,10 +33,6 @@ INSTALL_COMMAND = "pip install 'litellm>=1.40'  (or: pip install 'lmgraph[litell
 _IMPORT_LOCK = threading.Lock()
 _READONLY_WARNING = r".*(is|are) using the `ReadOnly` qualifier"
 _litellm: Any = None
-
-# How a JSON schema is sent: OpenAI's structured-output format, or the
-# ``{"type": "json_object", "schema": ...}`` form that llama-cpp-python's server understands.
-_JSON_MODES = frozenset({"json_schema", "json_object"})
 
 # litellm exception class names that no retry can fix.
 _NOT_RETRYABLE = frozenset({
@@ -107,30 +106,71 @@ class LiteLLM:
     ``{"drop_params": False}``). By default ``drop_params=True``, so parameters a provider
     does not support (``seed``, ``top_p``) are dropped instead of failing the call.
     ``num_retries`` is litellm's own retrying; lmgraph's ``RetryLM`` usually does that job.
-    ``json_mode`` says how ``request.json_schema`` is sent: ``"json_schema"`` (OpenAI
-    structured outputs; also vLLM, Ollama) or ``"json_object"`` (``{"type": "json_object",
-    "schema": ...}``, which llama-cpp-python's server needs: it rejects ``json_schema``).
+    ``json_mode`` says how ``request.json_schema`` is sent: ``"auto"`` (default) negotiates it
+    (``"json_schema"``, then ``"json_object"``, then ``"none"``, falling back when the provider
+    rejects ``response_format``; see :mod:`lmgraph.lm.capabilities`); ``"json_schema"`` (OpenAI
+    structured outputs; also vLLM, Ollama), ``"json_object"`` (``{"type": "json_object",
+    "schema": ...}``, which llama-cpp-python's server needs: it rejects ``json_schema``) or
+    ``"none"`` (the schema in the prompt) skip negotiation.
+
+    ``api_key`` (or the environment variable ``api_key_env`` names) is passed to litellm; without
+    either litellm reads the provider's own variable. User-info in ``api_base``
+    (``http://user:pass@host/v1``) is sent as basic authentication instead. Credentials never
+    appear in ``repr()``, ``identity()``, ``api_base`` or an error message, nor do those inside
+    ``api_base`` (user-info, ``?api_key=``).
     """
 
     def __init__(self, model: str, *, api_base: str | None = None, api_key: str | None = None,
-                 timeout: float = 60.0, num_retries: int = 0,
+                 api_key_env: str | None = None, timeout: float = 60.0, num_retries: int = 0,
                  extra: dict[str, Any] | None = None, top_logprobs: int = 5,
-                 json_mode: str = "json_schema") -> None:
+                 json_mode: str = "auto") -> None:
         if not model or not isinstance(model, str):
             raise DefinitionError(f"LiteLLM needs a model name, got {model!r}.",
                                   fix="pass a litellm model string such as 'openai/gpt-4o-mini'.")
+        if api_base is not None and not isinstance(api_base, str):
+            raise DefinitionError(f"LiteLLM: api_base must be a URL string, got {type(api_base).__name__}.",
+                                  fix="e.g. api_base='http://127.0.0.1:8080/v1'.")
+        if api_key is None and api_key_env is not None:
+            api_key = resolve_api_key(None, api_key_env, owner="LiteLLM")
+        elif api_key is not None:
+            api_key = resolve_api_key(api_key, None, owner="LiteLLM")
         self.model = model
-        self.api_base = api_base
+        # user-info goes as a header (litellm's HTTP client refuses it in the URL next to one)
+        self._api_base, self._basic_auth = split_userinfo(api_base)
+        self.api_base = redact_url(api_base)  # what repr, identity and errors show
         self._api_key = api_key
+        self._secrets = Secrets([api_key, *url_secrets(api_base)])
+        if self._basic_auth:
+            self._secrets.add(self._basic_auth.split()[1])
         self.timeout = float(timeout)
         self.num_retries = int(num_retries)
         self.extra = dict(extra or {})
         self.top_logprobs = int(top_logprobs)
-        if json_mode not in _JSON_MODES:
-            raise DefinitionError(f"json_mode must be one of {sorted(_JSON_MODES)}, got {json_mode!r}.",
-                                  fix="use 'json_schema' (OpenAI, vLLM) or 'json_object' "
-                                      "(llama-cpp-python's server).")
-        self.json_mode = json_mode
+        # the negotiated mode is shared per server and model name, with OpenAIServerLM too
+        served = model.partition("/")[2] if api_base and model.startswith("openai/") else model
+        self._json = JsonModeNegotiator(json_mode, endpoint=(self.api_base or "").rstrip("/"),
+                                        model=served, owner="LiteLLM")
+
+    @property
+    def json_mode(self) -> str:
+        """The JSON mode of chat requests: the one passed, else the negotiated one, else
+        ``"auto"`` (raw-prompt requests are negotiated on their own: :attr:`negotiated_json_modes`)."""
+        return self._json.mode("chat") or self._json.requested
+
+    @property
+    def negotiated_json_modes(self) -> dict[str, str]:
+        """``{"chat" | "completion": mode}`` for the routes whose JSON mode is known."""
+        return self._json.negotiated()
+
+    @property
+    def negotiation_failures(self) -> int:
+        """Requests the provider rejected while negotiating the JSON mode (never results)."""
+        return self._json.failures
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return Capabilities(json_modes=self._json.candidates("chat"), json_mode=self._json.mode("chat"),
+                            logprobs=True, scoring=False, streaming=False)
 
     def identity(self) -> dict[str, Any]:
         # Never the API key: identities end up in cache keys, traces and artifacts.
@@ -157,7 +197,7 @@ class LiteLLM:
             except Exception:  # pragma: no cover - best effort
                 pass
 
-    def _kwargs(self, request: LMRequest) -> dict[str, Any]:
+    def _kwargs(self, request: LMRequest, mode: str | None = None) -> dict[str, Any]:
         kwargs: dict[str, Any] = {
             "model": self.model,
             "temperature": float(request.temperature),
@@ -170,24 +210,23 @@ class LiteLLM:
         }
         if request.stop:
             kwargs["stop"] = list(request.stop)
-        if self.api_base is not None:
-            kwargs["api_base"] = self.api_base
+        if self._api_base is not None:
+            kwargs["api_base"] = self._api_base
         if self._api_key is not None:
             kwargs["api_key"] = self._api_key
         if request.json_schema is not None:
-            if self.json_mode == "json_schema":
-                kwargs["response_format"] = {
-                    "type": "json_schema",
-                    "json_schema": {"name": "output", "schema": request.json_schema},
-                }
-            else:
-                kwargs["response_format"] = {"type": "json_object", "schema": request.json_schema}
+            fmt = response_format(mode or self._json.candidates(request.mode)[0], request.json_schema)
+            if fmt is not None:
+                kwargs["response_format"] = fmt
         if request.logprobs:
             if request.messages is not None:
                 kwargs.update(logprobs=True, top_logprobs=self.top_logprobs)
             else:
                 kwargs["logprobs"] = self.top_logprobs
-        kwargs.update(self.extra)
+        if self._basic_auth:  # replaces the bearer header of api_key
+            kwargs["extra_headers"] = {**(self.extra.get("extra_headers") or {}),
+                                       "Authorization": self._basic_auth}
+        kwargs.update({k: v for k, v in self.extra.items() if not (k == "extra_headers" and self._basic_auth)})
         return kwargs
 
     async def complete(self, request: LMRequest) -> LMResponse:
@@ -199,8 +238,11 @@ class LiteLLM:
                 "scoring, or decode='generate' with this model.")
             err.retryable = False  # type: ignore[attr-defined]
             raise err
+        return await self._json.complete(request, self._send)
+
+    async def _send(self, request: LMRequest, mode: str | None) -> LMResponse:
         litellm = _import_litellm()
-        kwargs = self._kwargs(request)
+        kwargs = self._kwargs(request, mode)
         start = time.perf_counter()
         try:
             if request.messages is not None:
@@ -211,14 +253,16 @@ class LiteLLM:
         except LmgraphError:
             raise
         except Exception as exc:
-            raise self._wrap_error(exc) from exc
+            # the cause goes along unless a secret could be in its text
+            raise self._wrap_error(exc, mode) from (None if self._secrets else exc)
         latency = time.perf_counter() - start
         return self._to_response(raw, request, latency, litellm)
 
-    def _wrap_error(self, exc: Exception) -> LMError:
+    def _wrap_error(self, exc: Exception, mode: str | None = None) -> LMError:
         # litellm re-wraps transport failures (a refused connection arrives as
         # InternalServerError), so classify by the whole cause chain.
-        names = {type(e).__name__ for e in _chain(exc)}
+        chain = _chain(exc)
+        names = {type(e).__name__ for e in chain}
         where = f"{self.model}" + (f" at {self.api_base}" if self.api_base else "")
         if names & {"Timeout", "APITimeoutError", "TimeoutError", "ConnectTimeout",
                     "ReadTimeout", "ConnectionTimeoutError"}:
@@ -229,9 +273,10 @@ class LiteLLM:
                    f"{type(exc).__name__}: {exc}")
         else:
             msg = f"{where} failed ({type(exc).__name__}): {exc}"
-        err = LMError(msg)
+        err = LMError(self._secrets.scrub(msg))
         err.retryable = type(exc).__name__ not in _NOT_RETRYABLE  # type: ignore[attr-defined]
-        return err
+        status = next((s for s in (getattr(e, "status_code", None) for e in chain) if isinstance(s, int)), None)
+        return mark_json_mode_rejection(err, status, str(exc), mode)
 
     def _to_response(self, raw: Any, request: LMRequest, latency: float,
                      litellm: Any) -> LMResponse:
@@ -276,13 +321,20 @@ def _cost(raw: Any, litellm: Any) -> float | None:
         return None
 
 
-def openai_compatible(base_url: str, model: str = "local", *,
-                      json_mode: str = "json_schema", **kwargs: Any) -> LiteLLM:
+def openai_compatible(base_url: str, model: str = "local", *, api_key: str | None = None,
+                      api_key_env: str | None = None, json_mode: str = "auto", **kwargs: Any) -> LiteLLM:
     """A :class:`LiteLLM` for an OpenAI-compatible server (llama.cpp server, vLLM, Ollama).
 
-    ``base_url`` is the API root including ``/v1``, e.g. ``LlamaServer().base_url``; use
-    ``json_mode="json_object"`` for llama-cpp-python's server. ``kwargs`` go to
-    :class:`LiteLLM` (``timeout``, ``extra`` ...).
+    ``base_url`` is the API root including ``/v1``, e.g. ``LlamaServer().base_url``.
+    ``json_mode="auto"`` negotiates how a JSON schema is sent (llama-cpp-python's server takes
+    only ``"json_object"``; see :class:`LiteLLM`). The key is ``api_key``, else the variable
+    ``api_key_env`` names, else ``$OPENAI_API_KEY`` when set, else the placeholder ``"sk-local"``
+    (litellm's OpenAI route needs some key; a server without authentication ignores it).
+    ``kwargs`` go to :class:`LiteLLM` (``timeout``, ``extra`` ...).
     """
-    return LiteLLM(f"openai/{model}", api_base=base_url, api_key="sk-local",
-                   json_mode=json_mode, **kwargs)
+    if split_userinfo(base_url)[1] and (api_key is not None or api_key_env is not None):
+        raise DefinitionError("openai_compatible got credentials twice: in the URL (user:password@) "
+                              "and as api_key/api_key_env.",
+                              fix="pass the key once: api_key= (sent as a bearer token), or in the URL.")
+    key = resolve_api_key(api_key, api_key_env, owner="openai_compatible") or LOCAL_PLACEHOLDER_KEY
+    return LiteLLM(f"openai/{model}", api_base=base_url, api_key=key, json_mode=json_mode, **kwargs)

@@ -27,12 +27,13 @@ from typing import Any
 from ..cache.keys import strip_credentials
 from ..errors import DefinitionError, LMError
 from .base import LMRequest, LMResponse
+from .capabilities import Capabilities, JsonModeNegotiator, mark_json_mode_rejection, response_format
+from .credentials import Secrets, redact_url, resolve_api_key, split_userinfo, url_secrets
 from .llamacpp import openai_response
 
 __all__ = ["OpenAIServerLM", "HTTP_INSTALL_COMMAND"]
 
 HTTP_INSTALL_COMMAND = "pip install 'aiohttp>=3.9'  (or: pip install 'lmgraph[http]')"
-_JSON_MODES = frozenset({"json_schema", "json_object"})
 _RETRYABLE_STATUS = frozenset({408, 409, 429})
 
 
@@ -60,45 +61,88 @@ class OpenAIServerLM:
     ``base_url`` is the API root including ``/v1`` (e.g. ``LlamaServer().base_url``,
     ``http://127.0.0.1:8000/v1`` for vLLM, ``http://127.0.0.1:11434/v1`` for Ollama); ``model``
     the name the server expects. ``json_mode`` says how ``request.json_schema`` is sent:
-    ``"json_schema"`` (OpenAI structured outputs; vLLM, Ollama) or ``"json_object"``
-    (``{"type": "json_object", "schema": ...}``, which llama-cpp-python's server needs).
+    ``"auto"`` (default) negotiates it with the server (``"json_schema"`` first, then
+    ``"json_object"``, then ``"none"``; see :mod:`lmgraph.lm.capabilities`), or one of
+    ``"json_schema"`` (OpenAI structured outputs; vLLM, Ollama), ``"json_object"``
+    (``{"type": "json_object", "schema": ...}``, which llama-cpp-python's server needs) and
+    ``"none"`` (the schema in the prompt) skips negotiation.
+
+    The API key is ``api_key``, else the environment variable ``api_key_env`` names, else
+    ``$OPENAI_API_KEY`` if set, sent as ``Authorization: Bearer``; user-info in the URL
+    (``http://user:pass@host/v1``) is sent as basic authentication and key-like query parameters
+    (``?api_key=...``) go with every request. No key appears in ``repr()``, ``identity()``,
+    ``base_url`` or an error message.
+
     ``max_connections`` bounds the keep-alive pool (per event loop); ``timeout`` is the whole
     request's limit in seconds. Proxies from the environment are ignored for loopback servers
     (``trust_env=None``) and used otherwise. ``extra`` is merged into every request body.
     """
 
     def __init__(self, base_url: str, model: str = "local", *, api_key: str | None = None,
-                 timeout: float = 60.0, json_mode: str = "json_schema", top_logprobs: int = 5,
-                 max_connections: int = 256, trust_env: bool | None = None,
+                 api_key_env: str | None = None, timeout: float = 60.0, json_mode: str = "auto",
+                 top_logprobs: int = 5, max_connections: int = 256, trust_env: bool | None = None,
                  extra: dict[str, Any] | None = None) -> None:
-        parsed = urllib.parse.urlsplit(base_url or "")
-        if parsed.scheme not in ("http", "https") or not parsed.netloc:
-            raise DefinitionError(f"OpenAIServerLM needs an http(s) base URL, got {base_url!r}.",
+        parsed = urllib.parse.urlsplit(base_url or "") if isinstance(base_url, str) else None
+        if parsed is None or parsed.scheme not in ("http", "https") or not parsed.hostname:
+            shown = redact_url(base_url) if isinstance(base_url, str) else base_url
+            raise DefinitionError(f"OpenAIServerLM needs an http(s) base URL, got {shown!r}.",
                                   fix="pass the API root including /v1, e.g. 'http://127.0.0.1:8080/v1'.")
         if not model or not isinstance(model, str):
             raise DefinitionError(f"OpenAIServerLM needs a model name, got {model!r}.",
                                   fix="pass the name the server serves (llama.cpp's server accepts any).")
-        if json_mode not in _JSON_MODES:
-            raise DefinitionError(f"json_mode must be one of {sorted(_JSON_MODES)}, got {json_mode!r}.",
-                                  fix="use 'json_schema' (OpenAI, vLLM, Ollama) or 'json_object' "
-                                      "(llama-cpp-python's server).")
         if timeout <= 0 or max_connections < 1:
             raise DefinitionError("timeout must be > 0 and max_connections >= 1",
                                   fix="e.g. timeout=60.0, max_connections=256.")
-        self.base_url = base_url.rstrip("/")
+        userinfo = parsed.netloc.rpartition("@")[0] if "@" in parsed.netloc else ""
+        if userinfo and (api_key is not None or api_key_env is not None):
+            raise DefinitionError("OpenAIServerLM got credentials twice: in the URL (user:password@) "
+                                  "and as api_key/api_key_env.",
+                                  fix="pass the key once: api_key= (sent as a bearer token), or in the URL.")
+        key = None if userinfo else resolve_api_key(api_key, api_key_env, owner="OpenAIServerLM")
+        host = parsed.netloc.rpartition("@")[2]
+        # where requests go: no user-info (sent as a header), the query after each path
+        self._root = urllib.parse.urlunsplit((parsed.scheme, host, parsed.path.rstrip("/"), "", ""))
+        self._query = ("?" + parsed.query) if parsed.query else ""
+        self.base_url = redact_url(base_url.rstrip("/"))  # what repr, identity and errors show
+        self._secrets = Secrets([key, *url_secrets(base_url)])
         self.model = model
-        self._api_key = api_key
         self.timeout = float(timeout)
-        self.json_mode = json_mode
+        self._json = JsonModeNegotiator(json_mode, endpoint=self.base_url, model=model,
+                                        owner="OpenAIServerLM")
         self.top_logprobs = int(top_logprobs)
         self.max_connections = int(max_connections)
         self.trust_env = (not _is_loopback(parsed.hostname)) if trust_env is None else bool(trust_env)
         self.extra = dict(extra or {})
         self._headers = {"Content-Type": "application/json"}
-        if api_key:
-            self._headers["Authorization"] = f"Bearer {api_key}"
+        if key:
+            self._headers["Authorization"] = f"Bearer {key}"
+        elif userinfo:
+            basic = split_userinfo(base_url)[1]
+            self._headers["Authorization"] = basic  # type: ignore[assignment]
+            self._secrets.add(basic.split()[1])  # type: ignore[union-attr]
         self._sessions: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
+
+    @property
+    def json_mode(self) -> str:
+        """The JSON mode of chat requests: the one passed, else the negotiated one, else
+        ``"auto"`` (raw-prompt requests are negotiated on their own: :attr:`negotiated_json_modes`)."""
+        return self._json.mode("chat") or self._json.requested
+
+    @property
+    def negotiated_json_modes(self) -> dict[str, str]:
+        """``{"chat" | "completion": mode}`` for the routes whose JSON mode is known."""
+        return self._json.negotiated()
+
+    @property
+    def negotiation_failures(self) -> int:
+        """Requests the server rejected while negotiating the JSON mode (never results)."""
+        return self._json.failures
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return Capabilities(json_modes=self._json.candidates("chat"), json_mode=self._json.mode("chat"),
+                            logprobs=True, scoring=False, streaming=False)
 
     def identity(self) -> dict[str, Any]:
         # Never the API key: identities end up in cache keys, traces and artifacts. The same
@@ -170,7 +214,7 @@ class OpenAIServerLM:
                 _discard(session)
 
     # ---- requests
-    def _body(self, request: LMRequest) -> tuple[str, dict[str, Any]]:
+    def _body(self, request: LMRequest, mode: str | None = None) -> tuple[str, dict[str, Any]]:
         body: dict[str, Any] = {"model": self.model, "temperature": float(request.temperature),
                                 "max_tokens": int(request.max_tokens), "top_p": float(request.top_p)}
         if request.sampling_seed is not None:
@@ -178,11 +222,9 @@ class OpenAIServerLM:
         if request.stop:
             body["stop"] = list(request.stop)
         if request.json_schema is not None:
-            if self.json_mode == "json_schema":
-                body["response_format"] = {"type": "json_schema",
-                                           "json_schema": {"name": "output", "schema": request.json_schema}}
-            else:
-                body["response_format"] = {"type": "json_object", "schema": request.json_schema}
+            fmt = response_format(mode or self._json.candidates(request.mode)[0], request.json_schema)
+            if fmt is not None:
+                body["response_format"] = fmt
         if request.messages is not None:
             body["messages"] = [m.to_dict() for m in request.messages]
             if request.logprobs:
@@ -194,10 +236,10 @@ class OpenAIServerLM:
                 body["logprobs"] = self.top_logprobs
             path = "/completions"
         body.update(self.extra)
-        return self.base_url + path, body
+        return self._root + path + self._query, body
 
     def _error(self, msg: str, retryable: bool) -> LMError:
-        err = LMError(msg)
+        err = LMError(self._secrets.scrub(msg))
         err.retryable = retryable  # type: ignore[attr-defined]
         return err
 
@@ -208,7 +250,11 @@ class OpenAIServerLM:
                 "log-probabilities of given continuation tokens, which an OpenAI-compatible server does "
                 "not return. Use the in-process llama.cpp backend (LlamaCppLM) for scoring, or "
                 "decode='generate' with this model.", retryable=False)
-        url, body = self._body(request)
+        return await self._json.complete(request, self._post)
+
+    async def _post(self, request: LMRequest, mode: str | None) -> LMResponse:
+        url, body = self._body(request, mode)
+        shown = redact_url(url)
         session = self._session()
         aiohttp = _import_aiohttp()
         start = time.perf_counter()
@@ -219,19 +265,24 @@ class OpenAIServerLM:
         except asyncio.TimeoutError:
             raise self._error(f"{self.model} at {self.base_url} timed out after {self.timeout:g} s.", True) from None
         except aiohttp.ClientConnectorError as exc:
-            raise self._error(f"could not connect to {self.base_url} (is the server running?): {exc}", True) from exc
+            # the cause goes along unless the URL held a secret (its text would show it)
+            raise self._error(f"could not connect to {self.base_url} (is the server running?): {exc}",
+                              True) from (None if self._secrets else exc)
         except aiohttp.ClientError as exc:
-            raise self._error(f"{self.model} at {self.base_url} failed ({type(exc).__name__}): {exc}", True) from exc
+            raise self._error(f"{self.model} at {self.base_url} failed ({type(exc).__name__}): {exc}",
+                              True) from (None if self._secrets else exc)
         latency = time.perf_counter() - start
         if status >= 400:
-            raise self._error(f"{self.model} at {url} answered HTTP {status}: {_error_text(raw)}",
+            text = _error_text(raw)
+            err = self._error(f"{self.model} at {shown} answered HTTP {status}: {text}",
                               status in _RETRYABLE_STATUS or status >= 500)
+            raise mark_json_mode_rejection(err, status, text, mode)
         try:
             data = json.loads(raw)
             # cost stays None: a self-hosted server has no price
             return openai_response(data, request, model=str(data.get("model") or self.model), latency_s=latency)
         except (ValueError, KeyError, IndexError, TypeError, AttributeError):
-            raise self._error(f"{self.model} at {url} returned no completion: {raw[:200]!r}", False) from None
+            raise self._error(f"{self.model} at {shown} returned no completion: {raw[:200]!r}", False) from None
 
 
 def _discard(session: Any) -> None:
