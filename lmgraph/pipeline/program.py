@@ -48,12 +48,15 @@ def _run_sync(coro: Any) -> Any:
 
 
 def _run_to_end(loop: asyncio.AbstractEventLoop, coro: Any) -> Any:
-    _cancel_pending(loop)  # leftovers of an earlier call whose clean-up was itself interrupted
+    if getattr(loop, "_lmgraph_dirty", False):  # an earlier call's clean-up was itself interrupted
+        _cancel_pending(loop)
+    loop._lmgraph_dirty = True  # type: ignore[attr-defined]
     task = loop.create_task(coro)
     try:
         return loop.run_until_complete(task)
     finally:
         _cancel_pending(loop)
+        loop._lmgraph_dirty = False  # type: ignore[attr-defined]
 
 
 def _cancel_pending(loop: asyncio.AbstractEventLoop) -> None:
