@@ -195,3 +195,41 @@ def test_module_cli_serves_until_terminated():
         proc.wait(timeout=30)
     with pytest.raises(OSError):
         opener.open(url + "/models", timeout=2)  # the child server went down with it
+
+
+def test_default_clients_negotiate_the_json_mode_of_the_real_server(server):
+    """issue 19: with defaults (no json_mode), a Literal output the embedded model misses goes to a
+    JSON repair call; llama-cpp-python's server rejects OpenAI's json_schema response_format with
+    HTTP 500, and both clients fall back to json_object once, remember it, and answer."""
+    pytest.importorskip("aiohttp")
+    import lmgraph as lg
+    from lmgraph.lm.capabilities import forget_json_modes
+    from lmgraph.lm.openai_http import OpenAIServerLM
+
+    forget_json_modes()
+    p = lg.Pipeline("odd_labels")
+    # two tokens cut the free answer short (measured: 'The film'), so it cannot be read and a repair
+    # call with the output schema (an enum of the two labels) must follow
+    n = p.add(lg.Predict("sentence -> code: Literal['zqx-alpha', 'zqx-omega']", format="chat", max_tokens=2),
+              name="clf", sentence=p.input("sentence"))
+    p.output(code=n.code)
+    prog = p.build()
+    lm = OpenAIServerLM(server.base_url)
+    try:
+        pred = prog.run_sync(lg.RunContext(lm=lm, cache=False), sentence="The film was wonderful.")
+        calls = pred.trace.node("clf").calls
+        assert pred.code in ("zqx-alpha", "zqx-omega")
+        assert [c.request.json_schema is not None for c in calls] == [False, True]  # answer, repair
+        assert all(c.error is None for c in calls)  # the rejected attempt is no call of the trace
+        assert lm.negotiation_failures == 1 and lm.json_mode == "json_object"
+        pred2 = prog.run_sync(lg.RunContext(lm=lm, cache=False), sentence="A dull, slow film.")
+        assert pred2.code in ("zqx-alpha", "zqx-omega") and lm.negotiation_failures == 1  # remembered
+    finally:
+        lm.close()
+    forget_json_modes()
+    via_litellm = openai_compatible(server.base_url)
+    schema = {"type": "object", "properties": {"code": {"type": "string", "enum": ["zqx-alpha", "zqx-omega"]}},
+              "required": ["code"]}
+    (r,) = run(via_litellm, LMRequest(messages=chat("Pick a code."), json_schema=schema, max_tokens=24))
+    assert json.loads(r.text)["code"] in ("zqx-alpha", "zqx-omega")
+    assert via_litellm.negotiation_failures == 1 and via_litellm.json_mode == "json_object"
