@@ -22,11 +22,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..context import RunContext
-from ..errors import DefinitionError, LmgraphError
+from ..errors import DefinitionError
 from ..lm.base import LMRequest, LMResponse
 from ..lm.values import jsonable
 from .executor import NodeCall, _check_models, check_inputs
@@ -173,8 +173,9 @@ def _note(module: Any) -> str:
         return (f"sample 1 of {module.n} (the others differ only in rollout)"
                 + ("; then a judge call per sample until one is accepted" if module.select == "judge" else ""))
     if isinstance(module, Refine):
-        return (f"the first draft; then the judge, and up to {module.max_rounds - 1} revision(s) "
-                "that depend on its feedback")
+        more = module.max_rounds - 1
+        return "the first draft; then the judge" + (
+            f", and up to {more} revision{'s' if more > 1 else ''} written from its feedback" if more else "")
     if isinstance(module, CallTool):
         return f"step 1 (no steps yet); up to {module.max_steps} steps, then a final answer call"
     estimated = module.estimated_calls()
