@@ -117,3 +117,29 @@ def test_a_failed_run_leaves_no_tasks_behind() -> None:
         prog.run_sync(ctx(lm), question="boom")
     assert not [t for t in asyncio.all_tasks(program_mod._loops.loop) if not t.done()]
     assert prog.run_sync(ctx(FunctionLM(echo)), question="ok").x == "ok"
+
+
+def test_ctrl_c_while_run_sync_waits_inside_a_loop_stops_the_worker_run() -> None:
+    """A notebook's interrupt reaches the waiting caller at once, and the worker's batch stops."""
+    import _thread
+
+    prog = qa()
+    lm = FunctionLM(echo, latency_s=0.3)
+    rows = [{"question": f"q{i}"} for i in range(40)]  # >= 6 s of model time: the interrupt lands mid-batch
+
+    async def main() -> float:
+        threading.Timer(0.4, _thread.interrupt_main).start()
+        t0 = time.perf_counter()
+        with pytest.raises(KeyboardInterrupt):
+            prog.batch_sync(rows, ctx=ctx(lm), concurrency=2)
+        return time.perf_counter() - t0
+
+    loop = asyncio.new_event_loop()  # a plain running loop (asyncio.run would turn SIGINT into a cancel)
+    try:
+        waited = loop.run_until_complete(main())
+    finally:
+        loop.close()
+    made = len(lm.calls)
+    time.sleep(0.5)
+    assert waited < 3 and made < len(rows) and len(lm.calls) == made
+    assert not [t for t in threading.enumerate() if t.name == "lmgraph-run-sync"]

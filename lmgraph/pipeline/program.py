@@ -101,7 +101,8 @@ def _run_in_worker(coro: Any) -> Any:
                               name="lmgraph-run-sync", daemon=True)
     thread.start()
     try:
-        thread.join()
+        while thread.is_alive():  # a timed wait: a pending Ctrl-C is raised here, not after the run
+            thread.join(0.1)
     except BaseException:  # Ctrl-C in the caller: stop the worker's run too, then re-raise
         ready.wait()
         try:
