@@ -89,11 +89,23 @@ def test_failing_item_fails_the_node_naming_the_index() -> None:
     assert any(c.error and "OutputParseError" in c.error for c in children)
 
 
-def test_skip_drops_failed_items() -> None:
-    prog = mapped(Map(per_item(), over="item", on_error="skip"))
-    out = prog.run_sync(lg.RunContext(lm=FunctionLM(shout), cache=False), items=["a", "bad", "c"], style="")
-    assert out.louds == ["A", "C"]
-    assert list(out.trace.node("map").meta["failed"]) == ["1"]
+@pytest.mark.parametrize("on_error", ["none", "skip"])
+def test_failed_items_keep_their_position(on_error: str) -> None:
+    # issue 19: 'skip' used to drop failed items, so outputs no longer lined up with inputs
+    m = Map(per_item(), over="item", on_error=on_error)
+    prog = mapped(m)
+    items = ["a", "bad", "c", "bad"]
+    out = prog.run_sync(lg.RunContext(lm=FunctionLM(shout), cache=False), items=items, style="")
+    assert out.louds == ["A", None, "C", None] and len(out.louds) == len(items)
+    nt = out.trace.node("map")
+    assert list(nt.meta["failed"]) == ["1", "3"] and "OutputParseError" in nt.meta["failed"]["1"]
+    assert [c.inputs["item"] for c in nt.children] == items  # failed items' traces too, in order
+    assert [bool(c.error) for c in nt.children] == [False, True, False, True]
+    # the outputs say they may hold None; a 'raise' Map's do not
+    assert m.signature.shorthand() == "item: list[str], style -> loud: list[Optional[str]]"
+    assert m.describe() == "Map[shout over item, concurrency=4, failed items -> None]"
+    assert Map(per_item(), over="item").signature.output("loud").annotation == list[str]
+    assert m.config()["on_error"] == on_error  # saved as written
 
 
 def test_zip_over_two_inputs_and_length_mismatch() -> None:

@@ -3,13 +3,20 @@
 For each sub-program input ``x``: the node takes ``x: list[T]`` when ``x`` is in ``over``
 (zipped item by item) and ``x: T`` otherwise (the same value for every item). Every
 sub-program output ``y: T`` becomes ``y: list[T]``, in item order.
+
+``on_error``: ``"raise"`` (default) fails the node when an item fails, naming the item;
+``"none"`` keeps going and puts ``None`` at a failed item's position (every output list stays
+as long as the inputs and lines up with them; the outputs are typed ``list[Optional[T]]``), with
+the item's error in the node trace's ``meta["failed"]`` (``{index: "ErrorType: message"}``).
+``"skip"`` is an alias of ``"none"`` kept for saved programs: it no longer drops failed items
+(dropping them shifted every later item against its input).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Optional
 
 from ..errors import BudgetExceeded, DefinitionError, RunError
 from ..signatures import FieldSpec, Signature
@@ -21,7 +28,9 @@ if TYPE_CHECKING:
 
 __all__ = ["Map"]
 
-ON_ERROR = ("raise", "skip")
+ON_ERROR = ("raise", "none", "skip")
+#: on_error values that keep going past a failed item (None at its position)
+KEEP_GOING = ("none", "skip")
 #: the guessed item count of a mapped list whose length nothing upstream bounds
 FAN_OUT_GUESS = 4
 
@@ -72,7 +81,9 @@ class Map(Module):
             raise DefinitionError(f"concurrency must be a positive integer, got {self.concurrency!r}",
                                   fix="pass concurrency=4 (or another positive integer).")
         if self.on_error not in ON_ERROR:
-            raise DefinitionError(f"unknown on_error {self.on_error!r}", fix="choose 'raise' or 'skip'.")
+            raise DefinitionError(f"unknown on_error {self.on_error!r}",
+                                  fix="choose 'raise' (fail the node) or 'none' (None at a failed item's "
+                                      "position, the error in the trace).")
         clash = set(p.input_specs) & {o for o, _ in p.output_refs}
         if clash:
             raise DefinitionError(f"{p.name!r} has an input and an output both named {sorted(clash)[0]!r}",
@@ -84,7 +95,14 @@ class Map(Module):
         ins = [FieldSpec(n, list[t] if n in self.over else t,  # type: ignore[valid-type]
                          "one item per run" if n in self.over else "the same for every item")
                for n, t in p.input_specs.items()]
-        outs = [FieldSpec(o, list[_output_type(p, r.node, r.field)], f"{o} of each item")  # type: ignore[misc]
+        keep_going = self.on_error in KEEP_GOING
+
+        def item_type(node: str, field: str) -> Any:
+            t = _output_type(p, node, field)
+            return Optional[t] if keep_going and t is not Any else t  # noqa: UP007 - a runtime type
+
+        desc = "of each item (None where the item failed)" if keep_going else "of each item"
+        outs = [FieldSpec(o, list[item_type(r.node, r.field)], f"{o} {desc}")  # type: ignore[misc]
                 for o, r in p.output_refs]
         return Signature(ins, outs, f"Run {p.name!r} for each item of {', '.join(self.over)}.")
 
@@ -140,8 +158,8 @@ class Map(Module):
                 if isinstance(e, BudgetExceeded):
                     raise e
                 raise RunError(f"item {i} of {count} failed: {type(e).__name__}: {e}", node=call.node) from e
-        kept = [r for r in results if r is not None]
-        return {o: [r[o] for r in kept] for o, _ in self.program.output_refs}
+        # a failed item (on_error='none'/'skip') is None at its own position: lists stay aligned
+        return {o: [r[o] if r is not None else None for r in results] for o, _ in self.program.output_refs}
 
     def config(self) -> dict[str, Any]:
         return {"program": self.program.to_dict(), "over": list(self.over), "concurrency": self.concurrency,
@@ -169,8 +187,8 @@ class Map(Module):
         return {n.name: n.module for n in self.program.nodes}
 
     def describe(self) -> str:
-        skip = ", skip errors" if self.on_error == "skip" else ""
-        return f"Map[{self.program.name} over {', '.join(self.over)}, concurrency={self.concurrency}{skip}]"
+        keep = ", failed items -> None" if self.on_error in KEEP_GOING else ""
+        return f"Map[{self.program.name} over {', '.join(self.over)}, concurrency={self.concurrency}{keep}]"
 
     def summary(self) -> list[str]:
         return [f"per item: {' -> '.join(self.program.order)}"]
