@@ -200,8 +200,8 @@ class CompileSession:
         after = self.meter.snapshot()
         usage = {k: after[k] - before[k] for k in ("calls", "prompt_tokens", "completion_tokens", "dollars")}
         examples = []
-        for r, s in zip(res.results, res.scores):
-            ex: dict[str, Any] = {"score": s, "ok": r.ok}
+        for r, s, fb in zip(res.results, res.scores, res.feedback):
+            ex: dict[str, Any] = {"score": s, "ok": r.ok, "feedback": fb}  # fb: the metric's text, if any
             if r.ok:
                 ex["outputs"] = jsonable(dict(r.outputs))
                 ex["nodes"] = {n.node: {"inputs": jsonable(n.inputs), "outputs": jsonable(n.outputs)}
