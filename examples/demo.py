@@ -2,13 +2,14 @@
 
 1. declare a one-node pipeline (question -> one of 6 answer types) and validate it;
 2. score it zero-shot on a seeded sample of the TREC test questions;
-3. compile it with JointSearch (demo set x prompt format, raced on minibatches, accepted on a
-   paired bootstrap over the validation set) under a hard budget (train/val drawn from the TREC
-   training file -- the compiler never sees the test rows);
+3. compile it with lmgraph's default compiler (``lmgraph.optimizers.Compile``: train and
+   validation rows pooled, candidate decodings / formats / demo sets / instructions raced on a
+   search fold, the winner confirmed on a held-out fold) under a hard budget (rows drawn from the
+   TREC training file -- the compiler never sees the test rows);
 4. score the compiled program on the same test rows and print both with 95% CIs, the paired
    difference, model calls, tokens and wall time; save the compiled artifact.
 
-    python examples/demo.py [--test 100] [--budget 400] [--seed 0]
+    python examples/demo.py [--test 100] [--budget 600] [--seed 0]
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 import lmgraph as lg
 from lmgraph.evaluation import evaluate_sync, label_accuracy, load_trec, paired_bootstrap, sample, split
 from lmgraph.evaluation.datasets import TREC_COARSE
-from lmgraph.optimizers import JointSearch, diff, format_diff, save_artifact
+from lmgraph.optimizers import Compile, diff, format_diff, save_artifact
 
 
 def build() -> lg.Program:
@@ -40,7 +41,7 @@ def main() -> None:
     ap.add_argument("--test", type=int, default=100, help="test questions (seeded sample)")
     ap.add_argument("--train", type=int, default=60)
     ap.add_argument("--val", type=int, default=40)
-    ap.add_argument("--budget", type=int, default=400, help="hard limit on compile model calls")
+    ap.add_argument("--budget", type=int, default=600, help="hard limit on compile model calls")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
@@ -58,11 +59,10 @@ def main() -> None:
     print(f"zero-shot  test accuracy: {zero}")
     print(f"           parse failures: {zero.parse_failure_rate:.1%}\n")
 
-    # 6 configurations of (demo set, prompt format) scored on 10-question minibatches; the best
-    # is confirmed on the whole validation set and accepted only on paired-bootstrap evidence
-    opt = JointSearch(num_trials=6, num_instructions=0, num_demo_sets=3, max_demos=4,
-                      formats=("completion", "json"), minibatch_size=10)
-    print(f"compile plan: {opt.dry_run(program, train, val)}")
+    # candidates (decoding, format, demo sets, instructions) raced on a search fold of the pooled
+    # train+val rows, in waves planned to fit the budget; the winner confirmed on a held-out fold
+    opt = Compile(max_demos=4)
+    print(f"compile plan: {opt.dry_run(program, train, val, budget=lg.Budget(max_calls=args.budget))}")
     t0 = time.perf_counter()
     compiled, report = opt.optimize(program, train, metric, valset=val, budget=lg.Budget(max_calls=args.budget),
                                     seed=args.seed, ctx=ctx)

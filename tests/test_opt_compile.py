@@ -152,3 +152,40 @@ def test_bad_options_are_definition_errors():
         Compile(confirm_fraction=1.5)
     with pytest.raises(lg.DefinitionError):
         Compile(decodes=("sample",))
+
+
+def test_nearest_demos_are_chosen_per_input_and_never_the_row_itself():
+    pool = [{"sentence": f"a {w} film number {i}", "label": WORDS[w]} for i, w in enumerate(sorted(WORDS))]
+    m = lg.Predict("sentence -> label: Literal['negative', 'positive']", knn=2, demo_pool=pool)
+    own = pool[0]
+    picked = m.demos_for({"sentence": own["sentence"]})
+    assert len(picked) == 2 and own not in picked
+    near = m.demos_for({"sentence": "an awful awful film"})
+    assert near[-1]["sentence"].startswith("a awful")  # the closest sits next to the input
+    with pytest.raises(lg.DefinitionError):
+        lg.Predict("sentence -> label", knn=2)
+    # round trip keeps the pool
+    p = lg.Pipeline("k")
+    s = p.input("sentence")
+    n = p.add(m, name="classify", sentence=s)
+    p.output(label=n.label)
+    prog = p.build()
+    assert lg.Program.from_dict(prog.to_dict()).content_hash() == prog.content_hash()
+
+
+def test_compile_can_choose_nearest_demos():
+    # right only when a shown demo shares the input's sentiment word
+    def copier(request):
+        text = request_text(request)
+        sentence = _last_sentence(text)
+        word = next((k for k in WORDS if f" {k} " in f" {sentence} "), None)
+        demo_lines = text.split("Sentence: ")[1:-1]
+        hit = any(f" {word} " in f" {d} " for d in demo_lines)
+        answer = WORDS[word] if hit else "positive"
+        return f"Label: {answer}" if request.prompt is not None else answer
+
+    compiled, report = Compile(decodes=(), max_demos=2).optimize(
+        program(), rows(60), label_accuracy(), budget=lg.Budget(max_calls=900),
+        ctx=lg.RunContext(lm=FunctionLM(copier), cache=False))
+    assert compiled.module("classify").knn == 2, report.table()
+    assert report.best.status == "accepted"

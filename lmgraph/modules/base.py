@@ -163,7 +163,7 @@ def need_resource(resources: Mapping[str, Any], name: str, what: str) -> Any:
 
 
 def _normalise_param(key: str, value: Any, module: Module) -> Any:
-    if key == "demos":
+    if key in ("demos", "demo_pool"):
         return normalise_demos(value, getattr(module, "signature_for_demos", module.signature),
                                optional=getattr(module, "optional_demo_fields", ()))
     if key == "format" and value not in FORMAT_CHOICES:

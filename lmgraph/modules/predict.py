@@ -93,8 +93,9 @@ async def predict(call: "NodeCall", sig: Signature, inputs: Mapping[str, Any], *
                   instructions: str | None = None, demos: Sequence[Mapping[str, Any]] = (),
                   format: str = "auto", lm: str | None = None, temperature: float = 0.0,
                   max_tokens: int = 256, rollout: int = 0, repair: bool = True,
-                  decode: str = "generate") -> dict[str, Any]:
+                  decode: str = "generate", stop: Sequence[str] = ()) -> dict[str, Any]:
     """Render, call the model, parse into the signature's types; one repair attempt on failure.
+    ``stop``: stop sequences added to the format's own.
 
     With ``decode="score"`` the model scores the output's options instead (see
     :func:`score_predict`); ``format``, ``temperature``, ``max_tokens`` and ``repair`` then
@@ -109,6 +110,8 @@ async def predict(call: "NodeCall", sig: Signature, inputs: Mapping[str, Any], *
     call.trace.format = fmt_name
     request = fmt.render(sig, instructions or sig.instructions, demos, inputs,
                          temperature=temperature, max_tokens=max_tokens, rollout=rollout, node=call.node)
+    if stop:
+        request = request.replace(stop=tuple(dict.fromkeys((*request.stop, *stop))))
     resp, rec = await call.generate(request, lm=lm)
     try:
         return fmt.parse(sig, resp.text)
@@ -254,17 +257,21 @@ class Predict(GenerationSettings, Module):
     """
 
     kind = "predict"
-    tunable = ("instructions", "demos", "format", "lm", "temperature", "max_tokens", "decode")
+    tunable = ("instructions", "demos", "format", "lm", "temperature", "max_tokens", "decode", "knn", "demo_pool")
 
     def __init__(self, signature: "str | Signature | type[Signature]", *, instructions: str | None = None,
                  demos: Sequence[Mapping[str, Any]] = (), format: str = "auto", lm: str | None = None,
                  temperature: float = 0.0, max_tokens: int = 256, repair: bool = True,
-                 types: Mapping[str, Any] | None = None, decode: str = "generate", cache: bool = True) -> None:
+                 types: Mapping[str, Any] | None = None, decode: str = "generate", cache: bool = True,
+                 knn: int = 0, demo_pool: Sequence[Mapping[str, Any]] = ()) -> None:
         self.base_signature = ensure_signature(signature, types=dict(types or {}))
         self._init_generation(instructions=instructions, format=format, lm=lm, temperature=temperature,
                               max_tokens=max_tokens, repair=repair, cache=cache)
         self.decode = decode
         self.demos = normalise_demos(demos, self.signature, optional=self.optional_demo_fields)
+        # per-input demos: the `knn` entries of `demo_pool` most similar to the inputs (BM25), after `demos`
+        self.knn = knn
+        self.demo_pool = normalise_demos(demo_pool, self.signature, optional=self.optional_demo_fields)
         self._check()
         self._freeze()
 
@@ -273,6 +280,12 @@ class Predict(GenerationSettings, Module):
         if not self.signature.outputs:
             raise DefinitionError(f"signature {self.signature.shorthand()!r} has no output field",
                                   fix="declare at least one output, e.g. 'question -> answer'.")
+        if not isinstance(self.knn, int) or self.knn < 0:
+            raise DefinitionError(f"knn must be a whole number >= 0, got {self.knn!r}",
+                                  fix="knn=4 shows the 4 pool demos most similar to each input; 0 turns it off.")
+        if self.knn and not self.demo_pool:
+            raise DefinitionError(f"knn={self.knn} needs a demo_pool to choose from",
+                                  fix="pass demo_pool=[{...}, ...] (labelled examples) or knn=0.")
         if self.decode not in DECODE_CHOICES:
             raise DefinitionError(f"unknown decode mode {self.decode!r}",
                                   fix=f"choose one of {', '.join(DECODE_CHOICES)}.")
@@ -296,25 +309,50 @@ class Predict(GenerationSettings, Module):
         """Demo fields that may be left out (labelled data has no reasoning)."""
         return ()
 
+    def demos_for(self, inputs: Mapping[str, Any]) -> tuple[dict[str, Any], ...]:
+        """The demos shown for these inputs: the fixed ones, then the ``knn`` most similar of the pool."""
+        if not self.knn:
+            return self.demos
+        cached = self.__dict__.get("_knn_index")
+        if cached is None or cached.pool is not self.demo_pool:
+            from .knn import DemoIndex
+
+            cached = DemoIndex(self.demo_pool, [f.name for f in self.signature.inputs])
+            object.__setattr__(self, "_knn_index", cached)  # a cache, not configuration
+        return (*self.demos, *cached.select(inputs, self.knn))
+
     async def forward(self, inputs: dict[str, Any], call: "NodeCall") -> dict[str, Any]:
-        return await predict(call, self.signature, inputs, instructions=self.instructions, demos=self.demos,
+        return await predict(call, self.signature, inputs, instructions=self.instructions, demos=self.demos_for(inputs),
                              format=self.format, lm=self.lm, temperature=self.temperature,
                              max_tokens=self.max_tokens, repair=self.repair, decode=self.decode)
+
+    def estimated_calls(self, list_lengths: Mapping[str, int] | None = None, *, repairs: bool = True) -> int:
+        """One call (calibrated scoring: two); generating with ``repair`` on, a reply that cannot be
+        read is followed by one repair or continuation call: two at most."""
+        if self.decode in SCORING_DECODES:
+            return 2 if self.decode == "calibrated" else 1
+        return 2 if repairs and self.repair else 1
 
     def config(self) -> dict[str, Any]:
         config = {"signature": self.base_signature.to_dict(), **self._generation_config()}
         if self.decode != "generate":  # written only when set: existing artifacts keep their bytes/hash
             config["decode"] = self.decode
+        if self.knn or self.demo_pool:
+            config["knn"] = self.knn
+            config["demo_pool"] = [dict(d) for d in self.demo_pool]
         return config
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any], *, resources: Mapping[str, Any],
                     types: Mapping[str, Any] | None) -> "Predict":
         return cls(Signature.from_dict(config["signature"], types=dict(types or {})),
-                   **cls._generation_kwargs(config), decode=config.get("decode", "generate"))
+                   **cls._generation_kwargs(config), decode=config.get("decode", "generate"),
+                   knn=config.get("knn", 0), demo_pool=config.get("demo_pool", ()))
 
     def describe(self) -> str:
         extra = f", {len(self.demos)} demos" if self.demos else ""
+        if self.knn:
+            extra += f", {self.knn} nearest of {len(self.demo_pool)}"
         mode = f", {self.decode}" if self.decode in SCORING_DECODES else ""
         return f"{type(self).__name__}[{self.format}{mode}{extra}]"
 

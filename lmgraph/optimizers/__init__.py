@@ -1,5 +1,6 @@
 """The compiler: optimizers are pure passes ``program -> (program, report)`` under hard budgets."""
 
+from .auto import Compile, compile
 from .artifact import diff, format_diff, load_artifact, read_artifact, save_artifact
 from .base import CostEstimate, Optimizer
 from .decompose import Decompose, collapse_node, decompose_node, find_decompositions, lint_rewrite
@@ -9,7 +10,7 @@ from .joint import JointSearch
 from .report import Candidate, Report
 from .session import BudgetStop, CompileSession
 
-__all__ = ["BootstrapFewShot", "BootstrapRandomSearch", "BudgetStop", "Candidate", "CompileSession",
+__all__ = ["Compile", "compile", "BootstrapFewShot", "BootstrapRandomSearch", "BudgetStop", "Candidate", "CompileSession",
            "CostEstimate", "Decompose", "InstructionSearch", "JointSearch", "LabeledFewShot", "Optimizer", "Report",
            "collapse_node", "decompose_node", "diff", "find_decompositions", "format_diff", "lint_rewrite",
            "load_artifact", "read_artifact", "save_artifact"]

@@ -115,7 +115,7 @@ class Spec:
     def changes(self) -> dict[str, dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}
         for node, p in self.params.items():
-            ch = {k: (len(v) if k == "demos" else v) for k, v in p.items()}
+            ch = {k: (len(v) if k in ("demos", "demo_pool") else v) for k, v in p.items()}
             if "instructions" in ch:
                 text = str(ch["instructions"])
                 ch["instructions"] = text if len(text) <= 80 else text[:77] + "..."
@@ -319,6 +319,12 @@ class Compile(Optimizer):
                 used |= {i for i, _ in pick}
             return out, used
 
+        def knn(pool: Mapping[str, list[tuple[int, Demo]]]) -> dict[str, dict[str, Any]]:
+            # per-input demos from the whole pool; a row is never its own demo (leave-one-out)
+            return {n: {"knn": k, "demo_pool": [d for _, d in items]} for n, items in pool.items()
+                    if items and "knn" in mods[n].tunable}
+
+        knn_pool = {n: labelled.get(n) or boot.get(n) or [] for n in set(labelled) | set(boot)}
         boot_k, boot_rows = demos_of(boot, k)
         boot_2k, boot2_rows = demos_of(boot, 2 * k)
         lab_k, lab_rows = demos_of(labelled, k)
@@ -353,6 +359,9 @@ class Compile(Optimizer):
         cur_fmt = "completion"
         lead = decodes[0] if decodes else None
         raw: list[tuple[str, dict[str, dict[str, Any]], set[int]]] = []
+        if lead:
+            raw.append((f"{lead} + {k} nearest demos", merge(decode(lead), knn(knn_pool)), set()))
+        raw.append((f"{k} nearest demos", knn(knn_pool), set()))
         if lead:
             raw += [(f"{lead} + {k} bootstrapped demos", merge(decode(lead), demos(boot_k)), boot_rows),
                     (f"{lead}, zero-shot", decode(lead), set())]
@@ -616,7 +625,7 @@ def _per_row(program: Program, spec: Spec | None = None) -> float:
         elif dec == "score":
             total += 1
         elif getattr(m, "repair", False) and m.kind in ("predict", "chain_of_thought"):
-            total += 2 * m.estimated_calls()
+            total += m.estimated_calls()  # counts the repair call
         else:
             total += m.estimated_calls()
     return max(1.0, total)
