@@ -12,6 +12,8 @@ loaded -- never serialized as code.
 from __future__ import annotations
 
 import copy
+import functools
+import inspect
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -88,10 +90,12 @@ class Module:
         """Inner modules (for modules built from others), for optimizers and rendering."""
         return {}
 
-    def estimated_calls(self, list_lengths: Mapping[str, int] | None = None) -> int:
-        """Model calls one run of this module makes, guessed before running (budget checks and dry
-        runs; repairs aside). ``list_lengths``: the known item counts of list inputs, by field name
-        (what a fan-out kind such as Map multiplies by)."""
+    def estimated_calls(self, list_lengths: Mapping[str, int] | None = None, *, repairs: bool = True) -> int:
+        """At most how many model calls one run of this module makes, known before running (dry
+        runs, budget checks). ``repairs``: count the one repair / follow-up call that may follow
+        each call whose reply cannot be read (a true upper bound); False: the calls made when every
+        reply reads (what a compile paces its budget with). ``list_lengths``: the known item counts
+        of list inputs, by field name (what a fan-out kind such as Map multiplies by)."""
         return 1
 
     def max_items(self, field: str) -> int | None:
@@ -134,6 +138,20 @@ class Module:
 
     def describe(self) -> str:
         return type(self).__name__
+
+
+def calls_of(module: Module, list_lengths: Mapping[str, int] | None = None, *, repairs: bool = True) -> int:
+    """``module.estimated_calls(list_lengths, repairs=...)``; a custom module whose method predates
+    ``repairs`` is asked without it."""
+    method = module.estimated_calls
+    if "repairs" in _parameters(type(module)):
+        return method(list_lengths, repairs=repairs)
+    return method(list_lengths)
+
+
+@functools.lru_cache(maxsize=256)
+def _parameters(cls: type) -> frozenset[str]:
+    return frozenset(inspect.signature(cls.estimated_calls).parameters)
 
 
 def module_from_dict(data: Mapping[str, Any], *, resources: Mapping[str, Any],

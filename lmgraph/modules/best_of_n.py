@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import BudgetExceeded, DefinitionError, RunError
 from ..lm.values import jsonable
 from ..signatures import FieldSpec, Signature
-from .base import Module, module_from_dict, need_resource
+from .base import Module, calls_of, module_from_dict, need_resource
 from .critique import Critique, check_judge, default_judge
 
 if TYPE_CHECKING:
@@ -149,9 +149,10 @@ class BestOfN(Module):
         meta["picked"] = ok[pick][0]
         return {**ok[pick][1], "votes": counts[keys[pick]]}
 
-    def estimated_calls(self, list_lengths: Mapping[str, int] | None = None) -> int:
-        judged = self.n * self.judge.estimated_calls() if self.select == "judge" and self.judge is not None else 0
-        return self.n * self.module.estimated_calls(list_lengths) + judged
+    def estimated_calls(self, list_lengths: Mapping[str, int] | None = None, *, repairs: bool = True) -> int:
+        judge = self.judge if self.select == "judge" else None
+        judged = self.n * calls_of(judge, repairs=repairs) if judge is not None else 0
+        return self.n * calls_of(self.module, list_lengths, repairs=repairs) + judged
 
     def config(self) -> dict[str, Any]:
         return {"module": self.module.to_dict(), "n": self.n, "select": self.select,

@@ -1,10 +1,22 @@
 """CallTool: a ReAct-style loop -- think, call a Python tool, observe -- then extract the outputs.
 
-Each step is one model call with the step signature
-``<inputs>, trajectory -> thought, tool: Literal[<tools>, "finish"], args: dict``; the tool runs
-with validated arguments and its result (or its error) is appended to the trajectory. The loop
-stops at ``finish`` or after ``max_steps`` steps; a final call reads the trajectory and produces
-the declared outputs (plus ``trajectory: str``). Tools are resources bound by name on load.
+Each step is two model calls:
+
+1. *choose*: ``<inputs>, trajectory -> thought, tool: Literal[<tools>, "finish"]`` -- the next
+   tool by name (in the node's prompt format);
+2. *fill*: ``<inputs>, trajectory, thought -> args: <the chosen tool's parameters>`` -- the
+   arguments, in the ``json`` format with the chosen tool's own JSON schema (a grammar on
+   llama.cpp, structured outputs on servers), so they can only be that tool's arguments. A
+   small model shown a schema in free text copies it (``{"type": "string", ...}``) instead of
+   filling it; under the tool's schema it cannot. Skipped for ``finish`` and for tools without
+   parameters.
+
+The arguments are validated against the schema before the tool runs; arguments that do not fit
+(after one repair call) are an error in the trajectory and in ``trace.meta["steps"]``, not a
+crash, and the loop goes on. The tool's result (or its error) is appended to the trajectory.
+The loop stops at ``finish`` or after ``max_steps`` steps; a final call reads the trajectory and
+produces the declared outputs (plus ``trajectory: str``). Tools are resources bound by name on
+load.
 """
 
 from __future__ import annotations
@@ -111,15 +123,54 @@ class Tool:
         out = await asyncio.to_thread(self.fn, *pos, **kw)
         return await out if inspect.isawaitable(out) else out
 
-    def render(self) -> str:
+    @property
+    def args_model(self) -> type[pydantic.BaseModel]:
+        """The arguments as a pydantic model (aliases = parameter names): the fill step's output type."""
+        return self._model
+
+    @property
+    def takes_args(self) -> bool:
+        """False for a tool without parameters (no fill step: it is called with ``{}``)."""
+        return bool(self._params) or self._model.model_config.get("extra") == "allow"
+
+    def describe_args(self) -> str:
+        """The parameters in plain words: ``a (integer, required), b (integer, default 0)``.
+
+        Plain words, not a JSON schema: a small model shown the schema copies it as arguments."""
         props = self.parameters_schema.get("properties", {})
-        req = self.parameters_schema.get("required", [])
+        req = set(self.parameters_schema.get("required", []))
+        parts = []
+        for name, prop in props.items():
+            bits = [_type_words(prop)]
+            if name in req:
+                bits.append("required")
+            elif "default" in prop:
+                bits.append(f"default {json.dumps(prop['default'], ensure_ascii=False)}")
+            parts.append(f"{name} ({', '.join(b for b in bits if b)})")
+        if self._model.model_config.get("extra") == "allow":
+            parts.append("any other named arguments")
+        return ", ".join(parts) or "none"
+
+    def render(self) -> str:
         head = f"- {self.name}: {self.description}" if self.description else f"- {self.name}"
-        return (f"{head}\n  args (JSON schema properties): {json.dumps(props, ensure_ascii=False)}"
-                + (f"; required: {', '.join(req)}" if req else ""))
+        return f"{head} Arguments: {self.describe_args()}." if self.takes_args else head
 
     def __repr__(self) -> str:
         return f"Tool({self.name!r})"
+
+
+def _type_words(prop: Mapping[str, Any]) -> str:
+    if "enum" in prop:
+        return "one of " + ", ".join(json.dumps(v, ensure_ascii=False) for v in prop["enum"])
+    if "anyOf" in prop:
+        return " or ".join(w for w in (_type_words(p) for p in prop["anyOf"]) if w)
+    t = prop.get("type")
+    if t == "array":
+        item = _type_words(prop.get("items", {}))
+        return f"list of {item}" if item else "list"
+    if t == "null":
+        return "null"
+    return str(t) if t else ("object" if "$ref" in prop else "")
 
 
 def as_tools(tools: Any) -> dict[str, Tool]:
@@ -146,10 +197,14 @@ def observation_text(value: Any) -> str:
 TRAJECTORY = FieldSpec("trajectory", str, "the steps taken so far: thoughts, tool calls and observations")
 NO_STEPS = "(no steps yet)"
 STEP_PROTOCOL = ("You solve the task step by step with tools. At each step write a short thought, then "
-                 "choose one tool and its arguments as a JSON object. The trajectory shows your earlier "
-                 "steps and what each tool returned (including errors). When you know enough to give "
-                 "{outputs}, choose the tool \"finish\" with args {{}}.\n\nTools:\n{tools}\n"
+                 "choose one tool by its name (its arguments are asked for next). The trajectory shows "
+                 "your earlier steps and what each tool returned (including errors). When you know "
+                 "enough to give {outputs}, choose the tool \"finish\".\n\nTools:\n{tools}\n"
                  "- finish: stop; the final answer is written afterwards from the trajectory.")
+FILL_PROTOCOL = ("Write the arguments for the tool `{name}`{description}. Its arguments: {args}. "
+                 "Use the actual values the task needs (from the task, the thought and what earlier "
+                 "tools returned), not a description of the arguments.")
+THOUGHT = FieldSpec("thought", str, "why this tool, and what to call it with")
 
 
 class CallTool(GenerationSettings, Module):
@@ -196,22 +251,40 @@ class CallTool(GenerationSettings, Module):
         return self.base_signature
 
     def step_signature(self) -> Signature:
+        """The *choose* call: ``<inputs>, trajectory -> thought, tool: Literal[<tools>, "finish"]``."""
         names = (*self.tools, FINISH)
         return Signature((*self.base_signature.inputs, TRAJECTORY), (
-            FieldSpec("thought", str, "what to do next and why"),
-            FieldSpec("tool", Literal[names], "the tool to call"),  # type: ignore[valid-type]
-            FieldSpec("args", dict[str, Any], "the tool's arguments as a JSON object")))
+            THOUGHT, FieldSpec("tool", Literal[names], "the tool to call")))  # type: ignore[valid-type]
+
+    def fill_signature(self, tool: str) -> Signature:
+        """The *fill* call: ``<inputs>, trajectory, thought -> args`` typed by ``tool``'s parameters
+        (a pydantic model, so the JSON format sends that tool's schema and validates the reply)."""
+        t = self.tools[tool]
+        return Signature((*self.base_signature.inputs, TRAJECTORY, THOUGHT), (
+            FieldSpec("args", t.args_model, f"the arguments of {tool} as a JSON object: {t.describe_args()}"),))
 
     def step_instructions(self) -> str:
         outs = ", ".join(f"`{n}`" for n in self.base_signature.output_names)
         return self.instructions.strip() + "\n\n" + STEP_PROTOCOL.format(
             outputs=outs, tools="\n".join(t.render() for t in self.tools.values()))
 
+    def fill_instructions(self, tool: str) -> str:
+        t = self.tools[tool]
+        return self.instructions.strip() + "\n\n" + FILL_PROTOCOL.format(
+            name=tool, description=f" ({t.description.rstrip('.')})" if t.description else "",
+            args=t.describe_args())
+
+    def fill_format(self) -> str:
+        """The fill call's format: ``json`` (the tool's schema goes with the request) unless the
+        node's format is set explicitly."""
+        return "json" if self.format == "auto" else self.format
+
     async def _step_call(self, call: "NodeCall", sig: Signature, inputs: dict[str, Any],
-                         instructions: str, demos: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
-        return await predict(call, sig, inputs, instructions=instructions, demos=demos, format=self.format,
-                             lm=self.lm, temperature=self.temperature, max_tokens=self.max_tokens,
-                             repair=self.repair)
+                         instructions: str, demos: Sequence[Mapping[str, Any]] = (),
+                         format: str | None = None) -> dict[str, Any]:
+        return await predict(call, sig, inputs, instructions=instructions, demos=demos,
+                             format=format or self.format, lm=self.lm, temperature=self.temperature,
+                             max_tokens=self.max_tokens, repair=self.repair)
 
     async def forward(self, inputs: dict[str, Any], call: "NodeCall") -> dict[str, Any]:
         step_sig, step_instr = self.step_signature(), self.step_instructions()
@@ -223,18 +296,35 @@ class CallTool(GenerationSettings, Module):
             try:
                 step = await self._step_call(call, step_sig, {**inputs, "trajectory": traj}, step_instr)
             except OutputParseError as e:
-                lines.append(f"Step {i}: the reply could not be read ({e}). Reply with a valid tool and args.")
+                lines.append(f"Step {i}: the reply could not be read ({e}). Reply with a valid tool name.")
                 steps.append({"step": i, "error": str(e)})
                 continue
-            tool, args = step["tool"], step["args"]
-            lines += [f"Thought {i}: {step['thought']}",
-                      f"Action {i}: {tool}({json.dumps(jsonable(args), ensure_ascii=False)})"]
+            tool, thought = step["tool"], step["thought"]
+            lines.append(f"Thought {i}: {thought}")
             if tool == FINISH:
+                lines.append(f"Action {i}: {FINISH}()")
                 steps.append({"step": i, "tool": FINISH})
                 break
-            observation, ok = await self._run_tool(tool, args)
+            record: dict[str, Any] = {"step": i, "tool": tool}
+            steps.append(record)
+            args: dict[str, Any] = {}
+            if self.tools[tool].takes_args:
+                try:
+                    filled = await self._step_call(
+                        call, self.fill_signature(tool), {**inputs, "trajectory": traj, "thought": thought},
+                        self.fill_instructions(tool), format=self.fill_format())
+                except OutputParseError as e:
+                    error = f"the arguments for {tool} do not fit its parameters ({e})"
+                    lines += [f"Action {i}: {tool}(?)", f"Observation {i}: Error: {error}."]
+                    record.update(ok=False, error=error, observation=f"Error: {error}.")
+                    continue
+                args = filled["args"].model_dump(by_alias=True, exclude_unset=True)
+            lines.append(f"Action {i}: {tool}({json.dumps(jsonable(args), ensure_ascii=False)})")
+            observation, ok, error = await self._run_tool(tool, args)
             lines.append(f"Observation {i}: {observation}")
-            steps.append({"step": i, "tool": tool, "args": jsonable(args), "ok": ok, "observation": observation})
+            record.update(args=jsonable(args), ok=ok, observation=observation)
+            if error:
+                record["error"] = error
         trajectory = "\n".join(lines) or NO_STEPS
         extract_sig = self.base_signature.append_input(TRAJECTORY)
         demos = [{**d, "trajectory": "(omitted)"} for d in self.demos]
@@ -242,19 +332,29 @@ class CallTool(GenerationSettings, Module):
                                     self.instructions, demos)
         return {**out, "trajectory": trajectory}
 
-    async def _run_tool(self, name: str, args: Any) -> tuple[str, bool]:
+    async def _run_tool(self, name: str, args: Any) -> tuple[str, bool, str | None]:
+        """(observation, ok, error): a tool's failure or bad arguments are observations, not crashes."""
         tool = self.tools.get(name)
         if tool is None:  # only reachable with a non-Literal parse; kept for safety
-            return f"Error: unknown tool {name!r}; tools: {', '.join(self.tools)}, {FINISH}.", False
+            error = f"unknown tool {name!r}; tools: {', '.join(self.tools)}, {FINISH}"
+            return f"Error: {error}.", False, error
         try:
-            return observation_text(await tool.run(args)), True
+            tool.validate(args)  # checked before the call: the function never sees bad arguments
         except ToolArgumentError as e:
-            return f"Error: bad arguments for {name}: {e}", False
+            return f"Error: bad arguments for {name}: {e}", False, f"bad arguments: {e}"
+        try:
+            return observation_text(await tool.run(args)), True, None
+        except ToolArgumentError as e:
+            return f"Error: bad arguments for {name}: {e}", False, f"bad arguments: {e}"
         except Exception as e:  # noqa: BLE001 - a tool failure is an observation, not a crash
-            return f"Error: {name} raised {type(e).__name__}: {e}", False
+            return f"Error: {name} raised {type(e).__name__}: {e}", False, f"{type(e).__name__}: {e}"
 
-    def estimated_calls(self, list_lengths: Mapping[str, int] | None = None) -> int:
-        return self.max_steps + 1  # a step call per tool use at most, then the final answer
+    def estimated_calls(self, list_lengths: Mapping[str, int] | None = None, *, repairs: bool = True) -> int:
+        # per step: choose the tool, then fill its arguments (when any tool takes some); then the
+        # answer; each call may be followed by one repair call
+        fill = 1 if any(t.takes_args for t in self.tools.values()) else 0
+        calls = self.max_steps * (1 + fill) + 1
+        return 2 * calls if repairs and self.repair else calls
 
     def config(self) -> dict[str, Any]:
         return {"signature": self.base_signature.to_dict(), "tools": list(self.tools),

@@ -3,23 +3,27 @@
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..errors import DefinitionError
 from ..lm.values import format_value
 from ..signatures import FieldSpec, Signature, ensure_signature
-from .base import Module, module_from_dict
+from .base import Module, calls_of, module_from_dict
 from .plan import is_default_instructions
-from .predict import Predict
+from .predict import Predict, predict
 
 if TYPE_CHECKING:
     from ..pipeline.executor import NodeCall
 
-__all__ = ["CRITIQUE_INSTRUCTIONS", "Critique", "Refine"]
+__all__ = ["CRITIQUE_INSTRUCTIONS", "CRITIQUE_MAX_TOKENS", "Critique", "Refine", "collapse_repeats"]
 
 FEEDBACK = FieldSpec("feedback", str, "what is wrong and how to fix it, or why it is fine")
 VERDICT = FieldSpec("verdict", bool, "yes if acceptable, no otherwise")
+#: the default token limit of a judgement: short feedback and a verdict (a loop stops early)
+CRITIQUE_MAX_TOKENS = 128
+_REPEATS = re.compile(r"(\w[\w' ]{0,60}?)(?:[\s,;.!?-]+\1(?!\w)){3,}", re.IGNORECASE)
 CRITIQUE_INSTRUCTIONS = ("Judge whether the {last} is correct and acceptable given the other fields. "
                          "First give short, specific feedback (what is wrong and how to fix it), then "
                          "the verdict: yes if it is acceptable, no otherwise.")
@@ -49,14 +53,45 @@ def critique_signature(signature: "str | Signature | type[Signature]",
     return new.with_instructions(sig.instructions)
 
 
+def collapse_repeats(text: str) -> str:
+    """``text`` with a phrase repeated four or more times in a row kept once: a small model's
+    degenerate loop ("no, no, no, no, ...") read as feedback."""
+    return _REPEATS.sub(r"\1", text)
+
+
 class Critique(Predict):
-    """A judge: ``<declared inputs> -> feedback, verdict: bool`` (verdict yes = acceptable)."""
+    """A judge: ``<declared inputs> -> feedback, verdict: bool`` (verdict yes = acceptable).
+
+    Feedback is meant to be short: ``max_tokens`` defaults to :data:`CRITIQUE_MAX_TOKENS`, the
+    call stops where the model starts writing an input field again (an invented next record),
+    and a phrase looped four or more times in the feedback is kept once (the trace's
+    ``meta["feedback_repeats_collapsed"]`` says so).
+    """
 
     kind = "critique"
 
     def __init__(self, signature: "str | Signature | type[Signature]", *,
-                 types: Mapping[str, Any] | None = None, **predict_kwargs: Any) -> None:
-        super().__init__(critique_signature(signature, types), types=types, **predict_kwargs)
+                 types: Mapping[str, Any] | None = None, max_tokens: int = CRITIQUE_MAX_TOKENS,
+                 **predict_kwargs: Any) -> None:
+        super().__init__(critique_signature(signature, types), types=types, max_tokens=max_tokens,
+                         **predict_kwargs)
+
+    def stop_sequences(self) -> tuple[str, ...]:
+        """Where a judgement is over: the model writing an input's label on a new line."""
+        return tuple("\n" + f.label + ":" for f in self.signature.inputs)
+
+    async def forward(self, inputs: dict[str, Any], call: "NodeCall") -> dict[str, Any]:
+        out = await predict(call, self.signature, inputs, instructions=self.instructions, demos=self.demos,
+                            format=self.format, lm=self.lm, temperature=self.temperature,
+                            max_tokens=self.max_tokens, repair=self.repair, decode=self.decode,
+                            stop=self.stop_sequences())
+        feedback = out.get("feedback")
+        if isinstance(feedback, str):
+            short = collapse_repeats(feedback)
+            if short != feedback:
+                call.trace.meta["feedback_repeats_collapsed"] = True
+                out["feedback"] = short
+        return out
 
     def describe(self) -> str:
         extra = f", {len(self.demos)} demos" if self.demos else ""
@@ -157,9 +192,11 @@ class Refine(Module):
             out = await reviser.forward({**inputs, "feedback": revision_prompt(shown, verdict["feedback"])}, call)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def estimated_calls(self, list_lengths: Mapping[str, int] | None = None) -> int:
-        # at most max_rounds judgements and as many drafts (the first and max_rounds - 1 revisions)
-        return (self.generator.estimated_calls(list_lengths) + self.judge.estimated_calls()) * self.max_rounds
+    def estimated_calls(self, list_lengths: Mapping[str, int] | None = None, *, repairs: bool = True) -> int:
+        # at most max_rounds judgements and as many drafts (the first and max_rounds - 1 revisions),
+        # each with its possible repair call
+        return (calls_of(self.generator, list_lengths, repairs=repairs)
+                + calls_of(self.judge, repairs=repairs)) * self.max_rounds
 
     def config(self) -> dict[str, Any]:
         return {"generator": self.generator.to_dict(), "judge": self.judge.to_dict(),

@@ -177,11 +177,11 @@ class Map(Module):
     def resources(self) -> dict[str, Any]:
         return self.program.resources()
 
-    def estimated_calls(self, list_lengths: Mapping[str, int] | None = None) -> int:
+    def estimated_calls(self, list_lengths: Mapping[str, int] | None = None, *, repairs: bool = True) -> int:
         """The sub-program's calls per item x the items: the shortest known length among the lists
         mapped over (a Plan's ``max_steps``, a constant list's length), else FAN_OUT_GUESS."""
         known = [n for f, n in (list_lengths or {}).items() if f in self.over]
-        return self.program.estimated_calls() * (min(known) if known else FAN_OUT_GUESS)
+        return self.program.estimated_calls(repairs=repairs) * (min(known) if known else FAN_OUT_GUESS)
 
     def submodules(self) -> dict[str, Module]:
         return {n.name: n.module for n in self.program.nodes}

@@ -233,7 +233,7 @@ class Retrieve(Module):
     def resources(self) -> dict[str, Any]:
         return {self.retriever_name: self.retriever}
 
-    def estimated_calls(self, list_lengths: Mapping[str, int] | None = None) -> int:
+    def estimated_calls(self, list_lengths: Mapping[str, int] | None = None, *, repairs: bool = True) -> int:
         return 0  # a search, no model call
 
     def max_items(self, field: str) -> int | None:

@@ -119,8 +119,9 @@ class Optimizer:
         train, val, _ = self._split(program, trainset, valset, seed=0)
         per = static_calls_per_example(program)
         breakdown = {"baseline": len(val) * per, **self.estimate(program, len(train), len(val))}
-        if any(getattr(n.module, "repair", False) for n in program.nodes):
-            # every model call may be followed by one repair call: double for a true upper bound
+        if program.estimated_calls() > program.estimated_calls(repairs=False):
+            # some model call (also inside Refine, BestOfN, Map, CallTool) may be followed by one
+            # repair call, and none by more: double for a true upper bound
             breakdown = {k: 2 * v for k, v in breakdown.items()}
         calls = sum(breakdown.values())
         tokens = calls * (_prompt_tokens_guess(program, train[0]) // max(1, per) + 64)

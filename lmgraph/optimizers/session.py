@@ -45,8 +45,10 @@ def _hash(obj: Any) -> str:
 
 def static_calls_per_example(program: Program) -> int:
     """A guess of model calls per example before anything was measured: each module's
-    ``estimated_calls()`` (a Map's fan-out, Refine's rounds, a tool loop's steps counted)."""
-    return max(1, program.estimated_calls())
+    ``estimated_calls()`` (a Map's fan-out, Refine's rounds, a tool loop's steps counted), repair
+    calls aside (a budget paced by the upper bound would afford half the evaluations it can;
+    ``dry_run`` reports the upper bound)."""
+    return max(1, program.estimated_calls(repairs=False))
 
 
 class CompileSession:

@@ -178,7 +178,9 @@ def _note(module: Any) -> str:
             f", and up to {more} revision{'s' if more > 1 else ''} written from its feedback" if more else "")
     if isinstance(module, CallTool):
         return f"step 1 (no steps yet); up to {module.max_steps} steps, then a final answer call"
-    estimated = module.estimated_calls()
+    from ..modules.base import calls_of
+
+    estimated = calls_of(module, repairs=False)  # repair calls are not shown (module docstring)
     return f"call 1 of up to {estimated}" if estimated > 1 else ""
 
 

@@ -272,10 +272,14 @@ class Program:
 
         return cls.from_dict(load_json(path), resources=resources, types=types)
 
-    def estimated_calls(self) -> int:
-        """Model calls one run makes, guessed before running (no model call): the sum of each node's
-        ``module.estimated_calls()``, told the item counts of list inputs that an upstream node bounds
-        (a Plan's ``max_steps``, a Retrieve's ``k``) or that are constant."""
+    def estimated_calls(self, *, repairs: bool = True) -> int:
+        """At most how many model calls one run makes, known before running (no model call): the
+        sum of each node's ``module.estimated_calls()``, told the item counts of list inputs that an
+        upstream node bounds (a Plan's ``max_steps``, a Retrieve's ``k``) or that are constant.
+        ``repairs=False``: without the repair / follow-up calls a reply that cannot be read adds
+        (a Map over a list nothing bounds counts a guessed length)."""
+        from ..modules.base import calls_of
+
         total = 0
         for n in self.nodes:
             lengths: dict[str, int] = {}
@@ -287,7 +291,7 @@ class Program:
                     bound = self.node_map[b.node].module.max_items(b.field)
                     if bound is not None:
                         lengths[f] = bound
-            total += n.module.estimated_calls(lengths)
+            total += calls_of(n.module, lengths, repairs=repairs)
         return total
 
     def resources(self) -> dict[str, Any]:
