@@ -53,7 +53,7 @@ def scripted(script: Script, final: str = "Answer: 5") -> tuple[FunctionLM, list
         if k == "choose":
             tool, args = next(it)
             pending.append(args)
-            return f"Thought: t\nTool: {tool}"
+            return json.dumps({"thought": "t", "tool": tool})
         if k == "fill":
             args = pending[-1]
             return args if isinstance(args, str) else json.dumps({"args": args})
@@ -85,14 +85,15 @@ def test_choose_then_fill_with_the_tools_schema() -> None:
     # the choose request lists the tools in plain words (docstring's first line), no schema to copy
     assert "- add: Add two integers. Arguments: a (integer, required), b (integer, default 0)." in texts[0]
     assert "More text" not in texts[0] and '"type"' not in texts[0]
-    assert lm.calls[0].json_schema is None
+    # the choice is constrained to the tool names
+    assert lm.calls[0].json_schema["properties"]["tool"]["enum"] == ["add", "finish"]
     # the fill request is constrained to add's own parameters, not any dict
     schema = lm.calls[1].json_schema
     args = schema["$defs"][schema["properties"]["args"]["$ref"].split("/")[-1]]
     assert args["properties"].keys() == {"a", "b"} and args["required"] == ["a"]
     assert args["additionalProperties"] is False
     assert "Write the arguments for the tool `add` (Add two integers)" in texts[1]
-    assert out.trace.node("call_tool").formats == ["chat", "json", "chat", "chat"]
+    assert out.trace.node("call_tool").formats == ["json", "json", "json", "chat"]
 
 
 def test_schema_copied_as_arguments_is_an_error_in_the_trace_not_a_call() -> None:

@@ -33,6 +33,29 @@ def test_critique_runs_as_a_node() -> None:
     assert out.ok is True and out.why == "fine"
 
 
+def test_critique_is_bounded_stopped_and_loops_are_collapsed() -> None:
+    # issue 19: on the embedded model Critique wrote "no, no, no, ..." for 256 tokens
+    from lmgraph.modules.critique import CRITIQUE_MAX_TOKENS, collapse_repeats
+
+    assert Critique("question, answer").max_tokens == CRITIQUE_MAX_TOKENS <= 128
+    assert Critique("q, a", max_tokens=300).max_tokens == 300
+    loop = ", ".join(["no"] * 60)
+    lm = FunctionLM(lambda r: f"Feedback: {loop}\nVerdict: no")
+    p = lg.Pipeline("judge")
+    node = p.add(Critique("question, answer", format="completion"), name="judge",
+                 question=p.input("question"), answer=p.input("answer"))
+    p.output(ok=node.verdict, why=node.feedback)
+    out = p.build().run_sync(lg.RunContext(lm=lm, cache=False), question="q", answer="a")
+    assert (out.ok, out.why) == (False, "no")
+    assert out.trace.node("judge").meta["feedback_repeats_collapsed"] is True
+    req = lm.calls[0]
+    assert req.max_tokens == CRITIQUE_MAX_TOKENS
+    assert {"\nQuestion:", "\nAnswer:", "\n\n"} <= set(req.stop)  # an invented next record stops it
+    assert collapse_repeats("The answer is wrong. The answer is wrong. The answer is wrong. "
+                            "The answer is wrong.") == "The answer is wrong."
+    assert collapse_repeats("very very good; no no") == "very very good; no no"
+
+
 def refine_program(module: Refine) -> lg.Program:
     p = lg.Pipeline("refined")
     node = p.add(module, question=p.input("question"))

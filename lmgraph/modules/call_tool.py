@@ -3,13 +3,17 @@
 Each step is two model calls:
 
 1. *choose*: ``<inputs>, trajectory -> thought, tool: Literal[<tools>, "finish"]`` -- the next
-   tool by name (in the node's prompt format);
+   tool by name;
 2. *fill*: ``<inputs>, trajectory, thought -> args: <the chosen tool's parameters>`` -- the
-   arguments, in the ``json`` format with the chosen tool's own JSON schema (a grammar on
-   llama.cpp, structured outputs on servers), so they can only be that tool's arguments. A
+   arguments, under the chosen tool's own JSON schema, so they can only be that tool's arguments. A
    small model shown a schema in free text copies it (``{"type": "string", ...}``) instead of
    filling it; under the tool's schema it cannot. Skipped for ``finish`` and for tools without
    parameters.
+
+Both use the ``json`` format when the node's format is ``auto``: the request carries the schema
+(a grammar on llama.cpp, structured outputs on servers), so the tool is one of the names and the
+arguments fit. An explicit format is used as given (the reply is still validated against the
+schema, and a repair call carries it).
 
 The arguments are validated against the schema before the tool runs; arguments that do not fit
 (after one repair call) are an error in the trajectory and in ``trace.meta["steps"]``, not a
@@ -274,9 +278,10 @@ class CallTool(GenerationSettings, Module):
             name=tool, description=f" ({t.description.rstrip('.')})" if t.description else "",
             args=t.describe_args())
 
-    def fill_format(self) -> str:
-        """The fill call's format: ``json`` (the tool's schema goes with the request) unless the
-        node's format is set explicitly."""
+    def step_format(self) -> str:
+        """The choose and fill calls' format: ``json`` (the schema -- the tool names, then the chosen
+        tool's parameters -- goes with the request) unless the node's format is set explicitly.
+        The final answer call resolves ``auto`` as a Predict does."""
         return "json" if self.format == "auto" else self.format
 
     async def _step_call(self, call: "NodeCall", sig: Signature, inputs: dict[str, Any],
@@ -294,7 +299,8 @@ class CallTool(GenerationSettings, Module):
         for i in range(1, self.max_steps + 1):
             traj = "\n".join(lines) or NO_STEPS
             try:
-                step = await self._step_call(call, step_sig, {**inputs, "trajectory": traj}, step_instr)
+                step = await self._step_call(call, step_sig, {**inputs, "trajectory": traj}, step_instr,
+                                             format=self.step_format())
             except OutputParseError as e:
                 lines.append(f"Step {i}: the reply could not be read ({e}). Reply with a valid tool name.")
                 steps.append({"step": i, "error": str(e)})
@@ -312,7 +318,7 @@ class CallTool(GenerationSettings, Module):
                 try:
                     filled = await self._step_call(
                         call, self.fill_signature(tool), {**inputs, "trajectory": traj, "thought": thought},
-                        self.fill_instructions(tool), format=self.fill_format())
+                        self.fill_instructions(tool), format=self.step_format())
                 except OutputParseError as e:
                     error = f"the arguments for {tool} do not fit its parameters ({e})"
                     lines += [f"Action {i}: {tool}(?)", f"Observation {i}: Error: {error}."]
