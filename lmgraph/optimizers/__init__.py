@@ -7,10 +7,11 @@ from .decompose import Decompose, collapse_node, decompose_node, find_decomposit
 from .fewshot import BootstrapFewShot, BootstrapRandomSearch, LabeledFewShot
 from .instructions import InstructionSearch
 from .joint import JointSearch
+from .reflect import Reflect
 from .report import Candidate, Report
 from .session import BudgetStop, CompileSession
 
 __all__ = ["Compile", "compile", "BootstrapFewShot", "BootstrapRandomSearch", "BudgetStop", "Candidate", "CompileSession",
-           "CostEstimate", "Decompose", "InstructionSearch", "JointSearch", "LabeledFewShot", "Optimizer", "Report",
+           "CostEstimate", "Decompose", "InstructionSearch", "JointSearch", "LabeledFewShot", "Optimizer", "Reflect", "Report",
            "collapse_node", "decompose_node", "diff", "find_decompositions", "format_diff", "lint_rewrite",
            "load_artifact", "read_artifact", "save_artifact"]

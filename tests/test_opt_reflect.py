@@ -1,0 +1,364 @@
+"""Reflect (GEPA-style): reflection on feedback finds the known edit, Pareto front, merges, budget, resume."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+import lmgraph as lg
+from lmgraph.optimizers import CompileSession, Reflect
+from lmgraph.optimizers.reflect import Member, merge_plan, pareto_front, reflection_input, weakly_dominated
+from lmgraph.testing import FunctionLM, request_text
+
+PHRASE = "answer in uppercase"
+FEEDBACK = "the answer must be uppercase"
+WORDS = ["hot", "big", "up", "fast", "light", "old", "happy", "early", "open", "full", "hard", "high",
+         "long", "rich", "strong", "wet", "cold", "small", "down", "slow", "dark", "new", "sad", "late"]
+ROWS = [{"word": w} for w in WORDS]
+
+
+def word_of(text: str) -> str:
+    return text.rsplit("Word:", 1)[-1].split("\n", 1)[0].strip()
+
+
+def instruction_of(text: str) -> str:
+    """The instruction: the prompt's first paragraph (completion format)."""
+    return text.split("\n\n", 1)[0]
+
+
+def task_fn(req):
+    """Uppercases the word only when the node's instruction holds the magic phrase."""
+    text = request_text(req)
+    w = word_of(text)
+    return " " + (w.upper() if PHRASE in instruction_of(text).lower() else w)
+
+
+def metric(example, pred, trace=None):
+    want = example["word"].upper()
+    if pred["answer"] == want:
+        return 1.0, "correct"
+    return 0.0, f"{FEEDBACK}: expected {want!r}, got {pred['answer']!r}"
+
+
+def reflector_fn(req):
+    """Writes the phrase only when the metric's feedback reached its prompt."""
+    text = request_text(req)
+    if FEEDBACK in text:
+        return "Read the word and answer in uppercase."
+    return "Read the word and repeat it."
+
+
+def program():
+    p = lg.Pipeline("upper")
+    n = p.add(lg.Predict("word -> answer", format="completion", repair=False), name="up", word=p.input("word"))
+    p.output(answer=n.answer)
+    return p.build()
+
+
+def ctx(reflector=reflector_fn):
+    return lg.RunContext(lm=FunctionLM(task_fn), lms={"reflector": FunctionLM(reflector)}, cache=False)
+
+
+def split():
+    return ROWS[:12], ROWS[12:]
+
+
+def test_reflection_on_feedback_finds_the_instruction():
+    train, val = split()
+    c = ctx()
+    opt = Reflect(reflection_lm="reflector", minibatch_size=4)
+    new, rep = opt.optimize(program(), train, metric, valset=val, ctx=c)
+    assert PHRASE in new.module("up").instructions.lower()
+    assert rep.baseline.mean == 0.0 and rep.best.mean == 1.0
+    assert rep.stopped is None
+    best = rep.best
+    assert best.status == "accepted" and best.id != 0
+    assert best.evidence["p_better"] >= 0.95 and best.evidence["diff"] == 1.0
+    assert "shrunk_gain" in best.evidence and "ranked first" in best.reason
+    assert best.changes == {"up": {"instructions": "Read the word and answer in uppercase."}}
+    # the proposal is a report row: its text, parent, node, minibatch scores, why kept
+    prop = next(x for x in rep.candidates if x.label.startswith("iteration 1: up of pool #0"))
+    assert "answer in uppercase" in prop.label and prop.status == "pool"
+    assert prop.evidence["minibatch_parent"] == 0.0 and prop.evidence["minibatch_child"] == 1.0
+    assert "better than its parent on the minibatch of 4 training rows" in prop.reason
+    # the reflector saw the node, its current instruction, the node's I/O and the feedback
+    seen = request_text(c.lms["reflector"].calls[0])
+    assert "Step: up (word -> answer)" in seen and "Given the fields `word`" in seen
+    assert FEEDBACK in seen and "Score: 0" in seen
+    assert any(n.startswith("pool #1 scores 1 on every validation row") for n in rep.notes)
+    json.dumps(rep.to_dict())
+    json.dumps(opt.config())
+
+
+def test_without_feedback_no_reflection_helps():
+    """The same run with a metric that gives no feedback: the reflector never writes the phrase."""
+    train, val = split()
+
+    def plain(example, pred, trace=None):
+        return metric(example, pred)[0]
+
+    prog = program()
+    new, rep = Reflect(reflection_lm="reflector", max_iterations=3).optimize(prog, train, plain, valset=val,
+                                                                               ctx=ctx())
+    assert new == prog
+    rows = [x for x in rep.candidates if x.label.startswith("iteration")]
+    assert len(rows) == 3 and all(x.status == "dropped" for x in rows)
+    assert all("not better than its parent on the minibatch" in x.reason for x in rows)
+    assert any("no reflection beat its parent on a minibatch" in n for n in rep.notes)
+
+
+def test_dropped_proposals_are_reported_with_the_reason():
+    train, val = split()
+
+    def reflector(req):  # the first reflection misses, the next finds it
+        return "Read the word and repeat it." if req.rollout == 1 else reflector_fn(req)
+
+    new, rep = Reflect(reflection_lm="reflector").optimize(program(), train, metric, valset=val,
+                                                           ctx=ctx(reflector))
+    first = next(x for x in rep.candidates if x.label.startswith("iteration 1:"))
+    assert first.status == "dropped" and "not better than its parent" in first.reason
+    assert first.scores == [0.0] * 4 and "'Read the word and repeat it.'" in first.label
+    second = next(x for x in rep.candidates if x.label.startswith("iteration 2:"))
+    assert second.status == "pool" and PHRASE in new.module("up").instructions.lower()
+
+
+def test_unusable_and_repeated_reflections_are_dropped():
+    train, val = split()
+    current = program().module("up").instructions
+    replies = {1: "", 2: current}
+
+    def reflector(req):
+        return replies.get(req.rollout, "Repeat the word.")
+
+    _, rep = Reflect(reflection_lm="reflector", max_iterations=2, merge=False).optimize(
+        program(), train, metric, valset=val, ctx=ctx(reflector))
+    r1, r2 = (next(x for x in rep.candidates if x.label.startswith(f"iteration {i}:")) for i in (1, 2))
+    assert r1.status == r2.status == "dropped"
+    assert "no usable instruction" in r1.reason and "repeated the current instruction" in r2.reason
+
+
+@pytest.mark.parametrize("max_calls", [12, 13, 16, 17, 20, 21, 25, 30, 40])
+def test_budget_is_never_exceeded(max_calls):
+    train, val = split()
+    prog = program()
+    c = ctx()
+    new, rep = Reflect(reflection_lm="reflector").optimize(prog, train, metric, valset=val, ctx=c,
+                                                           budget=lg.Budget(max_calls=max_calls))
+    made = len(c.lm.calls) + len(c.lms["reflector"].calls)
+    assert made == rep.spent["calls"] <= max_calls
+    # 12 baseline + 4 parent minibatch + 1 reflection + 4 child minibatch + 12 validation = 33
+    if max_calls < 33:
+        assert rep.stopped and rep.stopped.startswith("reflection stopped in iteration 1")
+        assert new == prog
+    else:
+        assert rep.stopped is None and PHRASE in new.module("up").instructions.lower()
+
+
+def test_budget_stop_keeps_the_best_pool_member():
+    """The budget runs out after the child joined the pool: the best so far is judged and taken."""
+    train, val = split()
+
+    def task(req):  # 2 of 12 validation rows stay wrong: the run keeps going after pool #1
+        text = request_text(req)
+        w = word_of(text)
+        return " " + (w.upper() if PHRASE in instruction_of(text).lower() and w not in ("new", "sad") else w)
+
+    c = lg.RunContext(lm=FunctionLM(task), lms={"reflector": FunctionLM(reflector_fn)}, cache=False)
+    new, rep = Reflect(reflection_lm="reflector").optimize(program(), train, metric, valset=val, ctx=c,
+                                                           budget=lg.Budget(max_calls=40))
+    assert rep.stopped and "best of the 2 pool candidates" in rep.stopped
+    assert rep.spent["calls"] <= 40
+    assert PHRASE in new.module("up").instructions.lower() and rep.best.status == "accepted"
+
+
+def test_dry_run_bounds_the_spend():
+    train, val = split()
+
+    def reflector(req):  # never helps: every iteration runs
+        return f"Variant {req.rollout}: repeat the word."
+
+    for kw in ({}, {"max_iterations": 3, "minibatch_size": 8}, {"merge": False}):
+        opt = Reflect(reflection_lm="reflector", **kw)
+        est = opt.dry_run(program(), train, val)
+        _, rep = opt.optimize(program(), train, metric, valset=val, ctx=ctx(reflector))
+        assert est.calls >= rep.spent["calls"], (kw, est, rep.spent)
+        assert est.breakdown["reflections"] == opt.max_iterations
+
+
+def test_resume_from_checkpoint_replays_without_model_calls(tmp_path):
+    train, val = split()
+    ck = tmp_path / "reflect.ckpt"
+    opt = Reflect(reflection_lm="reflector", checkpoint=ck)
+    c1 = ctx()
+    first, rep1 = opt.optimize(program(), train, metric, valset=val, ctx=c1)
+    c = ctx()
+    again, rep2 = opt.optimize(program(), train, metric, valset=val, ctx=c)
+    assert len(c.lm.calls) == 0 and len(c.lms["reflector"].calls) == 0
+    assert again.content_hash() == first.content_hash()
+    assert rep2.to_dict(timing=False) == rep1.to_dict(timing=False)
+    assert rep2.runtime["cache_misses"] == 0 and rep2.runtime["replayed_evaluations"] > 0
+    # a compile killed part-way (the checkpoint cut after its first entries) ends the same
+    lines = ck.read_text().splitlines(keepends=True)
+    ck.write_text("".join(lines[:3]))
+    c3 = ctx()
+    third, rep3 = opt.optimize(program(), train, metric, valset=val, ctx=c3)
+    assert 0 < len(c3.lm.calls) < len(c1.lm.calls)
+    assert third.content_hash() == first.content_hash()
+    assert rep3.to_dict(timing=False) == rep1.to_dict(timing=False)
+
+
+def test_reflection_model_defaults_to_the_task_model_with_a_warning():
+    train, val = split()
+
+    def both(req):
+        text = request_text(req)
+        if "You improve the instruction" in text:
+            return reflector_fn(req)
+        return task_fn(req)
+
+    c = lg.RunContext(lm=FunctionLM(both), cache=False)
+    new, rep = Reflect().optimize(program(), train, metric, valset=val, ctx=c)
+    assert PHRASE in new.module("up").instructions.lower()
+    assert any("a small model writes poor reflections" in n for n in rep.notes)
+
+
+def test_bad_arguments_fail_before_any_call():
+    train, val = split()
+    c = ctx()
+    with pytest.raises(lg.DefinitionError, match="no proposer model named 'judge'"):
+        Reflect(reflection_lm="judge").optimize(program(), train, metric, valset=val, ctx=c)
+    with pytest.raises(lg.DefinitionError, match="no node .nope."):
+        Reflect(nodes=["up", "nope"]).optimize(program(), train, metric, valset=val, ctx=c)
+    with pytest.raises(lg.DefinitionError, match="max_iterations"):
+        Reflect(max_iterations=0)
+    assert not c.lm.calls and not c.lms["reflector"].calls
+
+
+# --------------------------------------------------------------------------- Pareto front
+
+def test_pareto_front_on_a_hand_made_matrix():
+    m = [[1, 0, 0, 1],   # 0: best on e0, e3
+         [1, 1, 0, 0],   # 1: best on e0, e1
+         [0, 0, 1, 0],   # 2: best on e2
+         [1, 0, 0, 0],   # 3: best only on e0, which 0 and 1 also win: covered, out
+         [0, 0, 0, 0]]   # 4: best nowhere
+    assert pareto_front(m) == {0: 2, 1: 2, 2: 1}
+    # identical candidates: the one with the lower id stays; fractional scores: only the top wins
+    assert pareto_front([[0.5, 0.5], [0.5, 0.5]]) == {0: 2}
+    assert pareto_front([[0.2, 0.9], [0.3, 0.1], [0.25, 0.95]]) == {1: 1, 2: 1}
+    # a candidate worse on average but alone at the top of one example stays
+    assert pareto_front([[1, 1, 1, 0], [0, 0, 0, 1]]) == {0: 3, 1: 1}
+    assert weakly_dominated([1, 0], [[0, 1], [1, 0.5]]) == 1
+    assert weakly_dominated([1, 0], [[0, 1]]) is None
+    with pytest.raises(ValueError):
+        pareto_front([[1, 0], [1]])
+
+
+# --------------------------------------------------------------------------- merge (2-node pipeline)
+
+def two_node_program():
+    p = lg.Pipeline("shout")
+    a = p.add(lg.Predict("word -> shout", format="completion", repair=False), name="a", word=p.input("word"))
+    b = p.add(lg.Predict("shout -> answer", format="completion", repair=False), name="b", shout=a.shout)
+    p.output(answer=b.answer)
+    return p.build()
+
+
+def two_node_fn(req):
+    """Node a uppercases with 'PHRASE A' in its instruction; node b appends '!' with 'PHRASE B'."""
+    text = request_text(req)
+    ins = instruction_of(text)
+    if text.rstrip().endswith("Answer:"):  # node b
+        s = text.rsplit("Shout:", 1)[-1].split("\n", 1)[0].strip()
+        return " " + (s + "!" if "PHRASE B" in ins else s)
+    w = word_of(text)
+    return " " + (w.upper() if "PHRASE A" in ins else w)
+
+
+def two_node_metric(example, pred, trace=None):
+    """Half the rows check the case, half the final '!': each node's fix helps its own half."""
+    ans = pred["answer"]
+    if example["kind"] == "case":
+        ok = ans.rstrip("!") == example["word"].upper()
+        return float(ok), None if ok else "the answer must be uppercase"
+    ok = ans.endswith("!")
+    return float(ok), None if ok else "the answer must end with '!'"
+
+
+TWO_ROWS = [{"word": w, "kind": "case" if i % 2 else "bang"} for i, w in enumerate(WORDS)]
+
+
+def test_merge_combines_two_single_node_improvements():
+    prog = two_node_program()
+    rows = TWO_ROWS[:12]
+    c = lg.RunContext(lm=FunctionLM(two_node_fn), cache=False)
+    session = CompileSession(optimizer="reflect", config={}, program=prog, trainset=rows, valset=rows,
+                             metric=two_node_metric, ctx=c, budget=None, seed=0, checkpoint=None, concurrency=4,
+                             accept_confidence=0.95, progress=False)
+    prog_a = prog.with_module("a", prog.module("a").replace(instructions="PHRASE A: shout the word."))
+    prog_b = prog.with_module("b", prog.module("b").replace(instructions="PHRASE B: add a bang."))
+
+    async def go():
+        await session.baseline()
+        pool = []
+        for i, (p, anc) in enumerate([(prog, {0}), (prog_a, {0, 1}), (prog_b, {0, 2})]):
+            entry = await session.run(p, rows)
+            pool.append(Member(i, p, list(entry["scores"]), parents=(0,) if i else (),
+                               ancestors=frozenset(anc)))
+        front = pareto_front([m.scores for m in pool])
+        assert set(front) == {1, 2}  # each wins its own half; the program as given is covered
+        # neither a descendant pair nor overlapping changes merge
+        assert merge_plan(pool, {0: 1, 1: 1}, ["a", "b"], set()) is None
+        opt = Reflect()
+        state = {"merges": 0, "tried": set()}
+        merged = await opt._try_merge(session, pool, ["a", "b"], state)
+        return pool, merged, state
+
+    pool, merged, state = asyncio.run(go())
+    assert merged is not None and merged.idx == 3 and merged.parents == (1, 2)
+    assert merged.program.module("a") == prog_a.module("a") and merged.program.module("b") == prog_b.module("b")
+    assert merged.mean == 1.0 and pool[1].mean == pool[2].mean == 0.5
+    assert state == {"merges": 1, "tried": {(1, 2)}}
+    row = session.report.candidates[-1]
+    assert row.label == "merge of pool #1 (a) and #2 (b) over #0" and row.status == "pool"
+    assert set(row.changes) == {"a", "b"}
+    # the same pair is not merged twice; a conflicting pair (both changed node a) is not merged
+    assert merge_plan(pool, {1: 1, 2: 1}, ["a", "b"], state["tried"]) is None
+    prog_a2 = prog.with_module("a", prog.module("a").replace(instructions="PHRASE A, louder."))
+    other = Member(4, prog_a2, [0.0] * 12, parents=(0,), ancestors=frozenset({0, 4}))
+    assert merge_plan([*pool, other], {1: 1, 4: 1}, ["a", "b"], set()) is None
+
+
+def test_reflect_tunes_each_node_of_a_pipeline():
+    """Round robin over nodes: each node's reflection sees that node and fixes its half of the rows."""
+    def reflector(req):
+        text = request_text(req)
+        if "Step: a (" in text and "uppercase" in text:
+            return "PHRASE A: write the word in capitals."
+        if "Step: b (" in text and "end with '!'" in text:
+            return "PHRASE B: copy the shout and end it with an exclamation mark."
+        return "Copy the input."
+
+    rows = TWO_ROWS
+    c = lg.RunContext(lm=FunctionLM(two_node_fn), lms={"reflector": FunctionLM(reflector)}, cache=False)
+    new, rep = Reflect(reflection_lm="reflector", minibatch_size=6).optimize(
+        two_node_program(), rows[:12], two_node_metric, valset=rows[12:], ctx=c)
+    assert "PHRASE A" in new.module("a").instructions and "PHRASE B" in new.module("b").instructions
+    assert rep.best.mean == 1.0 and rep.best.status == "accepted"
+    assert set(rep.best.changes) == {"a", "b"}
+    nodes_tried = {x.label.split(":")[1].split()[0] for x in rep.candidates if x.label.startswith("iteration")}
+    assert nodes_tried == {"a", "b"}
+
+
+def test_reflection_input_shows_failed_runs_and_program_outputs():
+    prog = two_node_program()
+    examples = [{"score": 0.0, "ok": True, "feedback": "too quiet", "outputs": {"answer": "hot"},
+                 "nodes": {"a": {"inputs": {"word": "hot"}, "outputs": {"shout": "hot"}}}},
+                {"score": 0.0, "ok": False, "feedback": "run failed: boom", "error": "LMError: boom"}]
+    text = reflection_input(prog, "a", [{"word": "hot"}, {"word": "cold"}], examples)
+    assert "Step: a (word -> shout)" in text and "Current instruction:" in text
+    assert "Step inputs:\n  word: hot" in text and "Program outputs:\n  answer: hot" in text
+    assert "Feedback: too quiet" in text
+    assert "Program inputs:\n  word: cold" in text and "The run failed: LMError: boom" in text
