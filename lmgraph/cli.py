@@ -20,7 +20,7 @@ METRICS = {"exact_match": "exact_match", "em": "normalized_em", "f1": "token_f1"
            "accuracy": "label_accuracy", "numeric": "numeric_match"}
 OPTIMIZERS = {"labeled": "LabeledFewShot", "bootstrap": "BootstrapFewShot",
               "random_search": "BootstrapRandomSearch", "instructions": "InstructionSearch",
-              "joint": "JointSearch", "decompose": "Decompose"}
+              "joint": "JointSearch", "decompose": "Decompose", "compile": "Compile"}
 
 
 # ---------------------------------------------------------------- building blocks (tests patch make_lm)
@@ -200,21 +200,30 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(json.dumps(_jsonable(dict(pred)), ensure_ascii=False, indent=2))
         return 0
     rows = read_jsonl(args.data)
-    results = program.batch_sync(rows, ctx=make_ctx(args), concurrency=args.concurrency)
-    lines = []
-    for r in results:
+    out = open(args.out, "w", encoding="utf-8") if args.out else None  # noqa: SIM115 - closed below
+
+    def emit(r: Any) -> None:  # each row as it finishes (its index says which), flushed at once
         rec: dict[str, Any] = {"index": r.index}
         if r.ok:
             rec["outputs"] = _jsonable(dict(r.outputs or {}))
         else:
-            rec["error"] = _err(r.error)  # type: ignore[arg-type]
-        lines.append(json.dumps(rec, ensure_ascii=False))
-    print("\n".join(lines))
-    if args.out:
-        Path(args.out).write_text("\n".join(lines) + "\n", encoding="utf-8")
+            rec["error"] = _err(r.error)
+        line = json.dumps(rec, ensure_ascii=False)
+        print(line, flush=True)
+        if out is not None:
+            out.write(line + "\n")
+            out.flush()
+
+    try:
+        results = program.batch_sync(rows, ctx=make_ctx(args), concurrency=args.concurrency,
+                                     progress=_progress(args), on_result=emit)
+    finally:
+        if out is not None:
+            out.close()
     failed = sum(1 for r in results if not r.ok)
-    print(f"{len(results)} rows, {failed} failed" + (f"; results in {args.out}" if args.out else ""),
-          file=sys.stderr)
+    if not args.quiet:
+        print(f"{len(results)} rows, {failed} failed" + (f"; results in {args.out}" if args.out else ""),
+              file=sys.stderr)
     return 0
 
 
@@ -226,7 +235,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     rows = read_jsonl(args.data)
     check_rows(program, rows, "dataset")
     metric = make_metric(args.metric, program)
-    res = evaluate_sync(program, rows, metric, ctx=make_ctx(args), concurrency=args.concurrency)
+    res = evaluate_sync(program, rows, metric, ctx=make_ctx(args), concurrency=args.concurrency,
+                        progress=_progress(args))
     s = res.summary()
     s["tokens"] = s.get("prompt_tokens", 0) + s.get("completion_tokens", 0)
     s["metric"] = getattr(metric, "__name__", args.metric[0])
@@ -253,12 +263,13 @@ def cmd_compile(args: argparse.Namespace) -> int:
     val = read_jsonl(args.val) if args.val else None
     opt = getattr(optimizers, OPTIMIZERS[args.optimizer])(checkpoint=args.checkpoint,
                                                           concurrency=args.concurrency,
-                                                          early_stop=not args.no_early_stop)
+                                                          early_stop=not args.no_early_stop,
+                                                          progress=_progress(args))
+    budget = Budget(max_calls=args.max_calls, max_tokens=args.max_tokens)
     if args.dry_run:
-        print(f"{args.optimizer}: {opt.dry_run(program, train, val)}")
+        print(dry_run_text(args.optimizer, opt, program, train, val, budget))
         return 0
     metric = make_metric(args.metric, program)
-    budget = Budget(max_calls=args.max_calls, max_tokens=args.max_tokens)
     t0 = time.perf_counter()
     compiled, report = opt.optimize(program, train, metric, valset=val, budget=budget, seed=args.seed,
                                     ctx=make_ctx(args))
@@ -272,6 +283,51 @@ def cmd_compile(args: argparse.Namespace) -> int:
                                      encoding="utf-8")
         print(f"report: {args.report}")
     return 0
+
+
+def _progress(args: argparse.Namespace) -> bool:
+    """Live progress on stderr when it is a terminal, unless --quiet."""
+    return not getattr(args, "quiet", False)
+
+
+def dry_run_text(name: str, opt: Any, program: Any, train: list[dict[str, Any]], val: list[dict[str, Any]] | None,
+                 budget: Any) -> str:
+    """The cost estimate of a compile, within ``--max-calls`` when one is given: the plan capped by
+    the budget, and in plain words which phases the budget cuts (or a BudgetError naming the
+    minimum when it cannot even cover scoring the program as given)."""
+    from .errors import BudgetError
+    from .optimizers import Compile
+    from .optimizers.base import CostEstimate
+
+    full = opt.dry_run(program, train, val)
+    cap = budget.max_calls
+    if cap is None or full.calls <= cap:
+        return f"{name}: {full}" + (f"\n  fits the budget of {cap} calls" if cap is not None else "")
+    need = full.breakdown.get("baseline", 0)
+    if cap < need:
+        raise BudgetError(f"--max-calls {cap} cannot cover even the baseline evaluation: scoring the program as "
+                          f"given takes up to {need} calls", field="max_calls",
+                          fix=f"raise --max-calls to at least {need} (the whole plan needs up to {full.calls}), "
+                              "or pass fewer validation rows.")
+    if isinstance(opt, Compile):  # the default compiler plans its search to fit the budget
+        est = opt.dry_run(program, train, val, budget=budget)
+        why = "the search is planned to fit: fewer candidates are raced"
+    else:  # other optimizers stop when the budget is spent: the phases in plan order, capped
+        left, capped = cap, {}
+        for phase, calls in full.breakdown.items():
+            capped[phase] = min(calls, left)
+            left -= capped[phase]
+        total = sum(capped.values())
+        est = CostEstimate(total, round(full.tokens * total / max(1, full.calls)), capped)
+        why = "the compile stops when the budget is spent, returning the best program found by then"
+    cuts = []
+    for phase, calls in full.breakdown.items():
+        now = est.breakdown.get(phase, 0)
+        if now < calls:
+            cuts.append(f"{phase} {calls} -> {now}" + (" (not reached)" if now == 0 else ""))
+    return (f"{name}: {est}\n"
+            f"  within --max-calls {cap}; without it the plan needs {full}\n"
+            f"  cut by the budget: {'; '.join(cuts)} ({why})")
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
@@ -352,6 +408,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "none (schema in the prompt)")
     g.add_argument("--no-cache", action="store_true", help="disable the on-disk call cache")
     g.add_argument("--concurrency", type=_pos_int, default=8, help="concurrent examples / model calls (8)")
+    model.add_argument("--quiet", action="store_true",
+                       help="no live progress on stderr (shown by default when stderr is a terminal)")
 
     p = sub.add_parser("render", help="print a program's graph")
     p.add_argument("program", metavar="PROGRAM.json")
@@ -362,8 +420,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("program", metavar="PROGRAM.json")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--input", action="append", metavar="KEY=VALUE", help="a program input (repeatable)")
-    src.add_argument("--data", metavar="ROWS.jsonl", help="run every row; failures are recorded per row")
-    p.add_argument("--out", metavar="RESULTS.jsonl", help="with --data: write one JSON line per row")
+    src.add_argument("--data", metavar="ROWS.jsonl",
+                     help="run every row; each result is printed as a JSON line (with its row index) as soon "
+                          "as it finishes; failures are recorded per row")
+    p.add_argument("--out", metavar="RESULTS.jsonl",
+                   help="with --data: also write the JSON lines here (one per row, as each finishes)")
     p.set_defaults(func=cmd_run)
 
     metric_help = f"NAME[:pred_field[:label_field]], NAME in {', '.join(METRICS)}"
@@ -379,7 +440,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train", required=True, metavar="TRAIN.jsonl")
     p.add_argument("--val", metavar="VAL.jsonl", help="validation rows (default: split off the train rows)")
     p.add_argument("--metric", required=True, type=metric_spec, help=metric_help)
-    p.add_argument("--optimizer", required=True, choices=list(OPTIMIZERS))
+    p.add_argument("--optimizer", required=True, choices=list(OPTIMIZERS),
+                   help="compile is the default compiler (lmgraph.compile); the others are the single-lever "
+                        "optimizers")
     p.add_argument("--max-calls", type=_nonneg_int, help="hard budget: model calls")
     p.add_argument("--max-tokens", type=_nonneg_int, help="hard budget: tokens")
     p.add_argument("--seed", type=int, default=0)
@@ -387,7 +450,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-early-stop", action="store_true",
                    help="score every candidate on every validation row (default: drop a candidate as soon "
                         "as it is clearly worse than the incumbent on the rows scored so far)")
-    p.add_argument("--dry-run", action="store_true", help="print the cost estimate and exit")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the cost estimate and exit (within --max-calls: which phases the budget cuts)")
     p.add_argument("--out", metavar="ARTIFACT.json", help="where to write the compiled artifact")
     p.add_argument("--report", metavar="REPORT.json", help="also write the full report (with timing)")
     p.set_defaults(func=cmd_compile)

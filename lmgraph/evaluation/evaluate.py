@@ -123,7 +123,7 @@ class EvalResult:
 
 
 async def evaluate(program: "Program", dataset: Sequence[Mapping[str, Any]], metric: Metric, *,
-                   ctx: RunContext | None = None, concurrency: int = 8, progress: bool = False,
+                   ctx: RunContext | None = None, concurrency: int = 8, progress: Any = False,
                    strict: bool = False) -> EvalResult:
     """Run ``program`` on every example and score it; failed runs score 0 and are kept.
 
@@ -132,18 +132,25 @@ async def evaluate(program: "Program", dataset: Sequence[Mapping[str, Any]], met
     that raises on a row scores that row 0, is recorded in ``EvalResult.metric_errors`` and
     reported in one warning -- unless ``strict=True``, which raises a :class:`MetricError` naming the
     row (the metric's exception chained). A metric returning something that is not a score is
-    always a MetricError."""
+    always a MetricError.
+
+    Rows are scored as they finish. ``progress=True`` shows a live display on stderr when it is a
+    terminal (rows done of total, failures, the running mean); ``"always"`` draws it even when
+    stderr is not a terminal; False (the default) is quiet."""
+    from ..progress import row_progress
+
     t0 = time.perf_counter()
     dataset = list(dataset)
     ready = check_metric(metric, dataset, program=program)
     name = metric_name(metric)
-    results = await program.batch(dataset, ctx=ctx, concurrency=concurrency, progress=progress)
-    scores: list[float] = []
-    feedback: list[str | None] = []
+    n = len(dataset)
+    scored: list[tuple[float, str | None] | None] = [None] * n
     errors: list[MetricFailure] = []
-    usage = {"calls": 0, "cache_hits": 0, "prompt_tokens": 0, "completion_tokens": 0}
-    costs = []
-    for i, (ex, res) in enumerate(zip(dataset, results)):
+    shown = row_progress(progress, total=n, label=f"evaluating {program.name}")
+
+    def score(res: "Result") -> None:  # called as each row finishes
+        i, ex = res.index, dataset[res.index]
+        failed = not res.ok
         if res.ok:
             try:
                 raw = ready(ex, res.outputs, res.trace)
@@ -155,13 +162,26 @@ async def evaluate(program: "Program", dataset: Sequence[Mapping[str, Any]], met
                                       row=i, fix="fix the metric for this row, or pass strict=False to score "
                                                  "such rows 0 and carry on.") from e
                 errors.append(MetricFailure(i, row_id(ex), name, type(e).__name__, str(e)))
-                s, fb = 0.0, f"metric failed: {type(e).__name__}: {e}"
+                scored[i] = (0.0, f"metric failed: {type(e).__name__}: {e}")
+                failed = True
             else:
-                s, fb = score_value(raw, metric=name, row=i)
+                scored[i] = score_value(raw, metric=name, row=i)
         else:
-            s, fb = 0.0, f"run failed: {res.error}"
-        scores.append(s)
-        feedback.append(fb)
+            scored[i] = (0.0, f"run failed: {res.error}")
+        if shown is not None:
+            shown.row(not failed, scored[i][0])  # type: ignore[index]
+
+    try:
+        results = await program.batch(dataset, ctx=ctx, concurrency=concurrency, on_result=score)
+    finally:
+        if shown is not None:
+            shown.close()
+    scores = [s for s, _ in scored]  # type: ignore[misc]
+    feedback = [fb for _, fb in scored]  # type: ignore[misc]
+    errors.sort(key=lambda e: e.index)
+    usage = {"calls": 0, "cache_hits": 0, "prompt_tokens": 0, "completion_tokens": 0}
+    costs = []
+    for res in results:
         if res.trace is not None:
             for k, v in res.trace.usage.items():
                 usage[k] = usage.get(k, 0) + v
@@ -169,8 +189,8 @@ async def evaluate(program: "Program", dataset: Sequence[Mapping[str, Any]], met
             if c is not None:
                 costs.append(c)
     if errors:
-        shown = "; ".join(str(e) for e in errors[:3]) + ("; ..." if len(errors) > 3 else "")
-        warnings.warn(f"metric {name!r} raised on {len(errors)} of {len(dataset)} rows (scored 0): {shown}. "
+        listed = "; ".join(str(e) for e in errors[:3]) + ("; ..." if len(errors) > 3 else "")
+        warnings.warn(f"metric {name!r} raised on {len(errors)} of {len(dataset)} rows (scored 0): {listed}. "
                       "See EvalResult.metric_errors; pass strict=True to raise instead.", MetricWarning,
                       stacklevel=2)
     return EvalResult(scores, feedback, results, time.perf_counter() - t0, usage,

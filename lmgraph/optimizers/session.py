@@ -29,6 +29,7 @@ from ..evaluation.metrics import Metric
 from ..lm.values import jsonable
 from ..lm.wrappers import Budget
 from ..pipeline.program import Program
+from .progress import CompileProgress
 from .report import Candidate, Report
 
 CHECKPOINT_VERSION = 2
@@ -100,6 +101,8 @@ class CompileSession:
         self._load_checkpoint()
         self.incumbent: Program = program
         self.incumbent_candidate: Candidate | None = None
+        # the live status line (drawn only when progress is on); optimizers may label phases on it
+        self.reporter = CompileProgress(self, progress, optimizer=optimizer, baseline=program)
 
     # ---- checkpointing: a JSON-lines file, a header line then one line per memo entry
     def _load_checkpoint(self) -> None:
@@ -178,6 +181,7 @@ class CompileSession:
         Raises BudgetStop (before any call) when the remaining budget can't cover it.
         """
         key = _hash({"kind": kind, "program": program.content_hash(), "rows": fingerprint(rows)})
+        self.reporter.evaluating(program, kind)
         hit = self.memo.get(key)
         if hit is not None:
             if key not in self._charged:  # replayed from a checkpoint: charge what it cost then
@@ -196,7 +200,7 @@ class CompileSession:
                              f"at ~{self.calls_per_example(program):.1f} calls each")
         before = self.meter.snapshot()
         res = await evaluate(program, rows, self.metric, ctx=self.ctx, concurrency=self.concurrency,
-                             progress=self.progress)
+                             progress=self.reporter.rows(len(rows), kind) or False)
         if any(isinstance(r.error, BudgetExceeded) for r in res.results):
             raise BudgetStop("budget spent during an evaluation (it is not used)")
         after = self.meter.snapshot()
@@ -232,6 +236,7 @@ class CompileSession:
         c = self._new_candidate("baseline (the program as given)", {}, entry)
         c.status, c.reason = "baseline", "starting point"
         self.incumbent_candidate = c
+        self.reporter.phase("searching")
         return c
 
     def stages(self) -> list[int]:

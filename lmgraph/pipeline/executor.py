@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..context import RunContext
@@ -247,21 +247,24 @@ class Result:
 
 
 async def execute_batch(program: "Program", rows: Iterable[Mapping[str, Any]], ctx: RunContext, *,
-                        concurrency: int = 8, progress: bool = False,
+                        concurrency: int = 8, progress: Any = False,
+                        on_result: Callable[[Result], None] | None = None,
                         return_exceptions: type[BaseException] | tuple[type[BaseException], ...] = Exception
                         ) -> list[Result]:
     """Run many examples; a failing example is recorded in its Result, never raised.
 
-    Row keys that are not pipeline inputs (labels, ids) are ignored.
+    Row keys that are not pipeline inputs (labels, ids) are ignored. ``on_result(result)`` is
+    called as each row finishes (in finishing order; ``result.index`` is the row's position);
+    ``progress`` takes the settings of :mod:`lmgraph.progress` (True: a live bar on a terminal).
     """
     rows = list(rows)
     names = program.input_specs
     results: list[Result | None] = [None] * len(rows)
     bar = None
-    if progress:
-        from tqdm.auto import tqdm
+    if progress is not False and progress is not None:
+        from ..progress import row_progress
 
-        bar = tqdm(total=len(rows), desc=program.name, unit="ex")
+        bar = row_progress(progress, total=len(rows), label=program.name)
     # ``concurrency`` workers take the next row as they finish one: no task (or semaphore wake-up)
     # per row, and rows answered without waiting (cache hits) run back to back.
     pending = iter(range(len(rows)))
@@ -278,7 +281,9 @@ async def execute_batch(program: "Program", rows: Iterable[Mapping[str, Any]], c
             except return_exceptions as e:  # recorded, not raised
                 results[i] = Result(i, inputs, None, e, getattr(e, "trace", None))
             if bar is not None:
-                bar.update(1)
+                bar.row(results[i].ok)  # type: ignore[union-attr]
+            if on_result is not None:
+                on_result(results[i])  # type: ignore[arg-type]
 
     tasks = [asyncio.ensure_future(worker()) for _ in range(min(max(1, concurrency), len(rows)))]
     try:

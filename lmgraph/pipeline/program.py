@@ -7,7 +7,7 @@ import contextvars
 import hashlib
 import json
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
@@ -181,13 +181,20 @@ class Program:
         return _run_sync(execute(self, inputs, self._ctx(ctx)))
 
     async def batch(self, rows: Iterable[Mapping[str, Any]], *, ctx: RunContext | None = None,
-                    concurrency: int = 8, progress: bool = False) -> list[Result]:
-        """Run many examples concurrently; failures are recorded per example, never raised."""
-        return await execute_batch(self, rows, self._ctx(ctx), concurrency=concurrency, progress=progress)
+                    concurrency: int = 8, progress: Any = False,
+                    on_result: Callable[[Result], None] | None = None) -> list[Result]:
+        """Run many examples concurrently; failures are recorded per example, never raised.
+
+        ``progress=True`` draws a live bar on stderr when it is a terminal (``"always"``: even when
+        not); ``on_result(result)`` is called as each row finishes (``result.index`` is its position)."""
+        return await execute_batch(self, rows, self._ctx(ctx), concurrency=concurrency, progress=progress,
+                                   on_result=on_result)
 
     def batch_sync(self, rows: Iterable[Mapping[str, Any]], *, ctx: RunContext | None = None,
-                   concurrency: int = 8, progress: bool = False) -> list[Result]:
-        return _run_sync(self.batch(rows, ctx=ctx, concurrency=concurrency, progress=progress))
+                   concurrency: int = 8, progress: Any = False,
+                   on_result: Callable[[Result], None] | None = None) -> list[Result]:
+        return _run_sync(self.batch(rows, ctx=ctx, concurrency=concurrency, progress=progress,
+                                    on_result=on_result))
 
     # ---- prompts
     def prompts(self, lm: Any = None, ctx: RunContext | None = None, **inputs: Any) -> "PromptList":
