@@ -352,6 +352,42 @@ def test_reflect_tunes_each_node_of_a_pipeline():
     assert nodes_tried == {"a", "b"}
 
 
+
+def test_merges_happen_in_the_search_loop():
+    """Rows that want the word as given keep the program as given on the front, so a node-b
+    rewrite can grow from it beside the node-a one; the merge then combines them. Whichever way a
+    seed goes (merge, or b rewritten on top of a), the search ends at the combination."""
+    kinds = ["case", "bang", "case", "bang", "plain", "bang"]
+    rows = [{"word": w, "kind": kinds[i % 6]} for i, w in enumerate(WORDS)]
+
+    def metric3(example, pred, trace=None):
+        if example["kind"] == "plain":
+            ok = pred["answer"] == example["word"]
+            return float(ok), None if ok else "the answer must be the word as given"
+        return two_node_metric(example, pred)
+
+    def reflector(req):
+        text = request_text(req)
+        if "Step: a (" in text and "uppercase" in text:
+            return "PHRASE A: write the word in capitals."
+        if "Step: b (" in text and "end with '!'" in text:
+            return "PHRASE B: end with an exclamation mark."
+        return "Copy the input."
+
+    merged_wins = 0
+    for seed in range(6):
+        c = lg.RunContext(lm=FunctionLM(two_node_fn), lms={"reflector": FunctionLM(reflector)}, cache=False)
+        opt = Reflect(reflection_lm="reflector", minibatch_size=12, max_iterations=4)
+        new, rep = opt.optimize(two_node_program(), rows[:12], metric3, valset=rows[12:], ctx=c, seed=seed)
+        assert "PHRASE A" in new.module("a").instructions and "PHRASE B" in new.module("b").instructions
+        assert rep.best.status == "accepted" and abs(rep.best.mean - 10 / 12) < 1e-9
+        assert rep.spent["calls"] <= opt.dry_run(two_node_program(), rows[:12], rows[12:]).calls
+        merges = [x for x in rep.candidates if x.label.startswith("merge of")]
+        if merges and "merge of" in rep.best.label:
+            assert merges[0].status == "pool" and "no pool member is as good on every example" in merges[0].reason
+            merged_wins += 1
+    assert merged_wins >= 1
+
 def test_reflection_input_shows_failed_runs_and_program_outputs():
     prog = two_node_program()
     examples = [{"score": 0.0, "ok": True, "feedback": "too quiet", "outputs": {"answer": "hot"},
@@ -362,3 +398,32 @@ def test_reflection_input_shows_failed_runs_and_program_outputs():
     assert "Step inputs:\n  word: hot" in text and "Program outputs:\n  answer: hot" in text
     assert "Feedback: too quiet" in text
     assert "Program inputs:\n  word: cold" in text and "The run failed: LMError: boom" in text
+
+
+@pytest.mark.integration
+def test_reflect_on_the_embedded_model_runs_within_budget():
+    """The real 135M model as task and reflection model: the loop runs, stays in budget, reports
+    every proposal -- answers are not asserted (the model is small)."""
+    pytest.importorskip("llama_cpp")
+    sentences = [("a gorgeous, witty, seductive movie.", "positive"), ("an utterly incompetent conclusion.", "negative"),
+                 ("it's a charming and often affecting journey.", "positive"), ("unflinchingly bleak and desperate", "negative"),
+                 ("the acting and music are all astounding.", "positive"), ("boilerplate cliches from start to finish.", "negative"),
+                 ("a delightful, funny film.", "positive"), ("dull, lifeless and tedious.", "negative")]
+    rows = [{"sentence": s, "label": y} for s, y in sentences]
+    p = lg.Pipeline("sst2")
+    node = p.add(lg.Predict("sentence -> sentiment: Literal['negative', 'positive']", format="completion",
+                            max_tokens=4, repair=False), name="classify", sentence=p.input("sentence"))
+    p.output(label=node.sentiment)
+
+    def graded(example, pred, trace=None):
+        ok = pred["label"] == example["label"]
+        return float(ok), "correct" if ok else f"expected {example['label']!r}, got {pred['label']!r}"
+
+    opt = Reflect(max_iterations=2, minibatch_size=4, merge=False)
+    new, rep = opt.optimize(p.build(), rows[:4], graded, valset=rows[4:], ctx=lg.RunContext(cache=False),
+                            budget=lg.Budget(max_calls=40))
+    assert rep.spent["calls"] <= 40
+    assert any("a small model writes poor reflections" in n for n in rep.notes)
+    props = [c for c in rep.candidates if c.label.startswith("iteration")]
+    assert all(c.status in ("pool", "dropped") and c.reason for c in props)
+    json.dumps(rep.to_dict())

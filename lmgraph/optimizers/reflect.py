@@ -48,7 +48,7 @@ from typing import Any
 from ..errors import DefinitionError
 from ..lm.values import format_value
 from ..pipeline.program import Program
-from .auto import detectable_gain, paired_stats, shrink
+from .auto import paired_stats, shrink
 from .base import Optimizer
 from .instructions import (_memo_generate, _norm, _proposer_program, check_proposer, clean_instruction,
                            instruction_nodes, record, short)
@@ -179,7 +179,7 @@ class _Minibatches:
             i = self.order.pop()
             if i not in out:
                 out.append(i)
-        return out
+        return sorted(out)  # the same rows in the same order: a repeated batch is a memo hit
 
 
 # --------------------------------------------------------------------------- reflection input
@@ -329,6 +329,8 @@ class Reflect(Optimizer):
         parent.next_node += 1
         idx = batches.next()
         rows = [session.trainset[i] for i in idx]
+        session.reporter.phase(f"reflection {it} of {self.max_iterations}: {node} of pool #{parent.idx} "
+                               f"(pool of {len(pool)})")
         t0 = session.meter.snapshot()
         p_entry = await session.run(parent.program, rows)
         short_of = [(r, ex) for r, ex in zip(rows, p_entry["examples"]) if ex["score"] < self.perfect_score]
@@ -404,6 +406,7 @@ class Reflect(Optimizer):
         if plan is None:
             return None
         i, j, anc, merged = plan
+        session.reporter.phase(f"merging pool #{i} and #{j} on all {len(session.valset)} validation rows")
         state["tried"].add((i, j))
         state["merges"] += 1
         t0 = session.meter.snapshot()
@@ -447,11 +450,8 @@ class Reflect(Optimizer):
         report = session.report
         base = pool[0]
         others = list(pool[1:])
-        mde = detectable_gain(base.scores, len(base.scores))
         if not others:
-            report.notes.append("no reflection beat its parent on a minibatch: the program is unchanged "
-                                f"(with {len(base.scores)} validation rows, gains under {mde:+.2f} can't be "
-                                "told from noise)")
+            report.notes.append("no reflection beat its parent on a minibatch: the program is unchanged")
             return
         stats = [paired_stats(base.scores, m.scores) for m in others]
         est = shrink([d for d, _ in stats], [se for _, se in stats])
@@ -469,9 +469,8 @@ class Reflect(Optimizer):
         cand.reason += (f"; ranked first of {len(others)} by its validation gain shrunk for the number of "
                         f"candidates ({d:+.3f} -> {e:+.3f})")
         if cand.status != "accepted":
-            report.notes.append(f"the best pool candidate (#{best.idx}, {d:+.3f}) lacked the evidence to replace "
-                                f"the program: with {len(base.scores)} validation rows a gain under {mde:+.2f} "
-                                "can't be told from noise -- more validation rows would help")
+            report.notes.append(f"the best pool candidate (#{best.idx}, {d:+.3f} on validation) lacked the evidence "
+                                "to replace the program")
 
 
 __all__ = ["REFLECT_INSTRUCTIONS", "Reflect", "merge_plan", "pareto_front", "reflection_input",
