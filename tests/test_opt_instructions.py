@@ -71,7 +71,8 @@ def test_finds_the_opposite_instruction():
     assert rep.best.mean == 1.0 and rep.baseline.mean == 0.0
     assert rep.stopped is None
     # every arm is in the report with its minibatch scores and a reason
-    arms = [c for c in rep.candidates if "instruction arm" in c.label and c.status == "skipped"]
+    arms = [c for c in rep.candidates if "instruction arm" in c.label
+            and c.status in ("advanced", "dropped", "incumbent", "stopped")]
     assert len(arms) == 6  # current + 5 distinct proposals ("Repeat the word." twice -> once)
     assert all(a.scores and a.reason for a in arms)
     assert any("dropped in round" in a.reason for a in arms)

@@ -182,6 +182,7 @@ async def bootstrap_pool(session: CompileSession, teacher: Program, student: Pro
     nodes = demo_nodes(student)
     pool: dict[str, list[Demo]] = {n: [] for n in nodes}
     sigs = {n: _demo_sig(student, n) for n in nodes}
+    session.reporter.phase("bootstrapping demos from training rows")
     for start in range(0, len(rows), chunk):
         if all(len(pool[n]) >= want for n in nodes):
             break
@@ -229,6 +230,7 @@ class LabeledFewShot(Optimizer):
                 fix="export the node's outputs as program outputs named like the row labels, or pass "
                     "label_map={output: row_key}; a node input must come from a pipeline input or from "
                     "upstream nodes that make no model call (a Retrieve).")
+        session.reporter.phase("scoring the labelled demos")
         await session.consider(with_demos(session.incumbent, demos), f"{self.k} labelled demos",
                                describe_demos(demos))
 
@@ -270,6 +272,7 @@ class BootstrapFewShot(Optimizer):
         if not demos:
             session.report.notes.append("no training run passed the metric: nothing to bootstrap")
             return
+        session.reporter.phase("scoring the bootstrapped demos")
         await session.consider(with_demos(session.incumbent, demos), "bootstrapped demos",
                                describe_demos(demos))
 
@@ -314,9 +317,10 @@ class BootstrapRandomSearch(BootstrapFewShot):
                 if d:
                     pick[n] = session.rng.sample(d, min(k, len(d)))
             if pick:
-                candidates.append((f"random set #{i + 1} ({k} demos/node)", pick))
+                candidates.append((f"random set #{i + 1} ({k} demo{'s' if k != 1 else ''} per node)", pick))
         if not candidates:
             session.report.notes.append("no training run passed the metric and no labels map: no candidates")
             return
-        for label, demos in candidates:
+        for j, (label, demos) in enumerate(candidates, 1):
+            session.reporter.phase(f"candidate {j} of {len(candidates)}: {label}")
             await session.consider(with_demos(base, demos), label, describe_demos(demos))

@@ -237,12 +237,35 @@ def short(text: str, n: int = 60) -> str:
 
 
 def record(session: CompileSession, label: str, changes: Mapping[str, Any], scores: Sequence[float],
-           calls: int, tokens: int, reason: str) -> Candidate:
-    """Add a minibatch-scored candidate (status "skipped") to the report."""
+           calls: int, tokens: int, reason: str, status: str = "pending") -> Candidate:
+    """Add a minibatch-scored candidate to the report; its status is settled once its fate is known
+    (:func:`confirm`, :func:`settle`)."""
     c = Candidate(id=len(session.report.candidates), label=label, changes=dict(changes), scores=list(scores),
-                  calls=calls, tokens=tokens, status="skipped", reason=reason)
+                  calls=calls, tokens=tokens, status=status, reason=reason)
     session.report.candidates.append(c)
     return c
+
+
+def settle(arms: Sequence["Arm"], *, stopped: bool) -> None:
+    """Final statuses of the arms' report rows still pending: ``incumbent`` (the program so far),
+    ``stopped`` (alive when the budget ran out) or ``dropped`` (went no further)."""
+    for a in arms:
+        c = a.candidate
+        if c is None or c.status != "pending":
+            continue
+        if a.reason:
+            c.reason = a.reason
+        if a.free and a.alive:
+            c.status = "incumbent"
+        elif a.alive and stopped:
+            c.status = "stopped"
+            c.reason += "; the budget ran out before it could go further"
+        else:
+            c.status = "dropped"
+
+
+def _rounds(r: int) -> str:
+    return f"{r} round{'s' if r != 1 else ''}"
 
 
 async def node_examples(session: CompileSession, node: str, k: int, label_map: Mapping[str, str],
@@ -342,8 +365,8 @@ class Race:
         return (-self.delta(arm), arm.idx)
 
     def describe(self, arm: Arm) -> str:
-        return (f"{arm.mean:.3f} on {len(arm.rows)} examples vs the incumbent's {self.reference(arm):.3f} on the "
-                f"same rows ({self.delta(arm):+.3f})")
+        return (f"{arm.mean:.3f} on {len(arm.rows)} rows vs {self.reference(arm):.3f} for the program so far on "
+                f"the same rows ({self.delta(arm):+.3f})")
 
 
 async def successive_halving(race: Race, arms: list[Arm], perm: Sequence[int], start: int, confirm_top: int, *,
@@ -369,9 +392,11 @@ async def successive_halving(race: Race, arms: list[Arm], perm: Sequence[int], s
         if any(a.rows for a in live):  # with evidence in hand, keep the budget for confirmation
             need = sum(len(set(inc) - set(a.rows)) for a in live if not a.free) + confirm_top * n_val
             if not session.can_afford(live[0].program, need):
-                session.report.notes.append(f"{what}halving stopped after {r} rounds: the budget left is kept "
-                                            "for confirming the leader on the full validation set")
+                session.report.notes.append(
+                    f"{what}" + ("no race on more rows" if r == 0 else f"the race stopped after {_rounds(r)}")
+                    + ": the budget left is kept for confirming the leader on the full validation set")
                 break
+        session.reporter.phase(f"{what}race round {r + 1}: {len(live)} candidates on {target} rows")
         for a in live:
             await race.score(a, inc)
         seen = target
@@ -386,34 +411,48 @@ async def successive_halving(race: Race, arms: list[Arm], perm: Sequence[int], s
         keep = max(confirm_top, math.ceil(len(live) / 2))
         for rank, a in enumerate(ranked[keep:], keep + 1):
             a.alive = False
-            a.reason = (f"dropped in round {r + 1}: {race.describe(a)}, rank {rank} of {len(live)} "
-                        f"(kept the top {keep})")
+            a.reason = (f"dropped in round {r + 1} of the race: {race.describe(a)}; ranked {rank} of {len(live)}, "
+                        f"the best {keep} went on")
         r += 1
     live = sorted((a for a in arms if a.alive), key=race.key)
-    for a in live[confirm_top:]:
+    for rank, a in enumerate(live[confirm_top:], confirm_top + 1):
         a.alive = False
-        a.reason = f"not among the top {confirm_top} after {r} rounds: {race.describe(a)}"
+        where = "on its minibatch" if r == 0 else f"after {_rounds(r)} of the race"
+        a.reason = (f"{race.describe(a)}; ranked {rank} of {len(live)} {where}: only the best {confirm_top} "
+                    "went on to the full validation set")
     return live[:confirm_top], seen
 
 
 async def confirm(race: Race, finalists: Sequence[Arm], label: Any) -> None:
     """Evaluate the finalists that beat the incumbent on their rows on the full validation set
     (``session.consider``: paired-bootstrap acceptance); their report rows say what happened."""
+    race.session.reporter.phase("confirming on the full validation set")
+    status = {}
     for a in finalists:
         if a.free:
-            a.reason = f"survived the race ({race.describe(a)}): it is the incumbent"
+            a.reason = f"came through the race ({race.describe(a)}): it is the program so far, kept as is"
+            status[a.idx] = "incumbent"
         elif race.delta(a) <= 0:
             a.alive = False
-            a.reason = f"survived the race but is not better than the incumbent: {race.describe(a)}; not confirmed"
+            a.reason = (f"came through the race but was not better than the program so far on its rows: "
+                        f"{race.describe(a)}; not scored further")
+            status[a.idx] = "dropped"
         else:
-            a.reason = f"survived the race: {race.describe(a)}"
+            a.reason = f"came through the race: {race.describe(a)}"
+            status[a.idx] = "advanced"
         if a.candidate is not None:
-            a.candidate.reason = a.reason
+            a.candidate.reason, a.candidate.status = a.reason, status[a.idx]
     for a in finalists:
         if a.free or not a.alive:
             continue
-        cand = await race.session.consider(a.program, label(a), a.changes)
-        a.reason += f"; confirmed as #{cand.id}: {cand.status}"
+        try:
+            cand = await race.session.consider(a.program, label(a), a.changes)
+        except BudgetStop:
+            if a.candidate is not None:
+                a.candidate.status = "stopped"
+                a.candidate.reason += "; the budget ran out before it could be scored on the full validation set"
+            raise
+        a.reason += f"; confirmed as #{cand.id} on the full validation set: {cand.status}"
         if a.candidate is not None:
             a.candidate.reason = a.reason
 
@@ -492,6 +531,7 @@ class InstructionSearch(Optimizer):
             session.report.notes.append(f"{node}: no input/output pairs (no labels map and no training run "
                                         "passed the metric): instructions not searched")
             return
+        session.reporter.phase(f"{node}: proposing instructions")
         proposals = await propose_instructions(session, _demo_sig(base, node), demos, self.num_candidates,
                                                proposer_lm=self.proposer_lm, temperature=self.temperature,
                                                max_chars=self.max_instruction_chars, exclude=[current])
@@ -527,7 +567,7 @@ class InstructionSearch(Optimizer):
         if len(perm) <= self.minibatch_size:
             await self._no_race(session, node, arms, race, resample)
             return
-        recorded = False
+        recorded, stopped = False, True
         try:
             finalists, _ = await successive_halving(race, arms, perm, self.minibatch_size, self.confirm_top,
                                                     what=f"{node}: ",
@@ -536,12 +576,14 @@ class InstructionSearch(Optimizer):
                 a.candidate = record(session, a.label, a.changes, a.scores, a.calls, a.tokens, a.reason)
             recorded = True
             await confirm(race, finalists, lambda a: f"{node}: instruction arm {a.idx} on the full valset")
+            stopped = False
         finally:
             if not recorded:  # stopped by the budget mid-race: keep what was measured
                 for a in arms:
                     if a.scores:
-                        record(session, a.label, a.changes, a.scores, a.calls, a.tokens,
-                               a.reason or f"race stopped early (budget): {race.describe(a)}")
+                        a.reason = a.reason or f"the budget ran out during the race: {race.describe(a)}"
+                        a.candidate = record(session, a.label, a.changes, a.scores, a.calls, a.tokens, a.reason)
+            settle(arms, stopped=stopped)
 
     async def _no_race(self, session: CompileSession, node: str, arms: list[Arm], race: Race, resample: Any
                        ) -> None:
@@ -551,6 +593,7 @@ class InstructionSearch(Optimizer):
 
         async def run(batch: list[Arm]) -> None:
             for a in batch:
+                session.reporter.phase(f"{node}: instruction arm {a.idx} on all {len(session.valset)} rows")
                 if a.free:
                     a.scores = list(race.inc_scores)
                     continue

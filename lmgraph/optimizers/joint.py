@@ -36,8 +36,8 @@ from ..pipeline.program import Program
 from .base import Optimizer
 from .fewshot import _demo_sig, bootstrap_pool, demo_nodes
 from .instructions import (Arm, Race, check_proposer, confirm, halving_cost, mappable_nodes, node_examples,
-                           propose_instructions, record, short, successive_halving)
-from .session import CompileSession, static_calls_per_example
+                           propose_instructions, record, settle, short, successive_halving)
+from .session import BudgetStop, CompileSession, static_calls_per_example
 
 DIMS = ("instructions", "demos", "format")
 
@@ -167,6 +167,7 @@ class JointSearch(Optimizer):
         base = session.incumbent
         pool_cache: dict[str, Any] = {}
         if any(n in demo_nodes(base) for n in nodes):
+            session.reporter.phase("bootstrapping demos from training rows")
             want = self.max_demos * max(2, self.num_demo_sets)
             pool_cache["bootstrap"] = await bootstrap_pool(session, base, base, max(want, self.num_examples),
                                                            self.threshold, chunk=max(8, 2 * self.max_demos))
@@ -180,6 +181,7 @@ class JointSearch(Optimizer):
                 cur = m.instructions  # type: ignore[attr-defined]
                 instr.append(("current instruction", cur))
                 if self.num_instructions:
+                    session.reporter.phase(f"{node}: proposing instructions")
                     ex, _ = await node_examples(session, node, self.num_examples, self.label_map, pool_cache,
                                                 self.threshold)
                     props = await propose_instructions(session, _demo_sig(base, node), ex, self.num_instructions,
@@ -201,7 +203,7 @@ class JointSearch(Optimizer):
                         break
                     k = session.rng.randint(1, self.max_demos)
                     pick = tuple(session.rng.sample(pool, min(k, len(pool))))
-                    sets.append((f"random set {j + 1} ({len(pick)} demos)", pick))
+                    sets.append((f"random set {j + 1} ({len(pick)} demo{'s' if len(pick) != 1 else ''})", pick))
                 seen: set[str] = set()
                 for label, d in sets:
                     if _canon(d) not in seen:
@@ -298,64 +300,72 @@ class JointSearch(Optimizer):
         stats: dict[tuple[int, int, int], list[float]] = {(ni, d, 0): [inc_mean] for ni in range(len(opts))
                                                           for d in range(3)}
         trials: list[Arm] = []
-        warmup = self.num_trials // 2
-        for t in range(self.num_trials):
-            refined = self.refine and t >= warmup
-            cfg = next((c for c in (self._sample(session, opts, stats, refined) for _ in range(200))
-                        if c not in seen_cfg), None)
-            if cfg is None:
-                session.report.notes.append(f"stopped sampling after {t} trials: no unseen configuration found")
-                break
-            seen_cfg.add(cfg)
-            prog = self._build(base, opts, cfg)
-            if prog.content_hash() in seen_prog:  # other choices that give the same program
-                continue
-            seen_prog.add(prog.content_hash())
-            what, changes = self._describe(opts, cfg)
-            arm = Arm(len(trials) + 1, f"trial {len(trials) + 1}{' (refined)' if refined else ''}: {what}", prog,
-                      changes=changes, payload=cfg)
-            if full:
-                arm.candidate = await session.consider(prog, arm.label, changes, early_stop=False)
-                arm.rows, arm.scores = list(range(n_val)), list(arm.candidate.scores)
-            else:
-                positives = sum(1 for a in trials if race.delta(a) > 0)
-                reserve = min(self.confirm_top, positives) * n_val
-                if positives and not session.can_afford(prog, m + reserve):
-                    session.report.notes.append(f"trials stopped after {len(trials)}: the budget left is kept "
-                                                "for confirming the best on the full validation set")
+        try:
+            warmup = self.num_trials // 2
+            for t in range(self.num_trials):
+                session.reporter.phase(f"trial {t + 1} of {self.num_trials}"
+                                       + ("" if full else f" on a minibatch of {m}"))
+                refined = self.refine and t >= warmup
+                cfg = next((c for c in (self._sample(session, opts, stats, refined) for _ in range(200))
+                            if c not in seen_cfg), None)
+                if cfg is None:
+                    session.report.notes.append(f"stopped sampling after {t} trials: no unseen configuration found")
                     break
-                await race.score(arm, session.rng.sample(range(n_val), m))
-                arm.candidate = record(session, arm.label, changes, arm.scores, arm.calls, arm.tokens,
-                                       f"minibatch: {race.describe(arm)}")
-            trials.append(arm)
-            est = inc_mean + race.delta(arm)  # the trial's estimated validation score
-            for ni, choice in enumerate(cfg):
-                for d, c in enumerate(choice):
-                    stats.setdefault((ni, d, c), []).append(est)
-        if full or not trials:
-            return
-        ranked = sorted(trials, key=race.key)
-        pool = [a for a in ranked[:max(self.race_top, self.confirm_top)] if race.delta(a) > 0]
-        in_pool = {a.idx for a in pool}
-        for rank, a in enumerate(ranked, 1):
-            if a.idx not in in_pool:
-                a.alive = False
-                why = ("not better than the incumbent on its minibatch" if race.delta(a) <= 0
-                       else f"not among the {max(self.race_top, self.confirm_top)} best")
-                a.reason = f"minibatch: {race.describe(a)}; rank {rank} of {len(ranked)}: {why}"
-                assert a.candidate is not None
-                a.candidate.reason = a.reason
-        if not pool:
-            session.report.notes.append("no trial beat the incumbent on its minibatch: nothing to confirm")
-            return
-        perm = list(range(n_val))
-        session.rng.shuffle(perm)
-        finalists, _ = await successive_halving(race, pool, perm, 2 * m, self.confirm_top, what="joint race: ")
-        for a in pool:
-            if a.reason and a.candidate is not None:
-                a.candidate.reason = a.reason
-        await confirm(race, finalists, lambda a: f"trial {a.idx} on the full valset: "
-                                                 f"{self._describe(opts, a.payload)[0]}")
+                seen_cfg.add(cfg)
+                prog = self._build(base, opts, cfg)
+                if prog.content_hash() in seen_prog:  # other choices that give the same program
+                    continue
+                seen_prog.add(prog.content_hash())
+                what, changes = self._describe(opts, cfg)
+                arm = Arm(len(trials) + 1, f"trial {len(trials) + 1}{' (refined)' if refined else ''}: {what}", prog,
+                          changes=changes, payload=cfg)
+                if full:
+                    arm.candidate = await session.consider(prog, arm.label, changes, early_stop=False)
+                    arm.rows, arm.scores = list(range(n_val)), list(arm.candidate.scores)
+                else:
+                    positives = sum(1 for a in trials if race.delta(a) > 0)
+                    reserve = min(self.confirm_top, positives) * n_val
+                    if positives and not session.can_afford(prog, m + reserve):
+                        session.report.notes.append(f"trials stopped after {len(trials)}: the budget left is kept "
+                                                    "for confirming the best on the full validation set")
+                        break
+                    await race.score(arm, session.rng.sample(range(n_val), m))
+                    arm.candidate = record(session, arm.label, changes, arm.scores, arm.calls, arm.tokens,
+                                           f"minibatch: {race.describe(arm)}")
+                trials.append(arm)
+                est = inc_mean + race.delta(arm)  # the trial's estimated validation score
+                for ni, choice in enumerate(cfg):
+                    for d, c in enumerate(choice):
+                        stats.setdefault((ni, d, c), []).append(est)
+            if full or not trials:
+                return
+            ranked = sorted(trials, key=race.key)
+            pool = [a for a in ranked[:max(self.race_top, self.confirm_top)] if race.delta(a) > 0]
+            in_pool = {a.idx for a in pool}
+            top = max(self.race_top, self.confirm_top)
+            for rank, a in enumerate(ranked, 1):
+                if a.idx not in in_pool:
+                    a.alive = False
+                    why = ("not better than the program so far on the same rows" if race.delta(a) <= 0
+                           else f"only the best {top} went on to the race")
+                    a.reason = f"minibatch: {race.describe(a)}; ranked {rank} of {len(ranked)}: {why}"
+                    assert a.candidate is not None
+                    a.candidate.reason, a.candidate.status = a.reason, "dropped"
+            if not pool:
+                session.report.notes.append("no trial beat the program so far on its minibatch: nothing to confirm")
+                return
+            perm = list(range(n_val))
+            session.rng.shuffle(perm)
+            finalists, _ = await successive_halving(race, pool, perm, 2 * m, self.confirm_top, what="joint race: ")
+            for a in pool:
+                if a.reason and a.candidate is not None:
+                    a.candidate.reason = a.reason
+            await confirm(race, finalists, lambda a: f"trial {a.idx} on the full valset: "
+                                                     f"{self._describe(opts, a.payload)[0]}")
+        except BudgetStop:  # the rows scored so far stay in the report, the live ones as "stopped"
+            settle(trials, stopped=True)
+            raise
+        settle(trials, stopped=False)
 
 
 __all__ = ["JointSearch"]

@@ -7,6 +7,22 @@ from typing import Any
 
 from ..evaluation.evaluate import bootstrap_ci
 
+# what each status in a report says happened to a candidate
+STATUSES = {
+    "baseline": "the program as given",
+    "accepted": "better than the program so far, with enough evidence: it replaced it",
+    "rejected": "scored on the validation rows; not better with enough evidence",
+    "advanced": "did well on part of the rows and went on to be scored on all of them (its own row says how "
+                "that went)",
+    "incumbent": "the program so far, unchanged (its scores are reused)",
+    "dropped": "scored on part of the rows only; ranked too low to go further",
+    "stopped": "the budget ran out while it was being scored",
+    "raced": "a finalist of the race on the search rows",
+    "minibatch": "scored on a minibatch only, not compared",
+    "pending": "not decided yet",
+}
+PLAIN = ("baseline", "accepted", "rejected")  # statuses the table need not explain
+
 
 @dataclass
 class Candidate:
@@ -18,7 +34,7 @@ class Candidate:
     scores: list[float] = field(default_factory=list)  # per validation example
     calls: int = 0           # logical model calls its evaluation used
     tokens: int = 0
-    status: str = "pending"  # baseline | accepted | rejected | skipped
+    status: str = "pending"  # one of STATUSES
     reason: str = ""
     evidence: dict[str, float] = field(default_factory=dict)  # paired bootstrap vs the incumbent
 
@@ -63,10 +79,38 @@ class Report:
     def best(self) -> Candidate:
         return next(c for c in self.candidates if c.id == self.best_id)
 
+    def too_few_rows(self) -> str | None:
+        """When nothing was accepted: how large a gain the validation set could have shown at all
+        (from the baseline's per-row scores), in plain words; else None. The default compiler, which
+        pools and folds its rows, says this itself on the rows it used."""
+        if not self.candidates or self.best_id != self.baseline.id or len(self.candidates) < 2 \
+                or "folds" in self.data:
+            return None
+        from .auto import detectable_gain
+
+        base = self.baseline.scores
+        n = len(base)
+        if n == 0:
+            return None
+        mde = detectable_gain(base, n)
+        text = (f"with {n} validation rows no gain can be shown" if mde >= 1
+                else f"with {n} validation rows a gain under {mde:+.2f} cannot be shown")
+        full = [c for c in self.candidates[1:] if c.status == "rejected" and len(c.scores) == n]
+        best = max(full, key=lambda c: (c.mean, -c.id), default=None)
+        if best is not None and best.mean > self.baseline.mean:
+            text += (f" (the best candidate, #{best.id}, scored {best.mean - self.baseline.mean:+.3f} over the "
+                     "baseline: too little to tell from noise on so few rows)")
+        return text + "; add validation rows"
+
+    def all_notes(self) -> list[str]:
+        """The notes, plus the detectable-gain hint when nothing was accepted."""
+        hint = self.too_few_rows()
+        return [*self.notes, hint] if hint else list(self.notes)
+
     def to_dict(self, *, timing: bool = True) -> dict[str, Any]:
         out = {"optimizer": self.optimizer, "seed": self.seed, "config": self.config, "budget": self.budget,
                "data": self.data, "best_id": self.best_id, "spent": self.spent, "stopped": self.stopped,
-               "notes": self.notes, "candidates": [c.to_dict() for c in self.candidates]}
+               "notes": self.all_notes(), "candidates": [c.to_dict() for c in self.candidates]}
         if self.candidates:
             out["baseline_score"] = round(self.baseline.mean, 6)
             out["best_score"] = round(self.best.mean, 6)
@@ -87,4 +131,6 @@ class Report:
                 f"{self.baseline.mean:.3f}; spent {self.spent.get('calls', 0)} calls"
                 + (f" ({self.runtime['cache_misses']} cache misses)" if "cache_misses" in self.runtime else "")
                 + (f"; stopped: {self.stopped}" if self.stopped else ""))
-        return "\n".join([head, *rows, *(f"note: {n}" for n in self.notes)])
+        used = dict.fromkeys(c.status for c in self.candidates if c.status not in PLAIN)
+        legend = ["statuses: " + "; ".join(f"{st} = {STATUSES.get(st, st)}" for st in used)] if used else []
+        return "\n".join([head, *rows, *legend, *(f"note: {n}" for n in self.all_notes())])

@@ -298,7 +298,9 @@ class CompileSession:
             entry = await self.run(program, self.valset if rows is None else rows)
         cand = self._new_candidate(label, changes, entry)
         if rows is not None and len(rows) != len(self.valset):
-            cand.status, cand.reason = "skipped", f"scored on a minibatch of {len(rows)}"
+            cand.status = "minibatch"
+            cand.reason = (f"scored on a minibatch of {len(rows)} of the {len(self.valset)} validation rows; "
+                           "not compared")
             return cand
         ev = paired_bootstrap(inc.scores, cand.scores, seed=self.seed)
         cand.evidence = ev
@@ -309,12 +311,17 @@ class CompileSession:
             self.incumbent, self.incumbent_candidate = program, cand
         else:
             cand.status = "rejected"
-            cand.reason = (f"vs #{inc.id}: {ev['diff']:+.3f}, P(better)={ev['p_better']:.2f} "
-                           f"< {self.accept_confidence:.2f}")
+            n = len(cand.scores)
+            cand.reason = (f"not better than #{inc.id}: {ev['diff']:+.3f} on the {n} validation rows"
+                           if ev["diff"] <= 0 else
+                           f"better than #{inc.id} by {ev['diff']:+.3f} on the {n} validation rows, but that may be "
+                           f"noise: {ev['p_better']:.0%} of bootstrap resamples favour it, "
+                           f"{self.accept_confidence:.0%} needed")
         return cand
 
     def best_by_mean(self) -> Candidate:
         """The best-scoring candidate evaluated on the full validation set (ties: earliest)."""
         n = len(self.valset)
-        full = [c for c in self.report.candidates if c.status != "skipped" and len(c.scores) == n]
+        full = [c for c in self.report.candidates
+                if c.status in ("baseline", "accepted", "rejected") and len(c.scores) == n]
         return max(full, key=lambda c: (c.mean, -c.id))
