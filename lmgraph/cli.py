@@ -267,7 +267,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
                                                           progress=_progress(args))
     budget = Budget(max_calls=args.max_calls, max_tokens=args.max_tokens)
     if args.dry_run:
-        print(dry_run_text(args.optimizer, opt, program, train, val, budget))
+        print(dry_run_text(args.optimizer, opt, program, train, val, budget, args.seed))
         return 0
     metric = make_metric(args.metric, program)
     t0 = time.perf_counter()
@@ -291,43 +291,41 @@ def _progress(args: argparse.Namespace) -> bool:
 
 
 def dry_run_text(name: str, opt: Any, program: Any, train: list[dict[str, Any]], val: list[dict[str, Any]] | None,
-                 budget: Any) -> str:
+                 budget: Any, seed: int = 0) -> str:
     """The cost estimate of a compile, within ``--max-calls`` when one is given: the plan capped by
-    the budget, and in plain words which phases the budget cuts (or a BudgetError naming the
-    minimum when it cannot even cover scoring the program as given)."""
-    from .errors import BudgetError
+    the budget, and in plain words which phases the budget cuts (a BudgetError naming the minimum,
+    as the compile itself would raise, when it cannot even cover scoring the program as given)."""
     from .optimizers import Compile
-    from .optimizers.base import CostEstimate
+    from .optimizers.base import CostEstimate, check_budget_covers_baseline
 
     full = opt.dry_run(program, train, val)
     cap = budget.max_calls
-    if cap is None or full.calls <= cap:
-        return f"{name}: {full}" + (f"\n  fits the budget of {cap} calls" if cap is not None else "")
-    need = full.breakdown.get("baseline", 0)
-    if cap < need:
-        raise BudgetError(f"--max-calls {cap} cannot cover even the baseline evaluation: scoring the program as "
-                          f"given takes up to {need} calls", field="max_calls",
-                          fix=f"raise --max-calls to at least {need} (the whole plan needs up to {full.calls}), "
-                              "or pass fewer validation rows.")
-    if isinstance(opt, Compile):  # the default compiler plans its search to fit the budget
-        est = opt.dry_run(program, train, val, budget=budget)
-        why = "the search is planned to fit: fewer candidates are raced"
-    else:  # other optimizers stop when the budget is spent: the phases in plan order, capped
-        left, capped = cap, {}
-        for phase, calls in full.breakdown.items():
-            capped[phase] = min(calls, left)
-            left -= capped[phase]
-        total = sum(capped.values())
-        est = CostEstimate(total, round(full.tokens * total / max(1, full.calls)), capped)
-        why = "the compile stops when the budget is spent, returning the best program found by then"
-    cuts = []
-    for phase, calls in full.breakdown.items():
-        now = est.breakdown.get(phase, 0)
-        if now < calls:
-            cuts.append(f"{phase} {calls} -> {now}" + (" (not reached)" if now == 0 else ""))
+    if cap is None:
+        return f"{name}: {full}"
+    compiler = isinstance(opt, Compile)
+    val_rows = [*train, *(val or [])] if compiler else opt._split(program, train, val, seed)[1]
+    check_budget_covers_baseline(program, val_rows, budget)
+    if full.calls <= cap:
+        return f"{name}: {full}\n  fits --max-calls {cap}"
+    # the default compiler plans its search to fit the budget; the others stop when it is spent
+    plan = opt.dry_run(program, train, val, budget=budget) if compiler else full
+    left, capped = cap, {}
+    for phase, calls in plan.breakdown.items():  # phases in plan order, each with what the budget has left
+        capped[phase] = min(calls, left)
+        left -= capped[phase]
+    total = sum(capped.values())
+    est = CostEstimate(total, round(full.tokens * total / max(1, full.calls)), capped)
+    cuts = [f"{phase} {calls} -> {est.breakdown.get(phase, 0) or 'none'}"
+            for phase, calls in full.breakdown.items() if est.breakdown.get(phase, 0) < calls]
+    if not any(v for k, v in est.breakdown.items() if k != "baseline"):
+        how = "only the baseline fits: the compile would return the program unchanged; raise --max-calls"
+    elif compiler:
+        how = "the search is planned to fit the budget: fewer candidates are raced"
+    else:
+        how = "the compile stops when the budget is spent and returns the best program found by then"
     return (f"{name}: {est}\n"
-            f"  within --max-calls {cap}; without it the plan needs {full}\n"
-            f"  cut by the budget: {'; '.join(cuts)} ({why})")
+            f"  --max-calls {cap} cuts the plan (up to {full.calls} calls without it): {'; '.join(cuts)}\n"
+            f"  {how}")
 
 
 def cmd_diff(args: argparse.Namespace) -> int:

@@ -77,9 +77,8 @@ class LiveBar:
         class _Progress(Progress):
             def get_renderables(self):  # type: ignore[no-untyped-def]
                 if header is not None:
-                    text = header()
-                    if text:
-                        yield Text(text, overflow="ellipsis", no_wrap=True)
+                    for line in header().splitlines():
+                        yield Text(line, overflow="ellipsis", no_wrap=True)
                 yield self.make_tasks_table(self.tasks)
 
         try:

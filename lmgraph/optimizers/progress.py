@@ -76,8 +76,11 @@ class CompileProgress:
         return f"best {cand.mean:.3f} [{lo:.3f}, {hi:.3f}] ({who})"
 
     def header(self) -> str:
-        return " · ".join([f"{self.optimizer}: {self.phase_text}", f"{len(self.tried)} candidates tried",
-                           self.calls_text(), self.best_text()])
+        """Two lines: what the compile is doing; candidates tried, calls spent and the best so far."""
+        tried = len(self.tried)
+        return (f"{self.optimizer}: {self.phase_text}\n"
+                + " · ".join([f"{tried} candidate{'s' if tried != 1 else ''} tried", self.calls_text(),
+                              self.best_text()]))
 
 
 __all__ = ["CompileProgress"]
