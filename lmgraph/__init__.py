@@ -26,3 +26,11 @@ __all__ = [
     "Program", "Result", "RunContext", "RunError", "Signature", "SignatureError", "Trace", "const",
     "BudgetError", "ConfigError", "DatasetError", "LmgraphWarning", "MetricError", "MetricWarning", "UsageError",
 ]
+
+
+def __getattr__(name: str):  # noqa: ANN202 - lazy: the compiler is imported on first use, not at import time
+    if name == "compile":
+        from .optimizers.auto import compile as _compile
+
+        return _compile
+    raise AttributeError(f"module 'lmgraph' has no attribute {name!r}")

@@ -189,3 +189,12 @@ def test_compile_can_choose_nearest_demos():
         ctx=lg.RunContext(lm=FunctionLM(copier), cache=False))
     assert compiled.module("classify").knn == 2, report.table()
     assert report.best.status == "accepted"
+
+
+def test_lg_compile_is_lazy_and_is_the_default_compiler():
+    import subprocess
+    import sys
+
+    code = ("import sys, lmgraph as lg; assert 'lmgraph.optimizers.auto' not in sys.modules; "
+            "from lmgraph.optimizers.auto import compile as c; assert lg.compile is c")
+    subprocess.run([sys.executable, "-c", code], check=True)
