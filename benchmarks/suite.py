@@ -82,6 +82,8 @@ def systems_for(mode: str) -> list[System]:
         System("lmgraph InstructionSearch", "lmgraph", "InstructionSearch",
                settings=(("num_candidates", 3 if quick else 6),)),
         System("lmgraph JointSearch", "lmgraph", "JointSearch", settings=(("num_trials", 4 if quick else 12),)),
+        # the default compiler (lg.compile): pooled rows, raced levers, held-out confirmation
+        System("lmgraph Compile", "lmgraph", "Compile"),
         # plan -> per-step answers -> combine, accepted only on evidence (no demos for the new nodes)
         System("lmgraph Decompose", "lmgraph", "Decompose", settings=(("max_steps", 3),)),
     ]
@@ -98,9 +100,10 @@ def systems_for(mode: str) -> list[System]:
         System("lmgraph zero-shot (in-process)", "lmgraph-inprocess", "zero-shot"),
         System("lmgraph JointSearch (in-process)", "lmgraph-inprocess", "JointSearch",
                settings=(("num_trials", 4 if quick else 12),)),
+        System("lmgraph Compile (in-process)", "lmgraph-inprocess", "Compile"),
     ]
     if quick:  # the quick mode keeps the cheaper half of each framework's line-up
-        keep = {"lmgraph zero-shot", "lmgraph BootstrapFewShot", "lmgraph JointSearch",
+        keep = {"lmgraph zero-shot", "lmgraph BootstrapFewShot", "lmgraph JointSearch", "lmgraph Compile",
                 "DSPy zero-shot [chat]", "DSPy zero-shot [json]", "DSPy BootstrapFewShot [chat]",
                 "DSPy BootstrapFewShot [json]"}
         out = [s for s in out if s.name in keep]
@@ -142,6 +145,8 @@ def _lmgraph_optimizer(system: System, task: Task, seed: int) -> Any:
                              formats=("chat", "completion", "json"), minibatch_size=10)
     if system.optimizer == "Decompose":
         return O.Decompose(max_steps=o["max_steps"])
+    if system.optimizer == "Compile":
+        return O.Compile(max_demos=4)
     raise ValueError(f"unknown lmgraph optimizer {system.optimizer!r}")
 
 
