@@ -68,9 +68,11 @@ class LiveBar:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
         from rich.text import Text
 
-        console = Console(file=self.stream)
+        # never the notebook widget path (it needs ipywidgets): off a terminal, a display prints its
+        # final state as a line when it stops
+        console = Console(file=self.stream, force_jupyter=False)
         if not console.is_terminal:  # a log: one line per display, not cut at 80 columns
-            console = Console(file=self.stream, width=200)
+            console = Console(file=self.stream, force_jupyter=False, width=200)
         header = self.header
         on_terminal = console.is_terminal
 

@@ -251,17 +251,10 @@ def settle(arms: Sequence["Arm"], *, stopped: bool) -> None:
     ``stopped`` (alive when the budget ran out) or ``dropped`` (went no further)."""
     for a in arms:
         c = a.candidate
-        if c is None or c.status != "pending":
-            continue
-        if a.reason:
-            c.reason = a.reason
-        if a.free and a.alive:
-            c.status = "incumbent"
-        elif a.alive and stopped:
-            c.status = "stopped"
-            c.reason += "; the budget ran out before it could go further"
-        else:
-            c.status = "dropped"
+        if c is not None and c.status == "pending":
+            c.reason = a.reason or c.reason
+            c.status = "incumbent" if a.free and a.alive else "stopped" if a.alive and stopped else "dropped"
+            c.reason += "; the budget ran out before it could go further" if c.status == "stopped" else ""
 
 
 def _rounds(r: int) -> str:
@@ -427,21 +420,17 @@ async def confirm(race: Race, finalists: Sequence[Arm], label: Any) -> None:
     """Evaluate the finalists that beat the incumbent on their rows on the full validation set
     (``session.consider``: paired-bootstrap acceptance); their report rows say what happened."""
     race.session.reporter.phase("confirming on the full validation set")
-    status = {}
     for a in finalists:
         if a.free:
-            a.reason = f"came through the race ({race.describe(a)}): it is the program so far, kept as is"
-            status[a.idx] = "incumbent"
+            a.reason, status = f"came through the race ({race.describe(a)}): it is the program so far", "incumbent"
         elif race.delta(a) <= 0:
-            a.alive = False
+            a.alive, status = False, "dropped"
             a.reason = (f"came through the race but was not better than the program so far on its rows: "
                         f"{race.describe(a)}; not scored further")
-            status[a.idx] = "dropped"
         else:
-            a.reason = f"came through the race: {race.describe(a)}"
-            status[a.idx] = "advanced"
+            a.reason, status = f"came through the race: {race.describe(a)}", "advanced"
         if a.candidate is not None:
-            a.candidate.reason, a.candidate.status = a.reason, status[a.idx]
+            a.candidate.reason, a.candidate.status = a.reason, status
     for a in finalists:
         if a.free or not a.alive:
             continue
