@@ -410,7 +410,45 @@ def test_openai_compatible_credentials(server, litellm_ok, monkeypatch) -> None:
     host = server.base_url.split("//", 1)[1]
     in_url = LiteLLM("openai/local", api_base=f"http://user:{SECRET}@{host}")
     _assert_clean(repr(in_url), json.dumps(in_url.identity()), str(in_url.api_base))
+    # a transport failure whose text holds the URL (litellm's own refused-connection path leaves an
+    # unclosed aiohttp session behind, so the failure is raised in its place here)
+    import lmgraph.lm.litellm as backend
+
+    async def refused(**kwargs):  # noqa: ANN003
+        raise ConnectionError(f"Cannot connect to host {kwargs['api_base']} (user {SECRET})")
+
+    monkeypatch.setattr(backend._import_litellm(), "atext_completion", refused)
     closed = openai_compatible(f"http://u:{SECRET}@127.0.0.1:{_closed_port()}/v1", timeout=5)
-    with pytest.raises(LMError, match="could not connect") as info:
+    with pytest.raises(LMError, match=r"could not connect to openai/local at http://\*\*\*@127") as info:
         run(closed, LMRequest(prompt="Q:"))
     _assert_clean(str(info.value))
+    assert info.value.__cause__ is None  # its text held the secret
+
+
+def test_litellm_route_refuses_a_query_string_it_cannot_send(litellm_ok) -> None:
+    from lmgraph.lm.litellm import LiteLLM, openai_compatible
+
+    for make in (lambda: LiteLLM("openai/local", api_base=f"http://127.0.0.1:1/v1?api_key={SECRET}"),
+                 lambda: openai_compatible(f"http://127.0.0.1:1/v1?api_key={SECRET}")):
+        with pytest.raises(DefinitionError, match="query string.*OpenAIServerLM") as info:
+            make()
+        _assert_clean(str(info.value))
+
+
+def test_litellm_route_leaves_no_unclosed_session(server, litellm_ok) -> None:
+    from lmgraph.lm.litellm import openai_compatible
+
+    gc.collect()
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        lm = openai_compatible(server.base_url)
+        # one request at a time: litellm's shared aiohttp transport races when concurrent requests
+        # find its session closed by an earlier loop's aclose() (two replacements, one never closed)
+        for request in (json_req(), json_req("b"), LMRequest(prompt="Q:", json_schema=SCHEMA)):
+            run(lm, request)
+        host = server.base_url.split("//", 1)[1]
+        run(openai_compatible(f"http://user:{SECRET}@{host}"), json_req("c"))
+        del lm
+        gc.collect()
+    assert not [w for w in seen if "Unclosed" in str(w.message)]
+    assert server.log[-1]["auth"] == "Basic " + base64.b64encode(f"user:{SECRET}".encode()).decode()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+import urllib.parse
 import warnings
 from typing import Any
 
@@ -137,6 +138,12 @@ class LiteLLM:
         self.model = model
         # user-info goes as a header (litellm's HTTP client refuses it in the URL next to one)
         self._api_base, self._basic_auth = split_userinfo(api_base)
+        if self._api_base and urllib.parse.urlsplit(self._api_base).query:
+            raise DefinitionError(
+                f"LiteLLM: api_base {redact_url(api_base)!r} has a query string, which litellm's OpenAI "
+                "client does not send (it appends the request path after it).",
+                fix="pass the key as api_key= (or api_key_env=), or use the lean client "
+                    "OpenAIServerLM(url) (--model http:URL), which sends the query with every request.")
         self.api_base = redact_url(api_base)  # what repr, identity and errors show
         self._api_key = api_key
         self._secrets = Secrets([api_key, *url_secrets(api_base)])
