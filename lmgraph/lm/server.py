@@ -221,8 +221,9 @@ class LlamaServer:
         return "\n".join(tail)
 
     def litellm(self, **kwargs: Any) -> Any:
-        """A :class:`~lmgraph.lm.litellm.LiteLLM` for this server (``json_mode="json_object"``;
-        :data:`SAMPLING_PARITY` in ``extra_body``, which ``extra={"extra_body": {...}}`` may override)."""
+        """A :class:`~lmgraph.lm.litellm.LiteLLM` for this server (``json_mode="json_object"``, the
+        mode this server takes, so no request is spent negotiating it; :data:`SAMPLING_PARITY` in
+        ``extra_body``, which ``extra={"extra_body": {...}}`` may override)."""
         from .litellm import openai_compatible
 
         kwargs.setdefault("json_mode", "json_object")
@@ -232,8 +233,10 @@ class LlamaServer:
 
     def client(self, **kwargs: Any) -> Any:
         """An :class:`~lmgraph.lm.openai_http.OpenAIServerLM` for this server (the lean aiohttp
-        client; ``json_mode="json_object"``; :data:`SAMPLING_PARITY` in every body, which
-        ``extra=`` may override)."""
+        client; ``json_mode="json_object"``, the mode this server takes, so no request is spent
+        negotiating it; :data:`SAMPLING_PARITY` in every body, which ``extra=`` may override).
+        A client built from the URL alone (``OpenAIServerLM(server.base_url)``) negotiates the
+        same mode on its first request with a schema (one rejected request)."""
         from .openai_http import OpenAIServerLM
 
         kwargs.setdefault("json_mode", "json_object")
