@@ -202,3 +202,24 @@ def test_cli_run_quiet_drops_the_summary(tmp_path, monkeypatch, capsys) -> None:
     assert cli.main(["run", prog, "--data", data, "--no-cache", "--quiet"]) == 0
     captured = capsys.readouterr()
     assert captured.err == "" and json.loads(captured.out) == {"index": 0, "outputs": {"label": "positive"}}
+
+
+@pytest.mark.integration
+def test_run_data_streams_and_shows_progress_with_the_embedded_model(tmp_path, capsys) -> None:  # noqa: ANN001
+    """The real CLI path on the embedded model: JSON lines for every row and a progress line."""
+    pytest.importorskip("llama_cpp")
+    from lmgraph.lm.embedded import embedded_model_path
+
+    try:
+        embedded_model_path()
+    except lg.DefinitionError as e:
+        pytest.skip(str(e))
+    prog = str(sentiment_program().save(tmp_path / "prog.json"))
+    data = write_jsonl(tmp_path / "rows.jsonl", sentiment_rows(3))
+    res = evaluate_sync(lg.Program.load(prog), sentiment_rows(3), METRIC, ctx=lg.RunContext(cache=False),
+                        progress="always")
+    err = capsys.readouterr().err
+    assert "evaluating sentiment" in err and "3/3" in err and f"mean {res.mean:.3f}" in err
+    assert cli.main(["run", prog, "--data", data, "--no-cache"]) == 0
+    recs = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert sorted(r["index"] for r in recs) == [0, 1, 2] and all("outputs" in r for r in recs)
