@@ -14,7 +14,8 @@ from __future__ import annotations
 import copy
 import functools
 import inspect
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..errors import ArtifactError, DefinitionError
@@ -24,6 +25,7 @@ from ..signatures import Signature
 
 if TYPE_CHECKING:
     from ..pipeline.executor import NodeCall
+    from ..pipeline.trace import NodeTrace
 
 #: kind name -> module class; the closed set of node kinds an artifact may contain.
 MODULE_KINDS: dict[str, type["Module"]] = {}
@@ -37,12 +39,58 @@ _CUSTOM_SAVE_FIX = ("to save a custom module, give its class a `kind = \"my_kind
                     "Program.load(path, resources={...}).")
 
 
+#: demo-like parameter kinds: their values are lists of demos checked against ``Param.signature``
+DEMO_KINDS = ("demos", "demo_pool")
+
+#: one record of a nested module's inputs/outputs in a traced run (see ``Module.child_io``)
+IORecord = dict[str, dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Param:
+    """One tunable parameter of a module, as the parameter tree shows it.
+
+    ``name`` is relative to the module that owns it (``"demos"``, ``"instructions"``; CallTool's
+    choose-call demos: ``"step.demos"``), ``kind`` what it is (``"instructions"``, ``"demos"``,
+    ``"format"``, ``"decode"``, ``"knn"``, ``"demo_pool"``, ``"temperature"``, ``"max_tokens"``,
+    ``"lm"`` or a kind-specific one such as ``"max_steps"``, ``"k"``), ``value`` its current value.
+    For demo kinds, ``signature`` is what every demo must satisfy and ``optional`` the demo fields
+    that may be left out (a ChainOfThought's ``reasoning``). Paths in a program are
+    ``"<node>.<name>"`` and, for nested modules, ``"<node>.<child>...<name>"``
+    (:meth:`lmgraph.Program.named_parameters`).
+    """
+
+    name: str
+    kind: str
+    value: Any
+    signature: Signature | None = None
+    optional: tuple[str, ...] = ()
+
+    @property
+    def is_demos(self) -> bool:
+        """A fixed demo list (``kind == "demos"``): what few-shot optimizers fill."""
+        return self.kind == "demos"
+
+
+class UnknownParameterError(DefinitionError):
+    """A parameter path names nothing in the tree (``path`` is relative to where it was looked up)."""
+
+    def __init__(self, path: str, known: list[str] | None = None) -> None:
+        self.path = path
+        super().__init__(f"no parameter {path!r}",
+                         fix=f"parameters here: {', '.join(known)}." if known else None)
+
+
 class Module:
     """Base class of all node kinds."""
 
     kind: ClassVar[str] = ""
     #: names of attributes an optimizer may change with ``replace``
     tunable: ClassVar[tuple[str, ...]] = ()
+    #: tunable attributes that hold child modules (or a sub-program), not parameter values
+    child_attrs: ClassVar[tuple[str, ...]] = ()
+    #: parameter names that differ from their attribute (``{"step.demos": "step_demos"}``)
+    param_attrs: ClassVar[dict[str, str]] = {}
 
     _frozen: bool = False
 
@@ -87,7 +135,100 @@ class Module:
         return {}
 
     def submodules(self) -> dict[str, "Module"]:
-        """Inner modules (for modules built from others), for optimizers and rendering."""
+        """Inner modules (for modules built from others), by child name: the parameter tree's
+        children (``named_parameters`` walks them; ``replace_child`` swaps one)."""
+        return {}
+
+    # ---- the parameter tree
+    @property
+    def signature_for_demos(self) -> Signature:
+        """The fields a demo of this module holds (default: its signature)."""
+        return self.signature
+
+    @property
+    def optional_demo_fields(self) -> tuple[str, ...]:
+        """Demo fields that may be left out (labelled data has no reasoning)."""
+        return ()
+
+    def demo_spec(self, attr: str) -> tuple[Signature, tuple[str, ...]] | None:
+        """(signature, optional fields) the demos stored in attribute ``attr`` must satisfy; None
+        when ``attr`` holds no demos."""
+        if attr in DEMO_KINDS:
+            return self.signature_for_demos, self.optional_demo_fields
+        return None
+
+    def own_parameters(self) -> dict[str, Param]:
+        """This module's own tunable parameters (children's are theirs), by name."""
+        names = {a: n for n, a in self.param_attrs.items()}
+        out: dict[str, Param] = {}
+        for attr in self.tunable:
+            if attr in self.child_attrs:
+                continue
+            name = names.get(attr, attr)
+            spec = self.demo_spec(attr)
+            out[name] = Param(name, name.rsplit(".", 1)[-1], getattr(self, attr),
+                              *(spec if spec is not None else ()))
+        return out
+
+    def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, Param]]:
+        """``(path, Param)`` for this module's own parameters, then recursively for its children's
+        (``prefix + "generator.demos"``...)."""
+        for name, param in self.own_parameters().items():
+            yield prefix + name, param
+        for child, module in self.submodules().items():
+            yield from module.named_parameters(f"{prefix}{child}.")
+
+    def with_parameters(self, values: Mapping[str, Any]) -> "Module":
+        """A copy with parameters changed, by path relative to this module (``{"demos": [...]}``,
+        ``{"generator.instructions": "..."}``); unknown paths raise :class:`UnknownParameterError`."""
+        own_params = self.own_parameters()
+        children = self.submodules()
+        own: dict[str, Any] = {}
+        nested: dict[str, dict[str, Any]] = {}
+        for path, value in values.items():
+            head, _, rest = path.partition(".")
+            if path in own_params:
+                own[path] = value
+            elif head in children and rest:
+                nested.setdefault(head, {})[rest] = value
+            else:
+                raise UnknownParameterError(path, [p for p, _ in self.named_parameters()])
+        new = self
+        if own:
+            try:
+                new = new.replace(**{self.param_attrs.get(n, n): v for n, v in own.items()})
+            except DefinitionError as e:  # a bad value: say which parameter was being set
+                raise DefinitionError(f"setting {', '.join(own)}: {e.message}", node=e.node, field=e.field,
+                                      fix=e.fix) from None
+        for head, changes in nested.items():
+            try:
+                child = children[head].with_parameters(changes)
+            except UnknownParameterError as e:
+                raise UnknownParameterError(f"{head}.{e.path}", [p for p, _ in self.named_parameters()]) from None
+            except DefinitionError as e:
+                raise DefinitionError(f"{head}: {e.message}", node=e.node, field=e.field, fix=e.fix) from None
+            new = new.replace_child(head, child)
+        return new
+
+    def replace_child(self, name: str, module: "Module") -> "Module":
+        """A copy with child ``name`` (a key of ``submodules()``) replaced by ``module``."""
+        if name not in self.child_attrs or name not in self.submodules():
+            raise DefinitionError(f"{type(self).__name__} has no child module {name!r}",
+                                  fix=f"children: {', '.join(self.submodules()) or 'none'}.")
+        return self._copy_with({name: module})
+
+    def child_io(self, trace: "NodeTrace") -> dict[str, list[IORecord]]:
+        """What this module's children were given and produced in one traced run, by child path
+        (``{"generator": [{"inputs": {...}, "outputs": {...}}]}``; deeper paths dotted): the
+        source of bootstrapped demos for nested parameters. Only calls the module can attribute
+        to a child are listed; the default (no children) is none."""
+        return {}
+
+    def child_fields(self, child: str) -> dict[str, tuple[str, bool]]:
+        """How child ``child``'s fields relate to this module's own fields: child field ->
+        (own field, per_item). ``per_item``: the own field is a list holding one value per run of
+        the child (Map). Fields left out have no counterpart. Used to map labelled rows onto
+        nested modules' demos."""
         return {}
 
     def estimated_calls(self, list_lengths: Mapping[str, int] | None = None, *, repairs: bool = True) -> int:
@@ -109,6 +250,9 @@ class Module:
         if bad:
             raise DefinitionError(f"{type(self).__name__} has no tunable parameter {bad[0]!r}",
                                   fix=f"tunable parameters are: {', '.join(self.tunable) or 'none'}.")
+        return self._copy_with(changes)
+
+    def _copy_with(self, changes: Mapping[str, Any]) -> "Module":
         new = copy.copy(self)
         object.__setattr__(new, "_frozen", False)
         for k, v in changes.items():
@@ -181,9 +325,9 @@ def need_resource(resources: Mapping[str, Any], name: str, what: str) -> Any:
 
 
 def _normalise_param(key: str, value: Any, module: Module) -> Any:
-    if key in ("demos", "demo_pool"):
-        return normalise_demos(value, getattr(module, "signature_for_demos", module.signature),
-                               optional=getattr(module, "optional_demo_fields", ()))
+    spec = module.demo_spec(key)
+    if spec is not None:
+        return normalise_demos(value, spec[0], optional=spec[1])
     if key == "format" and value not in FORMAT_CHOICES:
         raise DefinitionError(f"unknown prompt format {value!r}",
                               fix=f"choose one of {', '.join(FORMAT_CHOICES)}.")

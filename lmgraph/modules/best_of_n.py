@@ -18,11 +18,12 @@ from typing import TYPE_CHECKING, Any
 from ..errors import BudgetExceeded, DefinitionError, RunError
 from ..lm.values import jsonable
 from ..signatures import FieldSpec, Signature
-from .base import Module, calls_of, module_from_dict, need_resource
+from .base import IORecord, Module, calls_of, module_from_dict, need_resource
 from .critique import Critique, check_judge, default_judge
 
 if TYPE_CHECKING:
     from ..pipeline.executor import NodeCall
+    from ..pipeline.trace import NodeTrace
 
 __all__ = ["BestOfN", "vote_key"]
 
@@ -41,6 +42,7 @@ class BestOfN(Module):
 
     kind = "best_of_n"
     tunable = ("module", "n", "temperature")
+    child_attrs = ("module", "judge")
 
     def __init__(self, module: Module, *, n: int = 3, select: str = "vote", judge: Critique | None = None,
                  reward: Callable[[Mapping[str, Any], Mapping[str, Any]], Any] | None = None,
@@ -180,6 +182,24 @@ class BestOfN(Module):
 
     def submodules(self) -> dict[str, Module]:
         return {"module": self.module, **({"judge": self.judge} if self.judge is not None else {})}
+
+    def child_io(self, trace: "NodeTrace") -> dict[str, list[IORecord]]:
+        """The sampled module's record: the node's inputs and the picked sample's outputs. (The
+        samples share the node's trace, so a composite module's own children are not attributed.)"""
+        if trace.outputs is None:
+            return {}
+        sig = self.module.signature
+        if not all(n in trace.inputs for n in sig.input_names):
+            return {}
+        outs = {n: trace.outputs[n] for n in sig.output_names if n in trace.outputs}
+        return {"module": [{"inputs": {n: trace.inputs[n] for n in sig.input_names}, "outputs": outs}]}
+
+    def child_fields(self, child: str) -> dict[str, tuple[str, bool]]:
+        """The sampled module's inputs and outputs are BestOfN's own, under the same names."""
+        if child != "module":
+            return {}
+        sig = self.module.signature
+        return {n: (n, False) for n in (*sig.input_names, *sig.output_names)}
 
     def describe(self) -> str:
         how = f"reward {self.reward_name}" if self.select == "reward" else self.select

@@ -38,11 +38,12 @@ import pydantic
 from ..errors import DefinitionError, OutputParseError
 from ..lm.values import jsonable
 from ..signatures import FieldSpec, Signature, ensure_signature
-from .base import Module, need_resource, normalise_demos
+from .base import IORecord, Module, need_resource, normalise_demos
 from .predict import GenerationSettings, predict
 
 if TYPE_CHECKING:
     from ..pipeline.executor import NodeCall
+    from ..pipeline.trace import NodeTrace
 
 __all__ = ["CallTool", "Tool"]
 
@@ -212,16 +213,23 @@ THOUGHT = FieldSpec("thought", str, "why this tool, and what to call it with")
 
 
 class CallTool(GenerationSettings, Module):
-    """ReAct: ``signature`` inputs -> (think, call tool, observe)* -> signature outputs + trajectory."""
+    """ReAct: ``signature`` inputs -> (think, call tool, observe)* -> signature outputs + trajectory.
+
+    Parameters: ``instructions`` (the task, shown in every call), ``demos`` (the final answer
+    call: ``<inputs> -> <outputs>``), ``step.demos`` (the choose call: ``<inputs>, trajectory ->
+    thought, tool``; bootstrapped from the steps of passing runs), ``format``, ``lm``,
+    ``temperature``, ``max_tokens``, ``max_steps``.
+    """
 
     kind = "call_tool"
-    tunable = ("instructions", "demos", "format", "lm", "max_steps", "temperature")
+    tunable = ("instructions", "demos", "format", "lm", "max_steps", "temperature", "max_tokens", "step_demos")
+    param_attrs = {"step.demos": "step_demos"}
 
     def __init__(self, signature: "str | Signature | type[Signature]", tools: Any, *, max_steps: int = 5,
                  instructions: str | None = None, demos: Sequence[Mapping[str, Any]] = (),
                  format: str = "auto", lm: str | None = None, temperature: float = 0.0,
                  max_tokens: int = 256, repair: bool = True, types: Mapping[str, Any] | None = None,
-                 cache: bool = True) -> None:
+                 cache: bool = True, step_demos: Sequence[Mapping[str, Any]] = ()) -> None:
         self.base_signature = ensure_signature(signature, types=dict(types or {}))
         self.tools = as_tools(tools)
         self._init_generation(instructions=instructions, format=format, lm=lm, temperature=temperature,
@@ -236,6 +244,7 @@ class CallTool(GenerationSettings, Module):
             raise DefinitionError("CallTool adds its own 'trajectory' output", field="trajectory",
                                   fix="rename that output.")
         self.demos = normalise_demos(demos, sig)
+        self.step_demos = normalise_demos(step_demos, self.step_signature())
         self._check()
         self._freeze()
 
@@ -253,6 +262,11 @@ class CallTool(GenerationSettings, Module):
     @property
     def signature_for_demos(self) -> Signature:
         return self.base_signature
+
+    def demo_spec(self, attr: str) -> tuple[Signature, tuple[str, ...]] | None:
+        if attr == "step_demos":
+            return self.step_signature(), ()
+        return super().demo_spec(attr)
 
     def step_signature(self) -> Signature:
         """The *choose* call: ``<inputs>, trajectory -> thought, tool: Literal[<tools>, "finish"]``."""
@@ -296,16 +310,22 @@ class CallTool(GenerationSettings, Module):
         lines: list[str] = []
         steps: list[dict[str, Any]] = []
         call.trace.meta["steps"] = steps
+        # each choose call: where its trajectory ends in the final one, its thought and tool, and
+        # whether the step went through (the source of bootstrapped step demos, see child_io)
+        chosen: list[dict[str, Any]] = []
+        call.trace.meta["step_calls"] = chosen
         for i in range(1, self.max_steps + 1):
             traj = "\n".join(lines) or NO_STEPS
             try:
                 step = await self._step_call(call, step_sig, {**inputs, "trajectory": traj}, step_instr,
-                                             format=self.step_format())
+                                             self.step_demos, format=self.step_format())
             except OutputParseError as e:
                 lines.append(f"Step {i}: the reply could not be read ({e}). Reply with a valid tool name.")
                 steps.append({"step": i, "error": str(e)})
                 continue
             tool, thought = step["tool"], step["thought"]
+            choice = {"at": len("\n".join(lines)), "thought": thought, "tool": tool, "ok": tool == FINISH}
+            chosen.append(choice)
             lines.append(f"Thought {i}: {thought}")
             if tool == FINISH:
                 lines.append(f"Action {i}: {FINISH}()")
@@ -329,6 +349,7 @@ class CallTool(GenerationSettings, Module):
             observation, ok, error = await self._run_tool(tool, args)
             lines.append(f"Observation {i}: {observation}")
             record.update(args=jsonable(args), ok=ok, observation=observation)
+            choice["ok"] = ok
             if error:
                 record["error"] = error
         trajectory = "\n".join(lines) or NO_STEPS
@@ -362,22 +383,46 @@ class CallTool(GenerationSettings, Module):
         calls = self.max_steps * (1 + fill) + 1
         return 2 * calls if repairs and self.repair else calls
 
+    def child_io(self, trace: "NodeTrace") -> dict[str, list[IORecord]]:
+        """The choose calls whose step went through (the tool ran without error, or ``finish``),
+        as ``step`` records: the inputs and the trajectory so far -> the thought and the tool."""
+        outs = trace.outputs or {}
+        final = outs.get("trajectory")
+        if not isinstance(final, str):
+            return {}
+        names = self.base_signature.input_names
+        if not all(n in trace.inputs for n in names):
+            return {}
+        records: list[IORecord] = []
+        for c in trace.meta.get("step_calls") or ():
+            if not c.get("ok"):
+                continue
+            so_far = final[:c["at"]] or NO_STEPS
+            records.append({"inputs": {**{n: trace.inputs[n] for n in names}, "trajectory": so_far},
+                            "outputs": {"thought": c["thought"], "tool": c["tool"]}})
+        return {"step": records} if records else {}
+
     def config(self) -> dict[str, Any]:
-        return {"signature": self.base_signature.to_dict(), "tools": list(self.tools),
-                "max_steps": self.max_steps, **self._generation_config()}
+        config = {"signature": self.base_signature.to_dict(), "tools": list(self.tools),
+                  "max_steps": self.max_steps, **self._generation_config()}
+        if self.step_demos:  # written only when set: existing artifacts keep their bytes/hash
+            config["step_demos"] = [dict(d) for d in self.step_demos]
+        return config
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any], *, resources: Mapping[str, Any],
                     types: Mapping[str, Any] | None) -> "CallTool":
         tools = {n: need_resource(resources, n, "tool") for n in config["tools"]}
         return cls(Signature.from_dict(config["signature"], types=dict(types or {})), tools,
-                   max_steps=config.get("max_steps", 5), **cls._generation_kwargs(config))
+                   max_steps=config.get("max_steps", 5), step_demos=config.get("step_demos", ()),
+                   **cls._generation_kwargs(config))
 
     def resources(self) -> dict[str, Any]:
         return dict(self.tools)
 
     def describe(self) -> str:
         extra = f", {len(self.demos)} demos" if self.demos else ""
+        extra += f", {len(self.step_demos)} step demos" if self.step_demos else ""
         return f"CallTool[{', '.join(self.tools)}; max_steps={self.max_steps}, {self.format}{extra}]"
 
     def summary(self) -> list[str]:

@@ -10,12 +10,13 @@ from typing import TYPE_CHECKING, Any
 from ..errors import DefinitionError
 from ..lm.values import format_value
 from ..signatures import FieldSpec, Signature, ensure_signature
-from .base import Module, calls_of, module_from_dict
+from .base import IORecord, Module, calls_of, module_from_dict
 from .plan import is_default_instructions
 from .predict import Predict, predict
 
 if TYPE_CHECKING:
     from ..pipeline.executor import NodeCall
+    from ..pipeline.trace import NodeTrace
 
 __all__ = ["CRITIQUE_INSTRUCTIONS", "CRITIQUE_MAX_TOKENS", "Critique", "Refine", "collapse_repeats"]
 
@@ -133,6 +134,7 @@ class Refine(Module):
 
     kind = "refine"
     tunable = ("generator", "judge", "max_rounds")
+    child_attrs = ("generator", "judge")
 
     def __init__(self, generator: Predict, *, judge: Critique | None = None, max_rounds: int = 2) -> None:
         if not isinstance(generator, Predict):
@@ -214,6 +216,25 @@ class Refine(Module):
 
     def submodules(self) -> dict[str, Module]:
         return {"generator": self.generator, "judge": self.judge}
+
+    def child_io(self, trace: "NodeTrace") -> dict[str, list[IORecord]]:
+        """The generator's record: the node's inputs and its final (accepted or last) outputs.
+        The judge has none: a passing run shows only its accepting judgements, and demos of those
+        alone would teach it to accept everything."""
+        if trace.outputs is None:
+            return {}
+        sig = self.generator.signature
+        if not all(n in trace.inputs for n in sig.input_names):
+            return {}
+        outs = {n: trace.outputs[n] for n in sig.output_names if n in trace.outputs}
+        return {"generator": [{"inputs": {n: trace.inputs[n] for n in sig.input_names}, "outputs": outs}]}
+
+    def child_fields(self, child: str) -> dict[str, tuple[str, bool]]:
+        """The generator's inputs and outputs are Refine's own, under the same names."""
+        if child != "generator":
+            return {}
+        sig = self.generator.signature
+        return {n: (n, False) for n in (*sig.input_names, *sig.output_names)}
 
     def describe(self) -> str:
         return f"Refine[{self.generator.describe()} + {self.judge.describe()}, max_rounds={self.max_rounds}]"

@@ -20,11 +20,12 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from ..errors import BudgetExceeded, DefinitionError, RunError
 from ..signatures import FieldSpec, Signature
-from .base import Module
+from .base import IORecord, Module
 
 if TYPE_CHECKING:
     from ..pipeline.executor import NodeCall, Prediction
     from ..pipeline.program import Program
+    from ..pipeline.trace import NodeTrace
 
 __all__ = ["Map"]
 
@@ -47,6 +48,7 @@ class Map(Module):
 
     kind = "map"
     tunable = ("program", "concurrency")
+    child_attrs = ("program",)
 
     def __init__(self, program: Any, *, over: str | list[str] | tuple[str, ...],
                  concurrency: int = 4, on_error: str = "raise") -> None:
@@ -184,7 +186,42 @@ class Map(Module):
         return self.program.estimated_calls(repairs=repairs) * (min(known) if known else FAN_OUT_GUESS)
 
     def submodules(self) -> dict[str, Module]:
+        """The sub-program's nodes, by node name (parameter paths: ``<map node>.<sub-node>.<param>``)."""
         return {n.name: n.module for n in self.program.nodes}
+
+    def replace_child(self, name: str, module: Module) -> "Map":
+        return self._copy_with({"program": self.program.with_module(name, module)})  # type: ignore[return-value]
+
+    def child_io(self, trace: "NodeTrace") -> dict[str, list[IORecord]]:
+        """One record per item for every sub-program node that finished (nested ones too, by path)."""
+        out: dict[str, list[IORecord]] = {}
+        for run in trace.children:
+            for nt in run.nodes:
+                node = self.program.node_map.get(nt.node)
+                if node is None or nt.outputs is None:
+                    continue
+                out.setdefault(nt.node, []).append({"inputs": dict(nt.inputs), "outputs": dict(nt.outputs)})
+                for path, records in node.module.child_io(nt).items():
+                    out.setdefault(f"{nt.node}.{path}", []).extend(records)
+        return out
+
+    def child_fields(self, child: str) -> dict[str, tuple[str, bool]]:
+        """A sub-node's inputs bound to sub-program inputs map to the Map's inputs of the same
+        name (per item when mapped over); its outputs the sub-program exports map to the Map's
+        list outputs (per item)."""
+        from ..pipeline.ir import INPUT, Ref
+
+        node = self.program.node_map.get(child)
+        if node is None:
+            return {}
+        out: dict[str, tuple[str, bool]] = {}
+        for f, b in node.bindings:
+            if isinstance(b, Ref) and b.node == INPUT:
+                out[f] = (b.field, b.field in self.over)
+        for o, r in self.program.output_refs:
+            if r.node == child:
+                out.setdefault(r.field, (o, True))
+        return out
 
     def describe(self) -> str:
         keep = ", failed items -> None" if self.on_error in KEEP_GOING else ""

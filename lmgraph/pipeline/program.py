@@ -4,23 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import difflib
 import hashlib
 import json
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from ..context import RunContext, check_context
 from ..errors import DefinitionError, UsageError
-from ..modules.base import Module
+from ..modules.base import IORecord, Module, Param, UnknownParameterError
 from .executor import Prediction, Result, execute, execute_batch
 from .ir import INPUT, Const, InputSpec, Node, Ref
 from .validate import validate
 
 if TYPE_CHECKING:
     from .preview import PromptList
+    from .trace import Trace
 
 _loops = threading.local()
 
@@ -119,6 +121,13 @@ def _run_in_worker(coro: Any) -> Any:
 def _cancel_all(loop: asyncio.AbstractEventLoop) -> None:
     for t in asyncio.all_tasks(loop):
         t.cancel()
+
+
+def _replace_at(module: Module, path: str, new: Module) -> Module:
+    """``module`` with its nested module at the dotted ``path`` replaced by ``new``."""
+    head, _, rest = path.partition(".")
+    child = module.submodules()[head]
+    return module.replace_child(head, _replace_at(child, rest, new) if rest else new)
 
 
 class Program:
@@ -220,19 +229,99 @@ class Program:
 
     # ---- rewriting (optimizers use these; the original is never touched)
     def module(self, node: str) -> Module:
+        """The module of ``node``; a dotted path reaches a nested one (``"refine.generator"``,
+        ``"answer_each.solve"``: a child name of ``submodules()`` at each step)."""
+        head, _, rest = node.partition(".")
         try:
-            return self.node_map[node].module
+            module = self.node_map[head].module
         except KeyError:
-            raise DefinitionError(f"no node {node!r}", fix=f"nodes are: {', '.join(self.order)}.") from None
+            raise DefinitionError(f"no node {head!r}", fix=f"nodes are: {', '.join(self.order)}.") from None
+        walked = head
+        for part in rest.split(".") if rest else ():
+            children = module.submodules()
+            if part not in children:
+                raise DefinitionError(f"{walked!r} ({module.kind}) has no child module {part!r}",
+                                      fix=f"its children: {', '.join(children) or 'none'}.")
+            module, walked = children[part], f"{walked}.{part}"
+        return module
 
     def with_module(self, node: str, module: Module) -> "Program":
         return self.replace_modules({node: module})
 
     def replace_modules(self, modules: Mapping[str, Module]) -> "Program":
-        for n in modules:
-            self.module(n)
-        nodes = [n.with_module(modules[n.name]) if n.name in modules else n for n in self.nodes]
+        """A new program with modules swapped, by node name or by the dotted path of a nested
+        module (``{"refine.generator": Predict(...)}``: its parents are rebuilt around it)."""
+        top: dict[str, Module] = {}
+        for path, new in modules.items():
+            self.module(path)  # raises for unknown names and paths
+            head, _, rest = path.partition(".")
+            top[head] = _replace_at(top.get(head) or self.node_map[head].module, rest, new) if rest else new
+        nodes = [n.with_module(top[n.name]) if n.name in top else n for n in self.nodes]
         return Program(self.name, self.inputs, nodes, self.outputs)
+
+    # ---- the parameter tree
+    def named_parameters(self) -> Iterator[tuple[str, Param]]:
+        """``(path, Param)`` for every tunable parameter of every node, nested modules included, in
+        schedule order: ``"classify.instructions"``, ``"refine.generator.demos"``,
+        ``"answer_each.solve.instructions"`` (a Map's sub-program node), ``"agent.step.demos"``."""
+        for n in self.nodes:
+            yield from n.module.named_parameters(f"{n.name}.")
+
+    def parameter(self, path: str) -> Param:
+        """The parameter at ``path``; an unknown path is a DefinitionError listing close matches."""
+        for p, param in self.named_parameters():
+            if p == path:
+                return param
+        raise self._unknown_parameter(path)
+
+    def with_parameters(self, values: Mapping[str, Any]) -> "Program":
+        """A new program with parameters changed by path (``{"refine.generator.demos": [...],
+        "classify.format": "json"}``); nested modules are rebuilt immutably. Values are checked as
+        the module's own constructor checks them; an unknown path is a DefinitionError naming it
+        with the close matches."""
+        by_node: dict[str, dict[str, Any]] = {}
+        for path, value in values.items():
+            head, _, rest = path.partition(".")
+            if head not in self.node_map or not rest:
+                raise self._unknown_parameter(path)
+            by_node.setdefault(head, {})[rest] = value
+        modules: dict[str, Module] = {}
+        for node, changes in by_node.items():
+            try:
+                modules[node] = self.node_map[node].module.with_parameters(changes)
+            except UnknownParameterError as e:
+                raise self._unknown_parameter(f"{node}.{e.path}") from None
+            except DefinitionError as e:
+                if e.node is not None:
+                    raise
+                raise DefinitionError(e.message, node=node, field=e.field, fix=e.fix) from None
+        return self.replace_modules(modules) if modules else self
+
+    def _unknown_parameter(self, path: str) -> DefinitionError:
+        paths = [p for p, _ in self.named_parameters()]
+        close = difflib.get_close_matches(path, paths, n=3, cutoff=0.6)
+        head = path.partition(".")[0]
+        mine = [p for p in paths if p.startswith(head + ".")] if head in self.node_map else []
+        if close:
+            fix = f"did you mean {' or '.join(repr(c) for c in close)}?"
+        elif mine:
+            fix = f"node {head!r} has: {', '.join(mine[:16])}{' ...' if len(mine) > 16 else ''}."
+        else:
+            fix = f"parameter paths are '<node>.<parameter>'; nodes: {', '.join(self.order)}."
+        return DefinitionError(f"no parameter {path!r} in {self.name!r}", fix=fix)
+
+    def nested_io(self, trace: "Trace") -> dict[str, list[IORecord]]:
+        """What the nested modules were given and produced in a traced run of this program, by
+        module path (``{"refine.generator": [{"inputs": ..., "outputs": ...}], "answer_each.solve":
+        [one per item]}``); top-level nodes' I/O is in ``trace.nodes``."""
+        out: dict[str, list[IORecord]] = {}
+        for nt in trace.nodes:
+            node = self.node_map.get(nt.node)
+            if node is None:
+                continue
+            for path, records in node.module.child_io(nt).items():
+                out.setdefault(f"{nt.node}.{path}", []).extend(records)
+        return out
 
     def rewrite(self, *, inputs: Iterable[InputSpec] | None = None, nodes: Iterable[Node] | None = None,
                 outputs: Iterable[tuple[str, Ref]] | None = None, name: str | None = None) -> "Program":
