@@ -198,3 +198,27 @@ def test_lg_compile_is_lazy_and_is_the_default_compiler():
     code = ("import sys, lmgraph as lg; assert 'lmgraph.optimizers.auto' not in sys.modules; "
             "from lmgraph.optimizers.auto import compile as c; assert lg.compile is c")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_model_choice_reports_the_score_cost_front_and_picks_the_better_model():
+    from lmgraph.lm.base import Usage
+
+    def small(request):  # cheap and always 'positive'
+        return "Label: positive" if request.prompt is not None else "positive"
+
+    def big(request):  # right, and 10x the tokens
+        text = request_text(request)
+        truth = next((v for k, v in WORDS.items() if f" {k} " in f" {_last_sentence(text)} "), "positive")
+        return LMResponse(text=f"Label: {truth}" if request.prompt is not None else truth,
+                          usage=Usage(prompt_tokens=400, completion_tokens=4))
+
+    ctx = lg.RunContext(lm=FunctionLM(small), lms={"big": FunctionLM(big, name="big")}, cache=False)
+    compiled, report = Compile(decodes=(), max_demos=2).optimize(program(), rows(60), label_accuracy(),
+                                                                 budget=lg.Budget(max_calls=900), ctx=ctx)
+    assert compiled.module("classify").lm == "big", report.table()
+    front = report.data["pareto"]
+    labels = [p["label"] for p in front]
+    assert labels[0].startswith("baseline") and any("model big" in lab for lab in labels)
+    assert front[0]["tokens_per_row"] < front[-1]["tokens_per_row"] and front[0]["score"] < front[-1]["score"]
+    with pytest.raises(lg.DefinitionError, match="lacks"):
+        Compile(models=("huge",)).optimize(program(), rows(20), label_accuracy(), ctx=ctx)

@@ -12,8 +12,11 @@ optimizers in three ways.
 * **The levers are the ones small and large models respond to**: the output decoding (generate,
   log-prob scoring of a label's options, scoring with contextual calibration), the prompt format
   (completion, chat, grammar-constrained JSON), bootstrapped or labelled demos (label-balanced),
-  their number, and instructions written from the signature (field names, options) rather than
-  by the task model. Candidates are tried in a fixed order of prior promise.
+  their number, per-input (nearest-neighbour) demos, instructions written from the signature
+  (field names, options) rather than by the task model, and -- when the run context lists other
+  models (``RunContext(lms=...)``) -- the model of each node; the report then carries the
+  (score, cost) Pareto front of everything raced (``report.data["pareto"]``: score, calls,
+  tokens and dollars per row). Candidates are tried in a fixed order of prior promise.
 * **Selection maximises the expected held-out gain.** Candidates are raced by successive halving
   on search-fold rows (never fewer than ``min_race_rows`` per decision), ranked by their paired
   gain over the baseline shrunk toward 0 by an empirical-Bayes estimate of how much the
@@ -109,6 +112,7 @@ class Spec:
     scores: list[float] = field(default_factory=list)
     calls: int = 0
     tokens: int = 0
+    dollars: float = 0.0
     alive: bool = True
     note: str = ""
 
@@ -192,7 +196,7 @@ class Compile(Optimizer):
     def __init__(self, *, max_demos: int = 4, confirm_fraction: float = 0.4, min_race_rows: int = 20,
                  decodes: Sequence[str] | str = "auto", formats: Sequence[str] = ("completion", "json", "chat"),
                  instructions: bool = True, label_map: Mapping[str, str] | None = None,
-                 max_candidates: int = 12, **kwargs: Any) -> None:
+                 max_candidates: int = 12, models: Sequence[str] | str = "auto", **kwargs: Any) -> None:
         super().__init__(**kwargs)
         from ..modules.base import FORMAT_CHOICES
 
@@ -216,12 +220,14 @@ class Compile(Optimizer):
         self.instructions = instructions
         self.label_map = dict(label_map or {})
         self.max_candidates = max_candidates
+        self.models = models if models == "auto" else tuple(models)
 
     def config(self) -> dict[str, Any]:
         return {"max_demos": self.max_demos, "confirm_fraction": self.confirm_fraction,
                 "min_race_rows": self.min_race_rows, "decodes": list(self.decodes) if self.decodes != "auto"
                 else "auto", "formats": list(self.formats), "instructions": self.instructions,
-                "label_map": self.label_map, "max_candidates": self.max_candidates}
+                "label_map": self.label_map, "max_candidates": self.max_candidates,
+                "models": self.models if self.models == "auto" else list(self.models)}
 
     # ---- folds and plan
     def folds(self, n: int, seed: int) -> tuple[list[int], list[int]]:
@@ -283,6 +289,7 @@ class Compile(Optimizer):
                         seed: int = 0, ctx: RunContext | None = None) -> tuple[Program, Report]:
         if isinstance(program, Program) and not isinstance(trainset, (str, bytes)):
             check_rows(program, trainset, "trainset")
+            self._model_names(ctx)  # names the context lacks fail before any model call
             rows = self._pool(trainset, valset)
             self._ctx_hint = ctx
             self._budget_hint = budget
@@ -382,6 +389,17 @@ class Compile(Optimizer):
                 ("signature instruction, zero-shot", instr(), set()),
                 (f"completion + {k} bootstrapped demos", merge(fmt(cur_fmt), demos(boot_k)), boot_rows),
                 (f"chat + {k} bootstrapped demos", merge(fmt("chat"), demos(boot_k)), boot_rows)]
+        # model choice: every node on each other model of the context, then (several model nodes)
+        # one node at a time -- raced early, since a user who lists models wants them compared
+        lm_nodes = [n for n, m in mods.items() if "lm" in m.tunable]
+        model_specs: list[tuple[str, dict[str, dict[str, Any]], set[int]]] = []
+        for name in self._model_names(ctx):
+            model_specs.append((f"model {name}", {n: {"lm": name} for n in lm_nodes
+                                                  if getattr(mods[n], "lm", None) != name}, set()))
+            if len(lm_nodes) > 1:
+                model_specs += [(f"{n} on model {name}", {n: {"lm": name}}, set()) for n in lm_nodes
+                                if getattr(mods[n], "lm", None) != name]
+        raw[2:2] = model_specs
         out, seen = [], set()
         for label, params, used in raw:
             params = {n: p for n, p in params.items() if p}
@@ -449,6 +467,7 @@ class Compile(Optimizer):
             report.notes.append("the budget left after the baseline cannot cover racing even one candidate "
                                 f"on {rounds[0]} rows and confirming it on {len(conf_idx)}")
         self._finish(session, base_prog, base_scores, tried, alive, conf_idx, rows)
+        self._pareto(session, base_scores, base_entry, tried)
         if not alive:
             return
         winner = alive[0]
@@ -497,6 +516,39 @@ class Compile(Optimizer):
                                 f"on the {len(conf_idx)} held-out rows; gains under {mde:+.2f} can't be shown with "
                                 "that many rows -- more labelled rows would help")
 
+    def _model_names(self, ctx: RunContext | None) -> list[str]:
+        known = sorted(ctx.lms) if ctx is not None else []
+        if self.models == "auto":
+            return known
+        missing = [m for m in self.models if m not in known]
+        if missing:
+            raise DefinitionError(f"Compile(models=...) names {missing[0]!r}, which the run context lacks",
+                                  fix=f"pass RunContext(lms={{{missing[0]!r}: model, ...}}); known: "
+                                      f"{', '.join(known) or 'none'}.")
+        return list(self.models)
+
+    def _pareto(self, session: CompileSession, base: Sequence[float], base_entry: Mapping[str, Any],
+                tried: Sequence[Spec]) -> None:
+        """The (score, cost) front of the baseline and the raced candidates: score on their search
+        rows, cost as model calls and tokens per row (and dollars where the backend prices them)."""
+        n = max(1, len(base))
+        u = base_entry["usage"]
+        points = [("baseline (the program as given)", sum(base) / n, u["calls"] / n,
+                   (u["prompt_tokens"] + u["completion_tokens"]) / n, u.get("dollars", 0.0) / n)]
+        for s in tried:
+            if s.rows:
+                m = len(s.rows)
+                points.append((s.label, sum(s.scores) / m, s.calls / m, s.tokens / m, s.dollars / m))
+        front = [p for p in points if not any(q[1] >= p[1] and q[3] <= p[3] and (q[1] > p[1] or q[3] < p[3])
+                                              for q in points)]
+        front.sort(key=lambda p: p[3])
+        session.report.data["pareto"] = [
+            {"label": p[0], "score": round(p[1], 4), "calls_per_row": round(p[2], 3),
+             "tokens_per_row": round(p[3], 1), "dollars_per_row": round(p[4], 8)} for p in front]
+        if any(p[0].startswith("model ") or " on model " in p[0] for p in points[1:]):
+            session.report.notes.append("score / cost front (tokens per row): " + "; ".join(
+                f"{p[0]}: {p[1]:.3f} at {p[3]:.0f} tokens" for p in front))
+
     # ---- racing
     @staticmethod
     def _wave_cost(wave: Sequence[Spec], n_alive: int, rounds: Sequence[int]) -> float:
@@ -530,6 +582,7 @@ class Compile(Optimizer):
                     s.scores += entry["scores"]
                     s.calls += entry["usage"]["calls"]
                     s.tokens += entry["usage"]["prompt_tokens"] + entry["usage"]["completion_tokens"]
+                    s.dollars += entry["usage"].get("dollars", 0.0)
             prev = end
             ranked = self._rank(alive, base)
             keep = max(1, math.ceil(len(alive) / 2)) if end < rounds[-1] else 1
