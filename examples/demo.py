@@ -55,13 +55,13 @@ def main() -> None:
     print(f"data: TREC coarse, train {len(train)} / val {len(val)} (train file), test {len(test)} (test file), "
           f"seed {args.seed}\n")
 
-    zero = evaluate_sync(program, test, metric, ctx=ctx, concurrency=4)
+    zero = evaluate_sync(program, test, metric, ctx=ctx, concurrency=4, progress=True)
     print(f"zero-shot  test accuracy: {zero}")
     print(f"           parse failures: {zero.parse_failure_rate:.1%}\n")
 
     # candidates (decoding, format, demo sets, instructions) raced on a search fold of the pooled
     # train+val rows, in waves planned to fit the budget; the winner confirmed on a held-out fold
-    opt = Compile(max_demos=4)
+    opt = Compile(max_demos=4, progress=True)  # a live status line on a terminal
     print(f"compile plan: {opt.dry_run(program, train, val, budget=lg.Budget(max_calls=args.budget))}")
     t0 = time.perf_counter()
     compiled, report = opt.optimize(program, train, metric, valset=val, budget=lg.Budget(max_calls=args.budget),
@@ -69,7 +69,7 @@ def main() -> None:
     print(f"compiled in {time.perf_counter() - t0:.1f}s\n{report.table()}\n")
     print("what changed:\n" + format_diff(diff(program, compiled)) + "\n")
 
-    comp = evaluate_sync(compiled, test, metric, ctx=ctx, concurrency=4)
+    comp = evaluate_sync(compiled, test, metric, ctx=ctx, concurrency=4, progress=True)
     print(f"compiled   test accuracy: {comp}")
     print(f"           parse failures: {comp.parse_failure_rate:.1%}")
     pb = paired_bootstrap(zero.scores, comp.scores)

@@ -438,7 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train", required=True, metavar="TRAIN.jsonl")
     p.add_argument("--val", metavar="VAL.jsonl", help="validation rows (default: split off the train rows)")
     p.add_argument("--metric", required=True, type=metric_spec, help=metric_help)
-    p.add_argument("--optimizer", required=True, choices=list(OPTIMIZERS),
+    p.add_argument("--optimizer", default="compile", choices=list(OPTIMIZERS),
                    help="compile is the default compiler (lmgraph.compile); the others are the single-lever "
                         "optimizers")
     p.add_argument("--max-calls", type=_nonneg_int, help="hard budget: model calls")

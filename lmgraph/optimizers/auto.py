@@ -475,6 +475,7 @@ class Compile(Optimizer):
         if est <= 0 and d <= 0:
             self._explain_none(session, base_scores, tried, search_idx)
             return
+        session.reporter.phase(f"confirming {winner.label} on the {len(conf_idx)} held-out rows")
         try:
             entry = await session.run(winner.program, [rows[i] for i in conf_idx])  # type: ignore[arg-type]
         except BudgetStop as e:
@@ -571,7 +572,9 @@ class Compile(Optimizer):
         alive, prev = list(specs), 0
         for s in alive:
             s.alive = True
-        for end in rounds:
+        for j, end in enumerate(rounds):
+            session.reporter.phase(f"racing {len(alive)} candidates, round {j + 1} of {len(rounds)} "
+                                   f"({end} of {len(order)} search rows)")
             chunk = order[prev:end]
             for s in alive:
                 done = set(s.rows)
@@ -635,8 +638,8 @@ class Compile(Optimizer):
                 continue
             c = session._new_candidate(s.label, s.changes(), {
                 "scores": s.scores, "usage": {"calls": s.calls, "prompt_tokens": s.tokens, "completion_tokens": 0}})
-            c.status = "raced" if s.alive else "dropped"
-            c.reason = s.note + ("; finalist" if s.alive and s in alive else "")
+            c.status = "advanced" if s.alive else "dropped"
+            c.reason = s.note + ("; the race's winner" if s.alive and s in alive else "")
 
     def _explain_none(self, session: CompileSession, base: Sequence[float], tried: Sequence[Spec],
                       search_idx: Sequence[int]) -> None:
