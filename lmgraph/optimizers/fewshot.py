@@ -3,7 +3,9 @@
 Bootstrapping runs the program (or a teacher program) on training examples through the
 compile session (so it is budgeted, cached, memoised and checkpointed), keeps the runs whose
 final output passes the metric, and turns each node's inputs/outputs in those runs into demos
-for that node -- for every demo-taking node of a multi-node pipeline.
+for that node -- for every demo-taking node of a multi-node pipeline, and (``nested=True``, what
+these optimizers use) for every nested module that takes demos: a Refine's generator, a Map's
+sub-program nodes, a CallTool's choose call (``agent.step``), found by walking the parameter tree.
 """
 
 from __future__ import annotations
@@ -17,23 +19,26 @@ from ..pipeline.executor import execute_batch
 from ..pipeline.ir import INPUT, Ref
 from ..pipeline.program import Program
 from .base import Optimizer
+from .params import Demo, demo_from_io, demo_param, demo_targets, nested_label_sources, rows_to_demos
 from .session import CompileSession, static_calls_per_example
 
-Demo = dict[str, Any]
 
-
-def demo_nodes(program: Program) -> list[str]:
-    """Nodes whose module takes demos (Predict, ChainOfThought, Plan, ...)."""
-    return [n.name for n in program.nodes if "demos" in n.module.tunable]
+def demo_nodes(program: Program, *, nested: bool = False) -> list[str]:
+    """Modules that take demos (Predict, ChainOfThought, Plan, CallTool, ...), found in the
+    parameter tree: top-level nodes by name; with ``nested``, nested modules too, by path
+    (``"refine.generator"``, ``"answer_each.solve"``, ``"agent.step"``)."""
+    targets = demo_targets(program)
+    return targets if nested else [t for t in targets if "." not in t]
 
 
 def _demo_sig(program: Program, node: str):  # noqa: ANN202
-    m = program.module(node)
-    return getattr(m, "signature_for_demos", m.signature)
+    """The signature a demo of ``node`` (a node name or a nested module's path) must satisfy."""
+    return demo_param(program, node).signature
 
 
 def with_demos(program: Program, demos: Mapping[str, Sequence[Demo]]) -> Program:
-    return program.replace_modules({n: program.module(n).replace(demos=list(d)) for n, d in demos.items()})
+    """``program`` with demos set per module path (node names or nested paths)."""
+    return program.with_parameters({f"{n}.demos": list(d) for n, d in demos.items()})
 
 
 def describe_demos(demos: Mapping[str, Sequence[Demo]]) -> dict[str, dict[str, Any]]:
@@ -48,8 +53,9 @@ def _label_sources(program: Program, name: str, exported: Mapping[tuple[str, str
     row. Optional demo fields (ChainOfThought's ``reasoning``) may have no source. None when a
     required field has none."""
     node = program.node_map[name]
-    sig = _demo_sig(program, name)
-    optional = set(getattr(program.module(name), "optional_demo_fields", ()))
+    param = demo_param(program, name)
+    sig, optional = param.signature, set(param.optional)
+    assert sig is not None
     out: dict[str, str | Ref] = {}
     for f in sig.inputs:
         b = node.binding(f.name)
@@ -89,15 +95,17 @@ def _exported(program: Program, label_map: Mapping[str, str]) -> dict[tuple[str,
 
 
 def labeled_demos(program: Program, rows: Sequence[Mapping[str, Any]], k: int,
-                  label_map: Mapping[str, str] | None = None) -> dict[str, list[Demo]]:
+                  label_map: Mapping[str, str] | None = None, *, nested: bool = False) -> dict[str, list[Demo]]:
     """Demos straight from labelled rows, for nodes whose every (required) demo field maps to a row key.
 
     A node input maps when it is bound to a pipeline input; a node output maps when a program
     output exports it (the row key is the output name, or ``label_map[output name]``). Optional
     demo fields (a ChainOfThought's ``reasoning``) are left out: labelled data has none.
+    ``nested``: also nested modules whose fields map through their parents (a Refine's
+    generator; a Map's sub-node, one demo per list item), keyed by path.
     """
     exported = _exported(program, dict(label_map or {}))
-    out: dict[str, list[Demo]] = {}
+    out: dict[str, list[Demo]] = _nested_labeled(program, rows, k, exported) if nested else {}
     for name in demo_nodes(program):
         keys = _label_sources(program, name, exported, computed=False)
         if not keys:
@@ -109,17 +117,32 @@ def labeled_demos(program: Program, rows: Sequence[Mapping[str, Any]], k: int,
     return out
 
 
+def _nested_labeled(program: Program, rows: Sequence[Mapping[str, Any]], k: int,
+                    exported: Mapping[tuple[str, str], str]) -> dict[str, list[Demo]]:
+    """Labelled demos for nested modules whose fields map to row keys (no computed inputs)."""
+    out: dict[str, list[Demo]] = {}
+    for target in demo_nodes(program, nested=True):
+        if "." not in target:
+            continue
+        sources = nested_label_sources(program, target, exported)
+        demos = rows_to_demos(rows, sources, k) if sources else []
+        if demos:
+            out[target] = demos
+    return out
+
+
 async def labeled_demos_computed(program: Program, rows: Sequence[Mapping[str, Any]], k: int,
                                  label_map: Mapping[str, str] | None, ctx: Any, *,
-                                 concurrency: int = 8) -> tuple[dict[str, list[Demo]], list[str]]:
+                                 concurrency: int = 8, nested: bool = False) -> tuple[dict[str, list[Demo]], list[str]]:
     """Like :func:`labeled_demos`, and also for nodes with inputs that model-free upstream nodes
     compute (a RAG answer node's ``context`` from a Retrieve node): those nodes are run on the
     labelled rows -- no model call -- so each demo shows what the node really sees.
+    ``nested``: also nested modules whose fields map to row keys (as :func:`labeled_demos`).
 
     Returns (demos per node, notes): rows whose upstream run failed are skipped and counted in a note.
     """
     exported = _exported(program, dict(label_map or {}))
-    out: dict[str, list[Demo]] = {}
+    out: dict[str, list[Demo]] = _nested_labeled(program, rows, k, exported) if nested else {}
     notes: list[str] = []
     for name in demo_nodes(program):
         sources = _label_sources(program, name, exported, computed=True)
@@ -174,30 +197,38 @@ def _dedupe(demos: Sequence[Demo]) -> list[Demo]:
 
 
 async def bootstrap_pool(session: CompileSession, teacher: Program, student: Program, want: int,
-                         threshold: float, chunk: int) -> dict[str, list[Demo]]:
+                         threshold: float, chunk: int, *, nested: bool = False) -> dict[str, list[Demo]]:
     """Run ``teacher`` on shuffled training rows until every demo node of ``student`` has
-    ``want`` demos from runs scoring >= ``threshold`` (or the training set is used up)."""
+    ``want`` demos from runs scoring >= ``threshold`` (or the training set is used up).
+
+    ``nested``: nested modules too (keys are their paths), from the nested I/O the session
+    records per example (``params_io``: a Refine's final answer for its generator, one record per
+    item for a Map's sub-nodes, the steps that went through for a CallTool's ``step``). A nested
+    module is waited for only once some run recorded it (a Refine's judge never is)."""
     rows = list(session.trainset)
     session.rng.shuffle(rows)
-    nodes = demo_nodes(student)
+    nodes = demo_nodes(student, nested=nested)
     pool: dict[str, list[Demo]] = {n: [] for n in nodes}
-    sigs = {n: _demo_sig(student, n) for n in nodes}
+    params = {n: demo_param(student, n) for n in nodes}
+    seen: set[str] = {n for n in nodes if "." not in n}  # nested ones join once a run records them
     session.reporter.phase("bootstrapping demos from training rows")
     for start in range(0, len(rows), chunk):
-        if all(len(pool[n]) >= want for n in nodes):
+        if start and all(len(pool[n]) >= want for n in seen) or not nodes:
             break
         entry = await session.run(teacher, rows[start:start + chunk], kind="bootstrap")
         for ex in entry["examples"]:
-            if not ex["ok"] or ex["score"] < threshold:
+            if not ex["ok"]:
+                continue
+            nested_io = ex.get("params_io") or {}
+            seen.update(n for n in nodes if nested_io.get(n))
+            if ex["score"] < threshold:
                 continue
             for n in nodes:
-                io = ex["nodes"].get(n)
-                if io is None or io["outputs"] is None:
-                    continue
-                sig = sigs[n]
-                vals = {**io["inputs"], **io["outputs"]}
-                if all(f.name in vals for f in (*sig.inputs, *sig.outputs)):
-                    pool[n].append({f.name: vals[f.name] for f in (*sig.inputs, *sig.outputs)})
+                records = [ex["nodes"].get(n)] if "." not in n else nested_io.get(n, [])
+                for io in records:
+                    demo = demo_from_io(io, params[n]) if io is not None else None
+                    if demo is not None:
+                        pool[n].append(demo)
         pool = {n: _dedupe(d) for n, d in pool.items()}
     return pool
 
@@ -222,7 +253,7 @@ class LabeledFewShot(Optimizer):
         rows = list(session.trainset)
         session.rng.shuffle(rows)
         demos, notes = await labeled_demos_computed(session.incumbent, rows, self.k, self.label_map,
-                                                    session.ctx, concurrency=session.concurrency)
+                                                    session.ctx, concurrency=session.concurrency, nested=True)
         session.report.notes.extend(notes)
         if not demos:
             raise DefinitionError(
@@ -260,14 +291,14 @@ class BootstrapFewShot(Optimizer):
     async def _teacher(self, session: CompileSession) -> Program:
         teacher = self.teacher or session.incumbent
         if self.max_labeled:
-            lab = labeled_demos(teacher, session.trainset, self.max_labeled, self.label_map)
+            lab = labeled_demos(teacher, session.trainset, self.max_labeled, self.label_map, nested=True)
             teacher = with_demos(teacher, lab) if lab else teacher
         return teacher
 
     async def search(self, session: CompileSession) -> None:
         teacher = await self._teacher(session)
         pool = await bootstrap_pool(session, teacher, session.incumbent, self.max_demos, self.threshold,
-                                    chunk=max(4, 2 * self.max_demos))
+                                    chunk=max(4, 2 * self.max_demos), nested=True)
         demos = {n: d[:self.max_demos] for n, d in pool.items() if d}
         if not demos:
             session.report.notes.append("no training run passed the metric: nothing to bootstrap")
@@ -299,12 +330,12 @@ class BootstrapRandomSearch(BootstrapFewShot):
         teacher = await self._teacher(session)
         want = self.max_demos * max(2, self.num_candidates // 2)
         pool = await bootstrap_pool(session, teacher, base, want, self.threshold,
-                                    chunk=max(8, 2 * self.max_demos))
+                                    chunk=max(8, 2 * self.max_demos), nested=True)
         candidates: list[tuple[str, dict[str, list[Demo]]]] = []
         if self.max_labeled:
             rows = list(session.trainset)
             session.rng.shuffle(rows)
-            lab = labeled_demos(base, rows, self.max_labeled, self.label_map)
+            lab = labeled_demos(base, rows, self.max_labeled, self.label_map, nested=True)
             if lab:
                 candidates.append((f"{self.max_labeled} labelled demos", lab))
         if any(pool.values()):

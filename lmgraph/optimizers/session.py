@@ -212,6 +212,9 @@ class CompileSession:
                 ex["outputs"] = jsonable(dict(r.outputs))
                 ex["nodes"] = {n.node: {"inputs": jsonable(n.inputs), "outputs": jsonable(n.outputs)}
                                for n in r.trace.nodes} if r.trace else {}
+                nested = program.nested_io(r.trace) if r.trace else {}
+                if nested:  # nested modules' I/O by path (Refine's generator, a Map's sub-nodes...)
+                    ex["params_io"] = jsonable(nested)
             else:
                 ex["error"] = f"{type(r.error).__name__}: {r.error}"
             examples.append(ex)
