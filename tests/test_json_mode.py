@@ -252,6 +252,8 @@ def test_no_unclosed_session_warnings(server) -> None:
 def test_bad_json_mode_is_a_definition_error() -> None:
     with pytest.raises(DefinitionError, match="json_mode must be one of auto, json_schema, json_object, none"):
         OpenAIServerLM("http://127.0.0.1:1/v1", json_mode="grammar")
+    with pytest.raises(DefinitionError, match="needs an http"):
+        OpenAIServerLM("http://[::1/v1")
 
 
 # ------------------------------------------------------------------ the command line

@@ -137,8 +137,13 @@ class LiteLLM:
             api_key = resolve_api_key(api_key, None, owner="LiteLLM")
         self.model = model
         # user-info goes as a header (litellm's HTTP client refuses it in the URL next to one)
-        self._api_base, self._basic_auth = split_userinfo(api_base)
-        if self._api_base and urllib.parse.urlsplit(self._api_base).query:
+        try:
+            self._api_base, self._basic_auth = split_userinfo(api_base)
+            query = urllib.parse.urlsplit(self._api_base).query if self._api_base else ""
+        except ValueError:
+            raise DefinitionError(f"LiteLLM: api_base {redact_url(api_base)!r} is not a valid URL.",
+                                  fix="e.g. api_base='http://127.0.0.1:8080/v1'.") from None
+        if query:
             raise DefinitionError(
                 f"LiteLLM: api_base {redact_url(api_base)!r} has a query string, which litellm's OpenAI "
                 "client does not send (it appends the request path after it).",

@@ -82,7 +82,10 @@ class OpenAIServerLM:
                  api_key_env: str | None = None, timeout: float = 60.0, json_mode: str = "auto",
                  top_logprobs: int = 5, max_connections: int = 256, trust_env: bool | None = None,
                  extra: dict[str, Any] | None = None) -> None:
-        parsed = urllib.parse.urlsplit(base_url or "") if isinstance(base_url, str) else None
+        try:
+            parsed = urllib.parse.urlsplit(base_url or "") if isinstance(base_url, str) else None
+        except ValueError:  # e.g. an unclosed IPv6 bracket
+            parsed = None
         if parsed is None or parsed.scheme not in ("http", "https") or not parsed.hostname:
             shown = redact_url(base_url) if isinstance(base_url, str) else base_url
             raise DefinitionError(f"OpenAIServerLM needs an http(s) base URL, got {shown!r}.",
