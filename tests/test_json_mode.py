@@ -259,7 +259,8 @@ def test_bad_json_mode_is_a_definition_error() -> None:
 # ------------------------------------------------------------------ the command line
 
 def test_cli_json_mode_option_reaches_the_client(server, tmp_path) -> None:
-    for command in (["run", "p.json", "--input", "sentence=x"], ["eval", "p.json", "--data", "d.jsonl", "--metric", "accuracy"],
+    for command in (["run", "p.json", "--input", "sentence=x"],
+                    ["eval", "p.json", "--data", "d.jsonl", "--metric", "accuracy"],
                     ["compile", "p.json", "--train", "t.jsonl", "--out", "a.json", "--metric", "accuracy",
                      "--optimizer", "labeled"]):
         args = cli.build_parser().parse_args([*command, "--model", "http:" + server.base_url,
