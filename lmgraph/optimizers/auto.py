@@ -48,6 +48,7 @@ from ..pipeline.program import Program, _run_sync
 from ..signatures import literal_options
 from .base import CostEstimate, Optimizer, check_rows
 from .fewshot import _demo_sig, demo_nodes, labeled_demos
+from .joint import accepts_format
 from .report import Report
 from .session import BudgetStop, CompileSession
 
@@ -342,7 +343,7 @@ class Compile(Optimizer):
 
         def fmt(f: str) -> dict[str, dict[str, Any]]:
             return {n: {"format": f} for n in fmt_nodes if mods[n].format != f  # type: ignore[attr-defined]
-                    and f in self.formats and _accepts(mods[n], f)}
+                    and f in self.formats and accepts_format(mods[n], f)}
 
         def demos(d: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
             return {n: {"demos": v} for n, v in d.items()}
@@ -658,14 +659,6 @@ class Compile(Optimizer):
         why.append(f"with {len(search_idx)} search rows, gains under {mde:+.2f} cannot be told from noise: "
                    "more labelled rows would help")
         report.notes.append("; ".join(why))
-
-
-def _accepts(module: Any, fmt: str) -> bool:
-    try:
-        module.replace(format=fmt)
-    except DefinitionError:
-        return False
-    return True
 
 
 def _per_row(program: Program, spec: Spec | None = None) -> float:

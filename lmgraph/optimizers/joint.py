@@ -70,7 +70,7 @@ def joint_nodes(program: Program, nodes: Sequence[str] | None) -> list[str]:
     return [n for n in program.order if n in wanted]
 
 
-def _accepts_format(module: Any, fmt: str) -> bool:
+def accepts_format(module: Any, fmt: str) -> bool:
     """Whether ``module`` can use ``fmt`` (a scoring Predict takes only the completion format)."""
     try:
         module.replace(format=fmt)
@@ -217,7 +217,7 @@ class JointSearch(Optimizer):
                 cur_f = m.format  # type: ignore[attr-defined]
                 fmts.append((f"format {cur_f} (current)", cur_f))
                 fmts += [(f"format {f}", f) for f in dict.fromkeys(self.formats)
-                         if f != cur_f and _accepts_format(m, f)]
+                         if f != cur_f and accepts_format(m, f)]
             else:
                 fmts.append(("n/a", ""))
             out.append(_NodeOptions(node, instr, demos, fmts))
