@@ -58,8 +58,60 @@ def _summ(value: Any) -> Any:
     return value
 
 
+#: saved config keys whose parameter-tree name differs (CallTool's choose-call demos)
+_PARAM_NAMES = {"step_demos": "step.demos"}
+
+
+def _is_module(value: Any) -> bool:
+    return isinstance(value, Mapping) and "kind" in value
+
+
+def _is_program(value: Any) -> bool:
+    return isinstance(value, Mapping) and isinstance(value.get("nodes"), list)
+
+
+def _module_changes(ma: Mapping[str, Any], mb: Mapping[str, Any], prefix: str, changes: dict[str, Any]) -> None:
+    """Changes between two saved modules of the same kind, by parameter path relative to the node:
+    nested modules (a Refine's ``generator``) and a Map's sub-program nodes are walked, so a
+    change shows as ``generator.demos`` / ``solve.instructions``, as ``named_parameters`` names it."""
+    for key in sorted(ma.keys() | mb.keys()):
+        va, vb = ma.get(key), mb.get(key)
+        if va == vb:
+            continue
+        if _is_module(va) and _is_module(vb) and va["kind"] == vb["kind"]:
+            _module_changes(va, vb, f"{prefix}{key}.", changes)
+            continue
+        if key == "program" and _is_program(va) and _is_program(vb) and _same_graph(va, vb):
+            sub_b = {n["name"]: n for n in vb["nodes"]}
+            for n in va["nodes"]:
+                mna, mnb = n["module"], sub_b[n["name"]]["module"]
+                if mna == mnb:
+                    continue
+                if mna.get("kind") == mnb.get("kind"):
+                    _module_changes(mna, mnb, f"{prefix}{n['name']}.", changes)
+                else:
+                    changes[f"{prefix}{n['name']}.kind"] = {"before": mna.get("kind"), "after": mnb.get("kind")}
+            continue
+        name = prefix + _PARAM_NAMES.get(key, key)
+        if name.rsplit(".", 1)[-1] == "demos":
+            sa = {_canonical(d) for d in va or []}
+            sb = {_canonical(d) for d in vb or []}
+            changes[name] = {"before": len(va or []), "after": len(vb or []),
+                             "added": len(sb - sa), "removed": len(sa - sb)}
+        else:
+            changes[name] = {"before": _summ(va), "after": _summ(vb)}
+
+
+def _same_graph(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """Two saved sub-programs with the same nodes, wiring and outputs (only modules may differ)."""
+    def shape(p: Mapping[str, Any]) -> Any:
+        return ([(n["name"], n.get("bindings")) for n in p["nodes"]], p.get("inputs"), p.get("outputs"))
+    return shape(a) == shape(b)
+
+
 def diff(a: Program | str | Path, b: Program | str | Path) -> dict[str, Any]:
-    """What changed from ``a`` to ``b``, per node: parameters, bindings, added/removed nodes."""
+    """What changed from ``a`` to ``b``, per node: parameters (nested ones by path within the node:
+    ``generator.demos``, ``<sub-node>.instructions``), bindings, added/removed nodes."""
     def as_dict(x: Program | str | Path) -> dict[str, Any]:
         if isinstance(x, Program):
             return x.to_dict()
@@ -74,17 +126,7 @@ def diff(a: Program | str | Path, b: Program | str | Path) -> dict[str, Any]:
     for name in sorted(na.keys() & nb.keys()):
         ma, mb = na[name]["module"], nb[name]["module"]
         changes: dict[str, Any] = {}
-        for key in sorted(ma.keys() | mb.keys()):
-            va, vb = ma.get(key), mb.get(key)
-            if va == vb:
-                continue
-            if key == "demos":
-                sa = {_canonical(d) for d in va or []}
-                sb = {_canonical(d) for d in vb or []}
-                changes["demos"] = {"before": len(va or []), "after": len(vb or []),
-                                    "added": len(sb - sa), "removed": len(sa - sb)}
-            else:
-                changes[key] = {"before": _summ(va), "after": _summ(vb)}
+        _module_changes(ma, mb, "", changes)
         if na[name].get("bindings") != nb[name].get("bindings"):
             changes["bindings"] = {"before": na[name].get("bindings"), "after": nb[name].get("bindings")}
         if changes:
@@ -103,8 +145,8 @@ def format_diff(d: Mapping[str, Any]) -> str:
     for node, changes in d.get("changed", {}).items():
         lines.append(f"~ node {node}")
         for key, ch in changes.items():
-            if key == "demos":
-                lines.append(f"    demos: {ch['before']} -> {ch['after']} (+{ch['added']} -{ch['removed']})")
+            if key.rsplit(".", 1)[-1] == "demos" and "added" in ch:
+                lines.append(f"    {key}: {ch['before']} -> {ch['after']} (+{ch['added']} -{ch['removed']})")
             else:
                 lines.append(f"    {key}: {str(ch['before'])[:60]!s} -> {str(ch['after'])[:60]!s}")
     if "outputs" in d:
