@@ -308,3 +308,63 @@ def test_nested_demos_survive_save_and_load(tmp_path: Path) -> None:
     assert set(d["changed"]) == {"refine", "answer_each", "agent"}
     assert d["changed"]["agent"] == {"step.demos": {"before": 0, "after": 1, "added": 1, "removed": 0}}
     assert d["changed"]["answer_each"] == {"solve.demos": {"before": 0, "after": 1, "added": 1, "removed": 0}}
+
+
+def test_instruction_search_tunes_a_nested_generator() -> None:
+    from lmgraph.optimizers import InstructionSearch
+
+    good = "Write the opposite of the word."
+    antonyms = {"hot": "cold", "big": "small", "up": "down", "fast": "slow", "old": "new", "wet": "dry",
+                "high": "low", "rich": "poor"}
+    rows = [{"word": w, "antonym": a} for w, a in antonyms.items()] * 4
+
+    def task(req: lg.LMRequest) -> str:
+        text = request_text(req)
+        word = text.rsplit("Word:", 1)[-1].split("\n", 1)[0].strip()
+        return " " + (antonyms.get(word, word) if "opposite of" in text else word)
+
+    def proposer(req: lg.LMRequest) -> str:
+        return ["Repeat the word.", good, "Spell the word."][req.rollout % 3]
+
+    p = lg.Pipeline("antonyms")
+    gen = lg.Predict("word -> antonym", format="completion")
+    r = p.add(Refine(gen, judge=Critique("word, antonym", format="json")), name="refine", word=p.input("word"))
+    p.output(antonym=r.antonym)
+    prog = p.build()
+    c = lg.RunContext(lm=FunctionLM(judge_or(task)), lms={"proposer": FunctionLM(proposer)}, cache=False)
+    new, rep = InstructionSearch(3, proposer_lm="proposer", nodes=["refine.generator"], minibatch_size=4).optimize(
+        prog, rows[:16], lambda ex, pred, trace=None: float(pred["antonym"] == ex["antonym"]), valset=rows[16:], ctx=c)
+    assert new.module("refine.generator").instructions == good and rep.best.mean == 1.0
+    assert new.module("refine.judge") == prog.module("refine.judge")
+    assert diff(prog, new)["changed"]["refine"]["generator.instructions"]["after"] == good
+
+
+def test_the_session_records_nested_io_only_for_nested_modules(tmp_path: Path) -> None:
+    def entries(prog: lg.Program, fn, name: str) -> list[dict]:  # noqa: ANN001
+        ck = tmp_path / f"{name}.ckpt.json"
+        BootstrapFewShot(2, checkpoint=ck).optimize(prog, TRAIN, label_accuracy(), valset=VAL, ctx=ctx(fn))
+        return [json.loads(line)["entry"] for line in ck.read_text().splitlines()[1:]]
+
+    from helpers import sentiment_program
+
+    plain = entries(sentiment_program(), sentiment_fn, "plain")
+    assert all("params_io" not in ex for e in plain for ex in e["examples"])  # entries as before
+    nested = entries(refine_program(), judge_or(sentiment_fn), "refine")
+    ok = [ex for e in nested for ex in e["examples"] if ex["ok"]]
+    assert ok and all(set(ex["params_io"]) == {"refine.generator"} for ex in ok)
+    io = ok[0]["params_io"]["refine.generator"][0]
+    assert set(io["inputs"]) == {"sentence"} and set(io["outputs"]) == {"sentiment"}
+
+
+def test_best_of_n_children_and_the_judge_are_in_the_tree() -> None:
+    p = lg.Pipeline("b")
+    b = p.add(lg.BestOfN(lg.Predict("question -> answer"), n=3, select="judge"), name="best",
+              question=p.input("question"))
+    p.output(answer=b.answer)
+    prog = p.build()
+    paths = [path for path, _ in prog.named_parameters()]
+    assert paths[:2] == ["best.n", "best.temperature"]
+    assert "best.module.demos" in paths and "best.judge.instructions" in paths
+    new = prog.with_parameters({"best.judge.instructions": "Be strict.", "best.module.format": "json", "best.n": 5})
+    assert new.module("best.judge").instructions == "Be strict." and new.module("best").n == 5
+    assert new.module("best.module").format == "json" and prog.module("best.module").format == "auto"

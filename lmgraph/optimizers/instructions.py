@@ -55,15 +55,15 @@ PARAPHRASE_INSTRUCTIONS = "Generate a variation of the following instruction whi
 
 def instruction_nodes(program: Program, nodes: Sequence[str] | None = None, *, param: str = "instructions"
                       ) -> list[str]:
-    """Nodes (topological order) whose module has the tunable ``param``; checks a ``nodes=`` subset."""
+    """Nodes (schedule order; nested ones by path) with the tunable ``param``; checks a ``nodes=`` subset."""
     if nodes is None:
         return [n.name for n in program.nodes if param in n.module.tunable]
     for name in nodes:
         if param not in program.module(name).tunable:  # program.module raises for unknown names
             raise DefinitionError(f"node {name!r} ({program.module(name).kind}) has no tunable {param}",
                                   node=name, fix="leave it out of nodes=.")
-    wanted = set(nodes)
-    return [n for n in program.order if n in wanted]
+    tree = [p.rsplit(".", 1)[0] for p, prm in program.named_parameters() if prm.kind == param]  # "refine.generator"
+    return [n for n in tree if n in set(nodes)]
 
 
 class _AnyRow(dict):  # a row that has every key: which nodes *could* take labelled demos
@@ -268,13 +268,13 @@ async def node_examples(session: CompileSession, node: str, k: int, label_map: M
     if "labeled" not in pool_cache:
         rows = list(session.trainset)
         session.rng.shuffle(rows)
-        pool_cache["labeled"] = labeled_demos(program, rows, k, label_map)
+        pool_cache["labeled"] = labeled_demos(program, rows, k, label_map, nested=True)
     lab = pool_cache["labeled"].get(node)
     if lab:
         return list(lab[:k]), "labelled training rows"
     if "bootstrap" not in pool_cache:
         pool_cache["bootstrap"] = await bootstrap_pool(session, program, program, k, threshold,
-                                                       chunk=max(8, 2 * k))
+                                                       chunk=max(8, 2 * k), nested=True)
     boot = pool_cache["bootstrap"].get(node) or []
     return list(boot[:k]), "successful bootstrapped runs"
 
