@@ -19,7 +19,7 @@ from ..pipeline.executor import execute_batch
 from ..pipeline.ir import INPUT, Ref
 from ..pipeline.program import Program
 from .base import Optimizer
-from .params import Demo, demo_from_io, demo_param, demo_targets, nested_label_sources, rows_to_demos
+from .params import Demo, demo_param, demo_targets, example_demos, nested_label_sources, rows_to_demos
 from .session import CompileSession, static_calls_per_example
 
 
@@ -223,12 +223,8 @@ async def bootstrap_pool(session: CompileSession, teacher: Program, student: Pro
             seen.update(n for n in nodes if nested_io.get(n))
             if ex["score"] < threshold:
                 continue
-            for n in nodes:
-                records = [ex["nodes"].get(n)] if "." not in n else nested_io.get(n, [])
-                for io in records:
-                    demo = demo_from_io(io, params[n]) if io is not None else None
-                    if demo is not None:
-                        pool[n].append(demo)
+            for n, demos in example_demos(ex, params).items():
+                pool[n] += demos
         pool = {n: _dedupe(d) for n, d in pool.items()}
     return pool
 

@@ -48,6 +48,20 @@ def demo_from_io(io: Mapping[str, Any], param: Param) -> Demo | None:
     return {f: vals[f] for f in fields if f in vals}
 
 
+def example_demos(example: Mapping[str, Any], params: Mapping[str, Param]) -> dict[str, list[Demo]]:
+    """Demos per target from one example of a session evaluation (``CompileSession.run``): a
+    top-level node's from ``example["nodes"]``, a nested module's (one per recorded call) from
+    ``example["params_io"]``. ``params``: target -> its demos Param (:func:`demo_param`)."""
+    nested = example.get("params_io") or {}
+    out: dict[str, list[Demo]] = {}
+    for target, param in params.items():
+        records = nested.get(target, []) if "." in target else [example.get("nodes", {}).get(target)]
+        demos = [d for d in (demo_from_io(io, param) for io in records if io is not None) if d is not None]
+        if demos:
+            out[target] = demos
+    return out
+
+
 def nested_label_sources(program: Program, target: str,
                          exported: Mapping[tuple[str, str], str]) -> NestedSources | None:
     """Where each demo field of the nested module ``target`` comes from in a labelled row: the
