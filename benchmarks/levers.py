@@ -81,7 +81,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=100, help="evaluation rows")
     ap.add_argument("--pool", type=int, default=100, help="train+val rows the demos come from")
     ap.add_argument("--k", type=int, default=4)
-    ap.add_argument("--only", default="", help="comma-separated substrings: run only matching configurations")
+    ap.add_argument("--only", default="", help="substrings separated by |: run only the configurations whose name contains one")
     args = ap.parse_args()
 
     task = load(args.task)
@@ -97,7 +97,7 @@ def main() -> None:
     results, zero = [], None
     configs = grid(program, train + val, args.k, args.seed)
     if args.only:
-        keep = [s.strip() for s in args.only.split(",")]
+        keep = [s.strip() for s in args.only.split("|")]
         configs = [c for c in configs if c[0] == "zero-shot (as given)" or any(s in c[0] for s in keep)]
     for label, prog in configs:
         t0 = time.perf_counter()

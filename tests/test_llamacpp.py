@@ -171,3 +171,14 @@ def test_count_tokens(lm):
 def test_bad_model_path_is_a_definition_error(tmp_path: pathlib.Path):
     with pytest.raises(DefinitionError, match="does not exist"):
         LlamaCppLM(tmp_path / "missing.gguf")
+
+
+def test_default_instances_scale_with_cpus_for_small_models_only(monkeypatch):
+    from lmgraph.lm import embedded
+
+    monkeypatch.setattr(embedded, "usable_cpus", lambda: 2)
+    assert embedded.default_instances(100 << 20) == 2
+    monkeypatch.setattr(embedded, "usable_cpus", lambda: 64)
+    assert embedded.default_instances(100 << 20) == 4
+    assert embedded.default_instances(4 << 30) == 1  # a 4 GB model: one copy
+    assert embedded.default_threads(2) >= 1

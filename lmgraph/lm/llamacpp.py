@@ -41,7 +41,7 @@ from typing import Any, Callable, Sequence
 from ..errors import DefinitionError, LMError
 from .base import LMRequest, LMResponse, Usage
 from .capabilities import Capabilities
-from .embedded import check_threads, default_threads, local_model_path
+from .embedded import check_threads, default_instances, default_threads, local_model_path
 
 __all__ = ["LlamaCppLM", "INSTALL_COMMAND"]
 
@@ -145,10 +145,12 @@ class LlamaCppLM:
 
     ``model_path`` defaults to the embedded SmolLM2-135M-Instruct
     (:func:`~lmgraph.lm.embedded.embedded_model_path`). ``n_ctx`` is rounded up to a multiple
-    of 256, as llama.cpp does internally. ``n_threads`` defaults to half the
-    usable CPUs divided among the ``n_instances`` pooled model instances (robust when other
-    work shares the machine; pass ``n_threads=os.cpu_count()`` on an idle machine for ~1.5x
-    decode speed).
+    of 256, as llama.cpp does internally. ``n_instances`` (model copies loaded on demand, one per
+    concurrent call) defaults to one per usable CPU, at most 4, for model files up to 1 GiB (the
+    embedded model) and 1 for larger ones. ``n_threads`` defaults to half the usable CPUs divided
+    among the instances, at least 1 (robust when other work shares the machine; pass
+    ``n_threads=os.cpu_count()`` with ``n_instances=1`` on an idle machine for ~1.5x decode speed
+    of a single call).
     ``chat_format`` overrides the chat template stored in the GGUF file (a llama-cpp-python
     format name such as ``"chatml"``). ``top_logprobs`` is how many alternatives each token's
     entry lists when a request asks for log-probabilities.
@@ -162,16 +164,18 @@ class LlamaCppLM:
                                 logprobs=True, scoring=True, streaming=False)
 
     def __init__(self, model_path: str | os.PathLike[str] | None = None, *, n_ctx: int = 2048,
-                 n_threads: int | None = None, n_instances: int = 1,
+                 n_threads: int | None = None, n_instances: int | None = None,
                  chat_format: str | None = None, verbose: bool = False,
                  top_logprobs: int = 5) -> None:
         if n_ctx < 1:
             raise DefinitionError(f"n_ctx must be positive, got {n_ctx}.", fix="pass n_ctx=2048.")
+        self.model_path = local_model_path(model_path)
+        if n_instances is None:
+            n_instances = default_instances(self.model_path.stat().st_size)
         if n_instances < 1:
             raise DefinitionError(f"n_instances must be >= 1, got {n_instances}.",
                                   fix="pass n_instances=1 (one model copy per concurrent call).")
         check_threads(n_threads)
-        self.model_path = local_model_path(model_path)
         # llama.cpp pads the context to a multiple of 256; llama-cpp-python sizes its token
         # buffer by the requested value and then crashes on prompts between the two sizes
         # (0.3.36). Asking for the padded size up front keeps both in agreement.
