@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -55,14 +56,15 @@ def main() -> None:
     print(f"data: TREC coarse, train {len(train)} / val {len(val)} (train file), test {len(test)} (test file), "
           f"seed {args.seed}\n")
 
-    zero = evaluate_sync(program, test, metric, ctx=ctx, concurrency=4, progress=True)
-    print(f"zero-shot  test accuracy: {zero}")
-    print(f"           parse failures: {zero.parse_failure_rate:.1%}\n")
-
     # candidates (decoding, format, demo sets, instructions) raced on a search fold of the pooled
     # train+val rows, in waves planned to fit the budget; the winner confirmed on a held-out fold
     opt = Compile(max_demos=4, progress=True)  # a live status line on a terminal
     print(f"compile plan: {opt.dry_run(program, train, val, budget=lg.Budget(max_calls=args.budget))}")
+
+    zero = evaluate_sync(program, test, metric, ctx=ctx, concurrency=4, progress=True)
+    print(f"zero-shot  test accuracy: {zero}")
+    print(f"           parse failures: {zero.parse_failure_rate:.1%}\n")
+
     t0 = time.perf_counter()
     compiled, report = opt.optimize(program, train, metric, valset=val, budget=lg.Budget(max_calls=args.budget),
                                     seed=args.seed, ctx=ctx)
@@ -79,4 +81,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except lg.DefinitionError as e:  # a mistake in the arguments (e.g. --budget too small): one line, exit 2
+        print(f"demo: error: {e}", file=sys.stderr)
+        sys.exit(2)

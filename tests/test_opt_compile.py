@@ -222,3 +222,15 @@ def test_model_choice_reports_the_score_cost_front_and_picks_the_better_model():
     assert front[0]["tokens_per_row"] < front[-1]["tokens_per_row"] and front[0]["score"] < front[-1]["score"]
     with pytest.raises(lg.DefinitionError, match="lacks"):
         Compile(models=("huge",)).optimize(program(), rows(20), label_accuracy(), ctx=ctx)
+
+
+def test_demo_with_a_budget_below_the_baseline_exits_2_with_one_line_and_no_model_call():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    demo = Path(__file__).resolve().parents[1] / "examples" / "demo.py"
+    out = subprocess.run([sys.executable, str(demo), "--budget", "20"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    assert "Traceback" not in out.stderr and "at least 100 calls" in out.stderr
+    assert "zero-shot" not in out.stdout  # nothing was scored

@@ -46,7 +46,7 @@ from ..lm.wrappers import Budget
 from ..modules.predict import SCORING_DECODES, check_score_signature
 from ..pipeline.program import Program, _run_sync
 from ..signatures import literal_options
-from .base import CostEstimate, Optimizer, check_rows
+from .base import CostEstimate, Optimizer, check_budget_covers_baseline, check_rows
 from .fewshot import _demo_sig, demo_nodes, labeled_demos
 from .joint import accepts_format
 from .report import Report
@@ -276,6 +276,7 @@ class Compile(Optimizer):
                 ctx: RunContext | None = None) -> CostEstimate:
         rows = self._pool(trainset, valset)
         check_rows(program, rows, "trainset")
+        check_budget_covers_baseline(program, rows, budget)
         per = _per_row(program)
         specs = self._spec_skeleton(program, ctx)
         cand = max([_per_row(program, s) for s in specs] or [per])
