@@ -234,3 +234,29 @@ def test_demo_with_a_budget_below_the_baseline_exits_2_with_one_line_and_no_mode
     assert out.returncode == 2
     assert "Traceback" not in out.stderr and "at least 100 calls" in out.stderr
     assert "zero-shot" not in out.stdout  # nothing was scored
+
+
+def test_compile_tunes_the_generator_inside_a_refine():
+    import json
+
+    from lmgraph.modules import Critique, Refine
+
+    p = lg.Pipeline("refined")
+    gen = lg.Predict("sentence -> label: Literal['negative', 'positive']", format="completion")
+    r = p.add(Refine(gen, judge=Critique("sentence, label", format="json")), name="refine",
+              sentence=p.input("sentence"))
+    p.output(label=r.label)
+    prog = p.build()
+
+    def fn(request):
+        if request.json_schema is not None and "verdict" in request.json_schema.get("properties", {}):
+            return json.dumps({"feedback": "fine", "verdict": True})
+        return demo_lover(request)
+
+    compiled, report = Compile(decodes=(), max_demos=2).optimize(prog, rows(60), label_accuracy(),
+                                                                 budget=lg.Budget(max_calls=1500),
+                                                                 ctx=lg.RunContext(lm=FunctionLM(fn), cache=False))
+    inner = compiled.module("refine.generator")
+    assert inner.demos or inner.knn, report.table()
+    assert report.best.status == "accepted"
+    assert any(k.startswith("refine.generator") for k in report.best.changes), report.best.changes

@@ -48,6 +48,7 @@ from ..pipeline.program import Program, _run_sync
 from ..signatures import literal_options
 from .base import CostEstimate, Optimizer, check_budget_covers_baseline, check_rows
 from .fewshot import _demo_sig, demo_nodes, labeled_demos
+from .params import demo_param, example_demos
 from .joint import accepts_format
 from .report import Report
 from .session import BudgetStop, CompileSession
@@ -278,7 +279,7 @@ class Compile(Optimizer):
         check_rows(program, rows, "trainset")
         check_budget_covers_baseline(program, rows, budget)
         per = _per_row(program)
-        specs = self._spec_skeleton(program, ctx)
+        specs = self._spec_skeleton(program, rows, ctx)
         cand = max([_per_row(program, s) for s in specs] or [per])
         p = self.plan(len(rows), per, cand, budget.max_calls if budget else None, len(specs))
         breakdown = {"baseline": p["baseline"], "race": p["race"], "confirmation": p["confirmation"]}
@@ -298,16 +299,21 @@ class Compile(Optimizer):
             return await super().aoptimize(program, rows, metric, valset=rows, budget=budget, seed=seed, ctx=ctx)
         return await super().aoptimize(program, trainset, metric, valset=valset, budget=budget, seed=seed, ctx=ctx)
 
-    def _spec_skeleton(self, program: Program, ctx: RunContext | None) -> list[Spec]:
-        """The candidate list with placeholder demos (for planning before any row is run)."""
-        fake = {n: [(i, {}) for i in range(self.max_demos * 2)] for n in demo_nodes(program)}
-        return self._specs(program, fake, fake, ctx, random.Random(0))
+    def _spec_skeleton(self, program: Program, rows: Sequence[Mapping[str, Any]],
+                       ctx: RunContext | None) -> list[Spec]:
+        """The candidate list before any row is run (for planning): the labelled demos of the rows
+        stand in for the bootstrapped ones too."""
+        pool: dict[str, list[tuple[int, Demo]]] = {}
+        for i, row in enumerate(rows[:4 * self.max_demos]):
+            for n, ds in labeled_demos(program, [row], 1, self.label_map, nested=True).items():
+                pool.setdefault(n, []).extend((i, d) for d in ds)
+        return self._specs(program, pool, pool, ctx, random.Random(0))
 
     def _specs(self, program: Program, boot: Mapping[str, list[tuple[int, Demo]]],
                labelled: Mapping[str, list[tuple[int, Demo]]], ctx: RunContext | None,
                rng: random.Random) -> list[Spec]:
         k = self.max_demos
-        mods = {n.name: n.module for n in program.nodes}
+        mods = tunable_modules(program)
         fmt_nodes = [n for n, m in mods.items() if "format" in m.tunable]
         decodes: tuple[str, ...]
         if self.decodes == "auto":
@@ -408,7 +414,7 @@ class Compile(Optimizer):
             if not params:
                 continue
             try:
-                prog = program.replace_modules({n: mods[n].replace(**p) for n, p in params.items()})
+                prog = program.with_parameters({f"{n}.{k}": v for n, p in params.items() for k, v in p.items()})
             except DefinitionError:
                 continue
             h = prog.content_hash()
@@ -604,23 +610,18 @@ class Compile(Optimizer):
                rows: Sequence[Mapping[str, Any]]) -> tuple[dict[str, list[tuple[int, Demo]]],
                                                            dict[str, list[tuple[int, Demo]]]]:
         """Demo pools from the search rows: the baseline's passing runs, and the labels."""
-        nodes = demo_nodes(program)
+        nodes = demo_nodes(program, nested=True)
+        params = {n: demo_param(program, n) for n in nodes}
         boot: dict[str, list[tuple[int, Demo]]] = {n: [] for n in nodes}
         for i in search_idx:
             ex = entry["examples"][i]
             if not ex.get("ok") or ex.get("score", 0) < 1.0:
                 continue
-            for n in nodes:
-                io = ex.get("nodes", {}).get(n)
-                if not io or io.get("outputs") is None:
-                    continue
-                sig = _demo_sig(program, n)
-                vals = {**io["inputs"], **io["outputs"]}
-                if all(f.name in vals for f in (*sig.inputs, *sig.outputs)):
-                    boot[n].append((i, {f.name: vals[f.name] for f in (*sig.inputs, *sig.outputs)}))
+            for n, ds in example_demos(ex, params).items():
+                boot[n] += [(i, d) for d in ds]
         labelled: dict[str, list[tuple[int, Demo]]] = {n: [] for n in nodes}
         for i in search_idx:
-            for n, ds in labeled_demos(program, [rows[i]], 1, self.label_map).items():
+            for n, ds in labeled_demos(program, [rows[i]], 1, self.label_map, nested=True).items():
                 labelled[n] += [(i, d) for d in ds]
         return ({n: v for n, v in boot.items() if v}, {n: v for n, v in labelled.items() if v})
 
@@ -660,6 +661,12 @@ class Compile(Optimizer):
         why.append(f"with {len(search_idx)} search rows, gains under {mde:+.2f} cannot be told from noise: "
                    "more labelled rows would help")
         report.notes.append("; ".join(why))
+
+
+def tunable_modules(program: Program) -> dict[str, Any]:
+    """Every module with tunable parameters, nested ones included, by path (schedule order)."""
+    paths = dict.fromkeys(path.rsplit(".", 1)[0] for path, _ in program.named_parameters())
+    return {p: program.module(p) for p in paths}
 
 
 def _per_row(program: Program, spec: Spec | None = None) -> float:
