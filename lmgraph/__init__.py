@@ -12,7 +12,7 @@ from .lm.base import LM, LMRequest, LMResponse
 from .lm.wrappers import Budget
 from .modules import (BestOfN, BM25Retriever, CallTool, ChainOfThought, Critique, FunctionRetriever, Map, Module,
                       Plan, Predict, Refine, Retrieve, Tool)
-from .pipeline import Pipeline, Prediction, Program, Result, Trace, const
+from .pipeline import Pipeline, Prediction, Program, Result, Trace, const, ref, trace_of
 from .signatures import FieldSpec, InputField, OutputField, Signature
 
 __version__ = "0.1.0"
@@ -25,6 +25,7 @@ __all__ = [
     "OutputField", "OutputParseError", "Pipeline", "PipelineValidationError", "Predict", "Prediction",
     "Program", "Result", "RunContext", "RunError", "Signature", "SignatureError", "Trace", "const",
     "BudgetError", "ConfigError", "DatasetError", "LmgraphWarning", "MetricError", "MetricWarning", "UsageError",
+    "ref", "trace_of",
 ]
 
 

@@ -183,7 +183,7 @@ def test_pipeline_inputs_are_coerced_to_declared_types():
     p = lg.Pipeline("inp")
     k = p.input("k", int)
     n = p.add(lg.Predict("k: int -> answer"), name="n", k=k)
-    p.output(answer=n.answer, k="k")
+    p.output(answer=n.answer, k=k)
     out = p.build().run_sync(ctx(FunctionLM(lambda r: "Answer: a")), k="7")
     assert out.k == 7 and out.trace.node("n").inputs == {"k": 7}
 

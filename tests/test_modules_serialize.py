@@ -66,7 +66,7 @@ def test_every_kind_is_covered() -> None:
 def test_round_trip_gives_an_equal_program() -> None:
     prog = everything()
     data = json.loads(prog.to_json())  # really through JSON text
-    assert set(prog.resources()) == {"corpus", "dense", "add", "score"}
+    assert set(prog.resources()) == {"retrieve.corpus", "dense", "add", "score"}  # a list: named after its node
     again = lg.Program.from_dict(data, resources=prog.resources())
     assert again == prog
     assert again.content_hash() == prog.content_hash()
@@ -74,7 +74,7 @@ def test_round_trip_gives_an_equal_program() -> None:
     for name in prog.order:
         assert again.module(name) == prog.module(name)
     # plain objects work as resources too: a corpus list, a bare function
-    again2 = lg.Program.from_dict(data, resources={**prog.resources(), "corpus": DOCS, "add": add})
+    again2 = lg.Program.from_dict(data, resources={**prog.resources(), "retrieve.corpus": DOCS, "add": add})
     assert again2 == prog
 
 
@@ -94,7 +94,7 @@ def test_round_trip_keeps_tuned_parameters() -> None:
     assert again.module("plan").max_steps == 5 and again.module("refine").max_rounds == 3
 
 
-@pytest.mark.parametrize("missing, what", [("corpus", "retriever"), ("dense", "retriever"),
+@pytest.mark.parametrize("missing, what", [("retrieve.corpus", "retriever"), ("dense", "retriever"),
                                             ("add", "tool"), ("score", "reward function")])
 def test_missing_resources_name_the_resource(missing: str, what: str) -> None:
     prog = everything()
@@ -122,7 +122,7 @@ def test_map_resources_inside_the_sub_program_are_needed_too() -> None:
 
 def test_render_describes_each_kind() -> None:
     text = everything().render()
-    for bit in ("Retrieve[corpus, k=2]", "Plan[auto, max_steps=3]", "Map[answer_step over step",
+    for bit in ("Retrieve[retrieve.corpus, k=2]", "Plan[auto, max_steps=3]", "Map[answer_step over step",
                 "CallTool[add; max_steps=2", "Refine[ChainOfThought", "BestOfN[Predict", "reward score",
                 "Critique[question, final"):
         assert bit in text, bit

@@ -2,7 +2,9 @@
 
 The format-independent half of reading a reply: :func:`coerce` turns one field's text into its
 declared type (numbers out of prose, labels matched to a Literal's options, JSON out of fences
-or cut-off objects); :func:`validate_value` checks a value given in Python. The prompt formats
+or cut-off objects); :func:`validate_value` checks a value given in Python. Values entering a
+program (run inputs, constants, demos) go through :func:`validate_strict` instead: pydantic's
+validation alone, no number fished out of prose, no label matched loosely. The prompt formats
 (:mod:`lmgraph.lm.prompt`) split a reply into fields and call these.
 """
 
@@ -240,3 +242,38 @@ def validate_value(value: Any, annotation: Any) -> Any:
     if isinstance(value, str) and annotation is not str:
         return coerce(value, annotation)
     return type_adapter(annotation).validate_python(value)
+
+
+_ADAPTERS: dict[Any, pydantic.TypeAdapter[Any]] = {}
+
+
+def validate_strict(value: Any, annotation: Any) -> Any:
+    """Validate a value given in Python -- a run input, a bound constant, a demo -- with pydantic
+    and nothing else: ``"3"`` is an int but ``"I have 3 apples"`` is not, a Literal takes only
+    its options. (Leniency is for model replies: :func:`coerce`.) Raises pydantic's
+    ValidationError."""
+    if annotation is Any or (annotation is str and isinstance(value, str)):
+        return value
+    try:
+        adapter = _ADAPTERS.get(annotation)
+    except TypeError:  # an unhashable annotation
+        return type_adapter(annotation).validate_python(value)
+    if adapter is None:
+        if len(_ADAPTERS) > 512:  # types rebuilt per load: keep the cache bounded
+            _ADAPTERS.clear()
+        adapter = _ADAPTERS[annotation] = type_adapter(annotation)
+    return adapter.validate_python(value)
+
+
+def invalid_reason(error: Exception, value: Any, annotation: Any) -> str:
+    """One line saying why ``value`` failed :func:`validate_strict` (pydantic's first error, or
+    the options of a Literal/Enum)."""
+    options = literal_options(annotation)
+    shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+    if options is not None:
+        return f"expected one of {', '.join(map(str, options))}; got {shown}"
+    if isinstance(error, pydantic.ValidationError):
+        first = error.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return f"{first['msg']}{f' (at {where})' if where else ''}; got {shown}"
+    return f"{error}; got {shown}"

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..errors import ArtifactError, DefinitionError
 from ..lm.prompt import FORMATS
-from ..lm.values import jsonable, validate_value
+from ..lm.values import invalid_reason, jsonable, validate_strict
 from ..signatures import Signature
 
 if TYPE_CHECKING:
@@ -352,8 +352,9 @@ def normalise_demos(demos: Any, sig: Signature, *, optional: tuple[str, ...] = (
                 raise DefinitionError(f"demo #{i} lacks field {f.name!r}", field=f.name,
                                       fix=f"every demo needs {', '.join(sig.input_names + sig.output_names)}.")
             try:
-                row[f.name] = jsonable(validate_value(d[f.name], f.annotation))
+                row[f.name] = jsonable(validate_strict(d[f.name], f.annotation))  # no prose leniency
             except Exception as e:  # noqa: BLE001 - report any validation failure the same way
-                raise DefinitionError(f"demo #{i} has a bad value: {e}", field=f.name) from None
+                raise DefinitionError(f"demo #{i} has a bad value: {invalid_reason(e, d[f.name], f.annotation)}",
+                                      field=f.name) from None
         out.append(row)
     return tuple(out)

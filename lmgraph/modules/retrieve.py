@@ -4,6 +4,10 @@ A retriever is anything with a ``name`` and a ``search(query, k)`` method (sync 
 returning passages. A plain list of strings (or of dicts with ``text`` and optional
 ``title``/``id``) is wrapped in :class:`BM25Retriever`. The retriever itself is a runtime
 resource: an artifact stores only its name and ``k``.
+
+Resource names: a retriever's own ``name`` (or ``Retrieve(..., name=...)``); a plain list given
+without a name is named after the node it is added to, ``"<node>.corpus"``, so two nodes over
+different lists never share a name (and, after save/load, a corpus).
 """
 
 from __future__ import annotations
@@ -194,9 +198,17 @@ class Retrieve(Module):
     def __init__(self, retriever_or_corpus: Any, *, k: int = 3, name: str | None = None) -> None:
         self.retriever = as_retriever(retriever_or_corpus, name)
         self.retriever_name = name or self.retriever.name
+        # an unnamed plain list: the pipeline names it after the node (``at_node``)
+        self._derived_name = name is None and isinstance(retriever_or_corpus, (list, tuple))
         self.k = k
         self._check()
         self._freeze()
+
+    def at_node(self, node: str) -> "Retrieve":
+        """This module as added to ``node``: an unnamed plain-list corpus is named ``"<node>.corpus"``."""
+        if not self._derived_name:
+            return self
+        return self._copy_with({"retriever_name": f"{node}.corpus", "_derived_name": False})  # type: ignore[return-value]
 
     def _check(self) -> None:
         if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 from ..context import RunContext
 from ..errors import DefinitionError, InputError, LmgraphError, RunError
 from ..lm.base import LMRequest, LMResponse
-from ..lm.values import validate_value
+from ..lm.values import invalid_reason, validate_strict
+from ..signatures import type_to_str
 from .ir import INPUT, Const, Node
 from .trace import CallRecord, NodeTrace, Trace
 
@@ -24,15 +25,51 @@ if TYPE_CHECKING:
 
 
 class Prediction(dict):
-    """A run's outputs: a dict with attribute access, plus the run's :class:`Trace`."""
+    """A run's outputs: a dict whose fields are also attributes, plus the run's :class:`Trace`.
 
-    trace: Trace | None = None
+    Outputs come first and are never shadowed: ``pred.x`` and ``pred["x"]`` return the output
+    ``x`` even when it is called ``items``, ``keys``, ``get``, ``copy`` or ``trace`` (the dict
+    methods of the same name then give way on that prediction; ``dict(pred)`` always works).
+    The trace: ``pred.trace`` when no output is called ``trace``; :func:`trace_of` always.
+    """
 
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self[name]
-        except KeyError:
-            raise AttributeError(f"prediction has no field {name!r}; fields: {', '.join(self)}") from None
+    __slots__ = ("_trace",)
+
+    def __init__(self, outputs: Any = (), trace: Trace | None = None) -> None:
+        dict.__init__(self, outputs)
+        self._trace = trace
+
+    def __getattribute__(self, name: str) -> Any:
+        if name[:1] != "_" and dict.__contains__(self, name):
+            return dict.__getitem__(self, name)
+        return object.__getattribute__(self, name)
+
+    def __getattr__(self, name: str) -> Any:  # neither an output nor an attribute
+        if name.startswith("_") and dict.__contains__(self, name):
+            return dict.__getitem__(self, name)
+        raise AttributeError(f"prediction has no field {name!r}; fields: {', '.join(dict.__iter__(self))}")
+
+    @property
+    def trace(self) -> Trace | None:
+        """The run's trace (an output called ``trace`` shadows this: use :func:`trace_of`)."""
+        return self._trace
+
+    @trace.setter
+    def trace(self, value: Trace | None) -> None:
+        self._trace = value
+
+    def __reduce__(self) -> tuple[Any, ...]:  # copy/pickle without calling the (shadowable) .items()
+        return (Prediction, (dict(self), self._trace))
+
+
+def trace_of(obj: Any) -> Trace | None:
+    """The trace of a :class:`Prediction` (whatever its outputs are called), a batch
+    :class:`Result` or a failed run's error; None when it has none."""
+    if isinstance(obj, Prediction):
+        return obj._trace
+    if isinstance(obj, Result):
+        return obj.trace
+    return getattr(obj, "trace", None) if isinstance(obj, BaseException) else None
 
 
 class NodeCall:
@@ -100,13 +137,14 @@ class NodeCall:
             if child is not None:
                 self.trace.children.append(child)
             raise
-        if pred.trace is not None:
-            self.trace.children.append(pred.trace)
+        if pred._trace is not None:
+            self.trace.children.append(pred._trace)
         return pred
 
 
 def check_inputs(program: "Program", inputs: Mapping[str, Any], *, allow_missing: bool = False) -> dict[str, Any]:
-    """Validate run inputs against the declared pipeline inputs (before any model call).
+    """Validate run inputs against the declared pipeline inputs (before any model call),
+    strictly: pydantic's validation, none of the leniency model replies get.
 
     ``allow_missing``: leave missing inputs out instead of raising (a prompt preview shows them
     as placeholders)."""
@@ -127,9 +165,12 @@ def check_inputs(program: "Program", inputs: Mapping[str, Any], *, allow_missing
             out[name] = v
             continue
         try:
-            out[name] = validate_value(v, ann)
-        except Exception as e:  # noqa: BLE001
-            raise InputError(f"input {name!r} is not valid: {e}") from None
+            out[name] = validate_strict(v, ann)
+        except Exception as e:  # noqa: BLE001 - any validation failure reads the same
+            raise InputError(f"input {name!r} is not valid: {program.name!r} takes a {type_to_str(ann)} "
+                             f"({invalid_reason(e, v, ann)}). Fix: pass a value of type {type_to_str(ann)}; run "
+                             "inputs are validated as given (no number is read out of text, a Literal takes "
+                             "only its options).") from None
     return out
 
 
@@ -181,9 +222,7 @@ async def execute(program: "Program", inputs: Mapping[str, Any], ctx: RunContext
         raise
     trace.outputs = outputs
     trace.latency_s = time.perf_counter() - t0
-    pred = Prediction(outputs)
-    pred.trace = trace
-    return pred
+    return Prediction(outputs, trace)
 
 
 def _check_models(program: "Program", ctx: RunContext) -> None:
@@ -275,7 +314,7 @@ async def execute_batch(program: "Program", rows: Iterable[Mapping[str, Any]], c
             inputs = {k: row[k] for k in names if k in row} if isinstance(row, Mapping) else row
             try:
                 pred = await execute(program, inputs, ctx)
-                results[i] = Result(i, inputs, pred, None, pred.trace)
+                results[i] = Result(i, inputs, pred, None, pred._trace)
             except DefinitionError:  # a mistake in the program or context, the same for every row
                 raise
             except return_exceptions as e:  # recorded, not raised

@@ -182,12 +182,22 @@ class Program:
             object.__setattr__(self, "_default_ctx", RunContext())
         return self._default_ctx  # type: ignore[return-value]
 
-    async def run(self, ctx: RunContext | None = None, **inputs: Any) -> Prediction:
-        """Run once; returns a :class:`Prediction` (``.trace`` has the details)."""
-        return await execute(self, inputs, self._ctx(ctx))
+    def _split(self, inputs: dict[str, Any], name: str, given: Any) -> Any:
+        """``name`` given by keyword is a run option only when the program has no input of that
+        name (the inputs are never shadowed: a pipeline input called ``ctx`` is an input)."""
+        if name in inputs and name not in self.input_specs:
+            if given is not None:
+                raise UsageError(f"{name} given twice (positionally and as {name}=)", fix=f"pass {name} once.")
+            return inputs.pop(name)
+        return given
 
-    def run_sync(self, ctx: RunContext | None = None, **inputs: Any) -> Prediction:
-        return _run_sync(execute(self, inputs, self._ctx(ctx)))
+    async def run(self, ctx: RunContext | None = None, /, **inputs: Any) -> Prediction:
+        """Run once; returns a :class:`Prediction` (``.trace`` has the details). The context is
+        positional, ``run(ctx, **inputs)``, so any input name (``ctx`` too) can be passed."""
+        return await execute(self, inputs, self._ctx(self._split(inputs, "ctx", ctx)))
+
+    def run_sync(self, ctx: RunContext | None = None, /, **inputs: Any) -> Prediction:
+        return _run_sync(execute(self, inputs, self._ctx(self._split(inputs, "ctx", ctx))))
 
     async def batch(self, rows: Iterable[Mapping[str, Any]], *, ctx: RunContext | None = None,
                     concurrency: int = 8, progress: Any = False,
@@ -206,7 +216,7 @@ class Program:
                                     on_result=on_result))
 
     # ---- prompts
-    def prompts(self, lm: Any = None, ctx: RunContext | None = None, **inputs: Any) -> "PromptList":
+    def prompts(self, lm: Any = None, ctx: RunContext | None = None, /, **inputs: Any) -> "PromptList":
         """The request each model-calling node will send, in schedule order -- without calling a model.
 
         The prompt format resolves as in a run, for ``lm`` (default: the context's model; the
@@ -218,6 +228,7 @@ class Program:
         """
         from .preview import preview_prompts
 
+        lm, ctx = self._split(inputs, "lm", lm), self._split(inputs, "ctx", ctx)
         run_ctx = self._ctx(ctx)
         if lm is not None:
             if not callable(getattr(lm, "complete", None)):

@@ -196,6 +196,38 @@ def _load_module(node: str, data: Mapping[str, Any], *, resources: Mapping[str, 
                             fix="repair that entry in the JSON, or save the program again from code.") from None
 
 
+def _derived_corpora(data: Any, out: list[str]) -> None:
+    """Every Retrieve at any depth whose corpus is named after its node (``"<node>.corpus"``)."""
+    if isinstance(data, dict):
+        for nd in data.get("nodes", ()) if isinstance(data.get("nodes"), list) else ():
+            mod = nd.get("module") if isinstance(nd, dict) else None
+            if isinstance(mod, dict) and mod.get("kind") == "retrieve" and mod.get("retriever") == f"{nd.get('name')}.corpus":
+                out.append(mod["retriever"])
+        for v in data.values():
+            _derived_corpora(v, out)
+    elif isinstance(data, list):
+        for v in data:
+            _derived_corpora(v, out)
+
+
+def _corpus_aliases(data: Any, resources: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``resources={"corpus": docs}`` (the name files before per-node corpus names used, and the
+    default) also serves a program whose one node-named corpus (``"retrieve.corpus"``) is not
+    given by name; with several, which one it is would be a guess: an ArtifactError."""
+    if "corpus" not in resources:
+        return resources
+    wanted: list[str] = []
+    _derived_corpora(data, wanted)
+    missing = sorted({w for w in wanted if w not in resources})
+    if not missing:
+        return resources
+    if len(set(wanted)) > 1:
+        raise ArtifactError(f"resources has one 'corpus' but the program searches {len(set(wanted))} corpora "
+                            f"({', '.join(sorted(set(wanted)))}); which one is 'corpus' would be a guess",
+                            fix="pass each by its name: resources={" + ", ".join(f"{w!r}: ..." for w in missing) + "}.")
+    return {**resources, missing[0]: resources["corpus"]}
+
+
 def program_from_dict(data: Mapping[str, Any], *, resources: Mapping[str, Any],
                       types: Mapping[str, Any] | None) -> "Program":
     from .program import Program
@@ -206,6 +238,7 @@ def program_from_dict(data: Mapping[str, Any], *, resources: Mapping[str, Any],
     if version != FORMAT_VERSION:
         raise ArtifactError(f"unsupported program format version {version!r}",
                             fix=f"this lmgraph reads version {FORMAT_VERSION}.")
+    resources = _corpus_aliases(data, resources)
     try:
         name = data["name"]
         types = _type_registry(data, types)

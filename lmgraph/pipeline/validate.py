@@ -2,17 +2,24 @@
 
 Every finding names the node and the field and says how to fix it; all findings are
 collected and raised together as one :class:`PipelineValidationError`.
+
+Edges are strict: a field feeds another only when its type fits as declared (``int`` does not
+feed ``str``, nor ``str`` an ``int``; ``int`` widens to ``float``, a ``Literal`` of strings
+feeds ``str``), and constants are validated with pydantic, with no model-output leniency.
+Two nodes may not use different resources under one name (after save/load they would share one).
 """
 
 from __future__ import annotations
 
 import difflib
+import enum
+import types as _pytypes
+import typing
 from collections.abc import Sequence
-
-import pydantic
+from typing import Any, Literal, Union
 
 from ..errors import DefinitionError, PipelineValidationError
-from ..lm.values import validate_value
+from ..lm.values import invalid_reason, validate_strict
 from ..signatures import compatible, type_to_str
 from ._nx import topo_order
 from .ir import INPUT, Const, InputSpec, Node, Ref
@@ -77,26 +84,26 @@ def validate(name: str, inputs: Sequence[InputSpec], nodes: Sequence[Node],
                     fix=f"{_suggest(field, sig.input_names)}its inputs are: {', '.join(sig.input_names)}.")
                 continue
             if isinstance(b, Const):
-                if target.annotation is not str:  # anything renders into a text field
-                    try:
-                        validate_value(b.value, target.annotation)
-                    except Exception as e:  # noqa: BLE001 - any validation failure reads the same
-                        why = e.errors()[0]["msg"] if isinstance(e, pydantic.ValidationError) else str(e)
-                        add(f"constant {b.value!r} is not a valid {type_to_str(target.annotation)} ({why})",
-                            node=n.name, field=field,
-                            fix=f"bind a constant of type {type_to_str(target.annotation)}, or change the signature.")
+                want = type_to_str(target.annotation)
+                try:
+                    validate_strict(b.value, target.annotation)
+                except Exception as e:  # noqa: BLE001 - any validation failure reads the same
+                    add(f"the constant is not a valid {want} ({invalid_reason(e, b.value, target.annotation)})",
+                        node=n.name, field=field, fix=_const_fix(b.value, target.annotation, field))
                 continue
             st = source_type(b, n.name, field)
-            if st is not None and not compatible(st, target.annotation):
+            if st is not None and not fits(st, target.annotation):
                 add(f"type mismatch: {b} is {type_to_str(st)} but the input wants {type_to_str(target.annotation)}",
-                    node=n.name, field=field,
-                    fix="bind a field of a compatible type, or change one of the two signatures.")
+                    node=n.name, field=field, fix=_edge_fix(b, st, target.annotation, n.name, field))
             if b.node != INPUT:
                 edges.append((b.node, n.name))
         for f in sig.inputs:
             if f.name not in bound:
+                how = (f"inputs={{{f.name!r}: ...}}" if f.name in _ADD_PARAMS else f"{f.name}=...")
                 add(f"input {f.name!r} is not bound", node=n.name, field=f.name,
-                    fix=f"pass {f.name}=<pipeline input or node.field> when adding the node.")
+                    fix=f"pass {how} when adding the node: an input handle, a node's output (other.field, "
+                        "or lg.ref('other.field')) or a constant.")
+    _check_resources(nodes, add)
 
     if not outputs:
         add("the pipeline declares no outputs", node=name, fix="call pipeline.output(name=node.field).")
@@ -117,3 +124,95 @@ def validate(name: str, inputs: Sequence[InputSpec], nodes: Sequence[Node],
     if problems:
         raise PipelineValidationError(problems)
     return order
+
+
+#: parameters of ``Pipeline.add`` a field of the same name must be bound around
+_ADD_PARAMS = ("name", "module", "inputs")
+_UNIONS = (Union, _pytypes.UnionType)
+
+
+def fits(source: Any, target: Any) -> bool:
+    """Whether a value of type ``source`` may feed a field of type ``target``: strictly, as a
+    value and not as text (an ``int`` does not feed ``str``; ``int`` widens to ``float``; a
+    ``Literal`` feeds its values' type; element types of lists must fit)."""
+    if target is Any or source is Any or source == target:
+        return True
+    so, to = typing.get_origin(source), typing.get_origin(target)
+    if so in _UNIONS:
+        return all(fits(s, target) for s in typing.get_args(source))
+    if to in _UNIONS:
+        return any(fits(source, t) for t in typing.get_args(target))
+    if so is Literal:
+        vals = typing.get_args(source)
+        if to is Literal:
+            return set(vals) <= set(typing.get_args(target))
+        if isinstance(target, type) and issubclass(target, enum.Enum):
+            return all(v in {m.value for m in target} for v in vals)
+        return isinstance(target, type) and all(_value_fits(v, target) for v in vals)
+    if target is str:
+        return isinstance(source, type) and issubclass(source, str)  # str subclasses, str enums
+    if target is float and source is int:
+        return True
+    seqs = (list, tuple)
+    if (to in seqs or target in seqs) and (so in seqs or source in seqs):
+        sa, ta = typing.get_args(source), typing.get_args(target)
+        return not sa or not ta or fits(sa[0], ta[0])
+    return compatible(source, target)
+
+
+def _value_fits(value: Any, target: type) -> bool:
+    if target is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, target) and (target is bool or not isinstance(value, bool))
+
+
+def _edge_fix(ref: Ref, source: Any, target: Any, node: str, field: str) -> str:
+    src, want = type_to_str(source), type_to_str(target)
+    if target is str:
+        return (f"declare the input as {field}: {src} in {node}'s signature (it renders into the prompt the "
+                f"same way), or bind a str field.")
+    where = f"pipeline input {ref.field!r}" if ref.node == INPUT else f"output {ref}"
+    return (f"declare the {where} as {want}, or declare this input as {field}: {src} -- "
+            "each side must say the type the value really has.")
+
+
+def _const_fix(value: Any, target: Any, field: str) -> str:
+    want = type_to_str(target)
+    if target is str and not isinstance(value, str):
+        return (f"bind a string (lg.const({str(value)!r})), or declare the input as {field}: "
+                f"{type(value).__name__} in the signature.")
+    return f"bind a constant of type {want}, or change the signature."
+
+
+def _check_resources(nodes: Sequence[Node], add: Any) -> None:
+    """Two nodes using different objects under one resource name would get the same object back
+    after save/load: a definition error naming both."""
+    from ..modules.call_tool import Tool
+    from ..modules.retrieve import BM25Retriever
+
+    def key(obj: Any) -> Any:  # wrappers built around one resource (on load, per node) are that resource
+        if isinstance(obj, Tool):
+            return obj.fn
+        if isinstance(obj, BM25Retriever):
+            return ("bm25", obj.passages, obj.tokenizer)
+        return obj
+
+    def same(a: Any, b: Any) -> bool:
+        a, b = key(a), key(b)
+        if a is b:
+            return True
+        try:
+            return bool(a == b)
+        except Exception:  # noqa: BLE001 - objects that cannot compare are different
+            return False
+
+    seen: dict[str, tuple[str, Any]] = {}
+    for n in nodes:
+        for rname, obj in n.module.resources().items():
+            if rname not in seen:
+                seen[rname] = (n.name, obj)
+            elif not same(seen[rname][1], obj):
+                add(f"nodes {seen[rname][0]!r} and {n.name!r} use different resources under one name {rname!r} "
+                    "(after save/load both would get the same one)", node=n.name,
+                    fix="give each its own name (Retrieve(docs, name='...'), BM25Retriever(docs, name='...'), "
+                        "Tool(fn, name='...')).")
