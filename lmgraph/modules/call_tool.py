@@ -21,182 +21,39 @@ crash, and the loop goes on. The tool's result (or its error) is appended to the
 The loop stops at ``finish`` or after ``max_steps`` steps; a final call reads the trajectory and
 produces the declared outputs (plus ``trajectory: str``). Tools are resources bound by name on
 load.
+
+Tools are contained (:mod:`lmgraph.modules.tools`): each call has a time limit (``tool_timeout``,
+30 s, unless the tool sets its own ``timeout``), its output is cut to ``max_output_chars`` with a
+marker, sync tools run on this node's own bounded daemon threads (``tool_threads``), and whatever
+a tool raises -- ``SystemExit`` from argparse included -- is an observation for the model and an
+``error`` in the step's trace record (``on_tool_error="fail"`` fails the row with a
+:class:`~lmgraph.modules.tools.ToolError` instead); only ``KeyboardInterrupt`` and cancellation
+propagate. ``Tool(fn, isolation="process")`` runs a tool in a subprocess killed at its limit.
 """
 
 from __future__ import annotations
 
-import asyncio
-import inspect
 import json
-import re
-import typing
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
-import pydantic
-
-from ..errors import DefinitionError, OutputParseError
+from ..errors import ConfigError, DefinitionError, OutputParseError
 from ..lm.values import jsonable
 from ..signatures import FieldSpec, Signature, ensure_signature
 from .base import IORecord, Module, need_resource, normalise_demos
 from .predict import GenerationSettings, predict
+from .tools import (DEFAULT_MAX_OUTPUT_CHARS, DEFAULT_TOOL_THREADS, DEFAULT_TOOL_TIMEOUT, FINISH, PASS_THROUGH, Tool,
+                    ToolArgumentError, ToolError, ToolThreads, as_tools, check_positive_int, check_timeout,
+                    error_type_name, invoke, observation_text, truncate)
 
 if TYPE_CHECKING:
     from ..pipeline.executor import NodeCall
     from ..pipeline.trace import NodeTrace
 
-__all__ = ["CallTool", "Tool"]
+__all__ = ["CallTool", "Tool", "ToolArgumentError", "ToolError", "as_tools", "observation_text"]
 
-_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-FINISH = "finish"
-MAX_OBSERVATION_CHARS = 2000
-
-
-class ToolArgumentError(ValueError):
-    """The model's arguments do not fit the tool's parameters."""
-
-
-def _strip_titles(schema: Any) -> Any:
-    if isinstance(schema, dict):
-        return {k: _strip_titles(v) for k, v in schema.items() if k != "title"}
-    if isinstance(schema, list):
-        return [_strip_titles(v) for v in schema]
-    return schema
-
-
-class Tool:
-    """A Python function the model may call; arguments are validated with pydantic."""
-
-    def __init__(self, fn: Callable[..., Any], *, name: str | None = None, description: str | None = None) -> None:
-        if not callable(fn):
-            raise DefinitionError(f"a tool must be callable, got {type(fn).__name__}",
-                                  fix="pass a function or Tool(fn, name=...).")
-        name = name or getattr(fn, "__name__", None) or type(fn).__name__
-        if not _IDENT.match(name) or name == FINISH:
-            raise DefinitionError(f"tool name {name!r} is not usable",
-                                  fix=f"pass Tool(fn, name='an_identifier'); {FINISH!r} is reserved.")
-        self.fn = fn
-        self.name = name
-        doc = inspect.getdoc(fn) or ""
-        self.description = (description or (doc.strip().splitlines()[0] if doc.strip() else "")).strip()
-        self._params: list[inspect.Parameter] = []
-        fields: dict[str, Any] = {}
-        try:
-            sig = inspect.signature(fn)
-        except (TypeError, ValueError):
-            raise DefinitionError(f"cannot read the parameters of tool {name!r}",
-                                  fix="wrap it in a plain Python function with annotated parameters.") from None
-        try:
-            hints = typing.get_type_hints(fn)
-        except Exception:  # noqa: BLE001 - unresolvable annotations: fall back to the raw ones
-            hints = {}
-        extra = "forbid"
-        for i, p in enumerate(sig.parameters.values()):
-            if p.kind is p.VAR_KEYWORD:
-                extra = "allow"
-                continue
-            if p.kind is p.VAR_POSITIONAL:
-                continue
-            ann = hints.get(p.name, p.annotation)
-            ann = Any if ann is p.empty or isinstance(ann, str) else ann
-            default = ... if p.default is p.empty else p.default
-            fields[f"p{i}"] = (ann, pydantic.Field(default, alias=p.name))
-            self._params.append(p)
-        self._model = pydantic.create_model(f"{name}_args", __config__=pydantic.ConfigDict(extra=extra),
-                                            **fields)  # type: ignore[call-overload]
-        self.parameters_schema = _strip_titles(self._model.model_json_schema(by_alias=True))
-
-    def validate(self, args: Any) -> tuple[list[Any], dict[str, Any]]:
-        if not isinstance(args, Mapping):
-            raise ToolArgumentError(f"args must be a JSON object, got {type(args).__name__}")
-        try:
-            m = self._model.model_validate(dict(args))
-        except pydantic.ValidationError as e:
-            msgs = [f"{'.'.join(map(str, err['loc'])) or 'args'}: {err['msg']}" for err in e.errors()]
-            raise ToolArgumentError("; ".join(msgs)) from None
-        pos, kw = [], dict(m.model_extra or {})
-        for i, p in enumerate(self._params):
-            value = getattr(m, f"p{i}")
-            (pos.append(value) if p.kind is p.POSITIONAL_ONLY else kw.__setitem__(p.name, value))
-        return pos, kw
-
-    async def run(self, args: Any) -> Any:
-        """Validate ``args`` and call the function (sync functions run in a worker thread)."""
-        pos, kw = self.validate(args)
-        if inspect.iscoroutinefunction(self.fn):
-            return await self.fn(*pos, **kw)
-        out = await asyncio.to_thread(self.fn, *pos, **kw)
-        return await out if inspect.isawaitable(out) else out
-
-    @property
-    def args_model(self) -> type[pydantic.BaseModel]:
-        """The arguments as a pydantic model (aliases = parameter names): the fill step's output type."""
-        return self._model
-
-    @property
-    def takes_args(self) -> bool:
-        """False for a tool without parameters (no fill step: it is called with ``{}``)."""
-        return bool(self._params) or self._model.model_config.get("extra") == "allow"
-
-    def describe_args(self) -> str:
-        """The parameters in plain words: ``a (integer, required), b (integer, default 0)``.
-
-        Plain words, not a JSON schema: a small model shown the schema copies it as arguments."""
-        props = self.parameters_schema.get("properties", {})
-        req = set(self.parameters_schema.get("required", []))
-        parts = []
-        for name, prop in props.items():
-            bits = [_type_words(prop)]
-            if name in req:
-                bits.append("required")
-            elif "default" in prop:
-                bits.append(f"default {json.dumps(prop['default'], ensure_ascii=False)}")
-            parts.append(f"{name} ({', '.join(b for b in bits if b)})")
-        if self._model.model_config.get("extra") == "allow":
-            parts.append("any other named arguments")
-        return ", ".join(parts) or "none"
-
-    def render(self) -> str:
-        head = f"- {self.name}: {self.description}" if self.description else f"- {self.name}"
-        return f"{head} Arguments: {self.describe_args()}." if self.takes_args else head
-
-    def __repr__(self) -> str:
-        return f"Tool({self.name!r})"
-
-
-def _type_words(prop: Mapping[str, Any]) -> str:
-    if "enum" in prop:
-        return "one of " + ", ".join(json.dumps(v, ensure_ascii=False) for v in prop["enum"])
-    if "anyOf" in prop:
-        return " or ".join(w for w in (_type_words(p) for p in prop["anyOf"]) if w)
-    t = prop.get("type")
-    if t == "array":
-        item = _type_words(prop.get("items", {}))
-        return f"list of {item}" if item else "list"
-    if t == "null":
-        return "null"
-    return str(t) if t else ("object" if "$ref" in prop else "")
-
-
-def as_tools(tools: Any) -> dict[str, Tool]:
-    items = list(tools.items()) if isinstance(tools, Mapping) else [(None, t) for t in tools or ()]
-    out: dict[str, Tool] = {}
-    for key, t in items:
-        if isinstance(t, Tool):
-            tool = t if key in (None, t.name) else Tool(t.fn, name=key, description=t.description)
-        else:
-            tool = Tool(t, name=key)
-        if tool.name in out:
-            raise DefinitionError(f"two tools are named {tool.name!r}", fix="give each tool a distinct name.")
-        out[tool.name] = tool
-    if not out:
-        raise DefinitionError("CallTool needs at least one tool", fix="pass tools=[my_function, ...].")
-    return out
-
-
-def observation_text(value: Any) -> str:
-    text = value if isinstance(value, str) else json.dumps(jsonable(value), ensure_ascii=False)
-    return text if len(text) <= MAX_OBSERVATION_CHARS else text[:MAX_OBSERVATION_CHARS] + " ...(truncated)"
+MAX_OBSERVATION_CHARS = DEFAULT_MAX_OUTPUT_CHARS
+TOOL_ERROR_POLICIES = ("observe", "fail")
 
 
 TRAJECTORY = FieldSpec("trajectory", str, "the steps taken so far: thoughts, tool calls and observations")
@@ -229,9 +86,20 @@ class CallTool(GenerationSettings, Module):
                  instructions: str | None = None, demos: Sequence[Mapping[str, Any]] = (),
                  format: str = "auto", lm: str | None = None, temperature: float = 0.0,
                  max_tokens: int = 256, repair: bool = True, types: Mapping[str, Any] | None = None,
-                 cache: bool = True, step_demos: Sequence[Mapping[str, Any]] = ()) -> None:
+                 cache: bool = True, step_demos: Sequence[Mapping[str, Any]] = (),
+                 tool_timeout: float | None = DEFAULT_TOOL_TIMEOUT,
+                 max_output_chars: int = DEFAULT_MAX_OUTPUT_CHARS, tool_threads: int = DEFAULT_TOOL_THREADS,
+                 on_tool_error: str = "observe") -> None:
         self.base_signature = ensure_signature(signature, types=dict(types or {}))
         self.tools = as_tools(tools)
+        self.tool_timeout = check_timeout(tool_timeout, "tool_timeout")
+        self.max_output_chars = check_positive_int(max_output_chars, "max_output_chars", allow_none=False)
+        if on_tool_error not in TOOL_ERROR_POLICIES:
+            raise ConfigError(f"on_tool_error must be one of {', '.join(TOOL_ERROR_POLICIES)}, got {on_tool_error!r}",
+                              fix="pass on_tool_error='observe' (the model reads the error and goes on) or "
+                                  "'fail' (the row fails with a ToolError).")
+        self.on_tool_error = on_tool_error
+        self.tool_threads = ToolThreads(tool_threads)  # this node's own bounded threads for sync tools
         self._init_generation(instructions=instructions, format=format, lm=lm, temperature=temperature,
                               max_tokens=max_tokens, repair=repair, cache=cache)
         self.max_steps = max_steps
@@ -359,22 +227,52 @@ class CallTool(GenerationSettings, Module):
                                     self.instructions, demos)
         return {**out, "trajectory": trajectory}
 
+    def limits(self, tool: Tool) -> tuple[float | None, int]:
+        """(time limit in seconds or None, output cap in characters) for ``tool``: its own
+        settings where it has them, else this node's ``tool_timeout`` / ``max_output_chars``."""
+        timeout = tool.timeout if tool.timeout is not None else self.tool_timeout
+        cap = tool.max_output_chars if tool.max_output_chars is not None else self.max_output_chars
+        return timeout, cap
+
     async def _run_tool(self, name: str, args: Any) -> tuple[str, bool, str | None]:
-        """(observation, ok, error): a tool's failure or bad arguments are observations, not crashes."""
+        """(observation, ok, error): a tool's failure -- an exception of any kind, ``SystemExit``
+        included, a time limit, bad arguments -- is an observation, not a crash (with
+        ``on_tool_error="fail"`` it fails the row with a :class:`ToolError` instead).
+        ``KeyboardInterrupt`` and cancellation are never caught."""
         tool = self.tools.get(name)
         if tool is None:  # only reachable with a non-Literal parse; kept for safety
             error = f"unknown tool {name!r}; tools: {', '.join(self.tools)}, {FINISH}"
             return f"Error: {error}.", False, error
+        timeout, cap = self.limits(tool)
         try:
-            tool.validate(args)  # checked before the call: the function never sees bad arguments
+            pos, kw = tool.validate(args)  # checked before the call: the function never sees bad arguments
         except ToolArgumentError as e:
-            return f"Error: bad arguments for {name}: {e}", False, f"bad arguments: {e}"
+            return self._failed(name, f"Error: bad arguments for {name}: {e}", f"bad arguments: {e}", cap)
+        ok, value = await invoke(tool, pos, kw, timeout=timeout, threads=self.tool_threads)
+        if ok:
+            return observation_text(value, cap), True, None
+        if isinstance(value, PASS_THROUGH):  # a tool that returned a KeyboardInterrupt thread outcome
+            raise value
+        if isinstance(value, ToolArgumentError):
+            return self._failed(name, f"Error: bad arguments for {name}: {value}", f"bad arguments: {value}", cap,
+                                value)
+        if isinstance(value, ToolError):  # a time limit, a dead process: already says what happened
+            return self._failed(name, f"Error: {value}.", str(value), cap, value)
+        kind = error_type_name(value)
         try:
-            return observation_text(await tool.run(args)), True, None
-        except ToolArgumentError as e:
-            return f"Error: bad arguments for {name}: {e}", False, f"bad arguments: {e}"
-        except Exception as e:  # noqa: BLE001 - a tool failure is an observation, not a crash
-            return f"Error: {name} raised {type(e).__name__}: {e}", False, f"{type(e).__name__}: {e}"
+            text = str(value)
+        except Exception:  # noqa: BLE001 - an exception whose __str__ raises
+            text = "(no message)"
+        return self._failed(name, f"Error: {name} raised {kind}: {text}", f"{kind}: {text}", cap, value)
+
+    def _failed(self, name: str, observation: str, error: str, cap: int,
+                cause: BaseException | None = None) -> tuple[str, bool, str]:
+        if self.on_tool_error == "fail":
+            err = ToolError(f"tool {name!r} failed: {truncate(error, cap)}", tool=name,
+                            error_type=getattr(cause, "error_type", None) or (
+                                error_type_name(cause) if cause is not None else "bad arguments"))
+            raise err from cause
+        return truncate(observation, cap), False, truncate(error, cap)
 
     def estimated_calls(self, list_lengths: Mapping[str, int] | None = None, *, repairs: bool = True) -> int:
         # per step: choose the tool, then fill its arguments (when any tool takes some); then the
@@ -407,6 +305,15 @@ class CallTool(GenerationSettings, Module):
                   "max_steps": self.max_steps, **self._generation_config()}
         if self.step_demos:  # written only when set: existing artifacts keep their bytes/hash
             config["step_demos"] = [dict(d) for d in self.step_demos]
+        # the containment settings, likewise only when not the defaults
+        if self.tool_timeout != DEFAULT_TOOL_TIMEOUT:
+            config["tool_timeout"] = self.tool_timeout
+        if self.max_output_chars != DEFAULT_MAX_OUTPUT_CHARS:
+            config["max_output_chars"] = self.max_output_chars
+        if self.tool_threads.max_threads != DEFAULT_TOOL_THREADS:
+            config["tool_threads"] = self.tool_threads.max_threads
+        if self.on_tool_error != "observe":
+            config["on_tool_error"] = self.on_tool_error
         return config
 
     @classmethod
@@ -415,7 +322,10 @@ class CallTool(GenerationSettings, Module):
         tools = {n: need_resource(resources, n, "tool") for n in config["tools"]}
         return cls(Signature.from_dict(config["signature"], types=dict(types or {})), tools,
                    max_steps=config.get("max_steps", 5), step_demos=config.get("step_demos", ()),
-                   **cls._generation_kwargs(config))
+                   tool_timeout=config.get("tool_timeout", DEFAULT_TOOL_TIMEOUT),
+                   max_output_chars=config.get("max_output_chars", DEFAULT_MAX_OUTPUT_CHARS),
+                   tool_threads=config.get("tool_threads", DEFAULT_TOOL_THREADS),
+                   on_tool_error=config.get("on_tool_error", "observe"), **cls._generation_kwargs(config))
 
     def resources(self) -> dict[str, Any]:
         return dict(self.tools)
