@@ -265,8 +265,8 @@ class LiteLLM:
         except LmgraphError:
             raise
         except Exception as exc:
-            # the cause goes along unless a secret could be in its text
-            raise self._wrap_error(exc, mode) from (None if self._secrets else exc)
+            # the cause goes along unless a secret is in its text (or its causes')
+            raise self._wrap_error(exc, mode) from (None if _shows_secret(exc, self._secrets) else exc)
         latency = time.perf_counter() - start
         return self._to_response(raw, request, latency, litellm)
 
@@ -350,3 +350,16 @@ def openai_compatible(base_url: str, model: str = "local", *, api_key: str | Non
                               fix="pass the key once: api_key= (sent as a bearer token), or in the URL.")
     key = resolve_api_key(api_key, api_key_env, owner="openai_compatible") or LOCAL_PLACEHOLDER_KEY
     return LiteLLM(f"openai/{model}", api_base=base_url, api_key=key, json_mode=json_mode, **kwargs)
+
+
+def _shows_secret(exc: BaseException, secrets: Any) -> bool:
+    """Whether the text of ``exc`` or of an exception it chains holds one of ``secrets``."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        text = f"{current!s} {current!r}"
+        if secrets.scrub(text) != text:
+            return True
+        current = current.__cause__ or current.__context__
+    return False
