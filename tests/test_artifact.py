@@ -88,11 +88,15 @@ def test_program_load_verifies_artifact_hash(tmp_path: Path, compiled) -> None: 
     with pytest.raises(ArtifactError, match="does not match its content hash") as e:
         lg.Program.load(path)
     assert "Fix:" in str(e.value)
-    # a bare program (no hash) and a plain wrapper still load as before
-    bare = new.save(tmp_path / "bare.json")
-    assert lg.Program.load(bare) == new
-    (tmp_path / "wrapped.json").write_text(json.dumps({"program": new.to_dict()}))
-    assert lg.Program.load(tmp_path / "wrapped.json") == new
+    # Program.save writes the same envelope; a bare program or a plain wrapper (no hash) loads
+    # only when the caller says it trusts the file
+    saved = new.save(tmp_path / "saved.json")
+    assert lg.Program.load(saved) == new
+    for name, body in (("bare.json", new.to_dict()), ("wrapped.json", {"program": new.to_dict()})):
+        (tmp_path / name).write_text(json.dumps(body))
+        with pytest.raises(ArtifactError, match="no envelope"):
+            lg.Program.load(tmp_path / name)
+        assert lg.Program.load(tmp_path / name, trusted=True) == new
     (tmp_path / "v99.json").write_text(json.dumps({"lmgraph_artifact": 99, "program": new.to_dict()}))
     with pytest.raises(ArtifactError, match="not an lmgraph artifact"):
         lg.Program.load(tmp_path / "v99.json")

@@ -169,9 +169,9 @@ def test_checkpoint_is_appended_and_a_cut_off_last_line_is_ignored(tmp_path: Pat
     lm_a, _ = compile_to(tmp_path / "a.json", checkpoint=ckpt)
     lines = ckpt.read_text(encoding="utf-8").splitlines()
     header = json.loads(lines[0])
-    assert header["lmgraph_checkpoint"] == 2 and set(header) == {"lmgraph_checkpoint", "fingerprint"}
+    assert header["lmgraph_checkpoint"] == 3 and set(header) == {"lmgraph_checkpoint", "fingerprint"}
     entries = [json.loads(line) for line in lines[1:]]
-    assert len(entries) >= 2 and all(set(e) == {"key", "entry"} for e in entries)
+    assert len(entries) >= 2 and all(set(e) == {"key", "entry", "sha256"} for e in entries)
     # a kill mid-write: the last entry is cut off half-way (no newline)
     full = ckpt.read_bytes()
     cut = full[:len(full) - len(lines[-1].encode()) // 2 - 1]

@@ -13,6 +13,7 @@ import pytest
 
 import lmgraph as lg
 from lmgraph.errors import ArtifactError, DefinitionError, PipelineValidationError
+from lmgraph.pipeline.loading import envelope
 from lmgraph.testing import FunctionLM
 
 
@@ -117,7 +118,7 @@ def test_json_contains_no_code(tmp_path):
     prog = rich()
     text = prog.save(tmp_path / "p.json").read_text()
     data = json.loads(text)  # plain JSON
-    assert data["lmgraph_program"] == 1
+    assert data["lmgraph_artifact"] == 1 and data["program"]["lmgraph_program"] == 1
     for needle in ("pickle", "lambda", "<function", "<class", "__main__", "tests.test_roundtrip", "object at 0x"):
         assert needle not in text
 
@@ -137,9 +138,9 @@ def test_json_contains_no_code(tmp_path):
 
 def test_load_tampered_unknown_kind(tmp_path):
     path = simple().save(tmp_path / "p.json")
-    data = json.loads(path.read_text())
+    data = json.loads(path.read_text())["program"]  # inside the envelope Program.save writes
     data["nodes"][0]["module"]["kind"] = "exec_python"
-    path.write_text(json.dumps(data))
+    path.write_text(json.dumps(envelope({"program": data})))  # a validly hashed file
     with pytest.raises(ArtifactError) as ei:
         lg.Program.load(path)
     assert ei.value.node == "answer"
@@ -155,9 +156,9 @@ def test_load_tampered_unknown_kind(tmp_path):
 ])
 def test_load_malformed(tmp_path, tamper, needle):
     path = simple().save(tmp_path / "p.json")
-    data = json.loads(path.read_text())
+    data = json.loads(path.read_text())["program"]  # inside the envelope Program.save writes
     tamper(data)
-    path.write_text(json.dumps(data))
+    path.write_text(json.dumps(envelope({"program": data})))  # a validly hashed file
     with pytest.raises(ArtifactError, match=needle):
         lg.Program.load(path)
 
@@ -191,9 +192,9 @@ def _bad_input_type(d):
 ])
 def test_bad_definitions_in_an_artifact_are_artifact_errors(tmp_path, tamper, node, field):
     path = simple().save(tmp_path / "p.json")
-    data = json.loads(path.read_text())
+    data = json.loads(path.read_text())["program"]  # inside the envelope Program.save writes
     tamper(data)
-    path.write_text(json.dumps(data))
+    path.write_text(json.dumps(envelope({"program": data})))  # a validly hashed file
     with pytest.raises(ArtifactError) as ei:
         lg.Program.load(path)
     e = ei.value
@@ -215,7 +216,7 @@ def test_bad_definition_inside_a_map_names_both_nodes(tmp_path):
     data = p.build().to_dict()
     data["nodes"][0]["module"]["program"]["nodes"][0]["module"]["format"] = "yaml"
     path = tmp_path / "p.json"
-    path.write_text(json.dumps(data))
+    path.write_text(json.dumps(envelope({"program": data})))  # a validly hashed file
     with pytest.raises(ArtifactError, match="unknown prompt format 'yaml'") as ei:
         lg.Program.load(path)
     assert ei.value.node == "each/label" and str(ei.value).count("Fix:") == 1
@@ -235,9 +236,9 @@ def test_load_not_json_or_missing(tmp_path):
 
 def test_tampered_graph_is_validated_on_load(tmp_path):
     path = simple().save(tmp_path / "p.json")
-    data = json.loads(path.read_text())
+    data = json.loads(path.read_text())["program"]  # inside the envelope Program.save writes
     data["nodes"][0]["bindings"]["question"] = {"ref": "nowhere.x"}
-    path.write_text(json.dumps(data))
+    path.write_text(json.dumps(envelope({"program": data})))  # a validly hashed file
     with pytest.raises(PipelineValidationError, match="no node 'nowhere'"):
         lg.Program.load(path)
 
@@ -246,7 +247,9 @@ def test_compiled_artifact_wrapper_loads(tmp_path):
     prog = simple()
     path = tmp_path / "compiled.json"
     path.write_text(json.dumps({"program": prog.to_dict(), "report": {"score": 1.0}}))
-    assert lg.Program.load(path) == prog
+    with pytest.raises(ArtifactError, match="no envelope"):  # no content hash: loading is a trust boundary
+        lg.Program.load(path)
+    assert lg.Program.load(path, trusted=True) == prog
 
 
 def test_program_is_immutable():

@@ -18,6 +18,7 @@ import lmgraph as lg
 from lmgraph import cli
 from lmgraph.evaluation import evaluate_sync, label_accuracy
 from lmgraph.optimizers import BootstrapFewShot, LabeledFewShot
+from lmgraph.pipeline.loading import envelope
 from lmgraph.signatures import Signature
 from lmgraph.testing import FunctionLM
 
@@ -159,7 +160,7 @@ def hot_program_file(tmp_path) -> str:  # noqa: ANN001
     data = sentiment_program().to_dict()
     data["nodes"][0]["module"]["temperature"] = "hot"
     path = tmp_path / "hot.json"
-    path.write_text(json.dumps(data), encoding="utf-8")
+    path.write_text(json.dumps(envelope({"program": data})), encoding="utf-8")  # a validly hashed file
     return str(path)
 
 

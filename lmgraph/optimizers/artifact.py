@@ -2,9 +2,11 @@
 
 Contents: the program graph with every node's instructions, demos, prompt format, model name
 and decoding settings; the report summary (every candidate, its score, CI, cost and verdict);
-the data split hashes; and a content hash over all of it. Loading needs no optimizer code and
-executes no code. Written deterministically (sorted keys, no timestamps or wall times), so the
-same seed and cache give the same bytes.
+the data split hashes; and a content hash over all of it (plus, with ``sign_key=``, an
+HMAC-SHA256 signature: proof of origin for whoever holds the key). Loading needs no optimizer
+code, executes no code and goes through the one checked loader (:mod:`lmgraph.pipeline.loading`:
+size and depth limits, format version, content hash, signature). Written deterministically
+(sorted keys, no timestamps or wall times), so the same seed and cache give the same bytes.
 """
 
 from __future__ import annotations
@@ -15,41 +17,49 @@ from pathlib import Path
 from typing import Any
 
 from ..pipeline.program import Program
-from ..pipeline.serialize import ARTIFACT_VERSION, content_hash, read_json_file, verify_artifact
+from ..pipeline.loading import envelope, read_document, read_json_file
 from ..pipeline.serialize import canonical_json as _canonical
 from .report import Report
 
 
-def artifact_dict(program: Program, report: Report | None = None) -> dict[str, Any]:
-    body: dict[str, Any] = {"lmgraph_artifact": ARTIFACT_VERSION, "program": program.to_dict()}
+def artifact_dict(program: Program, report: Report | None = None, *,
+                  sign_key: str | bytes | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {"program": program.to_dict()}
     if report is not None:
         rep = report.to_dict(timing=False)
         body["report"] = rep
         body["data"] = rep["data"]
-    body["content_hash"] = content_hash(body)
-    return body
+    return envelope(body, sign_key=sign_key)
 
 
-def save_artifact(path: str | Path, program: Program, report: Report | None = None) -> Path:
+def save_artifact(path: str | Path, program: Program, report: Report | None = None, *,
+                  sign_key: str | bytes | None = None) -> Path:
+    """Write the compiled artifact. ``sign_key`` (str or bytes, kept secret) adds an HMAC-SHA256
+    signature that ``load_artifact(..., verify_key=)`` checks: integrity *and* origin."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(json.dumps(artifact_dict(program, report), indent=2, sort_keys=True, ensure_ascii=False) + "\n",
-                 encoding="utf-8")
+    p.write_text(json.dumps(artifact_dict(program, report, sign_key=sign_key), indent=2, sort_keys=True,
+                            ensure_ascii=False) + "\n", encoding="utf-8")
     return p
 
 
-def read_artifact(path: str | Path) -> dict[str, Any]:
-    """The artifact's JSON, with its content hash verified."""
-    data = read_json_file(path)
-    verify_artifact(data, path)
-    return data
+def read_artifact(path: str | Path, *, verify_key: str | bytes | None = None, trusted: bool = False
+                  ) -> dict[str, Any]:
+    """The artifact's JSON, with its format version and content hash verified (and its signature
+    with ``verify_key``). A file without a content hash is refused unless ``trusted=True``."""
+    return read_document(path, trusted=trusted, verify_key=verify_key)
 
 
 def load_artifact(path: str | Path, *, resources: Mapping[str, Any] | None = None,
-                  types: Mapping[str, Any] | None = None) -> tuple[Program, dict[str, Any]]:
-    """(program, report summary). Retrievers/tools are bound by name via ``resources``."""
-    data = read_artifact(path)
-    return Program.from_dict(data["program"], resources=resources, types=types), data.get("report", {})
+                  types: Mapping[str, Any] | None = None, verify_key: str | bytes | None = None,
+                  trusted: bool = False) -> tuple[Program, dict[str, Any]]:
+    """(program, report summary). Retrievers/tools are bound by name via ``resources``. Every
+    failure -- a missing, oversized, unparseable, altered, unsigned (with ``verify_key``) or
+    malformed file -- is an :class:`~lmgraph.errors.ArtifactError` naming the file and the fix."""
+    data = read_artifact(path, verify_key=verify_key, trusted=trusted)
+    report = data.get("report", {})
+    return Program.from_dict(data["program"], resources=resources, types=types), \
+        report if isinstance(report, dict) else {}
 
 
 def _summ(value: Any) -> Any:

@@ -32,7 +32,7 @@ from ..pipeline.program import Program
 from .progress import CompileProgress
 from .report import Candidate, Report
 
-CHECKPOINT_VERSION = 2
+CHECKPOINT_VERSION = 3  # 3: each entry line carries a hash chained to the header and the lines before it
 
 
 class BudgetStop(Exception):
@@ -98,13 +98,21 @@ class CompileSession:
         self.replayed = 0
         self._charged: set[str] = set()  # memo keys already paid for in this process
         self._checkpoint_open = False  # the checkpoint file exists with this compile's header
+        self._checkpoint_chain = ""  # the hash of the last line written or read (see _chain)
         self._load_checkpoint()
         self.incumbent: Program = program
         self.incumbent_candidate: Candidate | None = None
         # the live status line (drawn only when progress is on); optimizers may label phases on it
         self.reporter = CompileProgress(self, progress, optimizer=optimizer, baseline=program)
 
-    # ---- checkpointing: a JSON-lines file, a header line then one line per memo entry
+    # ---- checkpointing: a JSON-lines file, a header line then one line per memo entry; each entry
+    # line carries ``sha256`` = sha256(previous hash + the entry's canonical JSON), the chain
+    # starting from the header's, so an edited, reordered or transplanted line is refused
+    @staticmethod
+    def _chain(previous: str, record: Mapping[str, Any]) -> str:
+        body = json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        return hashlib.sha256((previous + body).encode("utf-8")).hexdigest()
+
     def _load_checkpoint(self) -> None:
         path = self.checkpoint
         if path is None or not path.exists():
@@ -113,8 +121,8 @@ class CompileSession:
         header, sep, _ = raw.partition(b"\n")
         try:
             head = json.loads(header.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ArtifactError(f"checkpoint {path} is not valid JSON ({e})",
+        except (UnicodeDecodeError, ValueError, RecursionError) as e:
+            raise ArtifactError(f"checkpoint {path} is not valid JSON ({type(e).__name__}: {str(e)[:200]})",
                                 fix="delete it to start the compile afresh.") from None
         version = head.get("lmgraph_checkpoint") if isinstance(head, dict) else None
         if version != CHECKPOINT_VERSION:
@@ -126,20 +134,33 @@ class CompileSession:
                                     "or delete the checkpoint / pass another path.")
         if not sep:  # a header without its newline (not written by lmgraph): rewrite it on first append
             return
+        chain = self._chain("", head)
         end = raw.rfind(b"\n") + 1  # past the last complete line: a kill mid-append leaves a partial one
         for i, line in enumerate(raw[len(header) + len(sep):end].split(b"\n")[:-1], start=2):
             try:
                 rec = json.loads(line.decode("utf-8"))
-                self.memo[rec["key"]] = rec["entry"]
-            except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
-                raise ArtifactError(f"checkpoint {path} is corrupted at line {i} ({e})",
+                key, entry, digest = rec["key"], rec["entry"], rec["sha256"]
+                if not isinstance(key, str) or not isinstance(entry, dict):
+                    raise TypeError("an entry line is {\"key\": str, \"entry\": object, \"sha256\": str}")
+            except (UnicodeDecodeError, ValueError, RecursionError, KeyError, TypeError) as e:
+                raise ArtifactError(f"checkpoint {path} is corrupted at line {i} ({type(e).__name__}: {str(e)[:200]})",
                                     fix="delete it to start the compile afresh.") from None
+            chain = self._chain(chain, {"key": key, "entry": entry})
+            if digest != chain:
+                raise ArtifactError(f"checkpoint {path} line {i} does not match its hash: the file was edited or "
+                                    "corrupted, and its evaluations cannot be trusted",
+                                    fix="delete it to start the compile afresh (with the call cache on, the "
+                                        "evaluations are re-run from the cache).")
+            self.memo[key] = entry
         if end < len(raw):
             os.truncate(path, end)  # drop the partial line, so that appends start on a fresh line
+        self._checkpoint_chain = chain
         self._checkpoint_open = True
 
     def _append(self, line: dict[str, Any]) -> None:
         assert self.checkpoint is not None
+        self._checkpoint_chain = self._chain(self._checkpoint_chain, line)
+        line = {**line, "sha256": self._checkpoint_chain}
         with open(self.checkpoint, "a", encoding="utf-8") as f:
             f.write(json.dumps(line, ensure_ascii=False) + "\n")  # the newline goes last: a cut-off line has none
             f.flush()
@@ -153,9 +174,10 @@ class CompileSession:
         if not self._checkpoint_open:  # the header goes in atomically: a checkpoint always has one
             self.checkpoint.parent.mkdir(parents=True, exist_ok=True)
             tmp = self.checkpoint.with_suffix(self.checkpoint.suffix + ".tmp")
-            tmp.write_text(json.dumps({"lmgraph_checkpoint": CHECKPOINT_VERSION,
-                                       "fingerprint": self._fingerprint}) + "\n", encoding="utf-8")
+            head = {"lmgraph_checkpoint": CHECKPOINT_VERSION, "fingerprint": self._fingerprint}
+            tmp.write_text(json.dumps(head) + "\n", encoding="utf-8")
             os.replace(tmp, self.checkpoint)
+            self._checkpoint_chain = self._chain("", head)
             self._checkpoint_open = True
         self._append({"key": key, "entry": entry})
 

@@ -359,9 +359,15 @@ class Program:
         # declaration order is kept (not sort_keys): output and binding order survive a save/load
         return json.dumps(self.to_dict(), indent=indent, ensure_ascii=False)
 
-    def save(self, path: str | Path) -> Path:
+    def save(self, path: str | Path, *, sign_key: str | bytes | None = None) -> Path:
+        """Write the program as JSON in lmgraph's envelope (format version + content hash, and an
+        HMAC-SHA256 signature with ``sign_key``), which :meth:`load` checks."""
+        from .loading import envelope
+
         p = Path(path)
-        p.write_text(self.to_json() + "\n", encoding="utf-8")
+        # declaration order is kept (not sort_keys): output and binding order survive a save/load
+        text = json.dumps(envelope({"program": self.to_dict()}, sign_key=sign_key), indent=2, ensure_ascii=False)
+        p.write_text(text + "\n", encoding="utf-8")
         return p
 
     @classmethod
@@ -373,11 +379,15 @@ class Program:
 
     @classmethod
     def load(cls, path: str | Path, *, resources: Mapping[str, Any] | None = None,
-             types: Mapping[str, Any] | None = None) -> "Program":
-        """Load a saved program. Retrievers/tools/reward functions are bound by name via ``resources``."""
+             types: Mapping[str, Any] | None = None, trusted: bool = False,
+             verify_key: str | bytes | None = None) -> "Program":
+        """Load a saved program or compiled artifact. Retrievers/tools/reward functions are bound by
+        name via ``resources``. The file's format version and content hash are checked (and its
+        signature with ``verify_key``); a file without them loads only with ``trusted=True``."""
         from .serialize import load_json
 
-        return cls.from_dict(load_json(path), resources=resources, types=types)
+        return cls.from_dict(load_json(path, trusted=trusted, verify_key=verify_key), resources=resources,
+                             types=types)
 
     def estimated_calls(self, *, repairs: bool = True) -> int:
         """At most how many model calls one run makes, known before running (no model call): the

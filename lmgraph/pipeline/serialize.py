@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import json
 from collections.abc import Iterator, Mapping
@@ -10,17 +9,19 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ArtifactError, DefinitionError, PipelineValidationError
+from ..errors import ArtifactError, DefinitionError, LmgraphError, PipelineValidationError
 from ..lm.values import jsonable
 from ..modules.base import MODULE_KINDS, module_from_dict
 from ..signatures import _collect_custom_types, _type_from_spec, str_to_type, type_to_str
 from .ir import Const, InputSpec, Node, Ref
+from .loading import ARTIFACT_VERSION, canonical_json, content_hash, open_envelope, read_document, read_json_file
 
 if TYPE_CHECKING:
     from .program import Program
 
 FORMAT_VERSION = 1
-ARTIFACT_VERSION = 1  # compiled artifacts (lmgraph.optimizers.artifact) wrap a program with a content hash
+__all__ = ["ARTIFACT_VERSION", "FORMAT_VERSION", "canonical_json", "content_hash", "load_json", "program_from_dict",
+           "program_to_dict", "read_json_file", "verify_artifact"]
 
 
 def program_to_dict(p: "Program") -> dict[str, Any]:
@@ -114,47 +115,17 @@ def _type_registry(data: Mapping[str, Any], types: Mapping[str, Any] | None) -> 
     return registry
 
 
-def canonical_json(obj: Any) -> str:
-    """The one JSON text a value hashes as: sorted keys, no whitespace."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
-def content_hash(data: Mapping[str, Any]) -> str:
-    """sha256 over an artifact's canonical JSON, its own ``content_hash`` field left out."""
-    body = {k: v for k, v in data.items() if k != "content_hash"}
-    return hashlib.sha256(canonical_json(body).encode()).hexdigest()
-
-
-def read_json_file(path: str | Path) -> Any:
-    """A JSON file's value; a missing or unparseable file is an ArtifactError."""
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ArtifactError(f"no artifact at {path}") from None
-    except json.JSONDecodeError as e:
-        raise ArtifactError(f"{path} is not valid JSON ({e})") from None
-
-
 def verify_artifact(data: Any, path: str | Path) -> None:
-    """Check a compiled artifact's format version and content hash (raises ArtifactError)."""
-    version = data.get("lmgraph_artifact") if isinstance(data, dict) else None
-    if version != ARTIFACT_VERSION:
-        raise ArtifactError(f"{path} is not an lmgraph artifact (version {version!r})")
-    if content_hash(data) != data.get("content_hash"):
-        raise ArtifactError(f"{path} does not match its content hash (edited or corrupted)",
-                            fix="re-save it with save_artifact() or restore the original file.")
+    """Check a compiled artifact's envelope: format version and content hash (raises ArtifactError;
+    see :mod:`lmgraph.pipeline.loading`)."""
+    open_envelope(data, path)
 
 
-def load_json(path: str | Path) -> dict[str, Any]:
-    """A saved program's JSON: a bare program, or the program inside a compiled artifact (whose
-    content hash is verified first)."""
-    data = read_json_file(path)
-    if isinstance(data, dict) and "lmgraph_artifact" in data:
-        verify_artifact(data, path)
-        data = data["program"]
-    elif isinstance(data, dict) and "program" in data and "lmgraph_program" not in data:
-        data = data["program"]  # a wrapper without a hash
-    return data
+def load_json(path: str | Path, *, trusted: bool = False, verify_key: str | bytes | None = None) -> Any:
+    """A saved program's JSON, from the envelope :meth:`Program.save`/``save_artifact`` write
+    (version and content hash checked; the signature too with ``verify_key``). A bare program
+    or a wrapper without a hash loads only with ``trusted=True``."""
+    return read_document(path, trusted=trusted, verify_key=verify_key)["program"]
 
 
 @contextmanager
@@ -228,8 +199,27 @@ def _corpus_aliases(data: Any, resources: Mapping[str, Any]) -> Mapping[str, Any
     return {**resources, missing[0]: resources["corpus"]}
 
 
+_REPAIR_FIX = "repair that entry in the JSON, or save the program again from code."
+
+
 def program_from_dict(data: Mapping[str, Any], *, resources: Mapping[str, Any],
                       types: Mapping[str, Any] | None) -> "Program":
+    """Rebuild a program from its JSON. Loading is a trust boundary: whatever the data, the only
+    errors are lmgraph's (an ArtifactError, or a PipelineValidationError for a graph that does
+    not hold together) -- never a bare KeyError, RecursionError or a pydantic error."""
+    try:
+        return _program_from_dict(data, resources=resources, types=types)
+    except LmgraphError:
+        raise
+    except RecursionError:
+        raise ArtifactError("the program JSON is nested too deeply (or refers to itself)",
+                            fix="this is not a program lmgraph wrote; save the program again from code.") from None
+    except Exception as e:  # noqa: BLE001 - anything else the data provoked is the data's fault
+        raise ArtifactError(f"malformed program JSON ({type(e).__name__}: {str(e)[:300]})", fix=_REPAIR_FIX) from e
+
+
+def _program_from_dict(data: Mapping[str, Any], *, resources: Mapping[str, Any],
+                       types: Mapping[str, Any] | None) -> "Program":
     from .program import Program
 
     if not isinstance(data, Mapping):
@@ -256,5 +246,5 @@ def program_from_dict(data: Mapping[str, Any], *, resources: Mapping[str, Any],
             nodes.append(Node(nd["name"], module, tuple(bindings)))
         outputs = [(o, Ref.parse(r)) for o, r in data["outputs"].items()]
     except (KeyError, TypeError, AttributeError) as e:
-        raise ArtifactError(f"malformed program JSON (missing or bad {e})") from None
+        raise ArtifactError(f"malformed program JSON (missing or bad {e})", fix=_REPAIR_FIX) from None
     return Program(name, inputs, nodes, outputs)
