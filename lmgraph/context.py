@@ -15,7 +15,7 @@ from typing import Any
 
 from .errors import DefinitionError, UsageError
 from .lm.base import LM
-from .lm.wrappers import Budget, BudgetMeter, UsageMeter, build_stack
+from .lm.wrappers import Budget, BudgetMeter, RetryPolicy, UsageMeter, build_stack
 
 _default_lock = threading.Lock()
 _defaults: dict[str, Any] = {}
@@ -60,7 +60,7 @@ class RunContext:
     budget: Budget | None = None
     max_concurrency: int = 8          # concurrent model calls
     max_parallel_nodes: int = 16      # concurrently running nodes within one run
-    retries: int = 3
+    retries: int | RetryPolicy = 3    # attempts per model call, or a RetryPolicy (waits, deadline)
     default_format: str = "auto"
     rollout: int = 0
     budget_counts_cache_hits: bool = False  # compiles count logical calls (reproducible under a cache)

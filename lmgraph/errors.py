@@ -109,6 +109,11 @@ class LmgraphWarning(UserWarning):
     """Base class of lmgraph's warnings."""
 
 
+class ProviderWarning(LmgraphWarning):
+    """Some rows of an evaluation got no answer from the provider (after retries): they are
+    reported, not scored."""
+
+
 class MetricWarning(LmgraphWarning):
     """A metric raised on some rows (scored 0 there), or was adapted to the (example, prediction,
     trace) calling convention."""
@@ -149,7 +154,41 @@ class BudgetExceeded(RunError):
 
 
 class LMError(RunError):
-    """The model backend failed (after retries)."""
+    """The model backend failed (after retries).
+
+    ``retryable`` is False for failures no retry can fix (a bad request, authentication, a
+    prompt longer than the context); ``status`` is the HTTP status when the provider answered
+    one; ``retry_after_s`` how long the provider asked to wait (``Retry-After`` /
+    ``retry-after-ms``), honoured by :class:`~lmgraph.lm.wrappers.RetryLM`.
+    A retryable LMError that persists is a *provider failure*: a row it ends has no answer
+    (not a wrong one) and is never scored, memoised or cached as one.
+    """
+
+    retryable: bool = True
+    status: int | None = None
+    retry_after_s: float | None = None
+
+    def __init__(self, message: str, *, node: str | None = None, retryable: bool = True,
+                 status: int | None = None, retry_after_s: float | None = None) -> None:
+        super().__init__(message, node=node)
+        self.retryable = retryable
+        self.status = status
+        self.retry_after_s = retry_after_s
+
+
+class ProviderFailureError(RunError):
+    """A compile could not get answers for some rows: the provider kept failing (timeouts, 5xx,
+    connection errors, unreadable bodies) after every retry and re-run. Nothing failed was scored,
+    memoised or checkpointed: resuming with the same checkpoint picks up where it stopped.
+
+    ``failed`` is how many rows had no answer, ``total`` how many were evaluated, ``last_error``
+    the last provider error (text)."""
+
+    def __init__(self, message: str, *, failed: int = 0, total: int = 0, last_error: str = "") -> None:
+        self.failed = failed
+        self.total = total
+        self.last_error = last_error
+        super().__init__(message)
 
 
 class InputError(RunError):

@@ -6,8 +6,12 @@ sets that variable (``setdefault``) just before the import, so lmgraph never mak
 
 Chat requests go to ``litellm.acompletion``, raw-prompt requests to ``litellm.atext_completion``.
 Every litellm/provider failure surfaces as :class:`~lmgraph.errors.LMError` with the original
-exception as ``__cause__``; errors that retrying cannot fix (bad request, authentication,
-unknown model, context window exceeded) carry ``retryable = False``.
+exception as ``__cause__``, the HTTP ``status`` when the provider answered one and the wait it
+asked for (``retry_after_s``, from ``Retry-After`` / ``retry-after-ms``); errors that retrying
+cannot fix (bad request, authentication, unknown model, context window exceeded) carry
+``retryable = False``. litellm's own retries stay off (``num_retries=0``): lmgraph's
+:class:`~lmgraph.lm.wrappers.RetryLM` retries, so each request is counted and paced by the
+endpoint's :class:`~lmgraph.lm.faults.AdaptiveRateLimiter` (AIMD on 429s).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from .base import LMRequest, LMResponse, Usage
 from .capabilities import Capabilities, JsonModeNegotiator, mark_json_mode_rejection, response_format
 from .credentials import (LOCAL_PLACEHOLDER_KEY, Secrets, redact_url, resolve_api_key, split_userinfo,
                           url_secrets)
+from .faults import count_request, endpoint_limiter, retry_after
 from .llamacpp import _normalise_logprobs
 
 __all__ = ["LiteLLM", "openai_compatible", "INSTALL_COMMAND"]
@@ -42,6 +47,14 @@ _NOT_RETRYABLE = frozenset({
     "ContentPolicyViolationError", "UnprocessableEntityError", "LiteLLMUnknownProvider",
     "PaymentRequiredError", "BudgetExceededError",
 })
+_TIMEOUTS = frozenset({"Timeout", "APITimeoutError", "TimeoutError", "ConnectTimeout", "ReadTimeout",
+                       "ConnectionTimeoutError"})
+# the request never reached the provider
+_UNREACHED = frozenset({"ConnectError", "ClientConnectorError", "ConnectionRefusedError", "ConnectTimeout",
+                        "ClientConnectorDNSError", "gaierror", "ConnectionError"})
+# no HTTP answer came back (litellm then reports a made-up status 500)
+_NO_ANSWER = frozenset({"APIConnectionError", "ReadError", "RemoteProtocolError",
+                        "ServerDisconnectedError", "ClientPayloadError", "ClientOSError"}) | _TIMEOUTS | _UNREACHED
 
 
 def _import_litellm() -> Any:
@@ -119,12 +132,18 @@ class LiteLLM:
     (``http://user:pass@host/v1``) is sent as basic authentication instead. Credentials never
     appear in ``repr()``, ``identity()``, ``api_base`` or an error message, nor do those inside
     ``api_base`` (user-info, ``?api_key=``).
+
+    ``rate_limit=True`` paces requests by the provider's 429s (one limiter per ``api_base``, or
+    per model without one, shared in the process). Each request sent is counted for the budget's
+    ``requests``.
     """
+
+    reports_requests = True  # counts each request for the budget itself (lmgraph.lm.faults)
 
     def __init__(self, model: str, *, api_base: str | None = None, api_key: str | None = None,
                  api_key_env: str | None = None, timeout: float = 60.0, num_retries: int = 0,
                  extra: dict[str, Any] | None = None, top_logprobs: int = 5,
-                 json_mode: str = "auto") -> None:
+                 json_mode: str = "auto", rate_limit: bool = True) -> None:
         if not model or not isinstance(model, str):
             raise DefinitionError(f"LiteLLM needs a model name, got {model!r}.",
                                   fix="pass a litellm model string such as 'openai/gpt-4o-mini'.")
@@ -162,6 +181,10 @@ class LiteLLM:
         served = model.partition("/")[2] if api_base and model.startswith("openai/") else model
         self._json = JsonModeNegotiator(json_mode, endpoint=(self.api_base or "").rstrip("/"),
                                         model=served, owner="LiteLLM")
+        root = urllib.parse.urlsplit(self._api_base) if self._api_base else None
+        key = (urllib.parse.urlunsplit((root.scheme, root.netloc.rpartition("@")[2], root.path.rstrip("/"), "", ""))
+               if root is not None else f"litellm:{model}")
+        self.rate_limiter = endpoint_limiter(key) if rate_limit else None
 
     @property
     def json_mode(self) -> str:
@@ -255,6 +278,8 @@ class LiteLLM:
     async def _send(self, request: LMRequest, mode: str | None) -> LMResponse:
         litellm = _import_litellm()
         kwargs = self._kwargs(request, mode)
+        limiter = self.rate_limiter
+        sent = await limiter.acquire() if limiter is not None else 0.0
         start = time.perf_counter()
         try:
             if request.messages is not None:
@@ -265,8 +290,16 @@ class LiteLLM:
         except LmgraphError:
             raise
         except Exception as exc:
+            err = self._wrap_error(exc, mode)
+            if err.reached:  # type: ignore[attr-defined]
+                count_request()
+            if err.status == 429 and limiter is not None:
+                limiter.throttle(sent, err.retry_after_s)
             # the cause goes along unless a secret is in its text (or its causes')
-            raise self._wrap_error(exc, mode) from (None if _shows_secret(exc, self._secrets) else exc)
+            raise err from (None if _shows_secret(exc, self._secrets) else exc)
+        count_request()
+        if limiter is not None:
+            limiter.success()
         latency = time.perf_counter() - start
         return self._to_response(raw, request, latency, litellm)
 
@@ -276,18 +309,27 @@ class LiteLLM:
         chain = _chain(exc)
         names = {type(e).__name__ for e in chain}
         where = f"{self.model}" + (f" at {self.api_base}" if self.api_base else "")
-        if names & {"Timeout", "APITimeoutError", "TimeoutError", "ConnectTimeout",
-                    "ReadTimeout", "ConnectionTimeoutError"}:
+        if names & _TIMEOUTS:
             msg = f"{where} timed out after {self.timeout:g} s ({exc})."
-        elif names & {"APIConnectionError", "ConnectError", "ConnectionError",
-                      "ConnectionRefusedError", "ClientConnectorError"}:
+        elif names & _UNREACHED:
             msg = (f"could not connect to {where} (is the server running?): "
                    f"{type(exc).__name__}: {exc}")
+        elif names & _NO_ANSWER:
+            msg = f"the connection to {where} broke before a full answer came ({type(exc).__name__}): {exc}"
         else:
             msg = f"{where} failed ({type(exc).__name__}): {exc}"
-        err = LMError(self._secrets.scrub(msg))
-        err.retryable = type(exc).__name__ not in _NOT_RETRYABLE  # type: ignore[attr-defined]
-        status = next((s for s in (getattr(e, "status_code", None) for e in chain) if isinstance(s, int)), None)
+        status = None if names & _NO_ANSWER else next(
+            (s for s in (getattr(e, "status_code", None) for e in chain) if isinstance(s, int)), None)
+        wait = None
+        for e in chain:
+            headers = getattr(e, "litellm_response_headers", None) or getattr(getattr(e, "response", None),
+                                                                             "headers", None)
+            wait = retry_after(headers) if headers is not None else None
+            if wait is not None:
+                break
+        err = LMError(self._secrets.scrub(msg), retryable=type(exc).__name__ not in _NOT_RETRYABLE,
+                      status=status, retry_after_s=wait)
+        err.reached = not (names & _UNREACHED)  # type: ignore[attr-defined]
         return mark_json_mode_rejection(err, status, str(exc), mode)
 
     def _to_response(self, raw: Any, request: LMRequest, latency: float,

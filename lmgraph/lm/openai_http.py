@@ -9,8 +9,12 @@ which is what bounds throughput at high concurrency against a fast local server
 servers that speak the OpenAI API.
 
 ``aiohttp`` is an optional dependency (``pip install 'lmgraph[http]'``), imported on the first
-call. Every failure surfaces as :class:`~lmgraph.errors.LMError`; errors that retrying cannot
-fix (4xx other than 408/409/429, a malformed answer) carry ``retryable = False``.
+call. Every failure surfaces as :class:`~lmgraph.errors.LMError` with the HTTP ``status`` and the
+wait the server asked for (``retry_after_s``, from ``Retry-After`` or ``retry-after-ms``); errors
+that retrying cannot fix (4xx other than 408/409/429) carry ``retryable = False``, while
+timeouts, connection errors, 5xx and a 200 whose body is cut off or not a completion are
+retryable. Requests to one server are paced by its process-wide
+:class:`~lmgraph.lm.faults.AdaptiveRateLimiter` (AIMD on 429s; ``rate_limit=False`` opts out).
 """
 
 from __future__ import annotations
@@ -29,12 +33,12 @@ from ..errors import DefinitionError, LMError
 from .base import LMRequest, LMResponse
 from .capabilities import Capabilities, JsonModeNegotiator, mark_json_mode_rejection, response_format
 from .credentials import Secrets, redact_url, resolve_api_key, split_userinfo, url_secrets
+from .faults import count_request, endpoint_limiter, retry_after, retryable_status
 from .llamacpp import openai_response
 
 __all__ = ["OpenAIServerLM", "HTTP_INSTALL_COMMAND"]
 
 HTTP_INSTALL_COMMAND = "pip install 'aiohttp>=3.9'  (or: pip install 'lmgraph[http]')"
-_RETRYABLE_STATUS = frozenset({408, 409, 429})
 
 
 def _import_aiohttp() -> Any:
@@ -76,12 +80,16 @@ class OpenAIServerLM:
     ``max_connections`` bounds the keep-alive pool (per event loop); ``timeout`` is the whole
     request's limit in seconds. Proxies from the environment are ignored for loopback servers
     (``trust_env=None``) and used otherwise. ``extra`` is merged into every request body.
+    ``rate_limit=True`` paces requests by the server's 429s (one limiter per server, shared by
+    every client in the process). Each request sent is counted for the budget's ``requests``.
     """
+
+    reports_requests = True  # counts each HTTP request for the budget itself (lmgraph.lm.faults)
 
     def __init__(self, base_url: str, model: str = "local", *, api_key: str | None = None,
                  api_key_env: str | None = None, timeout: float = 60.0, json_mode: str = "auto",
                  top_logprobs: int = 5, max_connections: int = 256, trust_env: bool | None = None,
-                 extra: dict[str, Any] | None = None) -> None:
+                 extra: dict[str, Any] | None = None, rate_limit: bool = True) -> None:
         try:
             parsed = urllib.parse.urlsplit(base_url or "") if isinstance(base_url, str) else None
         except ValueError:  # e.g. an unclosed IPv6 bracket
@@ -125,6 +133,7 @@ class OpenAIServerLM:
             self._secrets.add(basic.split()[1])  # type: ignore[union-attr]
         self._sessions: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
+        self.rate_limiter = endpoint_limiter(self._root) if rate_limit else None
 
     @property
     def json_mode(self) -> str:
@@ -241,10 +250,9 @@ class OpenAIServerLM:
         body.update(self.extra)
         return self._root + path + self._query, body
 
-    def _error(self, msg: str, retryable: bool) -> LMError:
-        err = LMError(self._secrets.scrub(msg))
-        err.retryable = retryable  # type: ignore[attr-defined]
-        return err
+    def _error(self, msg: str, retryable: bool, *, status: int | None = None,
+               retry_after_s: float | None = None) -> LMError:
+        return LMError(self._secrets.scrub(msg), retryable=retryable, status=status, retry_after_s=retry_after_s)
 
     async def complete(self, request: LMRequest) -> LMResponse:
         if request.choices is not None:
@@ -260,32 +268,52 @@ class OpenAIServerLM:
         shown = redact_url(url)
         session = self._session()
         aiohttp = _import_aiohttp()
+        limiter = self.rate_limiter
+        sent = await limiter.acquire() if limiter is not None else 0.0
         start = time.perf_counter()
+        counted = False
         try:
             async with session.post(url, data=json.dumps(body, ensure_ascii=False).encode("utf-8")) as resp:
+                counted = True
+                count_request()  # the server has the request (it answered, at least with headers)
                 status = resp.status
+                headers = resp.headers
+                ctype = resp.content_type
                 raw = await resp.read()
         except asyncio.TimeoutError:
+            if not counted:
+                count_request()  # sent, not answered in time
             raise self._error(f"{self.model} at {self.base_url} timed out after {self.timeout:g} s.", True) from None
-        except aiohttp.ClientConnectorError as exc:
+        except aiohttp.ClientConnectorError as exc:  # never reached the server: not a request
             # the cause goes along unless the URL held a secret (its text would show it)
             raise self._error(f"could not connect to {self.base_url} (is the server running?): {exc}",
                               True) from (None if self._secrets else exc)
-        except aiohttp.ClientError as exc:
+        except aiohttp.ClientError as exc:  # reset, disconnected, a body cut off mid-way
+            if not counted:
+                count_request()
             raise self._error(f"{self.model} at {self.base_url} failed ({type(exc).__name__}): {exc}",
                               True) from (None if self._secrets else exc)
         latency = time.perf_counter() - start
         if status >= 400:
             text = _error_text(raw)
+            wait = retry_after(headers)
+            if status == 429 and limiter is not None:
+                limiter.throttle(sent, wait)
             err = self._error(f"{self.model} at {shown} answered HTTP {status}: {text}",
-                              status in _RETRYABLE_STATUS or status >= 500)
+                              retryable_status(status), status=status, retry_after_s=wait)
             raise mark_json_mode_rejection(err, status, text, mode)
+        if limiter is not None:
+            limiter.success()
         try:
             data = json.loads(raw)
             # cost stays None: a self-hosted server has no price
             return openai_response(data, request, model=str(data.get("model") or self.model), latency_s=latency)
         except (ValueError, KeyError, IndexError, TypeError, AttributeError):
-            raise self._error(f"{self.model} at {shown} returned no completion: {raw[:200]!r}", False) from None
+            # a 200 that is cut off or not a completion (an HTML error page from a proxy, a
+            # reset mid-body): the server failed to answer, another try may well succeed
+            raise self._error(f"{self.model} at {shown} returned no completion (HTTP {status}, "
+                              f"{ctype or 'no content type'}, {len(raw)} bytes): {raw[:200]!r}", True,
+                              status=status) from None
 
 
 def _discard(session: Any) -> None:

@@ -24,8 +24,11 @@ from typing import Any
 
 from ..cache import Cache
 from ..cache.keys import KeyMaker
-from ..errors import BudgetExceeded, LMError, OutputParseError
+from ..errors import BudgetExceeded
 from .base import LM, LMRequest, LMResponse
+from .faults import end_tally, start_tally
+from .faults import reports_requests as _reports_requests
+from .retry import DEFAULT_RETRY_ON, RetryLM, RetryPolicy, as_retry_policy
 
 __all__ = [
     "Budget",
@@ -36,6 +39,8 @@ __all__ = [
     "DEFAULT_RETRY_ON",
     "MeteredLM",
     "RetryLM",
+    "RetryPolicy",
+    "as_retry_policy",
     "UsageMeter",
     "build_stack",
 ]
@@ -132,53 +137,6 @@ class CachedLM(_Wrapper):
             if flights.get(key) is flight:
                 del flights[key]
             flight.done.set()
-
-
-# --------------------------------------------------------------------------- retry
-
-DEFAULT_RETRY_ON: tuple[type[BaseException], ...] = (LMError, ConnectionError, TimeoutError, OSError)
-_NEVER_RETRY: tuple[type[BaseException], ...] = (BudgetExceeded, OutputParseError)
-
-
-class RetryLM(_Wrapper):
-    """Retries transient failures with exponential backoff and full jitter (via tenacity).
-
-    Makes at most ``attempts`` calls; the wait before retry *n* is uniform in
-    ``[0, min(max_wait, initial_wait * 2**(n-1))]``. The last error is re-raised as is.
-    :class:`BudgetExceeded` and :class:`OutputParseError` are never retried.
-    """
-
-    def __init__(self, inner: LM, *, attempts: int = 3, initial_wait: float = 0.5,
-                 max_wait: float = 8.0,
-                 retry_on: tuple[type[BaseException], ...] = DEFAULT_RETRY_ON) -> None:
-        super().__init__(inner)
-        if attempts < 1:
-            raise ValueError(f"attempts must be >= 1, got {attempts}")
-        if initial_wait < 0 or max_wait < 0:
-            raise ValueError("initial_wait and max_wait must be >= 0")
-        self.attempts = attempts
-        self.initial_wait = initial_wait
-        self.max_wait = max_wait
-        self.retry_on = tuple(retry_on)
-
-    def _should_retry(self, exc: BaseException) -> bool:
-        # backends mark errors no retry can fix (prompt too long, bad request, auth) retryable=False
-        return (isinstance(exc, self.retry_on) and not isinstance(exc, _NEVER_RETRY)
-                and getattr(exc, "retryable", True) is not False)
-
-    async def complete(self, request: LMRequest) -> LMResponse:
-        from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_random_exponential
-
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(self.attempts),
-            wait=wait_random_exponential(multiplier=self.initial_wait, max=self.max_wait),
-            retry=retry_if_exception(self._should_retry),
-            reraise=True,
-        )
-        async for attempt in retrying:
-            with attempt:
-                return await self.inner.complete(request)
-        raise AssertionError("unreachable: tenacity either returns or re-raises")  # pragma: no cover
 
 
 # --------------------------------------------------------------------------- concurrency
@@ -283,9 +241,12 @@ class Budget:
 class BudgetMeter:
     """Thread-safe spend counters checked against a :class:`Budget`.
 
-    Calls can be reserved (:meth:`reserve`) so concurrent callers can never exceed
-    ``max_calls``. Token and dollar limits are checked before a call, so the call that
-    crosses such a limit completes and only later calls are refused.
+    ``calls`` counts *logical* model calls (one per answer a module asked for, however many
+    tries it took; with ``count_cache_hits`` cache hits too) and is what ``max_calls`` limits;
+    ``requests`` counts every request that reached the provider, retries included (what the
+    provider bills and rate-limits). Calls can be reserved (:meth:`reserve`) so concurrent
+    callers can never exceed ``max_calls``. Token and dollar limits are checked before a call,
+    so the call that crosses such a limit completes and only later calls are refused.
     """
 
     def __init__(self, budget: Budget) -> None:
@@ -296,6 +257,7 @@ class BudgetMeter:
         self.completion_tokens = 0
         self.dollars = 0.0
         self.cache_hits = 0
+        self.requests = 0
         self._reserved = 0
 
     @property
@@ -348,9 +310,17 @@ class BudgetMeter:
             if response.cost is not None:
                 self.dollars += response.cost
 
+    def record_requests(self, n: int) -> None:
+        """Count ``n`` requests that reached the provider (retries included)."""
+        if n:
+            with self._lock:
+                self.requests += n
+
     def charge(self, *, calls: int = 0, prompt_tokens: int = 0, completion_tokens: int = 0,
                dollars: float = 0.0, cache_hits: int = 0) -> None:
-        """Add spend recorded elsewhere (a resumed compile replaying a checkpointed evaluation)."""
+        """Add spend recorded elsewhere (a resumed compile replaying a checkpointed evaluation); a
+        negative amount gives back logical calls that were made again (a row re-run after a
+        provider failure counts its calls once)."""
         with self._lock:
             self.calls += calls
             self.prompt_tokens += prompt_tokens
@@ -384,7 +354,7 @@ class BudgetMeter:
         with self._lock:
             return {"calls": self.calls, "prompt_tokens": self.prompt_tokens,
                     "completion_tokens": self.completion_tokens, "total_tokens": self.total_tokens,
-                    "dollars": self.dollars, "cache_hits": self.cache_hits}
+                    "dollars": self.dollars, "cache_hits": self.cache_hits, "requests": self.requests}
 
     def __repr__(self) -> str:
         return f"BudgetMeter({self.budget!r}, used={self.snapshot()!r})"
@@ -401,15 +371,35 @@ class BudgetLM(_Wrapper):
         super().__init__(inner)
         self.meter = meter
         self.count_cache_hits = count_cache_hits
+        # requests: HTTP backends count their own; a RetryLM below counts each try of the others;
+        # else each call that was not a cache hit is one request
+        self._fallback_count = not _reports_requests(inner) and not _has_retry(inner)
 
     async def complete(self, request: LMRequest) -> LMResponse:
-        with self.meter.reserve():
-            response = await self.inner.complete(request)
-            if response.cached:
-                self.meter.record_cache_hit()
-            if not response.cached or self.count_cache_hits:
-                self.meter.record(response)
+        tally, token = start_tally()
+        response: LMResponse | None = None
+        try:
+            with self.meter.reserve():
+                response = await self.inner.complete(request)
+                if response.cached:
+                    self.meter.record_cache_hit()
+                if not response.cached or self.count_cache_hits:
+                    self.meter.record(response)
+        finally:
+            end_tally(token)
+            n = tally.n
+            if self._fallback_count and n == 0 and (response is None or not response.cached):
+                n = 1
+            self.meter.record_requests(n)
         return response
+
+
+def _has_retry(lm: Any) -> bool:
+    while hasattr(lm, "inner"):
+        if isinstance(lm, RetryLM):
+            return True
+        lm = lm.inner
+    return False
 
 
 # --------------------------------------------------------------------------- usage
@@ -496,7 +486,7 @@ class MeteredLM(_Wrapper):
 # --------------------------------------------------------------------------- composition
 
 
-def build_stack(backend: LM, *, cache: Cache | None = None, retry_attempts: int | None = 3,
+def build_stack(backend: LM, *, cache: Cache | None = None, retry_attempts: "int | RetryPolicy | None" = 3,
                 max_concurrency: int | None = None, budget_meter: BudgetMeter | None = None,
                 usage_meter: UsageMeter | None = None, count_cache_hits: bool = False) -> LM:
     """Wrap ``backend`` in the standard order, skipping layers not asked for.
@@ -504,7 +494,8 @@ def build_stack(backend: LM, *, cache: Cache | None = None, retry_attempts: int 
     Outermost first: Metered -> Cache -> Budget -> Retry -> ConcurrencyLimit -> backend.
     The budget sits inside the cache: cache hits are free and stay available after the
     budget is spent (a resumed compile replays its cached calls without new spending).
-    Retries are skipped when ``retry_attempts`` is None or <= 1.
+    Retries are skipped when ``retry_attempts`` is None or <= 1; it is a number of attempts (with
+    :class:`RetryPolicy`'s default waits and deadline) or a :class:`RetryPolicy`.
 
     ``count_cache_hits=True`` puts the budget outside the cache and charges hits like calls:
     the budget then counts *logical* calls, so a compile spends the same budget whether or not
@@ -513,8 +504,9 @@ def build_stack(backend: LM, *, cache: Cache | None = None, retry_attempts: int 
     lm: LM = backend
     if max_concurrency is not None:
         lm = ConcurrencyLimitedLM(lm, max_concurrency)
-    if retry_attempts is not None and retry_attempts > 1:
-        lm = RetryLM(lm, attempts=retry_attempts)
+    policy = as_retry_policy(retry_attempts)
+    if policy is not None and policy.attempts > 1:
+        lm = RetryLM(lm, policy=policy)
     if budget_meter is not None and not count_cache_hits:
         lm = BudgetLM(lm, budget_meter)
     if cache is not None:
