@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..context import RunContext
-from ..errors import BudgetExceeded, MetricError, MetricWarning
+from ..errors import BudgetExceeded, MetricError, MetricWarning, OutputParseError, ProviderWarning
+from ..lm.faults import is_provider_failure
 from .metrics import Metric, check_metric, describe_row, mean, metric_name, row_id, score_value
 
 if TYPE_CHECKING:
@@ -52,6 +53,32 @@ def paired_bootstrap(a: Sequence[float], b: Sequence[float], *, n_resamples: int
             "ci_high": float(np.quantile(means, 0.975)), "p_better": float((means > 0).mean())}
 
 
+# what happened to a row: the model answered (ok), answered unreadably (parse_failure: a wrong
+# answer, scored by the metric like any other), the run failed otherwise (error: a tool or module
+# bug, a request no retry can fix; scored 0), or no answer came: the provider kept failing
+# (provider_failure) or the budget was spent (budget). Rows without an answer are not scored.
+ROW_STATUSES = ("ok", "parse_failure", "error", "provider_failure", "budget")
+NO_ANSWER = ("provider_failure", "budget")
+
+
+def row_status(error: BaseException | None) -> str:
+    """The :data:`ROW_STATUSES` entry for a row that ended with ``error`` (None: ok)."""
+    if error is None:
+        return "ok"
+    seen: list[BaseException] = []
+    cur: BaseException | None = error
+    while cur is not None and all(cur is not e for e in seen):
+        seen.append(cur)
+        cur = cur.__cause__ or cur.__context__
+    if any(isinstance(e, BudgetExceeded) for e in seen):
+        return "budget"
+    if is_provider_failure(error):
+        return "provider_failure"
+    if any(isinstance(e, OutputParseError) for e in seen):
+        return "parse_failure"
+    return "error"
+
+
 @dataclass(frozen=True)
 class MetricFailure:
     """The metric raised on one row (the row was scored 0)."""
@@ -72,7 +99,11 @@ class EvalResult:
     """Scores per example, the mean with its 95% CI, failures and what it cost.
 
     ``feedback`` holds, per row, the text a metric returned as ``(score, feedback)`` (or why the row
-    scored 0); ``metric_errors`` the rows on which the metric itself raised (scored 0)."""
+    scored 0); ``metric_errors`` the rows on which the metric itself raised (scored 0).
+    ``statuses`` says per row what happened (:data:`ROW_STATUSES`). A row the provider never
+    answered (``provider_failure``, after retries) or that the budget stopped (``budget``) has no
+    score: its entry in ``scores`` is a 0.0 placeholder, left out of ``mean`` and ``ci`` and
+    counted in ``no_answer``; re-run those rows (``provider_failures``) before trusting the mean."""
 
     scores: list[float]
     feedback: list[str | None]
@@ -81,18 +112,53 @@ class EvalResult:
     usage: dict[str, int] = field(default_factory=dict)
     cost: float | None = None
     metric_errors: list[MetricFailure] = field(default_factory=list)
+    statuses: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.statuses:
+            self.statuses = [row_status(r.error) for r in self.results]
 
     @property
     def n(self) -> int:
         return len(self.scores)
 
     @property
+    def scored(self) -> list[float]:
+        """The scores of the rows that got an answer (every row but provider failures and budget stops)."""
+        if not self.statuses:
+            return list(self.scores)
+        return [s for s, st in zip(self.scores, self.statuses) if st not in NO_ANSWER]
+
+    @property
     def mean(self) -> float:
-        return mean(self.scores)
+        return mean(self.scored)
 
     @property
     def ci(self) -> tuple[float, float]:
-        return bootstrap_ci(self.scores)
+        return bootstrap_ci(self.scored)
+
+    @property
+    def status_counts(self) -> dict[str, int]:
+        """Rows per status (only statuses that occur)."""
+        out: dict[str, int] = {}
+        for st in self.statuses:
+            out[st] = out.get(st, 0) + 1
+        return out
+
+    @property
+    def no_answer(self) -> int:
+        """Rows without an answer (provider failures and budget stops): not scored."""
+        return sum(1 for st in self.statuses if st in NO_ANSWER)
+
+    @property
+    def complete(self) -> bool:
+        """Every row got an answer (right, wrong or unreadable): the mean covers all of them."""
+        return self.no_answer == 0
+
+    @property
+    def provider_failures(self) -> list["Result"]:
+        """The rows the provider never answered (after retries), to re-run."""
+        return [r for r, st in zip(self.results, self.statuses) if st == "provider_failure"]
 
     @property
     def failures(self) -> list["Result"]:
@@ -109,13 +175,16 @@ class EvalResult:
         lo, hi = self.ci
         return {"n": self.n, "mean": round(self.mean, 4), "ci95": [round(lo, 4), round(hi, 4)],
                 "failures": len(self.failures), "parse_failure_rate": round(self.parse_failure_rate, 4),
-                "metric_errors": len(self.metric_errors),
+                "metric_errors": len(self.metric_errors), "statuses": self.status_counts,
+                "no_answer": self.no_answer,
                 "wall_s": round(self.wall_s, 3), **self.usage,
                 **({"cost": self.cost} if self.cost is not None else {})}
 
     def __str__(self) -> str:
         lo, hi = self.ci
         errs = f"metric_errors={len(self.metric_errors)}, " if self.metric_errors else ""
+        if self.no_answer:
+            errs += f"no answer={self.no_answer} (not scored), "
         return (f"{self.mean:.3f} (95% CI {lo:.3f}-{hi:.3f}, n={self.n}, failures={len(self.failures)}, {errs}"
                 f"calls={self.usage.get('calls', 0)}, cache_hits={self.usage.get('cache_hits', 0)}, "
                 f"tokens={self.usage.get('prompt_tokens', 0) + self.usage.get('completion_tokens', 0)}, "
@@ -124,8 +193,12 @@ class EvalResult:
 
 async def evaluate(program: "Program", dataset: Sequence[Mapping[str, Any]], metric: Metric, *,
                    ctx: RunContext | None = None, concurrency: int = 8, progress: Any = False,
-                   strict: bool = False) -> EvalResult:
-    """Run ``program`` on every example and score it; failed runs score 0 and are kept.
+                   strict: bool = False, provider_warning: bool = True) -> EvalResult:
+    """Run ``program`` on every example and score it; failed runs score 0 and are kept -- except rows
+    that got no answer at all (the provider kept failing after retries, or the budget ran out):
+    those have status ``provider_failure``/``budget`` in ``EvalResult.statuses``, are left out of
+    the mean, and provider failures are reported in one :class:`~lmgraph.errors.ProviderWarning`.
+    An unparseable answer is an answer (status ``parse_failure``), scored by the metric as usual.
 
     Before any model call the metric is checked (its arity; a 2-argument ``(example, prediction)``
     function is adapted) and every row is checked for the fields the metric declares. A metric
@@ -136,7 +209,8 @@ async def evaluate(program: "Program", dataset: Sequence[Mapping[str, Any]], met
 
     Rows are scored as they finish. ``progress=True`` shows a live display on stderr when it is a
     terminal (rows done of total, failures, the running mean); ``"always"`` draws it even when
-    stderr is not a terminal; False (the default) is quiet."""
+    stderr is not a terminal; False (the default) is quiet. ``provider_warning=False`` leaves the
+    provider-failure warning to a caller that handles those rows itself (a compile re-runs them)."""
     from ..progress import row_progress
 
     t0 = time.perf_counter()
@@ -145,12 +219,14 @@ async def evaluate(program: "Program", dataset: Sequence[Mapping[str, Any]], met
     name = metric_name(metric)
     n = len(dataset)
     scored: list[tuple[float, str | None] | None] = [None] * n
+    statuses: list[str] = ["ok"] * n
     errors: list[MetricFailure] = []
     shown = row_progress(progress, total=n, label=f"evaluating {program.name}")
 
     def score(res: "Result") -> None:  # called as each row finishes
         i, ex = res.index, dataset[res.index]
         failed = not res.ok
+        statuses[i] = status = row_status(res.error)
         if res.ok:
             try:
                 raw = ready(ex, res.outputs, res.trace)
@@ -166,6 +242,8 @@ async def evaluate(program: "Program", dataset: Sequence[Mapping[str, Any]], met
                 failed = True
             else:
                 scored[i] = score_value(raw, metric=name, row=i)
+        elif status in NO_ANSWER:
+            scored[i] = (0.0, f"no answer ({status.replace('_', ' ')}, not scored): {res.error}")
         else:
             scored[i] = (0.0, f"run failed: {res.error}")
         if shown is not None:
@@ -193,8 +271,16 @@ async def evaluate(program: "Program", dataset: Sequence[Mapping[str, Any]], met
         warnings.warn(f"metric {name!r} raised on {len(errors)} of {len(dataset)} rows (scored 0): {listed}. "
                       "See EvalResult.metric_errors; pass strict=True to raise instead.", MetricWarning,
                       stacklevel=2)
+    lost = [i for i, st in enumerate(statuses) if st == "provider_failure"]
+    if lost and provider_warning:
+        last = results[lost[-1]].error
+        warnings.warn(f"{len(lost)} of {len(dataset)} rows got no answer from the provider after retries "
+                      f"(rows {', '.join(map(str, lost[:5]))}{', ...' if len(lost) > 5 else ''}; last error: {last}). "
+                      "They are not scored: the mean covers the other rows. Re-run them "
+                      "(EvalResult.provider_failures), or give retries more room: "
+                      "RunContext(retries=RetryPolicy(attempts=..., deadline_s=...)).", ProviderWarning, stacklevel=2)
     return EvalResult(scores, feedback, results, time.perf_counter() - t0, usage,
-                      sum(costs) if costs else None, errors)
+                      sum(costs) if costs else None, errors, statuses)
 
 
 def evaluate_sync(program: "Program", dataset: Sequence[Mapping[str, Any]], metric: Metric, **kwargs: Any

@@ -23,7 +23,7 @@ from ..evaluation.metrics import Metric, check_metric
 from ..lm.wrappers import Budget
 from ..pipeline.program import Program, _run_sync
 from .report import Report
-from .session import BudgetStop, CompileSession, static_calls_per_example
+from .session import BudgetStop, CompileSession, check_provider_policy, static_calls_per_example
 
 
 @dataclass(frozen=True)
@@ -88,7 +88,7 @@ class Optimizer:
 
     def __init__(self, *, accept_confidence: float = 0.95, concurrency: int = 8,
                  checkpoint: str | Path | None = None, progress: bool = False, val_fraction: float = 0.5,
-                 early_stop: bool = True) -> None:
+                 early_stop: bool = True, on_provider_failure: str = "retry", provider_reruns: int = 3) -> None:
         if not 0.5 <= accept_confidence < 1:
             raise DefinitionError("accept_confidence must be in [0.5, 1)",
                                   fix="0.95 accepts a candidate when 95% of paired bootstrap resamples favour it.")
@@ -100,6 +100,11 @@ class Optimizer:
         # score candidates on the valset in stages (1/4, 1/2, all) and drop one as soon as it is
         # clearly worse than the incumbent: fewer calls, same acceptance rule for the survivors
         self.early_stop = early_stop
+        # rows the provider never answered: re-run them ("retry", provider_reruns times) or stop at
+        # once ("stop"); never scored (see CompileSession). Not part of config(): it cannot change a result
+        check_provider_policy(on_provider_failure, provider_reruns)
+        self.on_provider_failure = on_provider_failure
+        self.provider_reruns = provider_reruns
 
     # ---- subclass API
     def config(self) -> dict[str, Any]:
@@ -156,7 +161,8 @@ class Optimizer:
                                  valset=val, metric=metric, ctx=ctx, budget=budget, seed=seed,
                                  checkpoint=self.checkpoint, concurrency=self.concurrency,
                                  accept_confidence=self.accept_confidence, progress=self.progress,
-                                 data_note=note, early_stop=self.early_stop)
+                                 data_note=note, early_stop=self.early_stop,
+                                 on_provider_failure=self.on_provider_failure, provider_reruns=self.provider_reruns)
         report = session.report
         misses_before = int(session.ctx.usage.total()["calls"])
         try:

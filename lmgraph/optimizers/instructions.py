@@ -29,7 +29,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import BudgetExceeded, DefinitionError, LmgraphError
+from ..errors import BudgetExceeded, DefinitionError, LmgraphError, ProviderFailureError
+from ..lm.faults import is_provider_failure
 from ..lm.values import format_value
 from ..modules.predict import Predict
 from ..pipeline.builder import Pipeline
@@ -164,6 +165,9 @@ async def _memo_generate(session: CompileSession, program: Program,
         except BudgetExceeded:
             raise
         except LmgraphError as e:  # an empty or failed proposal: recorded as None
+            if is_provider_failure(e):  # no answer is not an empty proposal: never memoised
+                raise ProviderFailureError(f"the proposer got no answer from the provider after retries: {e}",
+                                           failed=1, total=1, last_error=str(e)) from e
             trace = getattr(e, "trace", None)
         usage = {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0, "dollars": 0.0}
         if trace is not None:

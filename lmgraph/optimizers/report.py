@@ -70,6 +70,16 @@ class Report:
     notes: list[str] = field(default_factory=list)
     wall_s: float = 0.0
     runtime: dict[str, Any] = field(default_factory=dict)  # cache misses etc.: varies run to run
+    # rows of the evaluations used, by outcome other than ok: parse_failure (the model answered
+    # unreadably: a wrong answer), error (a run failure no retry fixes), provider_failure (always 0
+    # in a finished compile: rows without an answer are re-run or the compile stops). Deterministic:
+    # part of the artifact.
+    failures: dict[str, int] = field(default_factory=lambda: {"parse_failure": 0, "error": 0,
+                                                               "provider_failure": 0})
+    # provider faults met on the way (vary run to run, never change the result; not in the artifact):
+    # rows that got no answer and were re-run, re-run passes, rows still without one when a compile
+    # stopped, and requests that reached the provider (retries included; spent["calls"] is logical)
+    faults: dict[str, int] = field(default_factory=dict)
 
     @property
     def baseline(self) -> Candidate:
@@ -110,13 +120,15 @@ class Report:
     def to_dict(self, *, timing: bool = True) -> dict[str, Any]:
         out = {"optimizer": self.optimizer, "seed": self.seed, "config": self.config, "budget": self.budget,
                "data": self.data, "best_id": self.best_id, "spent": self.spent, "stopped": self.stopped,
-               "notes": self.all_notes(), "candidates": [c.to_dict() for c in self.candidates]}
+               "notes": self.all_notes(), "candidates": [c.to_dict() for c in self.candidates],
+               "failures": dict(self.failures)}
         if self.candidates:
             out["baseline_score"] = round(self.baseline.mean, 6)
             out["best_score"] = round(self.best.mean, 6)
         if timing:
             out["wall_s"] = round(self.wall_s, 3)
             out["runtime"] = self.runtime
+            out["faults"] = dict(self.faults)
         return out
 
     def table(self) -> str:
@@ -130,7 +142,10 @@ class Report:
         head = (f"{self.optimizer}: best {self.best.mean:.3f} (candidate {self.best_id}) vs baseline "
                 f"{self.baseline.mean:.3f}; spent {self.spent.get('calls', 0)} calls"
                 + (f" ({self.runtime['cache_misses']} cache misses)" if "cache_misses" in self.runtime else "")
-                + (f"; stopped: {self.stopped}" if self.stopped else ""))
+                + (f"; stopped: {self.stopped}" if self.stopped else "")
+                + (f"; provider faults: {self.faults['rows_without_answer']} rows got no answer and were re-run "
+                   f"({self.faults.get('requests', 0)} requests for {self.spent.get('calls', 0)} calls)"
+                   if self.faults.get("rows_without_answer") else ""))
         used = dict.fromkeys(c.status for c in self.candidates if c.status not in PLAIN)
         legend = ["statuses: " + "; ".join(f"{st} = {STATUSES.get(st, st)}" for st in used)] if used else []
         return "\n".join([head, *rows, *legend, *(f"note: {n}" for n in self.all_notes())])

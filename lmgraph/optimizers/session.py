@@ -7,6 +7,13 @@ flushed and fsynced), so a killed compile restarted with the same
 arguments replays completed evaluations (charging their recorded spend) instead of repeating
 them, and ends with the same result. Acceptance of a candidate is decided here, on a paired
 bootstrap over validation examples.
+
+A provider failure is not an answer: rows the provider never answered (after the retry layer's
+tries) are re-run, up to ``provider_reruns`` times, and an evaluation is memoised, checkpointed
+and used only once every row has a real outcome (right, wrong or unreadable). The logical calls
+of a re-run row count once. If rows still fail -- or at once with ``on_provider_failure="stop"``
+-- the compile stops with a :class:`~lmgraph.errors.ProviderFailureError`; with a checkpoint it
+resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from typing import Any
 
 from ..cache.keys import strip_credentials
 from ..context import RunContext
-from ..errors import ArtifactError, BudgetExceeded
+from ..errors import ArtifactError, ConfigError, ProviderFailureError
 from ..evaluation.datasets import fingerprint
 from ..evaluation.evaluate import evaluate, paired_bootstrap
 from ..evaluation.metrics import Metric
@@ -32,6 +39,7 @@ from ..pipeline.program import Program
 from .progress import CompileProgress
 from .report import Candidate, Report
 
+PROVIDER_FAILURE_POLICIES = ("retry", "stop")
 CHECKPOINT_VERSION = 3  # 3: each entry line carries a hash chained to the header and the lines before it
 
 
@@ -42,6 +50,18 @@ class BudgetStop(Exception):
 def _hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
                                      default=str).encode()).hexdigest()
+
+
+def check_provider_policy(on_provider_failure: str, provider_reruns: int) -> None:
+    """The optimizer's provider-failure policy must be one it knows (ConfigError otherwise)."""
+    if on_provider_failure not in PROVIDER_FAILURE_POLICIES:
+        raise ConfigError(f"on_provider_failure is {on_provider_failure!r}; it must be one of "
+                          f"{', '.join(map(repr, PROVIDER_FAILURE_POLICIES))}", field="on_provider_failure",
+                          fix="'retry' re-runs rows the provider never answered (provider_reruns times) and stops "
+                              "if they still fail; 'stop' stops at the first such row.")
+    if isinstance(provider_reruns, bool) or not isinstance(provider_reruns, int) or provider_reruns < 0:
+        raise ConfigError(f"provider_reruns is {provider_reruns!r}; it must be a whole number >= 0",
+                          field="provider_reruns", fix="e.g. provider_reruns=3.")
 
 
 def static_calls_per_example(program: Program) -> int:
@@ -57,7 +77,11 @@ class CompileSession:
                  trainset: Sequence[Mapping[str, Any]], valset: Sequence[Mapping[str, Any]], metric: Metric,
                  ctx: RunContext | None, budget: Budget | None, seed: int, checkpoint: str | Path | None,
                  concurrency: int, accept_confidence: float, progress: bool, data_note: str = "",
-                 early_stop: bool = True, early_stop_min: int = 8) -> None:
+                 early_stop: bool = True, early_stop_min: int = 8, on_provider_failure: str = "retry",
+                 provider_reruns: int = 3) -> None:
+        check_provider_policy(on_provider_failure, provider_reruns)
+        self.on_provider_failure = on_provider_failure
+        self.provider_reruns = provider_reruns
         base = ctx if ctx is not None else RunContext()
         self.ctx = base.replace(budget=budget or Budget(), budget_counts_cache_hits=True)
         self.meter = self.ctx.budget_meter
@@ -96,6 +120,10 @@ class CompileSession:
                                    "budget": self.report.budget, "metric": getattr(metric, "__name__", "")})
         self.memo: dict[str, dict[str, Any]] = {}
         self.replayed = 0
+        # provider faults seen (run to run these differ; the result must not): rows that got no
+        # answer and were re-run, re-run passes, and rows still without one when the compile stopped
+        self.faults: dict[str, int] = {"rows_without_answer": 0, "reruns": 0, "stopped": 0}
+        self._counted: set[str] = set()  # memo keys whose outcomes are in report.failures
         self._charged: set[str] = set()  # memo keys already paid for in this process
         self._checkpoint_open = False  # the checkpoint file exists with this compile's header
         self._checkpoint_chain = ""  # the hash of the last line written or read (see _chain)
@@ -206,6 +234,7 @@ class CompileSession:
         self.reporter.evaluating(program, kind)
         hit = self.memo.get(key)
         if hit is not None:
+            self._count_outcomes(key, hit)
             if key not in self._charged:  # replayed from a checkpoint: charge what it cost then
                 u = hit["usage"]
                 self.meter.charge(calls=u["calls"], prompt_tokens=u["prompt_tokens"],
@@ -221,15 +250,13 @@ class CompileSession:
             raise BudgetStop(f"budget left ({rem} calls) cannot cover evaluating {len(rows)} examples "
                              f"at ~{self.calls_per_example(program):.1f} calls each")
         before = self.meter.snapshot()
-        res = await evaluate(program, rows, self.metric, ctx=self.ctx, concurrency=self.concurrency,
-                             progress=self.reporter.rows(len(rows), kind) or False)
-        if any(isinstance(r.error, BudgetExceeded) for r in res.results):
-            raise BudgetStop("budget spent during an evaluation (it is not used)")
+        results, scores, feedback, statuses = await self._evaluate_all(program, rows, kind)
         after = self.meter.snapshot()
         usage = {k: after[k] - before[k] for k in ("calls", "prompt_tokens", "completion_tokens", "dollars")}
         examples = []
-        for r, s, fb in zip(res.results, res.scores, res.feedback):
-            ex: dict[str, Any] = {"score": s, "ok": r.ok, "feedback": fb}  # fb: the metric's text, if any
+        for r, s, fb, st in zip(results, scores, feedback, statuses):
+            # fb: the metric's text, if any; status: ok / parse_failure / error (never a provider failure)
+            ex: dict[str, Any] = {"score": s, "ok": r.ok, "feedback": fb, "status": st}
             if r.ok:
                 ex["outputs"] = jsonable(dict(r.outputs))
                 ex["nodes"] = {n.node: {"inputs": jsonable(n.inputs), "outputs": jsonable(n.outputs)}
@@ -240,12 +267,89 @@ class CompileSession:
             else:
                 ex["error"] = f"{type(r.error).__name__}: {r.error}"
             examples.append(ex)
-        entry = {"scores": res.scores, "examples": examples, "usage": usage}
+        entry = {"scores": scores, "examples": examples, "usage": usage}
         per_ex = usage["calls"] / max(1, len(rows))
         self.observed_calls = max(self.observed_calls or 0.0, per_ex)
         self.remember(key, entry)
         self._charged.add(key)
+        self._count_outcomes(key, entry)
         return entry
+
+    async def _evaluate_all(self, program: Program, rows: Sequence[Mapping[str, Any]], kind: str
+                            ) -> tuple[list[Any], list[float], list[str | None], list[str]]:
+        """Evaluate ``program`` on ``rows`` until every row has a real outcome: rows the provider
+        never answered are re-run (``provider_reruns`` times at most; their calls are given back to
+        the budget first, so a re-run row counts its logical calls once). BudgetStop when the budget
+        ran out mid-way; ProviderFailureError when rows still have no answer."""
+        res = await evaluate(program, rows, self.metric, ctx=self.ctx, concurrency=self.concurrency,
+                             progress=self.reporter.rows(len(rows), kind) or False, provider_warning=False)
+        results, scores = list(res.results), list(res.scores)
+        feedback, statuses = list(res.feedback), list(res.statuses)
+        reruns = 0
+        while True:
+            if "budget" in statuses:
+                raise BudgetStop("budget spent during an evaluation (it is not used)")
+            lost = [i for i, st in enumerate(statuses) if st == "provider_failure"]
+            if not lost:
+                return results, scores, feedback, statuses
+            self._give_back([results[i] for i in lost])
+            self.faults["rows_without_answer"] += len(lost)
+            last = results[lost[-1]].error
+            if self.on_provider_failure == "stop" or reruns >= self.provider_reruns:
+                self.faults["stopped"] = len(lost)
+                self._faults_to_report()
+                tries = (f"after {reruns} re-run{'s' if reruns != 1 else ''} of the failed rows"
+                         if self.on_provider_failure == "retry" else "(on_provider_failure='stop')")
+                raise ProviderFailureError(
+                    f"{len(lost)} of {len(rows)} rows got no answer from the provider {tries}, each after "
+                    f"the retry layer's tries; last error: {type(last).__name__}: {last}. Nothing failed was "
+                    "scored, memoised or checkpointed. Fix: check the server/provider, then run the compile again "
+                    "(with checkpoint= it resumes where it stopped); give retries more room with "
+                    "RunContext(retries=RetryPolicy(attempts=..., deadline_s=...)) or the optimizer more "
+                    "re-runs (provider_reruns=...).", failed=len(lost), total=len(rows),
+                    last_error=f"{type(last).__name__}: {last}") from last
+            reruns += 1
+            self.faults["reruns"] += 1
+            sub = await evaluate(program, [rows[i] for i in lost], self.metric, ctx=self.ctx,
+                                 concurrency=self.concurrency, progress=self.reporter.rows(len(lost), kind) or False,
+                                 provider_warning=False)
+            for j, i in enumerate(lost):
+                results[i], scores[i] = sub.results[j], sub.scores[j]
+                feedback[i], statuses[i] = sub.feedback[j], sub.statuses[j]
+            self._faults_to_report()
+
+    def _give_back(self, failed: Sequence[Any]) -> None:
+        """Return to the budget the logical calls (and their tokens) that rows without an answer
+        made before failing: their re-run makes them again, and counts them then."""
+        calls = hits = prompt = completion = 0
+        dollars = 0.0
+        for r in failed:
+            if r.trace is None:
+                continue
+            u = r.trace.usage
+            calls += u.get("calls", 0)
+            hits += u.get("cache_hits", 0)
+            prompt += u.get("prompt_tokens", 0)
+            completion += u.get("completion_tokens", 0)
+            dollars += r.trace.cost or 0.0
+        if calls:
+            self.meter.charge(calls=-calls, prompt_tokens=-prompt, completion_tokens=-completion,
+                              dollars=-dollars, cache_hits=-hits)
+
+    def _count_outcomes(self, key: str, entry: Mapping[str, Any]) -> None:
+        """Add an evaluation's row outcomes to ``report.failures`` (once per evaluation)."""
+        if key in self._counted or entry.get("examples") is None:
+            return
+        self._counted.add(key)
+        fails = self.report.failures
+        for ex in entry["examples"]:
+            st = ex.get("status") or ("ok" if ex.get("ok") else "error")
+            if st != "ok":
+                fails[st] = fails.get(st, 0) + 1
+        self._faults_to_report()
+
+    def _faults_to_report(self) -> None:
+        self.report.faults = {**self.faults, "requests": int(self.meter.snapshot().get("requests", 0))}
 
     # ---- candidates
     def _new_candidate(self, label: str, changes: Mapping[str, Any], entry: Mapping[str, Any]) -> Candidate:
