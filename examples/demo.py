@@ -9,7 +9,7 @@
 4. score the compiled program on the same test rows and print both with 95% CIs, the paired
    difference, model calls, tokens and wall time; save the compiled artifact.
 
-    python examples/demo.py [--test 100] [--budget 600] [--seed 0]
+    python examples/demo.py [--test 200] [--budget 800] [--seed 0]
 """
 
 from __future__ import annotations
@@ -37,14 +37,18 @@ def build() -> lg.Program:
     return p.build()
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--test", type=int, default=100, help="test questions (seeded sample)")
+    ap.add_argument("--test", type=int, default=200, help="test questions (seeded sample)")
     ap.add_argument("--train", type=int, default=60)
     ap.add_argument("--val", type=int, default=40)
-    ap.add_argument("--budget", type=int, default=600, help="hard limit on compile model calls")
+    ap.add_argument("--budget", type=int, default=800, help="hard limit on compile model calls")
     ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args()
+    return ap
+
+
+def main() -> None:
+    args = parser().parse_args()
 
     program = build()
     print(program.render(), "\n")

@@ -371,31 +371,39 @@ class Compile(Optimizer):
                     out.setdefault(n, {}).update(v)
             return out
 
-        cur_fmt = "completion"
         lead = decodes[0] if decodes else None
+        near = knn(knn_pool)
         raw: list[tuple[str, dict[str, dict[str, Any]], set[int]]] = []
+        # first the strongest levers on small models (per-input demos, calibrated label scoring,
+        # constrained JSON, instructions that name the options), then demo sets and the rest
         if lead:
-            raw.append((f"{lead} + {k} nearest demos", merge(decode(lead), knn(knn_pool)), set()))
-        raw.append((f"{k} nearest demos", knn(knn_pool), set()))
+            raw += [(f"{lead} + signature instruction", merge(decode(lead), instr()), set()),
+                    (f"{lead} + {k} nearest demos", merge(decode(lead), near), set())]
+        raw += [(f"json + {k} nearest demos + signature instruction", merge(fmt("json"), near, instr()), set()),
+                (f"{k} nearest demos", near, set())]
         if lead:
-            raw += [(f"{lead} + {k} bootstrapped demos", merge(decode(lead), demos(boot_k)), boot_rows),
+            raw += [(f"{lead} + {k} nearest demos + signature instruction", merge(decode(lead), near, instr()),
+                     set()),
                     (f"{lead}, zero-shot", decode(lead), set())]
+        raw += [(f"json + {k} nearest demos", merge(fmt("json"), near), set()),
+                (f"{k} nearest demos + signature instruction", merge(near, instr()), set())]
+        if lead:
+            raw.append((f"{lead} + {k} bootstrapped demos", merge(decode(lead), demos(boot_k)), boot_rows))
             if "score" in decodes and lead != "score":
-                raw.append((f"score + {k} bootstrapped demos", merge(decode("score"), demos(boot_k)), boot_rows))
+                raw.append((f"score + {k} nearest demos", merge(decode("score"), near), set()))
         raw += [(f"{k} bootstrapped demos", demos(boot_k), boot_rows),
                 (f"json + {k} bootstrapped demos", merge(fmt("json"), demos(boot_k)), boot_rows)]
         if lead:
             raw.append((f"{lead} + {k} labelled demos", merge(decode(lead), demos(lab_k)), lab_rows))
         raw += [(f"{k} labelled demos", demos(lab_k), lab_rows),
-                ("json, zero-shot", fmt("json"), set())]
+                ("json, zero-shot", fmt("json"), set()),
+                ("signature instruction, zero-shot", instr(), set()),
+                ("json + signature instruction", merge(fmt("json"), instr()), set())]
         if lead:
             raw.append((f"{lead} + {2 * k} bootstrapped demos", merge(decode(lead), demos(boot_2k)), boot2_rows))
-            raw.append((f"{lead} + {k} demos + signature instruction",
-                        merge(decode(lead), demos(boot_k), instr()), boot_rows))
         raw += [(f"{2 * k} bootstrapped demos", demos(boot_2k), boot2_rows),
                 (f"{k} bootstrapped demos + signature instruction", merge(demos(boot_k), instr()), boot_rows),
-                ("signature instruction, zero-shot", instr(), set()),
-                (f"completion + {k} bootstrapped demos", merge(fmt(cur_fmt), demos(boot_k)), boot_rows),
+                (f"completion + {k} bootstrapped demos", merge(fmt("completion"), demos(boot_k)), boot_rows),
                 (f"chat + {k} bootstrapped demos", merge(fmt("chat"), demos(boot_k)), boot_rows)]
         # model choice: every node on each other model of the context, then (several model nodes)
         # one node at a time -- raced early, since a user who lists models wants them compared
@@ -407,7 +415,7 @@ class Compile(Optimizer):
             if len(lm_nodes) > 1:
                 model_specs += [(f"{n} on model {name}", {n: {"lm": name}}, set()) for n in lm_nodes
                                 if getattr(mods[n], "lm", None) != name]
-        raw[2:2] = model_specs
+        raw[4:4] = model_specs
         out, seen = [], set()
         for label, params, used in raw:
             params = {n: p for n, p in params.items() if p}
