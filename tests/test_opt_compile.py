@@ -260,3 +260,22 @@ def test_compile_tunes_the_generator_inside_a_refine():
     assert inner.demos or inner.knn, report.table()
     assert report.best.status == "accepted"
     assert any(k.startswith("refine.generator") for k in report.best.changes), report.best.changes
+
+
+def test_a_proposer_model_writes_instructions_that_compete():
+    # the task model is right only when its instruction says "sentiment word"; the proposer writes that
+    def task(request):
+        text = request_text(request)
+        truth = next((v for k, v in WORDS.items() if f" {k} " in f" {_last_sentence(text)} "), "positive")
+        answer = truth if "sentiment word" in text else "positive"
+        return f"Label: {answer}" if request.prompt is not None else answer
+
+    def proposer(request):
+        return "Instruction: Label the sentence by its sentiment word."
+
+    ctx = lg.RunContext(lm=FunctionLM(task), lms={"writer": FunctionLM(proposer, name="writer")}, cache=False)
+    with pytest.raises(lg.DefinitionError):
+        Compile(proposer_lm="nobody").optimize(program(), rows(20), label_accuracy(), ctx=ctx)
+    compiled, report = Compile(decodes=(), proposer_lm="writer", models=()).optimize(
+        program(), rows(60), label_accuracy(), budget=lg.Budget(max_calls=900), ctx=ctx)
+    assert "sentiment word" in compiled.module("classify").instructions, report.table()

@@ -49,6 +49,7 @@ from ..signatures import literal_options
 from .base import CostEstimate, Optimizer, check_budget_covers_baseline, check_rows
 from .fewshot import _demo_sig, demo_nodes, labeled_demos
 from .params import demo_param, example_demos
+from .instructions import check_proposer, propose_instructions
 from .joint import accepts_format
 from .report import Report
 from .session import BudgetStop, CompileSession
@@ -198,7 +199,8 @@ class Compile(Optimizer):
     def __init__(self, *, max_demos: int = 4, confirm_fraction: float = 0.4, min_race_rows: int = 20,
                  decodes: Sequence[str] | str = "auto", formats: Sequence[str] = ("completion", "json", "chat"),
                  instructions: bool = True, label_map: Mapping[str, str] | None = None,
-                 max_candidates: int = 12, models: Sequence[str] | str = "auto", **kwargs: Any) -> None:
+                 max_candidates: int = 12, models: Sequence[str] | str = "auto", proposer_lm: str | None = None,
+                 num_proposals: int = 2, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         from ..modules.base import FORMAT_CHOICES
 
@@ -223,13 +225,18 @@ class Compile(Optimizer):
         self.label_map = dict(label_map or {})
         self.max_candidates = max_candidates
         self.models = models if models == "auto" else tuple(models)
+        # instructions written by a capable proposer model of the context (never the task model by
+        # default: a 135M proposer writes nonsense); off when None
+        self.proposer_lm = proposer_lm
+        self.num_proposals = num_proposals
 
     def config(self) -> dict[str, Any]:
         return {"max_demos": self.max_demos, "confirm_fraction": self.confirm_fraction,
                 "min_race_rows": self.min_race_rows, "decodes": list(self.decodes) if self.decodes != "auto"
                 else "auto", "formats": list(self.formats), "instructions": self.instructions,
                 "label_map": self.label_map, "max_candidates": self.max_candidates,
-                "models": self.models if self.models == "auto" else list(self.models)}
+                "models": self.models if self.models == "auto" else list(self.models),
+                "proposer_lm": self.proposer_lm, "num_proposals": self.num_proposals}
 
     # ---- folds and plan
     def folds(self, n: int, seed: int) -> tuple[list[int], list[int]]:
@@ -293,6 +300,7 @@ class Compile(Optimizer):
         if isinstance(program, Program) and not isinstance(trainset, (str, bytes)):
             check_rows(program, trainset, "trainset")
             self._model_names(ctx)  # names the context lacks fail before any model call
+            check_proposer(ctx, self.proposer_lm)
             rows = self._pool(trainset, valset)
             self._ctx_hint = ctx
             self._budget_hint = budget
@@ -449,6 +457,7 @@ class Compile(Optimizer):
             return
         boot, labelled = self._pools(base_prog, base_entry, search_idx, rows)
         specs = self._specs(base_prog, boot, labelled, getattr(self, "_ctx_hint", None), session.rng)
+        specs[2:2] = await self._proposed(session, base_prog, labelled or boot)
         if not specs:
             report.notes.append("nothing to search: no node has tunable demos, format, decoding or instructions")
             return
@@ -565,6 +574,35 @@ class Compile(Optimizer):
         if any(p[0].startswith("model ") or " on model " in p[0] for p in points[1:]):
             session.report.notes.append("score / cost front (tokens per row): " + "; ".join(
                 f"{p[0]}: {p[1]:.3f} at {p[3]:.0f} tokens" for p in front))
+
+    async def _proposed(self, session: CompileSession, program: Program,
+                        pool: Mapping[str, list[tuple[int, Demo]]]) -> list[Spec]:
+        """Candidates with instructions a proposer model wrote from search-row examples (APE)."""
+        if self.proposer_lm is None or not self.num_proposals:
+            return []
+        out: list[Spec] = []
+        mods = tunable_modules(program)
+        for node, items in pool.items():
+            m = mods.get(node)
+            if m is None or "instructions" not in m.tunable or not items:
+                continue
+            session.reporter.phase(f"{node}: a proposer model writes instructions")
+            examples = [d for _, d in items[:2 * self.max_demos]]
+            try:
+                texts = await propose_instructions(session, _demo_sig(program, node), examples, self.num_proposals,
+                                                   proposer_lm=self.proposer_lm, exclude=[m.instructions])
+            except BudgetStop:
+                break
+            for i, text in enumerate(texts, 1):
+                params = {node: {"instructions": text}}
+                try:
+                    prog = program.with_parameters({f"{node}.instructions": text})
+                except DefinitionError:
+                    continue
+                used = frozenset(r for r, _ in items[:2 * self.max_demos])  # the proposer saw these rows
+                out.append(Spec(f"{node}: proposed instruction {i} ({text[:40]!r})", params, used, prog,
+                                _per_row(prog)))
+        return out
 
     # ---- racing
     @staticmethod
