@@ -242,6 +242,17 @@ class Signature:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, types: dict[str, Any] | None = None) -> "Signature":
+        try:
+            return cls._from_dict(data, types)
+        except SignatureError:
+            raise
+        except (KeyError, TypeError, AttributeError, ValueError) as e:
+            raise SignatureError(f"malformed signature JSON ({type(e).__name__}: {str(e)[:200]})",
+                                 fix="a signature is {\"inputs\": [{\"name\": ..., \"type\": ...}], "
+                                     "\"outputs\": [...], \"instructions\": ...}; save it again from code.") from None
+
+    @classmethod
+    def _from_dict(cls, data: dict[str, Any], types: dict[str, Any] | None) -> "Signature":
         registry = dict(types or {})
         for name, spec in (data.get("types") or {}).items():
             if name not in registry:
@@ -319,20 +330,51 @@ def _parse_field(part: str, types: dict[str, Any] | None) -> FieldSpec:
     return FieldSpec(name, str_to_type(tp.strip(), types) if colon else str)
 
 
+_SPECIAL_FORMS = ("Optional", "Literal", "Union")
+_SPECIAL_EXAMPLES = {"Optional": "Optional[int]", "Literal": "Literal['a', 'b']", "Union": "Union[int, str]"}
+
+
 def str_to_type(expr: str, types: dict[str, Any] | None = None) -> Any:
-    """Read a type expression such as ``list[str]`` or ``Literal['a', 'b']`` without eval."""
+    """Read a type expression such as ``list[str]`` or ``Literal['a', 'b']`` without eval.
+
+    Whatever the text, the only error is a :class:`SignatureError`; a type that reads but that
+    pydantic cannot validate with (``dict[str]``, ``Literal[1j]``) is refused here too."""
+    if not isinstance(expr, str):
+        raise SignatureError(f"a type expression is a string, got {type(expr).__name__}",
+                             fix="write it as in a signature, e.g. 'list[str]'.")
     try:
         tree = ast.parse(expr, mode="eval").body
-    except SyntaxError as e:
-        raise SignatureError(f"cannot read type {expr!r}: {e.msg}") from None
-    return _type_from_ast(tree, expr, types or {})
+    except (SyntaxError, ValueError) as e:  # ValueError: null bytes
+        raise SignatureError(f"cannot read type {expr!r}: {getattr(e, 'msg', None) or e}") from None
+    except (RecursionError, MemoryError):
+        raise SignatureError(f"type {expr[:60]!r}... is nested too deeply") from None
+    try:
+        tp = _type_from_ast(tree, expr, types or {})
+    except SignatureError:
+        raise
+    except Exception as e:  # noqa: BLE001 - typing's own checks (a bad Union), anything the text provoked
+        raise SignatureError(f"type {expr!r} is not a valid type: {e}",
+                             fix="use str, int, float, bool, list[...], dict[...], Optional[...], "
+                                 "Literal[...] or a named pydantic model passed via types=.") from None
+    try:
+        type_adapter(tp)
+    except TypeError:  # unhashable (a custom type object pydantic still handles): checked when used
+        pass
+    except Exception as e:  # noqa: BLE001 - pydantic's schema errors vary by version
+        raise SignatureError(f"type {expr!r} cannot be used for a field ({type(e).__name__}: {str(e)[:160]})",
+                             fix="use str, int, float, bool, list[...], dict[...], Optional[...], "
+                                 "Literal[...] or a named pydantic model passed via types=.") from None
+    return tp
 
 
-def _type_from_ast(node: ast.AST, expr: str, types: dict[str, Any]) -> Any:
+def _type_from_ast(node: ast.AST, expr: str, types: dict[str, Any], *, base: bool = False) -> Any:
     if isinstance(node, ast.Name):
         if node.id in types:
             return types[node.id]
         if node.id in _BASE_TYPES:
+            if node.id in _SPECIAL_FORMS and not base:
+                raise SignatureError(f"{node.id} needs arguments in {expr!r}",
+                                     fix=f"write e.g. {_SPECIAL_EXAMPLES[node.id]}.")
             return _BASE_TYPES[node.id]
         raise SignatureError(f"unknown type {node.id!r} in {expr!r}",
                              fix=f"pass types={{{node.id!r}: {node.id}}} so the name can be resolved.")
@@ -341,7 +383,7 @@ def _type_from_ast(node: ast.AST, expr: str, types: dict[str, Any]) -> Any:
     if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr):
         return Union[_type_from_ast(node.left, expr, types), _type_from_ast(node.right, expr, types)]
     if isinstance(node, ast.Subscript):
-        base = _type_from_ast(node.value, expr, types)
+        base = _type_from_ast(node.value, expr, types, base=True)
         args = node.slice.elts if isinstance(node.slice, ast.Tuple) else [node.slice]
         if base is Literal:
             vals = []
@@ -355,7 +397,11 @@ def _type_from_ast(node: ast.AST, expr: str, types: dict[str, Any]) -> Any:
                 vals.append(a.value)
             return Literal[tuple(vals)]  # type: ignore[valid-type]
         targs = tuple(_type_from_ast(a, expr, types) for a in args)
+        if not targs:
+            raise SignatureError(f"{ast.unparse(node.value)}[...] needs a type inside the brackets in {expr!r}")
         if base is Optional:
+            if len(targs) != 1:
+                raise SignatureError(f"Optional takes one type in {expr!r}", fix="write Optional[int] (or Union[...]).")
             return Optional[targs[0]]
         if base is Union:
             return Union[targs]  # type: ignore[valid-type]
@@ -415,20 +461,45 @@ _CONSTRAINTS = {"minimum": "ge", "maximum": "le", "exclusiveMinimum": "gt", "exc
 
 
 def _type_from_spec(name: str, spec: dict[str, Any], registry: dict[str, Any]) -> Any:
-    """Rebuild a custom type from its JSON description (data only; no code runs)."""
+    """Rebuild a custom type from its JSON description (data only; no code runs). A description
+    that cannot be rebuilt -- malformed, self-referencing, a field pydantic refuses (``__class__``),
+    a bad regex -- is a SignatureError naming the type."""
+    fix = "repair its description under \"types\" in the JSON, or save the program again from code."
+    try:
+        return _rebuild_type(name, spec, registry)
+    except SignatureError:
+        raise
+    except RecursionError:
+        raise SignatureError(f"saved type {name!r} refers to itself or is nested too deeply", fix=fix) from None
+    except Exception as e:  # noqa: BLE001 - KeyError, TypeError, pydantic's schema/user errors ...
+        raise SignatureError(f"saved type {name!r} cannot be rebuilt ({type(e).__name__}: {str(e)[:200]})",
+                             fix=fix) from None
+
+
+def _rebuild_type(name: str, spec: dict[str, Any], registry: dict[str, Any]) -> Any:
+    if not isinstance(spec, dict):
+        raise SignatureError(f"saved type {name!r} is a JSON {type(spec).__name__}, not an object",
+                             fix="a saved type is {\"kind\": \"model\", \"schema\": ...} or "
+                                 "{\"kind\": \"enum\", \"values\": [...]}.")
     if spec.get("kind") == "enum":
         rebuilt = enum.Enum(name, {f"V{i}": v for i, v in enumerate(spec["values"])})  # type: ignore[misc]
         _REBUILT[rebuilt] = spec
         return rebuilt
     schema = spec["schema"]
     defs = schema.get("$defs", {})
+    building: set[str] = set()  # refs being rebuilt: meeting one again is a recursive type
 
     def conv(s: Any) -> Any:
         if not isinstance(s, dict):
             return Any
         if "$ref" in s:
             ref = s["$ref"].rsplit("/", 1)[-1]
+            if ref in building:
+                raise SignatureError(f"saved type {name!r} is recursive ({ref!r} refers to itself), which "
+                                     "lmgraph cannot rebuild from JSON",
+                                     fix="pass the type by name on load: types={" + repr(ref) + ": YourModel}.")
             if ref not in registry:
+                building.add(ref)
                 d = defs[ref]
                 if "enum" in d:  # an Enum class referenced by the model
                     registry[ref] = enum.Enum(ref, {f"V{i}": v for i, v in enumerate(d["enum"])})  # type: ignore[misc]
@@ -436,6 +507,7 @@ def _type_from_spec(name: str, spec: dict[str, Any], registry: dict[str, Any]) -
                     registry[ref] = build(ref, d)
                 else:
                     registry[ref] = conv({k: v for k, v in d.items() if k != "title"})
+                building.discard(ref)
             return registry[ref]
         if "const" in s:
             return Literal[s["const"]]  # type: ignore[valid-type]

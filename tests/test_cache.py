@@ -227,9 +227,9 @@ def test_disk_cache_ignores_foreign_entries(tmp_path) -> None:
 
 def test_disk_cache_reopens_after_close(tmp_path) -> None:
     cache = DiskCache(tmp_path / "c", memory_size=0)
-    cache.set("k", {"v": 1})
+    cache.set("k", {"text": "v"})
     cache.close()
-    assert cache.get("k") == {"v": 1}
+    assert cache.get("k") == {"text": "v"}
     cache.clear()
     assert cache.get("k") is None
     cache.close()

@@ -19,7 +19,22 @@ from typing import Any
 
 import pydantic
 
+from ..errors import LmgraphError
 from ..signatures import literal_options, type_adapter, type_to_str
+
+
+class CoercionError(LmgraphError, ValueError):
+    """A model's text could not be read as the declared type (no JSON in it, no number, not one
+    of the options, nested too deeply...). Also a ``ValueError``: the prompt formats turn it into
+    an :class:`~lmgraph.errors.OutputParseError` naming the field."""
+
+
+def _loads(text: str) -> Any:
+    """``json.loads``; JSON nested past Python's recursion limit is a CoercionError, not a crash."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise CoercionError("the JSON is nested too deeply to read") from None
 
 
 def format_value(value: Any, *, as_input: bool = True) -> str:
@@ -73,19 +88,21 @@ def _strip_fence(text: str) -> str:
 
 
 def extract_json(text: str) -> Any:
+    """The JSON value in a reply (fenced, or the outermost object/array in prose); raises
+    :class:`CoercionError` (a ValueError) when there is none."""
     text = _strip_fence(text)
     try:
-        return json.loads(text)
+        return _loads(text)
     except json.JSONDecodeError:
         pass
     for open_, close in (("{", "}"), ("[", "]")):
         i, j = text.find(open_), text.rfind(close)
         if i != -1 and j > i:
             try:
-                return json.loads(text[i:j + 1])
+                return _loads(text[i:j + 1])
             except json.JSONDecodeError:
                 continue
-    raise ValueError("no JSON value found")
+    raise CoercionError("no JSON value found")
 
 
 def close_json_object(text: str) -> dict[str, Any] | None:
@@ -126,7 +143,7 @@ def close_json_object(text: str) -> dict[str, Any] | None:
     for attempt in tries:
         try:
             data = json.loads(attempt)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             continue
         return data if isinstance(data, dict) else None
     return None
@@ -142,7 +159,20 @@ def json_object(text: str) -> dict[str, Any] | None:
 
 
 def coerce(text: str, annotation: Any) -> Any:
-    """Parse model text into ``annotation``; raises ValueError with a reason."""
+    """Parse model text into ``annotation``; raises :class:`CoercionError` (a ValueError) with a reason."""
+    try:
+        return _coerce(text, annotation)
+    except CoercionError:
+        raise
+    except pydantic.ValidationError as e:
+        raise CoercionError(f"does not match {type_to_str(annotation)}: {e.errors()[0]['msg']}") from None
+    except ValueError as e:
+        raise CoercionError(str(e)) from None
+    except RecursionError:
+        raise CoercionError(f"the value is nested too deeply to read as {type_to_str(annotation)}") from None
+
+
+def _coerce(text: str, annotation: Any) -> Any:
     if annotation is str or annotation is Any:
         return text.strip()
     origin = typing.get_origin(annotation)
@@ -156,7 +186,7 @@ def coerce(text: str, annotation: Any) -> Any:
             if a is type(None):
                 continue
             try:
-                return coerce(text, a)
+                return _coerce(text, a)
             except ValueError as e:
                 errors.append(str(e))
         raise ValueError("; ".join(errors))
@@ -196,7 +226,7 @@ def coerce(text: str, annotation: Any) -> Any:
             raw_items = [ln for ln in lines if ln]
             if len(raw_items) == 1 and "," in raw_items[0]:  # "a, b, c" on one line
                 raw_items = [p.strip() for p in raw_items[0].split(",") if p.strip()]
-        items = [coerce(v, item) if isinstance(v, str) else v for v in raw_items]
+        items = [_coerce(v, item) if isinstance(v, str) else v for v in raw_items]
         return type_adapter(annotation).validate_python(items)
     # dicts, pydantic models, anything else: JSON
     try:
