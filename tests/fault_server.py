@@ -14,7 +14,8 @@ share ``fault_rate`` of requests, one of these faults instead:
 * ``"content-type"`` -- a 200 ``text/html`` error page instead of JSON
 
 Which requests fail is decided by ``sha256(seed, request body, how often this body was seen)``,
-so a run sees the same faults in the same places whatever the timing. ``rate_limit=N`` adds a
+so a run sees the same faults in the same places whatever the timing (``fail_first=k`` instead
+faults the first k occurrences of every body, cycling through ``faults``). ``rate_limit=N`` adds a
 token bucket of N requests/s (burst N): a request over it gets 429 with ``Retry-After: 1``.
 ``received`` counts every request the server read (faulted, limited or answered); ``outcomes``
 counts them by what happened.
@@ -49,7 +50,8 @@ class FaultServer:
 
     def __init__(self, answer: Callable[[str], str], *, seed: int = 0, fault_rate: float = 0.0,
                  faults: Sequence[str] = FAULTS, rate_limit: float | None = None, stall_s: float = 2.0,
-                 retry_after_ms: int = 20, latency_s: float = 0.0, model: str = "fault-model") -> None:
+                 retry_after_ms: int = 20, latency_s: float = 0.0, model: str = "fault-model",
+                 fail_first: int = 0) -> None:
         unknown = [f for f in faults if f not in FAULTS]
         if unknown:
             raise ValueError(f"unknown faults {unknown}; known: {FAULTS}")
@@ -62,6 +64,7 @@ class FaultServer:
         self.retry_after_ms = retry_after_ms
         self.latency_s = latency_s
         self.model = model
+        self.fail_first = fail_first
         self.received = 0
         self.outcomes: collections.Counter[str] = collections.Counter()
         self._seen: collections.Counter[str] = collections.Counter()
@@ -138,6 +141,8 @@ class FaultServer:
         with self._lock:
             k = self._seen[digest]
             self._seen[digest] += 1
+        if k < self.fail_first and self.faults:
+            return self.faults[k % len(self.faults)]
         if not self.fault_rate or not self.faults:
             return None
         h = hashlib.sha256(f"{self.seed}:{digest}:{k}".encode()).digest()
