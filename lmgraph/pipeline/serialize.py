@@ -231,7 +231,8 @@ def _program_from_dict(data: Mapping[str, Any], *, resources: Mapping[str, Any],
     resources = _corpus_aliases(data, resources)
     try:
         name = data["name"]
-        types = _type_registry(data, types)
+        with _as_artifact_error():  # a saved custom type that cannot be rebuilt
+            types = _type_registry(data, types)
         inputs = []
         for d in data["inputs"]:
             with _as_artifact_error(field=d["name"]):
