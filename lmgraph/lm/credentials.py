@@ -17,7 +17,7 @@ from collections.abc import Iterable
 
 from ..errors import DefinitionError
 
-__all__ = ["DEFAULT_API_KEY_ENV", "LOCAL_PLACEHOLDER_KEY", "REDACTED", "Secrets", "redact_url",
+__all__ = ["DEFAULT_API_KEY_ENV", "LOCAL_PLACEHOLDER_KEY", "REDACTED", "Secrets", "extra_secrets", "redact_url",
            "resolve_api_key", "split_userinfo", "url_secrets"]
 
 #: The environment variable read for a key when none is passed (what OpenAI's own client reads).
@@ -58,6 +58,30 @@ def url_secrets(url: str | None) -> list[str]:
     for name, value in urllib.parse.parse_qsl(parts.query, keep_blank_values=False):
         if _is_secret_param(name):
             found += [value, urllib.parse.quote(value, safe="")]
+    return found
+
+
+def extra_secrets(value: object) -> list[str]:
+    """The values of credential-like entries (``api_key``, ``Authorization``, ``token`` ...) at any
+    depth of a backend's extra settings (litellm's ``extra_headers``, body fields), and the
+    token of an ``Authorization`` value (``Bearer <token>``), so an error echoing them is scrubbed."""
+    from ..cache.keys import _is_sensitive
+
+    found: list[str] = []
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, dict):
+            for k, x in v.items():
+                if _is_sensitive(k) and isinstance(x, str):
+                    found.append(x)
+                    scheme, _, token = x.partition(" ")
+                    if token and scheme.isalpha():
+                        found.append(token.strip())
+                elif isinstance(x, (dict, list, tuple)):
+                    stack.append(x)
+        elif isinstance(v, (list, tuple)):
+            stack.extend(v)
     return found
 
 

@@ -27,7 +27,7 @@ from ..cache.keys import strip_credentials
 from ..errors import DefinitionError, LmgraphError, LMError
 from .base import LMRequest, LMResponse, Usage
 from .capabilities import Capabilities, JsonModeNegotiator, mark_json_mode_rejection, response_format
-from .credentials import (LOCAL_PLACEHOLDER_KEY, Secrets, redact_url, resolve_api_key, split_userinfo,
+from .credentials import (LOCAL_PLACEHOLDER_KEY, Secrets, extra_secrets, redact_url, resolve_api_key, split_userinfo,
                           url_secrets)
 from .faults import count_request, endpoint_limiter, retry_after
 from .llamacpp import _normalise_logprobs
@@ -170,7 +170,7 @@ class LiteLLM:
                     "OpenAIServerLM(url) (--model http:URL), which sends the query with every request.")
         self.api_base = redact_url(api_base)  # what repr, identity and errors show
         self._api_key = api_key
-        self._secrets = Secrets([api_key, *url_secrets(api_base)])
+        self._secrets = Secrets([api_key, *url_secrets(api_base), *extra_secrets(extra)])
         if self._basic_auth:
             self._secrets.add(self._basic_auth.split()[1])
         self.timeout = float(timeout)

@@ -32,7 +32,7 @@ from ..cache.keys import strip_credentials
 from ..errors import DefinitionError, LMError
 from .base import LMRequest, LMResponse
 from .capabilities import Capabilities, JsonModeNegotiator, mark_json_mode_rejection, response_format
-from .credentials import Secrets, redact_url, resolve_api_key, split_userinfo, url_secrets
+from .credentials import Secrets, extra_secrets, redact_url, resolve_api_key, split_userinfo, url_secrets
 from .faults import count_request, endpoint_limiter, retry_after, retryable_status
 from .llamacpp import openai_response
 
@@ -115,7 +115,7 @@ class OpenAIServerLM:
         self._root = urllib.parse.urlunsplit((parsed.scheme, host, parsed.path.rstrip("/"), "", ""))
         self._query = ("?" + parsed.query) if parsed.query else ""
         self.base_url = redact_url(base_url.rstrip("/"))  # what repr, identity and errors show
-        self._secrets = Secrets([key, *url_secrets(base_url)])
+        self._secrets = Secrets([key, *url_secrets(base_url), *extra_secrets(extra)])
         self.model = model
         self.timeout = float(timeout)
         self._json = JsonModeNegotiator(json_mode, endpoint=self.base_url, model=model,
