@@ -10,8 +10,8 @@ from .errors import (ArtifactError, BudgetError, BudgetExceeded, ConfigError, Da
                      PipelineValidationError, RunError, SignatureError, UsageError)
 from .lm.base import LM, LMRequest, LMResponse
 from .lm.wrappers import Budget
-from .modules import (BestOfN, BM25Retriever, CallTool, ChainOfThought, Critique, FunctionRetriever, Map, Module,
-                      Plan, Predict, Refine, Retrieve, Tool)
+from .modules import (BestOfN, BM25Retriever, CallTool, ChainOfThought, Critique, FunctionRetriever, Loop, Map,
+                      Module, Plan, Predict, Refine, Retrieve, Route, Tool, resource)
 from .pipeline import Pipeline, Prediction, Program, Result, Trace, const, ref, trace_of
 from .signatures import FieldSpec, InputField, OutputField, Signature
 
@@ -19,7 +19,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BM25Retriever", "BestOfN", "CallTool", "Critique", "FunctionRetriever", "Map", "Plan", "Refine", "Retrieve",
-    "Tool",
+    "Tool", "Route", "Loop", "resource",
     "LM", "ArtifactError", "Budget", "BudgetExceeded", "ChainOfThought", "DefinitionError", "FieldSpec",
     "InputError", "InputField", "LMError", "LMRequest", "LMResponse", "LmgraphError", "Module",
     "OutputField", "OutputParseError", "Pipeline", "PipelineValidationError", "Predict", "Prediction",

@@ -243,6 +243,12 @@ class Module:
         """At most how many items the list output ``field`` holds (None: not bounded or not a list)."""
         return None
 
+    def edge_problem(self, field: str, source: Any, ref: str) -> tuple[str, str] | None:
+        """(message, fix) explaining why ``ref`` (a value of type ``source``) cannot feed input
+        ``field`` when the edge's types do not fit, in this kind's own terms (a Route's selector:
+        an option with no branch); None: the generic type-mismatch message."""
+        return None
+
     # ---- shared behaviour
     def replace(self, **changes: Any) -> "Module":
         """A copy with some tunable attributes changed (modules are never mutated)."""

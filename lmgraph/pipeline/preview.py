@@ -14,6 +14,8 @@ tries to send is recorded and the call stopped there -- no model is called.
   Refine its generator's first draft; BestOfN its first sample (the others differ only in
   rollout); CallTool its first step (empty trajectory); Map each sub-program node for the first
   item (a placeholder item when the list comes from a model).
+* Control flow: a Loop shows its body's first iteration; a Route the branch its selector (or
+  predicate) picks when what it reads is known, else its first branch.
 * Repair / continuation calls happen only after a reply that could not be read; they are not
   shown.
 """
@@ -26,7 +28,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..context import RunContext
-from ..errors import DefinitionError
+from ..errors import DefinitionError, RunError
 from ..lm.base import LMRequest, LMResponse
 from ..lm.values import jsonable
 from .executor import NodeCall, _check_models, check_inputs
@@ -204,7 +206,9 @@ async def _forward(node: str, module: Any, kwargs: dict[str, Any], ctx: RunConte
 
 async def _preview(program: "Program", given: dict[str, Any], ctx: RunContext, prefix: str,
                    out: PromptList, note: str = "") -> None:
+    from ..modules.loop import Loop
     from ..modules.map import Map
+    from ..modules.route import Route
 
     values: dict[str, dict[str, Any]] = {INPUT: given}
     for node in program.nodes:
@@ -215,6 +219,8 @@ async def _preview(program: "Program", given: dict[str, Any], ctx: RunContext, p
         outputs: dict[str, Any] | None = None
         if isinstance(module, Map):
             await _preview_map(name, module, kwargs, ctx, out)
+        elif isinstance(module, (Route, Loop)):
+            await _preview_control(name, module, kwargs, ctx, out, note)
         elif module.estimated_calls() == 0 and not unknown:
             # model-free (a search): run it for real so downstream prompts show its outputs
             outputs, rec, err = await _forward(node.name, module, kwargs, ctx, model_free=True)
@@ -263,6 +269,39 @@ async def _preview_map(name: str, module: Any, kwargs: dict[str, Any], ctx: RunC
             return
     per_item = f"item 1 of {count}" if count is not None else "the first item"
     await _preview(module.program, item, ctx, name + "/", out, note=f"Map {per_item}")
+
+
+async def _preview_control(name: str, module: Any, kwargs: dict[str, Any], ctx: RunContext, out: PromptList,
+                           note: str) -> None:
+    """A Loop's body for its first iteration; a Route's branch: the one its selector (or predicate)
+    picks when the inputs it reads are known, else the first branch."""
+    from ..modules.control import call_predicate
+    from ..modules.loop import Loop
+
+    if isinstance(module, Loop):
+        own = f"Loop iteration 1 of up to {module.max_iters}"
+        sub, prefix = module.body, name + "/"
+    else:
+        branches = list(module.branches)
+        chosen, own = branches[0], f"Route branch {branches[0]!r} (the first"
+        reads = ({module.selector: kwargs[module.selector]} if module.predicate is None else
+                 {n: kwargs[n] for n in module.signature.input_names})
+        by = module.selector if module.predicate is None else f"{module.predicate_name}()"
+        if _placeholders_in(reads):
+            own += f"; {by} picks one at run time)"
+        else:
+            try:
+                value = reads[module.selector] if module.predicate is None else \
+                    await call_predicate(module.predicate, module.predicate_name, reads, name)
+                chosen = module.pick(value, name)
+                own = f"Route branch {chosen!r} (picked by {by}"
+            except RunError as e:  # a value that names no branch: what the run would fail with
+                out.notes.append(f"{name}: no branch to preview ({e})")
+                return
+            own += ")"
+        sub, prefix = module.branches[chosen], f"{name}/{chosen}/"
+    await _preview(sub, {n: kwargs[n] for n in sub.input_specs}, ctx, prefix, out,
+                   note="; ".join(x for x in (note, own) if x))
 
 
 async def preview_prompts(program: "Program", inputs: Mapping[str, Any], ctx: RunContext) -> PromptList:

@@ -47,6 +47,7 @@ def render_mermaid(p: "Program") -> str:
         lines.append(f'  in_{s.name}(["{_esc(s.name)}: {_esc(type_to_str(s.annotation))}"])')
     for n in p.nodes:
         lines.append(f'  n_{n.name}["{_esc(n.name)}<br/><i>{_esc(n.module.describe())}</i>"]')
+        _mermaid_subprograms(f"n_{n.name}", n.module, lines, "  ")
     for n in p.nodes:
         for f, b in n.bindings:
             if isinstance(b, Ref):
@@ -58,6 +59,39 @@ def render_mermaid(p: "Program") -> str:
         src = f"in_{r.field}" if r.node == INPUT else f"n_{r.node}"
         lines.append(f'  {src} -->|"{_esc(r.field)}"| out_{o}')
     return "\n".join(lines)
+
+
+def _subprograms(module: object) -> list[tuple[str, str, "Program", str]]:
+    """The sub-programs a control-flow node holds, drawn inside it: (id suffix, title, program,
+    label of the edge back to the node or "") -- a Route's branches, a Loop's body."""
+    from ..modules.loop import Loop
+    from ..modules.route import Route
+
+    if isinstance(module, Route):
+        return [(name, f"branch {name}", prog, "") for name, prog in module.branches.items()]
+    if isinstance(module, Loop):
+        back = ", ".join(f"{k} ← {v}" for k, v in module.carry.items())
+        return [("body", f"loop body (at most {module.max_iters}x, {module.until_text()})", module.body,
+                 f"next iteration: {back}" if back else "next iteration")]
+    return []
+
+
+def _mermaid_subprograms(owner: str, module: object, lines: list[str], indent: str) -> None:
+    """A Route's branches / a Loop's body as subgraphs (nested ones inside), linked to ``owner``."""
+    for suffix, title, prog, back in _subprograms(module):
+        sg = f"{owner}__{suffix}"
+        lines.append(f'{indent}subgraph {sg}["{_esc(title)}"]')
+        for n in prog.nodes:
+            lines.append(f'{indent}  {sg}__{n.name}["{_esc(n.name)}<br/><i>{_esc(n.module.describe())}</i>"]')
+            _mermaid_subprograms(f"{sg}__{n.name}", n.module, lines, indent + "  ")
+        for n in prog.nodes:
+            for f, b in n.refs():
+                if b.node != INPUT:
+                    lines.append(f'{indent}  {sg}__{b.node} -->|"{_esc(f"{b.field} → {f}")}"| {sg}__{n.name}')
+        lines.append(f"{indent}end")
+        lines.append(f'{indent}{owner} -.->|"{_esc(suffix)}"| {sg}')
+        if back:
+            lines.append(f'{indent}{sg} -.->|"{_esc(back)}"| {owner}')
 
 
 #: the views ``Program.render(fmt)`` can produce

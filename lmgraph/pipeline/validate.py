@@ -93,8 +93,10 @@ def validate(name: str, inputs: Sequence[InputSpec], nodes: Sequence[Node],
                 continue
             st = source_type(b, n.name, field)
             if st is not None and not fits(st, target.annotation):
-                add(f"type mismatch: {b} is {type_to_str(st)} but the input wants {type_to_str(target.annotation)}",
-                    node=n.name, field=field, fix=_edge_fix(b, st, target.annotation, n.name, field))
+                own = n.module.edge_problem(field, st, str(b))  # the kind's own explanation, if any
+                add(own[0] if own else
+                    f"type mismatch: {b} is {type_to_str(st)} but the input wants {type_to_str(target.annotation)}",
+                    node=n.name, field=field, fix=own[1] if own else _edge_fix(b, st, target.annotation, n.name, field))
             if b.node != INPUT:
                 edges.append((b.node, n.name))
         for f in sig.inputs:
@@ -119,7 +121,7 @@ def validate(name: str, inputs: Sequence[InputSpec], nodes: Sequence[Node],
         path = " -> ".join([*cyc, cyc[0]])
         back = next((f for f, r in by_name[cyc[0]].refs() if r.node == cyc[-1]), None)
         add(f"cycle {path}", node=cyc[0], field=back,
-            fix="a pipeline is a DAG; express bounded iteration with Refine (critique loop), "
+            fix="a pipeline is a DAG; express bounded iteration with Loop (max_iters), Refine (critique loop), "
                 "CallTool (max_steps) or Map instead of an edge back.")
     if problems:
         raise PipelineValidationError(problems)
