@@ -5,7 +5,8 @@ validated before the function sees them) and a JSON schema. Running one is conta
 
 * **a time limit** -- ``timeout`` seconds per call (the :class:`~lmgraph.modules.CallTool`'s
   ``tool_timeout``, 30 s by default, unless the tool sets its own). The caller's wait ends at
-  the limit whatever the tool does.
+  the limit whatever a sync or process-isolated tool does; an ``async`` tool is cancelled there,
+  which works as long as it awaits (one that blocks the event loop blocks the whole run).
 * **threads of its own** -- a sync function runs on a daemon thread drawn from a bounded
   :class:`ToolThreads` set (one per CallTool node), never on the event loop's shared default
   executor (which the embedded model uses too). A Python thread cannot be killed: a sync tool
@@ -24,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import copy
 import inspect
 import json
 import math
@@ -282,16 +282,11 @@ class Tool:
                                             **fields)  # type: ignore[call-overload]
         self.parameters_schema = _strip_titles(self._model.model_json_schema(by_alias=True))
 
-    def with_name(self, name: str, description: str | None = None) -> "Tool":
-        """The same tool (limits and isolation included) under another name."""
-        new = copy.copy(self)
-        if not _IDENT.match(name) or name == FINISH:
-            raise DefinitionError(f"tool name {name!r} is not usable",
-                                  fix=f"pass Tool(fn, name='an_identifier'); {FINISH!r} is reserved.")
-        new.name = name
-        if description is not None:
-            new.description = description
-        return new
+    def with_name(self, name: str) -> "Tool":
+        """The same function, description, limits and isolation under another name."""
+        return Tool(self.fn, name=name, description=self.description, timeout=self.timeout,
+                    max_output_chars=self.max_output_chars, isolation=self.isolation,
+                    memory_limit_mb=self.memory_limit_mb)
 
     def validate(self, args: Any) -> tuple[list[Any], dict[str, Any]]:
         if not isinstance(args, Mapping):
