@@ -7,9 +7,10 @@ an API model, a local server or the embedded SmolLM2 model, and compile it into 
 from .context import RunContext
 from .errors import (ArtifactError, BudgetError, BudgetExceeded, ConfigError, DatasetError, DefinitionError,
                      InputError, LmgraphError, LMError, LmgraphWarning, MetricError, MetricWarning, OutputParseError,
-                     PipelineValidationError, RunError, SignatureError, UsageError)
+                     PipelineValidationError, ProviderFailureError, ProviderWarning, RunError, SignatureError,
+                     UsageError)
 from .lm.base import LM, LMRequest, LMResponse
-from .lm.wrappers import Budget
+from .lm.wrappers import Budget, RetryPolicy
 from .modules import (BestOfN, BM25Retriever, CallTool, ChainOfThought, Critique, FunctionRetriever, Loop, Map,
                       Module, Plan, Predict, Refine, Retrieve, Route, Tool, resource)
 from .pipeline import Pipeline, Prediction, Program, Result, Trace, const, ref, trace_of
@@ -25,7 +26,7 @@ __all__ = [
     "OutputField", "OutputParseError", "Pipeline", "PipelineValidationError", "Predict", "Prediction",
     "Program", "Result", "RunContext", "RunError", "Signature", "SignatureError", "Trace", "const",
     "BudgetError", "ConfigError", "DatasetError", "LmgraphWarning", "MetricError", "MetricWarning", "UsageError",
-    "ref", "trace_of",
+    "ref", "trace_of", "ProviderFailureError", "ProviderWarning", "RetryPolicy",
 ]
 
 

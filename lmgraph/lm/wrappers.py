@@ -220,7 +220,10 @@ class ConcurrencyLimitedLM(_Wrapper):
 
 @dataclass(frozen=True, kw_only=True)
 class Budget:
-    """Hard limits on model spend; ``None`` means unlimited. Tokens are prompt + completion."""
+    """Hard limits on model spend; ``None`` means unlimited. Tokens are prompt + completion.
+
+    ``max_calls`` limits *logical* model calls: one per answer a module asked for, however many
+    requests the retries took (those are counted apart, as ``BudgetMeter.requests``)."""
 
     max_calls: int | None = None
     max_tokens: int | None = None
