@@ -108,7 +108,8 @@ def replies(draw: Any) -> str:
         return draw(st.text(max_size=80))
     if kind == 1:
         labels = ["Answer", "Reasoning", "Label", "Score", "People", "answer", "ANSWER", ""]
-        lines = [f"{draw(st.sampled_from(labels))}: {draw(st.text(max_size=20))}" for _ in range(draw(st.integers(1, 4)))]
+        lines = [f"{draw(st.sampled_from(labels))}: {draw(st.text(max_size=20))}"
+                 for _ in range(draw(st.integers(1, 4)))]
         return "\n".join(lines)
     if kind == 2:
         keys = st.sampled_from(["answer", "reasoning", "label", "score", "people", "name", "age", "x"])
@@ -246,7 +247,8 @@ def test_program_from_dict_raises_only_typed_errors(data: Any) -> None:
 
 
 @FUZZ
-@given(st.one_of(st.binary(max_size=200), mutated_programs().map(lambda d: json.dumps(envelope({"program": d})).encode()),
+@given(st.one_of(st.binary(max_size=200),
+                 mutated_programs().map(lambda d: json.dumps(envelope({"program": d})).encode()),
                  st.integers(1, 5000).map(lambda n: b"[" * n + b"]" * n)))
 def test_loading_files_raises_only_typed_errors(tmp_path_factory: Any, raw: bytes) -> None:
     path = tmp_path_factory.getbasetemp() / "fuzz.json"
