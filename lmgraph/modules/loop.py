@@ -91,6 +91,12 @@ class Loop(Module):
         body = self.body
         ins = dict(body.input_specs)
         outs = output_types(body)
+        clash = [k for k in outs if k in ins]
+        if clash:
+            raise DefinitionError(f"the loop body {body.name!r} has an input and an output both named {clash[0]!r} "
+                                  "(the Loop node takes the body's inputs and gives its outputs)", field=clash[0],
+                                  fix=f"rename the body's input (e.g. previous_{clash[0]}) and carry it: "
+                                      f"carry={{'previous_{clash[0]}': {clash[0]!r}}}.")
         if "iterations" in outs:
             raise DefinitionError(f"the loop body {body.name!r} exports an output called 'iterations'",
                                   field="iterations", fix="rename that output; Loop adds its own.")

@@ -94,6 +94,13 @@ class Route(Module):
                                           fix=f"declare {n!r} with one type in every branch (they all read the "
                                               "same node input).")
                 inputs.setdefault(n, (t, b))
+        for b, prog in self.branches.items():
+            clash = [o for o in output_types(prog) if o in inputs]
+            if clash:
+                raise DefinitionError(f"Route branch {b!r} exports {clash[0]!r}, which is also an input of "
+                                      f"branch {inputs[clash[0]][1]!r} (the Route node takes every branch's "
+                                      "inputs and gives their outputs)", field=clash[0],
+                                      fix="rename that input or that output in the branch's pipeline.")
         if self.selector is not None:
             if not _IDENT.match(self.selector):
                 raise DefinitionError(f"Route selector {self.selector!r} is not an input name",
