@@ -17,7 +17,7 @@ import pytest
 import lmgraph as lg
 from lmgraph.errors import ArtifactError, DefinitionError, PipelineValidationError, RunError
 from lmgraph.evaluation import label_accuracy
-from lmgraph.optimizers import BootstrapFewShot, LabeledFewShot
+from lmgraph.optimizers import BootstrapFewShot, Compile, LabeledFewShot, diff, format_diff
 from lmgraph.testing import FunctionLM, request_text
 
 from helpers import sentiment_fn, sentiment_rows
@@ -462,8 +462,19 @@ def test_few_shot_optimizers_put_demos_inside_and_the_prompt_carries_them(make, 
     (req,) = lm.calls
     for d in demos:
         assert f"Sentence: {d['sentence']}\nSentiment: {d['sentiment']}" in request_text(req)
+    inner = target.split(".", 1)[1]
+    assert f"    {inner}.demos: 0 -> 2 (+2 -0)" in format_diff(diff(prog, new))  # the diff names the inner path
     if build is sentiment_route and isinstance(make(), BootstrapFewShot):
         assert new.module("route.other.judge").demos == ()  # bootstrapped only where rows ran
+
+
+def test_compile_tunes_inside_a_route() -> None:
+    prog = sentiment_route()
+    new, rep = Compile().optimize(prog, TRAIN + VAL, label_accuracy(), budget=lg.Budget(max_calls=300), seed=0,
+                                  ctx=lg.RunContext(lm=FunctionLM(sentiment_fn), cache=False))
+    assert rep.best.status == "accepted" and rep.best.mean == 1.0
+    assert rep.best.changes and all(k.startswith("route.film.solve") for k in rep.best.changes)
+    assert new.module("route.film.solve") != prog.module("route.film.solve")
 
 
 # ---------------------------------------------------------------- examples/agent.py

@@ -82,8 +82,9 @@ def _is_program(value: Any) -> bool:
 
 def _module_changes(ma: Mapping[str, Any], mb: Mapping[str, Any], prefix: str, changes: dict[str, Any]) -> None:
     """Changes between two saved modules of the same kind, by parameter path relative to the node:
-    nested modules (a Refine's ``generator``) and a Map's sub-program nodes are walked, so a
-    change shows as ``generator.demos`` / ``solve.instructions``, as ``named_parameters`` names it."""
+    nested modules (a Refine's ``generator``), a Map's sub-program nodes, a Loop's body nodes and a
+    Route's branches are walked, so a change shows as ``generator.demos`` / ``solve.instructions``
+    / ``calc.solve.demos``, as ``named_parameters`` names it."""
     for key in sorted(ma.keys() | mb.keys()):
         va, vb = ma.get(key), mb.get(key)
         if va == vb:
@@ -91,16 +92,13 @@ def _module_changes(ma: Mapping[str, Any], mb: Mapping[str, Any], prefix: str, c
         if _is_module(va) and _is_module(vb) and va["kind"] == vb["kind"]:
             _module_changes(va, vb, f"{prefix}{key}.", changes)
             continue
-        if key == "program" and _is_program(va) and _is_program(vb) and _same_graph(va, vb):
-            sub_b = {n["name"]: n for n in vb["nodes"]}
-            for n in va["nodes"]:
-                mna, mnb = n["module"], sub_b[n["name"]]["module"]
-                if mna == mnb:
-                    continue
-                if mna.get("kind") == mnb.get("kind"):
-                    _module_changes(mna, mnb, f"{prefix}{n['name']}.", changes)
-                else:
-                    changes[f"{prefix}{n['name']}.kind"] = {"before": mna.get("kind"), "after": mnb.get("kind")}
+        if _is_program(va) and _is_program(vb) and _same_graph(va, vb):  # a Map's program, a Loop's body
+            _program_changes(va, vb, prefix, changes)
+            continue
+        if key == "branches" and _same_branches(va, vb):  # a Route's: paths <branch>.<sub-node>...
+            for b in va:
+                if va[b] != vb[b]:
+                    _program_changes(va[b], vb[b], f"{prefix}{b}.", changes)
             continue
         name = prefix + _PARAM_NAMES.get(key, key)
         if name.rsplit(".", 1)[-1] == "demos":
@@ -110,6 +108,25 @@ def _module_changes(ma: Mapping[str, Any], mb: Mapping[str, Any], prefix: str, c
                              "added": len(sb - sa), "removed": len(sa - sb)}
         else:
             changes[name] = {"before": _summ(va), "after": _summ(vb)}
+
+
+def _program_changes(va: Mapping[str, Any], vb: Mapping[str, Any], prefix: str, changes: dict[str, Any]) -> None:
+    """Changes between two saved sub-programs of one shape, by ``<sub-node>.<param>`` path."""
+    sub_b = {n["name"]: n for n in vb["nodes"]}
+    for n in va["nodes"]:
+        mna, mnb = n["module"], sub_b[n["name"]]["module"]
+        if mna == mnb:
+            continue
+        if mna.get("kind") == mnb.get("kind"):
+            _module_changes(mna, mnb, f"{prefix}{n['name']}.", changes)
+        else:
+            changes[f"{prefix}{n['name']}.kind"] = {"before": mna.get("kind"), "after": mnb.get("kind")}
+
+
+def _same_branches(a: Any, b: Any) -> bool:
+    """Two saved Route branch maps with the same names, each pair of one shape."""
+    return (isinstance(a, Mapping) and isinstance(b, Mapping) and a.keys() == b.keys()
+            and all(_is_program(a[k]) and _is_program(b[k]) and _same_graph(a[k], b[k]) for k in a))
 
 
 def _same_graph(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
