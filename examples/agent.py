@@ -1,7 +1,7 @@
 """Agent example: route a question to a calculator tool or to retrieval, then check the answer in
 a bounded loop -- control flow declared in the program (lg.Route, lg.Loop), not hidden in Python.
 
-    classify (Literal['calc', 'search'])
+    classify (Literal['calc', 'search']; or a Python rule: --router rule)
       -> route: calc   = CallTool with a safe arithmetic tool
                 search = Retrieve over a small corpus -> Predict
       -> refine: Loop(write the answer -> Critique it), until the verdict passes, at most 2 times
@@ -9,7 +9,7 @@ a bounded loop -- control flow declared in the program (lg.Route, lg.Loop), not 
 Runs on the embedded SmolLM2-135M model by default (offline; a small model routes and judges
 poorly -- the point here is the program's shape, traces and budget, not its accuracy):
 
-    python examples/agent.py [--question "What is 12 * 7?"] [--mermaid]
+    python examples/agent.py [--question "What is 12 * 7?"] [--router model|rule] [--mermaid]
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import ast
 import operator
+import re
 import time
 from typing import Any
 
@@ -45,8 +46,8 @@ MAX_MAGNITUDE = 1e18
 
 def _value(node: ast.AST) -> float | int:
     if isinstance(node, ast.Constant) and type(node.value) in (int, float):
-        return node.value  # type: ignore[no-any-return]
-    if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
+        out = node.value
+    elif isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
         left, right = _value(node.left), _value(node.right)
         if isinstance(node.op, ast.Pow) and abs(right) > MAX_EXPONENT:
             raise ValueError(f"exponent {right} is too large (at most {MAX_EXPONENT})")
@@ -57,7 +58,7 @@ def _value(node: ast.AST) -> float | int:
         out = _UNARY[type(node.op)](_value(node.operand))
     else:
         raise ValueError(f"not arithmetic: {ast.unparse(node)!r} (numbers, + - * / // % ** and parentheses only)")
-    if isinstance(out, complex) or abs(out) > MAX_MAGNITUDE:
+    if isinstance(out, complex) or not abs(out) <= MAX_MAGNITUDE:  # not <=: NaN too
         raise ValueError("the result is out of range")
     return out  # type: ignore[no-any-return]
 
@@ -71,7 +72,12 @@ def calculate(expression: str) -> str:
         tree = ast.parse(text, mode="eval")
     except SyntaxError:
         raise ValueError(f"not an arithmetic expression: {expression!r}") from None
-    value = _value(tree.body)
+    try:
+        value = _value(tree.body)
+    except ZeroDivisionError:  # 0 ** -1
+        raise ValueError("division by zero") from None
+    except (OverflowError, RecursionError):
+        raise ValueError("the result is out of range") from None
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     return str(value)
@@ -79,8 +85,17 @@ def calculate(expression: str) -> str:
 
 # ---------------------------------------------------------------- the program
 
-def build_agent(corpus: list[str] | None = None) -> lg.Program:
-    """classify -> Route(calc | search) -> Loop(write, judge) until the judge accepts (max 2)."""
+def looks_like_arithmetic(values: dict[str, Any]) -> str:
+    """A rule-based router: 'calc' when the question holds a number and an operator."""
+    return "calc" if re.search(r"\d\s*[-+*/x×^]\s*\(?\d", values["question"]) else "search"
+
+
+def build_agent(corpus: list[str] | None = None, *, router: str = "model") -> lg.Program:
+    """classify -> Route(calc | search) -> Loop(write, judge) until the judge accepts (max 2).
+
+    ``router="model"``: a Predict picks the branch (a Literal output bound to the Route's
+    ``choice``); ``"rule"``: the Python predicate :func:`looks_like_arithmetic` does (a resource:
+    loading the saved program needs ``resources={"looks_like_arithmetic": looks_like_arithmetic}``)."""
     calc = lg.Pipeline("calc")
     q = calc.input("question")
     solve = calc.add(lg.CallTool("question -> result", [calculate], max_steps=2, max_tokens=64), "solve",
@@ -106,17 +121,23 @@ def build_agent(corpus: list[str] | None = None) -> lg.Program:
 
     p = lg.Pipeline("agent")
     q = p.input("question")
-    classify = p.add(lg.Predict(
-        lg.Signature.parse("question -> route: Literal['calc', 'search']",
-                           instructions="calc if the question asks to compute arithmetic, search if it asks "
-                                        "for a fact."),
-        max_tokens=4, demos=[{"question": "What is 12 * 7?", "route": "calc"},
-                             {"question": "Who painted the Mona Lisa?", "route": "search"}]),
-        "classify", question=q)
-    found = p.add(lg.Route(branches={"calc": calc, "search": search}), "route", choice=classify.route, question=q)
+    branches = {"calc": calc, "search": search}
+    if router == "model":
+        classify = p.add(lg.Predict(
+            lg.Signature.parse("question -> route: Literal['calc', 'search']",
+                               instructions="calc if the question asks to compute arithmetic, search if it asks "
+                                            "for a fact."),
+            max_tokens=4, demos=[{"question": "What is 12 * 7?", "route": "calc"},
+                                 {"question": "Who painted the Mona Lisa?", "route": "search"}]),
+            "classify", question=q)
+        found = p.add(lg.Route(branches=branches), "route", choice=classify.route, question=q)
+    elif router == "rule":
+        found = p.add(lg.Route(looks_like_arithmetic, branches=branches), "route", question=q)
+    else:
+        raise ValueError(f"router must be 'model' or 'rule', got {router!r}")
     final = p.add(lg.Loop(check, max_iters=2, until="verdict", carry={"hint": "feedback"}), "refine",
                   question=q, evidence=found.result, hint="none yet (first attempt)")
-    p.output(answer=final.answer, route=classify.route, passed=final.verdict, iterations=final.iterations)
+    p.output(answer=final.answer, passed=final.verdict, iterations=final.iterations)
     return p.build()
 
 
@@ -127,17 +148,20 @@ def describe_run(result: Any) -> str:
     if not result.ok:
         return f"  failed: {type(result.error).__name__}: {result.error}  ({calls} model calls)"
     out = result.outputs
-    return (f"  route: {out['route']}  ->  answer: {out['answer']!r}\n"
+    route = trace.node("route").meta["branch"]
+    return (f"  route: {route}  ->  answer: {out['answer']!r}\n"
             f"  critique passed: {out['passed']}  iterations: {out['iterations']}  model calls: {calls}")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--question", action="append", help="a question (repeatable); default: two examples")
+    ap.add_argument("--router", choices=("model", "rule"), default="model",
+                    help="who picks the branch: the model (a Literal output) or a Python rule (a predicate)")
     ap.add_argument("--mermaid", action="store_true", help="print the program as a Mermaid diagram")
     args = ap.parse_args()
 
-    program = build_agent()
+    program = build_agent(router=args.router)
     print(program.render("mermaid" if args.mermaid else "text"))
     print(f"\nat most {program.estimated_calls()} model calls per question\n")
     rows = [{"question": q} for q in (args.question or QUESTIONS)]
