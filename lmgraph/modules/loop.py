@@ -81,6 +81,7 @@ class Loop(Module):
     def _check(self) -> None:
         from ..pipeline.validate import fits
 
+        object.__setattr__(self, "body", as_program(self.body, "Loop", "body"))  # replace(body=...) too
         n = self.max_iters
         if n is None:
             raise DefinitionError("Loop needs max_iters (the most iterations it may run)", field="max_iters",

@@ -61,7 +61,7 @@ class Route(Module):
             raise DefinitionError(f"Route's branches must be a non-empty mapping of name -> program, got "
                                   f"{type(branches).__name__ if not isinstance(branches, Mapping) else 'none'}",
                                   fix="pass branches={'calc': calc_program, 'search': search_program}.")
-        self.branches = {k: as_program(v, "Route", f"branch {k!r}") for k, v in branches.items()}
+        self.branches = dict(branches)  # checked and built in _check
         if isinstance(selector, str):
             self.selector: str | None = selector
             self.predicate: Any = None
@@ -75,6 +75,12 @@ class Route(Module):
 
     # ---- checks and the node's signature
     def _check(self) -> None:
+        if not isinstance(self.branches, Mapping) or not self.branches:
+            raise DefinitionError("Route's branches must be a non-empty mapping of name -> program",
+                                  fix="pass branches={'calc': calc_program, 'search': search_program}.")
+        # replace(branches=...) and replace_child come through here too: pipelines are built
+        object.__setattr__(self, "branches", {k: as_program(v, "Route", f"branch {k!r}")
+                                              for k, v in self.branches.items()})
         names = list(self.branches)
         for b in names:
             if not isinstance(b, str) or not _IDENT.match(b):
@@ -231,7 +237,6 @@ class Route(Module):
         if name not in self.branches:
             raise DefinitionError(f"Route has no branch {name!r}", fix=f"branches: {', '.join(self.branches)}.")
         program = module.program if isinstance(module, Branch) else module
-        program = as_program(program, "Route", f"branch {name!r}")
         return self._copy_with({"branches": {**self.branches, name: program}})  # type: ignore[return-value]
 
     def child_io(self, trace: "NodeTrace") -> dict[str, list[IORecord]]:
