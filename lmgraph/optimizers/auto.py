@@ -200,7 +200,7 @@ class Compile(Optimizer):
                  decodes: Sequence[str] | str = "auto", formats: Sequence[str] = ("completion", "json", "chat"),
                  instructions: bool = True, label_map: Mapping[str, str] | None = None,
                  max_candidates: int = 12, models: Sequence[str] | str = "auto", proposer_lm: str | None = None,
-                 num_proposals: int = 2, **kwargs: Any) -> None:
+                 num_proposals: int = 2, max_scored_rows: int | str = "auto", **kwargs: Any) -> None:
         super().__init__(**kwargs)
         from ..modules.base import FORMAT_CHOICES
 
@@ -229,6 +229,10 @@ class Compile(Optimizer):
         # default: a 135M proposer writes nonsense); off when None
         self.proposer_lm = proposer_lm
         self.num_proposals = num_proposals
+        if max_scored_rows != "auto" and (not isinstance(max_scored_rows, int) or max_scored_rows < 10):
+            raise DefinitionError(f"max_scored_rows must be 'auto' or a whole number >= 10, got {max_scored_rows!r}",
+                                  fix="'auto' scores as many rows as a quarter of the budget covers.")
+        self.max_scored_rows = max_scored_rows
 
     def config(self) -> dict[str, Any]:
         return {"max_demos": self.max_demos, "confirm_fraction": self.confirm_fraction,
@@ -236,7 +240,8 @@ class Compile(Optimizer):
                 else "auto", "formats": list(self.formats), "instructions": self.instructions,
                 "label_map": self.label_map, "max_candidates": self.max_candidates,
                 "models": self.models if self.models == "auto" else list(self.models),
-                "proposer_lm": self.proposer_lm, "num_proposals": self.num_proposals}
+                "proposer_lm": self.proposer_lm, "num_proposals": self.num_proposals,
+                "max_scored_rows": self.max_scored_rows}
 
     # ---- folds and plan
     def folds(self, n: int, seed: int) -> tuple[list[int], list[int]]:
@@ -245,6 +250,26 @@ class Compile(Optimizer):
         random.Random(f"folds:{seed}").shuffle(perm)
         n_conf = max(1, round(n * self.confirm_fraction)) if n >= 4 else 0
         return perm[n_conf:], perm[:n_conf]
+
+    def n_scored(self, program: Program, n: int, budget: Budget | None) -> int:
+        """How many of ``n`` labelled rows are scored (the others only feed demos): all of them, or
+        with ``max_scored_rows="auto"`` and a call budget, as many as a baseline using a quarter of
+        the budget can score (never fewer than 50)."""
+        if isinstance(self.max_scored_rows, int):
+            return max(1, min(n, self.max_scored_rows))
+        if budget is None or budget.max_calls is None:
+            return n
+        return min(n, max(50, int(budget.max_calls / (4 * _per_row(program)))))
+
+    def scored_split(self, program: Program, rows: Sequence[Mapping[str, Any]], budget: Budget | None,
+                     seed: int) -> tuple[list[Mapping[str, Any]], list[Mapping[str, Any]]]:
+        """(rows scored by the compile, rows used only as demo sources): a seeded choice."""
+        k = self.n_scored(program, len(rows), budget)
+        if k >= len(rows):
+            return list(rows), []
+        perm = list(range(len(rows)))
+        random.Random(f"scored:{seed}").shuffle(perm)
+        return [rows[i] for i in perm[:k]], [rows[i] for i in perm[k:]]
 
     def rounds(self, n_search: int) -> list[int]:
         """Row counts after each racing round: at least ``min_race_rows``, doubling, ending at all."""
@@ -284,6 +309,7 @@ class Compile(Optimizer):
                 ctx: RunContext | None = None) -> CostEstimate:
         rows = self._pool(trainset, valset)
         check_rows(program, rows, "trainset")
+        rows = self.scored_split(program, rows, budget, 0)[0]
         check_budget_covers_baseline(program, rows, budget)
         per = _per_row(program)
         specs = self._spec_skeleton(program, rows, ctx)
@@ -302,9 +328,11 @@ class Compile(Optimizer):
             self._model_names(ctx)  # names the context lacks fail before any model call
             check_proposer(ctx, self.proposer_lm)
             rows = self._pool(trainset, valset)
+            scored, pool_only = self.scored_split(program, rows, budget, seed)
             self._ctx_hint = ctx
             self._budget_hint = budget
-            return await super().aoptimize(program, rows, metric, valset=rows, budget=budget, seed=seed, ctx=ctx)
+            self._pool_only = pool_only
+            return await super().aoptimize(program, rows, metric, valset=scored, budget=budget, seed=seed, ctx=ctx)
         return await super().aoptimize(program, trainset, metric, valset=valset, budget=budget, seed=seed, ctx=ctx)
 
     def _spec_skeleton(self, program: Program, rows: Sequence[Mapping[str, Any]],
@@ -449,8 +477,9 @@ class Compile(Optimizer):
         search_idx, conf_idx = self.folds(n, session.seed)
         report = session.report
         report.data["folds"] = {"search": len(search_idx), "confirm": len(conf_idx),
-                                "note": "train and validation rows pooled; demos only from search rows; "
-                                        "the confirmation rows are scored once, by the chosen candidate"}
+                                "demo_only": len(getattr(self, "_pool_only", [])),
+                                "note": "train and validation rows pooled; demos only from search and demo-only "
+                                        "rows; the confirmation rows are scored once, by the chosen candidate"}
         if not conf_idx or len(search_idx) < 2:
             report.notes.append(f"{n} rows are too few to search and confirm: the program is unchanged "
                                 "(pass at least 10 labelled rows)")
@@ -463,7 +492,9 @@ class Compile(Optimizer):
             return
         rounds = self.rounds(len(search_idx))
         report.notes.append(
-            f"rows: {n} pooled ({len(search_idx)} search, {len(conf_idx)} confirmation); {len(specs)} candidates "
+            f"rows: {n} scored ({len(search_idx)} search, {len(conf_idx)} confirmation)"
+            + (f", {len(getattr(self, '_pool_only', []))} more as demo sources only" if getattr(self, "_pool_only", None)
+               else "") + f"; {len(specs)} candidates "
             f"in order of prior promise, raced in rounds at {', '.join(map(str, rounds))} search rows")
         # waves: as many untried candidates as the budget left covers (upper-bound costs, the
         # confirmation kept in reserve) race against the champion so far, whose scores are reused
@@ -666,8 +697,10 @@ class Compile(Optimizer):
             for n, ds in example_demos(ex, params).items():
                 boot[n] += [(i, d) for d in ds]
         labelled: dict[str, list[tuple[int, Demo]]] = {n: [] for n in nodes}
-        for i in search_idx:
-            for n, ds in labeled_demos(program, [rows[i]], 1, self.label_map, nested=True).items():
+        extra = list(getattr(self, "_pool_only", []))
+        # search rows by their index; rows that are never scored after them (index >= len(rows))
+        for i, row in [(i, rows[i]) for i in search_idx] + [(len(rows) + j, r) for j, r in enumerate(extra)]:
+            for n, ds in labeled_demos(program, [row], 1, self.label_map, nested=True).items():
                 labelled[n] += [(i, d) for d in ds]
         return ({n: v for n, v in boot.items() if v}, {n: v for n, v in labelled.items() if v})
 
