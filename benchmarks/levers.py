@@ -113,7 +113,8 @@ def main() -> None:
         print(f"{label:<60} {res.mean:.3f} [{res.ci[0]:.3f},{res.ci[1]:.3f}]"
               + (f"  diff {row['diff']:+.3f} [{row['diff_ci'][0]:+.3f},{row['diff_ci'][1]:+.3f}]" if "diff" in row else ""),
               flush=True)
-    out = HERE / "results" / "levers" / f"{args.task}-{args.on}-seed{args.seed}"
+    tag = "" if args.pool == 100 else f"-pool{args.pool}"
+    out = HERE / "results" / "levers" / f"{args.task}-{args.on}-seed{args.seed}{tag}"
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"task": args.task, "on": args.on, "seed": args.seed, "n": len(rows), "pool": len(train + val),
             "k": args.k, "model": "SmolLM2-135M-Instruct Q4_1 (embedded, greedy)",

@@ -9,7 +9,7 @@
 4. score the compiled program on the same test rows and print both with 95% CIs, the paired
    difference, model calls, tokens and wall time; save the compiled artifact.
 
-    python examples/demo.py [--test 200] [--budget 800] [--seed 0]
+    python examples/demo.py [--test 200] [--train 340] [--val 60] [--budget 800] [--seed 0]
 """
 
 from __future__ import annotations
@@ -40,8 +40,8 @@ def build() -> lg.Program:
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--test", type=int, default=200, help="test questions (seeded sample)")
-    ap.add_argument("--train", type=int, default=60)
-    ap.add_argument("--val", type=int, default=40)
+    ap.add_argument("--train", type=int, default=340, help="labelled rows from the TREC training file")
+    ap.add_argument("--val", type=int, default=60, help="more labelled rows (the compiler pools train and val)")
     ap.add_argument("--budget", type=int, default=800, help="hard limit on compile model calls")
     ap.add_argument("--seed", type=int, default=0)
     return ap
