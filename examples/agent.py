@@ -6,8 +6,10 @@ a bounded loop -- control flow declared in the program (lg.Route, lg.Loop), not 
                 search = Retrieve over a small corpus -> Predict
       -> refine: Loop(write the answer -> Critique it), until the verdict passes, at most 2 times
 
-Runs on the embedded SmolLM2-135M model by default (offline; a small model routes and judges
-poorly -- the point here is the program's shape, traces and budget, not its accuracy):
+Runs on the embedded SmolLM2-135M model by default (offline, ~10-20 s for the two example
+questions on 2 cores). A model that small routes and judges poorly -- it sends most questions to
+search; ``--router rule`` routes with a Python predicate instead, so both branches run. The point
+here is the program's shape, traces and budget, not its accuracy:
 
     python examples/agent.py [--question "What is 12 * 7?"] [--router model|rule] [--mermaid]
 """
