@@ -370,6 +370,26 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve a program over HTTP (/invoke, /batch, /stream, /schema, /health, /docs) until Ctrl-C."""
+    from .serve import ServeOptions, run_server
+
+    options = ServeOptions(max_concurrency=args.max_concurrency, timeout_s=args.timeout,
+                           max_calls_per_request=args.max_calls_per_request)
+    try:
+        program = load_program(args.program)
+    except ArtifactError as e:
+        if "cannot bind resources" not in e.message:
+            raise
+        raise ArtifactError(e.message.replace("the command line cannot", "`lmgraph serve` cannot"), node=e.node,
+                            fix="serve it from Python: lmgraph.serve.app(Program.load(path, resources={...}), ctx) "
+                                "mounted in your app or run with uvicorn (lmgraph.serve.run_server does that)."
+                            ) from None
+    run_server(program, make_ctx(args), host=args.host, port=args.port, options=options,
+               log_level="warning" if args.quiet else "info")
+    return 0
+
+
 # ---------------------------------------------------------------- parser
 
 def _nonneg_int(text: str) -> int:
@@ -386,6 +406,16 @@ def _pos_int(text: str) -> int:
     value = _nonneg_int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text!r} must be >= 1")
+    return value
+
+
+def _pos_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a number of seconds > 0")
     return value
 
 
@@ -463,6 +493,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="embedded", help="the model the prompts are rendered for (as for run)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser("serve", parents=[model],
+                       help="serve a program over HTTP: POST /invoke, /batch, /stream; GET /schema, /health, /docs")
+    p.add_argument("program", metavar="PROGRAM_OR_ARTIFACT.json")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    p.add_argument("--port", type=_nonneg_int, default=8000, help="port (8000; 0: any free port, printed)")
+    p.add_argument("--max-concurrency", type=_pos_int, default=16,
+                   help="requests run at once (16); the next gets 429 with Retry-After, without queueing")
+    p.add_argument("--timeout", type=_pos_float, metavar="S", help="a run's deadline in seconds (504 past it)")
+    p.add_argument("--max-calls-per-request", type=_pos_int, metavar="N",
+                   help="model calls one run (one batch row) may make")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("diff", help="what changed per node between two programs/artifacts")
     p.add_argument("a", metavar="A.json")
