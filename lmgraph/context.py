@@ -51,7 +51,9 @@ class RunContext:
     ``lm`` is the default model; ``lms`` names other models a node may ask for with
     ``lm="name"``. ``cache=True`` uses the default disk cache, ``False`` disables caching, or
     pass a cache object. ``budget`` is a hard limit shared by every run made with this
-    context (and contexts derived from it with :meth:`replace`).
+    context (and contexts derived from it with :meth:`replace`). ``tracer`` observes runs
+    (off by default): an OpenTelemetry Tracer or TracerProvider, ``lmgraph.observe.JsonlTraces(path)``,
+    an ``lmgraph.observe.Observer`` or a list of these; False opts out of ``lmgraph.observe.enable_otel``.
     """
 
     lm: LM | None = None
@@ -66,6 +68,7 @@ class RunContext:
     budget_counts_cache_hits: bool = False  # compiles count logical calls (reproducible under a cache)
     budget_meter: BudgetMeter | None = None
     usage: UsageMeter = field(default_factory=UsageMeter)
+    tracer: Any = None                # observers of runs (lmgraph.observe); None: off
     _stacks: dict[Any, tuple[LM, str]] = field(default_factory=dict, repr=False, compare=False)
     _lock: Any = field(default_factory=threading.Lock, repr=False, compare=False)
 
@@ -75,6 +78,10 @@ class RunContext:
         if self.max_concurrency < 1 or self.max_parallel_nodes < 1:
             raise DefinitionError("concurrency limits must be >= 1",
                                   fix="pass max_concurrency=/max_parallel_nodes= of at least 1.")
+        if self.tracer is not None:
+            from .observe import check_tracer
+
+            check_tracer(self.tracer)
 
     def replace(self, **changes: Any) -> "RunContext":
         """A derived context; it shares the budget meter, usage meter and model stacks."""

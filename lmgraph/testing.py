@@ -7,17 +7,23 @@
   a real backend by returning ``LMResponse(text=<best choice>, logprobs=[{"choice": c,
   "logprob": lp, "tokens": n}, ...])``; plain text naming an option works too.
 
-Both count calls and report token usage as whitespace-separated word counts.
+Both count calls and report token usage as whitespace-separated word counts. Both stream
+(``stream(request)``, what ``program.stream`` uses): the same answer as ``complete``, yielded in
+word chunks (``"Paris is "`` -> ``"Paris "``, ``"is "``), then the final response;
+``streaming=False`` makes a fake that cannot stream (it then answers at once), and
+``chunk_latency_s`` waits between chunks. ``streamed`` counts the requests answered by streaming.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from .lm.base import LMRequest, LMResponse, Usage
+from .lm.capabilities import Capabilities
 
 
 def request_text(request: LMRequest) -> str:
@@ -31,16 +37,29 @@ def _words(text: str) -> int:
     return len(text.split())
 
 
+def word_chunks(text: str) -> list[str]:
+    """``text`` cut after each word's trailing whitespace: the chunks join back to ``text``."""
+    return re.findall(r"\s*\S+\s*|\s+", text)
+
+
 class _FakeBase:
     name = "fake"
 
-    def __init__(self, *, latency_s: float = 0.0) -> None:
+    def __init__(self, *, latency_s: float = 0.0, streaming: bool = True, chunk_latency_s: float = 0.0) -> None:
         self.latency_s = latency_s
+        self.chunk_latency_s = chunk_latency_s
+        self.streaming = bool(streaming)
         self.calls: list[LMRequest] = []
+        self.streamed = 0
         self._lock = threading.Lock()
 
     def identity(self) -> dict[str, Any]:
         return {"backend": "testing", "model": self.name}
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """Streams unless made with ``streaming=False``; scores when ``supports_scoring`` is set."""
+        return Capabilities(streaming=self.streaming, scoring=bool(getattr(self, "supports_scoring", False)))
 
     def _answer(self, request: LMRequest) -> str | LMResponse:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -51,11 +70,29 @@ class _FakeBase:
             out = self._answer(request)
         if self.latency_s:
             await asyncio.sleep(self.latency_s)
+        return self._response(request, out)
+
+    def _response(self, request: LMRequest, out: str | LMResponse) -> LMResponse:
         if isinstance(out, LMResponse):
             return out
         return LMResponse(text=out, model=self.name, finish_reason="stop",
                           usage=Usage(prompt_tokens=_words(request_text(request)),
                                       completion_tokens=_words(out)))
+
+    async def stream(self, request: LMRequest) -> AsyncIterator[str | LMResponse]:
+        """The answer :meth:`complete` gives, in word chunks, then the response itself."""
+        with self._lock:
+            self.calls.append(request)
+            self.streamed += 1
+            out = self._answer(request)
+        if self.latency_s:
+            await asyncio.sleep(self.latency_s)
+        response = self._response(request, out)
+        for chunk in word_chunks(response.text):
+            if self.chunk_latency_s:
+                await asyncio.sleep(self.chunk_latency_s)
+            yield chunk
+        yield response
 
 
 class ScriptedLM(_FakeBase):
@@ -63,8 +100,9 @@ class ScriptedLM(_FakeBase):
 
     name = "scripted"
 
-    def __init__(self, responses: Sequence[str], *, cycle: bool = False, latency_s: float = 0.0) -> None:
-        super().__init__(latency_s=latency_s)
+    def __init__(self, responses: Sequence[str], *, cycle: bool = False, latency_s: float = 0.0,
+                 streaming: bool = True, chunk_latency_s: float = 0.0) -> None:
+        super().__init__(latency_s=latency_s, streaming=streaming, chunk_latency_s=chunk_latency_s)
         self.responses = list(responses)
         self.cycle = cycle
         self._i = 0
@@ -85,8 +123,8 @@ class FunctionLM(_FakeBase):
     name = "function"
 
     def __init__(self, fn: Callable[[LMRequest], str | LMResponse], *, latency_s: float = 0.0,
-                 name: str | None = None) -> None:
-        super().__init__(latency_s=latency_s)
+                 name: str | None = None, streaming: bool = True, chunk_latency_s: float = 0.0) -> None:
+        super().__init__(latency_s=latency_s, streaming=streaming, chunk_latency_s=chunk_latency_s)
         self.fn = fn
         if name:
             self.name = name

@@ -3,12 +3,19 @@
 A backend implements :class:`LM`: ``async complete(request) -> LMResponse`` and an
 ``identity()`` dict used for cache keys. Wrappers (cache, retry, budget, concurrency)
 implement the same protocol around an inner LM.
+
+Streaming is optional (:class:`StreamingLM`): a backend that declares
+``capabilities.streaming`` has ``stream(request)``, an async iterator of text deltas (``str``)
+followed by exactly one final :class:`LMResponse` -- the same response ``complete`` would give,
+its ``text`` the deltas joined. :func:`stream_of` streams any LM: one that cannot answers at
+once (the whole text as one delta, then the response).
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
 from typing import Any, Protocol, runtime_checkable
 
 from ..errors import DefinitionError
@@ -189,3 +196,49 @@ class LM(Protocol):
     def identity(self) -> dict[str, Any]:
         """A JSON-able description of the model (backend, endpoint, model identity)."""
         ...
+
+
+@runtime_checkable
+class StreamingLM(LM, Protocol):
+    """An LM that can also stream (declared by ``capabilities.streaming``).
+
+    ``stream(request)`` yields text deltas (``str``, in order, none empty) and then one final
+    :class:`LMResponse` whose ``text`` is the deltas joined (usage, finish reason and cost as
+    ``complete`` reports them). A request that cannot be streamed (scoring ``choices``,
+    ``logprobs``) is answered by ``complete`` and yields its whole text at once.
+    """
+
+    def stream(self, request: LMRequest) -> AsyncIterator[str | LMResponse]: ...
+
+
+def streams(lm: Any) -> bool:
+    """Whether ``lm`` streams: it declares ``capabilities.streaming`` and has ``stream()``
+    (a wrapper reports its inner model's capabilities)."""
+    caps = getattr(lm, "capabilities", None)
+    return bool(getattr(caps, "streaming", False)) and callable(getattr(lm, "stream", None))
+
+
+async def _at_once(lm: LM, request: LMRequest) -> AsyncIterator[str | LMResponse]:
+    response = await lm.complete(request)
+    if response.text:
+        yield response.text
+    yield response
+
+
+def stream_of(lm: Any, request: LMRequest) -> AsyncIterator[str | LMResponse]:
+    """Stream ``request`` through ``lm``: its ``stream()`` when it streams, else ``complete()``
+    with the whole text as one delta. Always text deltas, then one :class:`LMResponse`."""
+    if streams(lm):
+        return lm.stream(request)
+    return _at_once(lm, request)
+
+
+async def collect(stream: AsyncIterator[str | LMResponse]) -> LMResponse:
+    """The final response of a stream (the deltas are dropped); an error if it ends without one."""
+    final: LMResponse | None = None
+    async for item in stream:
+        if isinstance(item, LMResponse):
+            final = item
+    if final is None:
+        raise RuntimeError("a model stream ended without its final LMResponse")
+    return final

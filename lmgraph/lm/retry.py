@@ -10,7 +10,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import BudgetExceeded, LMError, OutputParseError
-from .base import LM, LMRequest, LMResponse
+from collections.abc import AsyncIterator
+
+from .base import LM, LMRequest, LMResponse, stream_of
 from .faults import count_request
 from .faults import reports_requests as _reports_requests
 
@@ -128,6 +130,36 @@ class RetryLM:
                 self.retries += 1
             if wait > 0:
                 await asyncio.sleep(wait)
+
+    async def stream(self, request: LMRequest) -> AsyncIterator[str | LMResponse]:
+        """As :meth:`complete`, streamed; a failure is retried only before the first delta (after
+        it, text has been passed on that a new attempt could not take back)."""
+        start = time.monotonic()
+        attempt = 0
+        while True:
+            attempt += 1
+            if self._count_attempts:
+                count_request()
+            started = False
+            try:
+                async for item in stream_of(self.inner, request):
+                    started = True
+                    yield item
+                return
+            except Exception as exc:
+                if started or attempt >= self.attempts or not self._should_retry(exc):
+                    raise
+                wait = self.wait_before(attempt, exc)
+                if self.deadline_s is not None and time.monotonic() - start + wait > self.deadline_s:
+                    raise
+                self.retries += 1
+            if wait > 0:
+                await asyncio.sleep(wait)
+
+    @property
+    def capabilities(self) -> Any:
+        """The inner model's capabilities (None when it declares none)."""
+        return getattr(self.inner, "capabilities", None)
 
     def identity(self) -> dict[str, Any]:
         return self.inner.identity()

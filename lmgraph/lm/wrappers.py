@@ -8,6 +8,12 @@ order, outermost first::
 
 The budget sits outside the cache (cache hits are free unless asked otherwise), and the
 retry sits outside the concurrency limit (a request waiting out its backoff holds no slot).
+
+Every wrapper also streams (``stream(request)``, see :class:`~lmgraph.lm.base.StreamingLM`)
+when the model under it does, and reports that model's ``capabilities``: a cache hit streams
+the cached text at once, the budget and usage count a streamed call as they count
+``complete()``, a retry happens only before the first delta, and a concurrency slot is held
+until the stream ends.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import asyncio
 import collections
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -25,10 +31,11 @@ from typing import Any
 from ..cache import Cache
 from ..cache.keys import KeyMaker
 from ..errors import BudgetExceeded
-from .base import LM, LMRequest, LMResponse
+from .base import LM, LMRequest, LMResponse, stream_of
 from .faults import end_tally, start_tally
 from .faults import reports_requests as _reports_requests
 from .retry import DEFAULT_RETRY_ON, RetryLM, RetryPolicy, as_retry_policy
+from .usage import UNNAMED_NODE, UsageMeter  # noqa: F401 - re-exported (moved to keep this file small)
 
 __all__ = [
     "Budget",
@@ -54,6 +61,11 @@ class _Wrapper:
 
     def identity(self) -> dict[str, Any]:
         return self.inner.identity()
+
+    @property
+    def capabilities(self) -> Any:
+        """The inner model's capabilities (None when it declares none)."""
+        return getattr(self.inner, "capabilities", None)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.inner!r})"
@@ -138,6 +150,55 @@ class CachedLM(_Wrapper):
                 del flights[key]
             flight.done.set()
 
+    async def stream(self, request: LMRequest) -> AsyncIterator[str | LMResponse]:
+        """As :meth:`complete`, streamed: a hit (or another request's finished flight) yields the
+        cached text at once; a miss streams the inner model and caches the final response."""
+        if not request.use_cache:
+            async for item in stream_of(self.inner, request):
+                yield item
+            return
+        key = self._key(self.inner.identity(), request)
+        data = self.cache.get(key)
+        flights = self._loop_flights() if data is None else {}
+        while data is None:
+            flight = flights.get(key)
+            if flight is None:
+                break
+            await flight.done.wait()
+            if flight.result is not None:
+                data = flight.result
+            elif flight.error is not None:
+                raise flight.error
+            else:  # the leading call was cancelled: look again, and lead if nobody else does
+                data = self.cache.get(key)
+        if data is not None:
+            hit = self._hit(data)
+            if hit.text:
+                yield hit.text
+            yield hit
+            return
+        flight = flights[key] = _Flight()
+        try:
+            response: LMResponse | None = None
+            async for item in stream_of(self.inner, request):
+                if isinstance(item, LMResponse):
+                    response = item
+                else:
+                    yield item
+            if response is None:
+                raise RuntimeError(f"{self.inner!r} ended a stream without its final response")
+            data = response.to_dict()
+            self.cache.set(key, data)
+            flight.result = data
+        except Exception as exc:
+            flight.error = exc
+            raise
+        finally:
+            if flights.get(key) is flight:
+                del flights[key]
+            flight.done.set()
+        yield response
+
 
 # --------------------------------------------------------------------------- concurrency
 
@@ -211,6 +272,16 @@ class ConcurrencyLimitedLM(_Wrapper):
         await gate.acquire()
         try:
             return await self.inner.complete(request)
+        finally:
+            gate.release()
+
+    async def stream(self, request: LMRequest) -> AsyncIterator[str | LMResponse]:
+        """Streams the inner model, holding a slot until the stream ends (or is closed)."""
+        gate = self._gate()
+        await gate.acquire()
+        try:
+            async for item in stream_of(self.inner, request):
+                yield item
         finally:
             gate.release()
 
@@ -396,6 +467,31 @@ class BudgetLM(_Wrapper):
             self.meter.record_requests(n)
         return response
 
+    async def stream(self, request: LMRequest) -> AsyncIterator[str | LMResponse]:
+        """As :meth:`complete`: one call slot reserved for the whole stream, the final response
+        recorded (tokens, cost) before it is passed on."""
+        tally, token = start_tally()
+        response: LMResponse | None = None
+        try:
+            with self.meter.reserve():
+                async for item in stream_of(self.inner, request):
+                    if isinstance(item, LMResponse):
+                        response = item
+                        if item.cached:
+                            self.meter.record_cache_hit()
+                        if not item.cached or self.count_cache_hits:
+                            self.meter.record(item)
+                    yield item
+        finally:
+            try:
+                end_tally(token)
+            except ValueError:  # closed from another context (a garbage-collected stream)
+                pass
+            n = tally.n
+            if self._fallback_count and n == 0 and (response is None or not response.cached):
+                n = 1
+            self.meter.record_requests(n)
+
 
 def _has_retry(lm: Any) -> bool:
     while hasattr(lm, "inner"):
@@ -406,68 +502,6 @@ def _has_retry(lm: Any) -> bool:
 
 
 # --------------------------------------------------------------------------- usage
-
-UNNAMED_NODE = "<unnamed>"
-
-
-def _zero_usage() -> dict[str, float | int]:
-    return {"requests": 0, "calls": 0, "cache_hits": 0, "errors": 0,
-            "prompt_tokens": 0, "completion_tokens": 0, "dollars": 0.0}
-
-
-class UsageMeter:
-    """Thread-safe per-node accounting of model use (node from ``request.node``).
-
-    ``requests`` counts every response, ``calls`` those that reached the backend and
-    ``cache_hits`` those that did not; tokens and dollars are summed over real calls only.
-    ``errors`` counts requests that raised.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._nodes: dict[str, dict[str, float | int]] = {}
-
-    def _entry(self, node: str | None) -> dict[str, float | int]:
-        name = node or UNNAMED_NODE
-        entry = self._nodes.get(name)
-        if entry is None:
-            entry = self._nodes[name] = _zero_usage()
-        return entry
-
-    def record(self, request: LMRequest, response: LMResponse) -> None:
-        with self._lock:
-            entry = self._entry(request.node)
-            entry["requests"] += 1
-            if response.cached:
-                entry["cache_hits"] += 1
-                return
-            entry["calls"] += 1
-            entry["prompt_tokens"] += response.usage.prompt_tokens
-            entry["completion_tokens"] += response.usage.completion_tokens
-            if response.cost is not None:
-                entry["dollars"] += response.cost
-
-    def record_error(self, request: LMRequest) -> None:
-        with self._lock:
-            self._entry(request.node)["errors"] += 1
-
-    def by_node(self) -> dict[str, dict[str, float | int]]:
-        """A copy of the counters per node name."""
-        with self._lock:
-            return {name: dict(entry) for name, entry in self._nodes.items()}
-
-    def total(self) -> dict[str, float | int]:
-        """The counters summed over all nodes."""
-        out = _zero_usage()
-        for entry in self.by_node().values():
-            for k, v in entry.items():
-                out[k] += v
-        return out
-
-    def reset(self) -> None:
-        with self._lock:
-            self._nodes.clear()
-
 
 class MeteredLM(_Wrapper):
     """Records every request's outcome in a :class:`UsageMeter`."""
@@ -484,6 +518,17 @@ class MeteredLM(_Wrapper):
             raise
         self.usage_meter.record(request, response)
         return response
+
+    async def stream(self, request: LMRequest) -> AsyncIterator[str | LMResponse]:
+        """As :meth:`complete`: the final response recorded, a failure counted as an error."""
+        try:
+            async for item in stream_of(self.inner, request):
+                if isinstance(item, LMResponse):
+                    self.usage_meter.record(request, item)
+                yield item
+        except Exception:
+            self.usage_meter.record_error(request)
+            raise
 
 
 # --------------------------------------------------------------------------- composition

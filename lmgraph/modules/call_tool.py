@@ -214,7 +214,7 @@ class CallTool(GenerationSettings, Module):
                     continue
                 args = filled["args"].model_dump(by_alias=True, exclude_unset=True)
             lines.append(f"Action {i}: {tool}({json.dumps(jsonable(args), ensure_ascii=False)})")
-            observation, ok, error = await self._run_tool(tool, args)
+            observation, ok, error = await call.run_tool(tool, args, self._run_tool(tool, args))
             lines.append(f"Observation {i}: {observation}")
             record.update(args=jsonable(args), ok=ok, observation=observation)
             choice["ok"] = ok

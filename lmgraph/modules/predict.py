@@ -93,9 +93,10 @@ async def predict(call: "NodeCall", sig: Signature, inputs: Mapping[str, Any], *
                   instructions: str | None = None, demos: Sequence[Mapping[str, Any]] = (),
                   format: str = "auto", lm: str | None = None, temperature: float = 0.0,
                   max_tokens: int = 256, rollout: int = 0, repair: bool = True,
-                  decode: str = "generate", stop: Sequence[str] = ()) -> dict[str, Any]:
+                  decode: str = "generate", stop: Sequence[str] = (), stream: bool = False) -> dict[str, Any]:
     """Render, call the model, parse into the signature's types; one repair attempt on failure.
-    ``stop``: stop sequences added to the format's own.
+    ``stop``: stop sequences added to the format's own. ``stream``: in a streamed run, the
+    first call's reply streams to the run's events (a repair or follow-up call never does).
 
     With ``decode="score"`` the model scores the output's options instead (see
     :func:`score_predict`); ``format``, ``temperature``, ``max_tokens`` and ``repair`` then
@@ -112,7 +113,10 @@ async def predict(call: "NodeCall", sig: Signature, inputs: Mapping[str, Any], *
                          temperature=temperature, max_tokens=max_tokens, rollout=rollout, node=call.node)
     if stop:
         request = request.replace(stop=tuple(dict.fromkeys((*request.stop, *stop))))
-    resp, rec = await call.generate(request, lm=lm)
+    if stream and call.streaming:
+        resp, rec = await call.stream_generate(request, sig, lm=lm)
+    else:
+        resp, rec = await call.generate(request, lm=lm)
     try:
         return fmt.parse(sig, resp.text)
     except OutputParseError as e:
@@ -324,7 +328,7 @@ class Predict(GenerationSettings, Module):
     async def forward(self, inputs: dict[str, Any], call: "NodeCall") -> dict[str, Any]:
         return await predict(call, self.signature, inputs, instructions=self.instructions, demos=self.demos_for(inputs),
                              format=self.format, lm=self.lm, temperature=self.temperature,
-                             max_tokens=self.max_tokens, repair=self.repair, decode=self.decode)
+                             max_tokens=self.max_tokens, repair=self.repair, decode=self.decode, stream=True)
 
     def estimated_calls(self, list_lengths: Mapping[str, int] | None = None, *, repairs: bool = True) -> int:
         """One call (calibrated scoring: two); generating with ``repair`` on, a reply that cannot be

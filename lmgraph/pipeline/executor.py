@@ -8,19 +8,21 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..context import RunContext
 from ..errors import DefinitionError, InputError, LmgraphError, RunError
 from ..lm.base import LMRequest, LMResponse
 from ..lm.values import invalid_reason, validate_strict
+from ..observe import RunHooks, run_hooks
 from ..signatures import type_to_str
 from .ir import INPUT, Const, Node
 from .trace import CallRecord, NodeTrace, Trace
 
 if TYPE_CHECKING:
     from ..modules.base import Module
+    from ..signatures import Signature
     from .program import Program
 
 
@@ -73,15 +75,25 @@ def trace_of(obj: Any) -> Trace | None:
 
 
 class NodeCall:
-    """The executor's handle given to ``Module.forward``: model access, tracing, sub-runs."""
+    """The executor's handle given to ``Module.forward``: model access, tracing, sub-runs.
 
-    __slots__ = ("node", "module", "ctx", "trace")
+    ``hooks`` (None unless the run is streamed or observed, see :mod:`lmgraph.observe`) receive
+    the node's model and tool calls."""
 
-    def __init__(self, node: str, module: "Module", ctx: RunContext, trace: NodeTrace) -> None:
+    __slots__ = ("node", "module", "ctx", "trace", "hooks")
+
+    def __init__(self, node: str, module: "Module", ctx: RunContext, trace: NodeTrace,
+                 hooks: "RunHooks | None" = None) -> None:
         self.node = node
         self.module = module
         self.ctx = ctx
         self.trace = trace
+        self.hooks = hooks
+
+    @property
+    def streaming(self) -> bool:
+        """Whether this run streams events (:meth:`stream_generate` then streams the call)."""
+        return self.hooks is not None and self.hooks.emit is not None
 
     def lm(self, name: str | None = None) -> tuple[Any, str]:
         """(model stack, preferred format) for ``name`` (default: the module's ``lm``)."""
@@ -111,9 +123,53 @@ class NodeCall:
         stack, _ = self.lm(lm)
         request = self.prepare(request)
         rec = self.record(request, format)
+        if self.hooks is None:
+            return await self._call(stack, request, rec, None), rec
+        with self.hooks.model_call(self.node, rec, stack):
+            return await self._call(stack, request, rec, None), rec
+
+    async def stream_generate(self, request: LMRequest, sig: "Signature", *, lm: str | None = None,
+                              format: str | None = None) -> tuple[LMResponse, CallRecord]:
+        """:meth:`generate`, with the reply streamed to the run's events as ``sig``'s output fields
+        (:mod:`lmgraph.pipeline.stream`) when the run is streamed; else the same as generate."""
+        if not self.streaming:
+            return await self.generate(request, lm=lm, format=format)
+        stack, _ = self.lm(lm)
+        request = self.prepare(request)
+        rec = self.record(request, format)
+        with self.hooks.model_call(self.node, rec, stack):  # type: ignore[union-attr]
+            return await self._call(stack, request, rec, sig), rec
+
+    async def _streamed(self, stack: Any, request: LMRequest, sig: "Signature", fmt: str | None) -> LMResponse:
+        from contextlib import aclosing
+
+        from ..lm.base import stream_of
+        from .stream import reader_for
+
+        emit = self.hooks.emit  # type: ignore[union-attr]
+        reader = reader_for(fmt, self.node, sig)
+        resp: LMResponse | None = None
+        async with aclosing(stream_of(stack, request)) as chunks:
+            async for item in chunks:
+                if isinstance(item, LMResponse):
+                    resp = item
+                elif reader is not None:
+                    for event in reader.feed(item):
+                        emit(event)
+        if resp is None:
+            raise RuntimeError("the model's stream ended without its final response")
+        if reader is not None:
+            for event in reader.close(resp.text):
+                emit(event)
+        return resp
+
+    async def _call(self, stack: Any, request: LMRequest, rec: CallRecord, sig: "Signature | None") -> LMResponse:
         t0 = time.perf_counter()
         try:
-            resp = await stack.complete(request)
+            if sig is None:
+                resp = await stack.complete(request)
+            else:
+                resp = await self._streamed(stack, request, sig, rec.format)
         except LmgraphError as e:
             rec.error = str(e)
             rec.latency_s = time.perf_counter() - t0
@@ -126,12 +182,23 @@ class NodeCall:
             raise RunError(f"model call failed: {type(e).__name__}: {e}", node=self.node) from e
         rec.latency_s = time.perf_counter() - t0
         rec.response = resp
-        return resp, rec
+        return resp
+
+    async def run_tool(self, name: str, args: Any, outcome: Awaitable[tuple[str, bool, str | None]]
+                       ) -> tuple[str, bool, str | None]:
+        """Await a tool call's ``(observation, ok, error)``, observed (a span) when the run is."""
+        if self.hooks is None:
+            return await outcome
+        record: dict[str, Any] = {"tool": name, "args": args}
+        with self.hooks.tool(self.node, record):
+            got = await outcome
+            record.update(observation=got[0], ok=got[1], error=got[2])
+        return got
 
     async def run_program(self, program: "Program", inputs: Mapping[str, Any]) -> Prediction:
         """Run a sub-program (Map and friends); its trace becomes a child of this node's."""
         try:
-            pred = await execute(program, inputs, self.ctx)
+            pred = await execute(program, inputs, self.ctx, nested=True)
         except LmgraphError as e:  # keep the failed sub-run's trace too
             child = getattr(e, "trace", None)
             if child is not None:
@@ -174,13 +241,24 @@ def check_inputs(program: "Program", inputs: Mapping[str, Any], *, allow_missing
     return out
 
 
-async def _run_node(node: Node, values: dict[str, dict[str, Any]], ctx: RunContext, trace: Trace) -> None:
+async def _run_node(node: Node, values: dict[str, dict[str, Any]], ctx: RunContext, trace: Trace,
+                    hooks: "RunHooks | None" = None) -> None:
     kwargs = {f: (b.value if isinstance(b, Const) else values[b.node][b.field]) for f, b in node.bindings}
     nt = NodeTrace(node.name, node.module.kind, kwargs, started=time.time())
     trace.nodes.append(nt)
+    if hooks is None:
+        out = await _forward(node, kwargs, ctx, nt, None)
+    else:
+        with hooks.node(nt):
+            out = await _forward(node, kwargs, ctx, nt, hooks)
+    values[node.name] = dict(out)
+
+
+async def _forward(node: Node, kwargs: dict[str, Any], ctx: RunContext, nt: NodeTrace,
+                   hooks: "RunHooks | None") -> Mapping[str, Any]:
     t0 = time.perf_counter()
     try:
-        out = await node.module.forward(kwargs, NodeCall(node.name, node.module, ctx, nt))
+        out = await node.module.forward(kwargs, NodeCall(node.name, node.module, ctx, nt, hooks))
         missing = [f for f in node.module.signature.output_names if not isinstance(out, Mapping) or f not in out]
         if missing:  # a module bug: fail here, naming it, not with a KeyError in a later node
             raise RunError(f"{type(node.module).__name__}.forward returned no value for output "
@@ -202,17 +280,31 @@ async def _run_node(node: Node, values: dict[str, dict[str, Any]], ctx: RunConte
     finally:
         nt.latency_s = time.perf_counter() - t0
     nt.outputs = dict(out)
-    values[node.name] = dict(out)
+    return out
 
 
-async def execute(program: "Program", inputs: Mapping[str, Any], ctx: RunContext) -> Prediction:
-    """Run ``program`` once. Raises RunError (with ``.trace``) if any node fails."""
-    t0 = time.perf_counter()
+async def execute(program: "Program", inputs: Mapping[str, Any], ctx: RunContext, *,
+                  events: Callable[[Any], None] | None = None, nested: bool = False) -> Prediction:
+    """Run ``program`` once. Raises RunError (with ``.trace``) if any node fails.
+
+    ``events`` receives the run's stream events (:mod:`lmgraph.pipeline.stream`); observers of
+    the context (``RunContext(tracer=...)``, :func:`lmgraph.observe.enable_otel`) see the run,
+    its nodes, model and tool calls; ``nested``: a sub-run of a node (no trace line of its own)."""
     trace = Trace(program.name, dict(inputs))
+    hooks = run_hooks(ctx, events)
+    if hooks is None:
+        return await _execute(program, inputs, ctx, trace, None)
+    with hooks.run(program, trace, nested=nested):
+        return await _execute(program, inputs, ctx, trace, hooks)
+
+
+async def _execute(program: "Program", inputs: Mapping[str, Any], ctx: RunContext, trace: Trace,
+                   hooks: "RunHooks | None") -> Prediction:
+    t0 = time.perf_counter()
     try:
         values: dict[str, dict[str, Any]] = {INPUT: check_inputs(program, inputs)}
         _check_models(program, ctx)
-        await _schedule(program, values, ctx, trace)
+        await _schedule(program, values, ctx, trace, hooks)
         outputs = {name: values[ref.node][ref.field] for name, ref in program.output_refs}
     except BaseException as e:
         trace.error = f"{type(e).__name__}: {e}"
@@ -233,11 +325,12 @@ def _check_models(program: "Program", ctx: RunContext) -> None:
             ctx.lm_for(name)  # raises DefinitionError naming the model and the fix
 
 
-async def _schedule(program: "Program", values: dict[str, dict[str, Any]], ctx: RunContext, trace: Trace) -> None:
+async def _schedule(program: "Program", values: dict[str, dict[str, Any]], ctx: RunContext, trace: Trace,
+                    hooks: "RunHooks | None" = None) -> None:
     nodes = program.node_map
     if program.is_chain:  # no two nodes can ever run together: skip task machinery
         for name in program.order:
-            await _run_node(nodes[name], values, ctx, trace)
+            await _run_node(nodes[name], values, ctx, trace, hooks)
         return
     waiting = {n: len(deps) for n, deps in program.deps.items()}
     ready = [n for n in program.order if waiting[n] == 0]
@@ -247,7 +340,7 @@ async def _schedule(program: "Program", values: dict[str, dict[str, Any]], ctx: 
         while ready or running:
             while ready and len(running) < limit:
                 name = ready.pop(0)
-                running[asyncio.ensure_future(_run_node(nodes[name], values, ctx, trace))] = name
+                running[asyncio.ensure_future(_run_node(nodes[name], values, ctx, trace, hooks))] = name
             done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 name = running.pop(task)

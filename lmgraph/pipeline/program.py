@@ -8,7 +8,7 @@ import difflib
 import hashlib
 import json
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
@@ -22,6 +22,7 @@ from .validate import validate
 
 if TYPE_CHECKING:
     from .preview import PromptList
+    from .stream import Event
     from .trace import Trace
 
 _loops = threading.local()
@@ -199,6 +200,16 @@ class Program:
     def run_sync(self, ctx: RunContext | None = None, /, **inputs: Any) -> Prediction:
         return _run_sync(execute(self, inputs, self._ctx(self._split(inputs, "ctx", ctx))))
 
+    def stream(self, ctx: RunContext | None = None, /, **inputs: Any) -> AsyncIterator["Event"]:
+        """Run once, streamed: an async iterator of typed events, in order -- ``NodeStart``,
+        ``TokenDelta`` (text of Predict/ChainOfThought outputs as the model writes it),
+        ``FieldComplete`` (JSON-format outputs as each closes), ``NodeEnd``, then ``Final(outputs,
+        trace)`` (see :mod:`lmgraph.pipeline.stream`). The same run as :meth:`run`; a failed run
+        raises its error after its events. ``async for event in program.stream(ctx, question=...)``."""
+        from .stream import stream_run
+
+        return stream_run(self, inputs, self._ctx(self._split(inputs, "ctx", ctx)))
+
     async def batch(self, rows: Iterable[Mapping[str, Any]], *, ctx: RunContext | None = None,
                     concurrency: int = 8, progress: Any = False,
                     on_result: Callable[[Result], None] | None = None) -> list[Result]:
@@ -348,6 +359,11 @@ class Program:
 
     def __repr__(self) -> str:
         return f"Program({self.name!r}, nodes={list(self.order)})"
+
+    def _repr_html_(self) -> str:  # a notebook's view: the name and the text rendering, escaped
+        from ..report_html import program_html
+
+        return program_html(self)
 
     # ---- serialization (JSON only; loading executes no code)
     def to_dict(self) -> dict[str, Any]:
