@@ -335,6 +335,16 @@ def cmd_diff(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    """A compile report as one self-contained HTML page (lmgraph.report_html.render)."""
+    from .report_html import write
+
+    out = write(args.out, args.artifact, baseline=args.baseline, full_report=args.full_report,
+                lm=make_lm(args.model))  # the model is not loaded: prompts are only previewed
+    print(f"report: {out}")
+    return 0
+
+
 def cmd_show(args: argparse.Namespace) -> int:
     """The program's graph; with --prompts, the request each model-calling node will send for
     --model (format resolved as in a run), with no model call."""
@@ -510,6 +520,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("a", metavar="A.json")
     p.add_argument("b", metavar="B.json")
     p.set_defaults(func=cmd_diff)
+
+    p = sub.add_parser("report", help="a compile report as one self-contained HTML page (graph, plot, prompts, "
+                                      "per-example wins and losses)")
+    p.add_argument("artifact", metavar="ARTIFACT.json", help="a compiled artifact (lmgraph compile --out)")
+    p.add_argument("-o", "--out", default="report.html", metavar="REPORT.html", help="where to write it (report.html)")
+    p.add_argument("--baseline", metavar="PROGRAM.json",
+                   help="the program as given to the compiler: adds its prompts before/after and the full diff")
+    p.add_argument("--full-report", metavar="REPORT.json",
+                   help="the report `lmgraph compile --report` wrote: adds per-node calls and tokens")
+    p.add_argument("--model", default="embedded",
+                   help="the model whose prompt format the prompts are previewed in (as for run; no call is made)")
+    p.set_defaults(func=cmd_report)
     return parser
 
 

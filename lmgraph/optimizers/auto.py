@@ -551,6 +551,7 @@ class Compile(Optimizer):
             {"scores": all_scores, "usage": {"calls": winner.calls + entry["usage"]["calls"],
                                              "prompt_tokens": winner.tokens + entry["usage"]["prompt_tokens"],
                                              "completion_tokens": entry["usage"]["completion_tokens"]}})
+        cand.rows = list(all_idx)
         cand.evidence = {"confirm_diff": ev["diff"], "confirm_ci_low": ev["ci_low"], "confirm_ci_high": ev["ci_high"],
                          "confirm_p_better": ev["p_better"], "search_diff": d, "search_shrunk": est,
                          "expected_gain": combined, "rows": float(len(all_idx))}
@@ -720,6 +721,7 @@ class Compile(Optimizer):
                 continue
             c = session._new_candidate(s.label, s.changes(), {
                 "scores": s.scores, "usage": {"calls": s.calls, "prompt_tokens": s.tokens, "completion_tokens": 0}})
+            c.rows = list(s.rows)
             c.status = "advanced" if s.alive else "dropped"
             c.reason = s.note + ("; the race's winner" if s.alive and s in alive else "")
 

@@ -81,6 +81,18 @@ def _prompt_tokens_guess(program: Program, row: Mapping[str, Any]) -> int:
     return chars // 4 + 32 * len(program.nodes)
 
 
+def _usage_since(before: Mapping[str, Mapping[str, Any]], after: Mapping[str, Mapping[str, Any]]
+                 ) -> dict[str, dict[str, Any]]:
+    """Per-node usage counters added between two ``UsageMeter.by_node()`` snapshots."""
+    out = {}
+    for node, now in after.items():
+        was = before.get(node, {})
+        delta = {k: round(v - was.get(k, 0), 6) if isinstance(v, float) else v - was.get(k, 0) for k, v in now.items()}
+        if any(delta.values()):
+            out[node] = delta
+    return out
+
+
 class Optimizer:
     """Base class of every optimizer (a pure pass; see the module docstring)."""
 
@@ -165,6 +177,7 @@ class Optimizer:
                                  on_provider_failure=self.on_provider_failure, provider_reruns=self.provider_reruns)
         report = session.report
         misses_before = int(session.ctx.usage.total()["calls"])
+        nodes_before = session.ctx.usage.by_node()
         try:
             await session.baseline()
             await self.search(session)
@@ -187,7 +200,10 @@ class Optimizer:
         report.spent = {"calls": snap["calls"], "tokens": snap["total_tokens"],
                         "dollars": round(snap["dollars"], 6)}
         report.runtime = {"cache_misses": int(session.ctx.usage.total()["calls"]) - misses_before,
-                          "replayed_evaluations": session.replayed}
+                          "replayed_evaluations": session.replayed,
+                          # per node: requests answered (cache hits included), calls that reached the model,
+                          # their tokens; what this process ran (a resumed compile's replayed runs are not here)
+                          "nodes": _usage_since(nodes_before, session.ctx.usage.by_node())}
         report.wall_s = time.perf_counter() - t0
         return session.incumbent, report
 

@@ -37,6 +37,9 @@ class Candidate:
     status: str = "pending"  # one of STATUSES
     reason: str = ""
     evidence: dict[str, float] = field(default_factory=dict)  # paired bootstrap vs the incumbent
+    # which scored rows ``scores`` are on (indices into the baseline's rows), when a candidate was
+    # scored on a subset in another order (the default compiler's race); None: the baseline's rows
+    rows: list[int] | None = None
 
     @property
     def mean(self) -> float:
@@ -51,7 +54,9 @@ class Candidate:
         return {"id": self.id, "label": self.label, "changes": self.changes, "n": len(self.scores),
                 "score": round(self.mean, 6), "ci95": [round(lo, 6), round(hi, 6)], "calls": self.calls,
                 "tokens": self.tokens, "status": self.status, "reason": self.reason,
-                "evidence": {k: round(v, 6) for k, v in self.evidence.items()}}
+                "evidence": {k: round(v, 6) for k, v in self.evidence.items()},
+                "scores": [round(x, 6) for x in self.scores],  # per row: what a win/loss table needs
+                **({"rows": list(self.rows)} if self.rows is not None else {})}
 
 
 @dataclass
@@ -130,6 +135,11 @@ class Report:
             out["runtime"] = self.runtime
             out["faults"] = dict(self.faults)
         return out
+
+    def _repr_html_(self) -> str:  # a notebook's view: one row per candidate, escaped
+        from ..report_html import report_html
+
+        return report_html(self)
 
     def table(self) -> str:
         """A plain-text table of every candidate."""

@@ -122,6 +122,11 @@ class Trace:
                  if c.response is not None and c.response.cost is not None]
         return sum(costs) if costs else None
 
+    def _repr_html_(self) -> str:  # a notebook's view: one row per node, escaped
+        from ..report_html import trace_html
+
+        return trace_html(self)
+
     def to_dict(self) -> dict[str, Any]:
         return {"program": self.program, "inputs": jsonable(self.inputs), "outputs": jsonable(self.outputs),
                 "error": self.error, "started": self.started, "latency_s": round(self.latency_s, 6),
