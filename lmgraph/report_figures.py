@@ -151,6 +151,22 @@ def accepted_path(candidates: Sequence[Mapping[str, Any]], best_id: int) -> list
     return path
 
 
+def own_calls(candidates: Sequence[Mapping[str, Any]]) -> list[int]:
+    """The calls each candidate's evaluation added: its ``calls``, less those of an earlier
+    candidate it extends (the default compiler's confirmed pick repeats its race winner's calls:
+    same changes, status ``advanced``, the winner's rows first)."""
+    out = []
+    for i, c in enumerate(candidates):
+        calls = int(c.get("calls") or 0)
+        for p in candidates[:i]:
+            if p.get("status") == "advanced" and p.get("changes") == c.get("changes") and \
+                    (c.get("rows") is None or p.get("rows") is None or c["rows"][: len(p["rows"])] == p["rows"]):
+                calls -= int(p.get("calls") or 0)
+                break
+        out.append(max(0, calls))
+    return out
+
+
 def scores_plot_svg(candidates: Sequence[Mapping[str, Any]], best_id: int) -> str:
     """Every candidate's mean score with its 95% CI (error bars) against the model calls spent up to
     and including its evaluation (cumulative, in report order), coloured by status; the accepted
@@ -159,8 +175,8 @@ def scores_plot_svg(candidates: Sequence[Mapping[str, Any]], best_id: int) -> st
     import matplotlib as mpl
 
     xs, spent = [], 0
-    for c in candidates:
-        spent += int(c.get("calls") or 0)
+    for calls in own_calls(candidates):
+        spent += calls
         xs.append(spent)
     at = {c["id"]: x for c, x in zip(candidates, xs)}
     with mpl.rc_context({"svg.fonttype": "none", "svg.hashsalt": "lmgraph", "font.family": "DejaVu Sans",
@@ -188,7 +204,7 @@ def scores_plot_svg(candidates: Sequence[Mapping[str, Any]], best_id: int) -> st
         ax.set_ylabel("score (mean over its rows, 95% CI)")
         ax.set_title("Candidates: score against calls spent")
         ax.grid(True, alpha=0.3)
-        ax.legend(loc="best", fontsize=7, framealpha=0.85)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
         fig.tight_layout()
         buf = io.StringIO()
         fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": None})

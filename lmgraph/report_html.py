@@ -211,7 +211,9 @@ def _plot_section(rep: Mapping[str, Any]) -> str:
     except ImportError:
         return head + ('<p class="note">The plot needs matplotlib: <code>pip install "lmgraph[report]"</code>. '
                        "The table below has the same figures.</p></section>")
-    unattributed = (rep.get("spent") or {}).get("calls", 0) - sum(int(c.get("calls") or 0) for c in cands)
+    from .report_figures import own_calls
+
+    unattributed = (rep.get("spent") or {}).get("calls", 0) - sum(own_calls(cands))
     note = (f'<p class="muted">{unattributed} of the {rep["spent"]["calls"]} calls went to work no candidate row '
             "counts (bootstrapping demos, proposing instructions).</p>" if unattributed > 0 else "")
     return head + f'<div class="figure">{svg}</div>{note}</section>'

@@ -59,6 +59,11 @@ def test_compile_records_which_rows_each_candidate_was_scored_on(compiled):
     # per-node usage of the compile (not in the artifact: it varies with resumes)
     assert rep.runtime["nodes"]["classify"]["requests"] == rep.spent["calls"]
     assert "runtime" not in json.loads(art.read_text())["report"]
+    # the plot's calls axis: each candidate's own calls (the confirmed pick does not recount its race's)
+    from lmgraph.report_figures import own_calls
+
+    assert sum(own_calls(rep.to_dict()["candidates"])) == rep.spent["calls"]
+    assert sum(c.calls for c in rep.candidates) > rep.spent["calls"]
 
 
 def test_page_from_a_program_and_report(compiled):
