@@ -1,0 +1,101 @@
+"""Does the default compiler (``lg.compile`` / ``Compile``) help on the benchmark tasks? Zero-shot vs
+compiled on the same seeded test rows, in process on the embedded model, per task and split seed.
+
+    .venv/bin/python benchmarks/compile_default.py --tasks trec,sst2 --seeds 0,1,2 [--test 100]
+        [--rows 400] [--budget 800]
+
+For every (task, seed): the task's zero-shot program is scored on ``--test`` test rows, compiled
+with ``Compile()`` under ``--budget`` calls on ``--rows`` labelled rows (the task's train+val split;
+the compiler never sees test rows) and scored again on the same test rows; the paired difference
+and its 95% CI are reported. Each finished unit is appended to
+``benchmarks/results/compile_default/<tasks>.jsonl`` at once (a killed run keeps what it finished;
+a rerun skips finished units), and ``.md`` is rewritten after each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import lmgraph as lg  # noqa: E402
+from lmgraph.evaluation import evaluate_sync, paired_bootstrap  # noqa: E402
+from lmgraph.optimizers import Compile  # noqa: E402
+
+from tasks import Sizes, load  # noqa: E402
+
+
+def unit(task_name: str, seed: int, args: argparse.Namespace) -> dict:
+    task = load(task_name)
+    n_val = args.rows * 15 // 100
+    train, val, test = task.splits(seed, Sizes(args.rows - n_val, n_val, args.test))
+    program = task.lmgraph_program()
+    ctx = lg.RunContext(max_concurrency=2)
+
+    def metric(ex, pred, trace=None):  # noqa: ANN001, ANN202
+        return task.score(dict(ex), dict(pred))
+
+    zero = evaluate_sync(program, test, metric, ctx=ctx, concurrency=4)
+    t0 = time.perf_counter()
+    compiled, report = Compile().optimize(program, train, metric, valset=val,
+                                          budget=lg.Budget(max_calls=args.budget), seed=seed, ctx=ctx)
+    compile_s = time.perf_counter() - t0
+    comp = evaluate_sync(compiled, test, metric, ctx=ctx, concurrency=4)
+    pb = paired_bootstrap(zero.scores, comp.scores)
+    best = report.best
+    return {"task": task_name, "seed": seed, "test_n": len(test), "rows": len(train) + len(val),
+            "budget": args.budget, "zero_shot": round(zero.mean, 4), "zero_ci": [round(x, 4) for x in zero.ci],
+            "compiled": round(comp.mean, 4), "compiled_ci": [round(x, 4) for x in comp.ci],
+            "diff": round(pb["diff"], 4), "diff_ci": [round(pb["ci_low"], 4), round(pb["ci_high"], 4)],
+            "chosen": best.label if best.id != report.baseline.id else "unchanged (program as given)",
+            "expected_gain": round(best.evidence.get("expected_gain", 0.0), 4),
+            "compile_calls": report.spent.get("calls"), "compile_s": round(compile_s, 1),
+            "stopped": report.stopped}
+
+
+def write_md(path: Path, units: list[dict], command: str) -> None:
+    lines = ["# The default compiler vs zero-shot (in process, SmolLM2-135M, greedy)", "", f"`{command}`", "",
+             "| task | seed | test n | zero-shot [95% CI] | compiled [95% CI] | paired diff [95% CI] | chosen | "
+             "compile calls |", "|---|---|---|---|---|---|---|---|"]
+    for u in units:
+        lines.append(f"| {u['task']} | {u['seed']} | {u['test_n']} | {u['zero_shot']:.3f} [{u['zero_ci'][0]:.3f}, "
+                     f"{u['zero_ci'][1]:.3f}] | {u['compiled']:.3f} [{u['compiled_ci'][0]:.3f}, "
+                     f"{u['compiled_ci'][1]:.3f}] | {u['diff']:+.3f} [{u['diff_ci'][0]:+.3f}, {u['diff_ci'][1]:+.3f}] "
+                     f"| {u['chosen']} | {u['compile_calls']} |")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tasks", default="trec,sst2")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--test", type=int, default=100)
+    ap.add_argument("--rows", type=int, default=400)
+    ap.add_argument("--budget", type=int, default=800)
+    args = ap.parse_args()
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    seeds = [int(s) for s in args.seeds.split(",")]
+    out = HERE / "results" / "compile_default" / ("-".join(tasks) + f"-test{args.test}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    jsonl = out.with_suffix(".jsonl")
+    done = [json.loads(line) for line in jsonl.read_text().splitlines()] if jsonl.exists() else []
+    command = "python benchmarks/compile_default.py " + " ".join(sys.argv[1:])
+    for seed in seeds:
+        for name in tasks:
+            if any(u["task"] == name and u["seed"] == seed for u in done):
+                continue
+            u = unit(name, seed, args)
+            done.append(u)
+            with jsonl.open("a") as f:
+                f.write(json.dumps(u) + "\n")
+            write_md(out.with_suffix(".md"), done, command)
+            print(json.dumps(u), flush=True)
+
+
+if __name__ == "__main__":
+    main()
