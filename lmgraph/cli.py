@@ -150,6 +150,12 @@ def make_ctx(args: argparse.Namespace, **kw: Any) -> Any:
 
     json_mode = getattr(args, "json_mode", "auto")
     lm = make_lm(args.model) if json_mode == "auto" else make_lm(args.model, json_mode=json_mode)
+    if getattr(args, "trace", None) and "tracer" not in kw:  # --trace FILE: one JSON line per run
+        if getattr(args, "_traces", None) is None:
+            from .observe import JsonlTraces
+
+            args._traces = JsonlTraces(args.trace, mode="w", content=getattr(args, "trace_content", False))
+        kw["tracer"] = args._traces
     return RunContext(lm=lm, cache=not args.no_cache, max_concurrency=args.concurrency, **kw)
 
 
@@ -196,9 +202,14 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise DefinitionError(f"missing input {missing[0]!r}",
                                   fix=f"pass --input NAME=VALUE for each of {', '.join(program.input_specs)}, "
                                       "or --data rows.jsonl.")
-        pred = program.run_sync(make_ctx(args), **inputs)
+        if args.stream:
+            pred = _run_streamed(program, make_ctx(args), inputs)
+        else:
+            pred = program.run_sync(make_ctx(args), **inputs)
         print(json.dumps(_jsonable(dict(pred)), ensure_ascii=False, indent=2))
         return 0
+    if args.stream:
+        raise DefinitionError("--stream streams one run", fix="use it with --input NAME=VALUE, not --data.")
     rows = read_jsonl(args.data)
     out = open(args.out, "w", encoding="utf-8") if args.out else None  # noqa: SIM115 - closed below
 
@@ -224,6 +235,45 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(f"{len(results)} rows, {failed} failed" + (f"; results in {args.out}" if args.out else ""),
               file=sys.stderr)
+    return 0
+
+
+def _run_streamed(program: Any, ctx: Any, inputs: dict[str, Any]) -> dict[str, Any]:
+    """``run --stream``: each output's text printed as the model writes it (``node.field: ...``), a
+    JSON output as each field completes; returns the run's outputs."""
+    from .pipeline.program import _run_sync
+    from .pipeline.stream import FieldComplete, Final, TokenDelta
+
+    async def go() -> dict[str, Any]:
+        at: tuple[str, str] | None = None
+        outputs: dict[str, Any] = {}
+        async for event in program.stream(ctx, **inputs):
+            if isinstance(event, TokenDelta):
+                if at != (event.node, event.field):
+                    sys.stdout.write(("\n" if at else "") + f"{event.node}.{event.field}: ")
+                    at = (event.node, event.field)
+                sys.stdout.write(event.text)
+                sys.stdout.flush()
+            elif isinstance(event, FieldComplete):
+                sys.stdout.write(("\n" if at else "") + f"{event.node}.{event.field} = "
+                                 f"{json.dumps(_jsonable(event.value), ensure_ascii=False)}")
+                sys.stdout.flush()
+                at = (event.node, "")
+            elif isinstance(event, Final):
+                outputs = dict(event.outputs)
+        if at:
+            sys.stdout.write("\n")
+        return outputs
+
+    return _run_sync(go())
+
+
+def cmd_trace(args: argparse.Namespace) -> int:
+    """Summarise a JSONL trace file (``--trace FILE``): per node the calls, tokens, cost, latency, failures."""
+    from .observe import format_summary, read_traces, summarize
+
+    summary = summarize(read_traces(args.file))
+    print(json.dumps(summary, ensure_ascii=False) if args.json else format_summary(summary))
     return 0
 
 
@@ -448,6 +498,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--concurrency", type=_pos_int, default=8, help="concurrent examples / model calls (8)")
     model.add_argument("--quiet", action="store_true",
                        help="no live progress on stderr (shown by default when stderr is a terminal)")
+    model.add_argument("--trace", metavar="TRACE.jsonl",
+                       help="write one JSON line per run (program, inputs, outputs, per-node calls, tokens, latency, "
+                            "formats, errors); summarise it with `lmgraph trace FILE`")
+    model.add_argument("--trace-content", action="store_true",
+                       help="with --trace: also write every prompt and completion")
 
     p = sub.add_parser("render", help="print a program's graph")
     p.add_argument("program", metavar="PROGRAM.json")
@@ -463,6 +518,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "as it finishes; failures are recorded per row")
     p.add_argument("--out", metavar="RESULTS.jsonl",
                    help="with --data: also write the JSON lines here (one per row, as each finishes)")
+    p.add_argument("--stream", action="store_true",
+                   help="with --input: print each output's text as the model writes it, then the outputs")
     p.set_defaults(func=cmd_run)
 
     metric_help = f"NAME[:pred_field[:label_field]], NAME in {', '.join(METRICS)}"
@@ -516,6 +573,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model calls one run (one batch row) may make")
     p.set_defaults(func=cmd_serve)
 
+    p = sub.add_parser("trace", help="summarise a trace file written by --trace: per node the calls, tokens, "
+                                     "cost, latency p50/p95 and failures")
+    p.add_argument("file", metavar="TRACE.jsonl")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_trace)
+
     p = sub.add_parser("diff", help="what changed per node between two programs/artifacts")
     p.add_argument("a", metavar="A.json")
     p.add_argument("b", metavar="B.json")
@@ -553,6 +616,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"lmgraph: {'error' if code == 2 else 'run failed'}: {_one_line(e)}", file=sys.stderr)
         return code
+    finally:
+        traces = getattr(args, "_traces", None)  # --trace FILE: every line is flushed already
+        if traces is not None:
+            traces.close()
 
 
 def _exit_code(e: BaseException) -> int | None:

@@ -12,12 +12,18 @@ cannot fix (bad request, authentication, unknown model, context window exceeded)
 ``retryable = False``. litellm's own retries stay off (``num_retries=0``): lmgraph's
 :class:`~lmgraph.lm.wrappers.RetryLM` retries, so each request is counted and paced by the
 endpoint's :class:`~lmgraph.lm.faults.AdaptiveRateLimiter` (AIMD on 429s).
+
+:meth:`LiteLLM.stream` calls litellm with ``stream=True`` (usage asked for with
+``stream_options.include_usage``; the cost priced from the rebuilt response where litellm knows
+the model) and yields each content delta. A request with a JSON schema streams once the
+endpoint's JSON mode is known; until then, and for ``logprobs``/``choices``, ``complete`` answers.
 """
 
 from __future__ import annotations
 
 import os
 import threading
+from collections.abc import AsyncIterator
 import time
 import urllib.parse
 import warnings
@@ -26,7 +32,8 @@ from typing import Any
 from ..cache.keys import strip_credentials
 from ..errors import DefinitionError, LmgraphError, LMError
 from .base import LMRequest, LMResponse, Usage
-from .capabilities import Capabilities, JsonModeNegotiator, mark_json_mode_rejection, response_format
+from .capabilities import (Capabilities, JsonModeNegotiator, mark_json_mode_rejection, response_format,
+                           schema_in_prompt)
 from .credentials import (LOCAL_PLACEHOLDER_KEY, Secrets, extra_secrets, redact_url, resolve_api_key, split_userinfo,
                           url_secrets)
 from .faults import count_request, endpoint_limiter, retry_after
@@ -205,7 +212,7 @@ class LiteLLM:
     @property
     def capabilities(self) -> Capabilities:
         return Capabilities(json_modes=self._json.candidates("chat"), json_mode=self._json.mode("chat"),
-                            logprobs=True, scoring=False, streaming=False)
+                            logprobs=True, scoring=False, streaming=True)
 
     def identity(self) -> dict[str, Any]:
         # Never the API key: identities end up in cache keys, traces and artifacts.
@@ -302,6 +309,66 @@ class LiteLLM:
             limiter.success()
         latency = time.perf_counter() - start
         return self._to_response(raw, request, latency, litellm)
+
+    async def stream(self, request: LMRequest) -> AsyncIterator[str | LMResponse]:
+        """Content deltas through litellm's ``stream=True``, then the final response (see the module
+        docstring); failures as :meth:`complete` raises them."""
+        mode = self._json.mode(request.mode) if request.json_schema is not None else None
+        if request.choices is not None or request.logprobs or (request.json_schema is not None and mode is None):
+            response = await self.complete(request)
+            if response.text:
+                yield response.text
+            yield response
+            return
+        litellm = _import_litellm()
+        sent_request = schema_in_prompt(request) if mode == "none" else request
+        kwargs = self._kwargs(sent_request, mode)
+        kwargs.update(stream=True, stream_options={"include_usage": True})
+        limiter = self.rate_limiter
+        sent = await limiter.acquire() if limiter is not None else 0.0
+        start = time.perf_counter()
+        chunks: list[Any] = []
+        parts: list[str] = []
+        try:
+            if sent_request.messages is not None:
+                raw = await litellm.acompletion(messages=[m.to_dict() for m in sent_request.messages], **kwargs)
+            else:
+                raw = await litellm.atext_completion(prompt=sent_request.prompt, **kwargs)
+            count_request()
+            if limiter is not None:
+                limiter.success()
+            async for chunk in raw:
+                chunks.append(chunk)
+                for choice in _get(chunk, "choices") or []:
+                    piece = (_get(_get(choice, "delta"), "content") if request.messages is not None
+                             else _get(choice, "text"))
+                    if piece:
+                        parts.append(piece)
+                        yield piece
+        except LmgraphError:
+            raise
+        except Exception as exc:
+            err = self._wrap_error(exc, mode)
+            if err.reached and not chunks:  # type: ignore[attr-defined]
+                count_request()
+            if err.status == 429 and limiter is not None:
+                limiter.throttle(sent, err.retry_after_s)
+            raise err from (None if _shows_secret(exc, self._secrets) else exc)
+        usage = next((u for u in (_get(c, "usage") for c in reversed(chunks)) if u), None)
+        finish = next((f for f in (_get(ch, "finish_reason") for c in reversed(chunks)
+                                   for ch in (_get(c, "choices") or [])) if f), None)
+        model = next((str(m) for m in (_get(c, "model") for c in chunks) if m), self.model)
+        cost = None
+        try:
+            rebuilt = litellm.stream_chunk_builder(
+                chunks, messages=[m.to_dict() for m in sent_request.messages] if sent_request.messages else None)
+            cost = _cost(rebuilt, litellm) if rebuilt is not None else None
+        except Exception:  # noqa: BLE001 - no price for this stream: cost unknown
+            cost = None
+        yield LMResponse(text="".join(parts),
+                         usage=Usage(prompt_tokens=int(_get(usage, "prompt_tokens") or 0),
+                                     completion_tokens=int(_get(usage, "completion_tokens") or len(parts))),
+                         model=model, finish_reason=finish, cost=cost, latency_s=time.perf_counter() - start)
 
     def _wrap_error(self, exc: Exception, mode: str | None = None) -> LMError:
         # litellm re-wraps transport failures (a refused connection arrives as

@@ -18,6 +18,12 @@ Log-probabilities need ``logits_all=True`` on the ``Llama`` object, which makes 
 evaluation slower and keeps an ``n_ctx x n_vocab`` float array, so requests with
 ``logprobs=True`` use a second pool, created only when such a request arrives.
 
+Streaming (``stream``): the generation runs in a worker thread with llama-cpp-python's
+``stream=True``; each chunk crosses to the event loop through an ``asyncio.Queue``, and the
+final response counts tokens as ``complete`` does (the prompt tokens and the sampled tokens,
+an end-of-generation token not included). Closing the stream stops the generation at the next
+token. Requests with ``logprobs`` or ``choices`` are answered by ``complete``, all at once.
+
 Scoring (``request.choices``) needs neither: it runs on the ordinary pool. The prompt is
 evaluated once (llama.cpp keeps only its last token's logits); each choice is then evaluated
 after it, asking logits for the choice's tokens only, with the KV cache cut back to the
@@ -36,6 +42,7 @@ import re
 import threading
 import time
 import weakref
+from collections.abc import AsyncIterator
 from typing import Any, Callable, Sequence
 
 from ..errors import DefinitionError, LMError
@@ -161,7 +168,7 @@ class LlamaCppLM:
     supports_scoring = True  # scores given continuations (LMRequest.choices): decode="score"
     #: what it can do: a JSON schema becomes a grammar; log-probabilities and choice scoring
     capabilities = Capabilities(json_modes=("json_schema", "none"), json_mode="json_schema",
-                                logprobs=True, scoring=True, streaming=False)
+                                logprobs=True, scoring=True, streaming=True)
 
     def __init__(self, model_path: str | os.PathLike[str] | None = None, *, n_ctx: int = 2048,
                  n_threads: int | None = None, n_instances: int | None = None,
@@ -251,6 +258,43 @@ class LlamaCppLM:
         async with self._semaphore():
             response = await asyncio.to_thread(self._complete_blocking, request)
         return response.replace(latency_s=time.perf_counter() - start)
+
+    async def stream(self, request: LMRequest) -> AsyncIterator[str | LMResponse]:
+        """Text deltas as llama.cpp generates them, then the final response (see the module docstring)."""
+        if request.choices is not None or request.logprobs:
+            response = await self.complete(request)
+            if response.text:
+                yield response.text
+            yield response
+            return
+        start = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        stop = threading.Event()
+
+        def post(kind: str, value: Any) -> None:
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, (kind, value))
+            except RuntimeError:  # the loop has closed: nobody is listening any more
+                stop.set()
+
+        async with self._semaphore():
+            from ._llamacpp_stream import stream_blocking
+
+            loop.run_in_executor(None, stream_blocking, self, request, post, stop)
+            try:
+                while True:
+                    kind, value = await queue.get()
+                    if kind == "delta":
+                        yield value
+                    elif kind == "error":
+                        raise value
+                    else:
+                        response = value
+                        break
+            finally:
+                stop.set()  # a closed or failed stream: the worker stops at the next token
+        yield response.replace(latency_s=time.perf_counter() - start)
 
     # ------------------------------------------------------------------ internals
 

@@ -15,6 +15,13 @@ that retrying cannot fix (4xx other than 408/409/429) carry ``retryable = False`
 timeouts, connection errors, 5xx and a 200 whose body is cut off or not a completion are
 retryable. Requests to one server are paced by its process-wide
 :class:`~lmgraph.lm.faults.AdaptiveRateLimiter` (AIMD on 429s; ``rate_limit=False`` opts out).
+
+:meth:`OpenAIServerLM.stream` sends ``"stream": true`` and reads the server-sent events
+(``data: {...}`` lines up to ``data: [DONE]``), yielding each content delta. Usage comes from the
+last event (``stream_options.include_usage``); a server that reports none (llama-cpp-python's)
+gets its completion tokens counted as the content events it sent, and no prompt tokens. A
+request with a JSON schema streams once the server's JSON mode is known (until then, and for
+``logprobs``/``choices``, it is answered by ``complete``, all at once).
 """
 
 from __future__ import annotations
@@ -26,12 +33,14 @@ import threading
 import time
 import urllib.parse
 import weakref
+from collections.abc import AsyncIterator
 from typing import Any
 
 from ..cache.keys import strip_credentials
 from ..errors import DefinitionError, LMError
-from .base import LMRequest, LMResponse
-from .capabilities import Capabilities, JsonModeNegotiator, mark_json_mode_rejection, response_format
+from .base import LMRequest, LMResponse, Usage
+from .capabilities import (Capabilities, JsonModeNegotiator, mark_json_mode_rejection, response_format,
+                           schema_in_prompt)
 from .credentials import Secrets, extra_secrets, redact_url, resolve_api_key, split_userinfo, url_secrets
 from .faults import count_request, endpoint_limiter, retry_after, retryable_status
 from .llamacpp import openai_response
@@ -154,7 +163,7 @@ class OpenAIServerLM:
     @property
     def capabilities(self) -> Capabilities:
         return Capabilities(json_modes=self._json.candidates("chat"), json_mode=self._json.mode("chat"),
-                            logprobs=True, scoring=False, streaming=False)
+                            logprobs=True, scoring=False, streaming=True)
 
     def identity(self) -> dict[str, Any]:
         # Never the API key: identities end up in cache keys, traces and artifacts. The same
@@ -314,6 +323,88 @@ class OpenAIServerLM:
             raise self._error(f"{self.model} at {shown} returned no completion (HTTP {status}, "
                               f"{ctype or 'no content type'}, {len(raw)} bytes): {raw[:200]!r}", True,
                               status=status) from None
+
+
+    async def stream(self, request: LMRequest) -> AsyncIterator[str | LMResponse]:
+        """Content deltas of a ``"stream": true`` request, then the final response (see the module
+        docstring); failures as :meth:`complete` raises them."""
+        mode = self._json.mode(request.mode) if request.json_schema is not None else None
+        if request.choices is not None or request.logprobs or (request.json_schema is not None and mode is None):
+            response = await self.complete(request)
+            if response.text:
+                yield response.text
+            yield response
+            return
+        url, body = self._body(schema_in_prompt(request) if mode == "none" else request, mode)
+        body.update(stream=True, stream_options={"include_usage": True})
+        shown = redact_url(url)
+        session = self._session()
+        aiohttp = _import_aiohttp()
+        limiter = self.rate_limiter
+        sent = await limiter.acquire() if limiter is not None else 0.0
+        start = time.perf_counter()
+        counted = False
+        parts: list[str] = []
+        usage: dict[str, Any] | None = None
+        finish: str | None = None
+        model = self.model
+        try:
+            async with session.post(url, data=json.dumps(body, ensure_ascii=False).encode("utf-8")) as resp:
+                counted = True
+                count_request()
+                if resp.status >= 400:
+                    text = _error_text(await resp.read())
+                    wait = retry_after(resp.headers)
+                    if resp.status == 429 and limiter is not None:
+                        limiter.throttle(sent, wait)
+                    raise mark_json_mode_rejection(
+                        self._error(f"{self.model} at {shown} answered HTTP {resp.status}: {text}",
+                                    retryable_status(resp.status), status=resp.status, retry_after_s=wait),
+                        resp.status, text, mode)
+                if limiter is not None:
+                    limiter.success()
+                async for raw in resp.content:
+                    line = raw.strip()
+                    if not line.startswith(b"data:"):
+                        continue
+                    data = line[5:].strip()
+                    if data == b"[DONE]":
+                        break
+                    try:
+                        event = json.loads(data)
+                    except ValueError:
+                        raise self._error(f"{self.model} at {shown} sent an event that is not JSON: {data[:200]!r}",
+                                          True) from None
+                    if isinstance(event.get("error"), (dict, str)):
+                        raise self._error(f"{self.model} at {shown} failed mid-stream: {_error_text(data)}", True)
+                    usage = event.get("usage") or usage
+                    model = str(event.get("model") or model)
+                    for choice in event.get("choices") or []:
+                        piece = ((choice.get("delta") or {}).get("content") if request.messages is not None
+                                 else choice.get("text"))
+                        finish = choice.get("finish_reason") or finish
+                        if piece:
+                            parts.append(piece)
+                            yield piece
+        except asyncio.TimeoutError:
+            if not counted:
+                count_request()
+            raise self._error(f"{self.model} at {self.base_url} timed out after {self.timeout:g} s.", True) from None
+        except aiohttp.ClientConnectorError as exc:
+            raise self._error(f"could not connect to {self.base_url} (is the server running?): {exc}",
+                              True) from (None if self._secrets else exc)
+        except aiohttp.ClientError as exc:
+            if not counted:
+                count_request()
+            raise self._error(f"{self.model} at {self.base_url} failed ({type(exc).__name__}): {exc}",
+                              True) from (None if self._secrets else exc)
+        if usage:
+            got = Usage(prompt_tokens=int(usage.get("prompt_tokens") or 0),
+                        completion_tokens=int(usage.get("completion_tokens") or 0))
+        else:  # the server reports no usage on a stream: one token per content event
+            got = Usage(prompt_tokens=0, completion_tokens=len(parts))
+        yield LMResponse(text="".join(parts), usage=got, model=model, finish_reason=finish,
+                         latency_s=time.perf_counter() - start)
 
 
 def _discard(session: Any) -> None:
