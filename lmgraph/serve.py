@@ -8,8 +8,10 @@ with uvicorn (``lmgraph serve PROGRAM.json`` does). Endpoints, LangServe-style:
 * ``POST /batch`` -- a JSON list of input objects -> ``{"results": [...], "failed": n}``, one result
   per row in order (``{"index", "outputs"}`` or ``{"index", "error"}``); a failing row (bad input,
   a model error, a timeout) is recorded in its row and never fails the batch.
-* ``POST /stream`` -- server-sent events: ``node_start``, ``node_end`` per node, ``token`` deltas
-  where the model streams them, then ``outputs`` (or ``error``).
+* ``POST /stream`` -- server-sent events from ``program.stream``: ``node_start``, ``token`` (text
+  deltas of an output field as the model writes it), ``field`` (a JSON-format output as soon as it
+  closes), ``node_end`` per node, then ``outputs`` (or ``error``, with the status ``/invoke`` would
+  have answered).
 * ``GET /schema`` -- JSON Schemas of the inputs and outputs; ``GET /health``; ``GET /openapi.json``
   and ``GET /docs`` (a self-contained page).
 
@@ -456,8 +458,10 @@ def _bind(host: str, port: int) -> Any:
 
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-        family, _, _, _, addr = infos[0]
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        family, kind, proto, _, addr = infos[0]
+        # proto IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say they are TCP,
+        # and without it every response waits out a 40 ms delayed ACK (measured: GET /health 44 ms)
+        sock = socket.socket(family, kind, proto or socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(addr)
     except OSError as e:
@@ -555,39 +559,32 @@ async def _run_batch(server: _Server, rows: list[Any], want_trace: bool) -> list
     return results
 
 
-def _node_events(trace: Any) -> list[tuple[float, int, str, dict[str, Any]]]:
-    """(time, order, event, data) of each node's start and end in a finished trace."""
-    from .lm.values import jsonable
-
-    out = []
-    for i, nt in enumerate(trace.nodes):
-        out.append((nt.started, 0, "node_start", {"node": nt.node, "kind": nt.kind}))
-        end: dict[str, Any] = {"node": nt.node, "kind": nt.kind, "latency_s": round(nt.latency_s, 6),
-                               "usage": nt.usage}
-        if nt.error is not None:
-            end["error"] = nt.error
-        else:
-            end["outputs"] = jsonable(nt.outputs)
-        out.append((nt.started + nt.latency_s, 1, "node_end", end))
-    out.sort(key=lambda e: (e[0], e[1]))
-    return out
-
-
 async def run_events(server: _Server, inputs: Mapping[str, Any]) -> AsyncIterator[tuple[str, Any]]:
-    """The (event, data) pairs ``POST /stream`` sends for one run, ending with ``outputs`` or ``error``."""
+    """The (event, data) pairs ``POST /stream`` sends for one run (``program.stream``, under the
+    per-request budget and deadline): ``node_start``, ``token`` (text deltas), ``field`` (JSON
+    outputs as each closes), ``node_end``; then ``outputs`` (``{"outputs", "usage", "latency_s"}``)
+    or ``error`` (the body ``/invoke`` would answer, with its ``status``)."""
     t0 = time.perf_counter()
+    timeout = server.options.timeout_s
+    deadline = None if timeout is None else time.monotonic() + timeout
+    events = server.program.stream(server.run_ctx(), **inputs).__aiter__()
     try:
-        pred = await server.run(inputs)
+        while True:
+            try:
+                step = events.__anext__()
+                ev = await (step if deadline is None else asyncio.wait_for(step, max(0.0, deadline - time.monotonic())))
+            except StopAsyncIteration:
+                return
+            if ev.event == "final":
+                trace = ev.trace
+                yield "outputs", {"outputs": ev.to_dict()["outputs"], "usage": trace.usage if trace else None,
+                                  "latency_s": round(time.perf_counter() - t0, 6)}
+                continue
+            data = ev.to_dict()
+            data.pop("event", None)
+            yield ev.event, data
     except Exception as e:  # noqa: BLE001 - the stream ends with an error event
-        trace = getattr(e, "trace", None)
-        if trace is not None:
-            for _, _, name, data in _node_events(trace):
-                yield name, data
         status, err = describe_failure(server, e, inputs)
         yield "error", {**err, "status": status}
-        return
-    for _, _, name, data in _node_events(pred._trace):
-        yield name, data
-    res = _result(pred, False)
-    res["latency_s"] = round(time.perf_counter() - t0, 6)
-    yield "outputs", res
+    finally:
+        await events.aclose()  # cancels the run if it is still going (the client left, a timeout)

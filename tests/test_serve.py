@@ -52,14 +52,22 @@ def answer(req: lg.LMRequest) -> str:
     return "Topic: geo" if req.node == "classify" else "Answer: Paris"
 
 
+def _sleep_of(request: lg.LMRequest) -> float:
+    m = re.search(r"sleep=([\d.]+)", request_text(request))
+    return float(m.group(1)) if m else 0.0
+
+
 class SleepyLM(FunctionLM):
-    """FunctionLM whose call sleeps the ``sleep=S`` seconds written in the prompt."""
+    """FunctionLM whose call (streamed or not) sleeps the ``sleep=S`` seconds written in the prompt."""
 
     async def complete(self, request: lg.LMRequest) -> lg.LMResponse:
-        m = re.search(r"sleep=([\d.]+)", request_text(request))
-        if m:
-            await asyncio.sleep(float(m.group(1)))
+        await asyncio.sleep(_sleep_of(request))
         return await super().complete(request)
+
+    async def stream(self, request: lg.LMRequest) -> Any:
+        await asyncio.sleep(_sleep_of(request))
+        async for item in super().stream(request):
+            yield item
 
 
 def make_ctx(**kw: Any) -> lg.RunContext:
@@ -71,8 +79,7 @@ class Served:
 
     def __init__(self, application: Any) -> None:
         self.app = application
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
+        self.sock = serve._bind("127.0.0.1", 0)
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
         self.server = uvicorn.Server(uvicorn.Config(application, log_level="warning", lifespan="off",
                                                     timeout_graceful_shutdown=None))
@@ -215,6 +222,13 @@ def test_stream_sends_node_events_in_order_then_outputs(server):
         ("outputs", None)]
     assert events[1][1]["outputs"] == {"topic": "geo"}
     assert events[-1][1]["outputs"] == {"topic": "geo", "answer": "Paris"}
+    assert events[-1][1]["usage"]["calls"] == 2
+    # token deltas (the fake model streams in word chunks) sit inside their node's start and end
+    names = [(e, d.get("node"), d.get("field")) for e, d in parse_sse(text)]
+    tokens = [i for i, n in enumerate(names) if n == ("token", "answer", "answer")]
+    assert tokens and names.index(("node_start", "answer", None)) < tokens[0]
+    assert tokens[-1] < names.index(("node_end", "answer", None))
+    assert "".join(d["text"] for e, d in parse_sse(text) if e == "token" and d["node"] == "answer") == "Paris"
 
 
 def test_stream_bad_input_is_422_and_a_failed_run_ends_with_an_error_event(server):
@@ -223,7 +237,8 @@ def test_stream_bad_input_is_422_and_a_failed_run_ends_with_an_error_event(serve
     status, text, _ = sync_call("POST", server.url + "/stream", {"question": "boom", "count": 1})
     assert status == 200
     events = parse_sse(text)
-    assert events[0] == ("node_start", {"node": "classify", "kind": "predict"})
+    assert events[0] == ("node_start", {"node": "classify"})
+    assert events[1][0] == "node_end" and "refused" in events[1][1]["error"]
     assert events[-1][0] == "error" and events[-1][1]["error"] == "LMError" and events[-1][1]["status"] == 502
 
 
@@ -295,6 +310,10 @@ def test_per_request_budget_is_fresh_for_every_request():
         assert "1 model calls per run" in data["message"]
         status, data, _ = sync_call("POST", s.url + "/batch", [{"question": "q", "count": 1}] * 2)
         assert [r["error"]["error"] for r in data["results"]] == ["BudgetExceeded", "BudgetExceeded"]
+        status, text, _ = sync_call("POST", s.url + "/stream", {"question": "q", "count": 1})
+        events = parse_sse(text)
+        assert events[-1][0] == "error" and events[-1][1]["error"] == "BudgetExceeded"
+        assert ("node_end", "classify") in [(e, d.get("node")) for e, d in events]  # the first call ran
 
 
 def test_per_request_budget_keeps_one_model_concurrency_limit_for_the_server():
@@ -510,3 +529,27 @@ def test_serve_imports_its_web_framework_lazily():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 0, proc.stderr
+
+
+def test_responses_do_not_wait_for_a_delayed_ack():
+    # the listening socket says it is TCP, so asyncio sets TCP_NODELAY on its connections; a plain
+    # socket.socket() (proto 0) made every response wait ~40 ms for the client's delayed ACK
+    sock = serve._bind("127.0.0.1", 0)
+    assert sock.proto == socket.IPPROTO_TCP
+    sock.close()
+    with served() as s:
+        async def times() -> list[float]:
+            out = []
+            async with aiohttp.ClientSession() as sess:
+                for _ in range(15):
+                    t0 = time.perf_counter()
+                    async with sess.get(s.url + "/health") as r:
+                        await r.read()
+                    out.append(time.perf_counter() - t0)
+            return sorted(out)
+
+        assert times_median(asyncio.run(times())) < 0.030
+
+
+def times_median(values: list[float]) -> float:
+    return values[len(values) // 2]
