@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -98,6 +99,9 @@ class Final(Event):
 # --------------------------------------------------------------------------- reading a call's text
 
 
+_OPEN_TAIL = re.compile(r"[ \t]*\*?")  # what may still grow into a label's end (its "**", spaces)
+
+
 class LabelSplitter:
     """Splits a ``completion``/``chat`` reply into per-field deltas as it streams.
 
@@ -135,12 +139,14 @@ class LabelSplitter:
             return True
         return any(p.startswith(t) or (t.startswith(p) and not t[len(p):].strip()) for p in self.prefixes)
 
-    def feed(self, delta: str) -> list[Event]:
-        self.buf += delta
-        out: list[Event] = []
+    def _scan(self, out: list[Event], final: bool) -> None:
+        held: int | None = None
         while True:
             m = self.pattern.search(self.buf, self.pos)
             if m is None:
+                break
+            if not final and _OPEN_TAIL.fullmatch(self.buf, m.end()):  # the label may go on ("Answer: **")
+                held = m.start()
                 break
             self._emit(self.current, self.buf[self.pos:m.start()], out)
             if self.current is not None and self.current in self.started:
@@ -148,20 +154,27 @@ class LabelSplitter:
             name = self.labels[norm_label(m.group(1))]
             self.current = name if name not in self.done else None
             self.pos = m.end()
-        nl = self.buf.rfind("\n", self.pos)
-        line_start = nl + 1 if nl >= 0 else (0 if self.pos == 0 else None)
         end = len(self.buf)
-        if line_start is not None and self._may_be_label(self.buf[line_start:]):
-            end = line_start
+        if held is not None:
+            end = held
+        elif not final:
+            nl = self.buf.rfind("\n", max(self.pos - 1, 0))  # a line that starts at pos counts too
+            line_start = nl + 1 if nl >= 0 else (0 if self.pos == 0 else None)
+            if line_start is not None and self._may_be_label(self.buf[line_start:]):
+                end = line_start
         if end > self.pos:
             self._emit(self.current, self.buf[self.pos:end], out)
             self.pos = end
+
+    def feed(self, delta: str) -> list[Event]:
+        self.buf += delta
+        out: list[Event] = []
+        self._scan(out, final=False)
         return out
 
     def close(self, text: str) -> list[Event]:
         out: list[Event] = []
-        self._emit(self.current, self.buf[self.pos:], out)
-        self.pos = len(self.buf)
+        self._scan(out, final=True)
         return out
 
 
