@@ -271,9 +271,9 @@ class OTelObserver(Observer):
             name, kind=self._kind.CLIENT if client else self._kind.INTERNAL,
             attributes={k: v for k, v in attrs.items() if v is not None})
 
-    def _fail(self, span: Any, error: str | None) -> None:
+    def _fail(self, span: Any, error: str | None, kind: str | None = None) -> None:
         if error:
-            span.set_attribute("error.type", _err_type(error) or "error")
+            span.set_attribute("error.type", kind or _err_type(error) or "error")
             span.set_status(self._status(self._code.ERROR, error[:500]))
 
     @staticmethod
@@ -329,8 +329,12 @@ class OTelObserver(Observer):
         if self.capture_content:
             attrs["gen_ai.input.messages"] = _messages_json(rec)
         with self._span(f"{op} {model}", attrs, client=True) as span:
+            kind: str | None = None
             try:
                 yield
+            except Exception as e:
+                kind = type(e).__name__
+                raise
             finally:
                 resp = rec.response
                 span.set_attribute("lmgraph.latency_s", float(rec.latency_s))
@@ -348,7 +352,7 @@ class OTelObserver(Observer):
                         span.set_attribute("gen_ai.output.messages", json.dumps(
                             [{"role": "assistant", "parts": [{"type": "text", "content": resp.text}],
                               "finish_reason": resp.finish_reason or "stop"}], ensure_ascii=False))
-                self._fail(span, rec.error)
+                self._fail(span, rec.error, kind)
 
     @contextmanager
     def tool(self, node: str, record: dict[str, Any]) -> Iterator[None]:
