@@ -30,14 +30,16 @@ if TYPE_CHECKING:
     from .pipeline.trace import Trace
 
 _CSS = """
-body{font-family:"DejaVu Sans",Arial,sans-serif;font-size:14px;margin:24px auto;max-width:1180px;color:#111827;
-padding:0 16px}
+body{font-family:"DejaVu Sans",Arial,sans-serif;font-size:14px;margin:24px auto;max-width:1180px;
+color:#111827;padding:0 16px}
 h1{font-size:22px;margin-bottom:4px}h2{font-size:17px;margin-top:28px;border-bottom:1px solid #e5e7eb;
 padding-bottom:4px}h3{font-size:14px;margin:14px 0 6px}
-table{border-collapse:collapse;margin:6px 0}th,td{border:1px solid #e5e7eb;padding:3px 7px;text-align:left;
-vertical-align:top}th{background:#f3f4f6;cursor:default}th.sortable{cursor:pointer}
-td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}pre{background:#f9fafb;border:1px solid #e5e7eb;
-padding:8px;overflow-x:auto;white-space:pre-wrap;font-size:12px;margin:4px 0}
+table{border-collapse:collapse;margin:6px 0}
+th,td{border:1px solid #e5e7eb;padding:3px 7px;text-align:left;vertical-align:top}
+th{background:#f3f4f6;cursor:default}th.sortable{cursor:pointer}
+td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
+pre{background:#f9fafb;border:1px solid #e5e7eb;padding:8px;overflow-x:auto;
+white-space:pre-wrap;font-size:12px;margin:4px 0}
 .muted{color:#6b7280}.note{color:#374151;margin:4px 0}.best{background:#ecfdf5}.path{font-weight:bold}
 .win{background:#bbf7d0}.loss{background:#fecaca}.tie{background:#f3f4f6}.none{background:#fff}
 table.grid td{padding:0 4px;text-align:center;font-size:11px;min-width:14px}
@@ -128,7 +130,8 @@ def render(source: "str | Path | tuple[Program, Report | Mapping[str, Any]]", *,
         rep = rep if isinstance(rep, Mapping) else rep.to_dict(timing=True)
         origin = "in memory"
     else:
-        raise DefinitionError(f"render() takes an artifact path or a (program, report) pair, got {type(source).__name__}",
+        raise DefinitionError(f"render() takes an artifact path or a (program, report) pair, got "
+                              f"{type(source).__name__}",
                               fix="pass render('compiled.json') or render((compiled, report)).")
     rep = dict(rep or {})
     if full_report is not None:
@@ -168,8 +171,9 @@ def _summary(program: "Program", rep: Mapping[str, Any], origin: str) -> str:
         rows.append(("optimizer", f"{rep['optimizer']}, seed {rep.get('seed', 0)}"))
     if cands:
         best = next((c for c in cands if c["id"] == rep.get("best_id", 0)), cands[0])
-        rows.append(("result", f"best {best['score']:.3f} (candidate #{best['id']}) vs baseline {cands[0]['score']:.3f} "
-                               f"({best['score'] - cands[0]['score']:+.3f}); {len(cands)} candidates"))
+        gain = best["score"] - cands[0]["score"]
+        rows.append(("result", f"best {best['score']:.3f} (candidate #{best['id']}) vs baseline "
+                               f"{cands[0]['score']:.3f} ({gain:+.3f}); {len(cands)} candidates"))
     if spent:
         rows.append(("spent", f"{spent.get('calls', 0)} calls, {spent.get('tokens', 0)} tokens"
                               + (f", ${spent['dollars']:.4f}" if spent.get("dollars") else "")))
