@@ -376,7 +376,7 @@ def app(program: "Program", ctx: RunContext | None = None, *, options: ServeOpti
 
             async def events() -> AsyncIterator[bytes]:
                 try:
-                    async for name, data in run_events(server, body):
+                    async for name, data in run_events(server, body, want_trace=_flag(request, "trace")):
                         yield sse(name, data)
                 finally:
                     server.release(t0)
@@ -559,11 +559,15 @@ async def _run_batch(server: _Server, rows: list[Any], want_trace: bool) -> list
     return results
 
 
-async def run_events(server: _Server, inputs: Mapping[str, Any]) -> AsyncIterator[tuple[str, Any]]:
+async def run_events(server: _Server, inputs: Mapping[str, Any], *,
+                     want_trace: bool = False) -> AsyncIterator[tuple[str, Any]]:
     """The (event, data) pairs ``POST /stream`` sends for one run (``program.stream``, under the
     per-request budget and deadline): ``node_start``, ``token`` (text deltas), ``field`` (JSON
     outputs as each closes), ``node_end``; then ``outputs`` (``{"outputs", "usage", "latency_s"}``)
-    or ``error`` (the body ``/invoke`` would answer, with its ``status``)."""
+    or ``error`` (the body ``/invoke`` would answer, with its ``status``); ``want_trace``: with the
+    run's trace."""
+    from .lm.values import jsonable
+
     t0 = time.perf_counter()
     timeout = server.options.timeout_s
     deadline = None if timeout is None else time.monotonic() + timeout
@@ -577,14 +581,20 @@ async def run_events(server: _Server, inputs: Mapping[str, Any]) -> AsyncIterato
                 return
             if ev.event == "final":
                 trace = ev.trace
-                yield "outputs", {"outputs": ev.to_dict()["outputs"], "usage": trace.usage if trace else None,
-                                  "latency_s": round(time.perf_counter() - t0, 6)}
+                final = {"outputs": jsonable(ev.outputs), "usage": trace.usage if trace else None,
+                         "latency_s": round(time.perf_counter() - t0, 6)}
+                if want_trace and trace is not None:
+                    final["trace"] = trace.to_dict()
+                yield "outputs", final
                 continue
             data = ev.to_dict()
             data.pop("event", None)
             yield ev.event, data
     except Exception as e:  # noqa: BLE001 - the stream ends with an error event
         status, err = describe_failure(server, e, inputs)
+        trace = getattr(e, "trace", None)
+        if want_trace and trace is not None:
+            err["trace"] = trace.to_dict()
         yield "error", {**err, "status": status}
     finally:
         await events.aclose()  # cancels the run if it is still going (the client left, a timeout)

@@ -231,6 +231,12 @@ def test_stream_sends_node_events_in_order_then_outputs(server):
     assert "".join(d["text"] for e, d in parse_sse(text) if e == "token" and d["node"] == "answer") == "Paris"
 
 
+def test_stream_trace_1_adds_the_trace_to_the_outputs_event(server):
+    status, text, _ = sync_call("POST", server.url + "/stream?trace=1", {"question": "q", "count": 1})
+    last = parse_sse(text)[-1]
+    assert last[0] == "outputs" and [n["node"] for n in last[1]["trace"]["nodes"]] == ["classify", "answer"]
+
+
 def test_stream_bad_input_is_422_and_a_failed_run_ends_with_an_error_event(server):
     status, data, _ = sync_call("POST", server.url + "/stream", {"question": "q", "count": "x"})
     assert status == 422 and data["field"] == "count"
@@ -457,6 +463,23 @@ def test_cli_serve_needs_resources_from_python(tmp_path):
     assert main(["serve", str(tmp_path / "missing.json")]) == 2
 
 
+def test_cli_serve_loads_a_compiled_artifact_and_passes_the_limits(tmp_path, monkeypatch):
+    from lmgraph.cli import main
+    from lmgraph.optimizers import save_artifact
+
+    compiled = qa_program().with_parameters({"classify.instructions": "Name the topic.", "answer.format": "json"})
+    path = save_artifact(tmp_path / "qa.compiled.json", compiled)
+    got: dict[str, Any] = {}
+    monkeypatch.setattr(serve, "run_server", lambda program, ctx, **kw: got.update(program=program, ctx=ctx, **kw))
+    assert main(["serve", str(path), "--host", "0.0.0.0", "--port", "9123", "--max-concurrency", "3",
+                 "--timeout", "2.5", "--max-calls-per-request", "7", "--model", "http:http://127.0.0.1:9/v1",
+                 "--concurrency", "5", "--no-cache"]) == 0
+    assert got["program"] == compiled and got["host"] == "0.0.0.0" and got["port"] == 9123
+    assert got["options"] == serve.ServeOptions(max_concurrency=3, timeout_s=2.5, max_calls_per_request=7)
+    assert got["ctx"].max_concurrency == 5 and got["ctx"].cache is False
+    assert type(got["ctx"].lm).__name__ == "OpenAIServerLM"
+
+
 def test_cli_serve_argument_errors(capsys):
     from lmgraph.cli import main
 
@@ -553,3 +576,38 @@ def test_responses_do_not_wait_for_a_delayed_ack():
 
 def times_median(values: list[float]) -> float:
     return values[len(values) // 2]
+
+
+@pytest.mark.integration
+def test_serving_examples_trec_on_the_embedded_model():
+    """examples/trec.json on the real embedded model (in-process llama.cpp) behind uvicorn:
+    /invoke, /batch and /stream answer, and the stream carries the model's token deltas."""
+    pytest.importorskip("llama_cpp")
+    from lmgraph.lm.embedded import embedded_model_path
+    from lmgraph.lm.llamacpp import LlamaCppLM
+
+    try:
+        embedded_model_path()
+    except lg.DefinitionError as e:
+        pytest.skip(str(e))
+    program = lg.Program.load(ROOT / "examples" / "trec.json")
+    labels = serve_schema_labels(program)
+    ctx = lg.RunContext(lm=LlamaCppLM(n_ctx=1024), cache=False)
+    with Served(serve.app(program, ctx, timeout_s=120, max_calls_per_request=3)) as s:
+        status, data, _ = sync_call("POST", s.url + "/invoke", {"question": "Where is the Eiffel Tower?"})
+        assert status == 200, data
+        assert data["outputs"]["label"] in labels and data["usage"]["calls"] >= 1
+        status, data, _ = sync_call("POST", s.url + "/batch", [{"question": "Who wrote Hamlet?"},
+                                                               {"question": "How many legs has a spider?"}])
+        assert [r["outputs"]["label"] in labels for r in data["results"]] == [True, True]
+        status, text, _ = sync_call("POST", s.url + "/stream", {"question": "Where is the Eiffel Tower?"})
+        events = parse_sse(text)
+        assert [e for e, _ in events if e != "token"] == ["node_start", "node_end", "outputs"]
+        assert any(e == "token" and d["node"] == "classify" for e, d in events)
+        assert events[-1][1]["outputs"]["label"] in labels
+
+
+def serve_schema_labels(program: lg.Program) -> list[str]:
+    from lmgraph.serve_schema import program_schema
+
+    return program_schema(program)["output_schema"]["properties"]["label"]["enum"]
