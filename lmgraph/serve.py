@@ -125,6 +125,10 @@ class _Overloaded(Exception):
     pass
 
 
+class _Deadline(Exception):
+    """A run outlived the server's ``timeout_s`` (and was cancelled)."""
+
+
 class _Server:
     """The state behind the routes: the program, contexts, the in-flight counter and stats."""
 
@@ -182,11 +186,14 @@ class _Server:
 
     # ---- running
     async def run(self, inputs: Mapping[str, Any]) -> Any:
-        """Run once under the per-request budget and deadline (asyncio.TimeoutError past it)."""
+        """Run once under the per-request budget and deadline (``_Deadline`` past it)."""
         coro = self.program.run(self.run_ctx(), **inputs)
         if self.options.timeout_s is None:
             return await coro
-        return await asyncio.wait_for(coro, self.options.timeout_s)
+        try:
+            return await asyncio.wait_for(coro, self.options.timeout_s)
+        except asyncio.TimeoutError:  # the deadline's own: wait_for cancelled the run
+            raise _Deadline() from None
 
     def schema(self) -> dict[str, Any]:
         if self._schema is None:
@@ -225,7 +232,7 @@ def error_status(e: BaseException) -> int:
     failed, 500 any other failure (a budget spent, an unreadable reply, a bug)."""
     if isinstance(e, InputError):
         return 422
-    if isinstance(e, asyncio.TimeoutError):
+    if isinstance(e, _Deadline):
         return 504
     if isinstance(e, LMError):
         return 502
@@ -234,7 +241,7 @@ def error_status(e: BaseException) -> int:
 
 def describe_failure(server: _Server, e: BaseException, inputs: Mapping[str, Any]) -> tuple[int, dict[str, Any]]:
     status = error_status(e)
-    if isinstance(e, asyncio.TimeoutError):
+    if isinstance(e, _Deadline):
         server.stats["timeouts"] += 1
         return status, {"error": "Timeout", "field": None, "node": None,
                         "message": f"the run took longer than {server.options.timeout_s:g} s (the server's "
@@ -579,6 +586,10 @@ async def run_events(server: _Server, inputs: Mapping[str, Any], *,
                 ev = await (step if deadline is None else asyncio.wait_for(step, max(0.0, deadline - time.monotonic())))
             except StopAsyncIteration:
                 return
+            except asyncio.TimeoutError:
+                if deadline is None or time.monotonic() < deadline:
+                    raise
+                raise _Deadline() from None
             if ev.event == "final":
                 trace = ev.trace
                 final = {"outputs": jsonable(ev.outputs), "usage": trace.usage if trace else None,

@@ -611,3 +611,21 @@ def serve_schema_labels(program: lg.Program) -> list[str]:
     from lmgraph.serve_schema import program_schema
 
     return program_schema(program)["output_schema"]["properties"]["label"]["enum"]
+
+
+def test_a_stream_the_client_leaves_frees_its_slot_and_stops_the_run():
+    with served(max_concurrency=1) as s:
+        async def go() -> None:
+            async with aiohttp.ClientSession() as sess:
+                async with sess.post(s.url + "/stream", json={"question": "sleep=3", "count": 1}) as r:
+                    first = await r.content.readuntil(b"\n\n")
+                    assert first.startswith(b"event: node_start")
+                # leaving the block with the body unread drops the connection mid-run
+
+        t0 = time.perf_counter()
+        asyncio.run(go())
+        while s.state.in_flight and time.perf_counter() - t0 < 2.5:
+            time.sleep(0.02)
+        assert s.state.in_flight == 0, "the stream kept its slot after the client left"
+        status, _, _ = sync_call("POST", s.url + "/invoke", {"question": "q", "count": 1})
+        assert status == 200
