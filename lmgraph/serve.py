@@ -35,13 +35,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .context import RunContext
-from .errors import (BudgetExceeded, ConfigError, DefinitionError, InputError, LmgraphError, LMError,
-                     RunError)
+from .errors import BudgetExceeded, ConfigError, DefinitionError, InputError, LMError, LmgraphError, RunError
+from .serve_http import bind_socket as _bind
+from .serve_http import read_json, sse
 
 if TYPE_CHECKING:
     from .pipeline.program import Program
 
-__all__ = ["app", "run_server", "ServeOptions", "SERVE_INSTALL_COMMAND"]
+__all__ = ["SERVE_INSTALL_COMMAND", "ServeOptions", "app", "run_server"]
 
 SERVE_INSTALL_COMMAND = "pip install 'lmgraph[serve]'"
 log = logging.getLogger("lmgraph.serve")
@@ -132,7 +133,7 @@ class _Deadline(Exception):
 class _Server:
     """The state behind the routes: the program, contexts, the in-flight counter and stats."""
 
-    def __init__(self, program: "Program", ctx: RunContext | None, options: ServeOptions) -> None:
+    def __init__(self, program: Program, ctx: RunContext | None, options: ServeOptions) -> None:
         from .pipeline.program import Program
 
         if not isinstance(program, Program):
@@ -205,7 +206,7 @@ class _Server:
 
 # ---------------------------------------------------------------- errors -> (status, body)
 
-def input_field(program: "Program", inputs: Mapping[str, Any]) -> str | None:
+def input_field(program: Program, inputs: Mapping[str, Any]) -> str | None:
     """The input field the program's validation refuses first (as ``check_inputs`` reports it:
     an unexpected name, else the first declared input that is missing or invalid)."""
     from .pipeline.executor import check_inputs
@@ -262,7 +263,7 @@ def describe_failure(server: _Server, e: BaseException, inputs: Mapping[str, Any
 
 # ---------------------------------------------------------------- the ASGI app
 
-def app(program: "Program", ctx: RunContext | None = None, *, options: ServeOptions | None = None,
+def app(program: Program, ctx: RunContext | None = None, *, options: ServeOptions | None = None,
         **limits: Any) -> Any:
     """The ASGI application serving ``program`` with ``ctx`` (default: ``RunContext()``).
 
@@ -428,7 +429,7 @@ def app(program: "Program", ctx: RunContext | None = None, *, options: ServeOpti
     return application
 
 
-def run_server(program: "Program", ctx: RunContext | None = None, *, host: str = "127.0.0.1", port: int = 8000,
+def run_server(program: Program, ctx: RunContext | None = None, *, host: str = "127.0.0.1", port: int = 8000,
                log_level: str = "info", options: ServeOptions | None = None, **limits: Any) -> None:
     """Serve ``program`` with uvicorn until SIGINT/SIGTERM; in-flight requests finish first."""
     _need_starlette()
@@ -458,50 +459,6 @@ def run_server(program: "Program", ctx: RunContext | None = None, *, host: str =
           file=sys.stderr, flush=True)
 
 
-def _bind(host: str, port: int) -> Any:
-    """A listening socket on ``host:port`` (port 0: a free one), bound before serving so the
-    address printed is the one in use."""
-    import socket
-
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-        family, kind, proto, _, addr = infos[0]
-        # proto IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say they are TCP,
-        # and without it every response waits out a 40 ms delayed ACK (measured: GET /health 44 ms)
-        sock = socket.socket(family, kind, proto or socket.IPPROTO_TCP)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(addr)
-    except OSError as e:
-        raise ConfigError(f"cannot listen on {host}:{port}: {e.strerror or e}", field="port",
-                          fix="pick another --port (0: any free one) or --host.") from None
-    sock.listen(2048)
-    sock.setblocking(False)
-    return sock
-
-
-def sse(event: str, data: Any) -> bytes:
-    """One server-sent event."""
-    return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False, default=str)}\n\n".encode()
-
-
-async def read_json(request: Any, limit: int) -> Any:
-    """The request body as JSON; ValueError (with a message for the client) when it is not, and
-    ``OverflowError`` past ``limit`` bytes."""
-    size = request.headers.get("content-length")
-    if size is not None and size.isdigit() and int(size) > limit:
-        raise OverflowError(f"the body is {size} bytes; this server takes at most {limit}")
-    chunks, got = [], 0
-    async for chunk in request.stream():
-        got += len(chunk)
-        if got > limit:
-            raise OverflowError(f"the body is over {limit} bytes; this server takes at most {limit}")
-        chunks.append(chunk)
-    try:
-        return json.loads(b"".join(chunks) or b"null")
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"the body is not valid JSON ({getattr(e, 'msg', e)})") from None
-
-
 def _flag(request: Any, name: str) -> bool:
     return request.query_params.get(name, "0").lower() in ("1", "true", "yes", "on")
 
@@ -511,7 +468,7 @@ def _json_type(value: Any) -> str:
             type(None): "null"}.get(type(value), type(value).__name__)
 
 
-def _example(program: "Program") -> dict[str, Any]:
+def _example(program: Program) -> dict[str, Any]:
     from .serve_schema import example_inputs
 
     return example_inputs(program)

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from .pipeline.program import Program
 
 
-def _input_descriptions(program: "Program") -> dict[str, str]:
+def _input_descriptions(program: Program) -> dict[str, str]:
     """Each program input's description: the ``desc`` of the first node field it is bound to."""
     from .pipeline.ir import INPUT, Ref
 
@@ -33,7 +33,7 @@ def _input_descriptions(program: "Program") -> dict[str, str]:
     return out
 
 
-def output_types(program: "Program") -> dict[str, Any]:
+def output_types(program: Program) -> dict[str, Any]:
     """Each program output's annotation: the type of the node output field it names."""
     out = {}
     for name, ref in program.output_refs:
@@ -58,7 +58,7 @@ def _object_schema(fields: dict[str, Any], descriptions: dict[str, str], *, titl
     return schema
 
 
-def program_schema(program: "Program") -> dict[str, Any]:
+def program_schema(program: Program) -> dict[str, Any]:
     """``{"program", "content_hash", "input_schema", "output_schema"}``: JSON Schemas of what
     ``POST /invoke`` takes and what its ``outputs`` hold."""
     return {
@@ -71,7 +71,7 @@ def program_schema(program: "Program") -> dict[str, Any]:
     }
 
 
-def example_inputs(program: "Program") -> dict[str, Any]:
+def example_inputs(program: Program) -> dict[str, Any]:
     """A plausible input object for the docs page (a Literal's first option, an empty list...)."""
     out: dict[str, Any] = {}
     for name, ann in program.input_specs.items():
@@ -113,7 +113,7 @@ def _hoist(schema: dict[str, Any], into: dict[str, Any]) -> dict[str, Any]:
     return fix(schema)
 
 
-def openapi(program: "Program") -> dict[str, Any]:
+def openapi(program: Program) -> dict[str, Any]:
     """The OpenAPI 3.1 document of the served endpoints, with the program's own schemas."""
     s = program_schema(program)
     comps: dict[str, Any] = {}
@@ -213,7 +213,7 @@ document.getElementById("go").onclick = async () => {{
 """
 
 
-def docs_page(program: "Program") -> str:
+def docs_page(program: Program) -> str:
     """A self-contained HTML page (no CDN, no external script): endpoints, schemas, a form."""
     s = program_schema(program)
     doc = openapi(program)

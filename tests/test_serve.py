@@ -89,7 +89,7 @@ class Served:
     def state(self) -> Any:
         return self.app.state.lmgraph
 
-    def __enter__(self) -> "Served":
+    def __enter__(self) -> Served:
         self.thread.start()
         deadline = time.monotonic() + 20
         while not self.server.started:
