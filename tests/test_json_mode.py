@@ -131,7 +131,7 @@ def test_lean_client_negotiates_remembers_and_never_fails_twice(server) -> None:
     assert server.log[1]["body"]["response_format"] == {"type": "json_object", "schema": SCHEMA}
     assert lm.negotiation_failures == 1 and lm.json_mode == "json_object"
     assert lm.capabilities == Capabilities(json_modes=("json_object", "none"), json_mode="json_object",
-                                           logprobs=True, scoring=False, streaming=False)
+                                           logprobs=True, scoring=False, streaming=True)
     run(lm, json_req("again"))
     assert server.formats()[2:] == ["json_object"]  # no failed attempt any more
     assert remembered_json_mode(server.base_url, "local") == "json_object"

@@ -431,10 +431,11 @@ def test_litellm_streams_through_an_openai_compatible_server(sse) -> None:  # no
     from lmgraph.lm.litellm import openai_compatible
 
     lm = openai_compatible(sse.base_url, "m", rate_limit=False)
-    items = _stream_http(lm, LMRequest(messages=(Message(role="user", content="hi"),)))
-    assert "".join(items[:-1]) == REPLY and len(items) > 2 and streams(lm)
-    assert items[-1].text == REPLY and items[-1].usage.completion_tokens == 4
-    assert sse.bodies[-1]["stream"] is True
+    for req in (LMRequest(messages=(Message(role="user", content="hi"),)), LMRequest(prompt="hi")):
+        items = _stream_http(lm, req)
+        assert "".join(items[:-1]) == REPLY and len(items) > 2 and streams(lm)
+        assert items[-1].text == REPLY and items[-1].usage.completion_tokens == 4
+        assert sse.bodies[-1]["stream"] is True
 
 
 # ------------------------------------------------------------------------------ the embedded model
@@ -445,8 +446,11 @@ def test_program_stream_yields_token_deltas_from_the_embedded_model() -> None:
     from lmgraph.lm.llamacpp import LlamaCppLM
 
     lm = LlamaCppLM(n_instances=1)
-    program = cot_program()
-    evs = events(program, lg.RunContext(lm=lm, cache=False), question="What is the capital of France?")
+    p = lg.Pipeline("qa")  # chat: zero-shot, SmolLM2 answers a completion prompt with nothing at all
+    ans = p.add(lg.ChainOfThought("question -> answer", format="chat", max_tokens=64), "answer",
+                question=p.input("question"))
+    p.output(answer=ans.answer)
+    evs = events(p.build(), lg.RunContext(lm=lm, cache=False), question="What is the capital of France?")
     deltas = [e for e in evs if isinstance(e, TokenDelta)]
     assert len(deltas) >= 3 and all(e.node == "answer" for e in deltas)
     final = evs[-1]

@@ -8,7 +8,9 @@ that also puts events on an :class:`asyncio.Queue`; :func:`stream_run` drains it
   from the main generation call of a Predict / ChainOfThought node in the ``completion`` or
   ``chat`` format (the "Field:" labels are taken out; the deltas of a field join to its text,
   leading and trailing whitespace left out). A repair or follow-up call does not stream: its
-  values arrive with :class:`NodeEnd`;
+  values arrive with :class:`NodeEnd`. Deltas are a live reading of the reply; the values in
+  :class:`NodeEnd` are the parsed ones, which differ when a follow-up call was needed or the
+  reply was irregular (unlabelled text that a later label turns out to claim for its field);
 * :class:`FieldComplete` ``(node, field, value)`` -- a typed output value of such a call in the
   ``json`` format, as soon as the JSON object has it (each top-level member is read the moment
   it is closed; members not read by then, when the call ends);
