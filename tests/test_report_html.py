@@ -220,3 +220,10 @@ def test_page_loads_in_headless_chromium(compiled, tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     data = shot.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000
+
+
+def test_importing_the_report_modules_does_not_import_matplotlib():
+    code = ("import lmgraph, lmgraph.report_html, lmgraph.report_figures, sys; "
+            "assert 'matplotlib' not in sys.modules")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
