@@ -35,7 +35,6 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from ..context import RunContext
@@ -43,9 +42,8 @@ from ..errors import DefinitionError
 from ..evaluation.evaluate import paired_bootstrap
 from ..evaluation.metrics import Metric
 from ..lm.wrappers import Budget
-from ..modules.predict import SCORING_DECODES, check_score_signature
+from ..modules.predict import SCORING_DECODES
 from ..pipeline.program import Program, _run_sync
-from ..signatures import literal_options
 from .base import CostEstimate, Optimizer, check_budget_covers_baseline, check_rows
 from .fewshot import _demo_sig, demo_nodes, labeled_demos
 from .params import demo_param, example_demos
@@ -53,140 +51,10 @@ from .instructions import check_proposer, propose_instructions
 from .joint import accepts_format
 from .report import Report
 from .session import BudgetStop, CompileSession
+from .candidates import Spec, _per_row, _scores_labels, backend_scores, balanced, signature_instruction, tunable_modules
+from .selection import detectable_gain, paired_stats, shrink
 
 Demo = dict[str, Any]
-
-
-# --------------------------------------------------------------------------- statistics
-
-def shrink(deltas: Sequence[float], ses: Sequence[float]) -> list[float]:
-    """Empirical-Bayes posterior means of true gains ``deltas`` measured with standard errors
-    ``ses``: each is pulled toward 0 by ``tau2 / (tau2 + se^2)``, where ``tau2`` (the spread of
-    true gains) is the observed spread less the noise. The best raw delta among many candidates
-    is biased upward (the winner's curse); this pulls noisy ones back the most."""
-    if not deltas:
-        return []
-    if len(deltas) == 1:
-        tau2 = deltas[0] ** 2  # one candidate: its own size is the only hint of the spread
-    else:
-        mean = sum(deltas) / len(deltas)
-        var = sum((d - mean) ** 2 for d in deltas) / (len(deltas) - 1)
-        tau2 = max(0.0, var - sum(s * s for s in ses) / len(ses))
-        tau2 = max(tau2, mean * mean)  # a shared shift counts as signal too
-    return [d * tau2 / (tau2 + s * s) if tau2 + s * s > 0 else 0.0 for d, s in zip(deltas, ses)]
-
-
-def paired_stats(base: Sequence[float], cand: Sequence[float]) -> tuple[float, float]:
-    """Mean paired difference and its standard error."""
-    d = [b - a for a, b in zip(base, cand)]
-    n = len(d)
-    if n == 0:
-        return 0.0, float("inf")
-    m = sum(d) / n
-    if n == 1:
-        return m, 1.0
-    var = sum((x - m) ** 2 for x in d) / (n - 1)
-    return m, math.sqrt(var / n)
-
-
-def detectable_gain(base: Sequence[float], n: int) -> float:
-    """The smallest gain a paired comparison on ``n`` rows can tell from noise (two standard
-    errors of a difference whose per-row spread is that of the baseline's scores, at least that
-    of a 50/50 change in a tenth of the rows)."""
-    if n <= 0:
-        return float("inf")
-    m = sum(base) / max(1, len(base))
-    var = max(sum((x - m) ** 2 for x in base) / max(1, len(base) - 1), 0.1)
-    return 2.0 * math.sqrt(2 * var / n)
-
-
-# --------------------------------------------------------------------------- candidates
-
-@dataclass
-class Spec:
-    """One candidate: a label, per-node parameter changes and the search rows its demos use."""
-
-    label: str
-    params: dict[str, dict[str, Any]]
-    demo_rows: frozenset[int] = frozenset()
-    program: Program | None = None
-    calls_per_row: float = 1.0
-    rows: list[int] = field(default_factory=list)    # search rows scored so far
-    scores: list[float] = field(default_factory=list)
-    calls: int = 0
-    tokens: int = 0
-    dollars: float = 0.0
-    alive: bool = True
-    note: str = ""
-
-    def changes(self) -> dict[str, dict[str, Any]]:
-        out: dict[str, dict[str, Any]] = {}
-        for node, p in self.params.items():
-            ch = {k: (len(v) if k in ("demos", "demo_pool") else v) for k, v in p.items()}
-            if "instructions" in ch:
-                text = str(ch["instructions"])
-                ch["instructions"] = text if len(text) <= 80 else text[:77] + "..."
-            out[node] = ch
-        return out
-
-
-def signature_instruction(sig: Any) -> str:
-    """An instruction written from the signature alone: what to read, what to give, the options."""
-    ins = ", ".join(f.name.replace("_", " ") for f in sig.inputs) or "input"
-    parts = []
-    for f in sig.outputs:
-        opts = literal_options(f.annotation)
-        what = f.name.replace("_", " ")
-        if f.desc and f.desc != what:
-            what += f" ({f.desc})"
-        if opts:
-            what += " -- exactly one of: " + ", ".join(str(o) for o in opts)
-        parts.append(what)
-    return f"Read the {ins} and give the {'; and the '.join(parts)}."
-
-
-def _label_value(demo: Mapping[str, Any], sig: Any) -> str | None:
-    outs = [f for f in sig.outputs if literal_options(f.annotation)]
-    return str(demo.get(outs[0].name)) if len(outs) == 1 else None
-
-
-def balanced(pool: Sequence[tuple[int, Demo]], sig: Any, k: int, rng: random.Random) -> list[tuple[int, Demo]]:
-    """``k`` demos, round-robin over the label values when the node has one label output (a small
-    model copies the label of the demos it sees: every label shown, none twice before all once)."""
-    items = list(pool)
-    rng.shuffle(items)
-    groups: dict[str | None, list[tuple[int, Demo]]] = {}
-    for item in items:
-        groups.setdefault(_label_value(item[1], sig), []).append(item)
-    order = sorted(groups, key=lambda g: str(g))
-    rng.shuffle(order)
-    out: list[tuple[int, Demo]] = []
-    while len(out) < k and any(groups.values()):
-        for g in order:
-            if groups[g] and len(out) < k:
-                out.append(groups[g].pop(0))
-    return out
-
-
-def _scores_labels(module: Any) -> bool:
-    if "decode" not in module.tunable:
-        return False
-    try:
-        check_score_signature(module.signature)
-    except DefinitionError:
-        return False
-    return True
-
-
-def backend_scores(ctx: RunContext, lm_name: str | None) -> bool:
-    """Whether the backend behind ``lm_name`` scores continuations (log-prob decoding)."""
-    backend = ctx.lm if lm_name is None else ctx.lms.get(lm_name)
-    if backend is None:
-        return lm_name is None  # the default model: the embedded llama.cpp backend, which scores
-    caps = getattr(backend, "capabilities", None)
-    if caps is not None and hasattr(caps, "scoring"):
-        return bool(caps.scoring)
-    return bool(getattr(backend, "supports_scoring", False))
 
 
 # --------------------------------------------------------------------------- the optimizer
@@ -744,31 +612,6 @@ class Compile(Optimizer):
         report.notes.append("; ".join(why))
 
 
-def tunable_modules(program: Program) -> dict[str, Any]:
-    """Every module with tunable parameters, nested ones included, by path (schedule order)."""
-    paths = dict.fromkeys(path.rsplit(".", 1)[0] for path, _ in program.named_parameters())
-    return {p: program.module(p) for p in paths}
-
-
-def _per_row(program: Program, spec: Spec | None = None) -> float:
-    """Upper bound of logical model calls per row: a generating node may need a repair call; a
-    calibrated scoring node makes two scoring calls; other modules say themselves."""
-    prog = spec.program if spec is not None and spec.program is not None else program
-    total = 0.0
-    for n in prog.nodes:
-        m = n.module
-        dec = getattr(m, "decode", None)
-        if dec == "calibrated":
-            total += 2
-        elif dec == "score":
-            total += 1
-        elif getattr(m, "repair", False) and m.kind in ("predict", "chain_of_thought"):
-            total += m.estimated_calls()  # counts the repair call
-        else:
-            total += m.estimated_calls()
-    return max(1.0, total)
-
-
 def compile(program: Program, trainset: Sequence[Mapping[str, Any]], metric: Metric, *,  # noqa: A001
             valset: Sequence[Mapping[str, Any]] | None = None, budget: Budget | int | None = None,
             seed: int = 0, ctx: RunContext | None = None, **options: Any) -> tuple[Program, Report]:
@@ -780,4 +623,5 @@ def compile(program: Program, trainset: Sequence[Mapping[str, Any]], metric: Met
     return _run_sync(opt.aoptimize(program, trainset, metric, valset=valset, budget=budget, seed=seed, ctx=ctx))
 
 
-__all__ = ["Compile", "compile", "shrink", "signature_instruction"]
+__all__ = ["Compile", "Spec", "backend_scores", "balanced", "compile", "detectable_gain", "paired_stats", "shrink",
+           "signature_instruction", "tunable_modules"]

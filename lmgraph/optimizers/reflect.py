@@ -48,7 +48,7 @@ from typing import Any
 from ..errors import DefinitionError
 from ..lm.values import format_value
 from ..pipeline.program import Program
-from .auto import paired_stats, shrink
+from .selection import paired_stats, shrink
 from .base import Optimizer
 from .instructions import (_memo_generate, _norm, _proposer_program, check_proposer, clean_instruction,
                            instruction_nodes, record, short)

@@ -101,7 +101,7 @@ class Report:
         if not self.candidates or self.best_id != self.baseline.id or len(self.candidates) < 2 \
                 or "folds" in self.data:
             return None
-        from .auto import detectable_gain
+        from .selection import detectable_gain
 
         base = self.baseline.scores
         n = len(base)

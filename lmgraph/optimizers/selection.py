@@ -1,0 +1,50 @@
+"""Statistics for choosing among compile candidates: paired differences, their standard errors,
+an empirical-Bayes shrinkage against the winner's curse, and the smallest detectable gain."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+def shrink(deltas: Sequence[float], ses: Sequence[float]) -> list[float]:
+    """Empirical-Bayes posterior means of true gains ``deltas`` measured with standard errors
+    ``ses``: each is pulled toward 0 by ``tau2 / (tau2 + se^2)``, where ``tau2`` (the spread of
+    true gains) is the observed spread less the noise. The best raw delta among many candidates
+    is biased upward (the winner's curse); this pulls noisy ones back the most."""
+    if not deltas:
+        return []
+    if len(deltas) == 1:
+        tau2 = deltas[0] ** 2  # one candidate: its own size is the only hint of the spread
+    else:
+        mean = sum(deltas) / len(deltas)
+        var = sum((d - mean) ** 2 for d in deltas) / (len(deltas) - 1)
+        tau2 = max(0.0, var - sum(s * s for s in ses) / len(ses))
+        tau2 = max(tau2, mean * mean)  # a shared shift counts as signal too
+    return [d * tau2 / (tau2 + s * s) if tau2 + s * s > 0 else 0.0 for d, s in zip(deltas, ses)]
+
+
+def paired_stats(base: Sequence[float], cand: Sequence[float]) -> tuple[float, float]:
+    """Mean paired difference and its standard error."""
+    d = [b - a for a, b in zip(base, cand)]
+    n = len(d)
+    if n == 0:
+        return 0.0, float("inf")
+    m = sum(d) / n
+    if n == 1:
+        return m, 1.0
+    var = sum((x - m) ** 2 for x in d) / (n - 1)
+    return m, math.sqrt(var / n)
+
+
+def detectable_gain(base: Sequence[float], n: int) -> float:
+    """The smallest gain a paired comparison on ``n`` rows can tell from noise (two standard
+    errors of a difference whose per-row spread is that of the baseline's scores, at least that
+    of a 50/50 change in a tenth of the rows)."""
+    if n <= 0:
+        return float("inf")
+    m = sum(base) / max(1, len(base))
+    var = max(sum((x - m) ** 2 for x in base) / max(1, len(base) - 1), 0.1)
+    return 2.0 * math.sqrt(2 * var / n)
+
+
+__all__ = ["detectable_gain", "paired_stats", "shrink"]
