@@ -39,7 +39,7 @@ from typing import Any
 from ..errors import DefinitionError, LMError
 from .base import LMRequest, LMResponse, Message
 
-__all__ = ["Capabilities", "JSON_MODES", "JSON_MODE_CHOICES", "JsonModeNegotiator", "check_json_mode",
+__all__ = ["Capabilities", "NegotiatedJsonMode", "JSON_MODES", "JSON_MODE_CHOICES", "JsonModeNegotiator", "check_json_mode",
            "forget_json_modes", "names_response_format", "remembered_json_mode", "response_format",
            "schema_in_prompt"]
 
@@ -246,3 +246,31 @@ def mark_json_mode_rejection(err: LMError, status: int | None, text: str, mode: 
     if mode in ("json_schema", "json_object") and names_response_format(status, text):
         err.json_mode_rejected = True  # type: ignore[attr-defined]
     return err
+
+
+class NegotiatedJsonMode:
+    """What an OpenAI-compatible client says of its JSON modes (it holds a ``JsonModeNegotiator``
+    as ``self._json``): shared by the lean HTTP client and the litellm route."""
+
+    _json: "JsonModeNegotiator"
+
+    @property
+    def json_mode(self) -> str:
+        """The JSON mode of chat requests: the one passed, else the negotiated one, else
+        ``"auto"`` (raw-prompt requests are negotiated on their own: :attr:`negotiated_json_modes`)."""
+        return self._json.mode("chat") or self._json.requested
+
+    @property
+    def negotiated_json_modes(self) -> dict[str, str]:
+        """``{"chat" | "completion": mode}`` for the routes whose JSON mode is known."""
+        return self._json.negotiated()
+
+    @property
+    def negotiation_failures(self) -> int:
+        """Requests the provider rejected while negotiating the JSON mode (never results)."""
+        return self._json.failures
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return Capabilities(json_modes=self._json.candidates("chat"), json_mode=self._json.mode("chat"),
+                            logprobs=True, scoring=False, streaming=True)

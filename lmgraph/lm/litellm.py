@@ -32,7 +32,7 @@ from typing import Any
 from ..cache.keys import strip_credentials
 from ..errors import DefinitionError, LmgraphError, LMError
 from .base import LMRequest, LMResponse, Usage
-from .capabilities import (Capabilities, JsonModeNegotiator, mark_json_mode_rejection, response_format,
+from .capabilities import (JsonModeNegotiator, NegotiatedJsonMode, mark_json_mode_rejection, response_format,
                            schema_in_prompt)
 from .credentials import (LOCAL_PLACEHOLDER_KEY, Secrets, extra_secrets, redact_url, resolve_api_key, split_userinfo,
                           url_secrets)
@@ -118,7 +118,7 @@ def _as_dict(obj: Any) -> Any:
     return None
 
 
-class LiteLLM:
+class LiteLLM(NegotiatedJsonMode):
     """A model reached through litellm.
 
     ``model`` is a litellm model string (``"openai/gpt-4o-mini"``, ``"anthropic/..."``,
@@ -192,27 +192,6 @@ class LiteLLM:
         key = (urllib.parse.urlunsplit((root.scheme, root.netloc.rpartition("@")[2], root.path.rstrip("/"), "", ""))
                if root is not None else f"litellm:{model}")
         self.rate_limiter = endpoint_limiter(key) if rate_limit else None
-
-    @property
-    def json_mode(self) -> str:
-        """The JSON mode of chat requests: the one passed, else the negotiated one, else
-        ``"auto"`` (raw-prompt requests are negotiated on their own: :attr:`negotiated_json_modes`)."""
-        return self._json.mode("chat") or self._json.requested
-
-    @property
-    def negotiated_json_modes(self) -> dict[str, str]:
-        """``{"chat" | "completion": mode}`` for the routes whose JSON mode is known."""
-        return self._json.negotiated()
-
-    @property
-    def negotiation_failures(self) -> int:
-        """Requests the provider rejected while negotiating the JSON mode (never results)."""
-        return self._json.failures
-
-    @property
-    def capabilities(self) -> Capabilities:
-        return Capabilities(json_modes=self._json.candidates("chat"), json_mode=self._json.mode("chat"),
-                            logprobs=True, scoring=False, streaming=True)
 
     def identity(self) -> dict[str, Any]:
         # Never the API key: identities end up in cache keys, traces and artifacts.

@@ -39,7 +39,7 @@ from typing import Any
 from ..cache.keys import strip_credentials
 from ..errors import DefinitionError, LMError
 from .base import LMRequest, LMResponse, Usage
-from .capabilities import (Capabilities, JsonModeNegotiator, mark_json_mode_rejection, response_format,
+from .capabilities import (JsonModeNegotiator, NegotiatedJsonMode, mark_json_mode_rejection, response_format,
                            schema_in_prompt)
 from .credentials import Secrets, extra_secrets, redact_url, resolve_api_key, split_userinfo, url_secrets
 from .faults import count_request, endpoint_limiter, retry_after, retryable_status
@@ -68,7 +68,7 @@ def _is_loopback(host: str | None) -> bool:
         return False
 
 
-class OpenAIServerLM:
+class OpenAIServerLM(NegotiatedJsonMode):
     """A model served by an OpenAI-compatible HTTP server.
 
     ``base_url`` is the API root including ``/v1`` (e.g. ``LlamaServer().base_url``,
@@ -143,27 +143,6 @@ class OpenAIServerLM:
         self._sessions: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
         self.rate_limiter = endpoint_limiter(self._root) if rate_limit else None
-
-    @property
-    def json_mode(self) -> str:
-        """The JSON mode of chat requests: the one passed, else the negotiated one, else
-        ``"auto"`` (raw-prompt requests are negotiated on their own: :attr:`negotiated_json_modes`)."""
-        return self._json.mode("chat") or self._json.requested
-
-    @property
-    def negotiated_json_modes(self) -> dict[str, str]:
-        """``{"chat" | "completion": mode}`` for the routes whose JSON mode is known."""
-        return self._json.negotiated()
-
-    @property
-    def negotiation_failures(self) -> int:
-        """Requests the server rejected while negotiating the JSON mode (never results)."""
-        return self._json.failures
-
-    @property
-    def capabilities(self) -> Capabilities:
-        return Capabilities(json_modes=self._json.candidates("chat"), json_mode=self._json.mode("chat"),
-                            logprobs=True, scoring=False, streaming=True)
 
     def identity(self) -> dict[str, Any]:
         # Never the API key: identities end up in cache keys, traces and artifacts. The same

@@ -304,15 +304,6 @@ class Predict(GenerationSettings, Module):
     def signature(self) -> Signature:
         return self.base_signature
 
-    @property
-    def signature_for_demos(self) -> Signature:
-        return self.signature
-
-    @property
-    def optional_demo_fields(self) -> tuple[str, ...]:
-        """Demo fields that may be left out (labelled data has no reasoning)."""
-        return ()
-
     def demos_for(self, inputs: Mapping[str, Any]) -> tuple[dict[str, Any], ...]:
         """The demos shown for these inputs: the fixed ones, then the ``knn`` most similar of the pool."""
         if not self.knn:
