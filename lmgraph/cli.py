@@ -82,11 +82,15 @@ class _Unbound(dict):  # type: ignore[type-arg]
         return unbound
 
 
+#: set by ``lmgraph --trusted ...``: load program files saved without the checked envelope
+_TRUSTED = {"files": False}
+
+
 def load_program(path: str, *, view_only: bool = False) -> Any:
     from .pipeline.program import Program
 
     try:
-        return Program.load(path, resources=_Unbound() if view_only else None)
+        return Program.load(path, resources=_Unbound() if view_only else None, trusted=_TRUSTED["files"])
     except ArtifactError as e:
         if "needs the" in e.message:  # a retriever/tool/reward function bound by name
             raise ArtifactError(f"{path}: {e.message}; the command line cannot bind resources "
@@ -482,6 +486,9 @@ def _pos_float(text: str) -> float:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lmgraph", description="Render, run, evaluate, compile and diff "
                                      "lmgraph programs saved as JSON (a program file or a compiled artifact).")
+    parser.add_argument("--trusted", action="store_true",
+                        help="load program files saved without lmgraph's checked envelope (version + content "
+                             "hash), e.g. by an older lmgraph; only for files you trust")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     model = argparse.ArgumentParser(add_help=False)
@@ -601,6 +608,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    _TRUSTED["files"] = bool(args.trusted)
     if args.command == "compile" and not args.dry_run and not args.out:
         parser.error("compile: --out ARTIFACT.json is required (unless --dry-run)")
     if args.command == "run" and args.out and not args.data:

@@ -31,3 +31,17 @@ def test_show_prompts_of_the_saved_demo_program_prints_the_completion_prompt():
     assert out.returncode == 0, out.stderr
     assert "format=completion" in out.stdout
     assert "Question: How far is it from Denver to Aspen?\nAnswer type:" in out.stdout
+
+
+def test_cli_trusted_flag_loads_a_program_file_without_the_envelope(tmp_path):
+    import json
+
+    doc = json.loads((ROOT / "examples" / "trec.json").read_text())
+    bare = tmp_path / "old.json"
+    bare.write_text(json.dumps(doc["program"]))  # as an older lmgraph wrote it: no version/hash envelope
+    cmd = [sys.executable, "-m", "lmgraph"]
+    refused = subprocess.run([*cmd, "render", str(bare)], capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "trusted" in refused.stderr
+    ok = subprocess.run([*cmd, "--trusted", "render", str(bare)], capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    assert "classify" in ok.stdout
