@@ -32,7 +32,7 @@ import asyncio
 import json
 import threading
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -274,3 +274,16 @@ class NegotiatedJsonMode:
     def capabilities(self) -> Capabilities:
         return Capabilities(json_modes=self._json.candidates("chat"), json_mode=self._json.mode("chat"),
                             logprobs=True, scoring=False, streaming=True)
+
+    @staticmethod
+    def _streamable(request: LMRequest, mode: str | None) -> bool:
+        """Whether ``request`` can be streamed: not a scoring or log-probability request, and a schema
+        request only once the endpoint's JSON mode (``mode``) is known."""
+        return request.choices is None and not request.logprobs and (request.json_schema is None or mode is not None)
+
+    async def _complete_as_stream(self, request: LMRequest) -> AsyncIterator[str | LMResponse]:
+        """A request that is not streamed, answered as a stream: its whole text, then the response."""
+        response = await self.complete(request)  # type: ignore[attr-defined]
+        if response.text:
+            yield response.text
+        yield response

@@ -308,11 +308,9 @@ class OpenAIServerLM(NegotiatedJsonMode):
         """Content deltas of a ``"stream": true`` request, then the final response (see the module
         docstring); failures as :meth:`complete` raises them."""
         mode = self._json.mode(request.mode) if request.json_schema is not None else None
-        if request.choices is not None or request.logprobs or (request.json_schema is not None and mode is None):
-            response = await self.complete(request)
-            if response.text:
-                yield response.text
-            yield response
+        if not self._streamable(request, mode):
+            async for item in self._complete_as_stream(request):
+                yield item
             return
         url, body = self._body(schema_in_prompt(request) if mode == "none" else request, mode)
         body.update(stream=True, stream_options={"include_usage": True})
