@@ -1,5 +1,10 @@
 """The ``lmgraph`` command line: render, run, eval, compile and diff saved programs.
 
+This module is the entry point (``build_parser``, ``main``) and holds the model/context/program
+building blocks; the subcommands' bodies are in :mod:`lmgraph.cli_commands` and
+:mod:`lmgraph.cli_compile`, the plain helpers (JSONL, ``--metric``, argument types) in
+:mod:`lmgraph.cli_data`.
+
 Programs are read from JSON (a bare ``Program.save`` file or a compiled artifact). Programs that
 need runtime resources (Retrieve corpora, tools) cannot be bound here: use the Python API.
 """
@@ -9,21 +14,27 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
+from .cli_data import (  # noqa: F401 - the command line's helpers, importable from here as before
+    METRICS,
+    OPTIMIZERS,
+    _err,
+    _jsonable,
+    _nonneg_int,
+    _pos_float,
+    _pos_int,
+    make_metric,
+    metric_spec,
+    read_jsonl,
+)
 from .errors import ArtifactError, DefinitionError, InputError, LmgraphError
 
-METRICS = {"exact_match": "exact_match", "em": "normalized_em", "f1": "token_f1",
-           "accuracy": "label_accuracy", "numeric": "numeric_match"}
-OPTIMIZERS = {"labeled": "LabeledFewShot", "bootstrap": "BootstrapFewShot",
-              "random_search": "BootstrapRandomSearch", "instructions": "InstructionSearch",
-              "joint": "JointSearch", "decompose": "Decompose", "compile": "Compile"}
-
-
 # ---------------------------------------------------------------- building blocks (tests patch make_lm)
+# The subcommands (lmgraph.cli_commands, lmgraph.cli_compile) call these as ``cli.make_lm(...)``,
+# ``cli.make_ctx(...)``, ``cli.load_program(...)``: looked up here at call time, so patching them on
+# this module reaches every command.
 
 def make_lm(spec: str, json_mode: str = "auto") -> Any:
     """The model for ``--model``: embedded | gguf:PATH | openai:BASE_URL | http:BASE_URL | litellm:MODEL.
@@ -99,56 +110,6 @@ def load_program(path: str, *, view_only: bool = False) -> Any:
         raise
 
 
-def read_jsonl(path: str) -> list[dict[str, Any]]:
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as e:
-        raise DefinitionError(f"cannot read data file {path}: {e.strerror or e}",
-                              fix="pass an existing JSONL file (one JSON object per line).") from None
-    rows = []
-    for i, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DefinitionError(f"{path}:{i} is not valid JSON ({e.msg})",
-                                  fix="write one JSON object per line.") from None
-        if not isinstance(row, dict):
-            raise DefinitionError(f"{path}:{i} is a JSON {type(row).__name__}, not an object",
-                                  fix="write one JSON object (field -> value) per line.")
-        rows.append(row)
-    if not rows:
-        raise DefinitionError(f"{path} holds no rows", fix="write one JSON object per line.")
-    return rows
-
-
-def metric_spec(text: str) -> tuple[str, str | None, str | None]:
-    """argparse type for NAME[:pred_field[:label_field]]."""
-    parts = text.split(":")
-    if len(parts) > 3 or parts[0] not in METRICS or any(not p for p in parts[1:]):
-        raise argparse.ArgumentTypeError(
-            f"bad metric {text!r}: use NAME[:pred_field[:label_field]] with NAME one of {', '.join(METRICS)}")
-    return parts[0], (parts[1] if len(parts) > 1 else None), (parts[2] if len(parts) > 2 else None)
-
-
-def make_metric(spec: tuple[str, str | None, str | None], program: Any) -> Any:
-    from . import evaluation
-
-    name, pred, label = spec
-    factory = getattr(evaluation, METRICS[name])
-    if pred is None and len(program.outputs) == 1:
-        pred = program.outputs[0][0]  # the program's only output
-    kwargs = {}
-    if pred is not None:
-        kwargs = {"pred_field": pred, "label": label or pred}
-    outputs = [o for o, _ in program.outputs]
-    if pred is not None and pred not in outputs:
-        raise DefinitionError(f"the metric reads the output {pred!r}, which the program does not have",
-                              fix=f"use --metric {name}:FIELD with FIELD one of {', '.join(outputs)}.")
-    return factory(**kwargs)
-
-
 def make_ctx(args: argparse.Namespace, **kw: Any) -> Any:
     from .context import RunContext
 
@@ -163,327 +124,33 @@ def make_ctx(args: argparse.Namespace, **kw: Any) -> Any:
     return RunContext(lm=lm, cache=not args.no_cache, max_concurrency=args.concurrency, **kw)
 
 
-def _jsonable(value: Any) -> Any:
-    return json.loads(json.dumps(value, ensure_ascii=False, default=str))
-
-
-def _err(e: BaseException) -> str:
-    return f"{type(e).__name__}: {e}"
-
-
-# ---------------------------------------------------------------- subcommands
-
-def cmd_render(args: argparse.Namespace) -> int:
-    print(load_program(args.program, view_only=True).render("mermaid" if args.mermaid else "text"))
-    return 0
-
-
-def _parse_inputs(pairs: Sequence[str], program: Any) -> dict[str, Any]:
-    inputs: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise DefinitionError(f"bad --input {pair!r}", fix="write --input name=value.")
-        if key not in program.input_specs:
-            raise DefinitionError(f"the program has no input {key!r}",
-                                  fix=f"inputs are: {', '.join(program.input_specs)}.")
-        parsed: Any = value
-        if program.input_specs[key] is not str:  # lists, numbers...: JSON if it parses
-            try:
-                parsed = json.loads(value)
-            except json.JSONDecodeError:
-                pass
-        inputs[key] = parsed
-    return inputs
-
-
-def cmd_run(args: argparse.Namespace) -> int:
-    program = load_program(args.program)
-    if args.data is None:
-        inputs = _parse_inputs(args.input or [], program)
-        missing = [k for k in program.input_specs if k not in inputs]
-        if missing:
-            raise DefinitionError(f"missing input {missing[0]!r}",
-                                  fix=f"pass --input NAME=VALUE for each of {', '.join(program.input_specs)}, "
-                                      "or --data rows.jsonl.")
-        if args.stream:
-            pred = _run_streamed(program, make_ctx(args), inputs)
-        else:
-            pred = program.run_sync(make_ctx(args), **inputs)
-        print(json.dumps(_jsonable(dict(pred)), ensure_ascii=False, indent=2))
-        return 0
-    if args.stream:
-        raise DefinitionError("--stream streams one run", fix="use it with --input NAME=VALUE, not --data.")
-    rows = read_jsonl(args.data)
-    out = open(args.out, "w", encoding="utf-8") if args.out else None  # noqa: SIM115 - closed below
-
-    def emit(r: Any) -> None:  # each row as it finishes (its index says which), flushed at once
-        rec: dict[str, Any] = {"index": r.index}
-        if r.ok:
-            rec["outputs"] = _jsonable(dict(r.outputs or {}))
-        else:
-            rec["error"] = _err(r.error)
-        line = json.dumps(rec, ensure_ascii=False)
-        print(line, flush=True)
-        if out is not None:
-            out.write(line + "\n")
-            out.flush()
-
-    try:
-        results = program.batch_sync(rows, ctx=make_ctx(args), concurrency=args.concurrency,
-                                     progress=_progress(args), on_result=emit)
-    finally:
-        if out is not None:
-            out.close()
-    failed = sum(1 for r in results if not r.ok)
-    if not args.quiet:
-        print(f"{len(results)} rows, {failed} failed" + (f"; results in {args.out}" if args.out else ""),
-              file=sys.stderr)
-    return 0
-
-
-def _run_streamed(program: Any, ctx: Any, inputs: dict[str, Any]) -> dict[str, Any]:
-    """``run --stream``: each output's text printed as the model writes it (``node.field: ...``), a
-    JSON output as each field completes; returns the run's outputs."""
-    from .pipeline.program import _run_sync
-    from .pipeline.stream import FieldComplete, Final, TokenDelta
-
-    async def go() -> dict[str, Any]:
-        at: tuple[str, str] | None = None
-        outputs: dict[str, Any] = {}
-        async for event in program.stream(ctx, **inputs):
-            if isinstance(event, TokenDelta):
-                if at != (event.node, event.field):
-                    sys.stdout.write(("\n" if at else "") + f"{event.node}.{event.field}: ")
-                    at = (event.node, event.field)
-                sys.stdout.write(event.text)
-                sys.stdout.flush()
-            elif isinstance(event, FieldComplete):
-                sys.stdout.write(("\n" if at else "") + f"{event.node}.{event.field} = "
-                                 f"{json.dumps(_jsonable(event.value), ensure_ascii=False)}")
-                sys.stdout.flush()
-                at = (event.node, "")
-            elif isinstance(event, Final):
-                outputs = dict(event.outputs)
-        if at:
-            sys.stdout.write("\n")
-        return outputs
-
-    return _run_sync(go())
-
-
-def cmd_trace(args: argparse.Namespace) -> int:
-    """Summarise a JSONL trace file (``--trace FILE``): per node the calls, tokens, cost, latency, failures."""
-    from .observe import format_summary, read_traces, summarize
-
-    summary = summarize(read_traces(args.file))
-    print(json.dumps(summary, ensure_ascii=False) if args.json else format_summary(summary))
-    return 0
-
-
-def cmd_eval(args: argparse.Namespace) -> int:
-    from .evaluation import evaluate_sync
-    from .optimizers.base import check_rows
-
-    program = load_program(args.program)
-    rows = read_jsonl(args.data)
-    check_rows(program, rows, "dataset")
-    metric = make_metric(args.metric, program)
-    res = evaluate_sync(program, rows, metric, ctx=make_ctx(args), concurrency=args.concurrency,
-                        progress=_progress(args))
-    s = res.summary()
-    s["tokens"] = s.get("prompt_tokens", 0) + s.get("completion_tokens", 0)
-    s["metric"] = getattr(metric, "__name__", args.metric[0])
-    if args.json:
-        print(json.dumps(s, ensure_ascii=False))
-        return 0
-    lo, hi = s["ci95"]
-    print(f"metric:   {s['metric']}\n"
-          f"mean:     {res.mean:.4f}  (95% CI {lo:.4f}-{hi:.4f}, n={s['n']})\n"
-          f"failures: {s['failures']}\n"
-          f"calls:    {s.get('calls', 0)} (cache hits {s.get('cache_hits', 0)})\n"
-          f"tokens:   {s['tokens']}\n"
-          f"wall:     {res.wall_s:.2f}s")
-    return 0
-
-
-def cmd_compile(args: argparse.Namespace) -> int:
-    from . import optimizers
-    from .lm.wrappers import Budget
-    from .optimizers import save_artifact
-
-    program = load_program(args.program)
-    train = read_jsonl(args.train)
-    val = read_jsonl(args.val) if args.val else None
-    opt = getattr(optimizers, OPTIMIZERS[args.optimizer])(checkpoint=args.checkpoint,
-                                                          concurrency=args.concurrency,
-                                                          early_stop=not args.no_early_stop,
-                                                          progress=_progress(args))
-    budget = Budget(max_calls=args.max_calls, max_tokens=args.max_tokens)
-    if args.dry_run:
-        print(dry_run_text(args.optimizer, opt, program, train, val, budget, args.seed))
-        return 0
-    metric = make_metric(args.metric, program)
-    t0 = time.perf_counter()
-    compiled, report = opt.optimize(program, train, metric, valset=val, budget=budget, seed=args.seed,
-                                    ctx=make_ctx(args))
-    save_artifact(args.out, compiled, report)
-    print(report.table())
-    print(f"artifact: {args.out}")
-    if args.report:
-        body = report.to_dict(timing=True)
-        body["total_wall_s"] = round(time.perf_counter() - t0, 3)
-        Path(args.report).write_text(json.dumps(body, indent=2, ensure_ascii=False, default=str) + "\n",
-                                     encoding="utf-8")
-        print(f"report: {args.report}")
-    return 0
-
-
 def _progress(args: argparse.Namespace) -> bool:
     """Live progress on stderr when it is a terminal, unless --quiet."""
     return not getattr(args, "quiet", False)
 
 
-def dry_run_text(name: str, opt: Any, program: Any, train: list[dict[str, Any]], val: list[dict[str, Any]] | None,
-                 budget: Any, seed: int = 0) -> str:
-    """The cost estimate of a compile, within ``--max-calls`` when one is given: the plan capped by
-    the budget, and in plain words which phases the budget cuts (a BudgetError naming the minimum,
-    as the compile itself would raise, when it cannot even cover scoring the program as given)."""
-    from .optimizers import Compile
-    from .optimizers.base import CostEstimate, check_budget_covers_baseline
+# ---------------------------------------------------------------- parser and entry point
 
-    full = opt.dry_run(program, train, val)
-    cap = budget.max_calls
-    if cap is None:
-        return f"{name}: {full}"
-    compiler = isinstance(opt, Compile)
-    val_rows = [*train, *(val or [])] if compiler else opt._split(program, train, val, seed)[1]
-    check_budget_covers_baseline(program, val_rows, budget)
-    if full.calls <= cap:
-        return f"{name}: {full}\n  fits --max-calls {cap}"
-    # the default compiler plans its search to fit the budget; the others stop when it is spent
-    plan = opt.dry_run(program, train, val, budget=budget) if compiler else full
-    left, capped = cap, {}
-    for phase, calls in plan.breakdown.items():  # phases in plan order, each with what the budget has left
-        capped[phase] = min(calls, left)
-        left -= capped[phase]
-    total = sum(capped.values())
-    est = CostEstimate(total, round(full.tokens * total / max(1, full.calls)), capped)
-    cuts = [f"{phase} {calls} -> {est.breakdown.get(phase, 0) or 'none'}"
-            for phase, calls in full.breakdown.items() if est.breakdown.get(phase, 0) < calls]
-    if not any(v for k, v in est.breakdown.items() if k != "baseline"):
-        how = "only the baseline fits: the compile would return the program unchanged; raise --max-calls"
-    elif compiler:
-        how = "the search is planned to fit the budget: fewer candidates are raced"
-    else:
-        how = "the compile stops when the budget is spent and returns the best program found by then"
-    return (f"{name}: {est}\n"
-            f"  --max-calls {cap} cuts the plan (up to {full.calls} calls without it): {'; '.join(cuts)}\n"
-            f"  {how}")
+#: subcommand bodies live in lmgraph.cli_commands and lmgraph.cli_compile (imported when a parser is
+#: built, so ``import lmgraph.cli`` stays light); ``lmgraph.cli.cmd_run`` and the like still resolve
+_MOVED = {"cmd_render": "cli_commands", "cmd_run": "cli_commands", "_parse_inputs": "cli_commands",
+          "_run_streamed": "cli_commands", "cmd_trace": "cli_commands", "cmd_eval": "cli_commands",
+          "cmd_diff": "cli_commands", "cmd_report": "cli_commands", "cmd_show": "cli_commands",
+          "cmd_serve": "cli_commands", "cmd_compile": "cli_compile", "dry_run_text": "cli_compile"}
 
 
-def cmd_diff(args: argparse.Namespace) -> int:
-    from .optimizers import diff, format_diff
+def __getattr__(name: str) -> Any:
+    if name in _MOVED:
+        import importlib
 
-    print(format_diff(diff(args.a, args.b)))
-    return 0
-
-
-def cmd_report(args: argparse.Namespace) -> int:
-    """A compile report as one self-contained HTML page (lmgraph.report_html.render)."""
-    from .report_html import write
-
-    out = write(args.out, args.artifact, baseline=args.baseline, full_report=args.full_report,
-                lm=make_lm(args.model))  # the model is not loaded: prompts are only previewed
-    print(f"report: {out}")
-    return 0
-
-
-def cmd_show(args: argparse.Namespace) -> int:
-    """The program's graph; with --prompts, the request each model-calling node will send for
-    --model (format resolved as in a run), with no model call."""
-    try:
-        program, unbound = load_program(args.program), False
-    except ArtifactError as e:
-        if "cannot bind resources" not in e.message:
-            raise
-        program, unbound = load_program(args.program, view_only=True), True
-    if not args.prompts:
-        print(program.render("text"))
-        return 0
-    from .context import RunContext
-    from .errors import InputError
-
-    try:
-        inputs = json.loads(args.inputs) if args.inputs is not None else {}
-    except json.JSONDecodeError as e:
-        raise DefinitionError(f"--inputs is not valid JSON ({e.msg})",
-                              fix='pass a JSON object, e.g. --inputs \'{"question": "Who wrote Hamlet?"}\'.') from None
-    if not isinstance(inputs, dict):
-        raise DefinitionError(f"--inputs is a JSON {type(inputs).__name__}, not an object",
-                              fix='pass a JSON object of input name -> value, e.g. --inputs \'{"question": "..."}\'.')
-    try:
-        prompts = program.prompts(ctx=RunContext(lm=make_lm(args.model), cache=False), **inputs)
-    except InputError as e:
-        raise DefinitionError(f"--inputs: {e}") from None  # a mistake in the command: exit 2
-    if unbound:
-        prompts.notes.append("resources (retrievers, tools) are not bound on the command line: Retrieve nodes "
-                             "are not run and CallTool prompts list stand-in tools; for exact prompts use "
-                             "Program.load(path, resources={...}).prompts(...) in Python")
-    print(json.dumps(prompts.to_dict(), indent=2, ensure_ascii=False) if args.json else prompts)
-    return 0
-
-
-def cmd_serve(args: argparse.Namespace) -> int:
-    """Serve a program over HTTP (/invoke, /batch, /stream, /schema, /health, /docs) until Ctrl-C."""
-    from .serve import ServeOptions, run_server
-
-    options = ServeOptions(max_concurrency=args.max_concurrency, timeout_s=args.timeout,
-                           max_calls_per_request=args.max_calls_per_request)
-    try:
-        program = load_program(args.program)
-    except ArtifactError as e:
-        if "cannot bind resources" not in e.message:
-            raise
-        raise ArtifactError(e.message.replace("the command line cannot", "`lmgraph serve` cannot"), node=e.node,
-                            fix="serve it from Python: lmgraph.serve.app(Program.load(path, resources={...}), ctx) "
-                                "mounted in your app or run with uvicorn (lmgraph.serve.run_server does that)."
-                            ) from None
-    run_server(program, make_ctx(args), host=args.host, port=args.port, options=options,
-               log_level="warning" if args.quiet else "info")
-    return 0
-
-
-# ---------------------------------------------------------------- parser
-
-def _nonneg_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be >= 0")
-    return value
-
-
-def _pos_int(text: str) -> int:
-    value = _nonneg_int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be >= 1")
-    return value
-
-
-def _pos_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"{text!r} must be a number of seconds > 0")
-    return value
+        return getattr(importlib.import_module(f"{__package__}.{_MOVED[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .cli_commands import cmd_diff, cmd_eval, cmd_render, cmd_report, cmd_run, cmd_serve, cmd_show, cmd_trace
+    from .cli_compile import cmd_compile
+
     parser = argparse.ArgumentParser(prog="lmgraph", description="Render, run, evaluate, compile and diff "
                                      "lmgraph programs saved as JSON (a program file or a compiled artifact).")
     parser.add_argument("--trusted", action="store_true",

@@ -1,0 +1,86 @@
+"""``lmgraph compile``: optimize a program into a compiled artifact, or (``--dry-run``) print what the
+compile would cost within ``--max-calls``.
+
+As in :mod:`lmgraph.cli_commands`, the model and context come from :mod:`lmgraph.cli` at call time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from . import cli
+from .cli_data import OPTIMIZERS, make_metric, read_jsonl
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    from . import optimizers
+    from .lm.wrappers import Budget
+    from .optimizers import save_artifact
+
+    program = cli.load_program(args.program)
+    train = read_jsonl(args.train)
+    val = read_jsonl(args.val) if args.val else None
+    opt = getattr(optimizers, OPTIMIZERS[args.optimizer])(checkpoint=args.checkpoint,
+                                                          concurrency=args.concurrency,
+                                                          early_stop=not args.no_early_stop,
+                                                          progress=cli._progress(args))
+    budget = Budget(max_calls=args.max_calls, max_tokens=args.max_tokens)
+    if args.dry_run:
+        print(dry_run_text(args.optimizer, opt, program, train, val, budget, args.seed))
+        return 0
+    metric = make_metric(args.metric, program)
+    t0 = time.perf_counter()
+    compiled, report = opt.optimize(program, train, metric, valset=val, budget=budget, seed=args.seed,
+                                    ctx=cli.make_ctx(args))
+    save_artifact(args.out, compiled, report)
+    print(report.table())
+    print(f"artifact: {args.out}")
+    if args.report:
+        body = report.to_dict(timing=True)
+        body["total_wall_s"] = round(time.perf_counter() - t0, 3)
+        Path(args.report).write_text(json.dumps(body, indent=2, ensure_ascii=False, default=str) + "\n",
+                                     encoding="utf-8")
+        print(f"report: {args.report}")
+    return 0
+
+
+def dry_run_text(name: str, opt: Any, program: Any, train: list[dict[str, Any]], val: list[dict[str, Any]] | None,
+                 budget: Any, seed: int = 0) -> str:
+    """The cost estimate of a compile, within ``--max-calls`` when one is given: the plan capped by
+    the budget, and in plain words which phases the budget cuts (a BudgetError naming the minimum,
+    as the compile itself would raise, when it cannot even cover scoring the program as given)."""
+    from .optimizers import Compile
+    from .optimizers.base import CostEstimate, check_budget_covers_baseline
+
+    full = opt.dry_run(program, train, val)
+    cap = budget.max_calls
+    if cap is None:
+        return f"{name}: {full}"
+    compiler = isinstance(opt, Compile)
+    val_rows = [*train, *(val or [])] if compiler else opt._split(program, train, val, seed)[1]
+    check_budget_covers_baseline(program, val_rows, budget)
+    if full.calls <= cap:
+        return f"{name}: {full}\n  fits --max-calls {cap}"
+    # the default compiler plans its search to fit the budget; the others stop when it is spent
+    plan = opt.dry_run(program, train, val, budget=budget) if compiler else full
+    left, capped = cap, {}
+    for phase, calls in plan.breakdown.items():  # phases in plan order, each with what the budget has left
+        capped[phase] = min(calls, left)
+        left -= capped[phase]
+    total = sum(capped.values())
+    est = CostEstimate(total, round(full.tokens * total / max(1, full.calls)), capped)
+    cuts = [f"{phase} {calls} -> {est.breakdown.get(phase, 0) or 'none'}"
+            for phase, calls in full.breakdown.items() if est.breakdown.get(phase, 0) < calls]
+    if not any(v for k, v in est.breakdown.items() if k != "baseline"):
+        how = "only the baseline fits: the compile would return the program unchanged; raise --max-calls"
+    elif compiler:
+        how = "the search is planned to fit the budget: fewer candidates are raced"
+    else:
+        how = "the compile stops when the budget is spent and returns the best program found by then"
+    return (f"{name}: {est}\n"
+            f"  --max-calls {cap} cuts the plan (up to {full.calls} calls without it): {'; '.join(cuts)}\n"
+            f"  {how}")
