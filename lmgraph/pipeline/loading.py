@@ -29,7 +29,8 @@ from typing import Any
 from ..errors import ArtifactError, ConfigError
 
 __all__ = ["ARTIFACT_VERSION", "MAX_DEPTH", "MAX_FILE_BYTES", "canonical_json", "check_depth",
-           "content_hash", "envelope", "open_envelope", "read_document", "read_json_file", "signature"]
+           "content_hash", "envelope", "newer_version_error", "open_envelope", "read_document", "read_json_file",
+           "signature"]
 
 ARTIFACT_VERSION = 1  # the envelope: a program (and, for compiled artifacts, the report) with a content hash
 MAX_FILE_BYTES = 64 * 1024 * 1024
@@ -50,6 +51,17 @@ def _body(data: Mapping[str, Any]) -> bytes:
 def content_hash(data: Mapping[str, Any]) -> str:
     """sha256 over an artifact's canonical JSON, its own ``content_hash`` (and ``signature``) left out."""
     return hashlib.sha256(_body(data)).hexdigest()
+
+
+def newer_version_error(what: str, version: Any, reads: int, path: Any = None) -> ArtifactError | None:
+    """The error for a file whose ``what`` format version is newer than the ``reads`` this lmgraph
+    reads (None when ``version`` is not a newer one): both versions named, and the fix."""
+    if isinstance(version, bool) or not isinstance(version, int) or version <= reads:
+        return None
+    where = f"{path} was" if path is not None else "it was"
+    return ArtifactError(f"{where} written by a newer lmgraph: {what} format version {version}; this lmgraph reads "
+                         f"version {reads}", fix="upgrade lmgraph (pip install -U lmgraph) to load it, or save it "
+                                             "again from code with this version.")
 
 
 def _key_bytes(key: Any, what: str) -> bytes:
@@ -158,6 +170,9 @@ def open_envelope(data: Any, path: str | os.PathLike[str], *, trusted: bool = Fa
     has_envelope = "lmgraph_artifact" in data
     if has_envelope:
         version = data.get("lmgraph_artifact")
+        newer = newer_version_error("artifact", version, ARTIFACT_VERSION, path)
+        if newer is not None:
+            raise newer
         if version != ARTIFACT_VERSION or isinstance(version, bool):
             raise ArtifactError(f"{path} is not an lmgraph artifact this version reads (format version {version!r}; "
                                 f"this lmgraph reads version {ARTIFACT_VERSION})",
