@@ -22,7 +22,6 @@ from __future__ import annotations
 import ast
 import enum
 import functools
-import json
 import re
 import types as _pytypes
 import typing
@@ -31,6 +30,7 @@ from typing import Any, Literal, Optional, Union
 
 import pydantic
 
+from ._canonical import canonical_json
 from .errors import SignatureError
 # custom types <-> their saved JSON descriptions (lmgraph.pipeline.serialize imports them from here)
 from .saved_types import _REBUILT, _collect_custom_types, _type_from_spec  # noqa: F401
@@ -204,7 +204,7 @@ class Signature:
             k = (tuple((f.name, type_to_str(f.annotation), f.desc, f.prefix) for f in self.inputs),
                  tuple((f.name, type_to_str(f.annotation), f.desc, f.prefix) for f in self.outputs),
                  self.instructions,
-                 json.dumps(custom, sort_keys=True, default=str) if custom else "")
+                 canonical_json(custom, default=str) if custom else "")
             object.__setattr__(self, "_k", k)
         return k
 

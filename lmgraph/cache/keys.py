@@ -9,12 +9,12 @@ keys (and anything derived from them) never depend on, or leak, secrets.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import re
 from json.encoder import encode_basestring as _json_str  # what json.dumps(ensure_ascii=False) uses
 from typing import Any
 
+from .._canonical import canonical_json
 from ..lm.base import LMRequest
 
 KEY_VERSION = 1
@@ -39,11 +39,6 @@ def strip_credentials(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [strip_credentials(v) for v in value]
     return value
-
-
-def canonical_json(value: Any) -> str:
-    """Deterministic JSON text: sorted keys, no whitespace, unescaped unicode."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 def cache_key(identity: dict[str, Any], request: LMRequest) -> str:

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .._canonical import canonical_json
 from ..errors import DefinitionError
 
 Row = dict[str, Any]
@@ -192,6 +193,6 @@ def fingerprint(rows: Sequence[Row]) -> str:
     """A short content hash of a split (recorded in reports and artifacts)."""
     h = hashlib.sha256()
     for r in rows:
-        h.update(json.dumps(r, sort_keys=True, ensure_ascii=False, default=str).encode())
+        h.update(canonical_json(r, default=str, compact=False).encode())  # bytes as recorded before
         h.update(b"\n")
     return h.hexdigest()[:16]

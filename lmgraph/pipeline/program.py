@@ -13,6 +13,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
+from .._canonical import canonical_json
 from ..context import RunContext, check_context
 from ..errors import DefinitionError, UsageError
 from ..modules.base import IORecord, Module, Param, UnknownParameterError
@@ -436,7 +437,7 @@ class Program:
 
     def content_hash(self) -> str:
         if self._hash is None:
-            blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+            blob = canonical_json(self.to_dict())
             object.__setattr__(self, "_hash", hashlib.sha256(blob.encode()).hexdigest())
         return self._hash  # type: ignore[return-value]
 
