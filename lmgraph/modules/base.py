@@ -11,14 +11,16 @@ loaded -- never serialized as code.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import copy
 import functools
 import inspect
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from ..errors import ArtifactError, DefinitionError
+from ..errors import ArtifactError, DefinitionError, PipelineValidationError
 from ..lm.prompt import FORMATS
 from ..lm.values import invalid_reason, jsonable, validate_strict
 from ..signatures import Signature
@@ -26,17 +28,103 @@ from ..signatures import Signature
 if TYPE_CHECKING:
     from ..pipeline.executor import NodeCall
     from ..pipeline.trace import NodeTrace
-
-#: kind name -> module class; the closed set of node kinds an artifact may contain.
-MODULE_KINDS: dict[str, type["Module"]] = {}
+    from .configs import ModuleConfig
 
 FORMAT_CHOICES = ("auto", *FORMATS)
 
-_CUSTOM_SAVE_FIX = ("to save a custom module, give its class a `kind = \"my_kind\"` (this registers it for loading), "
-                    "a config(self) -> dict of JSON values, and a classmethod from_config(cls, config, *, "
-                    "resources, types) that rebuilds it (runtime objects go in resources(), bound by name); "
-                    "to load, import the module that defines the class, then "
-                    "Program.load(path, resources={...}).")
+_CUSTOM_SAVE_FIX = ("to save a custom module, give its class a `kind = \"my_kind\"` (this registers it for loading) "
+                    "and a `config_model`: a pydantic model (extra='forbid') whose fields are the constructor "
+                    "keywords to save, read from the attributes of the same names -- or write config(self) -> dict "
+                    "of JSON values and a classmethod from_config(cls, config, *, resources, types) that rebuilds "
+                    "it (runtime objects go in resources(), bound by name); to load, import the module that "
+                    "defines the class (or pass kinds=[MyModule]), then Program.load(path, resources={...}).")
+
+
+class KindRegistry(Mapping[str, type["Module"]]):
+    """Kind name -> module class: the closed set of node kinds a program file may contain.
+
+    A class registers its kind once, when it is defined with its own ``kind = "..."``; a second
+    class claiming a taken kind is refused, and a subclass that sets no ``kind`` registers nothing
+    (it saves as its parent's kind and never replaces the parent for loading).
+    """
+
+    def __init__(self) -> None:
+        self._classes: dict[str, type[Module]] = {}
+
+    def register(self, cls: type["Module"]) -> type["Module"]:
+        """Register ``cls`` under ``cls.kind`` (a class defined again under the same qualified name,
+        as by a reloaded module, replaces its earlier self); returns ``cls``."""
+        kind = cls.__dict__.get("kind", cls.kind)
+        if not isinstance(kind, str) or not kind:
+            raise DefinitionError(f"{cls.__qualname__} has no kind to register (kind = {kind!r})",
+                                  fix=f'give {cls.__name__} a kind in its class body: kind = "my_kind".')
+        taken = self._classes.get(kind)
+        if taken is not None and taken is not cls and _qualified(taken) != _qualified(cls):
+            raise _kind_taken(kind, taken, cls)
+        self._classes[kind] = cls
+        return cls
+
+    def __getitem__(self, kind: str) -> type["Module"]:
+        return self._classes[kind]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._classes)
+
+    def __len__(self) -> int:
+        return len(self._classes)
+
+    def __repr__(self) -> str:
+        return f"KindRegistry({', '.join(f'{k}={c.__name__}' for k, c in self._classes.items())})"
+
+
+def _qualified(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _kind_taken(kind: str, taken: type, cls: type) -> DefinitionError:
+    return DefinitionError(f"module kind {kind!r} is taken by {_qualified(taken)}; {_qualified(cls)} cannot "
+                           "register it too (a program file names each kind once)",
+                           fix=f'give {cls.__name__} a kind of its own: kind = "my_kind" in its class body (a '
+                               "subclass that sets no kind saves and loads as its parent's kind).")
+
+
+#: kind name -> module class; the closed set of node kinds an artifact may contain.
+MODULE_KINDS = KindRegistry()
+
+#: kinds added for one load (``Program.load(..., kinds=[...])``), looked up before MODULE_KINDS
+_LOAD_KINDS: contextvars.ContextVar[Mapping[str, type["Module"]] | None] = contextvars.ContextVar(
+    "lmgraph_load_kinds", default=None)
+
+
+def lookup_kind(kind: str) -> type["Module"] | None:
+    """The class that loads ``kind``: one given for this load, else the registered one."""
+    return (_LOAD_KINDS.get() or {}).get(kind) or MODULE_KINDS.get(kind)
+
+
+@contextlib.contextmanager
+def loading_kinds(kinds: Iterable[type["Module"]] | None) -> Iterator[None]:
+    """Within the block, ``kinds`` load their kind names (``Program.load(..., kinds=[MyModule])``).
+
+    Each is a Module class with a kind; a kind registered to another class is refused unless the
+    class given is a subclass of it (it then stands in for its parent for this load only)."""
+    extra: dict[str, type[Module]] = dict(_LOAD_KINDS.get() or {})
+    for cls in kinds or ():
+        if not (isinstance(cls, type) and issubclass(cls, Module)):
+            raise DefinitionError(f"kinds= takes Module classes, got {cls!r}",
+                                  fix="pass the classes themselves: Program.load(path, kinds=[MyModule]).")
+        kind = cls.kind
+        if not isinstance(kind, str) or not kind:
+            raise DefinitionError(f"{cls.__qualname__} has no kind, so no saved node can name it",
+                                  fix=f'give {cls.__name__} a kind in its class body: kind = "my_kind".')
+        taken = extra.get(kind) or MODULE_KINDS.get(kind)
+        if taken is not None and not issubclass(cls, taken):
+            raise _kind_taken(kind, taken, cls)
+        extra[kind] = cls
+    token = _LOAD_KINDS.set(extra)
+    try:
+        yield
+    finally:
+        _LOAD_KINDS.reset(token)
 
 
 #: demo-like parameter kinds: their values are lists of demos checked against ``Param.signature``
@@ -92,12 +180,16 @@ class Module:
     #: parameter names that differ from their attribute (``{"step.demos": "step_demos"}``)
     param_attrs: ClassVar[dict[str, str]] = {}
 
+    #: the kind's config model (a :class:`~lmgraph.modules.configs.ModuleConfig` subclass, or its
+    #: name in :mod:`lmgraph.modules.configs`): what it saves; None: it saves only by overriding config()
+    config_model: ClassVar["type[ModuleConfig] | str | None"] = None
+
     _frozen: bool = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if cls.kind:
-            MODULE_KINDS[cls.kind] = cls
+        if cls.__dict__.get("kind"):  # only a kind of its own: a subclass never takes over its parent's
+            MODULE_KINDS.register(cls)
 
     def __setattr__(self, key: str, value: Any) -> None:
         if self._frozen:
@@ -119,16 +211,57 @@ class Module:
                               fix="a custom module implements async forward(self, inputs, call) -> dict of its "
                                   "output fields.")
 
+    # ---- saving and loading: one generic path through the kind's config model
+    @classmethod
+    def config_class(cls) -> "type[ModuleConfig] | None":
+        """The kind's config model class (resolved on first use; None when the class has none)."""
+        model = cls.config_model
+        if isinstance(model, str):
+            from . import configs
+
+            model = getattr(configs, model)
+        return model  # type: ignore[return-value]
+
     def config(self) -> dict[str, Any]:
-        """JSON-able configuration (no resources, no code)."""
-        raise DefinitionError(f"the custom module {type(self).__name__} cannot be saved (or hashed): it does not "
-                              "implement config()", fix=_CUSTOM_SAVE_FIX)
+        """JSON-able configuration (no resources, no code): every field of the kind's config model,
+        the module's attribute of that name (``kind_config()`` gives the kind's own fields)."""
+        model = type(self).config_class()
+        if model is None:
+            raise DefinitionError(f"the custom module {type(self).__name__} cannot be saved (or hashed): it has no "
+                                  "config_model and does not implement config()", fix=_CUSTOM_SAVE_FIX)
+        own = self.kind_config() if model.kind_fields else {}
+        values = {f: own[f] if f in model.kind_fields else _plain(getattr(self, f)) for f in model.model_fields}
+        from .configs import dump_config
+
+        return dump_config(type(self).__name__, model, values)
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any], *, resources: Mapping[str, Any],
                     types: Mapping[str, Any] | None) -> "Module":
-        raise DefinitionError(f"the custom module {cls.__name__} cannot be loaded: it does not implement "
-                              "from_config()", fix=_CUSTOM_SAVE_FIX)
+        """Rebuild a module from its saved config, checked against the kind's config model (an
+        unknown key or a value of the wrong JSON type is an ArtifactError naming the key)."""
+        model = cls.config_class()
+        if model is None:
+            raise DefinitionError(f"the custom module {cls.__name__} cannot be loaded: it has no config_model and "
+                                  "does not implement from_config()", fix=_CUSTOM_SAVE_FIX)
+        from .configs import validate_config
+
+        cfg = validate_config(cls.kind, model, config)
+        kwargs = {f: getattr(cfg, f) for f in model.model_fields if f not in model.kind_fields}
+        if model.kind_fields:
+            kwargs.update(cls.kind_kwargs(cfg, resources=resources, types=types))
+        return cls(**kwargs)
+
+    def kind_config(self) -> dict[str, Any]:
+        """The saved values of the config model's ``kind_fields`` (child modules, sub-programs,
+        resources by name): what a plain attribute cannot give."""
+        return {}
+
+    @classmethod
+    def kind_kwargs(cls, config: "ModuleConfig", *, resources: Mapping[str, Any],
+                    types: Mapping[str, Any] | None) -> dict[str, Any]:
+        """Constructor keywords rebuilt from the config's ``kind_fields``."""
+        return {}
 
     def resources(self) -> dict[str, Any]:
         """Named runtime objects this module needs (bound by name on load)."""
@@ -304,22 +437,48 @@ def _parameters(cls: type) -> frozenset[str]:
     return frozenset(inspect.signature(cls.estimated_calls).parameters)
 
 
+def _plain(value: Any) -> Any:
+    """An attribute as saved JSON data: tuples become lists, mappings plain dicts (one level down too)."""
+    if isinstance(value, (tuple, list)):
+        return [dict(v) if isinstance(v, Mapping) else v for v in value]
+    if isinstance(value, Mapping):
+        return dict(value)
+    return value
+
+
 def module_from_dict(data: Mapping[str, Any], *, resources: Mapping[str, Any],
                      types: Mapping[str, Any] | None, node: str | None = None) -> Module:
+    if not isinstance(data, Mapping):
+        raise ArtifactError(f"the module entry is a JSON {type(data).__name__}, not an object", node=node)
     kind = data.get("kind")
-    cls = MODULE_KINDS.get(str(kind)) if kind else None
+    cls = lookup_kind(kind) if isinstance(kind, str) and kind else None
     if cls is None:
         what = (f"unknown module kind {kind!r}" if kind else
                 "a module saved without a kind (a custom Module subclass that sets no `kind`)")
+        known = sorted({*MODULE_KINDS, *(_LOAD_KINDS.get() or {})})
         raise ArtifactError(what, node=node,
-                            fix=f"known kinds: {', '.join(sorted(MODULE_KINDS))}. A custom module kind is known "
-                                "once the code defining its class (with `kind = ...`, config() and from_config()) "
-                                "is imported: import it before Program.load().")
+                            fix=f"known kinds: {', '.join(known)}. A custom module kind is known once the code "
+                                "defining its class (with `kind = ...` and a config_model) is imported: import it "
+                                "before Program.load(), or pass Program.load(path, kinds=[MyModule]). A kind this "
+                                "lmgraph does not know may come from a newer lmgraph: upgrade it.")
     try:
         return cls.from_config({k: v for k, v in data.items() if k != "kind"},
                                resources=resources, types=types)
     except KeyError as e:
         raise ArtifactError(f"module config lacks {e}", node=node) from None
+
+
+def child_from_dict(data: Any, key: str, *, resources: Mapping[str, Any],
+                    types: Mapping[str, Any] | None) -> Module:
+    """A child module saved under ``key`` of its parent's config (BestOfN's ``module``); an error
+    in it names the key path (``judge.temperature``)."""
+    try:
+        return module_from_dict(data, resources=resources, types=types)
+    except PipelineValidationError:
+        raise
+    except DefinitionError as e:
+        where = f"{key}.{e.field}" if e.field else key
+        raise ArtifactError(e.message, node=e.node, field=where, fix=e.fix) from e
 
 
 def need_resource(resources: Mapping[str, Any], name: str, what: str) -> Any:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import BudgetExceeded, DefinitionError, RunError
 from ..lm.values import jsonable
 from ..signatures import FieldSpec, Signature
-from .base import IORecord, Module, calls_of, module_from_dict, need_resource
+from .base import IORecord, Module, calls_of, child_from_dict, need_resource
 from .critique import Critique, check_judge, default_judge
 
 if TYPE_CHECKING:
@@ -41,6 +41,7 @@ class BestOfN(Module):
     """Run ``module`` ``n`` times at ``temperature`` and select one result; adds ``votes: int``."""
 
     kind = "best_of_n"
+    config_model = "BestOfNConfig"
     tunable = ("module", "n", "temperature")
     child_attrs = ("module", "judge")
 
@@ -156,21 +157,18 @@ class BestOfN(Module):
         judged = self.n * calls_of(judge, repairs=repairs) if judge is not None else 0
         return self.n * calls_of(self.module, list_lengths, repairs=repairs) + judged
 
-    def config(self) -> dict[str, Any]:
-        return {"module": self.module.to_dict(), "n": self.n, "select": self.select,
-                "judge": self.judge.to_dict() if self.judge is not None else None,
-                "reward": self.reward_name, "temperature": self.temperature, "vote_on": self.vote_on}
+    def kind_config(self) -> dict[str, Any]:
+        return {"module": self.module.to_dict(), "judge": self.judge.to_dict() if self.judge is not None else None,
+                "reward": self.reward_name}
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any], *, resources: Mapping[str, Any],
-                    types: Mapping[str, Any] | None) -> "BestOfN":
-        module = module_from_dict(config["module"], resources=resources, types=types)
-        judge = config.get("judge")
-        name = config.get("reward")
-        return cls(module, n=config.get("n", 3), select=config.get("select", "vote"),
-                   judge=module_from_dict(judge, resources=resources, types=types) if judge else None,  # type: ignore[arg-type]
-                   reward=need_resource(resources, name, "reward function") if name else None,
-                   reward_name=name, temperature=config.get("temperature", 0.7), vote_on=config.get("vote_on"))
+    def kind_kwargs(cls, config: Any, *, resources: Mapping[str, Any],
+                    types: Mapping[str, Any] | None) -> dict[str, Any]:
+        name = config.reward
+        return {"module": child_from_dict(config.module, "module", resources=resources, types=types),
+                "judge": child_from_dict(config.judge, "judge", resources=resources, types=types)
+                if config.judge else None,
+                "reward": need_resource(resources, name, "reward function") if name else None, "reward_name": name}
 
     def resources(self) -> dict[str, Any]:
         out = dict(self.module.resources())

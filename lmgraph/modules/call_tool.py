@@ -79,6 +79,7 @@ class CallTool(GenerationSettings, Module):
     """
 
     kind = "call_tool"
+    config_model = "CallToolConfig"
     tunable = ("instructions", "demos", "format", "lm", "max_steps", "temperature", "max_tokens", "step_demos")
     param_attrs = {"step.demos": "step_demos"}
 
@@ -300,32 +301,15 @@ class CallTool(GenerationSettings, Module):
                             "outputs": {"thought": c["thought"], "tool": c["tool"]}})
         return {"step": records} if records else {}
 
-    def config(self) -> dict[str, Any]:
-        config = {"signature": self.base_signature.to_dict(), "tools": list(self.tools),
-                  "max_steps": self.max_steps, **self._generation_config()}
-        if self.step_demos:  # written only when set: existing artifacts keep their bytes/hash
-            config["step_demos"] = [dict(d) for d in self.step_demos]
-        # the containment settings, likewise only when not the defaults
-        if self.tool_timeout != DEFAULT_TOOL_TIMEOUT:
-            config["tool_timeout"] = self.tool_timeout
-        if self.max_output_chars != DEFAULT_MAX_OUTPUT_CHARS:
-            config["max_output_chars"] = self.max_output_chars
-        if self.tool_threads.max_threads != DEFAULT_TOOL_THREADS:
-            config["tool_threads"] = self.tool_threads.max_threads
-        if self.on_tool_error != "observe":
-            config["on_tool_error"] = self.on_tool_error
-        return config
+    def kind_config(self) -> dict[str, Any]:
+        return {**super().kind_config(), "tools": list(self.tools), "tool_threads": self.tool_threads.max_threads}
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any], *, resources: Mapping[str, Any],
-                    types: Mapping[str, Any] | None) -> "CallTool":
-        tools = {n: need_resource(resources, n, "tool") for n in config["tools"]}
-        return cls(Signature.from_dict(config["signature"], types=dict(types or {})), tools,
-                   max_steps=config.get("max_steps", 5), step_demos=config.get("step_demos", ()),
-                   tool_timeout=config.get("tool_timeout", DEFAULT_TOOL_TIMEOUT),
-                   max_output_chars=config.get("max_output_chars", DEFAULT_MAX_OUTPUT_CHARS),
-                   tool_threads=config.get("tool_threads", DEFAULT_TOOL_THREADS),
-                   on_tool_error=config.get("on_tool_error", "observe"), **cls._generation_kwargs(config))
+    def kind_kwargs(cls, config: Any, *, resources: Mapping[str, Any],
+                    types: Mapping[str, Any] | None) -> dict[str, Any]:
+        return {**super().kind_kwargs(config, resources=resources, types=types),
+                "tools": {n: need_resource(resources, n, "tool") for n in config.tools},
+                "tool_threads": config.tool_threads}
 
     def resources(self) -> dict[str, Any]:
         return dict(self.tools)

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import DefinitionError
 from ..lm.values import format_value
 from ..signatures import FieldSpec, Signature, ensure_signature
-from .base import IORecord, Module, calls_of, module_from_dict
+from .base import IORecord, Module, calls_of, child_from_dict
 from .plan import is_default_instructions
 from .predict import Predict, predict
 
@@ -70,6 +70,7 @@ class Critique(Predict):
     """
 
     kind = "critique"
+    config_model = "CritiqueConfig"
 
     def __init__(self, signature: "str | Signature | type[Signature]", *,
                  types: Mapping[str, Any] | None = None, max_tokens: int = CRITIQUE_MAX_TOKENS,
@@ -133,6 +134,7 @@ class Refine(Module):
     """
 
     kind = "refine"
+    config_model = "RefineConfig"
     tunable = ("generator", "judge", "max_rounds")
     child_attrs = ("generator", "judge")
 
@@ -200,16 +202,14 @@ class Refine(Module):
         return (calls_of(self.generator, list_lengths, repairs=repairs)
                 + calls_of(self.judge, repairs=repairs)) * self.max_rounds
 
-    def config(self) -> dict[str, Any]:
-        return {"generator": self.generator.to_dict(), "judge": self.judge.to_dict(),
-                "max_rounds": self.max_rounds}
+    def kind_config(self) -> dict[str, Any]:
+        return {"generator": self.generator.to_dict(), "judge": self.judge.to_dict()}
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any], *, resources: Mapping[str, Any],
-                    types: Mapping[str, Any] | None) -> "Refine":
-        gen = module_from_dict(config["generator"], resources=resources, types=types)
-        judge = module_from_dict(config["judge"], resources=resources, types=types)
-        return cls(gen, judge=judge, max_rounds=config.get("max_rounds", 2))  # type: ignore[arg-type]
+    def kind_kwargs(cls, config: Any, *, resources: Mapping[str, Any],
+                    types: Mapping[str, Any] | None) -> dict[str, Any]:
+        return {key: child_from_dict(getattr(config, key), key, resources=resources, types=types)
+                for key in ("generator", "judge")}
 
     def resources(self) -> dict[str, Any]:
         return {**self.generator.resources(), **self.judge.resources()}

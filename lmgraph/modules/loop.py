@@ -56,6 +56,7 @@ class Loop(Module):
     plus ``iterations``."""
 
     kind = "loop"
+    config_model = "LoopConfig"
     tunable = ("body", "max_iters")
     child_attrs = ("body",)
 
@@ -165,20 +166,19 @@ class Loop(Module):
         return self.max_iters * self.body.estimated_calls(repairs=repairs)  # type: ignore[operator]
 
     # ---- saving
-    def config(self) -> dict[str, Any]:
-        until: Any = self.until if self.predicate is None else {"predicate": self.predicate_name}
-        return {"body": self.body.to_dict(), "max_iters": self.max_iters, "until": until, "carry": dict(self.carry)}
+    def kind_config(self) -> dict[str, Any]:
+        return {"body": self.body.to_dict(),
+                "until": self.until if self.predicate is None else {"predicate": self.predicate_name}}
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any], *, resources: Mapping[str, Any],
-                    types: Mapping[str, Any] | None) -> "Loop":
+    def kind_kwargs(cls, config: Any, *, resources: Mapping[str, Any],
+                    types: Mapping[str, Any] | None) -> dict[str, Any]:
         from ..pipeline.program import Program
 
-        until = config.get("until")
-        if isinstance(until, Mapping):
-            until = predicate_from_config(resources, until.get("predicate"), "loop predicate")
-        body = Program.from_dict(config["body"], resources=resources, types=types)
-        return cls(body, max_iters=config["max_iters"], until=until, carry=config.get("carry") or {})
+        until = config.until
+        if until is not None and not isinstance(until, str):  # a predicate saved by name
+            until = predicate_from_config(resources, until.predicate, "loop predicate")
+        return {"body": Program.from_dict(config.body, resources=resources, types=types), "until": until}
 
     def resources(self) -> dict[str, Any]:
         out = dict(self.body.resources())

@@ -47,6 +47,7 @@ class Map(Module):
     """Fan a sub-program out over list inputs; outputs are lists in item order."""
 
     kind = "map"
+    config_model = "MapConfig"
     tunable = ("program", "concurrency")
     child_attrs = ("program",)
 
@@ -163,18 +164,15 @@ class Map(Module):
         # a failed item (on_error='none'/'skip') is None at its own position: lists stay aligned
         return {o: [r[o] if r is not None else None for r in results] for o, _ in self.program.output_refs}
 
-    def config(self) -> dict[str, Any]:
-        return {"program": self.program.to_dict(), "over": list(self.over), "concurrency": self.concurrency,
-                "on_error": self.on_error}
+    def kind_config(self) -> dict[str, Any]:
+        return {"program": self.program.to_dict()}
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any], *, resources: Mapping[str, Any],
-                    types: Mapping[str, Any] | None) -> "Map":
+    def kind_kwargs(cls, config: Any, *, resources: Mapping[str, Any],
+                    types: Mapping[str, Any] | None) -> dict[str, Any]:
         from ..pipeline.program import Program
 
-        program = Program.from_dict(config["program"], resources=resources, types=types)
-        return cls(program, over=config["over"], concurrency=config.get("concurrency", 4),
-                   on_error=config.get("on_error", "raise"))
+        return {"program": Program.from_dict(config.program, resources=resources, types=types)}
 
     def resources(self) -> dict[str, Any]:
         return self.program.resources()

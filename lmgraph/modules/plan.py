@@ -203,6 +203,7 @@ class Plan(Predict):
     """
 
     kind = "plan"
+    config_model = "PlanConfig"
     tunable = (*Predict.tunable, "max_steps")
 
     def __init__(self, signature: "str | Signature | type[Signature]" = "task -> steps: list[str]", *,
@@ -292,19 +293,6 @@ class Plan(Predict):
 
     def max_items(self, field: str) -> int | None:
         return self.max_steps if field == self.steps_field else None
-
-    def config(self) -> dict[str, Any]:
-        return {**super().config(), "max_steps": self.max_steps}
-
-    @classmethod
-    def from_config(cls, config: Mapping[str, Any], *, resources: Mapping[str, Any],
-                    types: Mapping[str, Any] | None) -> "Plan":
-        return cls(Signature.from_dict(config["signature"], types=dict(types or {})),
-                   max_steps=config.get("max_steps", 5), instructions=config.get("instructions"),
-                   demos=config.get("demos", ()), format=config.get("format", "auto"), lm=config.get("lm"),
-                   temperature=config.get("temperature", 0.0),
-                   max_tokens=config.get("max_tokens", PLAN_MAX_TOKENS),
-                   repair=config.get("repair", True), types=types)
 
     def describe(self) -> str:
         extra = f", {len(self.demos)} demos" if self.demos else ""

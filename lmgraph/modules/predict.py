@@ -237,20 +237,13 @@ class GenerationSettings:
         if self.max_tokens < 1:
             raise DefinitionError("max_tokens must be >= 1", fix="pass max_tokens=1 or more.")
 
-    def _generation_config(self) -> dict[str, Any]:
-        out = {"instructions": self.instructions, "demos": [dict(d) for d in self.demos], "format": self.format,
-               "lm": self.lm, "temperature": self.temperature, "max_tokens": self.max_tokens, "repair": self.repair}
-        if not self.cache:  # written only when off, so existing artifacts keep their bytes
-            out["cache"] = False
-        return out
+    def kind_config(self) -> dict[str, Any]:
+        return {"signature": self.base_signature.to_dict()}
 
-    @staticmethod
-    def _generation_kwargs(config: Mapping[str, Any]) -> dict[str, Any]:
-        """Constructor keywords back from a saved config (the defaults where a key is missing)."""
-        return {"instructions": config.get("instructions"), "demos": config.get("demos", ()),
-                "format": config.get("format", "auto"), "lm": config.get("lm"),
-                "temperature": config.get("temperature", 0.0), "max_tokens": config.get("max_tokens", 256),
-                "repair": config.get("repair", True), "cache": config.get("cache", True)}
+    @classmethod
+    def kind_kwargs(cls, config: Any, *, resources: Mapping[str, Any],
+                    types: Mapping[str, Any] | None) -> dict[str, Any]:
+        return {"signature": Signature.from_dict(config.signature.model_dump(), types=dict(types or {}))}
 
 
 class Predict(GenerationSettings, Module):
@@ -261,6 +254,7 @@ class Predict(GenerationSettings, Module):
     """
 
     kind = "predict"
+    config_model = "PredictConfig"
     tunable = ("instructions", "demos", "format", "lm", "temperature", "max_tokens", "decode", "knn", "demo_pool")
 
     def __init__(self, signature: "str | Signature | type[Signature]", *, instructions: str | None = None,
@@ -328,22 +322,6 @@ class Predict(GenerationSettings, Module):
             return 2 if self.decode == "calibrated" else 1
         return 2 if repairs and self.repair else 1
 
-    def config(self) -> dict[str, Any]:
-        config = {"signature": self.base_signature.to_dict(), **self._generation_config()}
-        if self.decode != "generate":  # written only when set: existing artifacts keep their bytes/hash
-            config["decode"] = self.decode
-        if self.knn or self.demo_pool:
-            config["knn"] = self.knn
-            config["demo_pool"] = [dict(d) for d in self.demo_pool]
-        return config
-
-    @classmethod
-    def from_config(cls, config: Mapping[str, Any], *, resources: Mapping[str, Any],
-                    types: Mapping[str, Any] | None) -> "Predict":
-        return cls(Signature.from_dict(config["signature"], types=dict(types or {})),
-                   **cls._generation_kwargs(config), decode=config.get("decode", "generate"),
-                   knn=config.get("knn", 0), demo_pool=config.get("demo_pool", ()))
-
     def describe(self) -> str:
         extra = f", {len(self.demos)} demos" if self.demos else ""
         if self.knn:
@@ -363,6 +341,7 @@ class ChainOfThought(Predict):
     """Predict with a ``reasoning`` output produced before the others."""
 
     kind = "chain_of_thought"
+    config_model = "ChainOfThoughtConfig"
 
     def __init__(self, signature: "str | Signature | type[Signature]", *, max_tokens: int = 384,
                  **kwargs: Any) -> None:

@@ -193,6 +193,7 @@ class Retrieve(Module):
     """Search a retriever: ``query -> passages: list[str]``."""
 
     kind = "retrieve"
+    config_model = "RetrieveConfig"
     tunable = ("k",)
 
     def __init__(self, retriever_or_corpus: Any, *, k: int = 3, name: str | None = None) -> None:
@@ -233,14 +234,14 @@ class Retrieve(Module):
         call.trace.meta["retrieved"] = [{"id": p.id, "score": round(p.score, 6)} for p in passages]
         return {"passages": [p.render() for p in passages]}
 
-    def config(self) -> dict[str, Any]:
-        return {"retriever": self.retriever_name, "k": self.k}
+    def kind_config(self) -> dict[str, Any]:
+        return {"retriever": self.retriever_name}
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any], *, resources: Mapping[str, Any],
-                    types: Mapping[str, Any] | None) -> "Retrieve":
-        name = config["retriever"]
-        return cls(need_resource(resources, name, "retriever"), k=config.get("k", 3), name=name)
+    def kind_kwargs(cls, config: Any, *, resources: Mapping[str, Any],
+                    types: Mapping[str, Any] | None) -> dict[str, Any]:
+        name = config.retriever
+        return {"retriever_or_corpus": need_resource(resources, name, "retriever"), "name": name}
 
     def resources(self) -> dict[str, Any]:
         return {self.retriever_name: self.retriever}

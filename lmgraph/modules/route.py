@@ -48,6 +48,7 @@ class Route(Module):
     the node's outputs."""
 
     kind = "route"
+    config_model = "RouteConfig"
     tunable = ("branches",)
     child_attrs = ("branches",)
 
@@ -200,24 +201,21 @@ class Route(Module):
         return max(p.estimated_calls(repairs=repairs) for p in self.branches.values())
 
     # ---- saving
-    def config(self) -> dict[str, Any]:
+    def kind_config(self) -> dict[str, Any]:
         return {"selector": self.selector if self.predicate is None else {"predicate": self.predicate_name},
-                "branches": {n: p.to_dict() for n, p in self.branches.items()}, "default": self.default}
+                "branches": {n: p.to_dict() for n, p in self.branches.items()}}
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any], *, resources: Mapping[str, Any],
-                    types: Mapping[str, Any] | None) -> "Route":
+    def kind_kwargs(cls, config: Any, *, resources: Mapping[str, Any],
+                    types: Mapping[str, Any] | None) -> dict[str, Any]:
         from ..pipeline.program import Program
 
-        selector = config.get("selector", "choice")
-        if isinstance(selector, Mapping):
-            selector = predicate_from_config(resources, selector.get("predicate"), "route predicate")
-        branches = config["branches"]
-        if not isinstance(branches, Mapping):
-            raise DefinitionError("Route branches are not saved as an object of name -> program",
-                                  fix="repair that entry in the JSON, or save the program again from code.")
-        loaded = {n: Program.from_dict(d, resources=resources, types=types) for n, d in branches.items()}
-        return cls(selector, loaded, default=config.get("default"))
+        selector = config.selector
+        if not isinstance(selector, str):  # a predicate saved by name
+            selector = predicate_from_config(resources, selector.predicate, "route predicate")
+        return {"selector": selector,
+                "branches": {n: Program.from_dict(d, resources=resources, types=types)
+                             for n, d in config.branches.items()}}
 
     def resources(self) -> dict[str, Any]:
         out: dict[str, Any] = {}

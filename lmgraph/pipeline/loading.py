@@ -26,6 +26,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from .._canonical import canonical_json  # the one JSON text a value hashes as (re-exported here)
 from ..errors import ArtifactError, ConfigError
 
 __all__ = ["ARTIFACT_VERSION", "MAX_DEPTH", "MAX_FILE_BYTES", "canonical_json", "check_depth",
@@ -37,11 +38,6 @@ MAX_FILE_BYTES = 64 * 1024 * 1024
 MAX_DEPTH = 200
 SIGNATURE_PREFIX = "hmac-sha256:"
 _UNHASHED = ("content_hash", "signature")  # the fields the hash (and the signature) leave out
-
-
-def canonical_json(obj: Any) -> str:
-    """The one JSON text a value hashes as: sorted keys, no whitespace."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 def _body(data: Mapping[str, Any]) -> bytes:
@@ -58,10 +54,11 @@ def newer_version_error(what: str, version: Any, reads: int, path: Any = None) -
     reads (None when ``version`` is not a newer one): both versions named, and the fix."""
     if isinstance(version, bool) or not isinstance(version, int) or version <= reads:
         return None
-    where = f"{path} was" if path is not None else "it was"
-    return ArtifactError(f"{where} written by a newer lmgraph: {what} format version {version}; this lmgraph reads "
-                         f"version {reads}", fix="upgrade lmgraph (pip install -U lmgraph) to load it, or save it "
-                                             "again from code with this version.")
+    where = f"{path} is" if path is not None else "this is"
+    return ArtifactError(f"{where} not an lmgraph {what} this version reads: it was written by a newer lmgraph "
+                         f"({what} format version {version}; this lmgraph reads version {reads})",
+                         fix="upgrade lmgraph (pip install -U lmgraph) to load it, or save it again from code with "
+                             "this version.")
 
 
 def _key_bytes(key: Any, what: str) -> bytes:

@@ -389,22 +389,25 @@ class Program:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, resources: Mapping[str, Any] | None = None,
-                  types: Mapping[str, Any] | None = None) -> "Program":
+                  types: Mapping[str, Any] | None = None, kinds: Iterable[type[Module]] | None = None) -> "Program":
         from .serialize import program_from_dict
 
-        return program_from_dict(data, resources=resources if resources is not None else {}, types=types)
+        return program_from_dict(data, resources=resources if resources is not None else {}, types=types,
+                                 kinds=kinds)
 
     @classmethod
     def load(cls, path: str | Path, *, resources: Mapping[str, Any] | None = None,
              types: Mapping[str, Any] | None = None, trusted: bool = False,
-             verify_key: str | bytes | None = None) -> "Program":
+             verify_key: str | bytes | None = None, kinds: Iterable[type[Module]] | None = None) -> "Program":
         """Load a saved program or compiled artifact. Retrievers/tools/reward functions are bound by
-        name via ``resources``. The file's format version and content hash are checked (and its
-        signature with ``verify_key``); a file without them loads only with ``trusted=True``."""
+        name via ``resources``; ``kinds=[MyModule]``: custom module classes this load knows (besides
+        those registered by being defined with a ``kind``). The file's format version and content
+        hash are checked (and its signature with ``verify_key``); a file without them loads only
+        with ``trusted=True``. Keys this lmgraph does not write are refused, not dropped."""
         from .serialize import load_json
 
         return cls.from_dict(load_json(path, trusted=trusted, verify_key=verify_key), resources=resources,
-                             types=types)
+                             types=types, kinds=kinds)
 
     def estimated_calls(self, *, repairs: bool = True) -> int:
         """At most how many model calls one run makes, known before running (no model call): the

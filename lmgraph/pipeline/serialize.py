@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import inspect
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ArtifactError, DefinitionError, LmgraphError, PipelineValidationError
 from ..lm.values import jsonable
-from ..modules.base import MODULE_KINDS, module_from_dict
+from ..modules.base import loading_kinds, lookup_kind, module_from_dict
 from ..signatures import _collect_custom_types, _type_from_spec, str_to_type, type_to_str
 from .ir import Const, InputSpec, Node, Ref
-from .loading import ARTIFACT_VERSION, canonical_json, content_hash, open_envelope, read_document, read_json_file
+from .loading import (ARTIFACT_VERSION, canonical_json, content_hash, newer_version_error, open_envelope,
+                      read_document, read_json_file)
 
 if TYPE_CHECKING:
+    from ..modules.base import Module
     from .program import Program
 
 FORMAT_VERSION = 1
@@ -64,7 +66,7 @@ _SIMPLE_TYPES = {"float": (float, "a number"), "int": (int, "a whole number"), "
 def _bad_config_value(kind: Any, config: Mapping[str, Any]) -> tuple[str, Any, str] | None:
     """The first saved setting whose JSON type does not match the module constructor's annotation of
     the same name (``"temperature": "hot"``): (field, value, what it should be); None if none."""
-    cls = MODULE_KINDS.get(str(kind))
+    cls = lookup_kind(str(kind))
     if cls is None:
         return None
     try:
@@ -201,14 +203,34 @@ def _corpus_aliases(data: Any, resources: Mapping[str, Any]) -> Mapping[str, Any
 
 _REPAIR_FIX = "repair that entry in the JSON, or save the program again from code."
 
+_PROGRAM_KEYS = ("lmgraph_program", "name", "inputs", "nodes", "outputs", "types")
+_INPUT_KEYS = ("name", "type")
+_NODE_KEYS = ("name", "module", "bindings")
+_BINDING_KEYS = ("const", "ref")
+
+
+def _known_keys(entry: Any, known: tuple[str, ...], what: str, *, node: Any = None, field: Any = None) -> None:
+    """Refuse a key this lmgraph does not write (the file is from a newer lmgraph, or was edited):
+    dropping it silently would run something else than what was saved."""
+    if not isinstance(entry, Mapping):
+        return  # a wrong shape is reported where the entry is read
+    unknown = [k for k in entry if k not in known]
+    if unknown:
+        raise ArtifactError(f"unknown key {unknown[0]!r} in {what}", node=node if isinstance(node, str) else None,
+                            field=field if isinstance(field, str) else None,
+                            fix="it was written by a newer lmgraph (upgrade: pip install -U lmgraph) or edited by "
+                                f"hand (remove it; the keys here: {', '.join(known)}).")
+
 
 def program_from_dict(data: Mapping[str, Any], *, resources: Mapping[str, Any],
-                      types: Mapping[str, Any] | None) -> "Program":
+                      types: Mapping[str, Any] | None, kinds: Iterable[type["Module"]] | None = None) -> "Program":
     """Rebuild a program from its JSON. Loading is a trust boundary: whatever the data, the only
     errors are lmgraph's (an ArtifactError, or a PipelineValidationError for a graph that does
-    not hold together) -- never a bare KeyError, RecursionError or a pydantic error."""
+    not hold together) -- never a bare KeyError, RecursionError or a pydantic error. ``kinds``:
+    module classes whose kinds this load knows besides the registered ones."""
     try:
-        return _program_from_dict(data, resources=resources, types=types)
+        with loading_kinds(kinds):
+            return _program_from_dict(data, resources=resources, types=types)
     except LmgraphError:
         raise
     except RecursionError:
@@ -226,8 +248,12 @@ def _program_from_dict(data: Mapping[str, Any], *, resources: Mapping[str, Any],
         raise ArtifactError(f"a program artifact is a JSON object, not {type(data).__name__}")
     version = data.get("lmgraph_program")
     if version != FORMAT_VERSION:
+        newer = newer_version_error("program", version, FORMAT_VERSION)
+        if newer is not None:
+            raise newer
         raise ArtifactError(f"unsupported program format version {version!r}",
                             fix=f"this lmgraph reads version {FORMAT_VERSION}.")
+    _known_keys(data, _PROGRAM_KEYS, "the program")
     resources = _corpus_aliases(data, resources)
     try:
         name = data["name"]
@@ -235,14 +261,17 @@ def _program_from_dict(data: Mapping[str, Any], *, resources: Mapping[str, Any],
             types = _type_registry(data, types)
         inputs = []
         for d in data["inputs"]:
+            _known_keys(d, _INPUT_KEYS, f"input {d.get('name')!r}", field=d.get("name"))
             with _as_artifact_error(field=d["name"]):
                 inputs.append(InputSpec(d["name"], str_to_type(d.get("type", "str"), types)))
         nodes = []
         for nd in data["nodes"]:
+            _known_keys(nd, _NODE_KEYS, "the node entry", node=nd.get("name"))
             with _as_artifact_error(node=nd["name"]):
                 module = _load_module(nd["name"], nd["module"], resources=resources, types=types)
             bindings = []
             for f, b in nd.get("bindings", {}).items():
+                _known_keys(b, _BINDING_KEYS, f"the binding of {f!r}", node=nd["name"], field=f)
                 bindings.append((f, Const(b["const"]) if "const" in b else Ref.parse(b["ref"])))
             nodes.append(Node(nd["name"], module, tuple(bindings)))
         outputs = [(o, Ref.parse(r)) for o, r in data["outputs"].items()]
