@@ -31,14 +31,11 @@ import datetime as _dt
 import json
 import logging
 import os
-import random
 import signal
 import sys
 import threading
 import time
 import traceback
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -48,66 +45,15 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 import tasks as task_defs  # noqa: E402
 from tasks import Sizes, Task  # noqa: E402
-from answers import ROUTING, CountingProxy, Journal, JournalLM, SharedAnswers, delta  # noqa: E402
+from answers import ROUTING, CountingProxy, Journal, SharedAnswers  # noqa: E402
+# The systems (suite_systems.py) and DSPy's side (suite_dspy.py); re-exported: callers and tests
+# reach them as suite.<name>.
+from suite_systems import (QUICK_OPT_IN, ModelUnavailable, Runners, System, _lmgraph_optimizer,  # noqa: E402,F401
+                           _timed, run_lmgraph, systems_for)
+from suite_dspy import DSPyCounter, MAX_ERRORS, _dspy_optimizer, run_dspy  # noqa: E402,F401
 
 RESULTS = HERE / "results"
 WORK = HERE / ".work" / "runs"
-
-
-# --------------------------------------------------------------------------- configuration
-
-@dataclass(frozen=True)
-class System:
-    """One column of the comparison: a framework, an optimizer and its settings."""
-
-    name: str
-    framework: str          # "lmgraph" | "dspy" | "lmgraph-inprocess"
-    optimizer: str          # "zero-shot" or the optimizer's name
-    variant: str = ""       # DSPy adapter ("chat"/"json")
-    settings: tuple[tuple[str, Any], ...] = ()
-
-    def opts(self) -> dict[str, Any]:
-        return dict(self.settings)
-
-
-def systems_for(mode: str) -> list[System]:
-    quick = mode.startswith("quick")
-    rs_candidates = 2 if quick else 6
-    out = [
-        System("lmgraph zero-shot", "lmgraph", "zero-shot"),
-        System("lmgraph LabeledFewShot", "lmgraph", "LabeledFewShot", settings=(("k", 4),)),
-        System("lmgraph BootstrapFewShot", "lmgraph", "BootstrapFewShot"),
-        System("lmgraph BootstrapRandomSearch", "lmgraph", "BootstrapRandomSearch",
-               settings=(("num_candidates", rs_candidates),)),
-        System("lmgraph InstructionSearch", "lmgraph", "InstructionSearch",
-               settings=(("num_candidates", 3 if quick else 6),)),
-        System("lmgraph JointSearch", "lmgraph", "JointSearch", settings=(("num_trials", 4 if quick else 12),)),
-        # the default compiler (lg.compile): pooled rows, raced levers, held-out confirmation
-        System("lmgraph Compile", "lmgraph", "Compile"),
-        # plan -> per-step answers -> combine, accepted only on evidence (no demos for the new nodes)
-        System("lmgraph Decompose", "lmgraph", "Decompose", settings=(("max_steps", 3),)),
-    ]
-    for adapter in ("chat", "json"):
-        out += [
-            System(f"DSPy zero-shot [{adapter}]", "dspy", "zero-shot", adapter),
-            System(f"DSPy LabeledFewShot [{adapter}]", "dspy", "LabeledFewShot", adapter, (("k", 4),)),
-            System(f"DSPy BootstrapFewShot [{adapter}]", "dspy", "BootstrapFewShot", adapter),
-            System(f"DSPy BootstrapFewShotWithRandomSearch [{adapter}]", "dspy", "BootstrapFewShotWithRandomSearch",
-                   adapter, (("num_candidate_programs", rs_candidates),)),
-            System(f"DSPy MIPROv2-light [{adapter}]", "dspy", "MIPROv2", adapter),
-        ]
-    out += [
-        System("lmgraph zero-shot (in-process)", "lmgraph-inprocess", "zero-shot"),
-        System("lmgraph JointSearch (in-process)", "lmgraph-inprocess", "JointSearch",
-               settings=(("num_trials", 4 if quick else 12),)),
-        System("lmgraph Compile (in-process)", "lmgraph-inprocess", "Compile"),
-    ]
-    if quick:  # the quick mode keeps the cheaper half of each framework's line-up
-        keep = {"lmgraph zero-shot", "lmgraph BootstrapFewShot", "lmgraph JointSearch", "lmgraph Compile",
-                "DSPy zero-shot [chat]", "DSPy zero-shot [json]", "DSPy BootstrapFewShot [chat]",
-                "DSPy BootstrapFewShot [json]"}
-        out = [s for s in out if s.name in keep]
-    return out
 
 
 QUICK_TASKS = ("trec", "sst2")
@@ -124,227 +70,6 @@ def bootstrap_ci(xs: Sequence[float], *, resamples: int = 2000, seed: int = 0) -
 
     lo, hi = ci(list(xs), n_resamples=resamples, seed=seed)
     return [round(lo, 4), round(hi, 4)]
-
-
-# --------------------------------------------------------------------------- lmgraph systems
-
-def _lmgraph_optimizer(system: System, task: Task, seed: int) -> Any:
-    from lmgraph import optimizers as O
-
-    o = system.opts()
-    if system.optimizer == "LabeledFewShot":
-        return O.LabeledFewShot(k=o.get("k", 4))
-    if system.optimizer == "BootstrapFewShot":
-        return O.BootstrapFewShot(max_demos=4, max_labeled=4)
-    if system.optimizer == "BootstrapRandomSearch":
-        return O.BootstrapRandomSearch(max_demos=4, max_labeled=4, num_candidates=o["num_candidates"])
-    if system.optimizer == "InstructionSearch":
-        return O.InstructionSearch(num_candidates=o["num_candidates"], minibatch_size=10)
-    if system.optimizer == "JointSearch":
-        return O.JointSearch(num_trials=o["num_trials"], num_instructions=2, num_demo_sets=3, max_demos=4,
-                             formats=("chat", "completion", "json"), minibatch_size=10)
-    if system.optimizer == "Decompose":
-        return O.Decompose(max_steps=o["max_steps"])
-    if system.optimizer == "Compile":
-        return O.Compile(max_demos=4)
-    raise ValueError(f"unknown lmgraph optimizer {system.optimizer!r}")
-
-
-def _timed(journal: Journal | None, phase: str, fn: Callable[[], Any]) -> tuple[Any, float]:
-    """Run one phase of a unit: (its result, its wall time including killed segments' time)."""
-    if journal is not None:
-        journal.phase(phase)
-    t0 = time.perf_counter()
-    result = fn()
-    wall = time.perf_counter() - t0
-    if journal is not None:
-        journal.phase_end(phase, wall)
-        wall += journal.prior_s(phase)
-    return result, wall
-
-
-def run_lmgraph(system: System, task: Task, data: tuple[list, list, list], *, seed: int, lm: Any,
-                proxy: CountingProxy | None, budget_calls: int, journal: Journal | None = None) -> dict[str, Any]:
-    import lmgraph as lg
-    from lmgraph.cache import MemoryCache
-    from lmgraph.errors import OutputParseError
-    from lmgraph.evaluation import evaluate_sync
-
-    train, val, test = data
-    cache = MemoryCache()
-    program = task.lmgraph_program()
-
-    def metric(ex: Mapping[str, Any], pred: Mapping[str, Any] | None, trace: Any = None) -> float:
-        return task.score(dict(ex), pred)
-
-    out: dict[str, Any] = {"compile": None}
-    if system.optimizer != "zero-shot":
-        ctx = lg.RunContext(lm=lm, cache=cache, max_concurrency=2)
-        opt = _lmgraph_optimizer(system, task, seed)
-        before = proxy.snapshot() if proxy else None
-        (program, report), wall = _timed(journal, "compile", lambda: opt.optimize(
-            program, train, metric, valset=val, budget=lg.Budget(max_calls=budget_calls), seed=seed, ctx=ctx))
-        served = delta(proxy.snapshot(), before) if proxy else {}
-        out["compile"] = {
-            "calls": int(report.spent.get("calls", 0)), "tokens": int(report.spent.get("tokens", 0)),
-            "cache_misses": report.runtime.get("cache_misses"), "requests": served.get("requests"),
-            "request_tokens": (served.get("prompt_tokens", 0) + served.get("completion_tokens", 0)) if served else None,
-            "wall_s": round(wall, 1), "budget_calls": budget_calls, "stopped": report.stopped,
-            "chosen": report.best.label, "val_baseline": round(report.baseline.mean, 4),
-            "val_best": round(report.best.mean, 4),
-        }
-    ctx = lg.RunContext(lm=lm, cache=cache, max_concurrency=2)
-    before = proxy.snapshot() if proxy else None
-    res, wall = _timed(journal, "test", lambda: evaluate_sync(program, test, metric, ctx=ctx, concurrency=2))
-    preds, scores = [], {m: [] for m in task.metrics}
-    parse_fail = errors = 0
-    for row, r in zip(test, res.results):
-        pred = dict(r.outputs) if r.ok else None
-        if not r.ok:
-            parse_fail += isinstance(r.error, OutputParseError)
-            errors += not isinstance(r.error, OutputParseError)
-        for m in task.metrics:
-            scores[m].append(task.score(row, pred, m))
-        preds.append(None if pred is None else str(pred.get(task.output))[:200])
-    out.update(scores=scores, predictions=preds, parse_failures=parse_fail, errors=errors,
-               test_eval={"wall_s": round(wall, 1),
-                          **({"requests": delta(proxy.snapshot(), before)["requests"]} if proxy else {})})
-    return out
-
-
-# --------------------------------------------------------------------------- DSPy systems
-
-class DSPyCounter:
-    """Counts DSPy's logical LM calls (cache hits included).
-
-    DSPy 3.4.1 ends every ``LM`` call (sync or async, any engine) in
-    ``dspy.clients.execution.finalize(lm, call, result)``, which ``LM.__call__`` imports at call
-    time; wrapping that module attribute sees each call once, with ``result.cache_hit``.
-    """
-
-    def __init__(self) -> None:
-        from dspy.clients import execution
-
-        self.calls = 0
-        self.cache_hits = 0
-        self._lock = threading.Lock()
-        original = execution.finalize
-        counter = self
-
-        def counting(lm: Any, call: Any, result: Any, *args: Any, **kwargs: Any) -> Any:
-            with counter._lock:
-                counter.calls += 1
-                counter.cache_hits += bool(getattr(result, "cache_hit", False))
-            return original(lm, call, result, *args, **kwargs)
-
-        execution.finalize = counting
-
-    def snapshot(self) -> dict[str, int]:
-        with self._lock:
-            return {"calls": self.calls, "cache_hits": self.cache_hits}
-
-
-def _dspy_lm(base_url: str, max_tokens: int) -> Any:
-    import dspy
-
-    return dspy.LM("openai/local", api_base=base_url, api_key="sk-local", engine="litellm",
-                   temperature=0.0, max_tokens=max_tokens, cache=True, num_retries=0)
-
-
-def _dspy_fresh_cache() -> None:
-    import dspy
-
-    # A new, empty in-memory cache per system (no disk): every system starts cold.
-    dspy.configure_cache(enable_disk_cache=False, enable_memory_cache=True)
-
-
-# DSPy optimizers abort a compile after `max_errors` failed examples (default 10); a 135M model
-# fails to parse often, so (as a user would) we let them go on: failures then just score 0.
-MAX_ERRORS = 100_000
-
-
-def _dspy_optimizer(system: System, metric: Callable, base_url: str, seed: int) -> Callable[[Any, list, list], Any]:
-    import dspy
-
-    o = system.opts()
-    if system.optimizer == "LabeledFewShot":
-        return lambda prog, tr, va: dspy.LabeledFewShot(k=o.get("k", 4)).compile(prog, trainset=tr)
-    if system.optimizer == "BootstrapFewShot":
-        return lambda prog, tr, va: dspy.BootstrapFewShot(
-            metric=metric, max_bootstrapped_demos=4, max_labeled_demos=4,
-            max_errors=MAX_ERRORS).compile(prog, trainset=tr)
-    if system.optimizer == "BootstrapFewShotWithRandomSearch":
-        return lambda prog, tr, va: dspy.BootstrapFewShotWithRandomSearch(
-            metric=metric, max_bootstrapped_demos=4, max_labeled_demos=4,
-            num_candidate_programs=o["num_candidate_programs"], num_threads=2,
-            max_errors=MAX_ERRORS).compile(prog, trainset=tr, valset=va)
-    if system.optimizer == "MIPROv2":
-        # The instruction proposer needs room to write; same server, same greedy default.
-        prompt_lm = _dspy_lm(base_url, 256)
-        return lambda prog, tr, va: dspy.MIPROv2(
-            metric=metric, prompt_model=prompt_lm, auto="light", num_threads=2, max_bootstrapped_demos=4,
-            max_labeled_demos=4, seed=seed, verbose=False, max_errors=MAX_ERRORS).compile(prog, trainset=tr, valset=va)
-    raise ValueError(f"unknown DSPy optimizer {system.optimizer!r}")
-
-
-def run_dspy(system: System, task: Task, data: tuple[list, list, list], *, seed: int, base_url: str,
-             proxy: CountingProxy, counter: DSPyCounter, journal: Journal | None = None) -> dict[str, Any]:
-    import dspy
-    from dspy.utils.exceptions import AdapterParseError
-
-    train, val, test = data
-    # `import dspy` sets its logger to INFO; failures are counted in the records, and per-example
-    # parse errors from its optimizers would bury the run's log (hundreds of MB over a full run)
-    logging.getLogger("dspy").setLevel(logging.CRITICAL)
-    _dspy_fresh_cache()
-    lm = _dspy_lm(base_url, task.max_tokens)
-    adapter = dspy.JSONAdapter() if system.variant == "json" else dspy.ChatAdapter()
-    dspy.configure(lm=lm, adapter=adapter)
-
-    def to_ex(row: Mapping[str, Any]) -> Any:
-        return dspy.Example(**row).with_inputs(*task.inputs)
-
-    def metric(example: Any, pred: Any, trace: Any = None) -> float:
-        return task.score(example.toDict(), {task.output: getattr(pred, task.output, None)})
-
-    program = task.dspy_program()
-    out: dict[str, Any] = {"compile": None}
-    if system.optimizer != "zero-shot":
-        compile_fn = _dspy_optimizer(system, metric, base_url, seed)
-        before, cbefore = proxy.snapshot(), counter.snapshot()
-        random.seed(seed)
-        program, wall = _timed(journal, "compile",
-                               lambda: compile_fn(program, [to_ex(r) for r in train], [to_ex(r) for r in val]))
-        served, calls = delta(proxy.snapshot(), before), delta(counter.snapshot(), cbefore)
-        out["compile"] = {"calls": calls["calls"], "cache_hits": calls["cache_hits"],
-                          "requests": served["requests"],
-                          "request_tokens": served["prompt_tokens"] + served["completion_tokens"],
-                          "tokens": served["prompt_tokens"] + served["completion_tokens"],
-                          "wall_s": round(wall, 1)}
-
-    def one(row: Mapping[str, Any]) -> tuple[dict[str, Any] | None, str | None]:
-        try:
-            with dspy.context(lm=lm, adapter=adapter):
-                pred = program(**{k: row[k] for k in task.inputs})
-            return {task.output: getattr(pred, task.output, None)}, None
-        except AdapterParseError:
-            return None, "parse"
-        except Exception as exc:  # recorded, never crashes the batch
-            return None, f"{type(exc).__name__}: {exc}"[:300]
-
-    def run_test() -> list[tuple[dict[str, Any] | None, str | None]]:
-        with ThreadPoolExecutor(2) as pool:
-            return list(pool.map(one, test))
-
-    before = proxy.snapshot()
-    got, wall = _timed(journal, "test", run_test)
-    scores = {m: [task.score(row, pred, m) for row, (pred, _) in zip(test, got)] for m in task.metrics}
-    errs = [e for _, e in got if e and e != "parse"]
-    out.update(scores=scores, predictions=[None if p is None else str(p[task.output])[:200] for p, _ in got],
-               parse_failures=sum(e == "parse" for _, e in got), errors=len(errs),
-               error_examples=errs[:3],
-               test_eval={"wall_s": round(wall, 1), "requests": delta(proxy.snapshot(), before)["requests"]})
-    return out
 
 
 # --------------------------------------------------------------------------- the run
@@ -663,6 +388,8 @@ def _main(argv: Sequence[str] | None) -> int:
     if args.systems:
         pats = [p.strip().lower() for p in args.systems.split(",")]
         systems = [s for s in systems if any(p in s.name.lower() for p in pats)]
+    elif args.quick:  # quick mode's opt-in rows run only when --systems names them
+        systems = [s for s in systems if s.name not in QUICK_OPT_IN]
     override = Sizes(*(int(x) for x in args.sizes.split(","))) if args.sizes else None
     if override:
         mode = f"{mode}-sizes{override.train}x{override.val}x{override.test}"
@@ -707,13 +434,15 @@ def _main(argv: Sequence[str] | None) -> int:
         import report as report_mod  # benchmarks/report.py
 
         latest = state.latest()
+        shown = [s.name for s in all_systems if s.name not in QUICK_OPT_IN or not args.quick or s in systems
+                 or any(r["system"] == s.name for r in latest)]
         tasks, missing = report_scope(latest, QUICK_TASKS if args.quick else task_defs.ORDER,
-                                      [t.name for t in chosen_tasks], [s.name for s in all_systems])
+                                      [t.name for t in chosen_tasks], shown)
         # wall time: this invocation's, when it made every record; else the units' own, summed
         fresh_run = not args.report_only and records_before == 0
         wall_s = time.perf_counter() - t_start if fresh_run else sum(r.get("unit_wall_s", 0) for r in latest)
         paths = report_mod.write(latest, mode=mode, date=args.date, seed=args.seed, tasks=tasks,
-                                 systems=[s.name for s in all_systems], overhead=overhead, wall_s=wall_s,
+                                 systems=shown, overhead=overhead, wall_s=wall_s,
                                  command=run_command(argv if argv is not None else sys.argv[1:]),
                                  server={"servers": args.servers, "threads": args.threads}, missing=missing)
         print("[suite] wrote " + ", ".join(str(p) for p in paths), flush=True)
@@ -745,8 +474,7 @@ def _main(argv: Sequence[str] | None) -> int:
             proxy.shared = SharedAnswers(state.path.parent / "shared-test-answers.jsonl")
             print(f"[suite] {len(servers)} llama.cpp server(s) x {args.threads} thread(s) behind {proxy.base_url}",
                   flush=True)
-        counter = None
-        inproc_lm = None
+        runners = Runners(proxy, n_threads=args.threads * max(1, args.servers))
         if stop_by is not None:
             _stop_at(stop_by, servers)
         for task, system in order_units(todo, state.records, stop_by):
@@ -769,29 +497,14 @@ def _main(argv: Sequence[str] | None) -> int:
             try:
                 if proxy is not None:
                     proxy.journal = journal
-                if system.framework == "dspy":
-                    if counter is None:
-                        counter = DSPyCounter()
-                    raw = run_dspy(system, task, data, seed=args.seed, base_url=proxy.base_url, proxy=proxy,
-                                   counter=counter, journal=journal)
-                elif system.framework == "lmgraph":
-                    from lmgraph.lm.litellm import openai_compatible
-
-                    lm = openai_compatible(proxy.base_url, "local", json_mode="json_object", timeout=600)
-                    raw = run_lmgraph(system, task, data, seed=args.seed, lm=lm, proxy=proxy, budget_calls=budget,
-                                      journal=journal)
-                else:
-                    if inproc_lm is None:
-                        from lmgraph.lm.llamacpp import LlamaCppLM
-
-                        inproc_lm = LlamaCppLM(n_ctx=4096, n_threads=args.threads * max(1, args.servers))
-                    raw = run_lmgraph(system, task, data, seed=args.seed, lm=JournalLM(inproc_lm, journal),
-                                      proxy=None, budget_calls=budget, journal=journal)
+                raw = runners.run(system, task, data, seed=args.seed, budget=budget, journal=journal)
                 rec = summarise(task, system, raw, data_sizes)
             except Exception as exc:  # a system that fails is recorded, the suite goes on
                 rec = {"task": task.name, "system": system.name, "framework": system.framework,
                        "optimizer": system.optimizer, "variant": system.variant, "main": task.main,
                        "failed": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()[-2000:]}
+                if isinstance(exc, ModelUnavailable):  # not run at all: say why, no traceback
+                    rec.update(failed=f"skipped: no second model ({exc})", skipped=str(exc), traceback="")
             finally:
                 if proxy is not None:
                     proxy.journal = None

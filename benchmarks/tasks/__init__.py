@@ -54,11 +54,27 @@ class Task:
     label_field: str = "label"
     notes: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    # (row, prediction) -> (main score, text saying what was wrong) for reflective optimizers
+    # (lmgraph Reflect, DSPy GEPA); None: a generic "expected X, got Y" from the label field
+    feedback: Callable[[Row, Mapping[str, Any]], tuple[float, str]] | None = None
 
     def score(self, row: Row, pred: Mapping[str, Any] | None, metric: str | None = None) -> float:
         if pred is None:
             return 0.0
         return float(self.metrics[metric or self.main](row, pred))
+
+    def score_feedback(self, row: Row, pred: Mapping[str, Any] | None) -> tuple[float, str]:
+        """The main score and feedback text: the same score as ``score(row, pred)``."""
+        if pred is None:
+            return 0.0, f"no parsable {self.output} was produced; expected {row.get(self.label_field)!r}"
+        if self.feedback is not None:
+            score, text = self.feedback(row, pred)
+            return float(score), text
+        score = self.score(row, pred)
+        if score >= 1.0:
+            return score, "correct"
+        return score, (f"{self.main} {score:.2f}: expected {self.output} {str(row.get(self.label_field))[:200]!r}, "
+                       f"got {str(pred.get(self.output))[:200]!r}")
 
 
 def load(name: str) -> Task:
@@ -77,6 +93,20 @@ def label_metric(field_name: str) -> Callable[[Row, Mapping[str, Any]], float]:
     def metric(row: Row, pred: Mapping[str, Any]) -> float:
         return float(str(pred.get(field_name, "")).strip().lower() == str(row["label"]).strip().lower())
     return metric
+
+
+def label_feedback(field_name: str, labels: Sequence[str]) -> Callable[[Row, Mapping[str, Any]], tuple[float, str]]:
+    """``label_metric``'s score with feedback: what was expected, what came, the allowed labels."""
+    score = label_metric(field_name)
+
+    def feedback(row: Row, pred: Mapping[str, Any]) -> tuple[float, str]:
+        s = score(row, pred)
+        if s:
+            return s, f"correct: {row['label']!r}"
+        got = str(pred.get(field_name, "")).strip()
+        why = "" if got.lower() in {v.lower() for v in labels} else f" (not one of the labels: {', '.join(labels)})"
+        return s, f"wrong: expected {field_name} {row['label']!r}, got {got[:100]!r}{why}"
+    return feedback
 
 
 def classification_lmgraph(name: str, input_field: str, output_field: str, labels: Sequence[str],

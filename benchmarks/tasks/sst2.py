@@ -3,7 +3,7 @@ so train, val and test are disjoint seeded parts of them."""
 
 from lmgraph.evaluation import load_sst2, split
 
-from . import Sizes, Task, classification_dspy, classification_lmgraph, label_metric
+from . import Sizes, Task, classification_dspy, classification_lmgraph, label_feedback, label_metric
 
 LABELS = ["negative", "positive"]
 INSTRUCTION = "Classify the sentiment of the movie review."
@@ -21,5 +21,6 @@ TASK = Task(
     lmgraph_program=lambda: classification_lmgraph("sst2", "sentence", "sentiment", LABELS, INSTRUCTION, MAX_TOKENS),
     dspy_program=lambda: classification_dspy("sentence", "sentiment", LABELS, INSTRUCTION),
     metrics={"accuracy": label_metric("sentiment")}, main="accuracy", max_tokens=MAX_TOKENS,
+    feedback=label_feedback("sentiment", LABELS),
     quick=Sizes(16, 16, 20), full=Sizes(50, 50, 150),
 )

@@ -3,7 +3,7 @@
 from lmgraph.evaluation import load_trec, sample, split
 from lmgraph.evaluation.datasets import TREC_COARSE
 
-from . import Sizes, Task, classification_dspy, classification_lmgraph, label_metric
+from . import Sizes, Task, classification_dspy, classification_lmgraph, label_feedback, label_metric
 
 LABELS = list(TREC_COARSE.values())
 INSTRUCTION = "What kind of answer does the question ask for?"
@@ -21,5 +21,6 @@ TASK = Task(
     lmgraph_program=lambda: classification_lmgraph("trec", "question", "answer_type", LABELS, INSTRUCTION, MAX_TOKENS),
     dspy_program=lambda: classification_dspy("question", "answer_type", LABELS, INSTRUCTION),
     metrics={"accuracy": label_metric("answer_type")}, main="accuracy", max_tokens=MAX_TOKENS,
+    feedback=label_feedback("answer_type", LABELS),
     quick=Sizes(16, 16, 20), full=Sizes(50, 50, 150),
 )
