@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import json
 import re
 from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from .._canonical import canonical_json
 from ..errors import BudgetExceeded, DefinitionError, RunError
 from ..lm.values import jsonable
 from ..signatures import FieldSpec, Signature
@@ -34,7 +34,7 @@ def vote_key(value: Any) -> str:
     """Normalised form used for voting: case, spacing and trailing punctuation do not count."""
     if isinstance(value, str):
         return re.sub(r"\s+", " ", value.strip().lower()).strip(" .!?;:\"'`")
-    return json.dumps(jsonable(value), sort_keys=True, ensure_ascii=False)
+    return canonical_json(jsonable(value), compact=False)  # spaced, as traces have always shown it
 
 
 class BestOfN(Module):
