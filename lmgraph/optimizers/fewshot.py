@@ -10,10 +10,10 @@ sub-program nodes, a CallTool's choose call (``agent.step``), found by walking t
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from .._canonical import canonical_json
 from ..errors import DefinitionError
 from ..pipeline.executor import execute_batch
 from ..pipeline.ir import INPUT, Ref
@@ -189,7 +189,7 @@ def _upstream_program(program: Program, refs: Sequence[Ref]) -> Program:
 def _dedupe(demos: Sequence[Demo]) -> list[Demo]:
     seen, out = set(), []
     for d in demos:
-        key = json.dumps(d, sort_keys=True, default=str)
+        key = canonical_json(d, default=str)
         if key not in seen:
             seen.add(key)
             out.append(d)

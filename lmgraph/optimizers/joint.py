@@ -25,12 +25,12 @@ delta and why it went no further.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .._canonical import canonical_json
 from ..errors import DefinitionError
 from ..pipeline.program import Program
 from .base import Optimizer
@@ -80,7 +80,7 @@ def accepts_format(module: Any, fmt: str) -> bool:
 
 
 def _canon(demos: Sequence[Mapping[str, Any]]) -> str:
-    return json.dumps(list(demos), sort_keys=True, default=str)
+    return canonical_json(list(demos), default=str)
 
 
 class JointSearch(Optimizer):
