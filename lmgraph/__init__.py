@@ -26,7 +26,7 @@ __all__ = [
     "OutputField", "OutputParseError", "Pipeline", "PipelineValidationError", "Predict", "Prediction",
     "Program", "Result", "RunContext", "RunError", "Signature", "SignatureError", "Trace", "const",
     "BudgetError", "ConfigError", "DatasetError", "LmgraphWarning", "MetricError", "MetricWarning", "UsageError",
-    "ref", "trace_of", "ProviderFailureError", "ProviderWarning", "RetryPolicy",
+    "ref", "trace_of", "ProviderFailureError", "ProviderWarning", "RetryPolicy", "call",
 ]
 
 
@@ -35,4 +35,8 @@ def __getattr__(name: str):  # noqa: ANN202 - lazy: the compiler is imported on 
         from .optimizers.auto import compile as _compile
 
         return _compile
+    if name == "call":  # lg.call(module, **inputs): one synchronous in-process run of one module
+        from .modules.base import call
+
+        return call
     raise AttributeError(f"module 'lmgraph' has no attribute {name!r}")

@@ -26,7 +26,7 @@ from ..lm.values import invalid_reason, jsonable, validate_strict
 from ..signatures import Signature
 
 if TYPE_CHECKING:
-    from ..pipeline.executor import NodeCall
+    from ..pipeline.executor import NodeCall, Prediction
     from ..pipeline.trace import NodeTrace
     from .configs import ModuleConfig
 
@@ -409,6 +409,11 @@ class Module:
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, **self.config()}
 
+    def __call__(self, **inputs: Any) -> "Prediction":
+        """Run this module once on ``inputs`` (keywords; ``ctx=`` a RunContext), in process and
+        synchronously: :func:`lmgraph.call`."""
+        return call(self, **inputs)
+
     def __eq__(self, other: object) -> bool:
         return type(other) is type(self) and self.to_dict() == other.to_dict() \
             and self.resources().keys() == other.resources().keys()  # type: ignore[union-attr]
@@ -421,6 +426,29 @@ class Module:
 
     def describe(self) -> str:
         return type(self).__name__
+
+
+def call(module: Module, /, **inputs: Any) -> "Prediction":
+    """Run ``module`` once, synchronously and in process: ``lg.call(lg.Predict("question -> answer"),
+    question="...")``. The module becomes the one node of a program whose inputs are its inputs and
+    whose outputs are its outputs, and that program runs once; returns the :class:`Prediction`
+    (``.answer``, ``.trace``). ``ctx=`` passes a :class:`lmgraph.RunContext` (the default: the
+    embedded model) unless the module has an input called ``ctx``, which is then that input."""
+    from ..errors import UsageError
+    from ..pipeline.builder import Pipeline, ref
+
+    if not isinstance(module, Module):
+        raise UsageError(f"lg.call runs a module, got {type(module).__name__}",
+                         fix="pass a module: lg.call(lg.Predict('question -> answer'), question='...').")
+    sig = module.signature
+    ctx = inputs.pop("ctx", None) if "ctx" not in sig.input_names else None
+    node = module.kind if module.kind.isidentifier() else "call"
+    p = Pipeline(node)
+    handles = {f.name: p.input(f.name, f.annotation) for f in sig.inputs}
+    p.add(module, node, inputs=handles)
+    p.output(**{o: ref(f"{node}.{o}") for o in sig.output_names})
+    program = p.build()
+    return program.run_sync(ctx, **inputs)
 
 
 def calls_of(module: Module, list_lengths: Mapping[str, int] | None = None, *, repairs: bool = True) -> int:
