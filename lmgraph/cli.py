@@ -82,7 +82,7 @@ def _shown(spec: str) -> str:
     return kind + sep + (redact_url(rest) or "") if "://" in rest else (redact_url(spec) or "")
 
 
-class _Unbound(dict):  # type: ignore[type-arg]
+class _Unbound(dict[str, Any]):
     """Resources for viewing only (render/diff): any name resolves to a stub that refuses to run."""
 
     def __missing__(self, name: str) -> Any:
