@@ -48,10 +48,10 @@ from .base import CostEstimate, Optimizer, check_budget_covers_baseline, check_r
 from .fewshot import _demo_sig, demo_nodes, labeled_demos
 from .params import demo_param, example_demos
 from .instructions import check_proposer, propose_instructions
-from .joint import accepts_format
 from .report import Report
 from .session import BudgetStop, CompileSession
-from .candidates import Spec, _per_row, _scores_labels, backend_scores, balanced, signature_instruction, tunable_modules
+from .candidates import (Spec, _per_row, backend_scores, balanced, compile_specs, signature_instruction,
+                         tunable_modules)
 from .selection import detectable_gain, paired_stats, shrink
 
 Demo = dict[str, Any]
@@ -216,125 +216,7 @@ class Compile(Optimizer):
     def _specs(self, program: Program, boot: Mapping[str, list[tuple[int, Demo]]],
                labelled: Mapping[str, list[tuple[int, Demo]]], ctx: RunContext | None,
                rng: random.Random) -> list[Spec]:
-        k = self.max_demos
-        mods = tunable_modules(program)
-        fmt_nodes = [n for n, m in mods.items() if "format" in m.tunable]
-        decodes: tuple[str, ...]
-        if self.decodes == "auto":
-            score_nodes = [n for n, m in mods.items() if _scores_labels(m)
-                           and backend_scores(ctx if ctx is not None else RunContext(), getattr(m, "lm", None))]
-            decodes = ("calibrated", "score") if score_nodes else ()
-        else:
-            score_nodes = [n for n, m in mods.items() if _scores_labels(m)]
-            decodes = tuple(self.decodes) if score_nodes else ()
-
-        def demos_of(pool: Mapping[str, list[tuple[int, Demo]]], count: int) -> tuple[dict[str, Any], set[int]]:
-            out, used = {}, set()
-            for node, items in pool.items():
-                if not items:
-                    continue
-                pick = balanced(items, _demo_sig(program, node), count, random.Random(f"{rng.random()}"))
-                out[node] = [d for _, d in pick]
-                used |= {i for i, _ in pick}
-            return out, used
-
-        def knn(pool: Mapping[str, list[tuple[int, Demo]]]) -> dict[str, dict[str, Any]]:
-            # per-input demos from the whole pool; a row is never its own demo (leave-one-out)
-            return {n: {"knn": k, "demo_pool": [d for _, d in items]} for n, items in pool.items()
-                    if items and "knn" in mods[n].tunable}
-
-        knn_pool = {n: labelled.get(n) or boot.get(n) or [] for n in set(labelled) | set(boot)}
-        boot_k, boot_rows = demos_of(boot, k)
-        boot_2k, boot2_rows = demos_of(boot, 2 * k)
-        lab_k, lab_rows = demos_of(labelled, k)
-
-        def decode(d: str) -> dict[str, dict[str, Any]]:
-            return {n: {"decode": d, **({} if mods[n].format in ("auto", "completion")  # type: ignore[attr-defined]
-                                        else {"format": "completion"})} for n in score_nodes}
-
-        def fmt(f: str) -> dict[str, dict[str, Any]]:
-            return {n: {"format": f} for n in fmt_nodes if mods[n].format != f  # type: ignore[attr-defined]
-                    and f in self.formats and accepts_format(mods[n], f)}
-
-        def demos(d: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-            return {n: {"demos": v} for n, v in d.items()}
-
-        def instr() -> dict[str, dict[str, Any]]:
-            out = {}
-            for n, m in mods.items():
-                if self.instructions and "instructions" in m.tunable:
-                    text = signature_instruction(m.signature)
-                    if text != getattr(m, "instructions", None):
-                        out[n] = {"instructions": text}
-            return out
-
-        def merge(*parts: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
-            out: dict[str, dict[str, Any]] = {}
-            for p in parts:
-                for n, v in p.items():
-                    out.setdefault(n, {}).update(v)
-            return out
-
-        lead = decodes[0] if decodes else None
-        near = knn(knn_pool)
-        raw: list[tuple[str, dict[str, dict[str, Any]], set[int]]] = []
-        # first the strongest levers on small models (per-input demos, calibrated label scoring,
-        # constrained JSON, instructions that name the options), then demo sets and the rest
-        if lead:
-            raw += [(f"{lead} + signature instruction", merge(decode(lead), instr()), set()),
-                    (f"{lead} + {k} nearest demos", merge(decode(lead), near), set())]
-        raw += [(f"json + {k} nearest demos + signature instruction", merge(fmt("json"), near, instr()), set()),
-                (f"{k} nearest demos", near, set())]
-        if lead:
-            raw += [(f"{lead} + {k} nearest demos + signature instruction", merge(decode(lead), near, instr()),
-                     set()),
-                    (f"{lead}, zero-shot", decode(lead), set())]
-        raw += [(f"json + {k} nearest demos", merge(fmt("json"), near), set()),
-                (f"{k} nearest demos + signature instruction", merge(near, instr()), set())]
-        if lead:
-            raw.append((f"{lead} + {k} bootstrapped demos", merge(decode(lead), demos(boot_k)), boot_rows))
-            if "score" in decodes and lead != "score":
-                raw.append((f"score + {k} nearest demos", merge(decode("score"), near), set()))
-        raw += [(f"{k} bootstrapped demos", demos(boot_k), boot_rows),
-                (f"json + {k} bootstrapped demos", merge(fmt("json"), demos(boot_k)), boot_rows)]
-        if lead:
-            raw.append((f"{lead} + {k} labelled demos", merge(decode(lead), demos(lab_k)), lab_rows))
-        raw += [(f"{k} labelled demos", demos(lab_k), lab_rows),
-                ("json, zero-shot", fmt("json"), set()),
-                ("signature instruction, zero-shot", instr(), set()),
-                ("json + signature instruction", merge(fmt("json"), instr()), set())]
-        if lead:
-            raw.append((f"{lead} + {2 * k} bootstrapped demos", merge(decode(lead), demos(boot_2k)), boot2_rows))
-        raw += [(f"{2 * k} bootstrapped demos", demos(boot_2k), boot2_rows),
-                (f"{k} bootstrapped demos + signature instruction", merge(demos(boot_k), instr()), boot_rows),
-                (f"completion + {k} bootstrapped demos", merge(fmt("completion"), demos(boot_k)), boot_rows),
-                (f"chat + {k} bootstrapped demos", merge(fmt("chat"), demos(boot_k)), boot_rows)]
-        # model choice: every node on each other model of the context, then (several model nodes)
-        # one node at a time -- raced early, since a user who lists models wants them compared
-        lm_nodes = [n for n, m in mods.items() if "lm" in m.tunable]
-        model_specs: list[tuple[str, dict[str, dict[str, Any]], set[int]]] = []
-        for name in self._model_names(ctx):
-            model_specs.append((f"model {name}", {n: {"lm": name} for n in lm_nodes
-                                                  if getattr(mods[n], "lm", None) != name}, set()))
-            if len(lm_nodes) > 1:
-                model_specs += [(f"{n} on model {name}", {n: {"lm": name}}, set()) for n in lm_nodes
-                                if getattr(mods[n], "lm", None) != name]
-        raw[4:4] = model_specs
-        out, seen = [], set()
-        for label, params, used in raw:
-            params = {n: p for n, p in params.items() if p}
-            if not params:
-                continue
-            try:
-                prog = program.with_parameters({f"{n}.{k}": v for n, p in params.items() for k, v in p.items()})
-            except DefinitionError:
-                continue
-            h = prog.content_hash()
-            if h in seen or h == program.content_hash():
-                continue
-            seen.add(h)
-            out.append(Spec(label, params, frozenset(used), prog, _per_row(prog)))
-        return out
+        return compile_specs(self, program, boot, labelled, ctx, rng)
 
     async def search(self, session: CompileSession) -> None:
         rows = session.valset
@@ -414,11 +296,12 @@ class Compile(Optimizer):
         combined = (est * w1 + dc * w2) / (w1 + w2)
         all_idx = winner.rows + conf_idx
         all_scores = winner.scores + list(entry["scores"])
-        cand = session._new_candidate(
+        cand = session.new_candidate(
             f"{winner.label} (confirmed)", winner.changes(),
             {"scores": all_scores, "usage": {"calls": winner.calls + entry["usage"]["calls"],
                                              "prompt_tokens": winner.tokens + entry["usage"]["prompt_tokens"],
-                                             "completion_tokens": entry["usage"]["completion_tokens"]}})
+                                             "completion_tokens": entry["usage"]["completion_tokens"]}},
+            rows=all_idx)
         cand.rows = list(all_idx)
         cand.evidence = {"confirm_diff": ev["diff"], "confirm_ci_low": ev["ci_low"], "confirm_ci_high": ev["ci_high"],
                          "confirm_p_better": ev["p_better"], "search_diff": d, "search_shrunk": est,
@@ -429,7 +312,8 @@ class Compile(Optimizer):
             cand.reason = (f"expected gain {combined:+.3f} (search rows {d:+.3f}, shrunk {est:+.3f}; held-out "
                            f"confirmation {dc:+.3f}, 95% CI {ev['ci_low']:+.3f}..{ev['ci_high']:+.3f} on "
                            f"{len(conf_idx)} rows)")
-            session.incumbent, session.incumbent_candidate = winner.program, cand  # type: ignore[assignment]
+            # scored on its search and confirmation rows only: the final choice, compared with nothing after
+            session.set_incumbent(winner.program, cand, partial=True)  # type: ignore[arg-type]
             if ev["ci_low"] <= 0:
                 report.notes.append(f"the held-out confirmation alone cannot rule out no gain: with {len(conf_idx)} "
                                     f"confirmation rows a gain under {mde:+.2f} is not distinguishable from noise; "
@@ -587,8 +471,9 @@ class Compile(Optimizer):
         for s in tried:
             if not s.rows:
                 continue
-            c = session._new_candidate(s.label, s.changes(), {
-                "scores": s.scores, "usage": {"calls": s.calls, "prompt_tokens": s.tokens, "completion_tokens": 0}})
+            c = session.new_candidate(s.label, s.changes(), {
+                "scores": s.scores, "usage": {"calls": s.calls, "prompt_tokens": s.tokens, "completion_tokens": 0}},
+                rows=s.rows)
             c.rows = list(s.rows)
             c.status = "advanced" if s.alive else "dropped"
             c.reason = s.note + ("; the race's winner" if s.alive and s in alive else "")

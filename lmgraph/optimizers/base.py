@@ -22,6 +22,7 @@ from ..evaluation.datasets import split
 from ..evaluation.metrics import Metric, check_metric
 from ..lm.wrappers import Budget
 from ..pipeline.program import Program, _run_sync
+from .acceptance import AcceptancePolicy
 from .report import Report
 from .session import BudgetStop, CompileSession, check_provider_policy, static_calls_per_example
 
@@ -100,7 +101,8 @@ class Optimizer:
 
     def __init__(self, *, accept_confidence: float = 0.95, concurrency: int = 8,
                  checkpoint: str | Path | None = None, progress: bool = False, val_fraction: float = 0.5,
-                 early_stop: bool = True, on_provider_failure: str = "retry", provider_reruns: int = 3) -> None:
+                 early_stop: bool = True, on_provider_failure: str = "retry", provider_reruns: int = 3,
+                 acceptance: AcceptancePolicy | None = None) -> None:
         if not 0.5 <= accept_confidence < 1:
             raise DefinitionError("accept_confidence must be in [0.5, 1)",
                                   fix="0.95 accepts a candidate when 95% of paired bootstrap resamples favour it.")
@@ -117,11 +119,19 @@ class Optimizer:
         check_provider_policy(on_provider_failure, provider_reruns)
         self.on_provider_failure = on_provider_failure
         self.provider_reruns = provider_reruns
+        # whether a candidate replaces the program so far (None: the paired bootstrap at accept_confidence)
+        if acceptance is not None and not callable(getattr(acceptance, "decide", None)):
+            raise DefinitionError(f"acceptance must be an AcceptancePolicy, got {type(acceptance).__name__}",
+                                  fix="subclass lmgraph.optimizers.acceptance.AcceptancePolicy and define decide().")
+        self.acceptance = acceptance
 
     # ---- subclass API
     def config(self) -> dict[str, Any]:
         """JSON-able settings (recorded in the report; part of the checkpoint fingerprint)."""
-        return {"accept_confidence": self.accept_confidence, "early_stop": self.early_stop}
+        out: dict[str, Any] = {"accept_confidence": self.accept_confidence, "early_stop": self.early_stop}
+        if self.acceptance is not None:  # a custom policy is part of what the compile was run with
+            out["acceptance"] = self.acceptance.describe()
+        return out
 
     async def search(self, session: CompileSession) -> None:
         raise NotImplementedError
@@ -174,7 +184,8 @@ class Optimizer:
                                  checkpoint=self.checkpoint, concurrency=self.concurrency,
                                  accept_confidence=self.accept_confidence, progress=self.progress,
                                  data_note=note, early_stop=self.early_stop,
-                                 on_provider_failure=self.on_provider_failure, provider_reruns=self.provider_reruns)
+                                 on_provider_failure=self.on_provider_failure, provider_reruns=self.provider_reruns,
+                                 acceptance=self.acceptance)
         report = session.report
         misses_before = int(session.ctx.usage.total()["calls"])
         nodes_before = session.ctx.usage.by_node()

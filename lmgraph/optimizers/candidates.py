@@ -13,6 +13,8 @@ from ..errors import DefinitionError
 from ..modules.predict import check_score_signature
 from ..pipeline.program import Program
 from ..signatures import literal_options
+from .fewshot import _demo_sig
+from .joint import accepts_format
 
 Demo = dict[str, Any]
 
@@ -129,4 +131,135 @@ def _per_row(program: Program, spec: Spec | None = None) -> float:
 
 
 
-__all__ = ["Spec", "backend_scores", "balanced", "signature_instruction", "tunable_modules"]
+
+def compile_specs(opt: Any, program: Program, boot: Mapping[str, list[tuple[int, Demo]]],
+                  labelled: Mapping[str, list[tuple[int, Demo]]], ctx: RunContext | None,
+                  rng: random.Random) -> list[Spec]:
+    """The default compiler's candidate list, in order of prior promise: decodes, formats, demo
+    sets (bootstrapped ``boot``, labelled ``labelled``, nearest-neighbour), instructions written
+    from the signature, and models of the context -- deduplicated by program, never the program
+    itself. ``opt`` is the :class:`~.auto.Compile` whose settings (``max_demos``, ``decodes``,
+    ``formats``, ``instructions``, the models) choose them; ``rng`` draws the demo sets."""
+    k = opt.max_demos
+    mods = tunable_modules(program)
+    fmt_nodes = [n for n, m in mods.items() if "format" in m.tunable]
+    decodes: tuple[str, ...]
+    if opt.decodes == "auto":
+        score_nodes = [n for n, m in mods.items() if _scores_labels(m)
+                       and backend_scores(ctx if ctx is not None else RunContext(), getattr(m, "lm", None))]
+        decodes = ("calibrated", "score") if score_nodes else ()
+    else:
+        score_nodes = [n for n, m in mods.items() if _scores_labels(m)]
+        decodes = tuple(opt.decodes) if score_nodes else ()
+
+    def demos_of(pool: Mapping[str, list[tuple[int, Demo]]], count: int) -> tuple[dict[str, Any], set[int]]:
+        out, used = {}, set()
+        for node, items in pool.items():
+            if not items:
+                continue
+            pick = balanced(items, _demo_sig(program, node), count, random.Random(f"{rng.random()}"))
+            out[node] = [d for _, d in pick]
+            used |= {i for i, _ in pick}
+        return out, used
+
+    def knn(pool: Mapping[str, list[tuple[int, Demo]]]) -> dict[str, dict[str, Any]]:
+        # per-input demos from the whole pool; a row is never its own demo (leave-one-out)
+        return {n: {"knn": k, "demo_pool": [d for _, d in items]} for n, items in pool.items()
+                if items and "knn" in mods[n].tunable}
+
+    knn_pool = {n: labelled.get(n) or boot.get(n) or [] for n in set(labelled) | set(boot)}
+    boot_k, boot_rows = demos_of(boot, k)
+    boot_2k, boot2_rows = demos_of(boot, 2 * k)
+    lab_k, lab_rows = demos_of(labelled, k)
+
+    def decode(d: str) -> dict[str, dict[str, Any]]:
+        return {n: {"decode": d, **({} if mods[n].format in ("auto", "completion")  # type: ignore[attr-defined]
+                                    else {"format": "completion"})} for n in score_nodes}
+
+    def fmt(f: str) -> dict[str, dict[str, Any]]:
+        return {n: {"format": f} for n in fmt_nodes if mods[n].format != f  # type: ignore[attr-defined]
+                and f in opt.formats and accepts_format(mods[n], f)}
+
+    def demos(d: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+        return {n: {"demos": v} for n, v in d.items()}
+
+    def instr() -> dict[str, dict[str, Any]]:
+        out = {}
+        for n, m in mods.items():
+            if opt.instructions and "instructions" in m.tunable:
+                text = signature_instruction(m.signature)
+                if text != getattr(m, "instructions", None):
+                    out[n] = {"instructions": text}
+        return out
+
+    def merge(*parts: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        for p in parts:
+            for n, v in p.items():
+                out.setdefault(n, {}).update(v)
+        return out
+
+    lead = decodes[0] if decodes else None
+    near = knn(knn_pool)
+    raw: list[tuple[str, dict[str, dict[str, Any]], set[int]]] = []
+    # first the strongest levers on small models (per-input demos, calibrated label scoring,
+    # constrained JSON, instructions that name the options), then demo sets and the rest
+    if lead:
+        raw += [(f"{lead} + signature instruction", merge(decode(lead), instr()), set()),
+                (f"{lead} + {k} nearest demos", merge(decode(lead), near), set())]
+    raw += [(f"json + {k} nearest demos + signature instruction", merge(fmt("json"), near, instr()), set()),
+            (f"{k} nearest demos", near, set())]
+    if lead:
+        raw += [(f"{lead} + {k} nearest demos + signature instruction", merge(decode(lead), near, instr()),
+                 set()),
+                (f"{lead}, zero-shot", decode(lead), set())]
+    raw += [(f"json + {k} nearest demos", merge(fmt("json"), near), set()),
+            (f"{k} nearest demos + signature instruction", merge(near, instr()), set())]
+    if lead:
+        raw.append((f"{lead} + {k} bootstrapped demos", merge(decode(lead), demos(boot_k)), boot_rows))
+        if "score" in decodes and lead != "score":
+            raw.append((f"score + {k} nearest demos", merge(decode("score"), near), set()))
+    raw += [(f"{k} bootstrapped demos", demos(boot_k), boot_rows),
+            (f"json + {k} bootstrapped demos", merge(fmt("json"), demos(boot_k)), boot_rows)]
+    if lead:
+        raw.append((f"{lead} + {k} labelled demos", merge(decode(lead), demos(lab_k)), lab_rows))
+    raw += [(f"{k} labelled demos", demos(lab_k), lab_rows),
+            ("json, zero-shot", fmt("json"), set()),
+            ("signature instruction, zero-shot", instr(), set()),
+            ("json + signature instruction", merge(fmt("json"), instr()), set())]
+    if lead:
+        raw.append((f"{lead} + {2 * k} bootstrapped demos", merge(decode(lead), demos(boot_2k)), boot2_rows))
+    raw += [(f"{2 * k} bootstrapped demos", demos(boot_2k), boot2_rows),
+            (f"{k} bootstrapped demos + signature instruction", merge(demos(boot_k), instr()), boot_rows),
+            (f"completion + {k} bootstrapped demos", merge(fmt("completion"), demos(boot_k)), boot_rows),
+            (f"chat + {k} bootstrapped demos", merge(fmt("chat"), demos(boot_k)), boot_rows)]
+    # model choice: every node on each other model of the context, then (several model nodes)
+    # one node at a time -- raced early, since a user who lists models wants them compared
+    lm_nodes = [n for n, m in mods.items() if "lm" in m.tunable]
+    model_specs: list[tuple[str, dict[str, dict[str, Any]], set[int]]] = []
+    for name in opt._model_names(ctx):
+        model_specs.append((f"model {name}", {n: {"lm": name} for n in lm_nodes
+                                              if getattr(mods[n], "lm", None) != name}, set()))
+        if len(lm_nodes) > 1:
+            model_specs += [(f"{n} on model {name}", {n: {"lm": name}}, set()) for n in lm_nodes
+                            if getattr(mods[n], "lm", None) != name]
+    raw[4:4] = model_specs
+    out, seen = [], set()
+    for label, params, used in raw:
+        params = {n: p for n, p in params.items() if p}
+        if not params:
+            continue
+        try:
+            prog = program.with_parameters({f"{n}.{k}": v for n, p in params.items() for k, v in p.items()})
+        except DefinitionError:
+            continue
+        h = prog.content_hash()
+        if h in seen or h == program.content_hash():
+            continue
+        seen.add(h)
+        out.append(Spec(label, params, frozenset(used), prog, _per_row(prog)))
+    return out
+
+
+__all__ = ["Spec", "backend_scores", "balanced", "compile_specs", "signature_instruction",
+           "tunable_modules"]

@@ -36,6 +36,7 @@ from ..modules.predict import ChainOfThought, Predict
 from ..pipeline.ir import INPUT, InputSpec, Node, Ref
 from ..pipeline.program import Program
 from ..signatures import FieldSpec, Signature, type_to_str
+from .acceptance import FavourOnTies
 from .base import Optimizer
 from .fewshot import Demo, _dedupe, _demo_sig, with_demos
 from .report import Candidate
@@ -390,20 +391,16 @@ class Decompose(Optimizer):
 
     async def _try_collapse(self, session: CompileSession, node: str) -> Candidate:
         base = session.incumbent
-        inc = session.incumbent_candidate
-        assert inc is not None
         prog = collapse_node(base, node)
         removed = len(base.nodes) - len(prog.nodes)
         _afford(session, prog, len(session.valset), f"evaluating the collapse of {node!r}")
-        cand = await session.consider(prog, f"collapse {node}", {node: {"collapse": f"-{removed} nodes"}})
-        diff = cand.evidence.get("diff", 0.0)
-        if cand.status == "rejected" and diff >= -self.collapse_tolerance:
-            # not worse on validation and smaller (fewer calls per example): ties favour the smaller graph
-            cand.status = "accepted"
-            cand.reason = (f"not worse than #{inc.id} ({diff:+.3f} >= -{self.collapse_tolerance:g}) with "
-                           f"{removed} fewer nodes: ties favour the smaller graph")
-            session.incumbent, session.incumbent_candidate = prog, cand
-        return cand
+        # not worse on validation and smaller (fewer calls per example): ties favour the smaller graph.
+        # A stage stops the collapse only when it is already beyond the tolerance, so an accepted
+        # collapse is scored on every validation row.
+        policy = FavourOnTies(session.acceptance, self.collapse_tolerance,
+                              why=f"with {removed} fewer nodes: ties favour the smaller graph")
+        return await session.consider(prog, f"collapse {node}", {node: {"collapse": f"-{removed} nodes"}},
+                                      policy=policy)
 
     async def _try_decompose(self, session: CompileSession, node: str) -> None:
         base = session.incumbent

@@ -35,8 +35,8 @@ from ..errors import DefinitionError
 from ..pipeline.program import Program
 from .base import Optimizer
 from .fewshot import _demo_sig, bootstrap_pool, demo_nodes
-from .instructions import (Arm, Race, check_proposer, confirm, halving_cost, mappable_nodes, node_examples,
-                           propose_instructions, record, settle, short, successive_halving)
+from .instructions import check_proposer, mappable_nodes, node_examples, propose_instructions, short
+from .race import Arm, Race, confirm, halving_cost, record, settle, successive_halving
 from .session import BudgetStop, CompileSession, static_calls_per_example
 
 DIMS = ("instructions", "demos", "format")
@@ -331,7 +331,7 @@ class JointSearch(Optimizer):
                         break
                     await race.score(arm, session.rng.sample(range(n_val), m))
                     arm.candidate = record(session, arm.label, changes, arm.scores, arm.calls, arm.tokens,
-                                           f"minibatch: {race.describe(arm)}")
+                                           f"minibatch: {race.describe(arm)}", rows=arm.rows)
                 trials.append(arm)
                 est = inc_mean + race.delta(arm)  # the trial's estimated validation score
                 for ni, choice in enumerate(cfg):

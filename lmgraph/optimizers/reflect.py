@@ -51,7 +51,8 @@ from ..pipeline.program import Program
 from .selection import paired_stats, shrink
 from .base import Optimizer
 from .instructions import (_memo_generate, _norm, _proposer_program, check_proposer, clean_instruction,
-                           instruction_nodes, record, short)
+                           instruction_nodes, short)
+from .race import record
 from .report import Candidate
 from .session import CompileSession, BudgetStop, static_calls_per_example
 
@@ -352,10 +353,12 @@ class Reflect(Optimizer):
         label = f"{where}: " + (repr(short(proposal)) if proposal else "no usable instruction")
         changes = {node: {"instructions": short(proposal, 120)}} if proposal else {}
 
-        def row(scores: Sequence[float], status: str, reason: str, **evidence: float) -> Candidate:
+        def row(scores: Sequence[float], status: str, reason: str, *, on_val: bool = False,
+                **evidence: float) -> Candidate:
             now = session.meter.snapshot()
             c = record(session, label, changes, scores, now["calls"] - t0["calls"],
-                       now["total_tokens"] - t0["total_tokens"], reason)
+                       now["total_tokens"] - t0["total_tokens"], reason,
+                       rows=range(len(session.valset)) if on_val else None)
             c.status = status
             c.evidence = {"minibatch_parent": p_mean, "minibatch_n": float(len(rows)), **evidence}
             return c
@@ -392,7 +395,7 @@ class Reflect(Optimizer):
         vd, _ = paired_stats(parent.scores, m.scores)
         m.candidate = row(m.scores, "pool", f"pool #{m.idx}: better than its parent on the {mb}; validation "
                                             f"{m.mean:.3f} ({vd:+.3f} vs pool #{parent.idx})",
-                          minibatch_child=c_mean)
+                          on_val=True, minibatch_child=c_mean)
         pool.append(m)
         return True
 
@@ -420,7 +423,7 @@ class Reflect(Optimizer):
         changes = {n: {"instructions": short(merged.module(n).instructions, 120)}  # type: ignore[attr-defined]
                    for n in [*nodes_a, *nodes_b]}
         c = record(session, label, changes, scores, now["calls"] - t0["calls"],
-                   now["total_tokens"] - t0["total_tokens"], "")
+                   now["total_tokens"] - t0["total_tokens"], "", rows=range(len(session.valset)))
         mean = sum(scores) / len(scores)
         by = weakly_dominated(scores, [m.scores for m in pool])
         if by is not None:
