@@ -409,10 +409,10 @@ class Module:
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, **self.config()}
 
-    def __call__(self, **inputs: Any) -> "Prediction":
+    def __call__(self, ctx: Any = None, /, **inputs: Any) -> "Prediction":
         """Run this module once on ``inputs`` (keywords; ``ctx=`` a RunContext), in process and
         synchronously: :func:`lmgraph.call`."""
-        return call(self, **inputs)
+        return call(self, ctx, **inputs)
 
     def __eq__(self, other: object) -> bool:
         return type(other) is type(self) and self.to_dict() == other.to_dict() \
@@ -428,12 +428,13 @@ class Module:
         return type(self).__name__
 
 
-def call(module: Module, /, **inputs: Any) -> "Prediction":
+def call(module: Module, ctx: Any = None, /, **inputs: Any) -> "Prediction":
     """Run ``module`` once, synchronously and in process: ``lg.call(lg.Predict("question -> answer"),
     question="...")``. The module becomes the one node of a program whose inputs are its inputs and
     whose outputs are its outputs, and that program runs once; returns the :class:`Prediction`
     (``.answer``, ``.trace``). ``ctx=`` passes a :class:`lmgraph.RunContext` (the default: the
-    embedded model) unless the module has an input called ``ctx``, which is then that input."""
+    embedded model) unless the module has an input called ``ctx``, which is then that input (pass
+    the context positionally then: ``lg.call(module, ctx, ctx="...")``)."""
     from ..errors import UsageError
     from ..pipeline.builder import Pipeline, ref
 
@@ -441,7 +442,10 @@ def call(module: Module, /, **inputs: Any) -> "Prediction":
         raise UsageError(f"lg.call runs a module, got {type(module).__name__}",
                          fix="pass a module: lg.call(lg.Predict('question -> answer'), question='...').")
     sig = module.signature
-    ctx = inputs.pop("ctx", None) if "ctx" not in sig.input_names else None
+    if "ctx" in inputs and "ctx" not in sig.input_names:
+        if ctx is not None:
+            raise UsageError("ctx given twice (positionally and as ctx=)", fix="pass ctx once.")
+        ctx = inputs.pop("ctx")
     node = module.kind if module.kind.isidentifier() else "call"
     p = Pipeline(node)
     handles = {f.name: p.input(f.name, f.annotation) for f in sig.inputs}
