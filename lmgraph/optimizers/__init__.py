@@ -1,5 +1,6 @@
 """The compiler: optimizers are pure passes ``program -> (program, report)`` under hard budgets."""
 
+from .acceptance import AcceptancePolicy, FavourOnTies, PairedBootstrap, Verdict
 from .auto import Compile, compile
 from .artifact import diff, format_diff, load_artifact, read_artifact, save_artifact
 from .base import CostEstimate, Optimizer
@@ -11,7 +12,8 @@ from .reflect import Reflect
 from .report import Candidate, Report
 from .session import BudgetStop, CompileSession
 
-__all__ = ["Compile", "compile", "BootstrapFewShot", "BootstrapRandomSearch", "BudgetStop", "Candidate", "CompileSession",
-           "CostEstimate", "Decompose", "InstructionSearch", "JointSearch", "LabeledFewShot", "Optimizer", "Reflect", "Report",
-           "collapse_node", "decompose_node", "diff", "find_decompositions", "format_diff", "lint_rewrite",
+__all__ = ["AcceptancePolicy", "BootstrapFewShot", "BootstrapRandomSearch", "BudgetStop", "Candidate", "Compile",
+           "CompileSession", "CostEstimate", "Decompose", "FavourOnTies", "InstructionSearch", "JointSearch",
+           "LabeledFewShot", "Optimizer", "PairedBootstrap", "Reflect", "Report", "Verdict", "collapse_node",
+           "compile", "decompose_node", "diff", "find_decompositions", "format_diff", "lint_rewrite",
            "load_artifact", "read_artifact", "save_artifact"]
