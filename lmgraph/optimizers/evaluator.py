@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..context import RunContext
 from ..errors import ConfigError, ProviderFailureError
@@ -34,6 +34,9 @@ from ..lm.values import jsonable
 from ..pipeline.program import Program
 from .checkpoint import Checkpoint, _hash
 from .report import Report
+
+if TYPE_CHECKING:
+    from ..lm.wrappers import BudgetMeter
 
 PROVIDER_FAILURE_POLICIES = ("retry", "stop")
 
@@ -91,8 +94,9 @@ class Evaluator:
                  provider_reruns: int = 3) -> None:
         check_provider_policy(on_provider_failure, provider_reruns)
         self.ctx = ctx
-        self.meter = ctx.budget_meter
-        assert self.meter is not None
+        meter = ctx.budget_meter
+        assert meter is not None, "the session's context carries a budget"
+        self.meter: BudgetMeter = meter
         self.metric = metric
         self.report = report  # where row outcomes (failures) and provider faults are written
         self.concurrency = concurrency
