@@ -16,7 +16,9 @@ marker by which a decomposition is recognised again (:func:`find_decompositions`
 :class:`Decompose` first tries to collapse the decompositions it finds (a collapse is accepted
 when its mean validation score is not lower than the incumbent's by more than
 ``collapse_tolerance``, default 0: on a tie the smaller graph wins, because it costs fewer calls
-for the same measured quality), then tries to decompose each target node (accepted only when
+for the same measured quality; the session's acceptance policy wrapped in
+:class:`~.acceptance.FavourOnTies`, so an accepted collapse is scored on every validation row),
+then tries to decompose each target node (accepted only when
 ``session.consider`` finds paired-bootstrap evidence that it is better). With ``max_demos > 0``
 the new nodes -- plan, combine and the per-step solver inside the Map -- also get demos
 bootstrapped from the decomposed program's own passing runs on training data, through the same
