@@ -28,7 +28,7 @@ from ..signatures import Signature
 if TYPE_CHECKING:
     from ..pipeline.executor import NodeCall, Prediction
     from ..pipeline.trace import NodeTrace
-    from .configs import ModuleConfig
+    from pydantic import BaseModel
 
 FORMAT_CHOICES = ("auto", *FORMATS)
 
@@ -182,7 +182,7 @@ class Module:
 
     #: the kind's config model (a :class:`~lmgraph.modules.configs.ModuleConfig` subclass, or its
     #: name in :mod:`lmgraph.modules.configs`): what it saves; None: it saves only by overriding config()
-    config_model: ClassVar["type[ModuleConfig] | str | None"] = None
+    config_model: ClassVar["type[BaseModel] | str | None"] = None
 
     _frozen: bool = False
 
@@ -213,7 +213,7 @@ class Module:
 
     # ---- saving and loading: one generic path through the kind's config model
     @classmethod
-    def config_class(cls) -> "type[ModuleConfig] | None":
+    def config_class(cls) -> "type[BaseModel] | None":
         """The kind's config model class (resolved on first use; None when the class has none)."""
         model = cls.config_model
         if isinstance(model, str):
@@ -229,8 +229,9 @@ class Module:
         if model is None:
             raise DefinitionError(f"the custom module {type(self).__name__} cannot be saved (or hashed): it has no "
                                   "config_model and does not implement config()", fix=_CUSTOM_SAVE_FIX)
-        own = self.kind_config() if model.kind_fields else {}
-        values = {f: own[f] if f in model.kind_fields else _plain(getattr(self, f)) for f in model.model_fields}
+        kind_fields = getattr(model, "kind_fields", ())
+        own = self.kind_config() if kind_fields else {}
+        values = {f: own[f] if f in kind_fields else _plain(getattr(self, f)) for f in model.model_fields}
         from .configs import dump_config
 
         return dump_config(type(self).__name__, model, values)
@@ -247,8 +248,9 @@ class Module:
         from .configs import validate_config
 
         cfg = validate_config(cls.kind, model, config)
-        kwargs = {f: getattr(cfg, f) for f in model.model_fields if f not in model.kind_fields}
-        if model.kind_fields:
+        kind_fields = getattr(model, "kind_fields", ())
+        kwargs = {f: getattr(cfg, f) for f in model.model_fields if f not in kind_fields}
+        if kind_fields:
             kwargs.update(cls.kind_kwargs(cfg, resources=resources, types=types))
         return cls(**kwargs)
 
@@ -258,7 +260,7 @@ class Module:
         return {}
 
     @classmethod
-    def kind_kwargs(cls, config: "ModuleConfig", *, resources: Mapping[str, Any],
+    def kind_kwargs(cls, config: "BaseModel", *, resources: Mapping[str, Any],
                     types: Mapping[str, Any] | None) -> dict[str, Any]:
         """Constructor keywords rebuilt from the config's ``kind_fields``."""
         return {}
@@ -470,10 +472,11 @@ def _parameters(cls: type) -> frozenset[str]:
 
 
 def _plain(value: Any) -> Any:
-    """An attribute as saved JSON data: tuples become lists, mappings plain dicts (one level down too)."""
-    if isinstance(value, (tuple, list)):
-        return [dict(v) if isinstance(v, Mapping) else v for v in value]
-    if isinstance(value, Mapping):
+    """An attribute as the config model takes it: a tuple as a list, a mapping as a dict (validation
+    then copies each dict it checks: the saved data shares no dict with the module)."""
+    if type(value) is tuple:
+        return [v if type(v) is dict or not isinstance(v, Mapping) else dict(v) for v in value]
+    if isinstance(value, Mapping) and type(value) is not dict:
         return dict(value)
     return value
 

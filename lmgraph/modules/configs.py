@@ -43,7 +43,14 @@ class StrictConfig(BaseModel):
 
     @model_serializer(mode="wrap")
     def _leave_out_defaults(self, handler: Any) -> Any:
-        data = handler(self)
+        return self._omit(handler(self))
+
+    def json_data(self) -> dict[str, Any]:
+        """The saved JSON object: ``model_dump()``, without serializing every JSON value again (the
+        values are plain JSON already, checked by validation)."""
+        return self._omit({f: _data(getattr(self, f)) for f in type(self).model_fields})
+
+    def _omit(self, data: dict[str, Any]) -> dict[str, Any]:
         fields = type(self).model_fields
         for group in self.omit_defaults:
             if all(f in data and _same(data[f], fields[f].get_default(call_default_factory=True)) for f in group):
@@ -54,6 +61,16 @@ class StrictConfig(BaseModel):
 
 def _same(a: Any, b: Any) -> bool:
     return isinstance(a, bool) == isinstance(b, bool) and a == b
+
+
+def _data(value: Any) -> Any:
+    if isinstance(value, StrictConfig):
+        return value.json_data()
+    if isinstance(value, list) and value and isinstance(value[0], StrictConfig):
+        return [_data(v) for v in value]
+    if isinstance(value, dict) and any(isinstance(v, StrictConfig) for v in value.values()):
+        return {k: _data(v) for k, v in value.items()}
+    return value
 
 
 class ModuleConfig(StrictConfig):
@@ -218,7 +235,7 @@ def _path(loc: tuple[Any, ...]) -> str:
 _MODEL_NAMES = {c.__name__ for c in (FieldConfig, SignatureConfig, PredicateRef)}
 
 
-def config_error(kind: str, model: type[StrictConfig], exc: ValidationError) -> ArtifactError:
+def config_error(kind: str, model: type[BaseModel], exc: ValidationError) -> ArtifactError:
     """The first (most telling) problem of a saved config as an ArtifactError naming the key and the fix."""
     errors = sorted(exc.errors(), key=lambda e: (e["type"] != "extra_forbidden", e["type"] != "missing"))
     err = errors[0]
@@ -242,7 +259,7 @@ def config_error(kind: str, model: type[StrictConfig], exc: ValidationError) -> 
                              "again from code.")
 
 
-def validate_config(kind: str, model: type[ModuleConfig], data: Any) -> ModuleConfig:
+def validate_config(kind: str, model: type[BaseModel], data: Any) -> BaseModel:
     """``data`` (a saved module config, ``kind`` left out) checked against the kind's model."""
     try:
         return model.model_validate(data)
@@ -250,10 +267,12 @@ def validate_config(kind: str, model: type[ModuleConfig], data: Any) -> ModuleCo
         raise config_error(kind, model, e) from None
 
 
-def dump_config(owner: str, model: type[ModuleConfig], values: dict[str, Any]) -> dict[str, Any]:
-    """A module's values (by field) checked against its model, as the JSON object saved."""
+def dump_config(owner: str, model: type[BaseModel], values: dict[str, Any]) -> dict[str, Any]:
+    """A module's values (by field) checked against its model, as the JSON object saved (a custom
+    kind's model that is not a StrictConfig is dumped as pydantic dumps JSON)."""
     try:
-        return model.model_validate(values).model_dump()
+        cfg = model.model_validate(values)
+        return cfg.json_data() if isinstance(cfg, StrictConfig) else cfg.model_dump(mode="json")
     except ValidationError as e:
         err = config_error(owner, model, e)
         raise DefinitionError(f"{owner} cannot be saved: {err.message}", field=err.field,

@@ -243,7 +243,7 @@ class GenerationSettings:
     @classmethod
     def kind_kwargs(cls, config: Any, *, resources: Mapping[str, Any],
                     types: Mapping[str, Any] | None) -> dict[str, Any]:
-        return {"signature": Signature.from_dict(config.signature.model_dump(), types=dict(types or {}))}
+        return {"signature": Signature.from_dict(config.signature.json_data(), types=dict(types or {}))}
 
 
 class Predict(GenerationSettings, Module):
