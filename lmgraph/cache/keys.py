@@ -22,7 +22,7 @@ KEY_VERSION = 1
 _SENSITIVE_MARKERS = ("api_key", "apikey", "secret", "password", "authorization")
 
 
-def _is_sensitive(name: object) -> bool:
+def is_sensitive(name: object) -> bool:
     """Credential-like key names; 'token' counts only as a whole word (not ``max_tokens``)."""
     lowered = str(name).lower()
     return any(marker in lowered for marker in _SENSITIVE_MARKERS) or \
@@ -35,7 +35,7 @@ def strip_credentials(value: Any) -> Any:
     Recurses through dicts, lists and tuples; other values are returned unchanged.
     """
     if isinstance(value, dict):
-        return {k: strip_credentials(v) for k, v in value.items() if not _is_sensitive(k)}
+        return {k: strip_credentials(v) for k, v in value.items() if not is_sensitive(k)}
     if isinstance(value, (list, tuple)):
         return [strip_credentials(v) for v in value]
     return value

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import LMError
 from .base import LMRequest, LMResponse, Usage
+from .openai_compat import field, input_fields, stream_delta
 
 if TYPE_CHECKING:
     from .llamacpp import LlamaCppLM
@@ -59,22 +60,17 @@ def _stream_on(self: "LlamaCppLM", llm: Any, request: LMRequest, grammar: Any, p
     parts: list[str] = []
     finish: str | None = None
     try:
-        if request.messages is not None:
-            chunks = llm.create_chat_completion(messages=[m.to_dict() for m in request.messages],
-                                                stream=True, **kwargs)
-        else:
-            chunks = llm.create_completion(prompt=request.prompt, stream=True, **kwargs)
+        chunks = self._create(llm, request)(**input_fields(request), stream=True, **kwargs)
         try:
             for chunk in chunks:
                 if stop.is_set():
                     break
                 choice = chunk["choices"][0]
-                piece = ((choice.get("delta") or {}).get("content") if request.messages is not None
-                         else choice.get("text"))
+                piece = stream_delta(choice, request)
                 if piece:
                     parts.append(piece)
                     post("delta", piece)
-                finish = choice.get("finish_reason") or finish
+                finish = field(choice, "finish_reason") or finish
         finally:
             close = getattr(chunks, "close", None)
             if close is not None:
@@ -86,6 +82,6 @@ def _stream_on(self: "LlamaCppLM", llm: Any, request: LMRequest, grammar: Any, p
 
 
 def _llama_cpp() -> Any:
-    from .llamacpp import _import_llama_cpp
+    from .llamacpp import import_llama_cpp
 
-    return _import_llama_cpp()
+    return import_llama_cpp()

@@ -124,8 +124,14 @@ class LMRequest:
 
 @dataclass(frozen=True, kw_only=True)
 class Usage:
+    """Tokens of one call. ``cached_tokens``: how many of the prompt tokens the provider served from
+    its prompt cache, where it says (OpenAI's ``prompt_tokens_details.cached_tokens``); they are part
+    of ``prompt_tokens``. It describes that live call: a response replayed from lmgraph's own cache
+    (``LMResponse.to_dict``/``from_dict``) does not keep it."""
+
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int = 0
 
     @property
     def total_tokens(self) -> int:
@@ -133,12 +139,13 @@ class Usage:
 
     def __add__(self, other: "Usage") -> "Usage":
         return Usage(prompt_tokens=self.prompt_tokens + other.prompt_tokens,
-                     completion_tokens=self.completion_tokens + other.completion_tokens)
+                     completion_tokens=self.completion_tokens + other.completion_tokens,
+                     cached_tokens=self.cached_tokens + other.cached_tokens)
 
 
 def _new_usage(prompt_tokens: int, completion_tokens: int) -> Usage:
     obj = object.__new__(Usage)
-    obj.__dict__.update(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
+    obj.__dict__.update(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, cached_tokens=0)
     return obj
 
 

@@ -29,7 +29,6 @@ requests are counted on the client (``negotiation_failures``). An explicit ``jso
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -37,7 +36,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import DefinitionError, LMError
-from .base import LMRequest, LMResponse, Message
+from .base import LMRequest, LMResponse
+# how a JSON mode shapes a request lives with the other OpenAI request fields (re-exported here)
+from .openai_compat import response_format, schema_in_prompt
 
 __all__ = ["Capabilities", "NegotiatedJsonMode", "JSON_MODES", "JSON_MODE_CHOICES", "JsonModeNegotiator", "check_json_mode",
            "forget_json_modes", "names_response_format", "remembered_json_mode", "response_format",
@@ -77,34 +78,6 @@ def check_json_mode(json_mode: Any, *, owner: str) -> str:
                 "(OpenAI, vLLM, Ollama), 'json_object' (llama-cpp-python's server), 'none' "
                 "(schema in the prompt).")
     return str(json_mode)
-
-
-def response_format(mode: str, schema: dict[str, Any]) -> dict[str, Any] | None:
-    """The ``response_format`` body field for ``mode`` (None for ``"none"``)."""
-    if mode == "json_schema":
-        return {"type": "json_schema", "json_schema": {"name": "output", "schema": schema}}
-    if mode == "json_object":
-        return {"type": "json_object", "schema": schema}
-    return None
-
-
-def schema_in_prompt(request: LMRequest) -> LMRequest:
-    """``request`` with its JSON schema written into the prompt (mode ``"none"``): appended to
-    the last user message of a chat, put before a raw prompt (whose end is the answer's cue)."""
-    assert request.json_schema is not None
-    note = ("Answer with one JSON object that matches this JSON schema: "
-            + json.dumps(request.json_schema, ensure_ascii=False, separators=(",", ":")))
-    if request.messages is not None:
-        msgs = list(request.messages)
-        for i in range(len(msgs) - 1, -1, -1):
-            if msgs[i].role == "user":
-                msgs[i] = Message(role="user", content=msgs[i].content.rstrip() + "\n\n" + note)
-                break
-        else:
-            msgs.append(Message(role="user", content=note))
-        return request.replace(messages=tuple(msgs))
-    assert request.prompt is not None
-    return request.replace(prompt=note + "\n\n" + request.prompt)
 
 
 def names_response_format(status: int | None, text: str) -> bool:

@@ -65,7 +65,7 @@ def extra_secrets(value: object) -> list[str]:
     """The values of credential-like entries (``api_key``, ``Authorization``, ``token`` ...) at any
     depth of a backend's extra settings (litellm's ``extra_headers``, body fields), and the
     token of an ``Authorization`` value (``Bearer <token>``), so an error echoing them is scrubbed."""
-    from ..cache.keys import _is_sensitive
+    from ..cache.keys import is_sensitive
 
     found: list[str] = []
     stack = [value]
@@ -73,7 +73,7 @@ def extra_secrets(value: object) -> list[str]:
         v = stack.pop()
         if isinstance(v, dict):
             for k, x in v.items():
-                if _is_sensitive(k) and isinstance(x, str):
+                if is_sensitive(k) and isinstance(x, str):
                     found.append(x)
                     scheme, _, token = x.partition(" ")
                     if token and scheme.isalpha():

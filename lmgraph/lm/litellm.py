@@ -21,6 +21,7 @@ endpoint's JSON mode is known; until then, and for ``logprobs``/``choices``, ``c
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 from collections.abc import AsyncIterator
@@ -31,13 +32,13 @@ from typing import Any
 
 from ..cache.keys import strip_credentials
 from ..errors import DefinitionError, LmgraphError, LMError
-from .base import LMRequest, LMResponse, Usage
-from .capabilities import (JsonModeNegotiator, NegotiatedJsonMode, mark_json_mode_rejection, response_format,
-                           schema_in_prompt)
+from .base import LMRequest, LMResponse
+from .capabilities import JsonModeNegotiator, NegotiatedJsonMode, mark_json_mode_rejection
 from .credentials import (LOCAL_PLACEHOLDER_KEY, Secrets, extra_secrets, redact_url, resolve_api_key, split_userinfo,
                           url_secrets)
 from .faults import count_request, endpoint_limiter, retry_after
-from .llamacpp import _normalise_logprobs
+from .openai_compat import (MalformedResponse, field, input_fields, json_mode_fields, logprob_fields, parse_completion,
+                            parse_usage, sampling_fields, schema_in_prompt, stream_delta, STREAM_FIELDS)
 
 __all__ = ["LiteLLM", "openai_compatible", "INSTALL_COMMAND"]
 
@@ -94,28 +95,6 @@ def _chain(exc: BaseException) -> list[BaseException]:
         seen.append(current)
         current = current.__cause__ or current.__context__
     return seen
-
-
-def _get(obj: Any, key: str, default: Any = None) -> Any:
-    """Attribute-or-key access (litellm responses are pydantic objects that act like dicts)."""
-    if obj is None:
-        return default
-    if isinstance(obj, dict):
-        return obj.get(key, default)
-    return getattr(obj, key, default)
-
-
-def _as_dict(obj: Any) -> Any:
-    if obj is None or isinstance(obj, dict):
-        return obj
-    for name in ("model_dump", "dict", "to_dict"):
-        fn = getattr(obj, name, None)
-        if callable(fn):
-            try:
-                return fn()
-            except Exception:  # pragma: no cover - odd objects
-                continue
-    return None
 
 
 class LiteLLM(NegotiatedJsonMode):
@@ -219,31 +198,17 @@ class LiteLLM(NegotiatedJsonMode):
                 pass
 
     def _kwargs(self, request: LMRequest, mode: str | None = None) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {
-            "model": self.model,
-            "temperature": float(request.temperature),
-            "max_tokens": int(request.max_tokens),
-            "seed": request.sampling_seed,
-            "top_p": float(request.top_p),
-            "timeout": self.timeout,
-            "num_retries": self.num_retries,
-            "drop_params": True,
-        }
-        if request.stop:
-            kwargs["stop"] = list(request.stop)
+        """litellm's keyword arguments for ``request`` (already in JSON mode ``mode``) but its
+        messages or prompt: the OpenAI fields (:mod:`.openai_compat`) and litellm's own settings."""
+        kwargs: dict[str, Any] = {"model": self.model, **sampling_fields(request), "timeout": self.timeout,
+                                  "num_retries": self.num_retries, "drop_params": True}
         if self._api_base is not None:
             kwargs["api_base"] = self._api_base
         if self._api_key is not None:
             kwargs["api_key"] = self._api_key
         if request.json_schema is not None:
-            fmt = response_format(mode or self._json.candidates(request.mode)[0], request.json_schema)
-            if fmt is not None:
-                kwargs["response_format"] = fmt
-        if request.logprobs:
-            if request.messages is not None:
-                kwargs.update(logprobs=True, top_logprobs=self.top_logprobs)
-            else:
-                kwargs["logprobs"] = self.top_logprobs
+            kwargs.update(json_mode_fields(request, mode or self._json.candidates(request.mode)[0]))
+        kwargs.update(logprob_fields(request, self.top_logprobs))
         if self._basic_auth:  # replaces the bearer header of api_key
             kwargs["extra_headers"] = {**(self.extra.get("extra_headers") or {}),
                                        "Authorization": self._basic_auth}
@@ -268,11 +233,8 @@ class LiteLLM(NegotiatedJsonMode):
         sent = await limiter.acquire() if limiter is not None else 0.0
         start = time.perf_counter()
         try:
-            if request.messages is not None:
-                raw = await litellm.acompletion(
-                    messages=[m.to_dict() for m in request.messages], **kwargs)
-            else:
-                raw = await litellm.atext_completion(prompt=request.prompt, **kwargs)
+            call = litellm.acompletion if request.messages is not None else litellm.atext_completion
+            raw = await call(**input_fields(request), **kwargs)
         except LmgraphError:
             raise
         except Exception as exc:
@@ -300,25 +262,22 @@ class LiteLLM(NegotiatedJsonMode):
         litellm = _import_litellm()
         sent_request = schema_in_prompt(request) if mode == "none" else request
         kwargs = self._kwargs(sent_request, mode)
-        kwargs.update(stream=True, stream_options={"include_usage": True})
+        kwargs.update(STREAM_FIELDS)
         limiter = self.rate_limiter
         sent = await limiter.acquire() if limiter is not None else 0.0
         start = time.perf_counter()
         chunks: list[Any] = []
         parts: list[str] = []
         try:
-            if sent_request.messages is not None:
-                raw = await litellm.acompletion(messages=[m.to_dict() for m in sent_request.messages], **kwargs)
-            else:
-                raw = await litellm.atext_completion(prompt=sent_request.prompt, **kwargs)
+            call = litellm.acompletion if sent_request.messages is not None else litellm.atext_completion
+            raw = await call(**input_fields(sent_request), **kwargs)
             count_request()
             if limiter is not None:
                 limiter.success()
             async for chunk in raw:
                 chunks.append(chunk)
-                for choice in _get(chunk, "choices") or []:
-                    piece = (_get(_get(choice, "delta"), "content") if request.messages is not None
-                             else _get(choice, "text"))
+                for choice in field(chunk, "choices") or []:
+                    piece = stream_delta(choice, request)
                     if piece:
                         parts.append(piece)
                         yield piece
@@ -331,10 +290,15 @@ class LiteLLM(NegotiatedJsonMode):
             if err.status == 429 and limiter is not None:
                 limiter.throttle(sent, err.retry_after_s)
             raise err from (None if _shows_secret(exc, self._secrets) else exc)
-        usage = next((u for u in (_get(c, "usage") for c in reversed(chunks)) if u), None)
-        finish = next((f for f in (_get(ch, "finish_reason") for c in reversed(chunks)
-                                   for ch in (_get(c, "choices") or [])) if f), None)
-        model = next((str(m) for m in (_get(c, "model") for c in chunks) if m), self.model)
+        try:
+            usage = parse_usage(next((u for u in (field(c, "usage") for c in reversed(chunks)) if u), None))
+            finish = next((f for f in (field(ch, "finish_reason") for c in reversed(chunks)
+                                       for ch in (field(c, "choices") or [])) if f), None)
+        except MalformedResponse as exc:
+            raise self._malformed(exc) from None
+        if not usage.completion_tokens:  # none reported: one token per content delta
+            usage = dataclasses.replace(usage, completion_tokens=len(parts))
+        model = next((str(m) for m in (field(c, "model") for c in chunks) if m), self.model)
         cost = None
         try:
             rebuilt = litellm.stream_chunk_builder(
@@ -342,10 +306,7 @@ class LiteLLM(NegotiatedJsonMode):
             cost = _cost(rebuilt, litellm) if rebuilt is not None else None
         except Exception:  # noqa: BLE001 - no price for this stream: cost unknown
             cost = None
-        yield LMResponse(text="".join(parts),
-                         usage=Usage(prompt_tokens=int(_get(usage, "prompt_tokens") or 0),
-                                     completion_tokens=int(_get(usage, "completion_tokens") or len(parts))),
-                         model=model, finish_reason=finish, cost=cost, latency_s=time.perf_counter() - start)
+        yield LMResponse(text="".join(parts), usage=usage, model=model, finish_reason=finish, cost=cost, latency_s=time.perf_counter() - start)
 
     def _wrap_error(self, exc: Exception, mode: str | None = None) -> LMError:
         # litellm re-wraps transport failures (a refused connection arrives as
@@ -378,28 +339,15 @@ class LiteLLM(NegotiatedJsonMode):
 
     def _to_response(self, raw: Any, request: LMRequest, latency: float,
                      litellm: Any) -> LMResponse:
-        choices = _get(raw, "choices") or []
-        if not choices:
-            raise LMError(f"{self.model} returned no choices.")
-        choice = choices[0]
-        if request.messages is not None:
-            text = _get(_get(choice, "message"), "content") or ""
-        else:
-            text = _get(choice, "text") or ""
-        usage = _get(raw, "usage")
-        logprobs = None
-        if request.logprobs:
-            logprobs = _normalise_logprobs(_as_dict(_get(choice, "logprobs")))
-        return LMResponse(
-            text=text,
-            usage=Usage(prompt_tokens=int(_get(usage, "prompt_tokens") or 0),
-                        completion_tokens=int(_get(usage, "completion_tokens") or 0)),
-            model=str(_get(raw, "model") or self.model),
-            finish_reason=_get(choice, "finish_reason"),
-            logprobs=logprobs,
-            cost=_cost(raw, litellm),
-            latency_s=latency,
-        )
+        try:
+            return parse_completion(raw, request, model=self.model, reported_model=True, latency_s=latency,
+                                    cost=_cost(raw, litellm))
+        except MalformedResponse as exc:
+            raise self._malformed(exc) from None
+
+    def _malformed(self, exc: MalformedResponse) -> LMError:
+        """What a litellm answer that is not a completion raises (e.g. "... returned no choices.")."""
+        return LMError(self._secrets.scrub(f"{self.model} returned {exc}."))
 
 
 def _cost(raw: Any, litellm: Any) -> float | None:

@@ -49,8 +49,9 @@ from ..errors import DefinitionError, LMError
 from .base import LMRequest, LMResponse, Usage
 from .capabilities import Capabilities
 from .embedded import check_threads, default_instances, default_threads, local_model_path
+from .openai_compat import MalformedResponse, input_fields, logprob_fields, parse_completion
 
-__all__ = ["LlamaCppLM", "INSTALL_COMMAND"]
+__all__ = ["LlamaCppLM", "INSTALL_COMMAND", "import_llama_cpp"]
 
 INSTALL_COMMAND = "pip install 'llama-cpp-python>=0.3.8'  (or: pip install 'lmgraph[local]')"
 
@@ -63,7 +64,8 @@ _CTX_PAD = 256
 _CTX_OVERFLOW = re.compile(r"Requested tokens \((\d+)\) exceed context window of (\d+)")
 
 
-def _import_llama_cpp() -> Any:
+def import_llama_cpp() -> Any:
+    """``llama_cpp``, or a DefinitionError naming the install command when it is missing."""
     try:
         import llama_cpp
     except ImportError as exc:
@@ -229,7 +231,7 @@ class LlamaCppLM:
         """Tokens ``text`` takes as a raw completion prompt (BOS included if the model adds one)."""
         with self._vocab_lock:
             if self._vocab is None:
-                llama_cpp = _import_llama_cpp()
+                llama_cpp = import_llama_cpp()
                 with _LOAD_LOCK:
                     self._vocab = llama_cpp.Llama(str(self.model_path), vocab_only=True,
                                                   verbose=self.verbose)
@@ -307,7 +309,7 @@ class LlamaCppLM:
             return sem
 
     def _new_llama(self, *, logits_all: bool) -> Any:
-        llama_cpp = _import_llama_cpp()
+        llama_cpp = import_llama_cpp()
         t0 = time.perf_counter()
         try:
             llm = llama_cpp.Llama(
@@ -332,15 +334,8 @@ class LlamaCppLM:
             kwargs = self._sampling_kwargs(request)
             if grammar is not None:
                 kwargs["grammar"] = grammar
-            if request.messages is not None:
-                if request.logprobs:
-                    kwargs.update(logprobs=True, top_logprobs=self.top_logprobs)
-                out = llm.create_chat_completion(
-                    messages=[m.to_dict() for m in request.messages], **kwargs)
-            else:
-                if request.logprobs:
-                    kwargs["logprobs"] = self.top_logprobs
-                out = llm.create_completion(prompt=request.prompt, **kwargs)
+            kwargs.update(logprob_fields(request, self.top_logprobs))  # the OpenAI shapes: see .openai_compat
+            out = self._create(llm, request)(**input_fields(request), **kwargs)
         except LMError:
             raise
         except Exception as exc:
@@ -415,7 +410,7 @@ class LlamaCppLM:
         return kwargs
 
     def _grammar(self, schema: dict[str, Any]) -> Any:
-        _import_llama_cpp()  # clear error if missing
+        import_llama_cpp()  # clear error if missing
         from llama_cpp.llama_grammar import LlamaGrammar
 
         try:
@@ -439,8 +434,19 @@ class LlamaCppLM:
             return err
         return LMError(f"llama.cpp failed ({type(exc).__name__}): {exc}")
 
+    @staticmethod
+    def _create(llm: Any, request: LMRequest) -> Callable[..., Any]:
+        """llama-cpp-python's call for ``request``: ``create_chat_completion`` for a chat,
+        ``create_completion`` for a raw prompt (both take and return the OpenAI shapes)."""
+        return llm.create_chat_completion if request.messages is not None else llm.create_completion
+
     def _to_response(self, out: dict[str, Any], request: LMRequest) -> LMResponse:
-        return openai_response(out, request, model=self._identity["model"])
+        try:
+            return parse_completion(out, request, model=self._identity["model"])
+        except MalformedResponse as exc:  # not expected of llama-cpp-python: a version that answers otherwise
+            err = LMError(f"llama.cpp returned {exc}.")
+            err.retryable = False  # type: ignore[attr-defined]  # the same call answers the same way
+            raise err from None
 
 
 def _tokenize_choices(llm: Any, prompt: str,
@@ -496,49 +502,3 @@ def _log_softmax(logits: Any) -> Any:
     x = np.asarray(logits, dtype=np.float64)
     shifted = x - x.max()
     return shifted - np.log(np.exp(shifted).sum())
-
-
-def openai_response(data: dict[str, Any], request: LMRequest, *, model: str,
-                    latency_s: float = 0.0) -> LMResponse:
-    """An OpenAI-shaped completion (``choices[0]``, ``usage``) -> LMResponse; raises KeyError,
-    IndexError or TypeError when ``data`` has no choice. Shared by llama.cpp and HTTP backends."""
-    choice = data["choices"][0]
-    if request.messages is not None:
-        text = (choice.get("message") or {}).get("content") or ""
-    else:
-        text = choice.get("text") or ""
-    usage = data.get("usage") or {}
-    return LMResponse(
-        text=text,
-        usage=Usage(prompt_tokens=int(usage.get("prompt_tokens") or 0),
-                    completion_tokens=int(usage.get("completion_tokens") or 0)),
-        model=model,
-        finish_reason=choice.get("finish_reason"),
-        logprobs=_normalise_logprobs(choice.get("logprobs")) if request.logprobs else None,
-        latency_s=latency_s,
-    )
-
-
-def _normalise_logprobs(raw: Any) -> list[dict[str, Any]] | None:
-    """Completion- or chat-style logprobs -> ``[{"token", "logprob", "top": {tok: lp}}]``."""
-    if not raw:
-        return None
-    entries: list[dict[str, Any]] = []
-    if "content" in raw:  # chat style
-        for item in raw.get("content") or []:
-            top = {t["token"]: float(t["logprob"]) for t in item.get("top_logprobs") or []}
-            entries.append({"token": item.get("token"), "logprob": _float(item.get("logprob")),
-                            "top": top})
-        return entries
-    tokens = raw.get("tokens") or []
-    lps = raw.get("token_logprobs") or []
-    tops = raw.get("top_logprobs") or []
-    for i, token in enumerate(tokens):
-        top = tops[i] if i < len(tops) and tops[i] else {}
-        entries.append({"token": token, "logprob": _float(lps[i] if i < len(lps) else None),
-                        "top": {k: float(v) for k, v in top.items()}})
-    return entries
-
-
-def _float(value: Any) -> float | None:
-    return None if value is None else float(value)

@@ -39,11 +39,11 @@ from typing import Any
 from ..cache.keys import strip_credentials
 from ..errors import DefinitionError, LMError
 from .base import LMRequest, LMResponse, Usage
-from .capabilities import (JsonModeNegotiator, NegotiatedJsonMode, mark_json_mode_rejection, response_format,
-                           schema_in_prompt)
+from .capabilities import JsonModeNegotiator, NegotiatedJsonMode, mark_json_mode_rejection
 from .credentials import Secrets, extra_secrets, redact_url, resolve_api_key, split_userinfo, url_secrets
 from .faults import count_request, endpoint_limiter, retry_after, retryable_status
-from .llamacpp import openai_response
+from .openai_compat import (STREAM_FIELDS, MalformedResponse, endpoint_path, error_text, field, parse_completion,
+                            parse_usage, request_body, schema_in_prompt, stream_delta)
 
 __all__ = ["OpenAIServerLM", "HTTP_INSTALL_COMMAND"]
 
@@ -215,28 +215,11 @@ class OpenAIServerLM(NegotiatedJsonMode):
 
     # ---- requests
     def _body(self, request: LMRequest, mode: str | None = None) -> tuple[str, dict[str, Any]]:
-        body: dict[str, Any] = {"model": self.model, "temperature": float(request.temperature),
-                                "max_tokens": int(request.max_tokens), "top_p": float(request.top_p)}
-        if request.sampling_seed is not None:
-            body["seed"] = request.sampling_seed
-        if request.stop:
-            body["stop"] = list(request.stop)
+        """The URL and body of ``request`` (already in JSON mode ``mode``; see :mod:`.openai_compat`)."""
         if request.json_schema is not None:
-            fmt = response_format(mode or self._json.candidates(request.mode)[0], request.json_schema)
-            if fmt is not None:
-                body["response_format"] = fmt
-        if request.messages is not None:
-            body["messages"] = [m.to_dict() for m in request.messages]
-            if request.logprobs:
-                body.update(logprobs=True, top_logprobs=self.top_logprobs)
-            path = "/chat/completions"
-        else:
-            body["prompt"] = request.prompt
-            if request.logprobs:
-                body["logprobs"] = self.top_logprobs
-            path = "/completions"
-        body.update(self.extra)
-        return self._root + path + self._query, body
+            mode = mode or self._json.candidates(request.mode)[0]
+        body = request_body(request, model=self.model, mode=mode, top_logprobs=self.top_logprobs, extra=self.extra)
+        return self._root + endpoint_path(request) + self._query, body
 
     def _error(self, msg: str, retryable: bool, *, status: int | None = None,
                retry_after_s: float | None = None) -> LMError:
@@ -283,7 +266,7 @@ class OpenAIServerLM(NegotiatedJsonMode):
                               True) from (None if self._secrets else exc)
         latency = time.perf_counter() - start
         if status >= 400:
-            text = _error_text(raw)
+            text = error_text(raw)
             wait = retry_after(headers)
             if status == 429 and limiter is not None:
                 limiter.throttle(sent, wait)
@@ -293,10 +276,10 @@ class OpenAIServerLM(NegotiatedJsonMode):
         if limiter is not None:
             limiter.success()
         try:
-            data = json.loads(raw)
             # cost stays None: a self-hosted server has no price
-            return openai_response(data, request, model=str(data.get("model") or self.model), latency_s=latency)
-        except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+            return parse_completion(json.loads(raw), request, model=self.model, reported_model=True,
+                                    latency_s=latency)
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError):  # MalformedResponse is a ValueError
             # a 200 that is cut off or not a completion (an HTML error page from a proxy, a
             # reset mid-body): the server failed to answer, another try may well succeed
             raise self._error(f"{self.model} at {shown} returned no completion (HTTP {status}, "
@@ -313,7 +296,7 @@ class OpenAIServerLM(NegotiatedJsonMode):
                 yield item
             return
         url, body = self._body(schema_in_prompt(request) if mode == "none" else request, mode)
-        body.update(stream=True, stream_options={"include_usage": True})
+        body.update(STREAM_FIELDS)
         shown = redact_url(url)
         session = self._session()
         aiohttp = _import_aiohttp()
@@ -330,7 +313,7 @@ class OpenAIServerLM(NegotiatedJsonMode):
                 counted = True
                 count_request()
                 if resp.status >= 400:
-                    text = _error_text(await resp.read())
+                    text = error_text(await resp.read())
                     wait = retry_after(resp.headers)
                     if resp.status == 429 and limiter is not None:
                         limiter.throttle(sent, wait)
@@ -353,13 +336,16 @@ class OpenAIServerLM(NegotiatedJsonMode):
                         raise self._error(f"{self.model} at {shown} sent an event that is not JSON: {data[:200]!r}",
                                           True) from None
                     if isinstance(event.get("error"), (dict, str)):
-                        raise self._error(f"{self.model} at {shown} failed mid-stream: {_error_text(data)}", True)
+                        raise self._error(f"{self.model} at {shown} failed mid-stream: {error_text(data)}", True)
                     usage = event.get("usage") or usage
                     model = str(event.get("model") or model)
                     for choice in event.get("choices") or []:
-                        piece = ((choice.get("delta") or {}).get("content") if request.messages is not None
-                                 else choice.get("text"))
-                        finish = choice.get("finish_reason") or finish
+                        try:
+                            piece = stream_delta(choice, request)
+                            finish = field(choice, "finish_reason") or finish
+                        except MalformedResponse as exc:
+                            raise self._error(f"{self.model} at {shown} sent an event that is not a completion "
+                                              f"chunk ({exc}): {data[:200]!r}", True) from None
                         if piece:
                             parts.append(piece)
                             yield piece
@@ -376,8 +362,10 @@ class OpenAIServerLM(NegotiatedJsonMode):
             raise self._error(f"{self.model} at {self.base_url} failed ({type(exc).__name__}): {exc}",
                               True) from (None if self._secrets else exc)
         if usage:
-            got = Usage(prompt_tokens=int(usage.get("prompt_tokens") or 0),
-                        completion_tokens=int(usage.get("completion_tokens") or 0))
+            try:
+                got = parse_usage(usage)
+            except MalformedResponse as exc:
+                raise self._error(f"{self.model} at {shown} sent unreadable usage ({exc}).", True) from None
         else:  # the server reports no usage on a stream: one token per content event
             got = Usage(prompt_tokens=0, completion_tokens=len(parts))
         yield LMResponse(text="".join(parts), usage=got, model=model, finish_reason=finish,
@@ -396,17 +384,6 @@ def _discard(session: Any) -> None:
         except Exception:  # pragma: no cover - other aiohttp versions
             return
     session.detach()
-
-
-def _error_text(raw: bytes) -> str:
-    """The server's error message (OpenAI style ``{"error": {"message": ...}}``), else the body."""
-    try:
-        data = json.loads(raw)
-        err = data.get("error", data) if isinstance(data, dict) else data
-        msg = err.get("message") if isinstance(err, dict) else err
-        return str(msg or data)[:500]
-    except ValueError:
-        return raw[:500].decode("utf-8", "replace")
 
 
 # Sessions still open at interpreter exit are closed where their loop allows (no

@@ -118,7 +118,7 @@ class PromptFormat:
 
 
 @functools.lru_cache(maxsize=512)
-def _label_plan(sig: Signature) -> tuple[re.Pattern[str], dict[str, str]]:
+def label_plan(sig: Signature) -> tuple[re.Pattern[str], dict[str, str]]:
     """Per-signature regex matching any output label at a line start (cached: hot path)."""
     labels = {norm_label(f.label): f.name for f in sig.outputs}
     labels.update({norm_label(f.name): f.name for f in sig.outputs})
@@ -131,7 +131,7 @@ def _label_plan(sig: Signature) -> tuple[re.Pattern[str], dict[str, str]]:
 
 def _split_labels(sig: Signature, text: str, first: FieldSpec | None) -> dict[str, str]:
     """Split "Label: value" sections. ``first`` = field whose label was prefilled."""
-    pattern, labels = _label_plan(sig)
+    pattern, labels = label_plan(sig)
     sections: dict[str, str] = {}
     pos = 0
     current = first.name if first is not None else None
@@ -155,12 +155,12 @@ def _chat_sections(sig: Signature, text: str) -> dict[str, str]:
     first = sig.outputs[0] if sig.outputs else None
     if first is None or len(sig.outputs) < 2 or first.name in sections or first.annotation is not str:
         return sections
-    m = _label_plan(sig)[0].search(text)
+    m = label_plan(sig)[0].search(text)
     lead = (text if m is None else text[:m.start()]).strip()
     return {first.name: lead, **sections} if lead else sections
 
 
-def _validated(f: FieldSpec, value: Any, text: str) -> Any:
+def validated_output(f: FieldSpec, value: Any, text: str) -> Any:
     """A JSON value for output field ``f``, validated; OutputParseError names the field."""
     if f.annotation is str and isinstance(value, (int, float)) and not isinstance(value, bool):
         value = str(value)  # {"answer": 42} for a text field
@@ -183,7 +183,7 @@ def _typed(sig: Signature, sections: Mapping[str, str], text: str) -> dict[str, 
                 data = json_object(text) if text.lstrip()[:1] in ("{", "`") else None
                 if data is not None and f.name in data:
                     # a JSON answer ({"answer": ...}) in a label format: its value, not the syntax
-                    out[f.name] = _validated(f, data[f.name], text)
+                    out[f.name] = validated_output(f, data[f.name], text)
                     continue
                 raw = text.strip()
             elif type(None) in typing.get_args(f.annotation):  # an Optional field may be left out
@@ -378,7 +378,7 @@ class JSONFormat(PromptFormat):
         for f in sig.outputs:
             if f.name not in data:
                 raise OutputParseError(f"missing key {f.name!r}", field=f.name, raw=text)
-            out[f.name] = _validated(f, data[f.name], text)
+            out[f.name] = validated_output(f, data[f.name], text)
         return out
 
     def repair(self, request: LMRequest, text: str, error: Exception, sig: Signature) -> LMRequest:

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..errors import OutputParseError
-from ..lm.prompt import _label_plan, _validated, get_format
+from ..lm.prompt import get_format, label_plan, validated_output
 from ..lm.values import jsonable, norm_label
 from ..signatures import Signature
 
@@ -114,7 +114,7 @@ class LabelSplitter:
 
     def __init__(self, node: str, sig: Signature) -> None:
         self.node = node
-        self.pattern, self.labels = _label_plan(sig)
+        self.pattern, self.labels = label_plan(sig)
         self.prefixes = sorted({norm_label(f.label) for f in sig.outputs} | {norm_label(f.name) for f in sig.outputs})
         self.buf = ""
         self.pos = 0
@@ -206,7 +206,7 @@ class JsonFieldReader:
             return
         raw = self.buf[self.value_start:end].strip()
         try:
-            value = _validated(f, json.loads(raw), raw)
+            value = validated_output(f, json.loads(raw), raw)
         except (ValueError, OutputParseError):
             return
         self.emitted.add(f.name)
