@@ -292,6 +292,16 @@ def report_scope(records: Sequence[dict[str, Any]], default_tasks: Sequence[str]
     return tasks, [f"{t} / {s}" for t in tasks for s in systems if (t, s) not in done]
 
 
+def pick_systems(systems: Sequence[System], patterns: str | None, quick: bool) -> list[System]:
+    """The systems an invocation runs: those whose name contains one of the comma-separated
+    ``patterns`` (``--systems``); without patterns all of them, less (quick mode) the opt-in
+    rows of ``QUICK_OPT_IN``, which run only when named."""
+    if patterns:
+        pats = [p.strip().lower() for p in patterns.split(",") if p.strip()]
+        return [s for s in systems if any(p in s.name.lower() for p in pats)]
+    return [s for s in systems if not (quick and s.name in QUICK_OPT_IN)]
+
+
 def _slug(name: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
 
@@ -384,12 +394,8 @@ def _main(argv: Sequence[str] | None) -> int:
     logging.getLogger("asyncio").setLevel(logging.CRITICAL)
     names = args.tasks.split(",") if args.tasks else list(QUICK_TASKS if args.quick else task_defs.ORDER)
     chosen_tasks = task_defs.all_tasks(names)
-    systems = all_systems = systems_for(mode)
-    if args.systems:
-        pats = [p.strip().lower() for p in args.systems.split(",")]
-        systems = [s for s in systems if any(p in s.name.lower() for p in pats)]
-    elif args.quick:  # quick mode's opt-in rows run only when --systems names them
-        systems = [s for s in systems if s.name not in QUICK_OPT_IN]
+    all_systems = systems_for(mode)
+    systems = pick_systems(all_systems, args.systems, args.quick)
     override = Sizes(*(int(x) for x in args.sizes.split(","))) if args.sizes else None
     if override:
         mode = f"{mode}-sizes{override.train}x{override.val}x{override.test}"
