@@ -26,9 +26,10 @@ from ..lm.values import invalid_reason, jsonable, validate_strict
 from ..signatures import Signature
 
 if TYPE_CHECKING:
+    from pydantic import BaseModel
+
     from ..pipeline.executor import NodeCall, Prediction
     from ..pipeline.trace import NodeTrace
-    from pydantic import BaseModel
 
 FORMAT_CHOICES = ("auto", *FORMATS)
 
@@ -220,7 +221,7 @@ class Module:
             from . import configs
 
             model = getattr(configs, model)
-        return model  # type: ignore[return-value]
+        return model
 
     def config(self) -> dict[str, Any]:
         """JSON-able configuration (no resources, no code): every field of the kind's config model,
