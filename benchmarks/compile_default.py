@@ -34,6 +34,10 @@ def unit(task_name: str, seed: int, args: argparse.Namespace) -> dict:
     task = load(task_name)
     n_val = args.rows * 15 // 100
     train, val, test = task.splits(seed, Sizes(args.rows - n_val, n_val, args.test))
+    # the labelled rows carry the program's output name (as a user's rows do, and as suite.py gives
+    # every optimizer): without it the compiler sees no labels and draws demos only from the
+    # baseline's passing runs (the table of commit d16c619 ran that way)
+    train, val = ([{**r, task.output: r[task.label_field]} for r in part] for part in (train, val))
     program = task.lmgraph_program()
     ctx = lg.RunContext(max_concurrency=2)
 
@@ -55,7 +59,7 @@ def unit(task_name: str, seed: int, args: argparse.Namespace) -> dict:
             "chosen": best.label if best.id != report.baseline.id else "unchanged (program as given)",
             "expected_gain": round(best.evidence.get("expected_gain", 0.0), 4),
             "compile_calls": report.spent.get("calls"), "compile_s": round(compile_s, 1),
-            "stopped": report.stopped}
+            "stopped": report.stopped, "labels": True}
 
 
 def write_md(path: Path, units: list[dict], command: str) -> None:
@@ -80,7 +84,7 @@ def main() -> None:
     args = ap.parse_args()
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     seeds = [int(s) for s in args.seeds.split(",")]
-    out = HERE / "results" / "compile_default" / ("-".join(tasks) + f"-test{args.test}")
+    out = HERE / "results" / "compile_default" / ("-".join(tasks) + f"-test{args.test}-labelled")
     out.parent.mkdir(parents=True, exist_ok=True)
     jsonl = out.with_suffix(".jsonl")
     done = [json.loads(line) for line in jsonl.read_text().splitlines()] if jsonl.exists() else []

@@ -1,0 +1,193 @@
+"""How much of the available headroom does the default compiler recover? Zero-shot, compiled and an
+ORACLE GRID on the same seeded test rows, per task and split seed, in process on the embedded model.
+
+    .venv/bin/python benchmarks/headroom.py --tasks trec,sst2,banking77,hotpotqa,gsm8k --seeds 0,1,2
+        [--test 100] [--rows 400] [--budget 800] [--grid 8]
+
+Per (task, seed):
+
+* **compiled**: ``Compile()`` under ``--budget`` calls on ``--rows`` labelled rows (train+val; it never
+  sees test rows), scored on ``--test`` test rows -- the unit of ``benchmarks/compile_default.py``; a
+  unit (rows with labels) already in ``results/compile_default/*-labelled.jsonl`` with the same task, seed, sizes and budget is
+  reused, not re-run (the compiler is deterministic: greedy decoding, seeded folds).
+* **oracle grid** (diagnostic only: it is scored ON THE TEST ROWS and never used for selection): the
+  first ``--grid`` candidates of the compiler's own search space, in its order of prior promise (plus
+  its JSON zero-shot, signature-instruction zero-shot and labelled-demo candidates where they come later),
+  built from all the labelled rows (labelled, label-balanced demos; nearest-neighbour demos over all
+  labelled rows; for a node whose inputs a model-free upstream node computes -- HotPotQA's retrieved
+  context -- the demos carry what that node really sees), each scored on the test rows.
+
+Headroom = best grid score - zero-shot (the max of several noisy test scores: biased upward, so
+"recovered" understates); recovered = (compiled - zero-shot) / headroom. Units are appended to
+``results/headroom/units.jsonl`` at once (a killed run keeps what it finished; a rerun skips them);
+``results/headroom/README.md`` is rewritten after each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import lmgraph as lg  # noqa: E402
+from lmgraph.evaluation import evaluate_sync, paired_bootstrap  # noqa: E402
+from lmgraph.optimizers import Compile  # noqa: E402
+from lmgraph.optimizers.fewshot import labeled_demos_computed  # noqa: E402
+
+import compile_default  # noqa: E402
+from tasks import Sizes, load  # noqa: E402
+
+OUT = HERE / "results" / "headroom"
+MODEL = "SmolLM2-135M-Instruct Q4_1 (embedded llama.cpp, greedy)"
+
+
+def _metric(task):  # noqa: ANN001, ANN202
+    def metric(ex, pred, trace=None):  # noqa: ANN001, ANN202
+        return task.score(dict(ex), dict(pred))
+    return metric
+
+
+def splits(task, seed: int, args: argparse.Namespace):  # noqa: ANN001, ANN201
+    n_val = args.rows * 15 // 100  # the same cut as compile_default.py
+    return task.splits(seed, Sizes(args.rows - n_val, n_val, args.test))
+
+
+def compile_unit(name: str, seed: int, args: argparse.Namespace) -> dict:
+    """The compile_default unit for (task, seed): reused from any results/compile_default/*.jsonl."""
+    for path in sorted((HERE / "results" / "compile_default").glob("*.jsonl")):
+        for line in path.read_text().splitlines():
+            u = json.loads(line)
+            if u.get("labels") and (u["task"], u["seed"], u["test_n"], u["rows"], u["budget"]) == (
+                    name, seed, args.test, args.rows, args.budget):
+                return {**u, "source": f"{path.relative_to(HERE.parent)}"}
+    u = compile_default.unit(name, seed, SimpleNamespace(rows=args.rows, test=args.test, budget=args.budget))
+    return {**u, "source": "run by headroom.py"}
+
+
+def grid_programs(program: lg.Program, rows: list[dict], k_grid: int, seed: int,
+                  ctx: lg.RunContext) -> list[tuple[str, lg.Program]]:
+    """The first ``k_grid`` candidates of Compile's search space, demos from all labelled rows."""
+    opt = Compile()
+    demos, _ = asyncio.run(labeled_demos_computed(program, rows, len(rows), None, ctx, nested=True))
+    if not demos:
+        raise RuntimeError("no labelled demos: the rows lack the program's output names")
+    pool = {node: list(enumerate(ds)) for node, ds in demos.items()}
+    specs = opt._specs(program, pool, pool, ctx, random.Random(f"grid:{seed}"))
+    extra = ("json, zero-shot", "signature instruction, zero-shot", f"{opt.max_demos} labelled demos")
+    picked = specs[:k_grid] + [s for s in specs[k_grid:] if s.label in extra]
+    return [(s.label, s.program) for s in picked]
+
+
+def grid_unit(name: str, seed: int, args: argparse.Namespace) -> dict:
+    task = load(name)
+    train, val, test = splits(task, seed, args)
+    program = task.lmgraph_program()
+    ctx = lg.RunContext(max_concurrency=2)
+    metric = _metric(task)
+    t0 = time.perf_counter()
+    zero = evaluate_sync(program, test, metric, ctx=ctx, concurrency=4)
+    configs = []
+    rows = [{**r, task.output: r[task.label_field]} for r in list(train) + list(val)]  # as compile_default
+    for label, prog in grid_programs(program, rows, args.grid, seed, ctx):
+        res = evaluate_sync(prog, test, metric, ctx=ctx, concurrency=4)
+        pb = paired_bootstrap(zero.scores, res.scores)
+        configs.append({"config": label, "mean": round(res.mean, 4), "ci": [round(x, 4) for x in res.ci],
+                        "diff": round(pb["diff"], 4), "diff_ci": [round(pb["ci_low"], 4), round(pb["ci_high"], 4)],
+                        "calls": res.usage.get("calls")})
+        print(f"  {name} seed {seed} grid: {label:<55} {res.mean:.3f}  {pb['diff']:+.3f}", flush=True)
+    return {"zero_shot": round(zero.mean, 4), "grid": configs, "grid_s": round(time.perf_counter() - t0, 1)}
+
+
+def unit(name: str, seed: int, args: argparse.Namespace) -> dict:
+    c = compile_unit(name, seed, args)
+    g = grid_unit(name, seed, args)
+    if abs(g["zero_shot"] - c["zero_shot"]) > 1e-9:  # same rows, same program, greedy: must agree
+        raise RuntimeError(f"{name} seed {seed}: zero-shot {g['zero_shot']} here vs {c['zero_shot']} in "
+                           f"{c['source']} -- the reused compile unit is not from this model/code")
+    best = max(g["grid"], key=lambda r: r["mean"], default=None)
+    oracle = max(best["mean"], g["zero_shot"]) if best else g["zero_shot"]
+    headroom = oracle - g["zero_shot"]
+    gain = c["compiled"] - c["zero_shot"]
+    return {"task": name, "seed": seed, "test_n": c["test_n"], "rows": c["rows"], "budget": c["budget"],
+            "zero_shot": c["zero_shot"], "compiled": c["compiled"], "diff": c["diff"], "diff_ci": c["diff_ci"],
+            "chosen": c["chosen"], "compile_calls": c["compile_calls"], "compile_source": c["source"],
+            "oracle": round(oracle, 4), "oracle_config": best["config"] if best and best["mean"] > g["zero_shot"]
+            else "zero-shot", "headroom": round(headroom, 4),
+            "recovered": round(gain / headroom, 3) if headroom > 0 else None, "grid": g["grid"],
+            "grid_s": g["grid_s"]}
+
+
+def write_md(out: Path, units: list[dict], command: str) -> None:
+    lines = ["# Headroom: zero-shot, the default compiler, and an oracle grid on test", "",
+             f"`{command}` -- {MODEL}", "",
+             "The oracle grid is scored on the TEST rows: a diagnostic of the headroom available in the compiler's own "
+             "search space, never used for selection. Its best is the max of several noisy scores (biased upward).",
+             "", "| task | seed | zero-shot | compiled | paired diff [95% CI] | chosen | oracle (best grid config) | "
+             "headroom | recovered |", "|---|---|---|---|---|---|---|---|---|"]
+    for u in units:
+        rec = "-" if u["recovered"] is None else f"{100 * u['recovered']:.0f}%"
+        lines.append(f"| {u['task']} | {u['seed']} | {u['zero_shot']:.3f} | {u['compiled']:.3f} | {u['diff']:+.3f} "
+                     f"[{u['diff_ci'][0]:+.3f}, {u['diff_ci'][1]:+.3f}] | {u['chosen']} | {u['oracle']:.3f} "
+                     f"({u['oracle_config']}) | {u['headroom']:+.3f} | {rec} |")
+    lines += ["", "## Mean over seeds", "", "| task | seeds | mean gain | mean headroom | recovered (mean gain / mean "
+              "headroom) | never significantly worse |", "|---|---|---|---|---|---|"]
+    for name in dict.fromkeys(u["task"] for u in units):
+        us = [u for u in units if u["task"] == name]
+        g = sum(u["compiled"] - u["zero_shot"] for u in us) / len(us)
+        h = sum(u["headroom"] for u in us) / len(us)
+        rec = f"{100 * g / h:.0f}%" if h > 0 else "no headroom"
+        worse = any(u["diff_ci"][1] < 0 for u in us)
+        lines.append(f"| {name} | {', '.join(str(u['seed']) for u in us)} | {g:+.3f} | {h:+.3f} | {rec} | "
+                     f"{'NO' if worse else 'yes'} |")
+    lines += ["", "## Grids", ""]
+    for u in units:
+        lines += [f"### {u['task']} seed {u['seed']} (zero-shot {u['zero_shot']:.3f}, n={u['test_n']})", "",
+                  "| configuration | test mean [95% CI] | vs zero-shot [95% CI] | calls |", "|---|---|---|---|"]
+        for r in u["grid"]:
+            lines.append(f"| {r['config']} | {r['mean']:.3f} [{r['ci'][0]:.3f}, {r['ci'][1]:.3f}] | {r['diff']:+.3f} "
+                         f"[{r['diff_ci'][0]:+.3f}, {r['diff_ci'][1]:+.3f}] | {r['calls']} |")
+        lines.append("")
+    (out / "README.md").write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tasks", default="trec,sst2,banking77,hotpotqa,gsm8k")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--test", type=int, default=100)
+    ap.add_argument("--rows", type=int, default=400)
+    ap.add_argument("--budget", type=int, default=800)
+    ap.add_argument("--grid", type=int, default=8, help="grid configurations (the compiler's first N candidates)")
+    ap.add_argument("--order", choices=("seed", "task"), default="seed",
+                    help="seed: every task on a seed before the next seed; task: every seed of a task first")
+    ap.add_argument("--out", default=str(OUT), help="results folder")
+    args = ap.parse_args()
+    out = Path(args.out)
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    seeds = [int(s) for s in args.seeds.split(",")]
+    out.mkdir(parents=True, exist_ok=True)
+    jsonl = out / "units.jsonl"
+    done = [json.loads(line) for line in jsonl.read_text().splitlines()] if jsonl.exists() else []
+    command = "python benchmarks/headroom.py " + " ".join(sys.argv[1:])
+    plan = [(t, s) for t in tasks for s in seeds] if args.order == "task" else [(t, s) for s in seeds for t in tasks]
+    for name, seed in plan:
+        if any((u["task"], u["seed"], u["test_n"], u["budget"]) == (name, seed, args.test, args.budget) for u in done):
+            continue
+        u = unit(name, seed, args)
+        done.append(u)
+        with jsonl.open("a") as f:
+            f.write(json.dumps(u) + "\n")
+        write_md(out, done, command)
+        print(json.dumps({k: v for k, v in u.items() if k != "grid"}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
