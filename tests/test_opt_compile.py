@@ -296,3 +296,36 @@ def test_rows_beyond_what_the_budget_scores_feed_demos_only():
         assert len(m.demo_pool) > 50
     with pytest.raises(lg.DefinitionError):
         Compile(max_scored_rows=3)
+
+
+def test_rag_answer_node_gets_labelled_demos_with_the_context_it_really_sees():
+    # the answer node's `context` comes from a Retrieve node: labelled (question, answer) rows can
+    # only become demos once the retriever is run on them (no model call). The fake model answers
+    # right only when a shown demo carries a retrieved passage.
+    corpus = [f"City {i} is in country C{i}." for i in range(40)]
+    p = lg.Pipeline("rag")
+    q = p.input("question")
+    docs = p.add(lg.Retrieve(corpus, k=1), name="retrieve", query=q)
+    ans = p.add(lg.Predict("context: list[str], question -> answer", max_tokens=8), name="answer",
+                context=docs.passages, question=q)
+    p.output(answer=ans.answer)
+    prog = p.build()
+    data = [{"question": f"Which country is City {i} in?", "answer": f"C{i}"} for i in range(40)]
+
+    def reader(request):
+        text = request_text(request)
+        q = re.findall(r"Which country is City (\d+) in\?", text)[-1]
+        shown = text.count("is in country") - 1  # passages in demos, beyond the row's own
+        answer = f"C{q}" if shown >= 1 else "unknown"
+        return f"Answer: {answer}" if request.prompt is not None else answer
+
+    def exact(ex, pred, trace=None):
+        return float(pred.answer == ex["answer"])
+
+    compiled, report = Compile(max_demos=2).optimize(prog, data, exact, budget=lg.Budget(max_calls=400),
+                                                    ctx=lg.RunContext(lm=FunctionLM(reader), cache=False))
+    m = compiled.module("answer")
+    shown = list(m.demos or []) + list(m.demo_pool or [])
+    assert shown and all(d.get("context") for d in shown), report.table()
+    assert any("is in country" in " ".join(d["context"]) for d in shown)
+    assert report.best.status == "accepted"

@@ -45,7 +45,7 @@ from ..lm.wrappers import Budget
 from ..modules.predict import SCORING_DECODES
 from ..pipeline.program import Program, _run_sync
 from .base import CostEstimate, Optimizer, check_budget_covers_baseline, check_rows
-from .fewshot import _demo_sig, demo_nodes, labeled_demos
+from .fewshot import _demo_sig, demo_nodes, labeled_demos, labeled_demos_computed
 from .params import demo_param, example_demos
 from .instructions import check_proposer, propose_instructions
 from .report import Report
@@ -235,6 +235,7 @@ class Compile(Optimizer):
                                 "(pass at least 10 labelled rows)")
             return
         boot, labelled = self._pools(base_prog, base_entry, search_idx, rows)
+        labelled.update(await self._computed_pools(session, base_prog, search_idx, rows, skip=set(labelled)))
         specs = self._specs(base_prog, boot, labelled, getattr(self, "_ctx_hint", None), session.rng)
         specs[2:2] = await self._proposed(session, base_prog, labelled or boot)
         if not specs:
@@ -456,6 +457,23 @@ class Compile(Optimizer):
             for n, ds in labeled_demos(program, [row], 1, self.label_map, nested=True).items():
                 labelled[n] += [(i, d) for d in ds]
         return ({n: v for n, v in boot.items() if v}, {n: v for n, v in labelled.items() if v})
+
+    async def _computed_pools(self, session: CompileSession, program: Program, search_idx: Sequence[int],
+                              rows: Sequence[Mapping[str, Any]], skip: set[str]) -> dict[str, list[tuple[int, Demo]]]:
+        """Labelled demos for nodes whose inputs a model-free upstream node computes (a RAG answer
+        node's ``context`` from a Retrieve node): that node is run on each search / demo-only row --
+        no model call -- so each demo shows what the node really sees."""
+        nodes = [n for n in demo_nodes(program) if n not in skip]
+        if not nodes:
+            return {}
+        extra = list(getattr(self, "_pool_only", []))
+        out: dict[str, list[tuple[int, Demo]]] = {}
+        for i, row in [(i, rows[i]) for i in search_idx] + [(len(rows) + j, r) for j, r in enumerate(extra)]:
+            demos, _ = await labeled_demos_computed(program, [row], 1, self.label_map, session.ctx)
+            for n, ds in demos.items():
+                if n in nodes:
+                    out.setdefault(n, []).extend((i, d) for d in ds)
+        return out
 
     @staticmethod
     def _rank(specs: Sequence[Spec], base: Sequence[float]) -> list[tuple[Spec, float, float, float]]:
