@@ -60,7 +60,7 @@ def test_lmgraph_optimizers_of_the_new_rows():
     r = suite._lmgraph_optimizer(rows["lmgraph Reflect"], None, 0)
     assert isinstance(r, Reflect) and r.reflection_lm == suite_systems.REFLECTOR and r.max_iterations == 6
     c = suite._lmgraph_optimizer(rows["lmgraph Compile + model choice (in-process)"], None, 0)
-    assert isinstance(c, Compile) and list(c.models) == [suite_systems.MODEL_A, suite_systems.MODEL_B]
+    assert isinstance(c, Compile) and list(c.models) == [suite_systems.MODEL_B]  # the other model is raced
     assert suite._lmgraph_optimizer(rows["lmgraph Compile"], None, 0).models == "auto"
 
 
