@@ -84,6 +84,13 @@ class Signature:
 
     __slots__ = ("inputs", "outputs", "instructions", "_hash", "_k")
 
+    # set once in __init__ (through object.__setattr__: the class refuses attribute assignment)
+    inputs: tuple[FieldSpec, ...]
+    outputs: tuple[FieldSpec, ...]
+    instructions: str
+    _hash: int | None
+    _k: tuple[Any, ...] | None
+
     # class-based declarations fill these in via __init_subclass__
     _declared: typing.ClassVar[tuple[tuple[FieldSpec, ...], tuple[FieldSpec, ...], str] | None] = None
 

@@ -138,6 +138,21 @@ class Program:
     __slots__ = ("name", "inputs", "nodes", "outputs", "order", "node_map", "deps", "dependents",
                  "is_chain", "input_specs", "output_refs", "_default_ctx", "_hash")
 
+    # set once in __init__ (through object.__setattr__: the class refuses attribute assignment)
+    name: str
+    inputs: tuple[InputSpec, ...]
+    nodes: tuple[Node, ...]
+    outputs: tuple[tuple[str, Ref], ...]
+    order: tuple[str, ...]
+    node_map: Mapping[str, Node]
+    deps: Mapping[str, tuple[str, ...]]
+    dependents: Mapping[str, tuple[str, ...]]
+    is_chain: bool
+    input_specs: Mapping[str, Any]
+    output_refs: tuple[tuple[str, Ref], ...]
+    _default_ctx: RunContext | None
+    _hash: int | None
+
     def __init__(self, name: str, inputs: Iterable[InputSpec], nodes: Iterable[Node],
                  outputs: Iterable[tuple[str, Ref]]) -> None:
         inputs, nodes, outputs = tuple(inputs), tuple(nodes), tuple(outputs)
