@@ -509,7 +509,7 @@ def summarize(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     nodes: dict[str, dict[str, Any]] = {}
     lat: dict[str, list[float]] = {}
     run_lat: list[float] = []
-    total = {"runs": 0, "failed": 0, "calls": 0, "cache_hits": 0, "prompt_tokens": 0, "completion_tokens": 0,
+    total: dict[str, Any] = {"runs": 0, "failed": 0, "calls": 0, "cache_hits": 0, "prompt_tokens": 0, "completion_tokens": 0,
              "cost": None}
     programs: set[str] = set()
     for rec in records:

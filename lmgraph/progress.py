@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TextIO
 
 from .errors import ConfigError
@@ -64,7 +64,7 @@ class LiveBar:
         self._lock = threading.Lock()
 
     def start(self, description: str, total: int | None) -> None:
-        from rich.console import Console
+        from rich.console import Console, RenderableType
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
         from rich.text import Text
 
@@ -77,7 +77,7 @@ class LiveBar:
         on_terminal = console.is_terminal
 
         class _Progress(Progress):
-            def get_renderables(self):  # type: ignore[no-untyped-def]
+            def get_renderables(self) -> Iterator[RenderableType]:
                 if header is not None:
                     for line in header().splitlines():
                         yield Text(line, overflow="ellipsis", no_wrap=True)

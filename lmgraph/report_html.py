@@ -80,7 +80,7 @@ def _num(value: Any, fmt: str = "{:.3f}") -> str:
     return f'<td class="num" data-v="{_e(value)}">{_e(fmt.format(value))}</td>'
 
 
-class _ViewOnly(dict):  # type: ignore[type-arg]
+class _ViewOnly(dict[str, Any]):
     """Resources for drawing a saved program: any name resolves to a stub that refuses to run."""
 
     def __missing__(self, name: str) -> Any:
@@ -126,8 +126,8 @@ def render(source: "str | Path | tuple[Program, Report | Mapping[str, Any]]", *,
         program, rep = _load(source)
         origin = str(source)
     elif isinstance(source, tuple) and len(source) == 2 and isinstance(source[0], Program):
-        program, rep = source[0], source[1]
-        rep = rep if isinstance(rep, Mapping) else rep.to_dict(timing=True)
+        program, given = source[0], source[1]
+        rep = dict(given) if isinstance(given, Mapping) else given.to_dict(timing=True)
         origin = "in memory"
     else:
         raise DefinitionError(f"render() takes an artifact path or a (program, report) pair, got "

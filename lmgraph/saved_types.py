@@ -85,7 +85,7 @@ def _rebuild_type(name: str, spec: dict[str, Any], registry: dict[str, Any]) -> 
                 building.add(ref)
                 d = defs[ref]
                 if "enum" in d:  # an Enum class referenced by the model
-                    registry[ref] = enum.Enum(ref, {f"V{i}": v for i, v in enumerate(d["enum"])})  # type: ignore[misc]
+                    registry[ref] = enum.Enum(ref, {f"V{i}": v for i, v in enumerate(d["enum"])})
                 elif d.get("type") == "object" or "properties" in d:
                     registry[ref] = build(ref, d)
                 else:
@@ -93,11 +93,11 @@ def _rebuild_type(name: str, spec: dict[str, Any], registry: dict[str, Any]) -> 
                 building.discard(ref)
             return registry[ref]
         if "const" in s:
-            return Literal[s["const"]]  # type: ignore[valid-type]
+            return Literal[s["const"]]
         if "enum" in s:
-            return Literal[tuple(s["enum"])]  # type: ignore[valid-type]
+            return Literal[tuple(s["enum"])]
         if "anyOf" in s:
-            return Union[tuple(conv(x) for x in s["anyOf"])]  # type: ignore[valid-type]
+            return Union[tuple(conv(x) for x in s["anyOf"])]
         if "allOf" in s and len(s["allOf"]) == 1:
             return conv(s["allOf"][0])
         t = s.get("type")
@@ -121,6 +121,6 @@ def _rebuild_type(name: str, spec: dict[str, Any], registry: dict[str, Any]) -> 
         fields = {k: (conv(v), field_info(k, v, k in req)) for k, v in s.get("properties", {}).items()}
         return pydantic.create_model(mname, __doc__=s.get("description"), **fields)  # type: ignore[call-overload]
 
-    rebuilt = build(name, schema)
-    _REBUILT[rebuilt] = spec
-    return rebuilt
+    model = build(name, schema)
+    _REBUILT[model] = spec
+    return model

@@ -97,8 +97,9 @@ class Signature:
     def __init__(self, inputs: typing.Iterable[FieldSpec] | None = None,
                  outputs: typing.Iterable[FieldSpec] | None = None,
                  instructions: str | None = None) -> None:
-        if inputs is None and outputs is None and type(self)._declared is not None:
-            ins, outs, doc = type(self)._declared
+        declared = type(self)._declared
+        if inputs is None and outputs is None and declared is not None:
+            ins, outs, doc = declared
             inputs, outputs = ins, outs
             instructions = doc if instructions is None else instructions
         ins_t = tuple(inputs or ())
@@ -119,7 +120,7 @@ class Signature:
                                  fix="define the field types at module level (string annotations are "
                                      "resolved in the module's globals).") from None
         # fields declared by a parent signature class come first; a redeclared name replaces them
-        parent = next((b._declared for b in cls.__mro__[1:] if isinstance(b.__dict__.get("_declared"), tuple)),
+        parent = next((b.__dict__["_declared"] for b in cls.__mro__[1:] if isinstance(b.__dict__.get("_declared"), tuple)),
                       None)
         own = set(cls.__dict__.get("__annotations__", {}))
         ins: list[FieldSpec] = [f for f in parent[0] if f.name not in own] if parent else []
@@ -314,7 +315,9 @@ def _check_fields(ins: tuple[FieldSpec, ...], outs: tuple[FieldSpec, ...]) -> No
 
 def _split_top(text: str) -> list[str]:
     """Split on commas that are not inside brackets."""
-    parts, depth, cur = [], 0, []
+    parts: list[str] = []
+    cur: list[str] = []
+    depth = 0
     for ch in text:
         if ch in "[(":
             depth += 1
@@ -391,10 +394,10 @@ def _type_from_ast(node: ast.AST, expr: str, types: dict[str, Any], *, base: boo
     if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr):
         return Union[_type_from_ast(node.left, expr, types), _type_from_ast(node.right, expr, types)]
     if isinstance(node, ast.Subscript):
-        base = _type_from_ast(node.value, expr, types, base=True)
+        generic: Any = _type_from_ast(node.value, expr, types, base=True)
         args = node.slice.elts if isinstance(node.slice, ast.Tuple) else [node.slice]
-        if base is Literal:
-            vals = []
+        if generic is Literal:
+            vals: list[Any] = []
             for a in args:
                 if (isinstance(a, ast.UnaryOp) and isinstance(a.op, ast.USub) and isinstance(a.operand, ast.Constant)
                         and isinstance(a.operand.value, (int, float))):
@@ -403,18 +406,18 @@ def _type_from_ast(node: ast.AST, expr: str, types: dict[str, Any], *, base: boo
                 if not isinstance(a, ast.Constant):
                     raise SignatureError(f"Literal values must be constants in {expr!r}")
                 vals.append(a.value)
-            return Literal[tuple(vals)]  # type: ignore[valid-type]
+            return Literal[tuple(vals)]
         targs = tuple(_type_from_ast(a, expr, types) for a in args)
         if not targs:
             raise SignatureError(f"{ast.unparse(node.value)}[...] needs a type inside the brackets in {expr!r}")
-        if base is Optional:
+        if generic is Optional:
             if len(targs) != 1:
                 raise SignatureError(f"Optional takes one type in {expr!r}", fix="write Optional[int] (or Union[...]).")
             return Optional[targs[0]]
-        if base is Union:
-            return Union[targs]  # type: ignore[valid-type]
-        if base in (list, dict, tuple):
-            return base[targs if len(targs) > 1 else targs[0]]
+        if generic is Union:
+            return Union[targs]
+        if generic in (list, dict, tuple):
+            return generic[targs if len(targs) > 1 else targs[0]]
         raise SignatureError(f"type {ast.unparse(node.value)!r} cannot be subscripted in {expr!r}")
     raise SignatureError(f"unsupported type expression {expr!r}",
                          fix="use str, int, float, bool, list[...], dict[...], Optional[...], "

@@ -126,7 +126,7 @@ class DiskCache:
             self._count("misses")
             return None
         self._count("disk_hits")
-        self.memory.set_text(key, raw)  # type: ignore[arg-type]  # _decode checked it is JSON text
+        self.memory.set_text(key, raw)  # _decode checked it is JSON text
         return value
 
     def set(self, key: str, value: dict[str, Any]) -> None:

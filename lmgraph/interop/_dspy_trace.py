@@ -202,7 +202,7 @@ class _Answers:
         return self.tracer.answer()
 
 
-class Passages(list):  # type: ignore[type-arg]
+class Passages(list[Any]):
     """What a retriever callable returns while tracing: the passages, also as ``.passages``."""
 
     @property

@@ -16,7 +16,7 @@ import contextvars
 import copy
 import functools
 import inspect
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -419,7 +419,7 @@ class Module:
 
     def __eq__(self, other: object) -> bool:
         return type(other) is type(self) and self.to_dict() == other.to_dict() \
-            and self.resources().keys() == other.resources().keys()  # type: ignore[union-attr]
+            and self.resources().keys() == other.resources().keys()
 
     def __hash__(self) -> int:
         return hash((self.kind, repr(sorted(self.resources()))))
@@ -462,14 +462,15 @@ def calls_of(module: Module, list_lengths: Mapping[str, int] | None = None, *, r
     """``module.estimated_calls(list_lengths, repairs=...)``; a custom module whose method predates
     ``repairs`` is asked without it."""
     method = module.estimated_calls
-    if "repairs" in _parameters(type(module)):
+    if "repairs" in _parameters(type(module).estimated_calls):
         return method(list_lengths, repairs=repairs)
     return method(list_lengths)
 
 
 @functools.lru_cache(maxsize=256)
-def _parameters(cls: type) -> frozenset[str]:
-    return frozenset(inspect.signature(cls.estimated_calls).parameters)
+def _parameters(method: Callable[..., Any]) -> frozenset[str]:
+    """The parameter names of a module class's ``estimated_calls`` (cached per function)."""
+    return frozenset(inspect.signature(method).parameters)
 
 
 def _plain(value: Any) -> Any:

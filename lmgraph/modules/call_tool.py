@@ -141,7 +141,7 @@ class CallTool(GenerationSettings, Module):
         """The *choose* call: ``<inputs>, trajectory -> thought, tool: Literal[<tools>, "finish"]``."""
         names = (*self.tools, FINISH)
         return Signature((*self.base_signature.inputs, TRAJECTORY), (
-            THOUGHT, FieldSpec("tool", Literal[names], "the tool to call")))  # type: ignore[valid-type]
+            THOUGHT, FieldSpec("tool", Literal[names], "the tool to call")))
 
     def fill_signature(self, tool: str) -> Signature:
         """The *fill* call: ``<inputs>, trajectory, thought -> args`` typed by ``tool``'s parameters
@@ -209,7 +209,7 @@ class CallTool(GenerationSettings, Module):
                         call, self.fill_signature(tool), {**inputs, "trajectory": traj, "thought": thought},
                         self.fill_instructions(tool), format=self.step_format())
                 except OutputParseError as e:
-                    error = f"the arguments for {tool} do not fit its parameters ({e})"
+                    error: str | None = f"the arguments for {tool} do not fit its parameters ({e})"
                     lines += [f"Action {i}: {tool}(?)", f"Observation {i}: Error: {error}."]
                     record.update(ok=False, error=error, observation=f"Error: {error}.")
                     continue

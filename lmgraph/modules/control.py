@@ -49,6 +49,7 @@ def resource(name: str, value: Any) -> Resource:
 
 def named_callable(obj: Any, owner: str, what: str) -> tuple[str, Callable[..., Any]]:
     """(name, function) of a predicate given as ``lg.resource(name, fn)`` or a named function."""
+    name: Any
     if isinstance(obj, Resource):
         name, fn = obj.name, obj.value
     else:

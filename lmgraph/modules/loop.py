@@ -56,6 +56,7 @@ class Loop(Module):
     plus ``iterations``."""
 
     kind = "loop"
+    _signature: Signature  # built in __init__ from the children
     config_model = "LoopConfig"
     tunable = ("body", "max_iters")
     child_attrs = ("body",)
@@ -138,7 +139,7 @@ class Loop(Module):
 
     @property
     def signature(self) -> Signature:
-        return self._signature  # type: ignore[attr-defined,no-any-return]
+        return self._signature
 
     async def forward(self, inputs: dict[str, Any], call: "NodeCall") -> dict[str, Any]:
         state = {k: inputs[k] for k in self.body.input_specs}

@@ -47,6 +47,7 @@ class Map(Module):
     """Fan a sub-program out over list inputs; outputs are lists in item order."""
 
     kind = "map"
+    _signature: Signature  # built in __init__ from the children
     config_model = "MapConfig"
     tunable = ("program", "concurrency")
     child_attrs = ("program",)
@@ -111,7 +112,7 @@ class Map(Module):
 
     @property
     def signature(self) -> Signature:
-        return self._signature  # type: ignore[attr-defined,no-any-return]
+        return self._signature
 
     async def forward(self, inputs: dict[str, Any], call: "NodeCall") -> dict[str, Any]:
         for n in self.over:

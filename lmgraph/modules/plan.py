@@ -80,7 +80,7 @@ def clean_item(value: Any) -> str:
     return "" if _FILLER.match(text) else text
 
 
-def _bracket_items(text: str) -> tuple[list[str], bool, str] | None:
+def _bracket_items(text: str) -> tuple[list[str], bool, str]:
     """The items of a JSON-like list starting at ``text[0] == "["``: (raw items, closed?, text after).
 
     Commas split items only outside strings and nested brackets, so ``["a, b", "c"]`` is two
@@ -150,10 +150,10 @@ def parse_steps(text: str, field: str = "steps", label: str | None = None, *, cu
         try:
             data = json.loads(body)
         except json.JSONDecodeError:  # cut off: read the list itself, up to where it stops
-            key = re.search(rf'"{re.escape(field)}"\s*:\s*(?=\[)', body) or re.search(r":\s*(?=\[)", body)
-            data = None if key else json_object(body)
-            if key:
-                body = body[key.end():]
+            start = re.search(rf'"{re.escape(field)}"\s*:\s*(?=\[)', body) or re.search(r":\s*(?=\[)", body)
+            data = None if start else json_object(body)
+            if start:
+                body = body[start.end():]
         if isinstance(data, dict):
             value = data.get(field)
             if not isinstance(value, list):
@@ -164,7 +164,7 @@ def parse_steps(text: str, field: str = "steps", label: str | None = None, *, cu
             elif isinstance(value, str):
                 body = value  # the list written as one string: read its lines below
     if raw is None and body.startswith("["):
-        items, closed, after = _bracket_items(body)  # type: ignore[misc]
+        items, closed, after = _bracket_items(body)
         if not (closed and after.strip()):  # "[1] first\n[2] second" is a numbered list, not JSON
             raw = [_decode(x) for x in items]
             if cut_off and not closed and len(raw) > 1 and not items[-1].strip().startswith('"'):

@@ -21,7 +21,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..errors import DefinitionError, OutputParseError
 from ..lm.prompt import get_format
@@ -193,12 +193,12 @@ def calibrated_choice(choices: Sequence[str], logprobs: Any, prior: Any) -> int 
         if not isinstance(raw, Sequence):
             return None
         got = {str(item.get("choice")): item.get("logprob") for item in raw if isinstance(item, Mapping)}
-        vals = [got.get(c) for c in choices]
-        if any(not isinstance(v, (int, float)) for v in vals):
+        vals = [v for v in (got.get(c) for c in choices) if isinstance(v, (int, float))]
+        if len(vals) != len(choices):
             return None
-        top = max(vals)  # type: ignore[type-var]
-        norm = top + math.log(sum(math.exp(v - top) for v in vals))  # type: ignore[operator]
-        return [v - norm for v in vals]  # type: ignore[operator]
+        top = max(vals)
+        norm = top + math.log(sum(math.exp(v - top) for v in vals))
+        return [v - norm for v in vals]
     x, free = table(logprobs), table(prior)
     if x is None or free is None:
         return None
@@ -255,7 +255,7 @@ class Predict(GenerationSettings, Module):
 
     kind = "predict"
     config_model = "PredictConfig"
-    tunable = ("instructions", "demos", "format", "lm", "temperature", "max_tokens", "decode", "knn", "demo_pool")
+    tunable: ClassVar[tuple[str, ...]] = ("instructions", "demos", "format", "lm", "temperature", "max_tokens", "decode", "knn", "demo_pool")
 
     def __init__(self, signature: "str | Signature | type[Signature]", *, instructions: str | None = None,
                  demos: Sequence[Mapping[str, Any]] = (), format: str = "auto", lm: str | None = None,

@@ -96,7 +96,7 @@ def _okapi_class() -> type:
     if not _OKAPI:
         from rank_bm25 import BM25Okapi
 
-        class _Okapi(BM25Okapi):  # type: ignore[misc]
+        class _Okapi(BM25Okapi):
             def _calc_idf(self, nd: dict[str, int]) -> None:
                 n = self.corpus_size
                 self.idf = {w: math.log(1.0 + (n - df + 0.5) / (df + 0.5)) for w, df in nd.items()}

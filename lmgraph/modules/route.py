@@ -48,6 +48,7 @@ class Route(Module):
     the node's outputs."""
 
     kind = "route"
+    _signature: Signature  # built in __init__ from the children
     config_model = "RouteConfig"
     tunable = ("branches",)
     child_attrs = ("branches",)
@@ -140,7 +141,7 @@ class Route(Module):
         ins = []
         if self.selector is not None:
             if self.default is None:
-                ann: Any = Literal.__getitem__(tuple(names))  # type: ignore[attr-defined]
+                ann: Any = Literal.__getitem__(tuple(names))
                 desc = f"the branch to run: {', '.join(names)}"
             else:
                 ann = str
@@ -152,7 +153,7 @@ class Route(Module):
 
     @property
     def signature(self) -> Signature:
-        return self._signature  # type: ignore[attr-defined,no-any-return]
+        return self._signature
 
     def edge_problem(self, field: str, source: Any, ref: str) -> tuple[str, str] | None:
         """Why ``ref`` (of type ``source``) cannot be the selector input: an option with no branch."""

@@ -96,6 +96,10 @@ def check_timeout(value: Any, what: str, *, allow_none: bool = True) -> float | 
     return float(value)
 
 
+@typing.overload
+def check_positive_int(value: Any, what: str, *, allow_none: typing.Literal[False]) -> int: ...
+@typing.overload
+def check_positive_int(value: Any, what: str, *, allow_none: bool = True) -> int | None: ...
 def check_positive_int(value: Any, what: str, *, allow_none: bool = True) -> int | None:
     if value is None and allow_none:
         return None
@@ -266,7 +270,7 @@ class Tool:
             hints = typing.get_type_hints(fn)
         except Exception:  # noqa: BLE001 - unresolvable annotations: fall back to the raw ones
             hints = {}
-        extra = "forbid"
+        extra: typing.Literal["allow", "ignore", "forbid"] = "forbid"
         for i, p in enumerate(sig.parameters.values()):
             if p.kind is p.VAR_KEYWORD:
                 extra = "allow"
@@ -279,7 +283,7 @@ class Tool:
             fields[f"p{i}"] = (ann, pydantic.Field(default, alias=p.name))
             self._params.append(p)
         self._model = pydantic.create_model(f"{name}_args", __config__=pydantic.ConfigDict(extra=extra),
-                                            **fields)  # type: ignore[call-overload]
+                                            **fields)
         self.parameters_schema = _strip_titles(self._model.model_json_schema(by_alias=True))
 
     def with_name(self, name: str) -> "Tool":

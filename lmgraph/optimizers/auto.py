@@ -172,7 +172,7 @@ class Compile(Optimizer):
     def _pool(trainset: Sequence[Mapping[str, Any]], valset: Sequence[Mapping[str, Any]] | None) -> list:
         return list(trainset) + list(valset or [])
 
-    def dry_run(self, program: Program, trainset: Sequence[Mapping[str, Any]],  # type: ignore[override]
+    def dry_run(self, program: Program, trainset: Sequence[Mapping[str, Any]],
                 valset: Sequence[Mapping[str, Any]] | None = None, *, budget: Budget | None = None,
                 ctx: RunContext | None = None) -> CostEstimate:
         rows = self._pool(trainset, valset)

@@ -173,11 +173,11 @@ def compile_specs(opt: Any, program: Program, boot: Mapping[str, list[tuple[int,
     lab_k, lab_rows = demos_of(labelled, k)
 
     def decode(d: str) -> dict[str, dict[str, Any]]:
-        return {n: {"decode": d, **({} if mods[n].format in ("auto", "completion")  # type: ignore[attr-defined]
+        return {n: {"decode": d, **({} if mods[n].format in ("auto", "completion")
                                     else {"format": "completion"})} for n in score_nodes}
 
     def fmt(f: str) -> dict[str, dict[str, Any]]:
-        return {n: {"format": f} for n in fmt_nodes if mods[n].format != f  # type: ignore[attr-defined]
+        return {n: {"format": f} for n in fmt_nodes if mods[n].format != f
                 and f in opt.formats and accepts_format(mods[n], f)}
 
     def demos(d: Mapping[str, Any]) -> dict[str, dict[str, Any]]:

@@ -111,7 +111,7 @@ def labeled_demos(program: Program, rows: Sequence[Mapping[str, Any]], k: int,
         if not keys:
             continue
         demos = [{f: row[key] for f, key in keys.items()} for row in rows
-                 if all(key in row for key in keys.values())]  # type: ignore[operator]
+                 if all(key in row for key in keys.values())]
         if demos:
             out[name] = demos[:k]
     return out

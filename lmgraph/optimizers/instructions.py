@@ -301,7 +301,7 @@ class InstructionSearch(Optimizer):
         out["confirmation"] = len(nodes) * full * per
         return out
 
-    async def aoptimize(self, program: Program, *args: Any, **kwargs: Any):  # type: ignore[override]
+    async def aoptimize(self, program: Program, *args: Any, **kwargs: Any):
         if isinstance(program, Program):  # fail before any model call
             instruction_nodes(program, self.nodes)
             check_proposer(kwargs.get("ctx"), self.proposer_lm)

@@ -156,7 +156,7 @@ class JointSearch(Optimizer):
             out["confirmation"] = full * per
         return out
 
-    async def aoptimize(self, program: Program, *args: Any, **kwargs: Any):  # type: ignore[override]
+    async def aoptimize(self, program: Program, *args: Any, **kwargs: Any):
         if isinstance(program, Program):  # fail before any model call
             joint_nodes(program, self.nodes)
             check_proposer(kwargs.get("ctx"), self.proposer_lm)
@@ -273,7 +273,7 @@ class JointSearch(Optimizer):
                         break
                 choice.append(pick)
             cfg.append(tuple(choice))
-        return tuple(cfg)  # type: ignore[return-value]
+        return tuple(cfg)
 
     # ---- search
     async def search(self, session: CompileSession) -> None:

@@ -278,7 +278,7 @@ class Reflect(Optimizer):
             out["merges"] = min(self.max_merges, self.max_iterations) * n_val * per
         return out
 
-    async def aoptimize(self, program: Program, *args: Any, **kwargs: Any):  # type: ignore[override]
+    async def aoptimize(self, program: Program, *args: Any, **kwargs: Any):
         if isinstance(program, Program):  # fail before any model call
             instruction_nodes(program, self.nodes)
             check_proposer(kwargs.get("ctx"), self.reflection_lm)
