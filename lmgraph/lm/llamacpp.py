@@ -41,11 +41,12 @@ import queue
 import re
 import threading
 import time
+import warnings
 import weakref
 from collections.abc import AsyncIterator
 from typing import Any, Callable, Sequence
 
-from ..errors import DefinitionError, LMError
+from ..errors import DefinitionError, LMError, LmgraphWarning
 from .base import LMRequest, LMResponse, Usage
 from .capabilities import Capabilities
 from .embedded import check_threads, default_instances, default_threads, local_model_path
@@ -62,6 +63,26 @@ _LOAD_LOCK = threading.Lock()
 _CTX_PAD = 256
 
 _CTX_OVERFLOW = re.compile(r"Requested tokens \((\d+)\) exceed context window of (\d+)")
+
+
+def check_gpu_options(n_gpu_layers: Any, main_gpu: Any,
+                      tensor_split: Any) -> tuple[int, int, tuple[float, ...] | None]:
+    """Validated llama.cpp GPU options: layers to offload (-1: all), main device, per-device shares."""
+    if isinstance(n_gpu_layers, bool) or not isinstance(n_gpu_layers, int) or n_gpu_layers < -1:
+        raise DefinitionError(f"n_gpu_layers must be an int >= -1, got {n_gpu_layers!r}.",
+                              fix="pass n_gpu_layers=-1 (every layer on the GPU), 0 (CPU only) or a layer count.")
+    if isinstance(main_gpu, bool) or not isinstance(main_gpu, int) or main_gpu < 0:
+        raise DefinitionError(f"main_gpu must be a device index >= 0, got {main_gpu!r}.", fix="pass main_gpu=0.")
+    split: tuple[float, ...] | None = None
+    if tensor_split is not None:
+        try:
+            split = tuple(float(x) for x in tensor_split)
+        except (TypeError, ValueError):
+            split = None
+        if not split or any(x < 0 for x in split) or sum(split) <= 0:
+            raise DefinitionError(f"tensor_split must list each GPU's non-negative share, got {tensor_split!r}.",
+                                  fix="pass e.g. tensor_split=[0.5, 0.5] for two GPUs, or leave it None.")
+    return int(n_gpu_layers), int(main_gpu), split
 
 
 def import_llama_cpp() -> Any:
@@ -163,6 +184,13 @@ class LlamaCppLM:
     ``chat_format`` overrides the chat template stored in the GGUF file (a llama-cpp-python
     format name such as ``"chatml"``). ``top_logprobs`` is how many alternatives each token's
     entry lists when a request asks for log-probabilities.
+
+    GPU offload (a CUDA/Metal/Vulkan build of llama-cpp-python, e.g.
+    ``LMGRAPH_LLAMA_CMAKE_ARGS="-DGGML_CUDA=on" bash scripts/setup.sh``): ``n_gpu_layers`` layers
+    go to the GPU (``-1``: all of them; ``0``, the default: none), ``main_gpu`` picks the device
+    and ``tensor_split`` the share of each device (llama.cpp's own options, passed as they are).
+    A CPU-only build ignores them, with a warning. Offloaded arithmetic may round differently, so
+    a nonzero ``n_gpu_layers`` is part of :meth:`identity` (CPU and GPU results are cached apart).
     """
 
     #: small local models follow "Field: value" completion prompts with demos best (DESIGN.md)
@@ -175,7 +203,8 @@ class LlamaCppLM:
     def __init__(self, model_path: str | os.PathLike[str] | None = None, *, n_ctx: int = 2048,
                  n_threads: int | None = None, n_instances: int | None = None,
                  chat_format: str | None = None, verbose: bool = False,
-                 top_logprobs: int = 5) -> None:
+                 top_logprobs: int = 5, n_gpu_layers: int = 0, main_gpu: int = 0,
+                 tensor_split: Sequence[float] | None = None) -> None:
         if n_ctx < 1:
             raise DefinitionError(f"n_ctx must be positive, got {n_ctx}.", fix="pass n_ctx=2048.")
         self.model_path = local_model_path(model_path)
@@ -185,6 +214,8 @@ class LlamaCppLM:
             raise DefinitionError(f"n_instances must be >= 1, got {n_instances}.",
                                   fix="pass n_instances=1 (one model copy per concurrent call).")
         check_threads(n_threads)
+        self.n_gpu_layers, self.main_gpu, self.tensor_split = check_gpu_options(
+            n_gpu_layers, main_gpu, tensor_split)
         # llama.cpp pads the context to a multiple of 256; llama-cpp-python sizes its token
         # buffer by the requested value and then crashes on prompts between the two sizes
         # (0.3.36). Asking for the padded size up front keeps both in agreement.
@@ -204,6 +235,8 @@ class LlamaCppLM:
         }
         if chat_format is not None:
             self._identity["chat_format"] = chat_format
+        if self.n_gpu_layers:
+            self._identity["n_gpu_layers"] = self.n_gpu_layers
         self._pool = _Pool(lambda: self._new_llama(logits_all=False), self.n_instances)
         self._lp_pool = _Pool(lambda: self._new_llama(logits_all=True), self.n_instances)
         self._vocab: Any = None
@@ -212,6 +245,7 @@ class LlamaCppLM:
             weakref.WeakKeyDictionary())
         self._sems_lock = threading.Lock()
         self.load_seconds: float | None = None  # wall time of the first model load
+        self._warned_cpu_build = False
 
     # ------------------------------------------------------------------ public API
 
@@ -315,13 +349,29 @@ class LlamaCppLM:
             llm = llama_cpp.Llama(
                 str(self.model_path), n_ctx=self.n_ctx, n_threads=self.n_threads,
                 n_threads_batch=self.n_threads, chat_format=self.chat_format,
-                logits_all=logits_all, verbose=self.verbose,
+                logits_all=logits_all, verbose=self.verbose, **self._gpu_kwargs(llama_cpp),
             )
         except Exception as exc:
             raise LMError(f"llama.cpp could not load {str(self.model_path)!r}: {exc}") from exc
         if self.load_seconds is None:
             self.load_seconds = time.perf_counter() - t0
         return llm
+
+    def _gpu_kwargs(self, llama_cpp: Any) -> dict[str, Any]:
+        """``Llama(...)``'s GPU options; a warning (once) when this build cannot offload."""
+        if not self.n_gpu_layers:
+            return {}
+        supports = getattr(llama_cpp, "llama_supports_gpu_offload", None)
+        if supports is not None and not supports() and not self._warned_cpu_build:
+            self._warned_cpu_build = True
+            warnings.warn(
+                f"LlamaCppLM(n_gpu_layers={self.n_gpu_layers}): this llama-cpp-python build has no GPU "
+                "support, so the model runs on the CPU. Rebuild it with CUDA: "
+                "LMGRAPH_LLAMA_CMAKE_ARGS=\"-DGGML_CUDA=on\" bash scripts/setup.sh", LmgraphWarning, stacklevel=2)
+        kwargs: dict[str, Any] = {"n_gpu_layers": self.n_gpu_layers, "main_gpu": self.main_gpu}
+        if self.tensor_split is not None:
+            kwargs["tensor_split"] = list(self.tensor_split)
+        return kwargs
 
     def _complete_blocking(self, request: LMRequest) -> LMResponse:
         if request.choices is not None:
