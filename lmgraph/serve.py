@@ -531,11 +531,12 @@ async def run_events(server: _Server, inputs: Mapping[str, Any], *,
     or ``error`` (the body ``/invoke`` would answer, with its ``status``); ``want_trace``: with the
     run's trace."""
     from .lm.values import jsonable
+    from .pipeline.stream import Final
 
     t0 = time.perf_counter()
     timeout = server.options.timeout_s
     deadline = None if timeout is None else time.monotonic() + timeout
-    events = server.program.stream(server.run_ctx(), **inputs).__aiter__()
+    events = server.program.stream(server.run_ctx(), **inputs)  # an async generator: its own iterator
     try:
         while True:
             try:
@@ -547,7 +548,7 @@ async def run_events(server: _Server, inputs: Mapping[str, Any], *,
                 if deadline is None or time.monotonic() < deadline:
                     raise
                 raise _Deadline() from None
-            if ev.event == "final":
+            if isinstance(ev, Final):
                 trace = ev.trace
                 final = {"outputs": jsonable(ev.outputs), "usage": trace.usage if trace else None,
                          "latency_s": round(time.perf_counter() - t0, 6)}

@@ -89,6 +89,8 @@ def request_json(request: LMRequest) -> str:
             messages = "[" + ",".join(['{"content":' + s(m.content) + ',"role":' + s(m.role) + "}"
                                        for m in r.messages]) + "]"
             prompt = "null"
+        elif r.prompt is None:  # neither text: let the generic encoder decide
+            return canonical_json(r.canonical())
         else:
             messages, prompt = "null", s(r.prompt)
         stop = "[" + ",".join([s(x) for x in r.stop]) + "]"

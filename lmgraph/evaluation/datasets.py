@@ -15,14 +15,15 @@ import json
 import os
 import random
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from .._canonical import canonical_json
 from ..errors import DefinitionError
 
 Row = dict[str, Any]
+_R = TypeVar("_R", bound=Mapping[str, Any])  # a row type split/sample hand back unchanged
 
 SST2_LABELS = ("negative", "positive")
 TREC_COARSE = {"ABBR": "abbreviation", "DESC": "description", "ENTY": "entity", "HUM": "human",
@@ -171,25 +172,26 @@ def load_hotpotqa_corpus() -> list[Row]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def split(rows: Sequence[Row], sizes: Sequence[int], *, seed: int) -> list[list[Row]]:
+def split(rows: Sequence[_R], sizes: Sequence[int], *, seed: int) -> list[list[_R]]:
     """Shuffle with ``seed`` and cut consecutive, disjoint parts of the given sizes."""
     if sum(sizes) > len(rows):
         raise DefinitionError(f"asked for {sum(sizes)} rows but the dataset has {len(rows)}",
                               fix="use smaller split sizes.")
     idx = list(range(len(rows)))
     random.Random(seed).shuffle(idx)
-    out, pos = [], 0
+    out: list[list[_R]] = []
+    pos = 0
     for n in sizes:
         out.append([rows[i] for i in idx[pos:pos + n]])
         pos += n
     return out
 
 
-def sample(rows: Sequence[Row], n: int, *, seed: int) -> list[Row]:
+def sample(rows: Sequence[_R], n: int, *, seed: int) -> list[_R]:
     return split(rows, [min(n, len(rows))], seed=seed)[0]
 
 
-def fingerprint(rows: Sequence[Row]) -> str:
+def fingerprint(rows: Sequence[Mapping[str, Any]]) -> str:
     """A short content hash of a split (recorded in reports and artifacts)."""
     h = hashlib.sha256()
     for r in rows:

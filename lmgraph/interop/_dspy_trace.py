@@ -61,6 +61,8 @@ def check_forward(module: Any, path: str) -> None:
     traced call sees only the branch or iteration count it took."""
     cls = type(module)
     fn = getattr(cls, "forward", None)
+    if fn is None:  # nothing to read
+        return
     try:
         source = textwrap.dedent(inspect.getsource(fn))
         tree = ast.parse(source)
@@ -68,6 +70,8 @@ def check_forward(module: Any, path: str) -> None:
     except (OSError, TypeError, SyntaxError):  # defined in a REPL or generated: nothing to read
         return
     for node in ast.walk(tree):
+        if not isinstance(node, ast.stmt):  # the statements _STATEMENTS names
+            continue
         for kind, what in _STATEMENTS.items():
             if isinstance(node, kind):
                 fix = ("build the branch with lg.Route" if kind is ast.If else

@@ -238,8 +238,8 @@ def _build(tracer: Any, result: Any, names: list[str], cot: dict[str, str], corp
         seen[node] = rec.path
         if rec.kind == "retrieve":
             k = rec.inputs.get("k") or getattr(rec.obj, "k", None) or 3
-            module = lg.Retrieve(_corpus_for(corpus, node, rec.path), k=int(k))
-            nodes[rec.path] = p.add(module, node, query=source(rec.inputs.get("query"), "the query", node, "query"))
+            retriever = lg.Retrieve(_corpus_for(corpus, node, rec.path), k=int(k))
+            nodes[rec.path] = p.add(retriever, node, query=source(rec.inputs.get("query"), "the query", node, "query"))
             continue
         owner = rec.path[: -len(".predict")] if rec.path.endswith(".predict") else None
         chain = (owner is not None and cot.get(owner) == "cot") or (rec.path == "predict" and cot.get("self") == "cot")
@@ -296,6 +296,8 @@ def to_dspy_state(program: "Program", module: Any, *, path: "str | Path | None" 
     also written there as JSON with DSPy's metadata, for ``module.load(path)``. Settings DSPy has no
     place for (prompt format, log-prob decoding, per-input demos) are named in a warning.
     """
+    from ..modules.predict import Predict
+
     if isinstance(module, (str, Path)):
         state = json.loads(Path(module).read_text(encoding="utf-8"))
     elif isinstance(module, Mapping):
@@ -310,7 +312,7 @@ def to_dspy_state(program: "Program", module: Any, *, path: "str | Path | None" 
         if node not in program.node_map:
             continue
         m = program.node_map[node].module
-        if m.kind not in ("predict", "chain_of_thought"):
+        if m.kind not in ("predict", "chain_of_thought") or not isinstance(m, Predict):
             raise DefinitionError(f"node {node!r} is a {m.kind}; the DSPy predictor {key!r} needs a Predict or "
                                   "ChainOfThought node", node=node)
         value["signature"]["instructions"] = m.instructions

@@ -86,7 +86,8 @@ def _module_changes(ma: Mapping[str, Any], mb: Mapping[str, Any], prefix: str, c
     Route's branches are walked, so a change shows as ``generator.demos`` / ``solve.instructions``
     / ``calc.solve.demos``, as ``named_parameters`` names it."""
     for key in sorted(ma.keys() | mb.keys()):
-        va, vb = ma.get(key), mb.get(key)
+        va: Any = ma.get(key)  # saved JSON values
+        vb: Any = mb.get(key)
         if va == vb:
             continue
         if _is_module(va) and _is_module(vb) and va["kind"] == vb["kind"]:

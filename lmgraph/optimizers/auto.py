@@ -249,7 +249,9 @@ class Compile(Optimizer):
             f"in order of prior promise, raced in rounds at {', '.join(map(str, rounds))} search rows")
         # waves: as many untried candidates as the budget left covers (upper-bound costs, the
         # confirmation kept in reserve) race against the champion so far, whose scores are reused
-        untried, tried, alive = list(specs), [], []
+        untried: list[Spec] = list(specs)
+        tried: list[Spec] = []
+        alive: list[Spec] = []
         try:
             while untried:
                 rem = session.remaining_calls()

@@ -169,7 +169,7 @@ def decompose_node(program: Program, node: str, *, max_steps: int = 3, concurren
     taken = {f.name for f in (*ins, *outs)} | {"reasoning"}
     steps_f, step_f = _fresh("steps", taken), _fresh("step", taken)
     answer_f, answers_f = _fresh("step_answer", taken), _fresh("step_answers", taken)
-    common = {"format": m.format, "lm": m.lm, "temperature": m.temperature, "repair": m.repair}
+    common: dict[str, Any] = {"format": m.format, "lm": m.lm, "temperature": m.temperature, "repair": m.repair}
     plan_name, map_name, step_name = node + PLAN_SUFFIX, node + STEPS_SUFFIX, node + STEP_SUFFIX
 
     plan = Plan(Signature(ins, [FieldSpec(steps_f, list[str], "sub-questions, one per line")]),
@@ -272,8 +272,8 @@ async def bootstrap_decomposition(session: CompileSession, program: Program, nod
     ``threshold``, demos for the plan, the combine node and the per-step solver (one demo per
     (sub-question, answer) pair, read off the Map node's list input/output)."""
     plan, steps = node + PLAN_SUFFIX, node + STEPS_SUFFIX
-    _, solver, step_f, answer_f = _map_parts(program, node)
-    solver_sig = _demo_sig(program.module(steps).program, solver)
+    fan, solver, step_f, answer_f = _map_parts(program, node)
+    solver_sig = _demo_sig(fan.program, solver)
     broadcast = [f.name for f in solver_sig.inputs if f.name != step_f]
     sigs = {plan: _demo_sig(program, plan), node: _demo_sig(program, node)}
     pool: dict[str, list[Demo]] = {plan: [], node: [], node + STEP_SUFFIX: []}

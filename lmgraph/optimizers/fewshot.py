@@ -11,7 +11,7 @@ sub-program nodes, a CallTool's choose call (``agent.step``), found by walking t
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal, overload
 
 from .._canonical import canonical_json
 from ..errors import DefinitionError
@@ -45,8 +45,14 @@ def describe_demos(demos: Mapping[str, Sequence[Demo]]) -> dict[str, dict[str, A
     return {n: {"demos": len(d)} for n, d in demos.items()}
 
 
+@overload
 def _label_sources(program: Program, name: str, exported: Mapping[tuple[str, str], str],
-                   computed: bool) -> dict[str, str | Ref] | None:
+                   computed: Literal[False]) -> Mapping[str, str] | None: ...
+@overload
+def _label_sources(program: Program, name: str, exported: Mapping[tuple[str, str], str],
+                   computed: bool) -> Mapping[str, str | Ref] | None: ...
+def _label_sources(program: Program, name: str, exported: Mapping[tuple[str, str], str],
+                   computed: bool) -> Mapping[str, str | Ref] | None:
     """Where each demo field of node ``name`` comes from in a labelled row: a row key (an input
     bound to a pipeline input; an output a program output exports), or -- with ``computed`` -- the
     output of an upstream node that makes no model call (a retriever's passages), worked out per

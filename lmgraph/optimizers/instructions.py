@@ -131,7 +131,7 @@ def _proposer_program(shorthand: str, instructions: str, lm: str | None, tempera
     p = Pipeline("instruction_proposer")
     src = p.input(shorthand.split("->")[0].strip())
     node = p.add(Predict(shorthand, instructions=instructions, lm=lm, temperature=temperature,
-                         max_tokens=200, repair=False), name="propose", **{src.field: src})
+                         max_tokens=200, repair=False), "propose", inputs={src.field: src})
     p.output(text=node[shorthand.split("->")[1].strip()])
     return p.build()
 

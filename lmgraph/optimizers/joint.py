@@ -251,9 +251,9 @@ class JointSearch(Optimizer):
     def _sample(self, session: CompileSession, opts: list[_NodeOptions],
                 stats: dict[tuple[int, int, int], list[float]], refined: bool) -> tuple[tuple[int, int, int], ...]:
         rng = session.rng
-        cfg = []
+        cfg: list[tuple[int, int, int]] = []
         for ni, o in enumerate(opts):
-            choice = []
+            choice: list[int] = []
             for d, size in enumerate(o.sizes()):
                 if size == 1:
                     choice.append(0)
@@ -272,7 +272,7 @@ class JointSearch(Optimizer):
                         pick = c
                         break
                 choice.append(pick)
-            cfg.append(tuple(choice))
+            cfg.append((choice[0], choice[1], choice[2]))  # one index per dimension of o.sizes()
         return tuple(cfg)
 
     # ---- search

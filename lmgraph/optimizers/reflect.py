@@ -300,7 +300,7 @@ class Reflect(Optimizer):
         pool = [base]
         rng = random.Random(f"reflect:{session.seed}")
         batches = _Minibatches(len(session.trainset), self.minibatch_size, rng)
-        state = {"merges": 0, "tried": set(), "iteration": 0}
+        state: dict[str, Any] = {"merges": 0, "tried": set(), "iteration": 0}
         try:
             for it in range(1, self.max_iterations + 1):
                 top = next((m for m in pool if all(s >= self.perfect_score for s in m.scores)), None)

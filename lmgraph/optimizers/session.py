@@ -65,7 +65,7 @@ class CompileSession:
         self._stage_perm = list(range(len(self.valset)))
         random.Random(f"stages:{seed}").shuffle(self._stage_perm)
         self._val_fp = fingerprint(self.valset)
-        data = {"train": {"n": len(self.trainset), "sha256_16": fingerprint(self.trainset)},
+        data: dict[str, Any] = {"train": {"n": len(self.trainset), "sha256_16": fingerprint(self.trainset)},
                 "val": {"n": len(self.valset), "sha256_16": self._val_fp}}
         if data_note:
             data["note"] = data_note

@@ -132,12 +132,13 @@ class NodeCall:
                               format: str | None = None) -> tuple[LMResponse, CallRecord]:
         """:meth:`generate`, with the reply streamed to the run's events as ``sig``'s output fields
         (:mod:`lmgraph.pipeline.stream`) when the run is streamed; else the same as generate."""
-        if not self.streaming:
+        hooks = self.hooks
+        if hooks is None or hooks.emit is None:  # not streamed (self.streaming is False)
             return await self.generate(request, lm=lm, format=format)
         stack, _ = self.lm(lm)
         request = self.prepare(request)
         rec = self.record(request, format)
-        with self.hooks.model_call(self.node, rec, stack):  # type: ignore[union-attr]
+        with hooks.model_call(self.node, rec, stack):
             return await self._call(stack, request, rec, sig), rec
 
     async def _streamed(self, stack: Any, request: LMRequest, sig: "Signature", fmt: str | None) -> LMResponse:
@@ -146,7 +147,8 @@ class NodeCall:
         from ..lm.base import stream_of
         from .stream import reader_for
 
-        emit = self.hooks.emit  # type: ignore[union-attr]
+        emit = self.hooks.emit if self.hooks is not None else None
+        assert emit is not None, "_streamed runs only for a streamed run (stream_generate checks)"
         reader = reader_for(fmt, self.node, sig)
         resp: LMResponse | None = None
         async with aclosing(stream_of(stack, request)) as chunks:
@@ -374,7 +376,7 @@ class Result:
         return self.error is None
 
     def __repr__(self) -> str:
-        state = f"outputs={dict(self.outputs)!r}" if self.ok else f"error={self.error!r}"
+        state = f"outputs={dict(self.outputs or {})!r}" if self.ok else f"error={self.error!r}"
         return f"Result(#{self.index}, {state})"
 
 

@@ -8,7 +8,7 @@ import difflib
 import hashlib
 import json
 import threading
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncGenerator, Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
@@ -216,7 +216,7 @@ class Program:
     def run_sync(self, ctx: RunContext | None = None, /, **inputs: Any) -> Prediction:
         return _run_sync(execute(self, inputs, self._ctx(self._split(inputs, "ctx", ctx))))
 
-    def stream(self, ctx: RunContext | None = None, /, **inputs: Any) -> AsyncIterator["Event"]:
+    def stream(self, ctx: RunContext | None = None, /, **inputs: Any) -> AsyncGenerator["Event", None]:
         """Run once, streamed: an async iterator of typed events, in order -- ``NodeStart``,
         ``TokenDelta`` (text of Predict/ChainOfThought outputs as the model writes it),
         ``FieldComplete`` (JSON-format outputs as each closes), ``NodeEnd``, then ``Final(outputs,

@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -283,7 +283,7 @@ def reader_for(fmt: str | None, node: str, sig: Signature) -> LabelSplitter | Js
 _DONE = object()
 
 
-async def stream_run(program: "Program", inputs: Mapping[str, Any], ctx: Any) -> AsyncIterator[Event]:
+async def stream_run(program: "Program", inputs: Mapping[str, Any], ctx: Any) -> AsyncGenerator[Event, None]:
     """Run ``program`` once, yielding its events as they happen, :class:`Final` last; a failed run
     raises its error after its events. Closing the iterator early cancels the run."""
     from .executor import execute
