@@ -540,3 +540,124 @@ def test_vllmlm_needs_vllm(monkeypatch: pytest.MonkeyPatch, model_dir: pathlib.P
     assert "pip install" in str(info.value.fix)
     with pytest.raises(DefinitionError, match="does not exist"):
         vllm_lm(model_dir / "missing")
+
+
+# ---------------------------------------------------------------- the GPU check's tiny model
+
+def test_gpu_check_builds_a_local_tokenizer(tmp_path: pathlib.Path) -> None:
+    pytest.importorskip("tokenizers", reason="the tiny model's tokenizer is trained with the tokenizers package")
+    jinja2 = pytest.importorskip("jinja2", reason="chat templates are jinja2")
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import gpu_check
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    from tokenizers import Tokenizer
+
+    vocab = gpu_check.build_tokenizer(tmp_path, vocab_size=400)
+    tok = Tokenizer.from_file(str(tmp_path / "tokenizer.json"))
+    assert vocab == tok.get_vocab_size() <= 400
+    assert [tok.token_to_id(s) for s in gpu_check.SPECIAL] == [0, 1, 2]  # build_tiny_model's bos/eos ids
+    ids = tok.encode("Question: What is the capital of France?").ids
+    assert ids[0] == 1 and tok.decode(ids[1:]) == "Question: What is the capital of France?"
+    config = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    chat = jinja2.Template(config["chat_template"]).render(
+        messages=[{"role": "user", "content": "hi"}], add_generation_prompt=True, bos_token="<s>", eos_token="</s>")
+    assert chat == "<s><|user|>\nhi</s>\n<|assistant|>\n"
+
+
+# ---------------------------------------------------------------- on a GPU (benchmarks/gpu_check.py)
+
+def _need_cuda() -> None:
+    if importlib.util.find_spec("torch") is None:
+        pytest.skip("torch is not installed, so no CUDA device can be found")
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device on this machine")
+
+
+def _tiny_model() -> pathlib.Path:
+    path = os.environ.get("LMGRAPH_GPU_MODEL_DIR")
+    if not path:
+        pytest.skip("LMGRAPH_GPU_MODEL_DIR is not set: benchmarks/gpu_check.py builds a tiny random model "
+                    "and sets it")
+    return pathlib.Path(path)
+
+
+def _need_vllm() -> None:
+    if importlib.util.find_spec("vllm") is None:
+        pytest.skip("vllm is not installed (pip install 'lmgraph[vllm]')")
+    _need_cuda()
+
+
+SCHEMA = {"type": "object", "properties": {"label": {"type": "string", "enum": ["DESC", "NUM", "LOC"]}},
+          "required": ["label"]}
+
+
+@pytest.mark.gpu
+def test_gpu_vllmlm() -> None:
+    _need_vllm()
+    tiny_model = _tiny_model()
+    from lmgraph.lm.vllm_engine import VLLMLM
+
+    with VLLMLM(tiny_model, max_model_len=256, gpu_memory_utilization=0.3, enforce_eager=True) as lm:
+        greedy = [LMRequest(prompt=f"Question {i}: what is it?\nLabel:", max_tokens=8) for i in range(8)]
+
+        async def batch(requests: list[LMRequest]) -> Any:
+            return await asyncio.gather(*(lm.complete(r) for r in requests))
+
+        first = run(batch(greedy))
+        calls = lm.generate_calls
+        assert calls < len(greedy)  # batched
+        assert [r.text for r in run(batch(greedy))] == [r.text for r in first]  # greedy: deterministic
+        out = run(lm.complete(LMRequest(prompt="Label as JSON:", json_schema=SCHEMA, max_tokens=40, logprobs=True)))
+        assert json.loads(out.text)["label"] in ("DESC", "NUM", "LOC")  # structured outputs held
+        assert out.logprobs and all(math.isfinite(e["logprob"]) for e in out.logprobs)
+        scored = run(lm.complete(LMRequest(prompt="The answer is", choices=(" yes", " no"))))
+        assert scored.text in (" yes", " no") and all(math.isfinite(s["logprob"]) for s in scored.logprobs)
+        chat = run(lm.complete(LMRequest(messages=(Message(role="user", content="hi"),), max_tokens=4)))
+        assert chat.usage.completion_tokens >= 1
+
+
+@pytest.mark.gpu
+def test_gpu_vllm_server() -> None:
+    _need_vllm()
+    tiny_model = _tiny_model()
+    from lmgraph.lm.vllm_server import VLLMServer
+
+    with VLLMServer(tiny_model, max_model_len=256, gpu_memory_utilization=0.3, enforce_eager=True,
+                    startup_timeout=300) as server:
+        lm = server.client()
+
+        async def go() -> Any:
+            try:
+                return await lm.complete(LMRequest(messages=(Message(role="user", content="Label it"),),
+                                                   json_schema=SCHEMA, max_tokens=40, logprobs=True))
+            finally:
+                await lm.aclose()
+
+        out = run(go())
+        assert json.loads(out.text)["label"] in ("DESC", "NUM", "LOC")
+        assert out.logprobs
+
+
+@pytest.mark.gpu
+def test_gpu_llamacpp_offload() -> None:
+    if importlib.util.find_spec("llama_cpp") is None:
+        pytest.skip("llama-cpp-python is not installed")
+    import llama_cpp
+
+    if not llama_cpp.llama_supports_gpu_offload():
+        pytest.skip("llama-cpp-python was built without GPU offload "
+                    "(LMGRAPH_LLAMA_CMAKE_ARGS=\"-DGGML_CUDA=on\" bash scripts/setup.sh)")
+    gguf = os.environ.get("LMGRAPH_GPU_GGUF")
+    if not gguf:
+        pytest.skip("LMGRAPH_GPU_GGUF is not set (a GGUF file to offload)")
+    from lmgraph.lm.llamacpp import LlamaCppLM
+
+    with LlamaCppLM(gguf, n_instances=1, n_gpu_layers=-1) as lm:
+        request = LMRequest(prompt="Question: What is 2 + 2?\nAnswer:", max_tokens=8)
+        first = run(lm.complete(request))
+        assert run(lm.complete(request)).text == first.text
+        assert lm.identity()["n_gpu_layers"] == -1
