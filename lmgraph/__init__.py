@@ -4,6 +4,8 @@ Declare a pipeline as a typed graph of modules, run it (independent nodes concur
 an API model, a local server or the embedded SmolLM2 model, and compile it into a better one.
 """
 
+from typing import Any
+
 from .context import RunContext
 from .errors import (ArtifactError, BudgetError, BudgetExceeded, ConfigError, DatasetError, DefinitionError,
                      InputError, LmgraphError, LMError, LmgraphWarning, MetricError, MetricWarning, OutputParseError,
@@ -30,7 +32,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):  # noqa: ANN202 - lazy: the compiler is imported on first use, not at import time
+def __getattr__(name: str) -> Any:  # lazy: the compiler is imported on first use, not at import time
     if name == "compile":
         from .optimizers.auto import compile as _compile
 

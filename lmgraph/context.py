@@ -28,7 +28,8 @@ def default_lm() -> LM:
             from .lm.llamacpp import LlamaCppLM
 
             _defaults["lm"] = LlamaCppLM()
-        return _defaults["lm"]
+        lm: LM = _defaults["lm"]
+        return lm
 
 
 def default_cache() -> Any:

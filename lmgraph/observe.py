@@ -112,7 +112,8 @@ class RunHooks:
         if not self.observers:
             return nullcontext()
         if len(self.observers) == 1:
-            return getattr(self.observers[0], hook)(*args, **kwargs)
+            one: ContextManager[Any] = getattr(self.observers[0], hook)(*args, **kwargs)
+            return one
         stack = ExitStack()
         for obs in self.observers:
             stack.enter_context(getattr(obs, hook)(*args, **kwargs))
@@ -267,9 +268,10 @@ class OTelObserver(Observer):
         self.capture_content = bool(capture_content)
 
     def _span(self, name: str, attrs: dict[str, Any], client: bool = False) -> ContextManager[Any]:
-        return self.tracer.start_as_current_span(
+        span: ContextManager[Any] = self.tracer.start_as_current_span(
             name, kind=self._kind.CLIENT if client else self._kind.INTERNAL,
             attributes={k: v for k, v in attrs.items() if v is not None})
+        return span
 
     def _fail(self, span: Any, error: str | None, kind: str | None = None) -> None:
         if error:

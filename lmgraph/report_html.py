@@ -294,7 +294,7 @@ def _previews(program: "Program | None", lm: Any) -> tuple[dict[str, Any], list[
 
 def _prompt_text(p: Any) -> str:
     if p.prompt is not None:
-        return p.prompt
+        return str(p.prompt)
     return "\n".join(f"--- {m['role']} ---\n{m['content']}" for m in p.messages or ())
 
 

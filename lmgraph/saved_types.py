@@ -119,7 +119,9 @@ def _rebuild_type(name: str, spec: dict[str, Any], registry: dict[str, Any]) -> 
     def build(mname: str, s: dict[str, Any]) -> type[pydantic.BaseModel]:
         req = set(s.get("required", []))
         fields = {k: (conv(v), field_info(k, v, k in req)) for k, v in s.get("properties", {}).items()}
-        return pydantic.create_model(mname, __doc__=s.get("description"), **fields)  # type: ignore[call-overload]
+        model: type[pydantic.BaseModel] = pydantic.create_model(  # type: ignore[call-overload]
+            mname, __doc__=s.get("description"), **fields)
+        return model
 
     model = build(name, schema)
     _REBUILT[model] = spec

@@ -111,7 +111,8 @@ class _SharedLM:
         return self.inner.stream(request)
 
     def identity(self) -> dict[str, Any]:
-        return self._backend.identity()
+        identity: dict[str, Any] = self._backend.identity()
+        return identity
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):

@@ -110,7 +110,8 @@ def _hoist(schema: dict[str, Any], into: dict[str, Any]) -> dict[str, Any]:
 
     for sub in into.values():
         sub.update(fix(sub))
-    return fix(schema)
+    fixed: dict[str, Any] = fix(schema)
+    return fixed
 
 
 def openapi(program: Program) -> dict[str, Any]:

@@ -32,8 +32,8 @@ import pydantic
 
 from ._canonical import canonical_json
 from .errors import SignatureError
-# custom types <-> their saved JSON descriptions (lmgraph.pipeline.serialize imports them from here)
-from .saved_types import _REBUILT, _collect_custom_types, _type_from_spec  # noqa: F401
+# custom types <-> their saved JSON descriptions
+from .saved_types import _collect_custom_types, _type_from_spec
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -194,7 +194,8 @@ class Signature:
     def output_json_schema(self) -> dict[str, Any]:
         model = pydantic.create_model(  # type: ignore[call-overload]
             "Output", **{f.name: (f.annotation, ...) for f in self.outputs})
-        return model.model_json_schema()
+        schema: dict[str, Any] = model.model_json_schema()
+        return schema
 
     def shorthand(self) -> str:
         def one(f: FieldSpec) -> str:
@@ -291,7 +292,9 @@ def ensure_signature(sig: "str | Signature | type[Signature]", *, instructions: 
 
 
 def _default_instructions(ins: tuple[FieldSpec, ...], outs: tuple[FieldSpec, ...]) -> str:
-    names = lambda fs: ", ".join(f"`{f.name}`" for f in fs)  # noqa: E731
+    def names(fs: tuple[FieldSpec, ...]) -> str:
+        return ", ".join(f"`{f.name}`" for f in fs)
+
     if ins:
         return f"Given the fields {names(ins)}, produce the fields {names(outs)}."
     return f"Produce the fields {names(outs)}."

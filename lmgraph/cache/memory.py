@@ -30,7 +30,8 @@ class MemoryCache:
             if text is None:
                 return None
             self._data.move_to_end(key)
-        return json.loads(text)
+        value: dict[str, Any] = json.loads(text)
+        return value
 
     def set(self, key: str, value: dict[str, Any]) -> None:
         """Store ``value`` under ``key``, evicting the least recently used entries if full."""

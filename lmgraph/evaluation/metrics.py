@@ -20,7 +20,7 @@ import warnings
 import weakref
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from ..errors import DatasetError, MetricError, MetricWarning
 
@@ -199,7 +199,7 @@ def prepare_metric(metric: Any) -> Metric:
                           fix="pass a function (example, prediction, trace) -> float, e.g. "
                               "lmgraph.evaluation.label_accuracy().")
     if _positional_arity(metric) != 2:
-        return metric
+        return cast(Metric, metric)
     name = metric_name(metric)
     try:
         first = metric not in _adapted_told

@@ -123,7 +123,7 @@ def _value_for(annotation: Any, name: str, counter: list[int]) -> Any:
     return mark(name)  # let the adapter say what it cannot parse
 
 
-class Tracer(BaseCallback):
+class Tracer(BaseCallback):  # type: ignore[misc]  # dspy is untyped: its base class is Any
     """Records each Predict / Retrieve call with its inputs and answers for the predictor running."""
 
     def __init__(self, predictors: dict[int, str], retrievers: dict[int, str]) -> None:

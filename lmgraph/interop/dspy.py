@@ -298,6 +298,7 @@ def to_dspy_state(program: "Program", module: Any, *, path: "str | Path | None" 
     """
     from ..modules.predict import Predict
 
+    state: dict[str, Any]
     if isinstance(module, (str, Path)):
         state = json.loads(Path(module).read_text(encoding="utf-8"))
     elif isinstance(module, Mapping):

@@ -112,7 +112,7 @@ class BestOfN(Module):
             sub = type(call)(call.node, sampler, call.ctx.replace(rollout=base + i), call.trace)
             return await sampler.forward(dict(inputs), sub)
 
-        return await asyncio.gather(*(one(i) for i in range(self.n)), return_exceptions=True)
+        return list(await asyncio.gather(*(one(i) for i in range(self.n)), return_exceptions=True))
 
     async def forward(self, inputs: dict[str, Any], call: "NodeCall") -> dict[str, Any]:
         results = await self._sample(inputs, call)

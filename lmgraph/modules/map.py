@@ -47,6 +47,7 @@ class Map(Module):
     """Fan a sub-program out over list inputs; outputs are lists in item order."""
 
     kind = "map"
+    program: Program  # the sub-program run per item (built and checked in __init__)
     _signature: Signature  # built in __init__ from the children
     config_model = "MapConfig"
     tunable = ("program", "concurrency")

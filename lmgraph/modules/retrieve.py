@@ -96,7 +96,7 @@ def _okapi_class() -> type:
     if not _OKAPI:
         from rank_bm25 import BM25Okapi
 
-        class _Okapi(BM25Okapi):
+        class _Okapi(BM25Okapi):  # type: ignore[misc]  # rank_bm25 is untyped: its base class is Any
             def _calc_idf(self, nd: dict[str, int]) -> None:
                 n = self.corpus_size
                 self.idf = {w: math.log(1.0 + (n - df + 0.5) / (df + 0.5)) for w, df in nd.items()}
@@ -161,10 +161,13 @@ class FunctionRetriever:
         self.name = name
 
     async def search(self, query: str, k: int) -> list[Any]:
+        found: list[Any]
         if inspect.iscoroutinefunction(self.fn):
-            return await self.fn(query, k)
+            found = await self.fn(query, k)
+            return found
         out = await asyncio.to_thread(self.fn, query, k)  # a blocking call must not stall the loop
-        return await out if inspect.isawaitable(out) else out
+        found = await out if inspect.isawaitable(out) else out
+        return found
 
     def __repr__(self) -> str:
         return f"FunctionRetriever({self.name!r})"

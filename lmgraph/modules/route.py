@@ -48,6 +48,7 @@ class Route(Module):
     the node's outputs."""
 
     kind = "route"
+    branches: dict[str, Program]  # the built branch programs (checked in _check)
     _signature: Signature  # built in __init__ from the children
     config_model = "RouteConfig"
     tunable = ("branches",)

@@ -282,7 +282,7 @@ class Tool:
             default = ... if p.default is p.empty else p.default
             fields[f"p{i}"] = (ann, pydantic.Field(default, alias=p.name))
             self._params.append(p)
-        self._model = pydantic.create_model(f"{name}_args", __config__=pydantic.ConfigDict(extra=extra),
+        self._model: type[pydantic.BaseModel] = pydantic.create_model(f"{name}_args", __config__=pydantic.ConfigDict(extra=extra),
                                             **fields)
         self.parameters_schema = _strip_titles(self._model.model_json_schema(by_alias=True))
 

@@ -132,7 +132,7 @@ def _same_branches(a: Any, b: Any) -> bool:
 
 def _same_graph(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
     """Two saved sub-programs with the same nodes, wiring and outputs (only modules may differ)."""
-    def shape(p: Mapping[str, Any]) -> Any:
+    def shape(p: Mapping[str, Any]) -> tuple[Any, ...]:
         return ([(n["name"], n.get("bindings")) for n in p["nodes"]], p.get("inputs"), p.get("outputs"))
     return shape(a) == shape(b)
 
@@ -144,7 +144,8 @@ def diff(a: Program | str | Path, b: Program | str | Path) -> dict[str, Any]:
         if isinstance(x, Program):
             return x.to_dict()
         data = read_json_file(x)  # not hash-checked: a diff should show what an edit changed
-        return data.get("program", data)
+        program: dict[str, Any] = data.get("program", data)
+        return program
 
     da, db = as_dict(a), as_dict(b)
     na = {n["name"]: n for n in da["nodes"]}

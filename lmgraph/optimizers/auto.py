@@ -169,7 +169,7 @@ class Compile(Optimizer):
                 "confirmation": confirm if k else 0, "search_rows": len(search), "confirm_rows": len(conf)}
 
     @staticmethod
-    def _pool(trainset: Sequence[Mapping[str, Any]], valset: Sequence[Mapping[str, Any]] | None) -> list:
+    def _pool(trainset: Sequence[Mapping[str, Any]], valset: Sequence[Mapping[str, Any]] | None) -> list[Mapping[str, Any]]:
         return list(trainset) + list(valset or [])
 
     def dry_run(self, program: Program, trainset: Sequence[Mapping[str, Any]],

@@ -155,7 +155,8 @@ class Optimizer:
         return CostEstimate(calls, tokens, breakdown)
 
     def _split(self, program: Program, trainset: Sequence[Mapping[str, Any]],
-               valset: Sequence[Mapping[str, Any]] | None, seed: int) -> tuple[list, list, str]:
+               valset: Sequence[Mapping[str, Any]] | None, seed: int
+               ) -> tuple[list[Mapping[str, Any]], list[Mapping[str, Any]], str]:
         check_rows(program, trainset, "trainset")
         if valset is not None:
             check_rows(program, valset, "valset")

@@ -40,7 +40,8 @@ from ..pipeline.program import Program
 from ..signatures import FieldSpec, Signature, type_to_str
 from .acceptance import FavourOnTies
 from .base import Optimizer
-from .fewshot import Demo, _dedupe, _demo_sig, with_demos
+from .fewshot import _dedupe, _demo_sig, with_demos
+from .params import Demo
 from .report import Candidate
 from .session import BudgetStop, CompileSession, static_calls_per_example
 

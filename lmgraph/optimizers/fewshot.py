@@ -18,6 +18,7 @@ from ..errors import DefinitionError
 from ..pipeline.executor import execute_batch
 from ..pipeline.ir import INPUT, Ref
 from ..pipeline.program import Program
+from ..signatures import Signature
 from .base import Optimizer
 from .params import Demo, demo_param, demo_targets, example_demos, nested_label_sources, rows_to_demos
 from .session import CompileSession, static_calls_per_example
@@ -31,9 +32,11 @@ def demo_nodes(program: Program, *, nested: bool = False) -> list[str]:
     return targets if nested else [t for t in targets if "." not in t]
 
 
-def _demo_sig(program: Program, node: str):  # noqa: ANN202
+def _demo_sig(program: Program, node: str) -> Signature:
     """The signature a demo of ``node`` (a node name or a nested module's path) must satisfy."""
-    return demo_param(program, node).signature
+    sig = demo_param(program, node).signature
+    assert sig is not None  # a demos parameter always carries the signature its demos fill
+    return sig
 
 
 def with_demos(program: Program, demos: Mapping[str, Sequence[Demo]]) -> Program:

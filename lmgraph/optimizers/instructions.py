@@ -36,8 +36,10 @@ from ..pipeline.program import Program
 from ..signatures import Signature
 from .base import Optimizer
 from .fewshot import _demo_sig, bootstrap_pool, labeled_demos
+from .report import Report
 from .race import Arm, Race, confirm, halving_cost, record, settle, successive_halving  # also importable here
-from .session import BudgetStop, CompileSession, _hash, static_calls_per_example
+from .checkpoint import _hash
+from .session import BudgetStop, CompileSession, static_calls_per_example
 
 Demo = dict[str, Any]
 
@@ -65,7 +67,7 @@ def instruction_nodes(program: Program, nodes: Sequence[str] | None = None, *, p
     return [n for n in tree if n in set(nodes)]
 
 
-class _AnyRow(dict):  # a row that has every key: which nodes *could* take labelled demos
+class _AnyRow(dict[str, Any]):  # a row that has every key: which nodes *could* take labelled demos
     def __contains__(self, key: object) -> bool:
         return True
 
@@ -149,10 +151,12 @@ async def _memo_generate(session: CompileSession, program: Program,
     async def one(inputs: Mapping[str, Any], r: int) -> str | None:
         key = _hash({"kind": "propose", "program": program.content_hash(), "inputs": dict(inputs), "rollout": r})
         hit = session.recall(key)  # charged its recorded spend
+        text: str | None
         if hit is not None:
-            return hit["text"]
+            text = hit["text"]
+            return text
         trace = None
-        text: str | None = None
+        text = None
         try:
             pred = await program.run(session.ctx.replace(rollout=base_rollout + r), **inputs)
             trace, text = pred.trace, str(pred["text"])
@@ -301,7 +305,7 @@ class InstructionSearch(Optimizer):
         out["confirmation"] = len(nodes) * full * per
         return out
 
-    async def aoptimize(self, program: Program, *args: Any, **kwargs: Any):
+    async def aoptimize(self, program: Program, *args: Any, **kwargs: Any) -> tuple[Program, Report]:
         if isinstance(program, Program):  # fail before any model call
             instruction_nodes(program, self.nodes)
             check_proposer(kwargs.get("ctx"), self.proposer_lm)

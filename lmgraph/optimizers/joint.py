@@ -34,6 +34,7 @@ from .._canonical import canonical_json
 from ..errors import DefinitionError
 from ..pipeline.program import Program
 from .base import Optimizer
+from .report import Report
 from .fewshot import _demo_sig, bootstrap_pool, demo_nodes
 from .instructions import check_proposer, mappable_nodes, node_examples, propose_instructions, short
 from .race import Arm, Race, confirm, halving_cost, record, settle, successive_halving
@@ -46,7 +47,7 @@ DIMS = ("instructions", "demos", "format")
 class _NodeOptions:
     node: str
     instructions: list[tuple[str, str]]          # (label, text); index 0 = current
-    demos: list[tuple[str, tuple[dict, ...]]]    # (label, demos); index 0 = current
+    demos: list[tuple[str, tuple[dict[str, Any], ...]]]  # (label, demos); index 0 = current
     formats: list[tuple[str, str]]               # (label, format); index 0 = current
 
     def dim(self, d: int) -> list[tuple[str, Any]]:
@@ -156,7 +157,7 @@ class JointSearch(Optimizer):
             out["confirmation"] = full * per
         return out
 
-    async def aoptimize(self, program: Program, *args: Any, **kwargs: Any):
+    async def aoptimize(self, program: Program, *args: Any, **kwargs: Any) -> tuple[Program, Report]:
         if isinstance(program, Program):  # fail before any model call
             joint_nodes(program, self.nodes)
             check_proposer(kwargs.get("ctx"), self.proposer_lm)
@@ -191,7 +192,7 @@ class JointSearch(Optimizer):
             else:
                 instr.append(("n/a", ""))
             # demo sets
-            demos: list[tuple[str, tuple[dict, ...]]] = []
+            demos: list[tuple[str, tuple[dict[str, Any], ...]]] = []
             if "demos" in tun:
                 cur_d = tuple(dict(d) for d in m.demos)  # type: ignore[attr-defined]
                 pool = list(pool_cache.get("bootstrap", {}).get(node) or [])

@@ -53,7 +53,7 @@ from .base import Optimizer
 from .instructions import (_memo_generate, _norm, _proposer_program, check_proposer, clean_instruction,
                            instruction_nodes, short)
 from .race import record
-from .report import Candidate
+from .report import Candidate, Report
 from .session import CompileSession, BudgetStop, static_calls_per_example
 
 #: What the reflection model is told (its input holds the step, its instruction and the examples).
@@ -278,7 +278,7 @@ class Reflect(Optimizer):
             out["merges"] = min(self.max_merges, self.max_iterations) * n_val * per
         return out
 
-    async def aoptimize(self, program: Program, *args: Any, **kwargs: Any):
+    async def aoptimize(self, program: Program, *args: Any, **kwargs: Any) -> tuple[Program, Report]:
         if isinstance(program, Program):  # fail before any model call
             instruction_nodes(program, self.nodes)
             check_proposer(kwargs.get("ctx"), self.reflection_lm)

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from .program import Program
 
 
-class Prediction(dict):
+class Prediction(dict[str, Any]):
     """A run's outputs: a dict whose fields are also attributes, plus the run's :class:`Trace`.
 
     Outputs come first and are never shadowed: ``pred.x`` and ``pred["x"]`` return the output
@@ -167,6 +167,7 @@ class NodeCall:
 
     async def _call(self, stack: Any, request: LMRequest, rec: CallRecord, sig: "Signature | None") -> LMResponse:
         t0 = time.perf_counter()
+        resp: LMResponse
         try:
             if sig is None:
                 resp = await stack.complete(request)

@@ -132,7 +132,7 @@ class PromptPreview:
         return "\n".join(lines)
 
 
-class PromptList(list[Any]):
+class PromptList(list[PromptPreview]):
     """The previews of a program in schedule order (a list of :class:`PromptPreview`), plus
     ``notes`` on nodes that could not be previewed or run."""
 

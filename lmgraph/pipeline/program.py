@@ -8,10 +8,10 @@ import difflib
 import hashlib
 import json
 import threading
-from collections.abc import AsyncGenerator, Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncGenerator, Callable, Coroutine, Iterable, Iterator, Mapping
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .._canonical import canonical_json
 from ..context import RunContext, check_context
@@ -27,9 +27,10 @@ if TYPE_CHECKING:
     from .trace import Trace
 
 _loops = threading.local()
+_T = TypeVar("_T")
 
 
-def _run_sync(coro: Any) -> Any:
+def _run_sync(coro: Coroutine[Any, Any, _T]) -> _T:
     """Run a coroutine to the end from sync code; the one sync entry point of the async core.
 
     Outside an event loop it runs on a per-thread loop (reused across calls). Inside a running
@@ -51,7 +52,7 @@ def _run_sync(coro: Any) -> Any:
     return _run_to_end(loop, coro)
 
 
-def _run_to_end(loop: asyncio.AbstractEventLoop, coro: Any) -> Any:
+def _run_to_end(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, _T]) -> _T:
     if getattr(loop, "_lmgraph_dirty", False):  # an earlier call's clean-up was itself interrupted
         _cancel_pending(loop)
     loop._lmgraph_dirty = True  # type: ignore[attr-defined]
@@ -81,7 +82,7 @@ def _cancel_pending(loop: asyncio.AbstractEventLoop) -> None:
             continue
 
 
-def _run_in_worker(coro: Any) -> Any:
+def _run_in_worker(coro: Coroutine[Any, Any, _T]) -> _T:
     """Run ``coro`` on a fresh loop in a worker thread and wait for it (called inside a running loop)."""
     box: dict[str, Any] = {}
     ready = threading.Event()
@@ -117,7 +118,8 @@ def _run_in_worker(coro: Any) -> Any:
         raise
     if "error" in box:
         raise box["error"]
-    return box.get("result")
+    result: _T = box["result"]
+    return result
 
 
 def _cancel_all(loop: asyncio.AbstractEventLoop) -> None:

@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any
 from ..errors import ArtifactError, DefinitionError, LmgraphError, PipelineValidationError
 from ..lm.values import jsonable
 from ..modules.base import loading_kinds, lookup_kind, module_from_dict
-from ..signatures import _collect_custom_types, _type_from_spec, str_to_type, type_to_str
+from ..saved_types import _collect_custom_types, _type_from_spec
+from ..signatures import str_to_type, type_to_str
 from .ir import Const, InputSpec, Node, Ref
 from .loading import (ARTIFACT_VERSION, canonical_json, content_hash, newer_version_error, open_envelope,
                       read_document, read_json_file)
@@ -52,7 +53,8 @@ def _module_dict(node: str, module: Any) -> dict[str, Any]:
     """A node's module as JSON data; a module that cannot say (a custom one without config()) is a
     DefinitionError naming the node."""
     try:
-        return module.to_dict()
+        data: dict[str, Any] = module.to_dict()
+        return data
     except DefinitionError as e:
         if e.node is not None:
             raise

@@ -15,7 +15,7 @@ import difflib
 import enum
 import types as _pytypes
 import typing
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal, Union
 
 from ..errors import DefinitionError, PipelineValidationError
@@ -34,10 +34,10 @@ def validate(name: str, inputs: Sequence[InputSpec], nodes: Sequence[Node],
              outputs: Sequence[tuple[str, Ref]]) -> list[str]:
     """Check the graph; return node names in topological order or raise."""
     problems: list[DefinitionError] = []
-    add = lambda msg, node=None, field=None, fix=None: problems.append(  # noqa: E731
-        DefinitionError(msg, node=node, field=field, fix=fix))
+    def add(msg: str, node: str | None = None, field: str | None = None, fix: str | None = None) -> None:
+        problems.append(DefinitionError(msg, node=node, field=field, fix=fix))
 
-    input_types = {}
+    input_types: dict[str, Any] = {}
     for spec in inputs:
         if spec.name in input_types:
             add("pipeline input declared twice", node=INPUT, field=spec.name,
@@ -52,7 +52,7 @@ def validate(name: str, inputs: Sequence[InputSpec], nodes: Sequence[Node],
                 fix="give each node a distinct name=... when adding it.")
         by_name[n.name] = n
 
-    def source_type(ref: Ref, node: str, field: str):  # noqa: ANN202
+    def source_type(ref: Ref, node: str, field: str) -> Any:
         if ref.node == INPUT:
             if ref.field not in input_types:
                 add(f"bound to unknown pipeline input {ref.field!r}", node=node, field=field,
@@ -186,7 +186,7 @@ def _const_fix(value: Any, target: Any, field: str) -> str:
     return f"bind a constant of type {want}, or change the signature."
 
 
-def _check_resources(nodes: Sequence[Node], add: Any) -> None:
+def _check_resources(nodes: Sequence[Node], add: Callable[..., None]) -> None:
     """Two nodes using different objects under one resource name would get the same object back
     after save/load: a definition error naming both."""
     from ..modules.call_tool import Tool
