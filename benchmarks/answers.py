@@ -20,10 +20,10 @@ import json
 import threading
 import time
 import urllib.parse
+from collections.abc import Mapping, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Mapping, Sequence
-
+from typing import Any
 
 # --------------------------------------------------------------------------- unit journal
 
@@ -67,7 +67,7 @@ class Journal:
                         last[key] = max(last.get(key, 0.0), float(e["t"]))
         self.journaled = sum(len(q) for q in self._answers.values())
         self._prior: dict[str, float] = {}
-        for (seg, ph), t in {**last, **ends}.items():  # a finished phase counts whole
+        for (_seg, ph), t in {**last, **ends}.items():  # a finished phase counts whole
             self._prior[ph] = self._prior.get(ph, 0.0) + t
         self.segments_before = segments
         self.segment = segments + 1

@@ -19,10 +19,23 @@ from pathlib import Path
 from typing import Any
 
 import lmgraph as lg
-from lmgraph.evaluation import (bootstrap_ci, evaluate_sync, label_accuracy, load_hotpotqa, load_hotpotqa_corpus,
-                                load_sst2, load_trec, normalized_em, paired_bootstrap, sample, split, token_f1)
+from lmgraph.evaluation import (
+    bootstrap_ci,
+    evaluate_sync,
+    label_accuracy,
+    load_hotpotqa,
+    load_hotpotqa_corpus,
+    load_sst2,
+    load_trec,
+    normalized_em,
+    paired_bootstrap,
+    sample,
+    split,
+    token_f1,
+)
 from lmgraph.evaluation.datasets import TREC_COARSE, fingerprint
 from lmgraph.optimizers import BootstrapFewShot, BootstrapRandomSearch, save_artifact
+
 from provenance import git_commit  # benchmarks/provenance.py
 
 RESULTS = Path(__file__).parent / "results"

@@ -18,12 +18,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import lmgraph as lg  # noqa: E402
-from benchmarks.tasks import gsm8k  # noqa: E402
-from lmgraph.evaluation import evaluate_sync, parse_number  # noqa: E402
-from lmgraph.lm.litellm import openai_compatible  # noqa: E402
-from lmgraph.lm.server import LlamaServer  # noqa: E402
-from provenance import git_commit  # noqa: E402  (benchmarks/provenance.py)
+import lmgraph as lg
+from benchmarks.tasks import gsm8k
+from lmgraph.evaluation import evaluate_sync, parse_number
+from lmgraph.lm.litellm import openai_compatible
+from lmgraph.lm.server import LlamaServer
+
+from provenance import git_commit  # benchmarks/provenance.py
 
 
 def main() -> int:

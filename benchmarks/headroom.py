@@ -8,8 +8,8 @@ Per (task, seed):
 
 * **compiled**: ``Compile()`` under ``--budget`` calls on ``--rows`` labelled rows (train+val; it never
   sees test rows), scored on ``--test`` test rows -- the unit of ``benchmarks/compile_default.py``; a
-  unit (rows with labels) already in ``results/compile_default/*-labelled.jsonl`` with the same task, seed, sizes and budget is
-  reused, not re-run (the compiler is deterministic: greedy decoding, seeded folds).
+  unit (rows with labels) already in ``results/compile_default/*-labelled.jsonl`` with the same task, seed,
+  sizes and budget is reused, not re-run (the compiler is deterministic: greedy decoding, seeded folds).
 * **oracle grid** (diagnostic only: it is scored ON THE TEST ROWS and never used for selection): the
   first ``--grid`` candidates of the compiler's own search space, in its order of prior promise (plus
   its JSON zero-shot, signature-instruction zero-shot and labelled-demo candidates where they come later),

@@ -81,7 +81,8 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=100, help="evaluation rows")
     ap.add_argument("--pool", type=int, default=100, help="train+val rows the demos come from")
     ap.add_argument("--k", type=int, default=4)
-    ap.add_argument("--only", default="", help="substrings separated by |: run only the configurations whose name contains one")
+    ap.add_argument("--only", default="",
+                    help="substrings separated by |: run only the configurations whose name contains one")
     args = ap.parse_args()
 
     task = load(args.task)
@@ -111,7 +112,8 @@ def main() -> None:
             row["diff"], row["diff_ci"] = pb["diff"], [pb["ci_low"], pb["ci_high"]]
         results.append(row)
         print(f"{label:<60} {res.mean:.3f} [{res.ci[0]:.3f},{res.ci[1]:.3f}]"
-              + (f"  diff {row['diff']:+.3f} [{row['diff_ci'][0]:+.3f},{row['diff_ci'][1]:+.3f}]" if "diff" in row else ""),
+              + (f"  diff {row['diff']:+.3f} [{row['diff_ci'][0]:+.3f},{row['diff_ci'][1]:+.3f}]"
+                 if "diff" in row else ""),
               flush=True)
     tag = "" if args.pool == 100 else f"-pool{args.pool}"
     out = HERE / "results" / "levers" / f"{args.task}-{args.on}-seed{args.seed}{tag}"

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import platform
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -96,7 +97,8 @@ def markdown(doc: dict[str, Any]) -> str:
         if "metric" not in g:
             lines.append(f"| {g['task']} | {g['lmgraph_best']} | {g['dspy_best']} | n/a | | | | n/a |")
             continue
-        verdict = "yes" if g["met"] else ("score only" if g["score_goal"] else ("calls only" if g["calls_goal"] else "no"))
+        verdict = ("yes" if g["met"] else "score only" if g["score_goal"] else "calls only" if g["calls_goal"]
+                   else "no")
         if g.get("lmgraph_calls") is None:
             calls = f"- / {g['dspy_calls']}"
         elif g["calls_ratio"] is None:
@@ -196,6 +198,7 @@ def write(records: list[dict[str, Any]], *, mode: str, date: str, seed: int, tas
           systems: Sequence[str], overhead: dict[str, Any] | None, wall_s: float, command: str,
           server: dict[str, Any], missing: Sequence[str] = ()) -> list[Path]:
     import dspy
+
     import lmgraph
 
     records = [r for r in records if r["task"] in tasks and r["system"] in systems]

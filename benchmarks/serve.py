@@ -151,17 +151,19 @@ def markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
              "other work, Python " + meta["python"] + f", uvicorn {meta['uvicorn']} on asyncio + h11, "
              f"starlette {meta['starlette']}).", "",
              f"{results[0]['requests']} requests at concurrency {results[0]['concurrency']} (after 100 warm-up "
-             f"requests; the last row: {results[-1]['requests']}, one at a time) to `POST /invoke` of a one-node program on a scripted model answering after "
+             f"requests; the last row: {results[-1]['requests']}, one at a time) to `POST /invoke` of a one-node "
+             "program on a scripted model answering after "
              f"{results[0]['model_latency_ms']:g} ms; every answer checked against its request. Added latency = "
              "client latency - model time; HTTP layer = client latency - the run's duration (Server-Timing); "
              "lmgraph run = the run's duration - model time.", "",
-             "| server | requests x concurrency | lost | 429s | requests/s | latency p50 / p99 ms | added p50 / p99 ms | HTTP layer p50 / p99 ms "
-             "| lmgraph run p50 / p99 ms |",
+             "| server | requests x concurrency | lost | 429s | requests/s | latency p50 / p99 ms | added p50 / p99 ms "
+             "| HTTP layer p50 / p99 ms | lmgraph run p50 / p99 ms |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         flags = " ".join(r["server_flags"]) or "defaults"
         h, g = r["http_layer_ms"] or {"p50": "-", "p99": "-"}, r["lmgraph_run_ms"] or {"p50": "-", "p99": "-"}
-        lines.append(f"| `{flags}` | {r['requests']} x {r['concurrency']} | {r['lost']} | {r['http_429']} | {r['requests_per_s']} "
+        lines.append(f"| `{flags}` | {r['requests']} x {r['concurrency']} | {r['lost']} | {r['http_429']} | "
+                     f"{r['requests_per_s']} "
                      f"(ideal {r['ideal_requests_per_s']}) | {r['latency_ms']['p50']} / {r['latency_ms']['p99']} | "
                      f"{r['added_ms']['p50']} / {r['added_ms']['p99']} | {h['p50']} / {h['p99']} | "
                      f"{g['p50']} / {g['p99']} |")

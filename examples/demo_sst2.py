@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from typing import Literal
 
 import lmgraph as lg
 from lmgraph.cache import MemoryCache
@@ -53,7 +52,7 @@ def main() -> None:
     metric = label_accuracy("label", "label")
     t_load = time.perf_counter()
     backend, _ = ctx.lm_for(None)
-    print(f"model: {ctx.lm_for(None)[0].identity().get('model')}  (stack built in "
+    print(f"model: {backend.identity().get('model')}  (stack built in "
           f"{time.perf_counter() - t_load:.2f}s; weights load on first call)")
     print(f"task: SST-2 test, n={len(test)} (seed {args.seed}); metric: label accuracy\n")
 

@@ -84,7 +84,7 @@ class RunContext:
 
             check_tracer(self.tracer)
 
-    def replace(self, **changes: Any) -> "RunContext":
+    def replace(self, **changes: Any) -> RunContext:
         """A derived context; it shares the budget meter, usage meter and model stacks."""
         if "budget" in changes and "budget_meter" not in changes:
             changes["budget_meter"] = None

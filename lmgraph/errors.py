@@ -126,7 +126,7 @@ class RunError(LmgraphError):
         self.node = node
         super().__init__(f"node {node!r}: {message}" if node else message)
 
-    def locate(self, node: str) -> "RunError":
+    def locate(self, node: str) -> RunError:
         """Name the node the error happened in (once; the message says it too)."""
         if self.node is None:
             self.node = node

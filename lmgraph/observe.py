@@ -60,18 +60,28 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import ExitStack, contextmanager, nullcontext
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ContextManager
+from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError, DefinitionError
 
 if TYPE_CHECKING:
     from .pipeline.trace import CallRecord, NodeTrace, Trace
 
-__all__ = ["JsonlTraces", "Observer", "OTelObserver", "SCHEMA", "disable_otel", "enable_otel", "format_summary",
-           "read_traces", "summarize", "trace_record"]
+__all__ = [
+    "SCHEMA",
+    "JsonlTraces",
+    "OTelObserver",
+    "Observer",
+    "disable_otel",
+    "enable_otel",
+    "format_summary",
+    "read_traces",
+    "summarize",
+    "trace_record",
+]
 
 SCHEMA = "lmgraph.trace/1"
 OTEL_INSTALL = "pip install opentelemetry-api opentelemetry-sdk  (or: pip install 'lmgraph[otel]')"
@@ -83,16 +93,16 @@ class Observer:
     before it starts and left after its record (``Trace``, ``NodeTrace``, ``CallRecord``, the tool
     record) is complete. The base class observes nothing; subclass and override what you need."""
 
-    def run(self, program: Any, trace: "Trace", *, nested: bool) -> ContextManager[Any]:
+    def run(self, program: Any, trace: Trace, *, nested: bool) -> AbstractContextManager[Any]:
         return nullcontext()
 
-    def node(self, nt: "NodeTrace") -> ContextManager[Any]:
+    def node(self, nt: NodeTrace) -> AbstractContextManager[Any]:
         return nullcontext()
 
-    def model_call(self, node: str, rec: "CallRecord", lm: Any) -> ContextManager[Any]:
+    def model_call(self, node: str, rec: CallRecord, lm: Any) -> AbstractContextManager[Any]:
         return nullcontext()
 
-    def tool(self, node: str, record: dict[str, Any]) -> ContextManager[Any]:
+    def tool(self, node: str, record: dict[str, Any]) -> AbstractContextManager[Any]:
         return nullcontext()
 
 
@@ -108,22 +118,22 @@ class RunHooks:
         self.emit = emit
         self.observers = tuple(observers)
 
-    def _each(self, hook: str, *args: Any, **kwargs: Any) -> ContextManager[Any]:
+    def _each(self, hook: str, *args: Any, **kwargs: Any) -> AbstractContextManager[Any]:
         if not self.observers:
             return nullcontext()
         if len(self.observers) == 1:
-            one: ContextManager[Any] = getattr(self.observers[0], hook)(*args, **kwargs)
+            one: AbstractContextManager[Any] = getattr(self.observers[0], hook)(*args, **kwargs)
             return one
         stack = ExitStack()
         for obs in self.observers:
             stack.enter_context(getattr(obs, hook)(*args, **kwargs))
         return stack
 
-    def run(self, program: Any, trace: "Trace", *, nested: bool) -> ContextManager[Any]:
+    def run(self, program: Any, trace: Trace, *, nested: bool) -> AbstractContextManager[Any]:
         return self._each("run", program, trace, nested=nested)
 
     @contextmanager
-    def node(self, nt: "NodeTrace") -> Iterator[None]:
+    def node(self, nt: NodeTrace) -> Iterator[None]:
         emit = self.emit
         if emit is not None:
             from .pipeline.stream import NodeStart
@@ -139,10 +149,10 @@ class RunHooks:
                 ok = nt.error is None and nt.outputs is not None
                 emit(NodeEnd(nt.node, dict(nt.outputs) if ok else None, nt.error))  # type: ignore[arg-type]
 
-    def model_call(self, node: str, rec: "CallRecord", lm: Any) -> ContextManager[Any]:
+    def model_call(self, node: str, rec: CallRecord, lm: Any) -> AbstractContextManager[Any]:
         return self._each("model_call", node, rec, lm)
 
-    def tool(self, node: str, record: dict[str, Any]) -> ContextManager[Any]:
+    def tool(self, node: str, record: dict[str, Any]) -> AbstractContextManager[Any]:
         return self._each("tool", node, record)
 
 
@@ -191,7 +201,7 @@ def run_hooks(ctx: Any, events: Callable[[Any], None] | None) -> RunHooks | None
     return RunHooks(events, observers)
 
 
-def enable_otel(tracer_provider: Any = None, *, capture_content: bool | None = None) -> "OTelObserver":
+def enable_otel(tracer_provider: Any = None, *, capture_content: bool | None = None) -> OTelObserver:
     """Trace every run in this process with OpenTelemetry (``tracer_provider=None``: the global
     provider); returns the observer. Replaces an earlier :func:`enable_otel`."""
     obs = OTelObserver(tracer_provider=tracer_provider, capture_content=capture_content)
@@ -232,7 +242,7 @@ def provider_name(identity: Mapping[str, Any]) -> str:
     return backend
 
 
-def _messages_json(rec: "CallRecord") -> str:
+def _messages_json(rec: CallRecord) -> str:
     r = rec.request
     msgs = ([m.to_dict() for m in r.messages] if r.messages is not None
             else [{"role": "user", "content": r.prompt or ""}])
@@ -267,8 +277,8 @@ class OTelObserver(Observer):
             capture_content = os.environ.get(_CONTENT_ENV, "").strip().lower() in ("1", "true", "yes")
         self.capture_content = bool(capture_content)
 
-    def _span(self, name: str, attrs: dict[str, Any], client: bool = False) -> ContextManager[Any]:
-        span: ContextManager[Any] = self.tracer.start_as_current_span(
+    def _span(self, name: str, attrs: dict[str, Any], client: bool = False) -> AbstractContextManager[Any]:
+        span: AbstractContextManager[Any] = self.tracer.start_as_current_span(
             name, kind=self._kind.CLIENT if client else self._kind.INTERNAL,
             attributes={k: v for k, v in attrs.items() if v is not None})
         return span
@@ -286,7 +296,7 @@ class OTelObserver(Observer):
         span.set_attribute("lmgraph.cache_hits", int(usage.get("cache_hits", 0)))
 
     @contextmanager
-    def run(self, program: Any, trace: "Trace", *, nested: bool) -> Iterator[None]:
+    def run(self, program: Any, trace: Trace, *, nested: bool) -> Iterator[None]:
         with self._span(f"invoke_workflow {program.name}",
                         {"gen_ai.operation.name": "invoke_workflow", "gen_ai.workflow.name": program.name,
                          "lmgraph.nested": nested}) as span:
@@ -300,7 +310,7 @@ class OTelObserver(Observer):
                 self._fail(span, trace.error)
 
     @contextmanager
-    def node(self, nt: "NodeTrace") -> Iterator[None]:
+    def node(self, nt: NodeTrace) -> Iterator[None]:
         op = "retrieval" if nt.kind == "retrieve" else "invoke_agent"
         with self._span(f"{op} {nt.node}", {"gen_ai.operation.name": op, "gen_ai.agent.name": nt.node,
                                             "lmgraph.node.name": nt.node, "lmgraph.node.kind": nt.kind}) as span:
@@ -314,7 +324,7 @@ class OTelObserver(Observer):
                 self._fail(span, nt.error)
 
     @contextmanager
-    def model_call(self, node: str, rec: "CallRecord", lm: Any) -> Iterator[None]:
+    def model_call(self, node: str, rec: CallRecord, lm: Any) -> Iterator[None]:
         r = rec.request
         identity = lm.identity()
         model = str(identity.get("model") or "unknown")
@@ -379,13 +389,13 @@ class OTelObserver(Observer):
 # --------------------------------------------------------------------------- JSONL trace files
 
 
-def _cost_of(nt: "NodeTrace") -> float | None:
+def _cost_of(nt: NodeTrace) -> float | None:
     costs = [c.response.cost for c in nt.calls if c.response is not None and c.response.cost is not None]
     costs += [x for x in (ch.cost for ch in nt.children) if x is not None]
     return sum(costs) if costs else None
 
 
-def _call_record(rec: "CallRecord", content: bool) -> dict[str, Any]:
+def _call_record(rec: CallRecord, content: bool) -> dict[str, Any]:
     resp = rec.response
     out: dict[str, Any] = {
         "model": resp.model if resp is not None else None, "format": rec.format,
@@ -403,7 +413,7 @@ def _call_record(rec: "CallRecord", content: bool) -> dict[str, Any]:
     return out
 
 
-def trace_record(program: Any, trace: "Trace", *, content: bool = False) -> dict[str, Any]:
+def trace_record(program: Any, trace: Trace, *, content: bool = False) -> dict[str, Any]:
     """One run as the JSON object a trace file holds (the schema is in the module docstring)."""
     from .lm.values import jsonable
 
@@ -443,14 +453,14 @@ class JsonlTraces(Observer):
         self.runs = 0
 
     @contextmanager
-    def run(self, program: Any, trace: "Trace", *, nested: bool) -> Iterator[None]:
+    def run(self, program: Any, trace: Trace, *, nested: bool) -> Iterator[None]:
         try:
             yield
         finally:
             if not nested:
                 self.write(program, trace)
 
-    def write(self, program: Any, trace: "Trace") -> None:
+    def write(self, program: Any, trace: Trace) -> None:
         line = json.dumps(trace_record(program, trace, content=self.content), ensure_ascii=False, default=str)
         with self._lock:
             if self._file.closed:
@@ -463,7 +473,7 @@ class JsonlTraces(Observer):
         with self._lock:
             self._file.close()
 
-    def __enter__(self) -> "JsonlTraces":
+    def __enter__(self) -> JsonlTraces:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -511,8 +521,8 @@ def summarize(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     nodes: dict[str, dict[str, Any]] = {}
     lat: dict[str, list[float]] = {}
     run_lat: list[float] = []
-    total: dict[str, Any] = {"runs": 0, "failed": 0, "calls": 0, "cache_hits": 0, "prompt_tokens": 0, "completion_tokens": 0,
-             "cost": None}
+    total: dict[str, Any] = {"runs": 0, "failed": 0, "calls": 0, "cache_hits": 0, "prompt_tokens": 0,
+                             "completion_tokens": 0, "cost": None}
     programs: set[str] = set()
     for rec in records:
         programs.add(str(rec.get("program")))

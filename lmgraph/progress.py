@@ -178,4 +178,4 @@ def row_progress(progress: Any, *, total: int, label: str) -> RowProgress | None
     return RowProgress(total, label, LiveBar(stream))
 
 
-__all__ = ["LiveBar", "MODES", "RowProgress", "display_stream", "progress_mode", "row_progress"]
+__all__ = ["MODES", "LiveBar", "RowProgress", "display_stream", "progress_mode", "row_progress"]

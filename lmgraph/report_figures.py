@@ -37,7 +37,7 @@ def _short(text: str, n: int = 48) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
 
 
-def _boxes(program: "Program") -> tuple[dict[str, dict[str, Any]], list[tuple[str, str, str]]]:
+def _boxes(program: Program) -> tuple[dict[str, dict[str, Any]], list[tuple[str, str, str]]]:
     """The boxes (id -> kind, lines, layer) and edges (source id, target id, label) of ``program``."""
     from .pipeline.ir import INPUT, Ref
     from .pipeline.render import _subprograms
@@ -85,7 +85,7 @@ def _order_layers(boxes: Mapping[str, dict[str, Any]], edges: Sequence[tuple[str
     return ordered
 
 
-def program_svg(program: "Program") -> str:
+def program_svg(program: Program) -> str:
     """``program`` as an SVG flowchart, left to right: inputs, nodes in dependency layers, outputs;
     each edge labelled with the field it carries (``source field → target field``)."""
     boxes, edges = _boxes(program)
@@ -171,8 +171,8 @@ def scores_plot_svg(candidates: Sequence[Mapping[str, Any]], best_id: int) -> st
     """Every candidate's mean score with its 95% CI (error bars) against the model calls spent up to
     and including its evaluation (cumulative, in report order), coloured by status; the accepted
     path as a step line. Needs matplotlib (``pip install 'lmgraph[report]'``)."""
-    from matplotlib.figure import Figure  # the optional extra; Figure needs no pyplot/global backend
     import matplotlib as mpl
+    from matplotlib.figure import Figure  # the optional extra; Figure needs no pyplot/global backend
 
     xs, spent = [], 0
     for calls in own_calls(candidates):

@@ -91,13 +91,13 @@ class _ViewOnly(dict[str, Any]):
         return unbound
 
 
-def _load(path: str | Path, **kw: Any) -> tuple["Program", dict[str, Any]]:
+def _load(path: str | Path, **kw: Any) -> tuple[Program, dict[str, Any]]:
     from .optimizers.artifact import load_artifact
 
     return load_artifact(path, resources=_ViewOnly(), **kw)
 
 
-def _as_program(value: "Program | str | Path | None") -> "Program | None":
+def _as_program(value: Program | str | Path | None) -> Program | None:
     from .pipeline.program import Program
 
     if value is None or isinstance(value, Program):
@@ -107,8 +107,8 @@ def _as_program(value: "Program | str | Path | None") -> "Program | None":
 
 # --------------------------------------------------------------------------- the page
 
-def render(source: "str | Path | tuple[Program, Report | Mapping[str, Any]]", *,
-           baseline: "Program | str | Path | None" = None, full_report: "str | Path | Mapping[str, Any] | None" = None,
+def render(source: str | Path | tuple[Program, Report | Mapping[str, Any]], *,
+           baseline: Program | str | Path | None = None, full_report: str | Path | Mapping[str, Any] | None = None,
            lm: Any = None, title: str | None = None) -> str:
     """One self-contained HTML page for a compile.
 
@@ -162,7 +162,7 @@ def write(path: str | Path, source: Any, **kwargs: Any) -> Path:
     return p
 
 
-def _summary(program: "Program", rep: Mapping[str, Any], origin: str) -> str:
+def _summary(program: Program, rep: Mapping[str, Any], origin: str) -> str:
     cands = rep.get("candidates") or []
     spent = rep.get("spent") or {}
     rows = [("program", f"{program.name} ({len(program.nodes)} nodes), content hash {program.content_hash()[:16]}"),
@@ -195,7 +195,7 @@ def _summary(program: "Program", rep: Mapping[str, Any], origin: str) -> str:
         + "</section>"
 
 
-def _graph_section(program: "Program") -> str:
+def _graph_section(program: Program) -> str:
     from .report_figures import program_svg
 
     return (f'<section id="graph"><h2>The program</h2><div class="figure">{program_svg(program)}</div>'
@@ -265,7 +265,7 @@ def _path_section(rep: Mapping[str, Any]) -> str:
     return f'<section id="path"><h2>The accepted path</h2><ol>{"".join(items)}</ol></section>'
 
 
-def _changes_section(program: "Program", base: "Program | None", rep: Mapping[str, Any]) -> str:
+def _changes_section(program: Program, base: Program | None, rep: Mapping[str, Any]) -> str:
     from .optimizers.artifact import diff, format_diff
 
     if base is not None:
@@ -282,7 +282,7 @@ def _changes_section(program: "Program", base: "Program | None", rep: Mapping[st
             f"prompts before.</p><pre>{_e(chr(10).join(lines))}</pre></section>")
 
 
-def _previews(program: "Program | None", lm: Any) -> tuple[dict[str, Any], list[str]]:
+def _previews(program: Program | None, lm: Any) -> tuple[dict[str, Any], list[str]]:
     if program is None:
         return {}, []
     try:
@@ -324,7 +324,7 @@ def _prompts_section(after: Mapping[str, Any], before: Mapping[str, Any], notes:
     return "".join(parts) + "</section>"
 
 
-def _usage_section(program: "Program", after: Mapping[str, Any], before: Mapping[str, Any],
+def _usage_section(program: Program, after: Mapping[str, Any], before: Mapping[str, Any],
                    rep: Mapping[str, Any]) -> str:
     from .modules.base import calls_of
 
@@ -425,13 +425,13 @@ def _winloss_section(rep: Mapping[str, Any]) -> str:
 _MAX_ROWS = 30
 
 
-def program_html(program: "Program") -> str:
+def program_html(program: Program) -> str:
     """A small HTML view of a program (``Program._repr_html_``): its name and text rendering."""
     return (f"<div><b>Program {_e(program.name)}</b> <span style=\"color:#6b7280\">({len(program.nodes)} nodes, "
             f"{program.content_hash()[:12]})</span><pre>{_e(program.render('text'))}</pre></div>")
 
 
-def report_html(report: "Report") -> str:
+def report_html(report: Report) -> str:
     """A small HTML view of a compile report (``Report._repr_html_``): one row per candidate."""
     rows = []
     for c in report.candidates[:_MAX_ROWS]:
@@ -448,7 +448,7 @@ def report_html(report: "Report") -> str:
             + (f"<i>{more} more candidates: report.table()</i>" if more > 0 else "") + "</div>")
 
 
-def trace_html(trace: "Trace") -> str:
+def trace_html(trace: Trace) -> str:
     """A small HTML view of a run's trace (``Trace._repr_html_``): one row per node."""
     rows = []
     for n in trace.nodes[:_MAX_ROWS]:

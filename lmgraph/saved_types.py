@@ -21,7 +21,7 @@ __all__: list[str] = []  # private helpers of lmgraph.signatures and lmgraph.pip
 
 #: types rebuilt from a saved description -> that description, so that saving them again gives
 #: back exactly what was loaded (same JSON, same content hash)
-_REBUILT: "weakref.WeakKeyDictionary[type, dict[str, Any]]" = weakref.WeakKeyDictionary()
+_REBUILT: weakref.WeakKeyDictionary[type, dict[str, Any]] = weakref.WeakKeyDictionary()
 
 
 def _collect_custom_types(tp: Any, out: dict[str, Any]) -> None:
@@ -97,7 +97,7 @@ def _rebuild_type(name: str, spec: dict[str, Any], registry: dict[str, Any]) -> 
         if "enum" in s:
             return Literal[tuple(s["enum"])]
         if "anyOf" in s:
-            return Union[tuple(conv(x) for x in s["anyOf"])]
+            return Union[tuple(conv(x) for x in s["anyOf"])]  # noqa: UP007 - a runtime type built from a tuple
         if "allOf" in s and len(s["allOf"]) == 1:
             return conv(s["allOf"][0])
         t = s.get("type")

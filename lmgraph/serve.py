@@ -349,9 +349,10 @@ def app(program: Program, ctx: RunContext | None = None, *, options: ServeOption
             if isinstance(body, JSONResponse):
                 return body
             if not isinstance(body, list):
+                example = json.dumps(_example(server.program), ensure_ascii=False)
                 return jsonr({"error": "InputError", "field": None, "node": None,
                               "message": f"the body is a JSON {_json_type(body)}, not a list of input objects. "
-                                         f"Fix: send [{json.dumps(_example(server.program), ensure_ascii=False)}, ...]."},
+                                         f"Fix: send [{example}, ...]."},
                              422)
             if len(body) > options.max_batch_rows:
                 return jsonr({"error": "TooLarge", "field": None, "node": None,

@@ -22,16 +22,18 @@ from __future__ import annotations
 import ast
 import enum
 import functools
+import inspect
 import re
 import types as _pytypes
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal, Optional, Union
 
 import pydantic
 
 from ._canonical import canonical_json
 from .errors import SignatureError
+
 # custom types <-> their saved JSON descriptions
 from .saved_types import _collect_custom_types, _type_from_spec
 
@@ -82,7 +84,7 @@ def OutputField(*, desc: str = "", prefix: str = "") -> Any:  # noqa: N802
 class Signature:
     """An immutable set of input fields, output fields and instructions."""
 
-    __slots__ = ("inputs", "outputs", "instructions", "_hash", "_k")
+    __slots__ = ("_hash", "_k", "inputs", "instructions", "outputs")
 
     # set once in __init__ (through object.__setattr__: the class refuses attribute assignment)
     inputs: tuple[FieldSpec, ...]
@@ -120,12 +122,12 @@ class Signature:
                                  fix="define the field types at module level (string annotations are "
                                      "resolved in the module's globals).") from None
         # fields declared by a parent signature class come first; a redeclared name replaces them
-        parent = next((b.__dict__["_declared"] for b in cls.__mro__[1:] if isinstance(b.__dict__.get("_declared"), tuple)),
-                      None)
-        own = set(cls.__dict__.get("__annotations__", {}))
+        parent = next((b.__dict__["_declared"] for b in cls.__mro__[1:]
+                       if isinstance(b.__dict__.get("_declared"), tuple)), None)
+        own = set(inspect.get_annotations(cls))
         ins: list[FieldSpec] = [f for f in parent[0] if f.name not in own] if parent else []
         outs: list[FieldSpec] = [f for f in parent[1] if f.name not in own] if parent else []
-        for name in cls.__dict__.get("__annotations__", {}):
+        for name in inspect.get_annotations(cls):
             marker = cls.__dict__.get(name)
             if not isinstance(marker, _FieldMarker):
                 raise SignatureError(
@@ -135,7 +137,7 @@ class Signature:
             (ins if marker.kind == "input" else outs).append(spec)
         doc = (cls.__dict__.get("__doc__") or "").strip() or (parent[2] if parent else "")
         cls._declared = (tuple(ins), tuple(outs), doc)
-        for name in cls.__dict__.get("__annotations__", {}):
+        for name in inspect.get_annotations(cls):
             delattr(cls, name)
 
     def __setattr__(self, key: str, value: Any) -> None:
@@ -147,7 +149,7 @@ class Signature:
     # ---- construction helpers
     @classmethod
     def parse(cls, text: str, *, instructions: str | None = None,
-              types: dict[str, Any] | None = None) -> "Signature":
+              types: dict[str, Any] | None = None) -> Signature:
         """Parse ``"a, b: list[str] -> c: int"``. Untyped fields are ``str``."""
         if "->" not in text:
             raise SignatureError(f"signature {text!r} has no '->'",
@@ -162,13 +164,13 @@ class Signature:
                                  fix="add at least one field after '->'.")
         return Signature(ins, outs, instructions)
 
-    def with_instructions(self, instructions: str) -> "Signature":
+    def with_instructions(self, instructions: str) -> Signature:
         return Signature(self.inputs, self.outputs, instructions)
 
-    def prepend_output(self, spec: FieldSpec) -> "Signature":
+    def prepend_output(self, spec: FieldSpec) -> Signature:
         return Signature(self.inputs, (spec, *self.outputs), self.instructions)
 
-    def append_input(self, spec: FieldSpec) -> "Signature":
+    def append_input(self, spec: FieldSpec) -> Signature:
         return Signature((*self.inputs, spec), self.outputs, self.instructions)
 
     # ---- queries
@@ -251,7 +253,7 @@ class Signature:
         return out
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], *, types: dict[str, Any] | None = None) -> "Signature":
+    def from_dict(cls, data: dict[str, Any], *, types: dict[str, Any] | None = None) -> Signature:
         try:
             return cls._from_dict(data, types)
         except SignatureError:
@@ -262,7 +264,7 @@ class Signature:
                                      "\"outputs\": [...], \"instructions\": ...}; save it again from code.") from None
 
     @classmethod
-    def _from_dict(cls, data: dict[str, Any], types: dict[str, Any] | None) -> "Signature":
+    def _from_dict(cls, data: dict[str, Any], types: dict[str, Any] | None) -> Signature:
         registry = dict(types or {})
         for name, spec in (data.get("types") or {}).items():
             if name not in registry:
@@ -276,7 +278,7 @@ class Signature:
                          data.get("instructions"))
 
 
-def ensure_signature(sig: "str | Signature | type[Signature]", *, instructions: str | None = None,
+def ensure_signature(sig: str | Signature | type[Signature], *, instructions: str | None = None,
                      types: dict[str, Any] | None = None) -> Signature:
     """Accept a shorthand string, a Signature instance or a Signature subclass."""
     if isinstance(sig, str):
@@ -395,7 +397,7 @@ def _type_from_ast(node: ast.AST, expr: str, types: dict[str, Any], *, base: boo
     if isinstance(node, ast.Constant) and node.value is None:
         return None
     if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr):
-        return Union[_type_from_ast(node.left, expr, types), _type_from_ast(node.right, expr, types)]
+        return Union[_type_from_ast(node.left, expr, types), _type_from_ast(node.right, expr, types)]  # noqa: UP007 - a runtime type
     if isinstance(node, ast.Subscript):
         generic: Any = _type_from_ast(node.value, expr, types, base=True)
         args = node.slice.elts if isinstance(node.slice, ast.Tuple) else [node.slice]
@@ -416,9 +418,9 @@ def _type_from_ast(node: ast.AST, expr: str, types: dict[str, Any], *, base: boo
         if generic is Optional:
             if len(targs) != 1:
                 raise SignatureError(f"Optional takes one type in {expr!r}", fix="write Optional[int] (or Union[...]).")
-            return Optional[targs[0]]
+            return Optional[targs[0]]  # noqa: UP045 - a runtime type
         if generic is Union:
-            return Union[targs]
+            return Union[targs]  # noqa: UP007 - a runtime type
         if generic in (list, dict, tuple):
             return generic[targs if len(targs) > 1 else targs[0]]
         raise SignatureError(f"type {ast.unparse(node.value)!r} cannot be subscripted in {expr!r}")

@@ -81,7 +81,7 @@ class FaultServer:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
 
-    def start(self) -> "FaultServer":
+    def start(self) -> FaultServer:
         from aiohttp import web
 
         sock = socket.socket()
@@ -122,7 +122,7 @@ class FaultServer:
             self._thread.join(10)
             self._loop = self._thread = None
 
-    def __enter__(self) -> "FaultServer":
+    def __enter__(self) -> FaultServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -15,8 +15,15 @@ import pytest
 import lmgraph as lg
 from lmgraph.errors import ArtifactError, DefinitionError
 from lmgraph.evaluation import label_accuracy
-from lmgraph.optimizers import (BootstrapFewShot, decompose_node, diff, format_diff, load_artifact, read_artifact,
-                                save_artifact)
+from lmgraph.optimizers import (
+    BootstrapFewShot,
+    decompose_node,
+    diff,
+    format_diff,
+    load_artifact,
+    read_artifact,
+    save_artifact,
+)
 from lmgraph.optimizers.artifact import _canonical, artifact_dict
 from lmgraph.testing import FunctionLM
 

@@ -17,8 +17,9 @@ import pytest
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
-import answers  # noqa: E402
 import report  # noqa: E402
+
+import answers  # noqa: E402
 import suite  # noqa: E402
 
 
@@ -37,8 +38,8 @@ def _fake_upstream(answer):
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             seen.append((self.path, body))
             text, prompt_tokens, completion_tokens = answer(len(seen), body)
-            data = json.dumps({"choices": [{"text": text}],
-                               "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens}}).encode()
+            usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens}
+            data = json.dumps({"choices": [{"text": text}], "usage": usage}).encode()
             self.send_response(400 if body.get("bad") else 200)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
@@ -222,10 +223,10 @@ def test_tied_dspy_systems_count_the_cheapest_and_in_process_rows_show_no_reques
 
 
 def test_every_task_file_defines_a_task_with_disjoint_seeded_splits():
-    import tasks
-
     from lmgraph.errors import DefinitionError
     from lmgraph.evaluation import data_dir
+
+    import tasks
 
     try:
         data_dir()
@@ -238,7 +239,7 @@ def test_every_task_file_defines_a_task_with_disjoint_seeded_splits():
         assert a == b, t.name
         train, val, test = a
         assert (len(train), len(val), len(test)) == (t.quick.train, t.quick.val, t.quick.test)
-        ids = lambda rows: {json.dumps({k: r[k] for k in t.inputs}, sort_keys=True) for r in rows}  # noqa: E731
+        ids = lambda rows, t=t: {json.dumps({k: r[k] for k in t.inputs}, sort_keys=True) for r in rows}  # noqa: E731
         assert not ids(train) & ids(val), t.name
         assert t.main in t.metrics and all(k in train[0] for k in t.inputs)
         assert t.lmgraph_program().name == t.name
@@ -247,10 +248,10 @@ def test_every_task_file_defines_a_task_with_disjoint_seeded_splits():
 def test_every_full_mode_lmgraph_optimizer_applies_to_every_task_program():
     """Each lmgraph system of the full mode builds its optimizer, and it can plan a compile of
     every task's program (dry_run: no model calls) within the suite's call budget."""
-    import tasks
-
     from lmgraph.errors import DefinitionError
     from lmgraph.evaluation import data_dir
+
+    import tasks
 
     try:
         data_dir()

@@ -24,9 +24,9 @@ NEW = {"lmgraph Reflect", "lmgraph Reflect (in-process)", "lmgraph Compile + mod
 
 
 def test_importing_the_suite_makes_no_model_and_loads_no_framework(tmp_path):
-    code = ("import sys; sys.path.insert(0, %r); import suite, suite_systems, suite_dspy; "
+    code = (f"import sys; sys.path.insert(0, {str(BENCH)!r}); import suite, suite_systems, suite_dspy; "
             "bad = [m for m in ('llama_cpp', 'dspy', 'lmgraph.lm.llamacpp') if m in sys.modules]; "
-            "print(bad)" % str(BENCH))
+            "print(bad)")
     env = {**os.environ, "LMGRAPH_MODELS_DIR": str(tmp_path / "models"), "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -37,14 +37,14 @@ def test_importing_the_suite_makes_no_model_and_loads_no_framework(tmp_path):
 def test_systems_for_lists_the_new_rows_and_quick_runs_them_only_when_named():
     for mode in ("quick", "full"):
         names = {s.name for s in suite.systems_for(mode)}
-        assert NEW <= names, NEW - names
+        assert names >= NEW, NEW - names
     quick = suite.systems_for("quick")
     assert suite.QUICK_OPT_IN == NEW
     plain = {s.name for s in suite.pick_systems(quick, None, quick=True)}
     assert not plain & NEW and "lmgraph Compile" in plain  # the plain quick run keeps its line-up
     picked = {s.name for s in suite.pick_systems(quick, "Reflect, GEPA", quick=True)}
     assert picked == {"lmgraph Reflect", "lmgraph Reflect (in-process)", "DSPy GEPA [chat]", "DSPy GEPA [json]"}
-    assert NEW <= {s.name for s in suite.pick_systems(suite.systems_for("full"), None, quick=False)}
+    assert {s.name for s in suite.pick_systems(suite.systems_for("full"), None, quick=False)} >= NEW
     gepa = next(s for s in quick if s.name == "DSPy GEPA [json]")
     assert gepa.opts()["max_metric_calls"] == "budget" and "135M" in gepa.opts()["reflection_lm"]
     full_gepa = next(s for s in suite.systems_for("full") if s.name == "DSPy GEPA [json]")
@@ -110,7 +110,8 @@ def test_a_missing_second_model_is_recorded_as_a_skip_with_its_reason(tmp_path, 
     monkeypatch.setattr(suite, "RESULTS", tmp_path / "results")
     assert suite.main(["--quick", "--tasks", "trec", "--no-overhead", "--systems", "model choice",
                        "--sizes", "4,4,4", "--date", "2026-12-04"]) == 0
-    recs = [json.loads(x) for x in (tmp_path / "work" / "quick-sizes4x4x4-s0" / "records.jsonl").read_text().splitlines()]
+    records = tmp_path / "work" / "quick-sizes4x4x4-s0" / "records.jsonl"
+    recs = [json.loads(x) for x in records.read_text().splitlines()]
     assert len(recs) == 1
     rec = recs[0]
     assert rec["system"] == "lmgraph Compile + model choice (in-process)"
@@ -131,7 +132,8 @@ def test_feedback_metrics_say_what_was_expected():
     assert trec.score_feedback(row, None)[0] == 0.0
     for t in (trec, tasks.load("sst2")):  # same score as the plain metric
         for pred in ({t.output: "human"}, {t.output: "positive"}, {t.output: ""}):
-            assert t.score_feedback({**row, "label": "positive"}, pred)[0] == t.score({**row, "label": "positive"}, pred)
+            labelled = {**row, "label": "positive"}
+            assert t.score_feedback(labelled, pred)[0] == t.score(labelled, pred)
     gsm = tasks.load("gsm8k")  # no task-specific feedback: the generic one
     score, text = gsm.score_feedback({"question": "q", "answer": "42"}, {gsm.output: "41"})
     assert score == 0.0 and "expected" in text and "'41'" in text
@@ -182,9 +184,9 @@ def test_reflect_row_gives_its_metric_feedback_and_a_reflector(monkeypatch):
     lm = FunctionLM(lambda req: "human")
     rows = [{"question": f"q{i}", "label": "human", "answer_type": "human"} for i in range(6)]
     system = next(s for s in suite.systems_for("quick") if s.name == "lmgraph Reflect")
-    import tasks
-
     import dataclasses
+
+    import tasks
 
     task = dataclasses.replace(tasks.load("trec"), lmgraph_program=_classify_program)
     suite.run_lmgraph(system, task, (rows, rows, rows[:2]), seed=0, lm=lm, proxy=None, budget_calls=200)
@@ -211,12 +213,12 @@ def test_constrained_proposer_adapter_schema_for_every_signature_but_the_tasks()
     task_sig = dspy.Signature("question -> answer_type")
     lm = Capture()
     for sig in (proposer, task_sig):
-        with pytest.raises(Exception):
+        with pytest.raises(Exception, match="captured"):
             adapter(lm, {}, sig, [], {name: "x" for name in sig.input_fields})
     fmt = lm.seen[0]["response_format"]
     assert fmt["type"] == "json_object" and fmt["schema"]["required"] == ["proposed_instruction"]
     assert all("response_format" not in k for k in lm.seen[1:])  # the task's own calls: plain ChatAdapter
     n = len(lm.seen)
-    with pytest.raises(Exception):  # acall dispatches the same way
+    with pytest.raises(Exception):  # noqa: B017 - acall dispatches the same way (any failure after the capture)
         asyncio.run(adapter.acall(lm, {}, proposer, [], {"task_demos": "x"}))
     assert lm.seen[n:] == [] or lm.seen[n]["response_format"]["schema"]["required"] == ["proposed_instruction"]

@@ -71,7 +71,7 @@ def _evaluations(ckpt: Path) -> int:
 
 
 def _finish(proc: subprocess.Popen) -> None:
-    out, err = proc.communicate(timeout=60)
+    _out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err.decode()
 
 
@@ -124,7 +124,7 @@ def compile_to(path: Path, *, seed: int = 0, cache: object = False, checkpoint: 
 
 def test_same_seed_and_cache_give_identical_bytes(tmp_path: Path) -> None:
     cache = DiskCache(tmp_path / "cache")
-    lm1, rt1 = compile_to(tmp_path / "a.json", cache=cache)
+    lm1, _rt1 = compile_to(tmp_path / "a.json", cache=cache)
     lm2, rt2 = compile_to(tmp_path / "b.json", cache=cache)
     assert (tmp_path / "a.json").read_bytes() == (tmp_path / "b.json").read_bytes()
     assert len(lm1.calls) > 0 and len(lm2.calls) == 0  # the second compile ran from the cache

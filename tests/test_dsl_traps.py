@@ -76,7 +76,8 @@ def test_a_string_that_spells_a_node_field_warns_too() -> None:
     a = p.add(lg.Predict("question -> answer"), name="a", question=p.input("question"))
     b = p.add(lg.Predict("answer -> summary"), name="b", answer="a.answer")
     p.output(summary=b.summary, answer=a.answer)
-    with pytest.warns(LmgraphWarning, match=r"binding 'a.answer' is the constant string 'a.answer'.*lg.ref\('a.answer'\)"):
+    with pytest.warns(LmgraphWarning,
+                      match=r"binding 'a.answer' is the constant string 'a.answer'.*lg.ref\('a.answer'\)"):
         prog = p.build()
     assert prog.deps["b"] == ()  # no edge from a string
 

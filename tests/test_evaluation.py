@@ -5,9 +5,21 @@ from __future__ import annotations
 import pytest
 
 import lmgraph as lg
-from lmgraph.evaluation import (bootstrap_ci, evaluate_sync, exact_match, f1_score, fingerprint, label_accuracy,
-                                normalize_answer, normalized_em, numeric_match, paired_bootstrap, parse_number,
-                                split, token_f1)
+from lmgraph.evaluation import (
+    bootstrap_ci,
+    evaluate_sync,
+    exact_match,
+    f1_score,
+    fingerprint,
+    label_accuracy,
+    normalize_answer,
+    normalized_em,
+    numeric_match,
+    paired_bootstrap,
+    parse_number,
+    split,
+    token_f1,
+)
 from lmgraph.testing import FunctionLM
 
 

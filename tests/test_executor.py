@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from typing import Any, Literal
+from typing import Any
 
 import pydantic
 import pytest
+import tenacity  # noqa: F401  - imported here so the first timed run does not pay for it
 
 import lmgraph as lg
 from lmgraph.cache import MemoryCache
@@ -17,8 +18,6 @@ from lmgraph.lm.base import LMRequest, LMResponse, Usage
 from lmgraph.modules.base import Module
 from lmgraph.signatures import Signature
 from lmgraph.testing import FunctionLM, ScriptedLM, request_text
-
-import tenacity  # noqa: F401  - imported here so the first timed run does not pay for it
 
 
 def ctx(lm: Any, **kw: Any) -> lg.RunContext:

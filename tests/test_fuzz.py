@@ -13,7 +13,6 @@ import copy
 import enum
 import json
 import os
-from pathlib import Path
 from typing import Any, Literal, Optional
 
 import pydantic

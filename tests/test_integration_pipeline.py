@@ -7,7 +7,6 @@ and cache behaviour -- not answers.
 from __future__ import annotations
 
 import asyncio
-from typing import Literal
 
 import pytest
 

@@ -12,12 +12,13 @@ import pytest
 
 dspy = pytest.importorskip("dspy", reason="the DSPy bridge needs the [dspy] extra (pip install 'lmgraph[dspy]')")
 
+from dspy.utils.dummies import DummyLM  # noqa: E402
+
 import lmgraph as lg  # noqa: E402
 from lmgraph.evaluation import exact_match  # noqa: E402
 from lmgraph.interop.dspy import from_dspy, node_name, to_dspy_state  # noqa: E402
 from lmgraph.optimizers import LabeledFewShot  # noqa: E402
 from lmgraph.testing import FunctionLM, request_text  # noqa: E402
-from dspy.utils.dummies import DummyLM  # noqa: E402
 
 CORPUS = ["Paris is the capital of France.", "Berlin is the capital of Germany.", "Rome is the capital of Italy.",
           "Madrid is the capital of Spain.", "Lisbon is the capital of Portugal.", "Vienna is the capital of Austria."]

@@ -21,15 +21,14 @@ import pytest
 
 pytest.importorskip("aiohttp")
 
-import lmgraph as lg  # noqa: E402
-from lmgraph import cli  # noqa: E402
-from lmgraph.errors import DefinitionError, LMError  # noqa: E402
-from lmgraph.lm.base import LMRequest, Message  # noqa: E402
-from lmgraph.lm.capabilities import (JSON_MODES, Capabilities, forget_json_modes,  # noqa: E402
-                                     remembered_json_mode)
-from lmgraph.lm.credentials import redact_url  # noqa: E402
-from lmgraph.lm.openai_http import OpenAIServerLM  # noqa: E402
-from lmgraph.lm.wrappers import Budget, BudgetLM, BudgetMeter  # noqa: E402
+import lmgraph as lg
+from lmgraph import cli
+from lmgraph.errors import DefinitionError, LMError
+from lmgraph.lm.base import LMRequest, Message
+from lmgraph.lm.capabilities import JSON_MODES, Capabilities, forget_json_modes, remembered_json_mode
+from lmgraph.lm.credentials import redact_url
+from lmgraph.lm.openai_http import OpenAIServerLM
+from lmgraph.lm.wrappers import Budget, BudgetLM, BudgetMeter
 
 # llama-cpp-python's server's answer to {"type": "json_schema", ...} (pydantic's message)
 REJECTION = {"error": {"message": "1 validation error for CreateChatCompletionRequest\nresponse_format.type\n"

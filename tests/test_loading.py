@@ -121,7 +121,9 @@ def test_size_and_depth_limits(tmp_path: Path) -> None:
         with pytest.raises(ArtifactError, match="nested too deeply"):
             lg.Program.load(deep)
     deep.write_text(json.dumps({"program": {"a": [[[[1]]]]}}))
-    assert read_json_file(deep, max_depth=6) and pytest.raises(ArtifactError, read_json_file, deep, max_depth=5)
+    assert read_json_file(deep, max_depth=6)
+    with pytest.raises(ArtifactError):
+        read_json_file(deep, max_depth=5)
 
 
 @pytest.mark.parametrize("content, match", [

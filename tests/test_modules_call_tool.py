@@ -184,7 +184,7 @@ def test_unknown_tool_is_fed_back() -> None:
 
 @pytest.mark.parametrize("max_steps", [1, 3])
 def test_max_steps_bound(max_steps: int) -> None:
-    lm, texts = scripted([("add", {"a": i, "b": 1}) for i in range(10)])
+    lm, _texts = scripted([("add", {"a": i, "b": 1}) for i in range(10)])
     m = CallTool("question -> answer: int", [add], max_steps=max_steps)
     out = run(m, lm)
     assert sum(kind(r) == "choose" for r in lm.calls) == max_steps

@@ -80,7 +80,7 @@ def fake(verdicts: list[str]) -> tuple[FunctionLM, list[str]]:
 
 
 def test_refine_stops_early_on_a_passing_verdict() -> None:
-    lm, texts = fake(["yes"])
+    lm, _texts = fake(["yes"])
     out = refine_program(Refine(Predict("question -> answer"), max_rounds=3)).run_sync(
         lg.RunContext(lm=lm, cache=False), question="q?")
     assert (out.answer, out.verdict, out.rounds) == ("draft 1", True, 1)

@@ -133,7 +133,8 @@ def test_no_items_gets_one_repair_then_a_typed_error() -> None:
     prog = plan_program(Plan())
     out = prog.run_sync(lg.RunContext(lm=lm, cache=False), task="t")
     assert out.steps == ["a", "b"] and len(lm.calls) == 2
-    assert "was not valid" in request_text(lm.calls[1]) and lm.calls[1].json_schema["properties"]["steps"]["maxItems"] == 5
+    assert "was not valid" in request_text(lm.calls[1])
+    assert lm.calls[1].json_schema["properties"]["steps"]["maxItems"] == 5
     assert "no steps in the model output" in out.trace.node("plan").calls[0].parse_error
     with pytest.raises(RunError, match="no steps in the model output"):
         prog.run_sync(lg.RunContext(lm=ScriptedLM(["", "[]"]), cache=False), task="t")

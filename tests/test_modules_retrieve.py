@@ -106,4 +106,4 @@ def test_retrieve_is_immutable() -> None:
     m = Retrieve(DOCS)
     with pytest.raises(AttributeError):
         m.k = 4  # type: ignore[misc]
-    assert "Retrieve[corpus, k=3]" == m.describe()
+    assert m.describe() == "Retrieve[corpus, k=3]"

@@ -10,8 +10,19 @@ import pytest
 
 import lmgraph as lg
 from lmgraph.errors import ArtifactError
-from lmgraph.modules import (MODULE_KINDS, BestOfN, CallTool, ChainOfThought, Critique, FunctionRetriever,
-                             Map, Plan, Predict, Refine, Retrieve)
+from lmgraph.modules import (
+    MODULE_KINDS,
+    BestOfN,
+    CallTool,
+    ChainOfThought,
+    Critique,
+    FunctionRetriever,
+    Map,
+    Plan,
+    Predict,
+    Refine,
+    Retrieve,
+)
 from lmgraph.testing import FunctionLM, request_text
 
 DOCS = ["Paris is the capital of France.", "Berlin is the capital of Germany.", "Rome is in Italy."]
@@ -136,7 +147,7 @@ def test_the_whole_pipeline_runs_on_a_fake() -> None:
             return '{"thought": "enough", "tool": "finish", "args": {}}'
         if "Verdict" in t:
             return "Feedback: fine\nVerdict: yes"
-        if "Steps:" in t or "steps" in t.split("[user]")[0].lower() and "sub-question" in t:
+        if "Steps:" in t or ("steps" in t.split("[user]")[0].lower() and "sub-question" in t):
             return "Steps:\n1. a\n2. b\n3. c\n4. d"
         if "Reasoning" in t:
             return "Reasoning: r\nAnswer: Paris"

@@ -21,10 +21,10 @@ from lmgraph.testing import FunctionLM, request_text
 from helpers import sentiment_fn, sentiment_program, sentiment_rows
 
 pytest.importorskip("opentelemetry.sdk")
-from opentelemetry.sdk.trace import TracerProvider  # noqa: E402
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor  # noqa: E402
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter  # noqa: E402
-from opentelemetry.trace import SpanKind, StatusCode  # noqa: E402
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
 
 
 @pytest.fixture()
@@ -60,7 +60,8 @@ def test_spans_for_the_run_its_nodes_and_model_calls(otel) -> None:  # noqa: ANN
     assert set(spans) == {"invoke_workflow qa", "invoke_agent classify", "invoke_agent answer",
                           "text_completion function", "chat function"}
     run, node, call = spans["invoke_workflow qa"], spans["invoke_agent answer"], spans["chat function"]
-    assert run.attributes["gen_ai.operation.name"] == "invoke_workflow" and run.attributes["gen_ai.workflow.name"] == "qa"
+    assert run.attributes["gen_ai.operation.name"] == "invoke_workflow"
+    assert run.attributes["gen_ai.workflow.name"] == "qa"
     assert node.parent.span_id == run.context.span_id and call.parent.span_id == node.context.span_id
     assert spans["text_completion function"].parent.span_id == spans["invoke_agent classify"].context.span_id
     a = call.attributes
@@ -77,7 +78,8 @@ def test_spans_for_the_run_its_nodes_and_model_calls(otel) -> None:  # noqa: ANN
     usage = out.trace.usage
     assert run.attributes["gen_ai.usage.input_tokens"] == usage["prompt_tokens"]
     assert run.attributes["lmgraph.calls"] == 2 and run.attributes["lmgraph.latency_s"] > 0
-    assert node.attributes["lmgraph.node.kind"] == "chain_of_thought" and node.attributes["lmgraph.node.format"] == "chat"
+    assert node.attributes["lmgraph.node.kind"] == "chain_of_thought"
+    assert node.attributes["lmgraph.node.format"] == "chat"
     assert all(s.status.status_code != StatusCode.ERROR for s in spans.values())
 
 

@@ -15,9 +15,21 @@ import pytest
 
 from lmgraph.errors import LMError
 from lmgraph.lm.base import LMRequest, LMResponse, Message, Usage
-from lmgraph.lm.openai_compat import (MalformedResponse, endpoint_path, error_text, input_fields, json_mode_fields,
-                                      logprob_fields, normalise_logprobs, parse_completion, parse_usage,
-                                      request_body, sampling_fields, schema_in_prompt, stream_delta)
+from lmgraph.lm.openai_compat import (
+    MalformedResponse,
+    endpoint_path,
+    error_text,
+    input_fields,
+    json_mode_fields,
+    logprob_fields,
+    normalise_logprobs,
+    parse_completion,
+    parse_usage,
+    request_body,
+    sampling_fields,
+    schema_in_prompt,
+    stream_delta,
+)
 
 SCHEMA = {"type": "object", "properties": {"b": {"type": "string"}, "a": {"type": "integer"}}, "required": ["b", "a"]}
 LM_DIR = Path(__file__).resolve().parents[1] / "lmgraph" / "lm"

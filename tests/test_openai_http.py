@@ -13,11 +13,11 @@ import pytest
 
 pytest.importorskip("aiohttp")
 
-import lmgraph as lg  # noqa: E402
-from lmgraph.errors import DefinitionError, LMError  # noqa: E402
-from lmgraph.lm.base import LMRequest, Message  # noqa: E402
-from lmgraph.lm.openai_http import OpenAIServerLM  # noqa: E402
-from lmgraph.lm.wrappers import RetryLM  # noqa: E402
+import lmgraph as lg
+from lmgraph.errors import DefinitionError, LMError
+from lmgraph.lm.base import LMRequest, Message
+from lmgraph.lm.openai_http import OpenAIServerLM
+from lmgraph.lm.wrappers import RetryLM
 
 
 class _Handler(BaseHTTPRequestHandler):

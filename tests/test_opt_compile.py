@@ -63,7 +63,7 @@ def test_compile_finds_demos_and_confirms_on_held_out_rows():
     assert best.status == "accepted"
     assert best.evidence["confirm_diff"] > 0 and best.evidence["expected_gain"] > 0
     # demos come from search rows only: no confirmation row's sentence appears among the demos
-    search, conf = Compile().folds(len(data), 0)
+    _search, conf = Compile().folds(len(data), 0)
     conf_sentences = {data[i]["sentence"] for i in conf}
     assert not conf_sentences & {d["sentence"] for d in compiled.module("classify").demos}
     assert report.spent["calls"] <= 600
@@ -141,7 +141,7 @@ def test_compile_function_takes_an_int_budget_and_leaves_the_input_unchanged():
     p = program()
     h = p.content_hash()
     lm = FunctionLM(demo_lover)
-    compiled, report = compile(p, rows(40), label_accuracy(), budget=400, ctx=lg.RunContext(lm=lm, cache=False),
+    _compiled, report = compile(p, rows(40), label_accuracy(), budget=400, ctx=lg.RunContext(lm=lm, cache=False),
                                decodes=())
     assert p.content_hash() == h
     assert report.optimizer == "compile"

@@ -9,8 +9,16 @@ import pytest
 
 import lmgraph as lg
 from lmgraph.errors import DefinitionError
-from lmgraph.optimizers import (Decompose, collapse_node, decompose_node, diff, find_decompositions, lint_rewrite,
-                                load_artifact, save_artifact)
+from lmgraph.optimizers import (
+    Decompose,
+    collapse_node,
+    decompose_node,
+    diff,
+    find_decompositions,
+    lint_rewrite,
+    load_artifact,
+    save_artifact,
+)
 from lmgraph.optimizers.decompose import decomposable_nodes, with_decomposition_demos
 from lmgraph.testing import FunctionLM
 

@@ -228,6 +228,6 @@ def test_proposals_differ_even_when_the_model_ignores_rollouts():
         return task_fn(req)
     c = lg.RunContext(lm=FunctionLM(greedy), cache=False)
     train, val = split()
-    new, rep = InstructionSearch(5, minibatch_size=4, num_examples=5).optimize(program(), train, metric,
+    _new, rep = InstructionSearch(5, minibatch_size=4, num_examples=5).optimize(program(), train, metric,
                                                                               valset=val, ctx=c, seed=1)
     assert any("5 distinct instructions" in n for n in rep.notes)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 
 import pytest
 
@@ -107,7 +106,7 @@ def test_dry_run_bounds_the_spend():
 
 
 def test_full_valset_trials_when_minibatch_is_too_big():
-    new, rep = opt(minibatch_size=100, num_trials=12).optimize(program(), TRAIN, METRIC, valset=VAL, ctx=ctx())
+    _new, rep = opt(minibatch_size=100, num_trials=12).optimize(program(), TRAIN, METRIC, valset=VAL, ctx=ctx())
     assert all(c.status in ("baseline", "accepted", "rejected") for c in rep.candidates)
     assert all(len(c.scores) == len(VAL) for c in rep.candidates)
 
@@ -124,7 +123,7 @@ def test_budget_too_small_stops_cleanly():
 def test_budget_is_kept_for_confirmation():
     """A budget that cannot cover all trials still confirms the best trial found so far."""
     # baseline 80 + bootstrap 40 + proposals 4 + trials 16 calls each; confirmation of one trial = 80
-    new, rep = opt(confirm_top=1).optimize(program(), TRAIN, METRIC, valset=VAL, ctx=ctx(),
+    _new, rep = opt(confirm_top=1).optimize(program(), TRAIN, METRIC, valset=VAL, ctx=ctx(),
                                           budget=lg.Budget(max_calls=124 + 16 * 20 + 80))
     assert any("kept for confirming" in n for n in rep.notes)
     assert any(c.status in ("accepted", "rejected") for c in rep.candidates)
@@ -155,8 +154,8 @@ def test_definition_errors():
     with pytest.raises(lg.DefinitionError, match="no proposer model"):
         JointSearch(proposer_lm="nope").optimize(program(), TRAIN, METRIC, valset=VAL, ctx=c)
     assert c.lm.calls == []
-    assert re.search("no node", str(pytest.raises(lg.DefinitionError, JointSearch(nodes=["x"]).optimize,
-                                                  program(), TRAIN, METRIC, valset=VAL, ctx=c).value))
+    with pytest.raises(lg.DefinitionError, match="no node"):
+        JointSearch(nodes=["x"]).optimize(program(), TRAIN, METRIC, valset=VAL, ctx=c)
 
 
 def test_nodes_subset_leaves_other_nodes_alone():

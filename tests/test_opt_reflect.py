@@ -405,9 +405,12 @@ def test_reflect_on_the_embedded_model_runs_within_budget():
     """The real 135M model as task and reflection model: the loop runs, stays in budget, reports
     every proposal -- answers are not asserted (the model is small)."""
     pytest.importorskip("llama_cpp")
-    sentences = [("a gorgeous, witty, seductive movie.", "positive"), ("an utterly incompetent conclusion.", "negative"),
-                 ("it's a charming and often affecting journey.", "positive"), ("unflinchingly bleak and desperate", "negative"),
-                 ("the acting and music are all astounding.", "positive"), ("boilerplate cliches from start to finish.", "negative"),
+    sentences = [("a gorgeous, witty, seductive movie.", "positive"),
+                 ("an utterly incompetent conclusion.", "negative"),
+                 ("it's a charming and often affecting journey.", "positive"),
+                 ("unflinchingly bleak and desperate", "negative"),
+                 ("the acting and music are all astounding.", "positive"),
+                 ("boilerplate cliches from start to finish.", "negative"),
                  ("a delightful, funny film.", "positive"), ("dull, lifeless and tedious.", "negative")]
     rows = [{"sentence": s, "label": y} for s, y in sentences]
     p = lg.Pipeline("sst2")
@@ -420,7 +423,7 @@ def test_reflect_on_the_embedded_model_runs_within_budget():
         return float(ok), "correct" if ok else f"expected {example['label']!r}, got {pred['label']!r}"
 
     opt = Reflect(max_iterations=2, minibatch_size=4, merge=False)
-    new, rep = opt.optimize(p.build(), rows[:4], graded, valset=rows[4:], ctx=lg.RunContext(cache=False),
+    _new, rep = opt.optimize(p.build(), rows[:4], graded, valset=rows[4:], ctx=lg.RunContext(cache=False),
                             budget=lg.Budget(max_calls=40))
     assert rep.spent["calls"] <= 40
     assert any("a small model writes poor reflections" in n for n in rep.notes)

@@ -333,7 +333,8 @@ LABELS = Literal["positive", "negative", "neutral"]
 
 @pytest.mark.parametrize("text, expected", [
     ("positive", "positive"), ("Positive", "positive"), ("POSITIVE!", "positive"), ("'negative'", "negative"),
-    ("**Neutral**", "neutral"), ("The answer is positive.", "positive"), ("positive. The review is glowing", "positive"),
+    ("**Neutral**", "neutral"), ("The answer is positive.", "positive"),
+    ("positive. The review is glowing", "positive"),
     ("  negative\n\nbecause it is bad", "negative"), ("Sentiment is: negative", "negative"),
 ])
 def test_literal_matching(text, expected):

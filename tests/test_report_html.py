@@ -21,7 +21,7 @@ from lmgraph.optimizers.auto import Compile
 from lmgraph.testing import FunctionLM
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from test_opt_compile import demo_lover, program, rows  # noqa: E402  (the compiler tests' fakes)
+from test_opt_compile import demo_lover, program, rows  # the compiler tests' fakes
 
 
 @pytest.fixture(scope="module")

@@ -9,17 +9,17 @@ import json
 import re
 
 import pytest
+import test_opt_instructions as ins
+import test_opt_joint as joint
 
 import lmgraph as lg
 from lmgraph import cli
 from lmgraph.evaluation import label_accuracy
-from lmgraph.optimizers import InstructionSearch, JointSearch, LabeledFewShot
+from lmgraph.optimizers import InstructionSearch, LabeledFewShot
 from lmgraph.optimizers.auto import detectable_gain
 from lmgraph.optimizers.report import STATUSES
 from lmgraph.testing import FunctionLM, request_text
 
-import test_opt_instructions as ins
-import test_opt_joint as joint
 from helpers import sentiment_fn, sentiment_program, sentiment_rows
 
 JARGON = re.compile(r"after 0 rounds|not among the top|halving stopped|P\(better\)=\d\.\d\d <")
@@ -94,7 +94,7 @@ def six_row_fn(req: lg.LMRequest) -> str:
 
 def test_too_few_validation_rows_are_named_with_the_detectable_gain() -> None:
     rows = sentiment_rows(12)
-    new, rep = LabeledFewShot(2).optimize(sentiment_program(), rows[:6], label_accuracy(pred_field="label",
+    _new, rep = LabeledFewShot(2).optimize(sentiment_program(), rows[:6], label_accuracy(pred_field="label",
                                           label="label"), valset=rows[6:], ctx=lg.RunContext(lm=FunctionLM(six_row_fn),
                                                                                               cache=False))
     cand = rep.candidates[1]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import enum
 import json
 import pickle
@@ -47,7 +48,8 @@ def rich() -> lg.Program:
     ents = p.add(lg.Predict("text, hint: Optional[Entity] -> entities: list[Entity]", types=types,
                             instructions="List the entities.", format="json",
                             demos=[{"text": "Ada met Bob.", "hint": None,
-                                    "entities": [{"name": "Ada", "kind": "person"}, {"name": "Bob", "kind": "person"}]}]),
+                                    "entities": [{"name": "Ada", "kind": "person"},
+                                                 {"name": "Bob", "kind": "person"}]}]),
                  name="extract", text=text, hint=hint)
     cls = p.add(lg.ChainOfThought("text, entities: list[Entity] -> label: Literal['news', 'fiction'], "
                                   "priority: Priority, score: float", types=types,
@@ -264,7 +266,7 @@ def test_program_is_immutable():
         prog.input_specs["x"] = int  # type: ignore[index]
     with pytest.raises(AttributeError):
         prog.nodes[0].module.instructions = "changed"
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         prog.nodes[0].name = "x"  # frozen dataclass
     assert isinstance(prog.nodes, tuple)
 
@@ -272,7 +274,8 @@ def test_program_is_immutable():
 def test_with_module_returns_a_new_program_and_leaves_the_old_one():
     prog = simple()
     before = prog.to_json()
-    new_mod = prog.module("answer").replace(instructions="Answer in one word.", demos=[{"question": "q", "answer": "a"}])
+    new_mod = prog.module("answer").replace(instructions="Answer in one word.",
+                                            demos=[{"question": "q", "answer": "a"}])
     new = prog.with_module("answer", new_mod)
     assert new is not prog and new != prog
     assert new.content_hash() != prog.content_hash()

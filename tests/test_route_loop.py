@@ -201,7 +201,8 @@ def test_route_configuration_errors() -> None:
     assert lg.Route(branches={"calc": p}).branches["calc"].order == ("solve",)
     swapped = lg.Route(branches=branches()).replace(branches={"calc": p, "search": branches()["search"]})
     assert isinstance(swapped.branches["calc"], lg.Program)
-    with pytest.raises(DefinitionError, match="node .loop., field .max_iters.: setting max_iters: max_iters must be a positive integer"):
+    with pytest.raises(DefinitionError,
+                       match="node .loop., field .max_iters.: setting max_iters: max_iters must be a positive integer"):
         looped().with_parameters({"loop.max_iters": 0})
 
 

@@ -67,7 +67,8 @@ def aborting_lm(exc: type[BaseException]) -> FunctionLM:
     return FunctionLM(fn, latency_s=0.02)
 
 
-ROWS = [{"question": f"q{i}"} for i in range(3)] + [{"question": "boom"}] + [{"question": f"q{i}"} for i in range(3, 30)]
+ROWS = [*({"question": f"q{i}"} for i in range(3)), {"question": "boom"},
+        *({"question": f"q{i}"} for i in range(3, 30))]
 
 
 @pytest.mark.parametrize("exc", [SystemExit, KeyboardInterrupt])

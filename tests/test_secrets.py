@@ -30,14 +30,14 @@ import pytest
 pytest.importorskip("aiohttp")
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # never fetch litellm's price list
 
-import lmgraph as lg  # noqa: E402
-from lmgraph.cache import DiskCache  # noqa: E402
-from lmgraph.errors import LmgraphError  # noqa: E402
-from lmgraph.evaluation import evaluate_sync, label_accuracy  # noqa: E402
-from lmgraph.lm.openai_http import OpenAIServerLM  # noqa: E402
-from lmgraph.optimizers import BootstrapRandomSearch, save_artifact  # noqa: E402
+import lmgraph as lg
+from lmgraph.cache import DiskCache
+from lmgraph.errors import LmgraphError
+from lmgraph.evaluation import evaluate_sync, label_accuracy
+from lmgraph.lm.openai_http import OpenAIServerLM
+from lmgraph.optimizers import BootstrapRandomSearch, save_artifact
 
-from helpers import sentiment_program, sentiment_rows  # noqa: E402
+from helpers import sentiment_program, sentiment_rows
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*using the `ReadOnly` qualifier:UserWarning")
 
@@ -159,7 +159,7 @@ ROUTES: dict[str, tuple[Callable[[str], Any], list[str], Callable[[str | None, s
 def _forms(secret: str) -> list[str]:
     """A secret and the ways it may be written down: URL-quoted, in JSON, base64 (basic auth)."""
     forms = {secret, urllib.parse.quote(secret, safe=""), json.dumps(secret)[1:-1]}
-    if secret == URL_PASSWORD or secret == URL_USER:
+    if secret in (URL_PASSWORD, URL_USER):
         forms.add(base64.b64encode(f"{URL_USER}:{URL_PASSWORD}".encode()).decode())
     return sorted(forms)
 
@@ -206,7 +206,7 @@ def test_no_secret_is_stored_or_printed(route: str, server: Any, tmp_path: Path,
     texts += [str(res), json.dumps(res.summary(), default=str)]
 
     # a compile with a checkpoint, then its artifact and report (failing rows in the valset too)
-    train, val = sentiment_rows(12), sentiment_rows(8) + [{"sentence": "FAIL film x", "label": "negative"}]
+    train, val = sentiment_rows(12), [*sentiment_rows(8), {"sentence": "FAIL film x", "label": "negative"}]
     try:
         new, rep = BootstrapRandomSearch(2, num_candidates=2, checkpoint=tmp_path / "ckpt.jsonl").optimize(
             program, train, label_accuracy(), valset=val, ctx=ctx, seed=0)

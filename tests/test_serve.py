@@ -109,14 +109,13 @@ def served(program: lg.Program | None = None, ctx: lg.RunContext | None = None, 
 
 async def call(method: str, url: str, body: Any = None) -> tuple[int, Any, Any]:
     """(status, parsed JSON or text, headers) of one request with a fresh session."""
-    async with aiohttp.ClientSession() as s:
-        async with s.request(method, url, json=body) as r:
-            text = await r.text()
-            try:
-                data = json.loads(text)
-            except json.JSONDecodeError:
-                data = text
-            return r.status, data, r.headers
+    async with aiohttp.ClientSession() as s, s.request(method, url, json=body) as r:
+        text = await r.text()
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError:
+            data = text
+        return r.status, data, r.headers
 
 
 def sync_call(method: str, url: str, body: Any = None) -> tuple[int, Any, Any]:
@@ -176,10 +175,9 @@ def test_body_that_is_not_an_object_or_not_json(server):
     assert status == 422 and "not an object" in data["message"] and '"question"' in data["message"]
 
     async def raw() -> tuple[int, Any]:
-        async with aiohttp.ClientSession() as s:
-            async with s.post(server.url + "/invoke", data=b"{not json",
-                              headers={"content-type": "application/json"}) as r:
-                return r.status, await r.json()
+        async with aiohttp.ClientSession() as s, s.post(server.url + "/invoke", data=b"{not json",
+                          headers={"content-type": "application/json"}) as r:
+            return r.status, await r.json()
 
     status, data = asyncio.run(raw())
     assert status == 400 and "not valid JSON" in data["message"]
@@ -232,7 +230,7 @@ def test_stream_sends_node_events_in_order_then_outputs(server):
 
 
 def test_stream_trace_1_adds_the_trace_to_the_outputs_event(server):
-    status, text, _ = sync_call("POST", server.url + "/stream?trace=1", {"question": "q", "count": 1})
+    _status, text, _ = sync_call("POST", server.url + "/stream?trace=1", {"question": "q", "count": 1})
     last = parse_sse(text)[-1]
     assert last[0] == "outputs" and [n["node"] for n in last[1]["trace"]["nodes"]] == ["classify", "answer"]
 
@@ -616,11 +614,11 @@ def serve_schema_labels(program: lg.Program) -> list[str]:
 def test_a_stream_the_client_leaves_frees_its_slot_and_stops_the_run():
     with served(max_concurrency=1) as s:
         async def go() -> None:
-            async with aiohttp.ClientSession() as sess:
-                async with sess.post(s.url + "/stream", json={"question": "sleep=3", "count": 1}) as r:
-                    first = await r.content.readuntil(b"\n\n")
-                    assert first.startswith(b"event: node_start")
-                # leaving the block with the body unread drops the connection mid-run
+            async with (aiohttp.ClientSession() as sess,
+                        sess.post(s.url + "/stream", json={"question": "sleep=3", "count": 1}) as r):
+                first = await r.content.readuntil(b"\n\n")
+                assert first.startswith(b"event: node_start")
+            # leaving the block with the body unread drops the connection mid-run
 
         t0 = time.perf_counter()
         asyncio.run(go())

@@ -13,8 +13,15 @@ import pytest
 
 import lmgraph as lg
 from lmgraph.errors import SignatureError
-from lmgraph.signatures import (FieldSpec, Signature, compatible, ensure_signature, is_structured, str_to_type,
-                                type_to_str)
+from lmgraph.signatures import (
+    FieldSpec,
+    Signature,
+    compatible,
+    ensure_signature,
+    is_structured,
+    str_to_type,
+    type_to_str,
+)
 
 
 class Address(pydantic.BaseModel):

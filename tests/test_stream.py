@@ -16,10 +16,9 @@ from lmgraph.cache import MemoryCache
 from lmgraph.errors import LMError
 from lmgraph.lm.base import LMRequest, LMResponse, Message, Usage, collect, stream_of, streams
 from lmgraph.lm.capabilities import Capabilities
-from lmgraph.lm.prompt import _split_labels, get_format
+from lmgraph.lm.prompt import _split_labels
 from lmgraph.lm.wrappers import Budget, BudgetMeter, ConcurrencyLimitedLM, UsageMeter, build_stack
-from lmgraph.pipeline.stream import (FieldComplete, Final, JsonFieldReader, LabelSplitter, NodeEnd, NodeStart,
-                                     TokenDelta)
+from lmgraph.pipeline.stream import FieldComplete, Final, JsonFieldReader, LabelSplitter, NodeEnd, NodeStart, TokenDelta
 from lmgraph.testing import FunctionLM, ScriptedLM, word_chunks
 
 from helpers import sentiment_fn, sentiment_program

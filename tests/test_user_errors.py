@@ -70,7 +70,7 @@ def test_strict_raises_a_metric_error_naming_the_row_with_the_cause_chained() ->
 def test_optimize_carries_on_past_a_metric_that_raises_on_a_row() -> None:
     rows = rows_with_ids(12)
     with pytest.warns(lg.MetricWarning):
-        new, report = LabeledFewShot(2).optimize(sentiment_program(), rows[6:], fragile_metric, valset=rows[:6],
+        _new, report = LabeledFewShot(2).optimize(sentiment_program(), rows[6:], fragile_metric, valset=rows[:6],
                                                  ctx=ctx(FunctionLM(sentiment_fn)))
     assert report.baseline.scores[2] == 0.0 and len(report.baseline.scores) == 6  # ex2: scored 0
 

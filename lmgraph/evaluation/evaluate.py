@@ -107,7 +107,7 @@ class EvalResult:
 
     scores: list[float]
     feedback: list[str | None]
-    results: list["Result"]
+    results: list[Result]
     wall_s: float
     usage: dict[str, int] = field(default_factory=dict)
     cost: float | None = None
@@ -156,12 +156,12 @@ class EvalResult:
         return self.no_answer == 0
 
     @property
-    def provider_failures(self) -> list["Result"]:
+    def provider_failures(self) -> list[Result]:
         """The rows the provider never answered (after retries), to re-run."""
         return [r for r, st in zip(self.results, self.statuses) if st == "provider_failure"]
 
     @property
-    def failures(self) -> list["Result"]:
+    def failures(self) -> list[Result]:
         return [r for r in self.results if not r.ok]
 
     @property
@@ -191,7 +191,7 @@ class EvalResult:
                 f"{self.wall_s:.1f}s)")
 
 
-async def evaluate(program: "Program", dataset: Sequence[Mapping[str, Any]], metric: Metric, *,
+async def evaluate(program: Program, dataset: Sequence[Mapping[str, Any]], metric: Metric, *,
                    ctx: RunContext | None = None, concurrency: int = 8, progress: Any = False,
                    strict: bool = False, provider_warning: bool = True) -> EvalResult:
     """Run ``program`` on every example and score it; failed runs score 0 and are kept -- except rows
@@ -223,7 +223,7 @@ async def evaluate(program: "Program", dataset: Sequence[Mapping[str, Any]], met
     errors: list[MetricFailure] = []
     shown = row_progress(progress, total=n, label=f"evaluating {program.name}")
 
-    def score(res: "Result") -> None:  # called as each row finishes
+    def score(res: Result) -> None:  # called as each row finishes
         i, ex = res.index, dataset[res.index]
         failed = not res.ok
         statuses[i] = status = row_status(res.error)
@@ -283,7 +283,7 @@ async def evaluate(program: "Program", dataset: Sequence[Mapping[str, Any]], met
                       sum(costs) if costs else None, errors, statuses)
 
 
-def evaluate_sync(program: "Program", dataset: Sequence[Mapping[str, Any]], metric: Metric, **kwargs: Any
+def evaluate_sync(program: Program, dataset: Sequence[Mapping[str, Any]], metric: Metric, **kwargs: Any
                   ) -> EvalResult:
     from ..pipeline.program import _run_sync
 

@@ -161,7 +161,7 @@ def score_value(raw: Any, *, metric: str | None = None, row: int | None = None) 
 
 _ARITY_FIX = ("metrics take (example, prediction, trace); got a {n}-argument function: "
               "wrap it as lambda ex, pred, trace: f({args}).")
-_adapted_told: "weakref.WeakSet[Any]" = weakref.WeakSet()
+_adapted_told: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
 def _positional_arity(metric: Any) -> int | None:
@@ -236,7 +236,7 @@ def describe_row(index: int, row: Any) -> str:
     return f"row {index}" + (f" (id {rid!r})" if rid is not None else "")
 
 
-def check_metric(metric: Any, rows: Sequence[Any], *, program: "Program | None" = None,
+def check_metric(metric: Any, rows: Sequence[Any], *, program: Program | None = None,
                  name: str = "dataset") -> Metric:
     """Check a metric against a dataset (and the program's outputs) before any model call; returns
     the metric ready to call with (example, prediction, trace).

@@ -199,7 +199,7 @@ class _Answers:
     def __init__(self, tracer: Tracer) -> None:
         self.tracer = tracer
 
-    def __iter__(self) -> "_Answers":
+    def __iter__(self) -> _Answers:
         return self
 
     def __next__(self) -> dict[str, Any]:
@@ -210,7 +210,7 @@ class Passages(list[Any]):
     """What a retriever callable returns while tracing: the passages, also as ``.passages``."""
 
     @property
-    def passages(self) -> "Passages":
+    def passages(self) -> Passages:
         return self
 
 

@@ -59,8 +59,8 @@ def node_name(path: str) -> str:
 
 # --------------------------------------------------------------------------- DSPy -> lmgraph
 
-def from_dspy(module: Any, *, corpus: Any = None, state: "str | Path | Mapping[str, Any] | None" = None,
-              inputs: Sequence[str] | None = None, name: str | None = None) -> "Program":
+def from_dspy(module: Any, *, corpus: Any = None, state: str | Path | Mapping[str, Any] | None = None,
+              inputs: Sequence[str] | None = None, name: str | None = None) -> Program:
     """An lmgraph Program doing what ``module`` (a ``dspy.Module``) does; see the module docstring.
 
     ``corpus``: what each Retrieve node searches -- a list of passages (BM25), a retriever with
@@ -88,7 +88,7 @@ def _snake(text: str) -> str:
     return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", text).lower() or "dspy_program"
 
 
-def _load_state(work: Any, state: "str | Path | Mapping[str, Any]") -> None:
+def _load_state(work: Any, state: str | Path | Mapping[str, Any]) -> None:
     if isinstance(state, (str, Path)):
         try:
             data = json.loads(Path(state).read_text(encoding="utf-8"))
@@ -192,7 +192,7 @@ def _corpus_for(corpus: Any, node: str, path: str) -> Any:
     return corpus
 
 
-def _build(tracer: Any, result: Any, names: list[str], cot: dict[str, str], corpus: Any, name: str) -> "Program":
+def _build(tracer: Any, result: Any, names: list[str], cot: dict[str, str], corpus: Any, name: str) -> Program:
     import lmgraph as lg
 
     from . import _dspy_trace as tr
@@ -287,7 +287,7 @@ def _shown(mark: str) -> str:
 
 # --------------------------------------------------------------------------- lmgraph -> DSPy
 
-def to_dspy_state(program: "Program", module: Any, *, path: "str | Path | None" = None) -> dict[str, Any]:
+def to_dspy_state(program: Program, module: Any, *, path: str | Path | None = None) -> dict[str, Any]:
     """``module``'s DSPy state (``dump_state()`` format) with ``program``'s compiled instructions
     and demos written into the predictors its nodes came from (by :func:`node_name`).
 

@@ -12,6 +12,25 @@ from .predict import ChainOfThought, Predict
 from .retrieve import BM25Retriever, FunctionRetriever, Passage, Retrieve, Retriever
 from .route import Route
 
-__all__ = ["BM25Retriever", "BestOfN", "CallTool", "ChainOfThought", "Critique", "FunctionRetriever",
-           "Loop", "MODULE_KINDS", "Map", "Module", "Passage", "Plan", "Predict", "Refine", "Resource", "Retrieve",
-           "Retriever", "Route", "Tool", "resource"]
+__all__ = [
+           "MODULE_KINDS",
+           "BM25Retriever",
+           "BestOfN",
+           "CallTool",
+           "ChainOfThought",
+           "Critique",
+           "FunctionRetriever",
+           "Loop",
+           "Map",
+           "Module",
+           "Passage",
+           "Plan",
+           "Predict",
+           "Refine",
+           "Resource",
+           "Retrieve",
+           "Retriever",
+           "Route",
+           "Tool",
+           "resource",
+]

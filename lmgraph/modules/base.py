@@ -52,7 +52,7 @@ class KindRegistry(Mapping[str, type["Module"]]):
     def __init__(self) -> None:
         self._classes: dict[str, type[Module]] = {}
 
-    def register(self, cls: type["Module"]) -> type["Module"]:
+    def register(self, cls: type[Module]) -> type[Module]:
         """Register ``cls`` under ``cls.kind`` (a class defined again under the same qualified name,
         as by a reloaded module, replaces its earlier self); returns ``cls``."""
         kind = cls.__dict__.get("kind", cls.kind)
@@ -65,7 +65,7 @@ class KindRegistry(Mapping[str, type["Module"]]):
         self._classes[kind] = cls
         return cls
 
-    def __getitem__(self, kind: str) -> type["Module"]:
+    def __getitem__(self, kind: str) -> type[Module]:
         return self._classes[kind]
 
     def __iter__(self) -> Iterator[str]:
@@ -93,17 +93,17 @@ def _kind_taken(kind: str, taken: type, cls: type) -> DefinitionError:
 MODULE_KINDS = KindRegistry()
 
 #: kinds added for one load (``Program.load(..., kinds=[...])``), looked up before MODULE_KINDS
-_LOAD_KINDS: contextvars.ContextVar[Mapping[str, type["Module"]] | None] = contextvars.ContextVar(
+_LOAD_KINDS: contextvars.ContextVar[Mapping[str, type[Module]] | None] = contextvars.ContextVar(
     "lmgraph_load_kinds", default=None)
 
 
-def lookup_kind(kind: str) -> type["Module"] | None:
+def lookup_kind(kind: str) -> type[Module] | None:
     """The class that loads ``kind``: one given for this load, else the registered one."""
     return (_LOAD_KINDS.get() or {}).get(kind) or MODULE_KINDS.get(kind)
 
 
 @contextlib.contextmanager
-def loading_kinds(kinds: Iterable[type["Module"]] | None) -> Iterator[None]:
+def loading_kinds(kinds: Iterable[type[Module]] | None) -> Iterator[None]:
     """Within the block, ``kinds`` load their kind names (``Program.load(..., kinds=[MyModule])``).
 
     Each is a Module class with a kind; a kind registered to another class is refused unless the
@@ -183,7 +183,7 @@ class Module:
 
     #: the kind's config model (a :class:`~lmgraph.modules.configs.ModuleConfig` subclass, or its
     #: name in :mod:`lmgraph.modules.configs`): what it saves; None: it saves only by overriding config()
-    config_model: ClassVar["type[BaseModel] | str | None"] = None
+    config_model: ClassVar[type[BaseModel] | str | None] = None
 
     _frozen: bool = False
 
@@ -207,14 +207,14 @@ class Module:
         raise DefinitionError(f"{type(self).__name__} does not define its signature",
                               fix="a custom module implements the property `signature` -> lmgraph.Signature.")
 
-    async def forward(self, inputs: dict[str, Any], call: "NodeCall") -> dict[str, Any]:
+    async def forward(self, inputs: dict[str, Any], call: NodeCall) -> dict[str, Any]:
         raise DefinitionError(f"{type(self).__name__} does not implement forward()",
                               fix="a custom module implements async forward(self, inputs, call) -> dict of its "
                                   "output fields.")
 
     # ---- saving and loading: one generic path through the kind's config model
     @classmethod
-    def config_class(cls) -> "type[BaseModel] | None":
+    def config_class(cls) -> type[BaseModel] | None:
         """The kind's config model class (resolved on first use; None when the class has none)."""
         model = cls.config_model
         if isinstance(model, str):
@@ -239,7 +239,7 @@ class Module:
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any], *, resources: Mapping[str, Any],
-                    types: Mapping[str, Any] | None) -> "Module":
+                    types: Mapping[str, Any] | None) -> Module:
         """Rebuild a module from its saved config, checked against the kind's config model (an
         unknown key or a value of the wrong JSON type is an ArtifactError naming the key)."""
         model = cls.config_class()
@@ -261,7 +261,7 @@ class Module:
         return {}
 
     @classmethod
-    def kind_kwargs(cls, config: "BaseModel", *, resources: Mapping[str, Any],
+    def kind_kwargs(cls, config: BaseModel, *, resources: Mapping[str, Any],
                     types: Mapping[str, Any] | None) -> dict[str, Any]:
         """Constructor keywords rebuilt from the config's ``kind_fields``."""
         return {}
@@ -270,7 +270,7 @@ class Module:
         """Named runtime objects this module needs (bound by name on load)."""
         return {}
 
-    def submodules(self) -> dict[str, "Module"]:
+    def submodules(self) -> dict[str, Module]:
         """Inner modules (for modules built from others), by child name: the parameter tree's
         children (``named_parameters`` walks them; ``replace_child`` swaps one)."""
         return {}
@@ -314,7 +314,7 @@ class Module:
         for child, module in self.submodules().items():
             yield from module.named_parameters(f"{prefix}{child}.")
 
-    def with_parameters(self, values: Mapping[str, Any]) -> "Module":
+    def with_parameters(self, values: Mapping[str, Any]) -> Module:
         """A copy with parameters changed, by path relative to this module (``{"demos": [...]}``,
         ``{"generator.instructions": "..."}``); unknown paths raise :class:`UnknownParameterError`."""
         own_params = self.own_parameters()
@@ -346,14 +346,14 @@ class Module:
             new = new.replace_child(head, child)
         return new
 
-    def replace_child(self, name: str, module: "Module") -> "Module":
+    def replace_child(self, name: str, module: Module) -> Module:
         """A copy with child ``name`` (a key of ``submodules()``) replaced by ``module``."""
         if name not in self.child_attrs or name not in self.submodules():
             raise DefinitionError(f"{type(self).__name__} has no child module {name!r}",
                                   fix=f"children: {', '.join(self.submodules()) or 'none'}.")
         return self._copy_with({name: module})
 
-    def child_io(self, trace: "NodeTrace") -> dict[str, list[IORecord]]:
+    def child_io(self, trace: NodeTrace) -> dict[str, list[IORecord]]:
         """What this module's children were given and produced in one traced run, by child path
         (``{"generator": [{"inputs": {...}, "outputs": {...}}]}``; deeper paths dotted): the
         source of bootstrapped demos for nested parameters. Only calls the module can attribute
@@ -386,7 +386,7 @@ class Module:
         return None
 
     # ---- shared behaviour
-    def replace(self, **changes: Any) -> "Module":
+    def replace(self, **changes: Any) -> Module:
         """A copy with some tunable attributes changed (modules are never mutated)."""
         bad = [k for k in changes if k not in self.tunable]
         if bad:
@@ -394,7 +394,7 @@ class Module:
                                   fix=f"tunable parameters are: {', '.join(self.tunable) or 'none'}.")
         return self._copy_with(changes)
 
-    def _copy_with(self, changes: Mapping[str, Any]) -> "Module":
+    def _copy_with(self, changes: Mapping[str, Any]) -> Module:
         new = copy.copy(self)
         object.__setattr__(new, "_frozen", False)
         for k, v in changes.items():
@@ -412,7 +412,7 @@ class Module:
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, **self.config()}
 
-    def __call__(self, ctx: Any = None, /, **inputs: Any) -> "Prediction":
+    def __call__(self, ctx: Any = None, /, **inputs: Any) -> Prediction:
         """Run this module once on ``inputs`` (keywords; ``ctx=`` a RunContext), in process and
         synchronously: :func:`lmgraph.call`."""
         return call(self, ctx, **inputs)
@@ -431,7 +431,7 @@ class Module:
         return type(self).__name__
 
 
-def call(module: Module, ctx: Any = None, /, **inputs: Any) -> "Prediction":
+def call(module: Module, ctx: Any = None, /, **inputs: Any) -> Prediction:
     """Run ``module`` once, synchronously and in process: ``lg.call(lg.Predict("question -> answer"),
     question="...")``. The module becomes the one node of a program whose inputs are its inputs and
     whose outputs are its outputs, and that program runs once; returns the :class:`Prediction`

@@ -104,7 +104,7 @@ class BestOfN(Module):
         return Signature(sig.inputs, (*sig.outputs, FieldSpec("votes", int, "samples that agree with the pick")),
                          sig.instructions)
 
-    async def _sample(self, inputs: dict[str, Any], call: "NodeCall") -> list[Any]:
+    async def _sample(self, inputs: dict[str, Any], call: NodeCall) -> list[Any]:
         sampler = self.module.replace(temperature=self.temperature)
         base = call.ctx.rollout * self.n  # fresh, non-overlapping rollouts per outer rollout
 
@@ -114,7 +114,7 @@ class BestOfN(Module):
 
         return list(await asyncio.gather(*(one(i) for i in range(self.n)), return_exceptions=True))
 
-    async def forward(self, inputs: dict[str, Any], call: "NodeCall") -> dict[str, Any]:
+    async def forward(self, inputs: dict[str, Any], call: NodeCall) -> dict[str, Any]:
         results = await self._sample(inputs, call)
         for r in results:
             if isinstance(r, BudgetExceeded) or (isinstance(r, BaseException) and not isinstance(r, RunError)):
@@ -181,7 +181,7 @@ class BestOfN(Module):
     def submodules(self) -> dict[str, Module]:
         return {"module": self.module, **({"judge": self.judge} if self.judge is not None else {})}
 
-    def child_io(self, trace: "NodeTrace") -> dict[str, list[IORecord]]:
+    def child_io(self, trace: NodeTrace) -> dict[str, list[IORecord]]:
         """The sampled module's record: the node's inputs and the picked sample's outputs. (The
         samples share the node's trace, so a composite module's own children are not attributed.)"""
         if trace.outputs is None:

@@ -35,16 +35,31 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from ..errors import ConfigError, DefinitionError, OutputParseError
 from ..lm.values import jsonable
 from ..signatures import FieldSpec, Signature, ensure_signature
 from .base import IORecord, Module, need_resource, normalise_demos
 from .predict import GenerationSettings, predict
-from .tools import (DEFAULT_MAX_OUTPUT_CHARS, DEFAULT_TOOL_THREADS, DEFAULT_TOOL_TIMEOUT, FINISH, PASS_THROUGH, Tool,
-                    ToolArgumentError, ToolError, ToolThreads, as_tools, check_positive_int, check_timeout,
-                    error_type_name, invoke, observation_text, truncate)
+from .tools import (
+    DEFAULT_MAX_OUTPUT_CHARS,
+    DEFAULT_TOOL_THREADS,
+    DEFAULT_TOOL_TIMEOUT,
+    FINISH,
+    PASS_THROUGH,
+    Tool,
+    ToolArgumentError,
+    ToolError,
+    ToolThreads,
+    as_tools,
+    check_positive_int,
+    check_timeout,
+    error_type_name,
+    invoke,
+    observation_text,
+    truncate,
+)
 
 if TYPE_CHECKING:
     from ..pipeline.executor import NodeCall
@@ -81,9 +96,9 @@ class CallTool(GenerationSettings, Module):
     kind = "call_tool"
     config_model = "CallToolConfig"
     tunable = ("instructions", "demos", "format", "lm", "max_steps", "temperature", "max_tokens", "step_demos")
-    param_attrs = {"step.demos": "step_demos"}
+    param_attrs: ClassVar[dict[str, str]] = {"step.demos": "step_demos"}
 
-    def __init__(self, signature: "str | Signature | type[Signature]", tools: Any, *, max_steps: int = 5,
+    def __init__(self, signature: str | Signature | type[Signature], tools: Any, *, max_steps: int = 5,
                  instructions: str | None = None, demos: Sequence[Mapping[str, Any]] = (),
                  format: str = "auto", lm: str | None = None, temperature: float = 0.0,
                  max_tokens: int = 256, repair: bool = True, types: Mapping[str, Any] | None = None,
@@ -167,14 +182,14 @@ class CallTool(GenerationSettings, Module):
         The final answer call resolves ``auto`` as a Predict does."""
         return "json" if self.format == "auto" else self.format
 
-    async def _step_call(self, call: "NodeCall", sig: Signature, inputs: dict[str, Any],
+    async def _step_call(self, call: NodeCall, sig: Signature, inputs: dict[str, Any],
                          instructions: str, demos: Sequence[Mapping[str, Any]] = (),
                          format: str | None = None) -> dict[str, Any]:
         return await predict(call, sig, inputs, instructions=instructions, demos=demos,
                              format=format or self.format, lm=self.lm, temperature=self.temperature,
                              max_tokens=self.max_tokens, repair=self.repair)
 
-    async def forward(self, inputs: dict[str, Any], call: "NodeCall") -> dict[str, Any]:
+    async def forward(self, inputs: dict[str, Any], call: NodeCall) -> dict[str, Any]:
         step_sig, step_instr = self.step_signature(), self.step_instructions()
         lines: list[str] = []
         steps: list[dict[str, Any]] = []
@@ -282,7 +297,7 @@ class CallTool(GenerationSettings, Module):
         calls = self.max_steps * (1 + fill) + 1
         return 2 * calls if repairs and self.repair else calls
 
-    def child_io(self, trace: "NodeTrace") -> dict[str, list[IORecord]]:
+    def child_io(self, trace: NodeTrace) -> dict[str, list[IORecord]]:
         """The choose calls whose step went through (the tool ran without error, or ``finish``),
         as ``step`` records: the inputs and the trajectory so far -> the thought and the tool."""
         outs = trace.outputs or {}

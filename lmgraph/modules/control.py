@@ -56,7 +56,7 @@ def named_callable(obj: Any, owner: str, what: str) -> tuple[str, Callable[..., 
         name, fn = getattr(obj, "__name__", None), obj
     if not callable(fn):
         raise DefinitionError(f"{owner}: the {what} must be callable, got {type(fn).__name__}",
-                              fix=f"pass a function (def pick(values): ...) or lg.resource('name', fn).")
+                              fix="pass a function (def pick(values): ...) or lg.resource('name', fn).")
     if not isinstance(name, str) or not name or name == "<lambda>":
         raise DefinitionError(f"{owner}: the {what} has no name to be saved under (a lambda)",
                               fix="pass lg.resource('pick', fn), or a function defined with def.")
@@ -88,7 +88,7 @@ async def call_predicate(fn: Callable[..., Any], name: str, values: Mapping[str,
     return out
 
 
-def as_program(obj: Any, owner: str, what: str) -> "Program":
+def as_program(obj: Any, owner: str, what: str) -> Program:
     """A built program from a Program or a Pipeline (built here); anything else is a DefinitionError."""
     from ..pipeline.builder import Pipeline
     from ..pipeline.program import Program
@@ -101,7 +101,7 @@ def as_program(obj: Any, owner: str, what: str) -> "Program":
     return obj
 
 
-def output_types(program: "Program") -> dict[str, Any]:
+def output_types(program: Program) -> dict[str, Any]:
     """The type of each of ``program``'s outputs, by output name."""
     from ..pipeline.ir import INPUT
 
@@ -115,7 +115,7 @@ def output_types(program: "Program") -> dict[str, Any]:
     return out
 
 
-def program_io(program: "Program", run: "Trace") -> dict[str, list[IORecord]]:
+def program_io(program: Program, run: Trace) -> dict[str, list[IORecord]]:
     """What each node of ``program`` was given and produced in one run of it (nested modules'
     records too, by dotted path): the records bootstrapped demos are drawn from."""
     out: dict[str, list[IORecord]] = {}
@@ -129,7 +129,7 @@ def program_io(program: "Program", run: "Trace") -> dict[str, list[IORecord]]:
     return out
 
 
-def subprogram_fields(program: "Program", child: str) -> dict[str, tuple[str, bool]]:
+def subprogram_fields(program: Program, child: str) -> dict[str, tuple[str, bool]]:
     """Node ``child``'s fields that are the sub-program's own inputs/outputs, under those names:
     child field -> (sub-program field, False)."""
     from ..pipeline.ir import INPUT, Ref
@@ -154,7 +154,7 @@ class Branch(Module):
 
     tunable = ()
 
-    def __init__(self, program: "Program") -> None:
+    def __init__(self, program: Program) -> None:
         self.program = program
         ins = [FieldSpec(n, t) for n, t in program.input_specs.items()]
         outs = [FieldSpec(o, t) for o, t in output_types(program).items()]
@@ -165,7 +165,7 @@ class Branch(Module):
     def signature(self) -> Signature:
         return self._signature
 
-    async def forward(self, inputs: dict[str, Any], call: "NodeCall") -> dict[str, Any]:
+    async def forward(self, inputs: dict[str, Any], call: NodeCall) -> dict[str, Any]:
         return dict(await call.run_program(self.program, inputs))
 
     def config(self) -> dict[str, Any]:
@@ -177,10 +177,10 @@ class Branch(Module):
     def submodules(self) -> dict[str, Module]:
         return {n.name: n.module for n in self.program.nodes}
 
-    def replace_child(self, name: str, module: Module) -> "Branch":
+    def replace_child(self, name: str, module: Module) -> Branch:
         return Branch(self.program.with_module(name, module))
 
-    def child_io(self, trace: "NodeTrace") -> dict[str, list[IORecord]]:
+    def child_io(self, trace: NodeTrace) -> dict[str, list[IORecord]]:
         out: dict[str, list[IORecord]] = {}
         for run in trace.children:
             for path, records in program_io(self.program, run).items():

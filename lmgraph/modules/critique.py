@@ -30,7 +30,7 @@ CRITIQUE_INSTRUCTIONS = ("Judge whether the {last} is correct and acceptable giv
                          "the verdict: yes if it is acceptable, no otherwise.")
 
 
-def critique_signature(signature: "str | Signature | type[Signature]",
+def critique_signature(signature: str | Signature | type[Signature],
                        types: Mapping[str, Any] | None = None) -> Signature:
     """The judge's signature: the declared inputs (and extra outputs) + ``feedback`` + ``verdict: bool``."""
     if isinstance(signature, str) and "->" not in signature:
@@ -72,7 +72,7 @@ class Critique(Predict):
     kind = "critique"
     config_model = "CritiqueConfig"
 
-    def __init__(self, signature: "str | Signature | type[Signature]", *,
+    def __init__(self, signature: str | Signature | type[Signature], *,
                  types: Mapping[str, Any] | None = None, max_tokens: int = CRITIQUE_MAX_TOKENS,
                  **predict_kwargs: Any) -> None:
         super().__init__(critique_signature(signature, types), types=types, max_tokens=max_tokens,
@@ -82,7 +82,7 @@ class Critique(Predict):
         """Where a judgement is over: the model writing an input's label on a new line."""
         return tuple("\n" + f.label + ":" for f in self.signature.inputs)
 
-    async def forward(self, inputs: dict[str, Any], call: "NodeCall") -> dict[str, Any]:
+    async def forward(self, inputs: dict[str, Any], call: NodeCall) -> dict[str, Any]:
         out = await predict(call, self.signature, inputs, instructions=self.instructions, demos=self.demos,
                             format=self.format, lm=self.lm, temperature=self.temperature,
                             max_tokens=self.max_tokens, repair=self.repair, decode=self.decode,
@@ -180,7 +180,7 @@ class Refine(Module):
         object.__setattr__(rev, "demos", tuple({**d, "feedback": NO_FEEDBACK} for d in gen.demos))
         return rev
 
-    async def forward(self, inputs: dict[str, Any], call: "NodeCall") -> dict[str, Any]:
+    async def forward(self, inputs: dict[str, Any], call: NodeCall) -> dict[str, Any]:
         out = await self.generator.forward(inputs, call)
         history: list[dict[str, Any]] = []
         call.trace.meta["rounds"] = history
@@ -217,7 +217,7 @@ class Refine(Module):
     def submodules(self) -> dict[str, Module]:
         return {"generator": self.generator, "judge": self.judge}
 
-    def child_io(self, trace: "NodeTrace") -> dict[str, list[IORecord]]:
+    def child_io(self, trace: NodeTrace) -> dict[str, list[IORecord]]:
         """The generator's record: the node's inputs and its final (accepted or last) outputs.
         The judge has none: a passing run shows only its accepting judgements, and demos of those
         alone would teach it to accept everything."""

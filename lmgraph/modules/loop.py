@@ -29,8 +29,15 @@ from typing import TYPE_CHECKING, Any, Union
 from ..errors import DefinitionError
 from ..signatures import FieldSpec, Signature, type_to_str
 from .base import IORecord, Module
-from .control import (as_program, call_predicate, named_callable, output_types, predicate_from_config, program_io,
-                      subprogram_fields)
+from .control import (
+    as_program,
+    call_predicate,
+    named_callable,
+    output_types,
+    predicate_from_config,
+    program_io,
+    subprogram_fields,
+)
 
 if TYPE_CHECKING:
     from ..pipeline.executor import NodeCall
@@ -141,7 +148,7 @@ class Loop(Module):
     def signature(self) -> Signature:
         return self._signature
 
-    async def forward(self, inputs: dict[str, Any], call: "NodeCall") -> dict[str, Any]:
+    async def forward(self, inputs: dict[str, Any], call: NodeCall) -> dict[str, Any]:
         state = {k: inputs[k] for k in self.body.input_specs}
         record: list[dict[str, Any]] = []
         call.trace.meta["iterations"] = record
@@ -192,10 +199,10 @@ class Loop(Module):
         """The body's nodes, by node name (parameter paths: ``<loop node>.<body node>.<param>``)."""
         return {n.name: n.module for n in self.body.nodes}
 
-    def replace_child(self, name: str, module: Module) -> "Loop":
+    def replace_child(self, name: str, module: Module) -> Loop:
         return self._copy_with({"body": self.body.with_module(name, module)})  # type: ignore[return-value]
 
-    def child_io(self, trace: "NodeTrace") -> dict[str, list[IORecord]]:
+    def child_io(self, trace: NodeTrace) -> dict[str, list[IORecord]]:
         """The last iteration's records (what the loop's outputs come from; earlier iterations were
         not accepted by ``until``), for every body node that finished."""
         if not trace.children or trace.outputs is None:

@@ -36,7 +36,7 @@ KEEP_GOING = ("none", "skip")
 FAN_OUT_GUESS = 4
 
 
-def _output_type(program: "Program", node: str, field: str) -> Any:
+def _output_type(program: Program, node: str, field: str) -> Any:
     if node == "input":
         return program.input_specs[field]
     spec = program.node_map[node].module.signature.output(field)
@@ -104,7 +104,7 @@ class Map(Module):
 
         def item_type(node: str, field: str) -> Any:
             t = _output_type(p, node, field)
-            return Optional[t] if keep_going and t is not Any else t  # noqa: UP007 - a runtime type
+            return Optional[t] if keep_going and t is not Any else t  # noqa: UP045 - a runtime type (typing.Optional, as the parser builds)
 
         desc = "of each item (None where the item failed)" if keep_going else "of each item"
         outs = [FieldSpec(o, list[item_type(r.node, r.field)], f"{o} {desc}")  # type: ignore[misc]
@@ -115,7 +115,7 @@ class Map(Module):
     def signature(self) -> Signature:
         return self._signature
 
-    async def forward(self, inputs: dict[str, Any], call: "NodeCall") -> dict[str, Any]:
+    async def forward(self, inputs: dict[str, Any], call: NodeCall) -> dict[str, Any]:
         for n in self.over:
             if not isinstance(inputs[n], (list, tuple)):
                 raise RunError(f"Map over {n!r} needs a list, got {type(inputs[n]).__name__}", node=call.node)
@@ -127,7 +127,7 @@ class Map(Module):
         sem = asyncio.Semaphore(self.concurrency)
         n_children = len(call.trace.children)
 
-        async def one(i: int) -> "Prediction":
+        async def one(i: int) -> Prediction:
             item = {n: (inputs[n][i] if n in self.over else inputs[n]) for n in self.program.input_specs}
             async with sem:
                 return await call.run_program(self.program, item)
@@ -189,10 +189,10 @@ class Map(Module):
         """The sub-program's nodes, by node name (parameter paths: ``<map node>.<sub-node>.<param>``)."""
         return {n.name: n.module for n in self.program.nodes}
 
-    def replace_child(self, name: str, module: Module) -> "Map":
+    def replace_child(self, name: str, module: Module) -> Map:
         return self._copy_with({"program": self.program.with_module(name, module)})  # type: ignore[return-value]
 
-    def child_io(self, trace: "NodeTrace") -> dict[str, list[IORecord]]:
+    def child_io(self, trace: NodeTrace) -> dict[str, list[IORecord]]:
         """One record per item for every sub-program node that finished (nested ones too, by path)."""
         out: dict[str, list[IORecord]] = {}
         for run in trace.children:

@@ -111,7 +111,7 @@ def _bracket_items(text: str) -> tuple[list[str], bool, str]:
             items.append(text[start:i])
             start = i + 1
     last = text[start:]
-    if last.strip() and not (in_str or depth) or not items:
+    if (last.strip() and not (in_str or depth)) or not items:
         items.append(last)  # a complete last item, or the only (partial) one
     return items, False, ""
 
@@ -206,7 +206,7 @@ class Plan(Predict):
     config_model = "PlanConfig"
     tunable = (*Predict.tunable, "max_steps")
 
-    def __init__(self, signature: "str | Signature | type[Signature]" = "task -> steps: list[str]", *,
+    def __init__(self, signature: str | Signature | type[Signature] = "task -> steps: list[str]", *,
                  max_steps: int = 5, instructions: str | None = None, max_tokens: int = PLAN_MAX_TOKENS,
                  types: Mapping[str, Any] | None = None, **predict_kwargs: Any) -> None:
         sig = ensure_signature(signature, types=dict(types or {}))
@@ -234,7 +234,7 @@ class Plan(Predict):
         sig = self.signature
         return len(sig.outputs) == 1 and _text_items(sig.outputs[0].annotation) and self.decode == "generate"
 
-    async def forward(self, inputs: dict[str, Any], call: "NodeCall") -> dict[str, Any]:
+    async def forward(self, inputs: dict[str, Any], call: NodeCall) -> dict[str, Any]:
         name = self.steps_field
         assert name is not None
         if self._reads_steps_itself():
@@ -252,7 +252,7 @@ class Plan(Predict):
     def _request_format(self) -> str:
         return "json" if self.format == "auto" else self.format
 
-    async def _plan(self, inputs: dict[str, Any], call: "NodeCall") -> list[str]:
+    async def _plan(self, inputs: dict[str, Any], call: NodeCall) -> list[str]:
         """Render, call, read the list; one repair call when the reply holds no item."""
         sig = self.signature
         field: FieldSpec = sig.outputs[0]

@@ -89,7 +89,7 @@ def resolve_format(fmt: str, sig: Signature, preferred: str, ctx_default: str) -
     return ctx_default if ctx_default != "auto" else preferred
 
 
-async def predict(call: "NodeCall", sig: Signature, inputs: Mapping[str, Any], *,
+async def predict(call: NodeCall, sig: Signature, inputs: Mapping[str, Any], *,
                   instructions: str | None = None, demos: Sequence[Mapping[str, Any]] = (),
                   format: str = "auto", lm: str | None = None, temperature: float = 0.0,
                   max_tokens: int = 256, rollout: int = 0, repair: bool = True,
@@ -122,7 +122,7 @@ async def predict(call: "NodeCall", sig: Signature, inputs: Mapping[str, Any], *
     except OutputParseError as e:
         rec.parse_error = str(e)
         if not repair:
-            raise e.locate(call.node)
+            raise e.locate(call.node)  # noqa: B904 - the caught error itself, located
         first = e
     cont = fmt.continuation(request, resp.text, sig)
     second, prefix = cont if cont is not None else (fmt.repair(request, resp.text, first, sig), "")
@@ -136,7 +136,7 @@ async def predict(call: "NodeCall", sig: Signature, inputs: Mapping[str, Any], *
         raise e.locate(call.node) from None
 
 
-async def score_predict(call: "NodeCall", sig: Signature, inputs: Mapping[str, Any], *,
+async def score_predict(call: NodeCall, sig: Signature, inputs: Mapping[str, Any], *,
                         instructions: str | None = None, demos: Sequence[Mapping[str, Any]] = (),
                         lm: str | None = None, rollout: int = 0, calibrate: bool = False) -> dict[str, Any]:
     """Pick the single Literal/Enum output by scoring every option (one scoring call; with
@@ -255,9 +255,10 @@ class Predict(GenerationSettings, Module):
 
     kind = "predict"
     config_model = "PredictConfig"
-    tunable: ClassVar[tuple[str, ...]] = ("instructions", "demos", "format", "lm", "temperature", "max_tokens", "decode", "knn", "demo_pool")
+    tunable: ClassVar[tuple[str, ...]] = ("instructions", "demos", "format", "lm", "temperature", "max_tokens",
+                                          "decode", "knn", "demo_pool")
 
-    def __init__(self, signature: "str | Signature | type[Signature]", *, instructions: str | None = None,
+    def __init__(self, signature: str | Signature | type[Signature], *, instructions: str | None = None,
                  demos: Sequence[Mapping[str, Any]] = (), format: str = "auto", lm: str | None = None,
                  temperature: float = 0.0, max_tokens: int = 256, repair: bool = True,
                  types: Mapping[str, Any] | None = None, decode: str = "generate", cache: bool = True,
@@ -310,7 +311,7 @@ class Predict(GenerationSettings, Module):
             object.__setattr__(self, "_knn_index", cached)  # a cache, not configuration
         return (*self.demos, *cached.select(inputs, self.knn))
 
-    async def forward(self, inputs: dict[str, Any], call: "NodeCall") -> dict[str, Any]:
+    async def forward(self, inputs: dict[str, Any], call: NodeCall) -> dict[str, Any]:
         return await predict(call, self.signature, inputs, instructions=self.instructions, demos=self.demos_for(inputs),
                              format=self.format, lm=self.lm, temperature=self.temperature,
                              max_tokens=self.max_tokens, repair=self.repair, decode=self.decode, stream=True)
@@ -343,7 +344,7 @@ class ChainOfThought(Predict):
     kind = "chain_of_thought"
     config_model = "ChainOfThoughtConfig"
 
-    def __init__(self, signature: "str | Signature | type[Signature]", *, max_tokens: int = 384,
+    def __init__(self, signature: str | Signature | type[Signature], *, max_tokens: int = 384,
                  **kwargs: Any) -> None:
         super().__init__(signature, max_tokens=max_tokens, **kwargs)
 

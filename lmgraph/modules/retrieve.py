@@ -208,7 +208,7 @@ class Retrieve(Module):
         self._check()
         self._freeze()
 
-    def at_node(self, node: str) -> "Retrieve":
+    def at_node(self, node: str) -> Retrieve:
         """This module as added to ``node``: an unnamed plain-list corpus is named ``"<node>.corpus"``."""
         if not self._derived_name:
             return self
@@ -222,7 +222,7 @@ class Retrieve(Module):
     def signature(self) -> Signature:
         return _SIGNATURE
 
-    async def forward(self, inputs: dict[str, Any], call: "NodeCall") -> dict[str, Any]:
+    async def forward(self, inputs: dict[str, Any], call: NodeCall) -> dict[str, Any]:
         query = inputs["query"]
         if not isinstance(query, str):
             query = str(query)

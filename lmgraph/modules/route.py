@@ -30,8 +30,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from ..errors import DefinitionError, RunError
 from ..signatures import FieldSpec, Signature, type_to_str
 from .base import IORecord, Module
-from .control import (Branch, as_program, call_predicate, named_callable, output_types,
-                      predicate_from_config, program_io)
+from .control import Branch, as_program, call_predicate, named_callable, output_types, predicate_from_config, program_io
 
 if TYPE_CHECKING:
     from ..pipeline.executor import NodeCall
@@ -183,7 +182,7 @@ class Route(Module):
         raise RunError(f"{how} {value!r}, which names no branch (branches: {', '.join(self.branches)}). "
                        "Fix: return a branch name, or pass default=<a branch>.", node=node)
 
-    async def forward(self, inputs: dict[str, Any], call: "NodeCall") -> dict[str, Any]:
+    async def forward(self, inputs: dict[str, Any], call: NodeCall) -> dict[str, Any]:
         if self.predicate is not None:
             values = {n: inputs[n] for n in self.signature.input_names}
             value = await call_predicate(self.predicate, self.predicate_name or "", values, call.node)
@@ -233,13 +232,13 @@ class Route(Module):
         its nodes (paths ``<route>.<branch>.<node>.<param>``)."""
         return {n: Branch(p) for n, p in self.branches.items()}
 
-    def replace_child(self, name: str, module: Module) -> "Route":
+    def replace_child(self, name: str, module: Module) -> Route:
         if name not in self.branches:
             raise DefinitionError(f"Route has no branch {name!r}", fix=f"branches: {', '.join(self.branches)}.")
         program = module.program if isinstance(module, Branch) else module
         return self._copy_with({"branches": {**self.branches, name: program}})  # type: ignore[return-value]
 
-    def child_io(self, trace: "NodeTrace") -> dict[str, list[IORecord]]:
+    def child_io(self, trace: NodeTrace) -> dict[str, list[IORecord]]:
         """The branch that ran: its inputs/outputs, and each of its nodes' (by path)."""
         name = trace.meta.get("branch")
         if name not in self.branches or not trace.children:

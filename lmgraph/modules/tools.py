@@ -202,10 +202,10 @@ class ToolThreads:
         return value
 
     # a copy of a module (a compiled program's) gets threads of its own; pickling keeps the size
-    def __copy__(self) -> "ToolThreads":
+    def __copy__(self) -> ToolThreads:
         return ToolThreads(self.max_threads)
 
-    def __deepcopy__(self, memo: dict[int, Any]) -> "ToolThreads":
+    def __deepcopy__(self, memo: dict[int, Any]) -> ToolThreads:
         return ToolThreads(self.max_threads)
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -282,11 +282,11 @@ class Tool:
             default = ... if p.default is p.empty else p.default
             fields[f"p{i}"] = (ann, pydantic.Field(default, alias=p.name))
             self._params.append(p)
-        self._model: type[pydantic.BaseModel] = pydantic.create_model(f"{name}_args", __config__=pydantic.ConfigDict(extra=extra),
-                                            **fields)
+        self._model: type[pydantic.BaseModel] = pydantic.create_model(
+            f"{name}_args", __config__=pydantic.ConfigDict(extra=extra), **fields)
         self.parameters_schema = _strip_titles(self._model.model_json_schema(by_alias=True))
 
-    def with_name(self, name: str) -> "Tool":
+    def with_name(self, name: str) -> Tool:
         """The same function, description, limits and isolation under another name."""
         return Tool(self.fn, name=name, description=self.description, timeout=self.timeout,
                     max_output_chars=self.max_output_chars, isolation=self.isolation,

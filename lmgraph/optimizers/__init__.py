@@ -1,8 +1,8 @@
 """The compiler: optimizers are pure passes ``program -> (program, report)`` under hard budgets."""
 
 from .acceptance import AcceptancePolicy, FavourOnTies, PairedBootstrap, Verdict
-from .auto import Compile, compile
 from .artifact import diff, format_diff, load_artifact, read_artifact, save_artifact
+from .auto import Compile, compile
 from .base import CostEstimate, Optimizer
 from .decompose import Decompose, collapse_node, decompose_node, find_decompositions, lint_rewrite
 from .fewshot import BootstrapFewShot, BootstrapRandomSearch, LabeledFewShot

@@ -16,8 +16,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..pipeline.program import Program
 from ..pipeline.loading import envelope, read_document, read_json_file
+from ..pipeline.program import Program
 from ..pipeline.serialize import canonical_json as _canonical
 from .report import Report
 

@@ -45,14 +45,13 @@ from ..lm.wrappers import Budget
 from ..modules.predict import SCORING_DECODES
 from ..pipeline.program import Program, _run_sync
 from .base import CostEstimate, Optimizer, check_budget_covers_baseline, check_rows
+from .candidates import Spec, _per_row, backend_scores, balanced, compile_specs, signature_instruction, tunable_modules
 from .fewshot import _demo_sig, demo_nodes, labeled_demos, labeled_demos_computed
-from .params import demo_param, example_demos
 from .instructions import check_proposer, propose_instructions
+from .params import demo_param, example_demos
 from .report import Report
-from .session import BudgetStop, CompileSession
-from .candidates import (Spec, _per_row, backend_scores, balanced, compile_specs, signature_instruction,
-                         tunable_modules)
 from .selection import detectable_gain, paired_stats, shrink
+from .session import BudgetStop, CompileSession
 
 Demo = dict[str, Any]
 
@@ -169,7 +168,8 @@ class Compile(Optimizer):
                 "confirmation": confirm if k else 0, "search_rows": len(search), "confirm_rows": len(conf)}
 
     @staticmethod
-    def _pool(trainset: Sequence[Mapping[str, Any]], valset: Sequence[Mapping[str, Any]] | None) -> list[Mapping[str, Any]]:
+    def _pool(trainset: Sequence[Mapping[str, Any]],
+              valset: Sequence[Mapping[str, Any]] | None) -> list[Mapping[str, Any]]:
         return list(trainset) + list(valset or [])
 
     def dry_run(self, program: Program, trainset: Sequence[Mapping[str, Any]],
@@ -244,8 +244,8 @@ class Compile(Optimizer):
         rounds = self.rounds(len(search_idx))
         report.notes.append(
             f"rows: {n} scored ({len(search_idx)} search, {len(conf_idx)} confirmation)"
-            + (f", {len(getattr(self, '_pool_only', []))} more as demo sources only" if getattr(self, "_pool_only", None)
-               else "") + f"; {len(specs)} candidates "
+            + (f", {len(getattr(self, '_pool_only', []))} more as demo sources only"
+               if getattr(self, "_pool_only", None) else "") + f"; {len(specs)} candidates "
             f"in order of prior promise, raced in rounds at {', '.join(map(str, rounds))} search rows")
         # waves: as many untried candidates as the budget left covers (upper-bound costs, the
         # confirmation kept in reserve) race against the champion so far, whose scores are reused

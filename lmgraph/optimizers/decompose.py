@@ -45,8 +45,14 @@ from .params import Demo
 from .report import Candidate
 from .session import BudgetStop, CompileSession, static_calls_per_example
 
-__all__ = ["Decompose", "collapse_node", "decompose_node", "decomposable_nodes", "find_decompositions",
-           "lint_rewrite"]
+__all__ = [
+    "Decompose",
+    "collapse_node",
+    "decomposable_nodes",
+    "decompose_node",
+    "find_decompositions",
+    "lint_rewrite",
+]
 
 PLAN_SUFFIX = "__plan"
 STEPS_SUFFIX = "__steps"

@@ -222,7 +222,7 @@ async def bootstrap_pool(session: CompileSession, teacher: Program, student: Pro
     seen: set[str] = {n for n in nodes if "." not in n}  # nested ones join once a run records them
     session.reporter.phase("bootstrapping demos from training rows")
     for start in range(0, len(rows), chunk):
-        if start and all(len(pool[n]) >= want for n in seen) or not nodes:
+        if (start and all(len(pool[n]) >= want for n in seen)) or not nodes:
             break
         entry = await session.run(teacher, rows[start:start + chunk], kind="bootstrap")
         for ex in entry["examples"]:

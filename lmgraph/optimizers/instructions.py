@@ -35,10 +35,10 @@ from ..pipeline.builder import Pipeline
 from ..pipeline.program import Program
 from ..signatures import Signature
 from .base import Optimizer
-from .fewshot import _demo_sig, bootstrap_pool, labeled_demos
-from .report import Report
-from .race import Arm, Race, confirm, halving_cost, record, settle, successive_halving  # also importable here
 from .checkpoint import _hash
+from .fewshot import _demo_sig, bootstrap_pool, labeled_demos
+from .race import Arm, Race, confirm, halving_cost, record, settle, successive_halving  # also importable here
+from .report import Report
 from .session import BudgetStop, CompileSession, static_calls_per_example
 
 Demo = dict[str, Any]

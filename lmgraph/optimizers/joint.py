@@ -34,10 +34,10 @@ from .._canonical import canonical_json
 from ..errors import DefinitionError
 from ..pipeline.program import Program
 from .base import Optimizer
-from .report import Report
 from .fewshot import _demo_sig, bootstrap_pool, demo_nodes
 from .instructions import check_proposer, mappable_nodes, node_examples, propose_instructions, short
 from .race import Arm, Race, confirm, halving_cost, record, settle, successive_halving
+from .report import Report
 from .session import BudgetStop, CompileSession, static_calls_per_example
 
 DIMS = ("instructions", "demos", "format")

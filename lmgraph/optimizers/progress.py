@@ -23,7 +23,7 @@ KIND_LABELS = {"eval": "scoring", "bootstrap": "bootstrapping demos on", "propos
 class CompileProgress:
     """The status line of a compile (see the module docstring)."""
 
-    def __init__(self, session: "CompileSession", progress: Any, *, optimizer: str, baseline: "Program") -> None:
+    def __init__(self, session: CompileSession, progress: Any, *, optimizer: str, baseline: Program) -> None:
         self.session = session
         self.optimizer = optimizer
         self.stream = display_stream(progress)
@@ -43,7 +43,7 @@ class CompileProgress:
         self.phase_text = text
 
     # ---- what the session calls
-    def evaluating(self, program: "Program", kind: str) -> None:
+    def evaluating(self, program: Program, kind: str) -> None:
         """An evaluation of ``program`` starts (or is replayed from the memo)."""
         self.evaluations += 1
         if kind == "eval":

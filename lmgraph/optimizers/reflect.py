@@ -42,19 +42,26 @@ from __future__ import annotations
 
 import random
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from ..errors import DefinitionError
 from ..lm.values import format_value
 from ..pipeline.program import Program
-from .selection import paired_stats, shrink
 from .base import Optimizer
-from .instructions import (_memo_generate, _norm, _proposer_program, check_proposer, clean_instruction,
-                           instruction_nodes, short)
+from .instructions import (
+    _memo_generate,
+    _norm,
+    _proposer_program,
+    check_proposer,
+    clean_instruction,
+    instruction_nodes,
+    short,
+)
 from .race import record
 from .report import Candidate, Report
-from .session import CompileSession, BudgetStop, static_calls_per_example
+from .selection import paired_stats, shrink
+from .session import BudgetStop, CompileSession, static_calls_per_example
 
 #: What the reflection model is told (its input holds the step, its instruction and the examples).
 REFLECT_INSTRUCTIONS = (
@@ -459,7 +466,7 @@ class Reflect(Optimizer):
         stats = [paired_stats(base.scores, m.scores) for m in others]
         est = shrink([d for d, _ in stats], [se for _, se in stats])
         ranked = sorted(zip(others, est, stats), key=lambda t: (-t[1], -t[2][0], t[0].idx))
-        best, e, (d, se) = ranked[0]
+        best, e, (d, _se) = ranked[0]
         if d <= 0:
             report.notes.append(f"no pool candidate beat the program as given on the validation set (best: pool "
                                 f"#{best.idx}, {d:+.3f}); the program is unchanged")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+
 def shrink(deltas: Sequence[float], ses: Sequence[float]) -> list[float]:
     """Empirical-Bayes posterior means of true gains ``deltas`` measured with standard errors
     ``ses``: each is pulled toward 0 by ``tau2 / (tau2 + se^2)``, where ``tau2`` (the spread of

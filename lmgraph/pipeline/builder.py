@@ -58,7 +58,7 @@ class NodeHandle:
     ``handle.node_name`` (and its module ``handle.module``) when no output shadows them.
     """
 
-    __slots__ = ("_name", "_module", "_outputs")
+    __slots__ = ("_module", "_name", "_outputs")
 
     def __init__(self, name: str, module: Module) -> None:
         self._name = name

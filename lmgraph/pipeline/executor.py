@@ -80,10 +80,10 @@ class NodeCall:
     ``hooks`` (None unless the run is streamed or observed, see :mod:`lmgraph.observe`) receive
     the node's model and tool calls."""
 
-    __slots__ = ("node", "module", "ctx", "trace", "hooks")
+    __slots__ = ("ctx", "hooks", "module", "node", "trace")
 
-    def __init__(self, node: str, module: "Module", ctx: RunContext, trace: NodeTrace,
-                 hooks: "RunHooks | None" = None) -> None:
+    def __init__(self, node: str, module: Module, ctx: RunContext, trace: NodeTrace,
+                 hooks: RunHooks | None = None) -> None:
         self.node = node
         self.module = module
         self.ctx = ctx
@@ -128,7 +128,7 @@ class NodeCall:
         with self.hooks.model_call(self.node, rec, stack):
             return await self._call(stack, request, rec, None), rec
 
-    async def stream_generate(self, request: LMRequest, sig: "Signature", *, lm: str | None = None,
+    async def stream_generate(self, request: LMRequest, sig: Signature, *, lm: str | None = None,
                               format: str | None = None) -> tuple[LMResponse, CallRecord]:
         """:meth:`generate`, with the reply streamed to the run's events as ``sig``'s output fields
         (:mod:`lmgraph.pipeline.stream`) when the run is streamed; else the same as generate."""
@@ -141,7 +141,7 @@ class NodeCall:
         with hooks.model_call(self.node, rec, stack):
             return await self._call(stack, request, rec, sig), rec
 
-    async def _streamed(self, stack: Any, request: LMRequest, sig: "Signature", fmt: str | None) -> LMResponse:
+    async def _streamed(self, stack: Any, request: LMRequest, sig: Signature, fmt: str | None) -> LMResponse:
         from contextlib import aclosing
 
         from ..lm.base import stream_of
@@ -165,7 +165,7 @@ class NodeCall:
                 emit(event)
         return resp
 
-    async def _call(self, stack: Any, request: LMRequest, rec: CallRecord, sig: "Signature | None") -> LMResponse:
+    async def _call(self, stack: Any, request: LMRequest, rec: CallRecord, sig: Signature | None) -> LMResponse:
         t0 = time.perf_counter()
         resp: LMResponse
         try:
@@ -198,7 +198,7 @@ class NodeCall:
             record.update(observation=got[0], ok=got[1], error=got[2])
         return got
 
-    async def run_program(self, program: "Program", inputs: Mapping[str, Any]) -> Prediction:
+    async def run_program(self, program: Program, inputs: Mapping[str, Any]) -> Prediction:
         """Run a sub-program (Map and friends); its trace becomes a child of this node's."""
         try:
             pred = await execute(program, inputs, self.ctx, nested=True)
@@ -212,7 +212,7 @@ class NodeCall:
         return pred
 
 
-def check_inputs(program: "Program", inputs: Mapping[str, Any], *, allow_missing: bool = False) -> dict[str, Any]:
+def check_inputs(program: Program, inputs: Mapping[str, Any], *, allow_missing: bool = False) -> dict[str, Any]:
     """Validate run inputs against the declared pipeline inputs (before any model call),
     strictly: pydantic's validation, none of the leniency model replies get.
 
@@ -245,7 +245,7 @@ def check_inputs(program: "Program", inputs: Mapping[str, Any], *, allow_missing
 
 
 async def _run_node(node: Node, values: dict[str, dict[str, Any]], ctx: RunContext, trace: Trace,
-                    hooks: "RunHooks | None" = None) -> None:
+                    hooks: RunHooks | None = None) -> None:
     kwargs = {f: (b.value if isinstance(b, Const) else values[b.node][b.field]) for f, b in node.bindings}
     nt = NodeTrace(node.name, node.module.kind, kwargs, started=time.time())
     trace.nodes.append(nt)
@@ -258,7 +258,7 @@ async def _run_node(node: Node, values: dict[str, dict[str, Any]], ctx: RunConte
 
 
 async def _forward(node: Node, kwargs: dict[str, Any], ctx: RunContext, nt: NodeTrace,
-                   hooks: "RunHooks | None") -> Mapping[str, Any]:
+                   hooks: RunHooks | None) -> Mapping[str, Any]:
     t0 = time.perf_counter()
     try:
         out = await node.module.forward(kwargs, NodeCall(node.name, node.module, ctx, nt, hooks))
@@ -286,7 +286,7 @@ async def _forward(node: Node, kwargs: dict[str, Any], ctx: RunContext, nt: Node
     return out
 
 
-async def execute(program: "Program", inputs: Mapping[str, Any], ctx: RunContext, *,
+async def execute(program: Program, inputs: Mapping[str, Any], ctx: RunContext, *,
                   events: Callable[[Any], None] | None = None, nested: bool = False) -> Prediction:
     """Run ``program`` once. Raises RunError (with ``.trace``) if any node fails.
 
@@ -301,8 +301,8 @@ async def execute(program: "Program", inputs: Mapping[str, Any], ctx: RunContext
         return await _execute(program, inputs, ctx, trace, hooks)
 
 
-async def _execute(program: "Program", inputs: Mapping[str, Any], ctx: RunContext, trace: Trace,
-                   hooks: "RunHooks | None") -> Prediction:
+async def _execute(program: Program, inputs: Mapping[str, Any], ctx: RunContext, trace: Trace,
+                   hooks: RunHooks | None) -> Prediction:
     t0 = time.perf_counter()
     try:
         values: dict[str, dict[str, Any]] = {INPUT: check_inputs(program, inputs)}
@@ -320,7 +320,7 @@ async def _execute(program: "Program", inputs: Mapping[str, Any], ctx: RunContex
     return Prediction(outputs, trace)
 
 
-def _check_models(program: "Program", ctx: RunContext) -> None:
+def _check_models(program: Program, ctx: RunContext) -> None:
     """Fail before any model call when a node asks for a model the context does not name."""
     for node in program.nodes:
         name = getattr(node.module, "lm", None)
@@ -328,8 +328,8 @@ def _check_models(program: "Program", ctx: RunContext) -> None:
             ctx.lm_for(name)  # raises DefinitionError naming the model and the fix
 
 
-async def _schedule(program: "Program", values: dict[str, dict[str, Any]], ctx: RunContext, trace: Trace,
-                    hooks: "RunHooks | None" = None) -> None:
+async def _schedule(program: Program, values: dict[str, dict[str, Any]], ctx: RunContext, trace: Trace,
+                    hooks: RunHooks | None = None) -> None:
     nodes = program.node_map
     if program.is_chain:  # no two nodes can ever run together: skip task machinery
         for name in program.order:
@@ -362,7 +362,7 @@ async def _schedule(program: "Program", values: dict[str, dict[str, Any]], ctx: 
 class Result:
     """One example's outcome in a batch: outputs or the recorded error, plus the trace."""
 
-    __slots__ = ("index", "inputs", "outputs", "error", "trace")
+    __slots__ = ("error", "index", "inputs", "outputs", "trace")
 
     def __init__(self, index: int, inputs: Mapping[str, Any], outputs: Prediction | None,
                  error: BaseException | None, trace: Trace | None) -> None:
@@ -381,7 +381,7 @@ class Result:
         return f"Result(#{self.index}, {state})"
 
 
-async def execute_batch(program: "Program", rows: Iterable[Mapping[str, Any]], ctx: RunContext, *,
+async def execute_batch(program: Program, rows: Iterable[Mapping[str, Any]], ctx: RunContext, *,
                         concurrency: int = 8, progress: Any = False,
                         on_result: Callable[[Result], None] | None = None,
                         return_exceptions: type[BaseException] | tuple[type[BaseException], ...] = Exception

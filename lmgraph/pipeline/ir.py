@@ -26,7 +26,7 @@ class Ref:
         return f"{self.node}.{self.field}"
 
     @classmethod
-    def parse(cls, text: str) -> "Ref":
+    def parse(cls, text: str) -> Ref:
         node, dot, field = text.partition(".")
         return cls(node, field) if dot else cls(INPUT, node)
 
@@ -63,5 +63,5 @@ class Node:
     def refs(self) -> list[tuple[str, Ref]]:
         return [(f, b) for f, b in self.bindings if isinstance(b, Ref)]
 
-    def with_module(self, module: Module) -> "Node":
+    def with_module(self, module: Module) -> Node:
         return Node(self.name, module, self.bindings)

@@ -63,7 +63,7 @@ class PreviewCall(NodeCall):
         self.record(self.prepare(request), format)
         raise _Captured
 
-    async def run_program(self, program: "Program", inputs: Mapping[str, Any]) -> Any:
+    async def run_program(self, program: Program, inputs: Mapping[str, Any]) -> Any:
         raise DefinitionError("a prompt preview cannot run sub-programs of a custom module",
                               node=self.node, fix="run the program with a scripted model instead "
                               "(lmgraph.testing.FunctionLM) and read the trace.")
@@ -204,7 +204,7 @@ async def _forward(node: str, module: Any, kwargs: dict[str, Any], ctx: RunConte
     return dict(out), (nt.calls[0] if nt.calls else None), None
 
 
-async def _preview(program: "Program", given: dict[str, Any], ctx: RunContext, prefix: str,
+async def _preview(program: Program, given: dict[str, Any], ctx: RunContext, prefix: str,
                    out: PromptList, note: str = "") -> None:
     from ..modules.loop import Loop
     from ..modules.map import Map
@@ -304,7 +304,7 @@ async def _preview_control(name: str, module: Any, kwargs: dict[str, Any], ctx: 
                    note="; ".join(x for x in (note, own) if x))
 
 
-async def preview_prompts(program: "Program", inputs: Mapping[str, Any], ctx: RunContext) -> PromptList:
+async def preview_prompts(program: Program, inputs: Mapping[str, Any], ctx: RunContext) -> PromptList:
     """The request each model-calling node of ``program`` will send (see the module docstring).
 
     ``ctx`` decides the model each node resolves its prompt format for; its cache is not used

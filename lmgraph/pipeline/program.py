@@ -137,8 +137,21 @@ def _replace_at(module: Module, path: str, new: Module) -> Module:
 class Program:
     """A frozen pipeline graph. Build one with :class:`lmgraph.Pipeline` or :meth:`load`."""
 
-    __slots__ = ("name", "inputs", "nodes", "outputs", "order", "node_map", "deps", "dependents",
-                 "is_chain", "input_specs", "output_refs", "_default_ctx", "_hash")
+    __slots__ = (
+        "_default_ctx",
+        "_hash",
+        "dependents",
+        "deps",
+        "input_specs",
+        "inputs",
+        "is_chain",
+        "name",
+        "node_map",
+        "nodes",
+        "order",
+        "output_refs",
+        "outputs",
+    )
 
     # set once in __init__ (through object.__setattr__: the class refuses attribute assignment)
     name: str
@@ -218,7 +231,7 @@ class Program:
     def run_sync(self, ctx: RunContext | None = None, /, **inputs: Any) -> Prediction:
         return _run_sync(execute(self, inputs, self._ctx(self._split(inputs, "ctx", ctx))))
 
-    def stream(self, ctx: RunContext | None = None, /, **inputs: Any) -> AsyncGenerator["Event", None]:
+    def stream(self, ctx: RunContext | None = None, /, **inputs: Any) -> AsyncGenerator[Event, None]:
         """Run once, streamed: an async iterator of typed events, in order -- ``NodeStart``,
         ``TokenDelta`` (text of Predict/ChainOfThought outputs as the model writes it),
         ``FieldComplete`` (JSON-format outputs as each closes), ``NodeEnd``, then ``Final(outputs,
@@ -245,7 +258,7 @@ class Program:
                                     on_result=on_result))
 
     # ---- prompts
-    def prompts(self, lm: Any = None, ctx: RunContext | None = None, /, **inputs: Any) -> "PromptList":
+    def prompts(self, lm: Any = None, ctx: RunContext | None = None, /, **inputs: Any) -> PromptList:
         """The request each model-calling node will send, in schedule order -- without calling a model.
 
         The prompt format resolves as in a run, for ``lm`` (default: the context's model; the
@@ -285,10 +298,10 @@ class Program:
             module, walked = children[part], f"{walked}.{part}"
         return module
 
-    def with_module(self, node: str, module: Module) -> "Program":
+    def with_module(self, node: str, module: Module) -> Program:
         return self.replace_modules({node: module})
 
-    def replace_modules(self, modules: Mapping[str, Module]) -> "Program":
+    def replace_modules(self, modules: Mapping[str, Module]) -> Program:
         """A new program with modules swapped, by node name or by the dotted path of a nested
         module (``{"refine.generator": Predict(...)}``: its parents are rebuilt around it)."""
         top: dict[str, Module] = {}
@@ -314,7 +327,7 @@ class Program:
                 return param
         raise self._unknown_parameter(path)
 
-    def with_parameters(self, values: Mapping[str, Any]) -> "Program":
+    def with_parameters(self, values: Mapping[str, Any]) -> Program:
         """A new program with parameters changed by path (``{"refine.generator.demos": [...],
         "classify.format": "json"}``); nested modules are rebuilt immutably. Values are checked as
         the module's own constructor checks them; an unknown path is a DefinitionError naming it
@@ -350,7 +363,7 @@ class Program:
             fix = f"parameter paths are '<node>.<parameter>'; nodes: {', '.join(self.order)}."
         return DefinitionError(f"no parameter {path!r} in {self.name!r}", fix=fix)
 
-    def nested_io(self, trace: "Trace") -> dict[str, list[IORecord]]:
+    def nested_io(self, trace: Trace) -> dict[str, list[IORecord]]:
         """What the nested modules were given and produced in a traced run of this program, by
         module path (``{"refine.generator": [{"inputs": ..., "outputs": ...}], "answer_each.solve":
         [one per item]}``); top-level nodes' I/O is in ``trace.nodes``."""
@@ -364,7 +377,7 @@ class Program:
         return out
 
     def rewrite(self, *, inputs: Iterable[InputSpec] | None = None, nodes: Iterable[Node] | None = None,
-                outputs: Iterable[tuple[str, Ref]] | None = None, name: str | None = None) -> "Program":
+                outputs: Iterable[tuple[str, Ref]] | None = None, name: str | None = None) -> Program:
         """A new program with some parts swapped; validated like any other."""
         return Program(name or self.name, self.inputs if inputs is None else inputs,
                        self.nodes if nodes is None else nodes, self.outputs if outputs is None else outputs)
@@ -406,7 +419,7 @@ class Program:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, resources: Mapping[str, Any] | None = None,
-                  types: Mapping[str, Any] | None = None, kinds: Iterable[type[Module]] | None = None) -> "Program":
+                  types: Mapping[str, Any] | None = None, kinds: Iterable[type[Module]] | None = None) -> Program:
         from .serialize import program_from_dict
 
         return program_from_dict(data, resources=resources if resources is not None else {}, types=types,
@@ -415,7 +428,7 @@ class Program:
     @classmethod
     def load(cls, path: str | Path, *, resources: Mapping[str, Any] | None = None,
              types: Mapping[str, Any] | None = None, trusted: bool = False,
-             verify_key: str | bytes | None = None, kinds: Iterable[type[Module]] | None = None) -> "Program":
+             verify_key: str | bytes | None = None, kinds: Iterable[type[Module]] | None = None) -> Program:
         """Load a saved program or compiled artifact. Retrievers/tools/reward functions are bound by
         name via ``resources``; ``kinds=[MyModule]``: custom module classes this load knows (besides
         those registered by being defined with a ``kind``). The file's format version and content

@@ -18,7 +18,7 @@ def _src(b: Ref | Const) -> str:
     return f"input.{b.field}" if b.node == INPUT else str(b)
 
 
-def render_text(p: "Program") -> str:
+def render_text(p: Program) -> str:
     lines = [f"Program {p.name!r} ({len(p.nodes)} nodes)"]
     lines.append("  inputs: " + ", ".join(f"{s.name}: {type_to_str(s.annotation)}" for s in p.inputs))
     for n in p.nodes:
@@ -41,7 +41,7 @@ def _esc(s: str) -> str:
     return s.replace('"', "#quot;").replace("<", "#lt;").replace(">", "#gt;")
 
 
-def render_mermaid(p: "Program") -> str:
+def render_mermaid(p: Program) -> str:
     lines = ["flowchart LR"]
     for s in p.inputs:
         lines.append(f'  in_{s.name}(["{_esc(s.name)}: {_esc(type_to_str(s.annotation))}"])')
@@ -61,7 +61,7 @@ def render_mermaid(p: "Program") -> str:
     return "\n".join(lines)
 
 
-def _subprograms(module: object) -> list[tuple[str, str, "Program", str]]:
+def _subprograms(module: object) -> list[tuple[str, str, Program, str]]:
     """The sub-programs a control-flow node holds, drawn inside it: (id suffix, title, program,
     label of the edge back to the node or "") -- a Route's branches, a Loop's body."""
     from ..modules.loop import Loop
@@ -98,7 +98,7 @@ def _mermaid_subprograms(owner: str, module: object, lines: list[str], indent: s
 RENDER_FORMATS = ("text", "mermaid")
 
 
-def render(p: "Program", fmt: str = "text") -> str:
+def render(p: Program, fmt: str = "text") -> str:
     """``p`` as text or a Mermaid flowchart; any other ``fmt`` is a ConfigError naming the valid ones."""
     if fmt == "text":
         return render_text(p)

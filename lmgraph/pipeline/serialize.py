@@ -15,8 +15,15 @@ from ..modules.base import loading_kinds, lookup_kind, module_from_dict
 from ..saved_types import _collect_custom_types, _type_from_spec
 from ..signatures import str_to_type, type_to_str
 from .ir import Const, InputSpec, Node, Ref
-from .loading import (ARTIFACT_VERSION, canonical_json, content_hash, newer_version_error, open_envelope,
-                      read_document, read_json_file)
+from .loading import (
+    ARTIFACT_VERSION,
+    canonical_json,
+    content_hash,
+    newer_version_error,
+    open_envelope,
+    read_document,
+    read_json_file,
+)
 
 if TYPE_CHECKING:
     from ..modules.base import Module
@@ -27,7 +34,7 @@ __all__ = ["ARTIFACT_VERSION", "FORMAT_VERSION", "canonical_json", "content_hash
            "program_to_dict", "read_json_file", "verify_artifact"]
 
 
-def program_to_dict(p: "Program") -> dict[str, Any]:
+def program_to_dict(p: Program) -> dict[str, Any]:
     def binding(b: Ref | Const) -> dict[str, Any]:
         if isinstance(b, Const):
             return {"const": jsonable(b.value)}
@@ -176,7 +183,8 @@ def _derived_corpora(data: Any, out: list[str]) -> None:
     if isinstance(data, dict):
         for nd in data.get("nodes", ()) if isinstance(data.get("nodes"), list) else ():
             mod = nd.get("module") if isinstance(nd, dict) else None
-            if isinstance(mod, dict) and mod.get("kind") == "retrieve" and mod.get("retriever") == f"{nd.get('name')}.corpus":
+            if (isinstance(mod, dict) and mod.get("kind") == "retrieve"
+                    and mod.get("retriever") == f"{nd.get('name')}.corpus"):
                 out.append(mod["retriever"])
         for v in data.values():
             _derived_corpora(v, out)
@@ -225,7 +233,7 @@ def _known_keys(entry: Any, known: tuple[str, ...], what: str, *, node: Any = No
 
 
 def program_from_dict(data: Mapping[str, Any], *, resources: Mapping[str, Any],
-                      types: Mapping[str, Any] | None, kinds: Iterable[type["Module"]] | None = None) -> "Program":
+                      types: Mapping[str, Any] | None, kinds: Iterable[type[Module]] | None = None) -> Program:
     """Rebuild a program from its JSON. Loading is a trust boundary: whatever the data, the only
     errors are lmgraph's (an ArtifactError, or a PipelineValidationError for a graph that does
     not hold together) -- never a bare KeyError, RecursionError or a pydantic error. ``kinds``:
@@ -243,7 +251,7 @@ def program_from_dict(data: Mapping[str, Any], *, resources: Mapping[str, Any],
 
 
 def _program_from_dict(data: Mapping[str, Any], *, resources: Mapping[str, Any],
-                       types: Mapping[str, Any] | None) -> "Program":
+                       types: Mapping[str, Any] | None) -> Program:
     from .program import Program
 
     if not isinstance(data, Mapping):

@@ -90,7 +90,7 @@ class NodeEnd(Event):
 @dataclass(frozen=True)
 class Final(Event):
     outputs: dict[str, Any]
-    trace: "Trace | None" = field(default=None, repr=False)
+    trace: Trace | None = field(default=None, repr=False)
     event: ClassVar[str] = "final"
 
     def to_dict(self) -> dict[str, Any]:
@@ -283,7 +283,7 @@ def reader_for(fmt: str | None, node: str, sig: Signature) -> LabelSplitter | Js
 _DONE = object()
 
 
-async def stream_run(program: "Program", inputs: Mapping[str, Any], ctx: Any) -> AsyncGenerator[Event, None]:
+async def stream_run(program: Program, inputs: Mapping[str, Any], ctx: Any) -> AsyncGenerator[Event, None]:
     """Run ``program`` once, yielding its events as they happen, :class:`Final` last; a failed run
     raises its error after its events. Closing the iterator early cancels the run."""
     from .executor import execute

@@ -54,7 +54,7 @@ class NodeTrace:
     inputs: dict[str, Any]
     outputs: dict[str, Any] | None = None
     calls: list[CallRecord] = field(default_factory=list)
-    children: list["Trace"] = field(default_factory=list)
+    children: list[Trace] = field(default_factory=list)
     error: str | None = None
     started: float = 0.0
     latency_s: float = 0.0
