@@ -1,5 +1,7 @@
 """The model layer: the LM protocol, prompt formats, wrappers and backends (imported lazily)."""
 
+from typing import Any
+
 from .base import LM, LMRequest, LMResponse, Message, Usage
 from .wrappers import (Budget, BudgetLM, BudgetMeter, CachedLM, ConcurrencyLimitedLM, MeteredLM, RetryLM,
                        UsageMeter, build_stack)
@@ -13,7 +15,7 @@ _LAZY = {"LlamaCppLM": ".llamacpp", "LlamaServer": ".server", "OpenAIServerLM": 
          "VLLMLM": ".vllm_engine", "VLLMServer": ".vllm_server"}
 
 
-def __getattr__(name: str):  # noqa: ANN202 - lazy: no backend module is imported with lmgraph.lm
+def __getattr__(name: str) -> Any:  # lazy: no backend module is imported with lmgraph.lm
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'lmgraph.lm' has no attribute {name!r}")

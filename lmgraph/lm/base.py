@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any, Protocol, runtime_checkable
 
 from ..errors import DefinitionError
@@ -67,7 +67,7 @@ class LMRequest:
             self._check_choices()
 
     def _check_choices(self) -> None:
-        choices = self.choices
+        choices: Any = self.choices  # as the caller gave it (a list, a string, ...): checked here
         if isinstance(choices, str) or not all(isinstance(c, str) for c in choices or ()):
             raise DefinitionError(f"choices must be a sequence of strings, got {choices!r}.",
                                   fix="pass choices=(' negative', ' positive').")
@@ -225,18 +225,21 @@ def streams(lm: Any) -> bool:
     return bool(getattr(caps, "streaming", False)) and callable(getattr(lm, "stream", None))
 
 
-async def _at_once(lm: LM, request: LMRequest) -> AsyncIterator[str | LMResponse]:
+async def _at_once(lm: LM, request: LMRequest) -> AsyncGenerator[str | LMResponse, None]:
     response = await lm.complete(request)
     if response.text:
         yield response.text
     yield response
 
 
-def stream_of(lm: Any, request: LMRequest) -> AsyncIterator[str | LMResponse]:
+def stream_of(lm: Any, request: LMRequest) -> AsyncGenerator[str | LMResponse, None]:
     """Stream ``request`` through ``lm``: its ``stream()`` when it streams, else ``complete()``
-    with the whole text as one delta. Always text deltas, then one :class:`LMResponse`."""
+    with the whole text as one delta. Always text deltas, then one :class:`LMResponse`; an async
+    generator (``aclose()`` ends the model's stream early), as every ``async def stream`` with
+    ``yield`` is."""
     if streams(lm):
-        return lm.stream(request)
+        stream: AsyncGenerator[str | LMResponse, None] = lm.stream(request)
+        return stream
     return _at_once(lm, request)
 
 

@@ -206,7 +206,7 @@ class JsonModeNegotiator:
             return await send(schema_in_prompt(request) if mode == "none" else request, mode)
         except LMError as exc:
             if getattr(exc, "json_mode_rejected", False):
-                exc.retryable = False  # type: ignore[attr-defined]  # the same body fails again
+                exc.retryable = False  # the same body fails again
                 if self.explicit:
                     others = ", ".join(repr(m) for m in JSON_MODE_CHOICES if m != mode)
                     exc.args = (f"{exc.args[0]} (the server rejected json_mode={mode!r}; pass "

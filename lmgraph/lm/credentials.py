@@ -14,6 +14,7 @@ import os
 import re
 import urllib.parse
 from collections.abc import Iterable
+from typing import overload
 
 from ..errors import DefinitionError
 
@@ -85,6 +86,10 @@ def extra_secrets(value: object) -> list[str]:
     return found
 
 
+@overload
+def redact_url(url: str) -> str: ...
+@overload
+def redact_url(url: None) -> None: ...
 def redact_url(url: str | None) -> str | None:
     """``url`` without credentials: the user-info becomes ``***`` and so do the values of
     key-like query parameters (``api_key``, ``key``, ``token``, ``sig`` ...)."""

@@ -133,12 +133,12 @@ def count_request(n: int = 1) -> None:
         tally.n += n
 
 
-def start_tally() -> tuple[_Tally, contextvars.Token]:
+def start_tally() -> tuple[_Tally, contextvars.Token[_Tally | None]]:
     tally = _Tally()
     return tally, _TALLY.set(tally)
 
 
-def end_tally(token: contextvars.Token) -> None:
+def end_tally(token: contextvars.Token[_Tally | None]) -> None:
     _TALLY.reset(token)
 
 

@@ -222,7 +222,7 @@ class LiteLLM(NegotiatedJsonMode):
                 "the log-probabilities of given continuation tokens, which the litellm backend "
                 "does not provide. Use the in-process llama.cpp backend (LlamaCppLM) for "
                 "scoring, or decode='generate' with this model.")
-            err.retryable = False  # type: ignore[attr-defined]
+            err.retryable = False
             raise err
         return await self._json.complete(request, self._send)
 

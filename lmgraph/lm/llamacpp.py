@@ -103,7 +103,8 @@ def _gbnf_for_schema(schema_json: str) -> str:
     """JSON schema (as JSON text, property order kept) -> GBNF grammar text, cached."""
     from llama_cpp.llama_grammar import json_schema_to_gbnf
 
-    return json_schema_to_gbnf(schema_json)
+    gbnf: str = json_schema_to_gbnf(schema_json)
+    return gbnf
 
 
 class _Pool:
@@ -469,7 +470,7 @@ class LlamaCppLM:
             err = LMError(f"llama.cpp cannot turn this JSON schema into a grammar: {exc}. "
                           "Simplify the output schema (plain objects, strings, numbers, "
                           "booleans, enums and lists are supported).")
-            err.retryable = False  # type: ignore[attr-defined]
+            err.retryable = False
             raise err from exc
         return LlamaGrammar.from_string(gbnf, verbose=self.verbose)
 
@@ -480,7 +481,7 @@ class LlamaCppLM:
             err = LMError(f"the prompt is {n_prompt} tokens, which does not fit the model's "
                           f"context window (n_ctx={n_ctx}). Raise n_ctx (LlamaCppLM(n_ctx=...)) "
                           "or shorten the prompt (fewer demos, shorter inputs).")
-            err.retryable = False  # type: ignore[attr-defined]
+            err.retryable = False
             return err
         return LMError(f"llama.cpp failed ({type(exc).__name__}): {exc}")
 
@@ -488,14 +489,16 @@ class LlamaCppLM:
     def _create(llm: Any, request: LMRequest) -> Callable[..., Any]:
         """llama-cpp-python's call for ``request``: ``create_chat_completion`` for a chat,
         ``create_completion`` for a raw prompt (both take and return the OpenAI shapes)."""
-        return llm.create_chat_completion if request.messages is not None else llm.create_completion
+        create: Callable[..., Any] = (llm.create_chat_completion if request.messages is not None
+                                      else llm.create_completion)
+        return create
 
     def _to_response(self, out: dict[str, Any], request: LMRequest) -> LMResponse:
         try:
             return parse_completion(out, request, model=self._identity["model"])
         except MalformedResponse as exc:  # not expected of llama-cpp-python: a version that answers otherwise
             err = LMError(f"llama.cpp returned {exc}.")
-            err.retryable = False  # type: ignore[attr-defined]  # the same call answers the same way
+            err.retryable = False  # the same call answers the same way
             raise err from None
 
 

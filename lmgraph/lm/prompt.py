@@ -109,6 +109,7 @@ class PromptFormat:
             msgs = (*request.messages, Message(role="assistant", content=text),
                     Message(role="user", content=note))
             return request.replace(messages=msgs)
+        assert request.prompt is not None  # an LMRequest has messages or a prompt
         return request.replace(prompt=request.prompt + text.rstrip() + "\n\n" + note + "\n"
                                + sig.outputs[0].label + ":")
 

@@ -7,6 +7,7 @@ import asyncio
 import random
 import time
 from dataclasses import dataclass
+from types import EllipsisType
 from typing import Any
 
 from ..errors import BudgetExceeded, LMError, OutputParseError
@@ -80,7 +81,7 @@ class RetryLM:
     """
 
     def __init__(self, inner: LM, *, attempts: int | None = None, initial_wait: float | None = None,
-                 max_wait: float | None = None, deadline_s: float | None | object = ...,
+                 max_wait: float | None = None, deadline_s: float | None | EllipsisType = ...,
                  policy: RetryPolicy | None = None,
                  retry_on: tuple[type[BaseException], ...] = DEFAULT_RETRY_ON) -> None:
         self.inner = inner
@@ -92,7 +93,7 @@ class RetryLM:
         self.attempts = base.attempts if attempts is None else attempts
         self.initial_wait = base.initial_wait if initial_wait is None else initial_wait
         self.max_wait = base.max_wait if max_wait is None else max_wait
-        self.deadline_s = base.deadline_s if deadline_s is ... else deadline_s  # type: ignore[assignment]
+        self.deadline_s = base.deadline_s if isinstance(deadline_s, EllipsisType) else deadline_s
         self.max_retry_after_s = base.max_retry_after_s
         self.retry_on = tuple(retry_on)
         self.retries = 0

@@ -387,7 +387,7 @@ class VLLMLM:
 
     def _decode(self, token_id: int, entry: Any) -> str:
         text = getattr(entry, "decoded_token", None)
-        return text if text is not None else self._tokenizer.decode([token_id])
+        return str(text) if text is not None else str(self._tokenizer.decode([token_id]))
 
     def _logprob_entries(self, raw: Any, token_ids: list[int]) -> list[dict[str, Any]]:
         if raw is None:

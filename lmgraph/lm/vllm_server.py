@@ -148,7 +148,7 @@ class VLLMServer:
         self.env = dict(env or {})
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: Any = None
-        self._finalizer: weakref.finalize | None = None
+        self._finalizer: weakref.finalize[..., Any] | None = None
 
     # ------------------------------------------------------------------ properties
 
