@@ -55,6 +55,8 @@ class RunContext:
     context (and contexts derived from it with :meth:`replace`). ``tracer`` observes runs
     (off by default): an OpenTelemetry Tracer or TracerProvider, ``lmgraph.observe.JsonlTraces(path)``,
     an ``lmgraph.observe.Observer`` or a list of these; False opts out of ``lmgraph.observe.enable_otel``.
+    ``executor`` runs batches, evaluations and a compile's evaluations (``lmgraph.executors``:
+    ``RayExecutor(workers=2)``); None runs them in this process.
     """
 
     lm: LM | None = None
@@ -70,6 +72,7 @@ class RunContext:
     budget_meter: BudgetMeter | None = None
     usage: UsageMeter = field(default_factory=UsageMeter)
     tracer: Any = None                # observers of runs (lmgraph.observe); None: off
+    executor: Any = None              # where batches run (lmgraph.executors); None: this process
     _stacks: dict[Any, tuple[LM, str]] = field(default_factory=dict, repr=False, compare=False)
     _lock: Any = field(default_factory=threading.Lock, repr=False, compare=False)
 

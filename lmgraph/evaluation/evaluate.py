@@ -193,7 +193,7 @@ class EvalResult:
 
 async def evaluate(program: Program, dataset: Sequence[Mapping[str, Any]], metric: Metric, *,
                    ctx: RunContext | None = None, concurrency: int = 8, progress: Any = False,
-                   strict: bool = False, provider_warning: bool = True) -> EvalResult:
+                   strict: bool = False, provider_warning: bool = True, executor: Any = None) -> EvalResult:
     """Run ``program`` on every example and score it; failed runs score 0 and are kept -- except rows
     that got no answer at all (the provider kept failing after retries, or the budget ran out):
     those have status ``provider_failure``/``budget`` in ``EvalResult.statuses``, are left out of
@@ -210,7 +210,8 @@ async def evaluate(program: Program, dataset: Sequence[Mapping[str, Any]], metri
     Rows are scored as they finish. ``progress=True`` shows a live display on stderr when it is a
     terminal (rows done of total, failures, the running mean); ``"always"`` draws it even when
     stderr is not a terminal; False (the default) is quiet. ``provider_warning=False`` leaves the
-    provider-failure warning to a caller that handles those rows itself (a compile re-runs them)."""
+    provider-failure warning to a caller that handles those rows itself (a compile re-runs them).
+    ``executor``: where the rows run (:mod:`lmgraph.executors`; default the context's, else here)."""
     from ..progress import row_progress
 
     t0 = time.perf_counter()
@@ -250,7 +251,8 @@ async def evaluate(program: Program, dataset: Sequence[Mapping[str, Any]], metri
             shown.row(not failed, scored[i][0])  # type: ignore[index]
 
     try:
-        results = await program.batch(dataset, ctx=ctx, concurrency=concurrency, on_result=score)
+        results = await program.batch(dataset, ctx=ctx, concurrency=concurrency, on_result=score,
+                                      executor=executor)
     finally:
         if shown is not None:
             shown.close()

@@ -384,14 +384,32 @@ class Result:
 async def execute_batch(program: Program, rows: Iterable[Mapping[str, Any]], ctx: RunContext, *,
                         concurrency: int = 8, progress: Any = False,
                         on_result: Callable[[Result], None] | None = None,
-                        return_exceptions: type[BaseException] | tuple[type[BaseException], ...] = Exception
-                        ) -> list[Result]:
+                        return_exceptions: type[BaseException] | tuple[type[BaseException], ...] = Exception,
+                        executor: Any = None) -> list[Result]:
     """Run many examples; a failing example is recorded in its Result, never raised.
 
     Row keys that are not pipeline inputs (labels, ids) are ignored. ``on_result(result)`` is
     called as each row finishes (in finishing order; ``result.index`` is the row's position);
     ``progress`` takes the settings of :mod:`lmgraph.progress` (True: a live bar on a terminal).
+    ``executor`` (else ``ctx.executor``; None: this process) runs the rows (:mod:`lmgraph.executors`).
     """
+    executor = executor if executor is not None else ctx.executor
+    if executor is not None:
+        from ..executors import as_executor
+
+        return await as_executor(executor).run_batch(  # type: ignore[union-attr]
+            program, list(rows), ctx, concurrency=concurrency, progress=progress, on_result=on_result,
+            return_exceptions=return_exceptions)
+    return await execute_batch_local(program, rows, ctx, concurrency=concurrency, progress=progress,
+                                     on_result=on_result, return_exceptions=return_exceptions)
+
+
+async def execute_batch_local(program: Program, rows: Iterable[Mapping[str, Any]], ctx: RunContext, *,
+                              concurrency: int = 8, progress: Any = False,
+                              on_result: Callable[[Result], None] | None = None,
+                              return_exceptions: type[BaseException] | tuple[type[BaseException], ...] = Exception
+                              ) -> list[Result]:
+    """:func:`execute_batch` in this process (what :class:`lmgraph.executors.LocalExecutor` runs)."""
     rows = list(rows)
     names = program.input_specs
     results: list[Result | None] = [None] * len(rows)

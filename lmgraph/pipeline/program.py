@@ -243,19 +243,20 @@ class Program:
 
     async def batch(self, rows: Iterable[Mapping[str, Any]], *, ctx: RunContext | None = None,
                     concurrency: int = 8, progress: Any = False,
-                    on_result: Callable[[Result], None] | None = None) -> list[Result]:
+                    on_result: Callable[[Result], None] | None = None, executor: Any = None) -> list[Result]:
         """Run many examples concurrently; failures are recorded per example, never raised.
 
         ``progress=True`` draws a live bar on stderr when it is a terminal (``"always"``: even when
-        not); ``on_result(result)`` is called as each row finishes (``result.index`` is its position)."""
+        not); ``on_result(result)`` is called as each row finishes (``result.index`` is its position).
+        ``executor``: where the rows run (:mod:`lmgraph.executors`; default the context's, else here)."""
         return await execute_batch(self, rows, self._ctx(ctx), concurrency=concurrency, progress=progress,
-                                   on_result=on_result)
+                                   on_result=on_result, executor=executor)
 
     def batch_sync(self, rows: Iterable[Mapping[str, Any]], *, ctx: RunContext | None = None,
                    concurrency: int = 8, progress: Any = False,
-                   on_result: Callable[[Result], None] | None = None) -> list[Result]:
+                   on_result: Callable[[Result], None] | None = None, executor: Any = None) -> list[Result]:
         return _run_sync(self.batch(rows, ctx=ctx, concurrency=concurrency, progress=progress,
-                                    on_result=on_result))
+                                    on_result=on_result, executor=executor))
 
     # ---- prompts
     def prompts(self, lm: Any = None, ctx: RunContext | None = None, /, **inputs: Any) -> PromptList:
