@@ -36,21 +36,31 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 import tasks as task_defs  # noqa: E402
-from tasks import Sizes, Task  # noqa: E402
 from answers import ROUTING, CountingProxy, Journal, SharedAnswers  # noqa: E402
+from suite_dspy import MAX_ERRORS, DSPyCounter, _dspy_optimizer, run_dspy  # noqa: E402,F401
+
 # The systems (suite_systems.py) and DSPy's side (suite_dspy.py); re-exported: callers and tests
 # reach them as suite.<name>.
-from suite_systems import (QUICK_OPT_IN, ModelUnavailable, Runners, System, _lmgraph_optimizer,  # noqa: E402,F401
-                           _timed, run_lmgraph, systems_for)
-from suite_dspy import DSPyCounter, MAX_ERRORS, _dspy_optimizer, run_dspy  # noqa: E402,F401
+from suite_systems import (  # noqa: E402,F401
+    QUICK_OPT_IN,
+    ModelUnavailable,
+    Runners,
+    System,
+    _lmgraph_optimizer,
+    _timed,
+    run_lmgraph,
+    systems_for,
+)
+from tasks import Sizes, Task  # noqa: E402
 
 RESULTS = HERE / "results"
 WORK = HERE / ".work" / "runs"

@@ -11,12 +11,14 @@ from __future__ import annotations
 import logging
 import random
 import threading
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from answers import CountingProxy, Journal, delta
 from suite_systems import System, _timed
 from tasks import Task
+
 
 class DSPyCounter:
     """Counts DSPy's logical LM calls (cache hits included).

@@ -108,6 +108,9 @@ def test_a_missing_second_model_is_recorded_as_a_skip_with_its_reason(tmp_path, 
     monkeypatch.setattr(suite_systems, "second_model", unavailable)
     monkeypatch.setattr(suite, "WORK", tmp_path / "work")
     monkeypatch.setattr(suite, "RESULTS", tmp_path / "results")
+    import report
+
+    monkeypatch.setattr(report, "RESULTS", tmp_path / "results")  # its files too: never the real results/
     assert suite.main(["--quick", "--tasks", "trec", "--no-overhead", "--systems", "model choice",
                        "--sizes", "4,4,4", "--date", "2026-12-04"]) == 0
     records = tmp_path / "work" / "quick-sizes4x4x4-s0" / "records.jsonl"
@@ -117,6 +120,7 @@ def test_a_missing_second_model_is_recorded_as_a_skip_with_its_reason(tmp_path, 
     assert rec["system"] == "lmgraph Compile + model choice (in-process)"
     assert rec["failed"].startswith("skipped: no second model") and "returned 1" in rec["skipped"]
     assert rec["traceback"] == ""
+    assert (tmp_path / "results" / "2026-12-04-quick-sizes4x4x4.md").exists()
 
 
 def test_feedback_metrics_say_what_was_expected():

@@ -13,8 +13,9 @@ DSPy is imported only inside the ``dspy_*`` builders, so the task files load wit
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 Row = dict[str, Any]
 ORDER = ("trec", "sst2", "banking77", "hotpotqa", "gsm8k")
