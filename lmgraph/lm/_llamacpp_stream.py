@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from .llamacpp import LlamaCppLM
 
 
-def stream_blocking(self: "LlamaCppLM", request: LMRequest, post: Callable[[str, Any], None],
+def stream_blocking(self: LlamaCppLM, request: LMRequest, post: Callable[[str, Any], None],
                     stop: threading.Event) -> None:
     """Generate with ``stream=True`` in this (worker) thread, posting ("delta", text) items and
     then ("end", LMResponse) or ("error", LMError)."""
@@ -37,7 +37,7 @@ def stream_blocking(self: "LlamaCppLM", request: LMRequest, post: Callable[[str,
         post("error", self._wrap_error(exc))
 
 
-def _stream_on(self: "LlamaCppLM", llm: Any, request: LMRequest, grammar: Any, post: Callable[[str, Any], None],
+def _stream_on(self: LlamaCppLM, llm: Any, request: LMRequest, grammar: Any, post: Callable[[str, Any], None],
                stop: threading.Event) -> tuple[list[str], str | None, dict[str, int]]:
     llama_cpp = _llama_cpp()
     llm.reset()  # as for complete: no KV prefix carried over from the previous call

@@ -14,8 +14,8 @@ once (the whole text as one delta, then the response).
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
 from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from ..errors import DefinitionError
@@ -97,7 +97,7 @@ class LMRequest:
     def mode(self) -> str:
         return "chat" if self.messages is not None else "completion"
 
-    def replace(self, **changes: Any) -> "LMRequest":
+    def replace(self, **changes: Any) -> LMRequest:
         return dataclasses.replace(self, **changes)
 
     def canonical(self) -> dict[str, Any]:
@@ -137,7 +137,7 @@ class Usage:
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
 
-    def __add__(self, other: "Usage") -> "Usage":
+    def __add__(self, other: Usage) -> Usage:
         return Usage(prompt_tokens=self.prompt_tokens + other.prompt_tokens,
                      completion_tokens=self.completion_tokens + other.completion_tokens,
                      cached_tokens=self.cached_tokens + other.cached_tokens)
@@ -162,7 +162,7 @@ class LMResponse:
     cached: bool = False
     latency_s: float = 0.0
 
-    def replace(self, **changes: Any) -> "LMResponse":
+    def replace(self, **changes: Any) -> LMResponse:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
@@ -177,7 +177,7 @@ class LMResponse:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], *, cached: bool = False) -> "LMResponse":
+    def from_dict(cls, data: dict[str, Any], *, cached: bool = False) -> LMResponse:
         u = data.get("usage") or {}
         usage = _new_usage(int(u.get("prompt_tokens", 0)), int(u.get("completion_tokens", 0)))
         text = data["text"]

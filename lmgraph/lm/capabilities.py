@@ -37,12 +37,23 @@ from typing import Any
 
 from ..errors import DefinitionError, LMError
 from .base import LMRequest, LMResponse
+
 # how a JSON mode shapes a request lives with the other OpenAI request fields (re-exported here)
 from .openai_compat import response_format, schema_in_prompt
 
-__all__ = ["Capabilities", "NegotiatedJsonMode", "JSON_MODES", "JSON_MODE_CHOICES", "JsonModeNegotiator", "check_json_mode",
-           "forget_json_modes", "names_response_format", "remembered_json_mode", "response_format",
-           "schema_in_prompt"]
+__all__ = [
+    "JSON_MODES",
+    "JSON_MODE_CHOICES",
+    "Capabilities",
+    "JsonModeNegotiator",
+    "NegotiatedJsonMode",
+    "check_json_mode",
+    "forget_json_modes",
+    "names_response_format",
+    "remembered_json_mode",
+    "response_format",
+    "schema_in_prompt",
+]
 
 #: JSON modes, richest first: the order negotiation tries them in.
 JSON_MODES: tuple[str, ...] = ("json_schema", "json_object", "none")
@@ -107,7 +118,7 @@ class _Route:
     """Negotiation state of one route (servers differ per route: llama-cpp-python's
     ``/completions`` ignores ``response_format`` while its ``/chat/completions`` validates it)."""
 
-    __slots__ = ("mode", "confirmed")
+    __slots__ = ("confirmed", "mode")
 
     def __init__(self, mode: str | None, confirmed: bool) -> None:
         self.mode = mode
@@ -225,7 +236,7 @@ class NegotiatedJsonMode:
     """What an OpenAI-compatible client says of its JSON modes (it holds a ``JsonModeNegotiator``
     as ``self._json``): shared by the lean HTTP client and the litellm route."""
 
-    _json: "JsonModeNegotiator"
+    _json: JsonModeNegotiator
 
     @property
     def json_mode(self) -> str:

@@ -122,7 +122,7 @@ def split_userinfo(url: str | None) -> tuple[str | None, str | None]:
     userinfo, _, host = parts.netloc.rpartition("@")
     user, _, password = userinfo.partition(":")
     token = base64.b64encode(f"{urllib.parse.unquote(user)}:{urllib.parse.unquote(password)}"
-                             .encode("utf-8")).decode("ascii")
+                             .encode()).decode("ascii")
     return urllib.parse.urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment)), \
         f"Basic {token}"
 

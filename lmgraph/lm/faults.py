@@ -28,8 +28,15 @@ from typing import Any
 
 from ..errors import BudgetExceeded, LMError, OutputParseError
 
-__all__ = ["AdaptiveRateLimiter", "count_request", "endpoint_limiter", "is_provider_failure",
-           "reset_rate_limiters", "retry_after", "RETRYABLE_STATUS"]
+__all__ = [
+    "RETRYABLE_STATUS",
+    "AdaptiveRateLimiter",
+    "count_request",
+    "endpoint_limiter",
+    "is_provider_failure",
+    "reset_rate_limiters",
+    "retry_after",
+]
 
 # HTTP statuses worth another try: request timeout, conflict (a lock), rate limited, and 5xx
 RETRYABLE_STATUS = frozenset({408, 409, 429})

@@ -24,23 +24,41 @@ from __future__ import annotations
 import dataclasses
 import os
 import threading
-from collections.abc import AsyncIterator
 import time
 import urllib.parse
 import warnings
+from collections.abc import AsyncIterator
 from typing import Any
 
 from ..cache.keys import strip_credentials
-from ..errors import DefinitionError, LmgraphError, LMError
+from ..errors import DefinitionError, LMError, LmgraphError
 from .base import LMRequest, LMResponse
 from .capabilities import JsonModeNegotiator, NegotiatedJsonMode, mark_json_mode_rejection
-from .credentials import (LOCAL_PLACEHOLDER_KEY, Secrets, extra_secrets, redact_url, resolve_api_key, split_userinfo,
-                          url_secrets)
+from .credentials import (
+    LOCAL_PLACEHOLDER_KEY,
+    Secrets,
+    extra_secrets,
+    redact_url,
+    resolve_api_key,
+    split_userinfo,
+    url_secrets,
+)
 from .faults import count_request, endpoint_limiter, retry_after
-from .openai_compat import (MalformedResponse, field, input_fields, json_mode_fields, logprob_fields, parse_completion,
-                            parse_usage, sampling_fields, schema_in_prompt, stream_delta, STREAM_FIELDS)
+from .openai_compat import (
+    STREAM_FIELDS,
+    MalformedResponse,
+    field,
+    input_fields,
+    json_mode_fields,
+    logprob_fields,
+    parse_completion,
+    parse_usage,
+    sampling_fields,
+    schema_in_prompt,
+    stream_delta,
+)
 
-__all__ = ["LiteLLM", "openai_compatible", "INSTALL_COMMAND"]
+__all__ = ["INSTALL_COMMAND", "LiteLLM", "openai_compatible"]
 
 INSTALL_COMMAND = "pip install 'litellm>=1.40'  (or: pip install 'lmgraph[litellm]')"
 
@@ -306,7 +324,8 @@ class LiteLLM(NegotiatedJsonMode):
             cost = _cost(rebuilt, litellm) if rebuilt is not None else None
         except Exception:  # noqa: BLE001 - no price for this stream: cost unknown
             cost = None
-        yield LMResponse(text="".join(parts), usage=usage, model=model, finish_reason=finish, cost=cost, latency_s=time.perf_counter() - start)
+        yield LMResponse(text="".join(parts), usage=usage, model=model, finish_reason=finish, cost=cost,
+                         latency_s=time.perf_counter() - start)
 
     def _wrap_error(self, exc: Exception, mode: str | None = None) -> LMError:
         # litellm re-wraps transport failures (a refused connection arrives as

@@ -43,8 +43,8 @@ import threading
 import time
 import warnings
 import weakref
-from collections.abc import AsyncIterator
-from typing import Any, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
 
 from ..errors import DefinitionError, LMError, LmgraphWarning
 from .base import LMRequest, LMResponse, Usage
@@ -52,7 +52,7 @@ from .capabilities import Capabilities
 from .embedded import check_threads, default_instances, default_threads, local_model_path
 from .openai_compat import MalformedResponse, input_fields, logprob_fields, parse_completion
 
-__all__ = ["LlamaCppLM", "INSTALL_COMMAND", "import_llama_cpp"]
+__all__ = ["INSTALL_COMMAND", "LlamaCppLM", "import_llama_cpp"]
 
 INSTALL_COMMAND = "pip install 'llama-cpp-python>=0.3.8'  (or: pip install 'lmgraph[local]')"
 
@@ -257,7 +257,7 @@ class LlamaCppLM:
         return (f"LlamaCppLM({self.model_path.name!r}, n_ctx={self.n_ctx}, "
                 f"n_instances={self.n_instances}, n_threads={self.n_threads})")
 
-    def load(self) -> "LlamaCppLM":
+    def load(self) -> LlamaCppLM:
         """Load every pooled instance now, so the first call does not pay for it."""
         self._pool.fill()
         return self
@@ -284,7 +284,7 @@ class LlamaCppLM:
             except Exception:  # pragma: no cover - best effort
                 pass
 
-    def __enter__(self) -> "LlamaCppLM":
+    def __enter__(self) -> LlamaCppLM:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -28,10 +28,28 @@ from typing import Any
 
 from .base import LMRequest, LMResponse, Message, Usage
 
-__all__ = ["CHAT_PATH", "COMPLETION_PATH", "MalformedResponse", "STREAM_FIELDS", "as_dict", "completion_text", "endpoint_path",
-           "error_text", "field", "input_fields", "json_mode_fields", "logprob_fields", "normalise_logprobs",
-           "parse_completion", "parse_usage", "request_body", "response_format", "sampling_fields",
-           "schema_in_prompt", "stream_delta"]
+__all__ = [
+    "CHAT_PATH",
+    "COMPLETION_PATH",
+    "STREAM_FIELDS",
+    "MalformedResponse",
+    "as_dict",
+    "completion_text",
+    "endpoint_path",
+    "error_text",
+    "field",
+    "input_fields",
+    "json_mode_fields",
+    "logprob_fields",
+    "normalise_logprobs",
+    "parse_completion",
+    "parse_usage",
+    "request_body",
+    "response_format",
+    "sampling_fields",
+    "schema_in_prompt",
+    "stream_delta",
+]
 
 CHAT_PATH = "/chat/completions"
 COMPLETION_PATH = "/completions"

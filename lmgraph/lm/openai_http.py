@@ -42,10 +42,20 @@ from .base import LMRequest, LMResponse, Usage
 from .capabilities import JsonModeNegotiator, NegotiatedJsonMode, mark_json_mode_rejection
 from .credentials import Secrets, extra_secrets, redact_url, resolve_api_key, split_userinfo, url_secrets
 from .faults import count_request, endpoint_limiter, retry_after, retryable_status
-from .openai_compat import (STREAM_FIELDS, MalformedResponse, endpoint_path, error_text, field, parse_completion,
-                            parse_usage, request_body, schema_in_prompt, stream_delta)
+from .openai_compat import (
+    STREAM_FIELDS,
+    MalformedResponse,
+    endpoint_path,
+    error_text,
+    field,
+    parse_completion,
+    parse_usage,
+    request_body,
+    schema_in_prompt,
+    stream_delta,
+)
 
-__all__ = ["OpenAIServerLM", "HTTP_INSTALL_COMMAND"]
+__all__ = ["HTTP_INSTALL_COMMAND", "OpenAIServerLM"]
 
 HTTP_INSTALL_COMMAND = "pip install 'aiohttp>=3.9'  (or: pip install 'lmgraph[http]')"
 

@@ -25,8 +25,16 @@ import pydantic
 from ..errors import OutputParseError
 from ..signatures import FieldSpec, Signature, literal_options, type_to_str
 from .base import LMRequest, Message
-from .values import (close_json_object, coerce, extract_json, format_value, json_object, jsonable,
-                     norm_label, validate_value)
+from .values import (
+    close_json_object,
+    coerce,
+    extract_json,
+    format_value,
+    json_object,
+    jsonable,
+    norm_label,
+    validate_value,
+)
 
 __all__ = ["FORMATS", "ChatFormat", "CompletionFormat", "JSONFormat", "PromptFormat", "coerce",
            "format_value", "get_format", "jsonable", "validate_value"]

@@ -6,13 +6,12 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from types import EllipsisType
 from typing import Any
 
 from ..errors import BudgetExceeded, LMError, OutputParseError
-from collections.abc import AsyncIterator
-
 from .base import LM, LMRequest, LMResponse, stream_of
 from .faults import count_request
 from .faults import reports_requests as _reports_requests
@@ -60,7 +59,7 @@ class RetryPolicy:
                               field="deadline_s", fix="e.g. deadline_s=60.0, or None for no deadline.")
 
 
-def as_retry_policy(retries: "int | RetryPolicy | None") -> RetryPolicy | None:
+def as_retry_policy(retries: int | RetryPolicy | None) -> RetryPolicy | None:
     """A RetryPolicy from ``RunContext.retries`` (an attempt count keeps the default waits)."""
     if retries is None or isinstance(retries, RetryPolicy):
         return retries
@@ -81,7 +80,7 @@ class RetryLM:
     """
 
     def __init__(self, inner: LM, *, attempts: int | None = None, initial_wait: float | None = None,
-                 max_wait: float | None = None, deadline_s: float | None | EllipsisType = ...,
+                 max_wait: float | None = None, deadline_s: float | EllipsisType | None = ...,
                  policy: RetryPolicy | None = None,
                  retry_on: tuple[type[BaseException], ...] = DEFAULT_RETRY_ON) -> None:
         self.inner = inner

@@ -40,7 +40,7 @@ from typing import Any
 from ..errors import DefinitionError, LMError
 from .embedded import check_threads, default_threads, local_model_path
 
-__all__ = ["LlamaServer", "SERVER_INSTALL_COMMAND"]
+__all__ = ["SERVER_INSTALL_COMMAND", "LlamaServer"]
 
 SERVER_INSTALL_COMMAND = "pip install 'llama-cpp-python[server]>=0.3.8'  (or: pip install 'lmgraph[server]')"
 _SERVER_MODULES = ("llama_cpp", "uvicorn", "fastapi", "sse_starlette", "starlette_context",
@@ -156,7 +156,7 @@ class LlamaServer:
 
     # ------------------------------------------------------------------ lifecycle
 
-    def start(self) -> "LlamaServer":
+    def start(self) -> LlamaServer:
         if self.running:
             return self
         missing = [m for m in _SERVER_MODULES if importlib.util.find_spec(m) is None]
@@ -166,7 +166,7 @@ class LlamaServer:
                 fix=f"run `{SERVER_INSTALL_COMMAND}`.")
         if self.port is None:
             self.port = _free_port(self.host)
-        self._log = tempfile.TemporaryFile(prefix="lmgraph-llama-server-")
+        self._log = tempfile.TemporaryFile(prefix="lmgraph-llama-server-")  # noqa: SIM115 - closed by stop()
         self._proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL,
                                       stdout=self._log, stderr=subprocess.STDOUT)
         self._finalizer = weakref.finalize(self, _stop_process, self._proc)
@@ -243,7 +243,7 @@ class LlamaServer:
         extra = {**SAMPLING_PARITY, **(kwargs.pop("extra", None) or {})}
         return OpenAIServerLM(self.base_url, self.model_alias, extra=extra, **kwargs)
 
-    def __enter__(self) -> "LlamaServer":
+    def __enter__(self) -> LlamaServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -178,9 +178,8 @@ def _coerce(text: str, annotation: Any) -> Any:
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
     if origin is typing.Union or origin is types.UnionType:
-        if norm_label(text) in ("", "none", "null", "n/a"):
-            if type(None) in args:
-                return None
+        if norm_label(text) in ("", "none", "null", "n/a") and type(None) in args:
+            return None
         errors = []
         for a in args:
             if a is type(None):

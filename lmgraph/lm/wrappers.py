@@ -27,7 +27,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-
 from ..cache import Cache
 from ..cache.keys import KeyMaker
 from ..errors import BudgetExceeded
@@ -38,17 +37,17 @@ from .retry import DEFAULT_RETRY_ON, RetryLM, RetryPolicy, as_retry_policy
 from .usage import UNNAMED_NODE, UsageMeter  # noqa: F401 - re-exported (moved to keep this file small)
 
 __all__ = [
+    "DEFAULT_RETRY_ON",
     "Budget",
     "BudgetLM",
     "BudgetMeter",
     "CachedLM",
     "ConcurrencyLimitedLM",
-    "DEFAULT_RETRY_ON",
     "MeteredLM",
     "RetryLM",
     "RetryPolicy",
-    "as_retry_policy",
     "UsageMeter",
+    "as_retry_policy",
     "build_stack",
 ]
 
@@ -77,7 +76,7 @@ class _Wrapper:
 class _Flight:
     """One in-progress backend call that identical concurrent requests wait on."""
 
-    __slots__ = ("done", "result", "error")
+    __slots__ = ("done", "error", "result")
 
     def __init__(self) -> None:
         self.done = asyncio.Event()
@@ -534,7 +533,7 @@ class MeteredLM(_Wrapper):
 # --------------------------------------------------------------------------- composition
 
 
-def build_stack(backend: LM, *, cache: Cache | None = None, retry_attempts: "int | RetryPolicy | None" = 3,
+def build_stack(backend: LM, *, cache: Cache | None = None, retry_attempts: int | RetryPolicy | None = 3,
                 max_concurrency: int | None = None, budget_meter: BudgetMeter | None = None,
                 usage_meter: UsageMeter | None = None, count_cache_hits: bool = False) -> LM:
     """Wrap ``backend`` in the standard order, skipping layers not asked for.
