@@ -75,7 +75,7 @@ def lm_recipe(lm: Any, name: str | None) -> tuple[str, Any]:
     state = {k: _portable_value(v) for k, v in vars(lm).items()} if hasattr(lm, "__dict__") else None
     recipe = ("state", (type(lm), state)) if state is not None else ("pickle", lm)
     try:
-        cloudpickle.dumps(recipe)
+        cloudpickle.dumps(recipe)  # type: ignore[no-untyped-call]  # ray.cloudpickle is untyped
     except Exception as e:  # noqa: BLE001 - any pickling failure reads the same
         label = "the context's model" if name is None else f"model {name!r}"
         raise UsageError(f"{label} ({type(lm).__name__}) cannot be sent to Ray workers: {type(e).__name__}: {e}",
@@ -124,7 +124,8 @@ class LinkLM:
         self._fallback_count = not reports_requests(inner) and not _has_retry(inner)
 
     def identity(self) -> dict[str, Any]:
-        return self.inner.identity()
+        identity: dict[str, Any] = self.inner.identity()
+        return identity
 
     @property
     def capabilities(self) -> Any:
@@ -133,7 +134,8 @@ class LinkLM:
     async def complete(self, request: LMRequest) -> LMResponse:
         row = _ROW.get()
         if row is None:  # not inside a row sent by the driver: a plain local call
-            return await self.inner.complete(request)
+            response: LMResponse = await self.inner.complete(request)
+            return response
         queue, pending = row
         loop = asyncio.get_running_loop()
         cid = next(_IDS)
@@ -142,7 +144,8 @@ class LinkLM:
         while True:
             msg = await fut
             if msg[0] == "done":
-                return msg[1]
+                done: LMResponse = msg[1]
+                return done
             if msg[0] == "error":
                 raise msg[1]
             # "execute": the driver reserved the call; make it and report what happened

@@ -100,6 +100,7 @@ class _Relay:
         actor, cid, futures = serving
         fut = futures[cid] = asyncio.get_running_loop().create_future()
         actor.reply.remote(cid, ("execute",))
+        response: LMResponse
         _, _, response, error, n = await fut
         count_request(n)
         if error is not None:
@@ -167,7 +168,9 @@ class RayExecutor(Executor):
         return ray
 
     def _backends(self, ctx: RunContext) -> dict[str | None, Any]:
-        return {None: ctx.lm, **dict(ctx.lms)}
+        backends: dict[str | None, Any] = {None: ctx.lm}
+        backends.update(ctx.lms)
+        return backends
 
     def _pool(self, ctx: RunContext) -> list[Any]:
         """The workers for this context's models (started once per set of models)."""
@@ -374,7 +377,8 @@ class RayExecutor(Executor):
 def as_executor(executor: Any) -> Executor | None:
     """``executor`` checked: None, or an object with ``run_batch``."""
     if executor is None or hasattr(executor, "run_batch"):
-        return executor
+        checked: Executor | None = executor
+        return checked
     raise UsageError("executor must be an lmgraph Executor (LocalExecutor, RayExecutor), "
                      f"got {type(executor).__name__}",
                      fix="pass executor=lmgraph.executors.RayExecutor(workers=2) or leave it out.")
