@@ -147,7 +147,8 @@ class RayExecutor(Executor):
         self.max_restarts = max_restarts
         self.init_kwargs = dict(init_kwargs or {})
         self._started_ray = False
-        self._pools: dict[str, list[Any]] = {}
+        self._pools: dict[str, tuple[Any, list[Any]]] = {}
+        self.max_pools = 2  # sets of workers kept (one per set of model objects used)
         self._lock = threading.Lock()
         self.rows_rerun = 0  # rows run again because their worker died
 
@@ -178,18 +179,27 @@ class RayExecutor(Executor):
         from ._ray_worker import actor_class, lm_recipe
 
         backends = self._backends(ctx)
-        key = canonical_json({str(n): (lm.identity() if lm is not None else None) for n, lm in backends.items()})
+        # the same model objects (a compile's every evaluation) share workers; two objects with the
+        # same identity may still answer differently (two fake models), so the objects are the key
+        key = canonical_json({str(n): [id(lm), lm.identity() if lm is not None else None]
+                              for n, lm in backends.items()})
         with self._lock:
-            pool = self._pools.get(key)
-            if pool is not None:
-                return pool
+            got = self._pools.get(key)
+            if got is not None:
+                self._pools[key] = self._pools.pop(key)  # most recently used last
+                return got[1]
             ray = self._ray()
             recipes = {} if self.lm_factory is not None else {n: lm_recipe(lm, n) for n, lm in backends.items()}
             per_worker = self.max_concurrency or 64
             cls = ray.remote(num_cpus=self.num_cpus, max_restarts=self.max_restarts, max_task_retries=0,
                              concurrency_groups={"rows": per_worker, "control": 1000})(actor_class())
             pool = [cls.remote(recipes, self.lm_factory) for _ in range(self.workers)]
-            self._pools[key] = pool
+            self._pools[key] = (backends, pool)  # the models kept alive: their ids stay theirs
+            while len(self._pools) > self.max_pools:  # workers of models no longer used
+                _, (_, old) = next(iter(self._pools.items()))
+                del self._pools[next(iter(self._pools))]
+                for actor in old:
+                    ray.kill(actor)
             return pool
 
     async def worker_info(self, ctx: RunContext) -> list[dict[str, Any]]:
@@ -203,7 +213,7 @@ class RayExecutor(Executor):
             return
         import ray
 
-        for pool in pools.values():
+        for _, pool in pools.values():
             for actor in pool:
                 try:
                     ray.kill(actor)
