@@ -30,34 +30,35 @@ from .lm.base import LMRequest, LMResponse
 _LOCK_TYPES = (type(threading.Lock()), type(threading.RLock()))
 
 
-class _Fresh:
-    """Marks a per-process attribute (a lock, a condition, a weak map) to recreate in the worker."""
+def portable_dumps(obj: Any) -> bytes:
+    """``obj`` pickled (cloudpickle) with its per-process parts, at any depth, replaced by fresh
+    ones on loading: locks, conditions, weak maps (per-event-loop sessions), asyncio primitives."""
+    import io
 
-    def __init__(self, kind: str) -> None:
-        self.kind = kind
+    import ray.cloudpickle as cloudpickle
 
-    def make(self) -> Any:
-        return {"lock": threading.Lock, "rlock": threading.RLock, "condition": threading.Condition,
-                "wkd": weakref.WeakKeyDictionary, "wvd": weakref.WeakValueDictionary}[self.kind]()
+    fresh = {**{t: t for t in (weakref.WeakKeyDictionary, weakref.WeakValueDictionary, asyncio.Lock,
+                               asyncio.Event, asyncio.Semaphore)},
+             type(threading.Lock()): threading.Lock, type(threading.RLock()): threading.RLock,
+             threading.Condition: threading.Condition}
 
+    class Pickler(cloudpickle.CloudPickler):  # type: ignore[misc,name-defined]
+        def reducer_override(self, o: Any) -> Any:
+            make = fresh.get(type(o))
+            if make is not None:
+                return (make, ())
+            return super().reducer_override(o)
 
-def _portable_value(value: Any) -> Any:
-    if isinstance(value, _LOCK_TYPES):
-        return _Fresh("rlock" if "RLock" in type(value).__name__ else "lock")
-    if isinstance(value, threading.Condition):
-        return _Fresh("condition")
-    if isinstance(value, weakref.WeakKeyDictionary):
-        return _Fresh("wkd")
-    if isinstance(value, weakref.WeakValueDictionary):
-        return _Fresh("wvd")
-    return value
+    buf = io.BytesIO()
+    Pickler(buf, protocol=5).dump(obj)
+    return buf.getvalue()
 
 
 def lm_recipe(lm: Any, name: str | None) -> tuple[str, Any]:
     """How a worker rebuilds ``lm``: ``("default", None)`` (the embedded model), ``("llamacpp",
-    kwargs)`` (an in-process llama.cpp model, reloaded from its file), or ``("state", (class,
-    attributes))``: the object's attributes with its per-process parts (locks, per-event-loop
-    sessions) recreated fresh. Raises a UsageError naming the model when it cannot travel."""
+    kwargs)`` (an in-process llama.cpp model, reloaded from its file), or ``("pickled", bytes)``:
+    the object with its per-process parts (locks, per-event-loop sessions) recreated fresh.
+    Raises a UsageError naming the model when it cannot travel."""
     if lm is None:
         return ("default", None)
     from .lm.llamacpp import LlamaCppLM
@@ -70,12 +71,8 @@ def lm_recipe(lm: Any, name: str | None) -> tuple[str, Any]:
             if hasattr(lm, opt):
                 kwargs[opt] = getattr(lm, opt)
         return ("llamacpp", kwargs)
-    import ray.cloudpickle as cloudpickle
-
-    state = {k: _portable_value(v) for k, v in vars(lm).items()} if hasattr(lm, "__dict__") else None
-    recipe = ("state", (type(lm), state)) if state is not None else ("pickle", lm)
     try:
-        cloudpickle.dumps(recipe)  # type: ignore[no-untyped-call]  # ray.cloudpickle is untyped
+        recipe = ("pickled", portable_dumps(lm))
     except Exception as e:  # noqa: BLE001 - any pickling failure reads the same
         label = "the context's model" if name is None else f"model {name!r}"
         raise UsageError(f"{label} ({type(lm).__name__}) cannot be sent to Ray workers: {type(e).__name__}: {e}",
@@ -94,12 +91,9 @@ def build_lm(recipe: tuple[str, Any]) -> Any:
         from .lm.llamacpp import LlamaCppLM
 
         return LlamaCppLM(**data)
-    if kind == "state":
-        cls, state = data
-        obj = cls.__new__(cls)
-        obj.__dict__.update({k: (v.make() if isinstance(v, _Fresh) else v) for k, v in state.items()})
-        return obj
-    return data
+    import ray.cloudpickle as cloudpickle
+
+    return cloudpickle.loads(data)
 
 
 # --------------------------------------------------------------------------- the link to the driver
