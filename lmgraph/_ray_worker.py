@@ -225,7 +225,8 @@ class Worker:
                                      max_concurrency=settings["max_concurrency"])
                 stacks[name] = (LinkLM(bottom, name), getattr(backend, "preferred_format", "chat"))
             lms = {n: b for n, b in self.backends.items() if n is not None}
-            ctx = RunContext(lm=self.backends.get(None), lms=lms, cache=False, _stacks=stacks, **settings)
+            options = {k: v for k, v in settings.items() if k != "direct"}
+            ctx = RunContext(lm=self.backends.get(None), lms=lms, cache=False, _stacks=stacks, **options)
             self.contexts[key] = ctx
         return ctx
 
@@ -238,7 +239,8 @@ class Worker:
         queue: asyncio.Queue[Any] = asyncio.Queue()
 
         async def body() -> tuple[Any, ...]:
-            _ROW.set((queue, self.pending))
+            if not settings.get("direct"):  # calls go through the driver (cache, budget, usage)
+                _ROW.set((queue, self.pending))
             try:
                 program = self._program(phash, box)
                 pred = await execute(program, inputs, self._context(settings))

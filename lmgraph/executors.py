@@ -151,6 +151,7 @@ class RayExecutor(Executor):
         self.max_pools = 2  # sets of workers kept (one per set of model objects used)
         self._lock = threading.Lock()
         self.rows_rerun = 0  # rows run again because their worker died
+        self._ready: set[int] = set()
 
     def __repr__(self) -> str:
         return f"RayExecutor(address={self.address!r}, workers={self.workers}, max_concurrency={self.max_concurrency})"
@@ -204,7 +205,25 @@ class RayExecutor(Executor):
 
     async def worker_info(self, ctx: RunContext) -> list[dict[str, Any]]:
         """Each worker's process id and model identities (waits for the workers to start)."""
-        return [await a.info.remote() for a in self._pool(ctx)]
+        return [await a.info.remote() for a in await self._ready_pool(ctx)]
+
+    async def _ready_pool(self, ctx: RunContext) -> list[Any]:
+        """:meth:`_pool`, once its workers have built their models (a UsageError if they cannot)."""
+        pool = self._pool(ctx)
+        if id(pool) in self._ready:
+            return pool
+        try:
+            await asyncio.gather(*(a.info.remote() for a in pool))
+        except Exception as e:
+            with self._lock:
+                self._pools = {k: v for k, v in self._pools.items() if v[1] is not pool}
+            cause = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+            raise UsageError(f"Ray workers could not build the context's model(s): {cause}",
+                             fix="make the model's code importable in the workers (Ray's runtime_env, e.g. "
+                                 "ray.init(runtime_env={'env_vars': {'PYTHONPATH': ...}})), or pass "
+                                 "RayExecutor(lm_factory=...) building the models there.") from e
+        self._ready.add(id(pool))
+        return pool
 
     def close(self) -> None:
         with self._lock:
@@ -296,6 +315,7 @@ class RayExecutor(Executor):
     async def run_batch(self, program: Program, rows: list[Mapping[str, Any]], ctx: RunContext, *,
                         concurrency: int, progress: Any, on_result: Callable[[Result], None] | None,
                         return_exceptions: Any) -> list[Result]:
+        from .context import default_cache
         from .modules.base import MODULE_KINDS
         from .pipeline.executor import Prediction, Result
 
@@ -305,16 +325,20 @@ class RayExecutor(Executor):
             return []
         import ray
 
-        pool = self._pool(ctx)
+        pool = await self._ready_pool(ctx)
         for name in {getattr(n.module, "lm", None) for n in program.nodes}:
             if isinstance(name, str) and name not in ctx.lms:
                 ctx.lm_for(name)  # a DefinitionError naming the model, before any row runs
         kinds = [c for c in MODULE_KINDS.values() if not c.__module__.startswith("lmgraph.")]
         box = [ray.put((program.to_dict(), program.resources(), kinds))]
         phash = program.content_hash()
+        # with neither a cache nor a budget there is nothing to admit: the workers call their models
+        # directly and the usage meter is replayed here from each row's trace (the calls it recorded)
+        direct = ctx.budget_meter is None and (ctx.cache is False or ctx.cache is None or (
+            ctx.cache is True and default_cache() is None))
         settings = {"retries": ctx.retries, "max_concurrency": ctx.max_concurrency,
                     "max_parallel_nodes": ctx.max_parallel_nodes, "default_format": ctx.default_format,
-                    "rollout": ctx.rollout}
+                    "rollout": ctx.rollout, "direct": direct}
         names = program.input_specs
         bar = None
         if progress is not False and progress is not None:
@@ -326,9 +350,12 @@ class RayExecutor(Executor):
         for i in range(len(rows)):
             todo.put_nowait(i)
         remaining = [len(rows)]
+        lost: dict[int, int] = {}
         all_done = asyncio.Event()
 
         def finish(i: int, inputs: Mapping[str, Any], outputs: Any, error: Any, trace: Any) -> None:
+            if direct and trace is not None:
+                _replay_usage(ctx.usage, trace)
             if error is None:
                 results[i] = Result(i, inputs, Prediction(outputs, trace), None, trace)
             else:
@@ -355,7 +382,12 @@ class RayExecutor(Executor):
                 inputs = {k: row[k] for k in names if k in row} if isinstance(row, Mapping) else row
                 try:
                     outputs, error, trace = await self._run_row(ctx, actor, phash, box, settings, inputs)
-                except _WorkerLost:
+                except _WorkerLost as e:
+                    lost[i] = lost.get(i, 0) + 1
+                    if lost[i] > self.max_restarts + 1:
+                        raise RuntimeError(f"row {i} was lost with its worker {lost[i]} times (last: {e}); "
+                                           "the workers keep dying -- see Ray's logs (/tmp/ray/session_latest/"
+                                           "logs)") from e
                     self.rows_rerun += 1
                     todo.put_nowait(i)  # another slot (or this worker, restarted) runs it again
                     await asyncio.sleep(0.05)
@@ -382,6 +414,19 @@ class RayExecutor(Executor):
             if bar is not None:
                 bar.close()
         return results  # type: ignore[return-value]
+
+
+def _replay_usage(usage: Any, trace: Any) -> None:
+    """Record a worker's row in the driver's usage meter as its MeteredLM would have: one entry
+    per model call in the trace (nested runs too), an error for a call that raised."""
+    for node in trace.nodes:
+        for call in node.calls:
+            if call.response is not None:
+                usage.record(call.request, call.response)
+            elif call.error is not None:
+                usage.record_error(call.request)
+        for child in node.children:
+            _replay_usage(usage, child)
 
 
 def as_executor(executor: Any) -> Executor | None:

@@ -142,6 +142,16 @@ def test_evaluate_matches_local(executor):
     assert remote.usage == local.usage and remote.mean == local.mean
 
 
+def test_usage_meter_matches_local_without_cache_or_budget(executor):
+    # nothing to admit: the workers call their models directly, the driver replays the usage
+    prog, data = fan_program(), rows(10)
+    local_ctx = lg.RunContext(lm=FunctionLM(answer_fn), cache=False)
+    prog.batch_sync(data, ctx=local_ctx)
+    ray_ctx = lg.RunContext(lm=FunctionLM(answer_fn), cache=False, executor=executor)
+    prog.batch_sync(data, ctx=ray_ctx)
+    assert ray_ctx.usage.by_node() == local_ctx.usage.by_node() and ray_ctx.usage.total()["calls"] == 30
+
+
 def test_budget_is_global_across_workers(executor, tmp_path):
     log = tmp_path / "backend-calls.log"
 
@@ -215,6 +225,21 @@ def test_a_killed_worker_loses_no_row_and_duplicates_none(cluster):
     assert ex.rows_rerun >= 1
     same_results(local, remote)
     assert all(r.ok for r in remote)
+
+
+def test_a_model_the_workers_cannot_build_is_a_usage_error(cluster):
+    from lmgraph.errors import UsageError
+
+    class Unloadable(FunctionLM):  # defined here: its class pickles by value and fails to load
+        def __setstate__(self, state: dict) -> None:
+            raise RuntimeError("this model cannot be loaded here")
+
+    ex = RayExecutor(workers=1)
+    try:
+        with pytest.raises(UsageError, match="could not build the context's model"):
+            fan_program().batch_sync(rows(2), ctx=lg.RunContext(lm=Unloadable(answer_fn), cache=False, executor=ex))
+    finally:
+        ex.close()
 
 
 @pytest.mark.integration
