@@ -37,20 +37,20 @@ def portable_dumps(obj: Any) -> bytes:
 
     import ray.cloudpickle as cloudpickle
 
-    fresh = {**{t: t for t in (weakref.WeakKeyDictionary, weakref.WeakValueDictionary, asyncio.Lock,
+    fresh: dict[type, Any] = {**{t: t for t in (weakref.WeakKeyDictionary, weakref.WeakValueDictionary, asyncio.Lock,
                                asyncio.Event, asyncio.Semaphore)},
              type(threading.Lock()): threading.Lock, type(threading.RLock()): threading.RLock,
              threading.Condition: threading.Condition}
 
-    class Pickler(cloudpickle.CloudPickler):  # type: ignore[misc,name-defined]
+    class Pickler(cloudpickle.CloudPickler):
         def reducer_override(self, o: Any) -> Any:
             make = fresh.get(type(o))
             if make is not None:
                 return (make, ())
-            return super().reducer_override(o)
+            return super().reducer_override(o)  # type: ignore[no-untyped-call]  # cloudpickle is unannotated
 
     buf = io.BytesIO()
-    Pickler(buf, protocol=5).dump(obj)
+    Pickler(buf, protocol=5).dump(obj)  # type: ignore[no-untyped-call]  # cloudpickle is unannotated
     return buf.getvalue()
 
 
