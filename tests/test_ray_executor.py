@@ -201,6 +201,27 @@ def test_compile_writes_the_same_artifact_bytes(cluster, tmp_path):
     assert (tmp_path / "ray.json").read_bytes() == (tmp_path / "local.json").read_bytes()
 
 
+def test_the_readme_compile_example_writes_the_same_artifact_on_ray(cluster, tmp_path):
+    # README "Compiling": lg.compile(program, train + val, label_accuracy(), budget=600, seed=0)
+    from test_readme import _trec_program, fake_lm
+
+    from lmgraph.evaluation.datasets import load_trec, split
+
+    train, val = split(load_trec("train"), [16, 8], seed=0)
+    paths = []
+    for name, ex in (("local", None), ("ray", RayExecutor(workers=2, max_concurrency=4))):
+        ctx = lg.RunContext(lm=fake_lm(), cache=False, executor=ex)
+        try:
+            compiled, report = lg.compile(_trec_program(), train + val, label_accuracy(), budget=600, seed=0,
+                                          ctx=ctx)
+        finally:
+            if ex is not None:
+                ex.close()
+        paths.append(save_artifact(tmp_path / f"{name}.json", compiled, report))
+        assert report.spent["calls"] <= 600
+    assert paths[0].read_bytes() == paths[1].read_bytes()
+
+
 def test_a_killed_worker_loses_no_row_and_duplicates_none(cluster):
     prog, data = fan_program(), rows(24)
     local = prog.batch_sync(data, ctx=lg.RunContext(lm=FunctionLM(answer_fn), cache=False))
