@@ -302,7 +302,7 @@ class RayExecutor(Executor):
                 else:
                     return msg[1], msg[2], msg[3]
             raise _WorkerLost("the worker's stream ended without a result")
-        except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as e:
+        except _lost_errors(ray) as e:
             raise _WorkerLost(str(e)) from e
         finally:
             # calls still in the driver's stack for a lost row: cancelled (their budget slot freed,
@@ -414,6 +414,12 @@ class RayExecutor(Executor):
             if bar is not None:
                 bar.close()
         return results  # type: ignore[return-value]
+
+
+def _lost_errors(ray: Any) -> tuple[type[BaseException], ...]:
+    """Ray's errors for a call whose actor died or is restarting (the second is newer than 2.30)."""
+    names = ("RayActorError", "ActorUnavailableError")
+    return tuple(getattr(ray.exceptions, n) for n in names if hasattr(ray.exceptions, n))
 
 
 def _replay_usage(usage: Any, trace: Any) -> None:
