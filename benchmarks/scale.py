@@ -6,7 +6,8 @@ configuration keeps the same number of rows in flight per process (8), so the id
 is ``in flight / latency``: 80 rows/s for one process, 160 for two workers. Reported: rows/s,
 the ratio to that ideal, the per-row executor overhead (the time a row slot spends beyond the
 server's 100 ms: ``(wall - ideal wall) * in flight / rows``) and the workers' start-up time (not
-in the rows/s). Without a cache or a budget the workers call the server directly; "budget" rows pass a hard budget, so every call is admitted by the driver first
+in the rows/s). Without a cache or a budget the workers call the server directly; "budget" rows
+pass a hard budget, so every call is admitted by the driver first
 (one more round trip per call, the path a compile takes). Then a compile's wall time local vs Ray
 (BootstrapRandomSearch on 60 rows, the same server), with whether both wrote the same artifact bytes.
 
