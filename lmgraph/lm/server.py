@@ -21,24 +21,17 @@ and serves until interrupted or terminated.
 from __future__ import annotations
 
 import argparse
-import collections
 import importlib.util
-import ipaddress
 import os
 import signal
-import socket
-import subprocess
 import sys
-import tempfile
 import time
-import urllib.error
-import urllib.request
-import weakref
 from collections.abc import Sequence
 from typing import Any
 
 from ..errors import DefinitionError, LMError
 from .embedded import check_threads, default_threads, local_model_path
+from .loopback import LoopbackServer, is_loopback
 
 __all__ = ["SERVER_INSTALL_COMMAND", "LlamaServer"]
 
@@ -47,45 +40,12 @@ _SERVER_MODULES = ("llama_cpp", "uvicorn", "fastapi", "sse_starlette", "starlett
                    "pydantic_settings")
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _free_port(host: str) -> int:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
-# Never send loopback probes through an HTTP proxy from the environment.
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-def _stop_process(proc: subprocess.Popen[bytes], grace_s: float = 10.0) -> None:
-    if proc.poll() is not None:
-        return
-    try:
-        proc.terminate()
-        proc.wait(timeout=grace_s)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=grace_s)
-    except ProcessLookupError:  # pragma: no cover - already gone
-        pass
-
-
 #: llama.cpp sampling settings that make the server decode as OpenAI's API describes (and as
 #: the in-process backend does): no repeat penalty, no top-k / min-p cut.
 SAMPLING_PARITY: dict[str, float] = {"repeat_penalty": 1.0, "top_k": 0, "min_p": 0.0}
 
 
-class LlamaServer:
+class LlamaServer(LoopbackServer):
     """A ``llama_cpp.server`` child process bound to loopback; a context manager.
 
     ``port=None`` picks a free port. ``base_url`` (``http://127.0.0.1:PORT/v1``) is the
@@ -98,7 +58,7 @@ class LlamaServer:
                  startup_timeout: float = 60, n_threads: int | None = None,
                  model_alias: str = "local", logits_all: bool = False,
                  extra_args: Sequence[str] = ()) -> None:
-        if not _is_loopback(host):
+        if not is_loopback(host):
             raise DefinitionError(
                 f"LlamaServer refuses host {host!r}: it serves an unauthenticated model and "
                 "binds to loopback only.",
@@ -113,31 +73,6 @@ class LlamaServer:
         self.model_alias = model_alias
         self.logits_all = logits_all
         self.extra_args = tuple(extra_args)
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._log: Any = None
-        self._finalizer: weakref.finalize[..., Any] | None = None
-
-    # ------------------------------------------------------------------ properties
-
-    @property
-    def url(self) -> str:
-        if self.port is None:
-            raise RuntimeError("the server has not been started")
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
-
-    @property
-    def base_url(self) -> str:
-        """The OpenAI-compatible API root, ``http://127.0.0.1:PORT/v1``."""
-        return self.url + "/v1"
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
 
     def command(self) -> list[str]:
         assert self.port is not None
@@ -154,71 +89,28 @@ class LlamaServer:
             *self.extra_args,
         ]
 
-    # ------------------------------------------------------------------ lifecycle
+    # ------------------------------------------------------------------ lifecycle (LoopbackServer)
 
-    def start(self) -> LlamaServer:
-        if self.running:
-            return self
+    log_prefix = "lmgraph-llama-server-"
+
+    def check_installed(self) -> None:
         missing = [m for m in _SERVER_MODULES if importlib.util.find_spec(m) is None]
         if missing:
             raise DefinitionError(
                 f"LlamaServer needs llama-cpp-python's server extra; missing: {', '.join(missing)}.",
                 fix=f"run `{SERVER_INSTALL_COMMAND}`.")
-        if self.port is None:
-            self.port = _free_port(self.host)
-        self._log = tempfile.TemporaryFile(prefix="lmgraph-llama-server-")  # noqa: SIM115 - closed by stop()
-        self._proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL,
-                                      stdout=self._log, stderr=subprocess.STDOUT)
-        self._finalizer = weakref.finalize(self, _stop_process, self._proc)
-        try:
-            self._wait_ready()
-        except BaseException:
-            self.stop()
-            raise
-        return self
 
-    def _wait_ready(self) -> None:
-        assert self._proc is not None
-        deadline = time.monotonic() + self.startup_timeout
-        probe = self.base_url + "/models"
-        delay = 0.05
-        while True:
-            code = self._proc.poll()
-            if code is not None:
-                raise LMError(f"llama.cpp server exited with code {code} during startup "
-                              f"(command: {' '.join(self.command())}). Log tail:\n{self.log_tail()}")
-            try:
-                with _OPENER.open(probe, timeout=2) as resp:
-                    if resp.status == 200:
-                        return
-            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
-                pass
-            if time.monotonic() > deadline:
-                raise LMError(f"llama.cpp server did not answer {probe} within "
-                              f"{self.startup_timeout:g} s; raise startup_timeout. "
-                              f"Log tail:\n{self.log_tail()}")
-            time.sleep(delay)
-            delay = min(delay * 1.5, 0.5)
+    def probe_url(self) -> str:
+        return self.base_url + "/models"
 
-    def stop(self) -> None:
-        """Terminate the server (SIGTERM, then SIGKILL after 10 s)."""
-        if self._finalizer is not None:
-            self._finalizer()  # runs _stop_process once
-            self._finalizer = None
-        self._proc = None
-        if self._log is not None:
-            self._log.close()
-            self._log = None
+    def exit_error(self, code: int) -> LMError:
+        return LMError(f"llama.cpp server exited with code {code} during startup "
+                       f"(command: {' '.join(self.command())}). Log tail:\n{self.log_tail()}")
 
-    def log_tail(self, lines: int = 30) -> str:
-        """The last lines of the server's combined stdout/stderr."""
-        if self._log is None:
-            return ""
-        self._log.flush()
-        self._log.seek(0)
-        tail = collections.deque(self._log.read().decode("utf-8", "replace").splitlines(), lines)
-        self._log.seek(0, os.SEEK_END)
-        return "\n".join(tail)
+    def timeout_error(self, probe: str) -> LMError:
+        return LMError(f"llama.cpp server did not answer {probe} within "
+                       f"{self.startup_timeout:g} s; raise startup_timeout. "
+                       f"Log tail:\n{self.log_tail()}")
 
     def litellm(self, **kwargs: Any) -> Any:
         """A :class:`~lmgraph.lm.litellm.LiteLLM` for this server (``json_mode="json_object"``, the
@@ -242,12 +134,6 @@ class LlamaServer:
         kwargs.setdefault("json_mode", "json_object")
         extra = {**SAMPLING_PARITY, **(kwargs.pop("extra", None) or {})}
         return OpenAIServerLM(self.base_url, self.model_alias, extra=extra, **kwargs)
-
-    def __enter__(self) -> LlamaServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         state = f"running at {self.base_url}" if self.running else "stopped"

@@ -27,64 +27,22 @@ by default), e.g. the interpreter of a separate environment that holds vLLM and 
 
 from __future__ import annotations
 
-import collections
 import importlib.util
-import ipaddress
 import os
 import pathlib
-import socket
-import subprocess
 import sys
-import tempfile
-import time
-import urllib.error
-import urllib.request
-import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..errors import DefinitionError, LMError
+from .loopback import LoopbackServer, is_loopback
 
 __all__ = ["VLLM_INSTALL_COMMAND", "VLLM_SERVER_MODULE", "VLLMServer"]
 
 VLLM_INSTALL_COMMAND = "pip install vllm  (or: pip install 'lmgraph[vllm]'; it needs a CUDA GPU)"
 VLLM_SERVER_MODULE = "vllm.entrypoints.openai.api_server"
 
-# Never send loopback probes through an HTTP proxy from the environment.
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _free_port(host: str) -> int:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
-def _terminate(proc: subprocess.Popen[bytes], grace_s: float) -> None:
-    """SIGTERM, then SIGKILL after ``grace_s`` (vLLM frees GPU memory on SIGTERM)."""
-    if proc.poll() is not None:
-        return
-    try:
-        proc.terminate()
-        proc.wait(timeout=grace_s)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=grace_s)
-    except ProcessLookupError:  # pragma: no cover - already gone
-        pass
-
-
-class VLLMServer:
+class VLLMServer(LoopbackServer):
     """A vLLM OpenAI-compatible server child process bound to loopback; a context manager.
 
     ``model_path``: a local model folder (Hugging Face layout: ``config.json``, weights,
@@ -107,7 +65,7 @@ class VLLMServer:
                  generation_config: str | None = "vllm", startup_timeout: float = 600,
                  extra_args: Sequence[str] = (), launcher: Sequence[str] | None = None,
                  env: Mapping[str, str] | None = None) -> None:
-        if not _loopback(host):
+        if not is_loopback(host):
             raise DefinitionError(
                 f"VLLMServer refuses host {host!r}: it serves an unauthenticated model and binds to "
                 "loopback only.", fix="use host='127.0.0.1' (the default).")
@@ -145,32 +103,7 @@ class VLLMServer:
         self.startup_timeout = float(startup_timeout)
         self.extra_args = tuple(str(a) for a in extra_args)
         self.launcher = tuple(launcher) if launcher is not None else None
-        self.env = dict(env or {})
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._log: Any = None
-        self._finalizer: weakref.finalize[..., Any] | None = None
-
-    # ------------------------------------------------------------------ properties
-
-    @property
-    def url(self) -> str:
-        if self.port is None:
-            raise RuntimeError("the server has not been started")
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
-
-    @property
-    def base_url(self) -> str:
-        """The OpenAI-compatible API root, ``http://127.0.0.1:PORT/v1``."""
-        return self.url + "/v1"
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
+        self.extra_env = dict(env or {})
 
     def command(self) -> list[str]:
         """The command line the server is started with (``port`` must be set: :meth:`start` picks one)."""
@@ -195,74 +128,36 @@ class VLLMServer:
             cmd += ["--generation-config", self.generation_config]
         return cmd + list(self.extra_args)
 
-    # ------------------------------------------------------------------ lifecycle
+    # ------------------------------------------------------------------ lifecycle (LoopbackServer)
 
-    def start(self) -> VLLMServer:
-        if self.running:
-            return self
+    log_prefix = "lmgraph-vllm-server-"
+    probe_timeout_s = 5.0
+    max_probe_delay_s = 1.0
+    stop_grace_s = 30.0  # vLLM frees GPU memory on SIGTERM
+
+    def check_installed(self) -> None:
         if self.launcher is None and importlib.util.find_spec("vllm") is None:
             raise DefinitionError("VLLMServer needs the optional package vllm, which is not installed "
                                   "in this interpreter.",
                                   fix=f"run `{VLLM_INSTALL_COMMAND}`, or pass launcher=[<python of an "
                                       f"environment with vllm>, '-m', '{VLLM_SERVER_MODULE}'].")
-        if self.port is None:
-            self.port = _free_port(self.host)
-        self._log = tempfile.TemporaryFile(prefix="lmgraph-vllm-server-")  # noqa: SIM115 - closed by stop()
-        env = {**os.environ, **self.env} if self.env else None
-        self._proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL, stdout=self._log,
-                                      stderr=subprocess.STDOUT, env=env)
-        self._finalizer = weakref.finalize(self, _terminate, self._proc, 30.0)
-        try:
-            self._wait_ready()
-        except BaseException:
-            self.stop()
-            raise
-        return self
 
-    def _wait_ready(self) -> None:
-        assert self._proc is not None
-        deadline = time.monotonic() + self.startup_timeout
-        probe = self.url + "/health"
-        delay = 0.05
-        while True:
-            code = self._proc.poll()
-            if code is not None:
-                raise LMError(f"the vLLM server exited with code {code} during startup (command: "
-                              f"{' '.join(self.command())}). Last lines of its output:\n{self.log_tail()}",
-                              retryable=False)
-            try:
-                with _OPENER.open(probe, timeout=5) as resp:
-                    if resp.status == 200:
-                        return
-            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
-                pass
-            if time.monotonic() > deadline:
-                raise LMError(f"the vLLM server did not answer {probe} within {self.startup_timeout:g} s "
-                              "(loading a model, compiling and capturing CUDA graphs take time: raise "
-                              "startup_timeout, or pass enforce_eager=True). Last lines of its output:\n"
-                              f"{self.log_tail()}", retryable=False)
-            time.sleep(delay)
-            delay = min(delay * 1.5, 1.0)
+    def env(self) -> dict[str, str] | None:
+        return {**os.environ, **self.extra_env} if self.extra_env else None
 
-    def stop(self) -> None:
-        """Terminate the server (SIGTERM, then SIGKILL after 30 s)."""
-        if self._finalizer is not None:
-            self._finalizer()  # runs _terminate once
-            self._finalizer = None
-        self._proc = None
-        if self._log is not None:
-            self._log.close()
-            self._log = None
+    def probe_url(self) -> str:
+        return self.url + "/health"
 
-    def log_tail(self, lines: int = 30) -> str:
-        """The last lines of the server's combined stdout/stderr."""
-        if self._log is None:
-            return ""
-        self._log.flush()
-        self._log.seek(0)
-        tail = collections.deque(self._log.read().decode("utf-8", "replace").splitlines(), lines)
-        self._log.seek(0, os.SEEK_END)
-        return "\n".join(tail)
+    def exit_error(self, code: int) -> LMError:
+        return LMError(f"the vLLM server exited with code {code} during startup (command: "
+                       f"{' '.join(self.command())}). Last lines of its output:\n{self.log_tail()}",
+                       retryable=False)
+
+    def timeout_error(self, probe: str) -> LMError:
+        return LMError(f"the vLLM server did not answer {probe} within {self.startup_timeout:g} s "
+                       "(loading a model, compiling and capturing CUDA graphs take time: raise "
+                       "startup_timeout, or pass enforce_eager=True). Last lines of its output:\n"
+                       f"{self.log_tail()}", retryable=False)
 
     def client(self, **kwargs: Any) -> Any:
         """An :class:`~lmgraph.lm.openai_http.OpenAIServerLM` for this server: ``json_mode="json_schema"``
@@ -280,12 +175,6 @@ class VLLMServer:
 
         kwargs.setdefault("json_mode", "json_schema")
         return openai_compatible(self.base_url, self.served_model_name, **kwargs)
-
-    def __enter__(self) -> VLLMServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         state = f"running at {self.base_url}" if self.running else "stopped"
