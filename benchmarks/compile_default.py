@@ -29,6 +29,10 @@ from lmgraph.optimizers import Compile  # noqa: E402
 
 from tasks import Sizes, load  # noqa: E402
 
+# which version of the compiler's search a unit measured: units of another revision are never
+# reused (benchmarks/headroom.py checks it)
+COMPILER_REV = "single-lever screening (2026-12-04)"
+
 
 def unit(task_name: str, seed: int, args: argparse.Namespace) -> dict:
     task = load(task_name)
@@ -59,7 +63,8 @@ def unit(task_name: str, seed: int, args: argparse.Namespace) -> dict:
             "chosen": best.label if best.id != report.baseline.id else "unchanged (program as given)",
             "expected_gain": round(best.evidence.get("expected_gain", 0.0), 4),
             "compile_calls": report.spent.get("calls"), "compile_s": round(compile_s, 1),
-            "stopped": report.stopped, "labels": True}
+            "stopped": report.stopped, "labels": True, "compiler": COMPILER_REV,
+            "lever_effects": report.data.get("lever_effects")}
 
 
 def write_md(path: Path, units: list[dict], command: str) -> None:

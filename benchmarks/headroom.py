@@ -2,7 +2,7 @@
 ORACLE GRID on the same seeded test rows, per task and split seed, in process on the embedded model.
 
     .venv/bin/python benchmarks/headroom.py --tasks trec,sst2,banking77,hotpotqa,gsm8k --seeds 0,1,2
-        [--test 100] [--rows 400] [--budget 800] [--grid 8]
+        [--test 100] [--rows 400] [--budget 800] [--grid 6]
 
 Per (task, seed):
 
@@ -10,17 +10,19 @@ Per (task, seed):
   sees test rows), scored on ``--test`` test rows -- the unit of ``benchmarks/compile_default.py``; a
   unit (rows with labels) already in ``results/compile_default/*-labelled.jsonl`` with the same task, seed,
   sizes and budget is reused, not re-run (the compiler is deterministic: greedy decoding, seeded folds).
-* **oracle grid** (diagnostic only: it is scored ON THE TEST ROWS and never used for selection): the
-  first ``--grid`` candidates of the compiler's own search space, in its order of prior promise (plus
-  its JSON zero-shot, signature-instruction zero-shot and labelled-demo candidates where they come later),
-  built from all the labelled rows (labelled, label-balanced demos; nearest-neighbour demos over all
-  labelled rows; for a node whose inputs a model-free upstream node computes -- HotPotQA's retrieved
-  context -- the demos carry what that node really sees), each scored on the test rows.
+* **oracle grid** (diagnostic only: it is scored ON THE TEST ROWS and never used for selection): every
+  single-lever candidate of the compiler's own search space and its first ``--grid`` combinations, in
+  its order of prior promise (bootstrapped-demo candidates left out), built from all the labelled rows
+  (labelled, label-balanced demos; nearest-neighbour demos over all labelled rows; for a node whose
+  inputs a model-free upstream node computes -- HotPotQA's retrieved context -- the demos carry what
+  that node really sees), each scored on the test rows.
 
 Headroom = best grid score - zero-shot (the max of several noisy test scores: biased upward, so
 "recovered" understates); recovered = (compiled - zero-shot) / headroom. Units are appended to
 ``results/headroom/units.jsonl`` at once (a killed run keeps what it finished; a rerun skips them);
-``results/headroom/README.md`` is rewritten after each.
+``results/headroom/README.md`` is rewritten after each. Units measured with an earlier revision of the
+compiler are moved to ``results/headroom/units-superseded.jsonl``; their grid scores (keyed by the
+program's content hash) are reused, since the grid does not depend on the compiler's search.
 """
 
 from __future__ import annotations
@@ -65,7 +67,8 @@ def compile_unit(name: str, seed: int, args: argparse.Namespace) -> dict:
     for path in sorted((HERE / "results" / "compile_default").glob("*.jsonl")):
         for line in path.read_text().splitlines():
             u = json.loads(line)
-            if u.get("labels") and (u["task"], u["seed"], u["test_n"], u["rows"], u["budget"]) == (
+            if u.get("labels") and u.get("compiler") == compile_default.COMPILER_REV and \
+                    (u["task"], u["seed"], u["test_n"], u["rows"], u["budget"]) == (
                     name, seed, args.test, args.rows, args.budget):
                 return {**u, "source": f"{path.relative_to(HERE.parent)}"}
     u = compile_default.unit(name, seed, SimpleNamespace(rows=args.rows, test=args.test, budget=args.budget))
@@ -74,16 +77,31 @@ def compile_unit(name: str, seed: int, args: argparse.Namespace) -> dict:
 
 def grid_programs(program: lg.Program, rows: list[dict], k_grid: int, seed: int,
                   ctx: lg.RunContext) -> list[tuple[str, lg.Program]]:
-    """The first ``k_grid`` candidates of Compile's search space, demos from all labelled rows."""
+    """Compile's single-lever candidates and its first ``k_grid`` combinations (in its order of
+    prior promise), demos from all labelled rows; bootstrapped-demo candidates are left out (they
+    need the program's own passing runs: the labelled-demo candidates stand for them)."""
     opt = Compile()
     demos, _ = asyncio.run(labeled_demos_computed(program, rows, len(rows), None, ctx, nested=True))
     if not demos:
         raise RuntimeError("no labelled demos: the rows lack the program's output names")
     pool = {node: list(enumerate(ds)) for node, ds in demos.items()}
-    specs = opt._specs(program, pool, pool, ctx, random.Random(f"grid:{seed}"))
-    extra = ("json, zero-shot", "signature instruction, zero-shot", f"{opt.max_demos} labelled demos")
-    picked = specs[:k_grid] + [s for s in specs[k_grid:] if s.label in extra]
+    specs = [s for s in opt._specs(program, pool, pool, ctx, random.Random(f"grid:{seed}"))
+             if not s.levers & {"boot", "boot2k"}]
+    picked = [s for s in specs if len(s.levers) == 1] + [s for s in specs if len(s.levers) > 1][:k_grid]
     return [(s.label, s.program) for s in picked]
+
+
+def _measured(name: str, seed: int, test_n: int, out: Path) -> dict[str, dict]:
+    """Grid scores measured before for (task, seed, test rows), by program content hash: a program
+    scored on the same test rows by the same greedy model scores the same (reused, not re-run)."""
+    found: dict[str, dict] = {}
+    lines = [line for path in (out / "units-superseded.jsonl", out / "units.jsonl") if path.exists()
+             for line in path.read_text().splitlines()]
+    for line in lines:
+        u = json.loads(line)
+        if (u["task"], u["seed"], u["test_n"]) == (name, seed, test_n):
+            found.update({g["program_hash"]: g for g in u["grid"] if g.get("program_hash")})
+    return found
 
 
 def grid_unit(name: str, seed: int, args: argparse.Namespace) -> dict:
@@ -96,12 +114,18 @@ def grid_unit(name: str, seed: int, args: argparse.Namespace) -> dict:
     zero = evaluate_sync(program, test, metric, ctx=ctx, concurrency=4)
     configs = []
     rows = [{**r, task.output: r[task.label_field]} for r in list(train) + list(val)]  # as compile_default
+    before = _measured(name, seed, args.test, Path(args.out))
     for label, prog in grid_programs(program, rows, args.grid, seed, ctx):
+        h = prog.content_hash()
+        if h in before:
+            configs.append({**before[h], "config": label})
+            print(f"  {name} seed {seed} grid: {label:<55} {before[h]['mean']:.3f}  (measured before)", flush=True)
+            continue
         res = evaluate_sync(prog, test, metric, ctx=ctx, concurrency=4)
         pb = paired_bootstrap(zero.scores, res.scores)
         configs.append({"config": label, "mean": round(res.mean, 4), "ci": [round(x, 4) for x in res.ci],
                         "diff": round(pb["diff"], 4), "diff_ci": [round(pb["ci_low"], 4), round(pb["ci_high"], 4)],
-                        "calls": res.usage.get("calls")})
+                        "calls": res.usage.get("calls"), "program_hash": h})
         print(f"  {name} seed {seed} grid: {label:<55} {res.mean:.3f}  {pb['diff']:+.3f}", flush=True)
     return {"zero_shot": round(zero.mean, 4), "grid": configs, "grid_s": round(time.perf_counter() - t0, 1)}
 
@@ -119,6 +143,7 @@ def unit(name: str, seed: int, args: argparse.Namespace) -> dict:
     return {"task": name, "seed": seed, "test_n": c["test_n"], "rows": c["rows"], "budget": c["budget"],
             "zero_shot": c["zero_shot"], "compiled": c["compiled"], "diff": c["diff"], "diff_ci": c["diff_ci"],
             "chosen": c["chosen"], "compile_calls": c["compile_calls"], "compile_source": c["source"],
+            "compiler": c.get("compiler"), "lever_effects": c.get("lever_effects"),
             "oracle": round(oracle, 4), "oracle_config": best["config"] if best and best["mean"] > g["zero_shot"]
             else "zero-shot", "headroom": round(headroom, 4),
             "recovered": round(gain / headroom, 3) if headroom > 0 else None, "grid": g["grid"],
@@ -165,7 +190,8 @@ def main() -> None:
     ap.add_argument("--test", type=int, default=100)
     ap.add_argument("--rows", type=int, default=400)
     ap.add_argument("--budget", type=int, default=800)
-    ap.add_argument("--grid", type=int, default=8, help="grid configurations (the compiler's first N candidates)")
+    ap.add_argument("--grid", type=int, default=6,
+                    help="combinations in the grid (the compiler's first N), beside every single lever")
     ap.add_argument("--order", choices=("seed", "task"), default="seed",
                     help="seed: every task on a seed before the next seed; task: every seed of a task first")
     ap.add_argument("--out", default=str(OUT), help="results folder")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import re
 
@@ -329,3 +330,43 @@ def test_rag_answer_node_gets_labelled_demos_with_the_context_it_really_sees():
     assert shown and all(d.get("context") for d in shown), report.table()
     assert any("is in country" in " ".join(d["context"]) for d in shown)
     assert report.best.status == "accepted"
+
+
+def test_single_levers_are_screened_first_and_order_the_combinations():
+    # right only in grammar-constrained JSON with no demos shown (demos make it say 'positive'):
+    # a lever that sat 8th in the old prior order, past what a 250-call budget raced
+    def json_only(request):
+        text = request_text(request)
+        sentence = re.findall(r"a \w+ film number \d+", text)[-1]
+        truth = next((v for k, v in WORDS.items() if f" {k} " in f" {sentence} "), "positive")
+        shows_demos = len(re.findall(r"film number", text)) > 1
+        answer = truth if request.json_schema and not shows_demos else "positive"
+        if request.json_schema:
+            return json.dumps({"label": answer})
+        return f"Label: {answer}" if request.prompt is not None else answer
+
+    compiled, report = Compile(decodes=()).optimize(
+        program(), rows(60), label_accuracy(), budget=lg.Budget(max_calls=250),
+        ctx=lg.RunContext(lm=FunctionLM(json_only), cache=False))
+    mod = compiled.module("classify")
+    assert mod.format == "json" and not mod.demos and not mod.knn, report.table()
+    assert report.best.status == "accepted"
+    assert report.spent["calls"] <= 250
+    effects = report.data["lever_effects"]
+    assert max(effects, key=effects.get) == "json"  # the screened effects are reported
+    assert any(n.startswith("screening: ") for n in report.notes)
+    # the dropped singles say they were screened out
+    assert any("dropped after the screening" in c.reason for c in report.candidates if c.status == "dropped")
+
+
+def test_race_cost_is_an_upper_bound_that_counts_rows_already_scored():
+    from lmgraph.optimizers.candidates import Spec
+
+    a = Spec("a", {}, calls_per_row=1.0)
+    b = Spec("b", {}, calls_per_row=2.0)
+    order = list(range(40))
+    assert Compile._race_cost([a, b], [20, 40], order) == 20 * 1 + 20 * 2 + 20 * 2
+    a.rows = list(range(20))  # already screened: its first round is free
+    assert Compile._race_cost([a, b], [20, 40], order) == 20 * 2 + 20 * 2
+    champion = Spec("c", {}, rows=list(range(40)))
+    assert Compile._race_cost([champion], [20, 40], order) == 0

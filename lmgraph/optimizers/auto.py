@@ -16,7 +16,9 @@ optimizers in three ways.
   (field names, options) rather than by the task model, and -- when the run context lists other
   models (``RunContext(lms=...)``) -- the model of each node; the report then carries the
   (score, cost) Pareto front of everything raced (``report.data["pareto"]``: score, calls,
-  tokens and dollars per row). Candidates are tried in a fixed order of prior promise.
+  tokens and dollars per row). The single-lever candidates (one lever changed) are screened
+  first on the first racing round's rows; the combinations are then ordered by the sum of their
+  levers' screened effects (``report.data["lever_effects"]``) and race against the survivors.
 * **Selection maximises the expected held-out gain.** Candidates are raced by successive halving
   on search-fold rows (never fewer than ``min_race_rows`` per decision), ranked by their paired
   gain over the baseline shrunk toward 0 by an empirical-Bayes estimate of how much the
@@ -247,20 +249,39 @@ class Compile(Optimizer):
             + (f", {len(getattr(self, '_pool_only', []))} more as demo sources only"
                if getattr(self, "_pool_only", None) else "") + f"; {len(specs)} candidates "
             f"in order of prior promise, raced in rounds at {', '.join(map(str, rounds))} search rows")
-        # waves: as many untried candidates as the budget left covers (upper-bound costs, the
-        # confirmation kept in reserve) race against the champion so far, whose scores are reused
+        # 1. screening: the single-lever candidates on the first round's rows (as many as leave the
+        #    budget to race the surviving half to the end); 2. the combinations, ordered by the sum
+        #    of their levers' screened effects, race in waves with the survivors -- each wave as many
+        #    untried candidates as the budget left covers (upper-bound costs, the confirmation kept
+        #    in reserve) against the champions so far, whose scores are reused
         untried: list[Spec] = list(specs)
         tried: list[Spec] = []
         alive: list[Spec] = []
         try:
-            while untried:
+            alive, untried, screened = await self._screen(session, untried, rounds, search_idx, rows, base_scores,
+                                                          conf_idx)
+            tried += screened
+            while untried or self._unfinished(alive, rounds, search_idx):
                 rem = session.remaining_calls()
                 reserve = math.ceil(len(conf_idx) * max(s.calls_per_row for s in [*alive, *untried]))
                 k = min(len(untried), self.max_candidates)
                 while k > 0 and rem is not None and \
-                        reserve + self._wave_cost(untried[:k], len(alive), rounds) > rem:
+                        reserve + self._race_cost([*alive, *untried[:k]], rounds, search_idx) > rem:
                     k -= 1
-                if k == 0:
+                if k == 0 and not self._unfinished(alive, rounds, search_idx):
+                    break
+                if k == 0:  # nothing new fits: finish the survivors' race on the rounds the budget covers
+                    use = list(rounds)
+                    while use and rem is not None and reserve + self._race_cost(alive, use, search_idx) > rem:
+                        use.pop()
+                    if use:
+                        alive = await self._race(session, alive, use, search_idx, rows, base_scores)
+                    if len(alive) > 1:
+                        ranked = self._rank(alive, base_scores)
+                        for s, *_ in ranked[1:]:
+                            s.alive = False
+                            s.note += "; not raced further: the budget left covers no more rows"
+                        alive = [ranked[0][0]]
                     break
                 wave, untried = untried[:k], untried[k:]
                 tried += wave
@@ -268,6 +289,8 @@ class Compile(Optimizer):
         except BudgetStop as e:
             report.stopped = f"race cut short: {e}"
             alive = [s for s in alive if s.rows]
+            if len(alive) > 1:
+                alive = [self._rank(alive, base_scores)[0][0]]
         if untried:
             why = (f"the budget covers {len(tried)} of {len(specs)} candidates; not tried: "
                    + "; ".join(s.label for s in untried))
@@ -393,28 +416,81 @@ class Compile(Optimizer):
 
     # ---- racing
     @staticmethod
-    def _wave_cost(wave: Sequence[Spec], n_alive: int, rounds: Sequence[int]) -> float:
-        """Upper bound of the calls a wave's race makes: every newcomer on the first round's rows,
-        then the surviving half (the champion, already scored, costs nothing) on each next slice."""
-        cost, prev = 0.0, 0
-        worst = max(s.calls_per_row for s in wave)
-        alive = len(wave) + n_alive
-        for j, end in enumerate(rounds):
-            if j == 0:
-                cost += sum(s.calls_per_row for s in wave) * end
-            else:
-                cost += max(0, alive - n_alive) * (end - prev) * worst
-            prev, alive = end, max(1, math.ceil(alive / 2))
+    def _race_cost(specs: Sequence[Spec], rounds: Sequence[int], order: Sequence[int]) -> float:
+        """Upper bound of the calls racing ``specs`` over ``rounds`` makes: in each round, the
+        candidates still in it (all, then the surviving half) score the round's rows they lack --
+        the most expensive ones assumed to survive. A champion already scored costs nothing."""
+        cost, prev, n = 0.0, 0, len(specs)
+        done = [set(s.rows) | set(s.demo_rows) for s in specs]
+        for end in rounds:
+            chunk = order[prev:end]
+            need = sorted((s.calls_per_row * sum(1 for i in chunk if i not in d) for s, d in zip(specs, done)),
+                          reverse=True)
+            cost += sum(need[:n])
+            prev, n = end, max(1, math.ceil(n / 2))
         return cost
 
+    @staticmethod
+    def _unfinished(alive: Sequence[Spec], rounds: Sequence[int], order: Sequence[int]) -> bool:
+        """Whether several candidates are still in the race, or the one left has rows to score."""
+        if len(alive) > 1:
+            return True
+        todo = set(order[:rounds[-1]]) if rounds else set()
+        return bool(alive) and bool(todo - set(alive[0].rows) - set(alive[0].demo_rows))
+
+    async def _screen(self, session: CompileSession, specs: list[Spec], rounds: Sequence[int],
+                      order: Sequence[int], rows: Sequence[Mapping[str, Any]], base: Sequence[float],
+                      conf_idx: Sequence[int]) -> tuple[list[Spec], list[Spec], list[Spec]]:
+        """Score the single-lever candidates on the first round's rows, keep the better half, and
+        order the rest by the sum of their levers' shrunk effects (levers not screened count 0;
+        prior order breaks ties). Returns (survivors, the rest in order, the screened)."""
+        singles = [s for s in specs if len(s.levers) == 1]
+        if len(singles) < 2 or not rounds:
+            return [], specs, []
+        rem = session.remaining_calls()
+        k = len(singles)
+        while k >= 2 and rem is not None:
+            reserve = math.ceil(len(conf_idx) * max(s.calls_per_row for s in singles[:k]))
+            screen = self._race_cost(singles[:k], rounds[:1], order)
+            # the survivors, after screening, must still be able to finish the race
+            worst = max(s.calls_per_row for s in singles[:k])
+            finish, n, prev = 0.0, math.ceil(k / 2), rounds[0]
+            for end in rounds[1:]:
+                n = max(1, math.ceil(n / 2))
+                finish += n * (end - prev) * worst
+                prev = end
+            if reserve + screen + finish <= rem:
+                break
+            k -= 1
+        if k < 2:
+            return [], specs, []
+        screened = singles[:k]
+        session.report.notes.append(
+            f"screening: {k} single-lever candidates on the first {rounds[0]} search rows ("
+            + ", ".join(s.label for s in screened) + ")")
+        alive = await self._race(session, screened, rounds[:1], order, rows, base,
+                                 final_keep=math.ceil(k / 2), stage="screening")
+        effect: dict[str, float] = {}
+        for s, est, _d, _se in self._rank(screened, base):
+            effect[next(iter(s.levers))] = est
+        rest = [s for s in specs if s not in screened]
+        prior = {id(s): i for i, s in enumerate(rest)}
+        rest.sort(key=lambda s: (-sum(effect.get(lv, 0.0) for lv in s.levers), prior[id(s)]))
+        if effect:
+            session.report.data["lever_effects"] = {lv: round(e, 4) for lv, e in
+                                                    sorted(effect.items(), key=lambda t: -t[1])}
+        return alive, rest, screened
+
     async def _race(self, session: CompileSession, specs: list[Spec], rounds: Sequence[int],
-                    order: Sequence[int], rows: Sequence[Mapping[str, Any]], base: Sequence[float]) -> list[Spec]:
-        """Successive halving over ``specs`` on the search rows (in ``order``); returns the survivor."""
+                    order: Sequence[int], rows: Sequence[Mapping[str, Any]], base: Sequence[float], *,
+                    final_keep: int = 1, stage: str = "racing") -> list[Spec]:
+        """Successive halving over ``specs`` on the search rows (in ``order``); returns the
+        survivors (``final_keep`` after the last of ``rounds``)."""
         alive, prev = list(specs), 0
         for s in alive:
             s.alive = True
         for j, end in enumerate(rounds):
-            session.reporter.phase(f"racing {len(alive)} candidates, round {j + 1} of {len(rounds)} "
+            session.reporter.phase(f"{stage} {len(alive)} candidates, round {j + 1} of {len(rounds)} "
                                    f"({end} of {len(order)} search rows)")
             chunk = order[prev:end]
             for s in alive:
@@ -429,12 +505,13 @@ class Compile(Optimizer):
                     s.dollars += entry["usage"].get("dollars", 0.0)
             prev = end
             ranked = self._rank(alive, base)
-            keep = max(1, math.ceil(len(alive) / 2)) if end < rounds[-1] else 1
+            keep = max(1, math.ceil(len(alive) / 2)) if end < rounds[-1] else max(1, final_keep)
             for pos, (s, est, d, se) in enumerate(ranked):
                 s.note = f"search rows {len(s.rows)}: {d:+.3f} vs baseline (se {se:.3f}), shrunk estimate {est:+.3f}"
                 if pos >= keep:
                     s.alive = False
-                    s.note += f"; dropped after the race on {end} search rows (rank {pos + 1} of {len(ranked)})"
+                    s.note += (f"; dropped after the {'screening' if stage == 'screening' else 'race'} on {end} "
+                               f"search rows (rank {pos + 1} of {len(ranked)})")
             alive = [s for s, *_ in ranked[:keep]]
         return alive
 

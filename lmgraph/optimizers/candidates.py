@@ -35,6 +35,8 @@ class Spec:
     dollars: float = 0.0
     alive: bool = True
     note: str = ""
+    # the levers it sets (e.g. {"json", "knn"}): one lever = a single-lever candidate, screened first
+    levers: frozenset[str] = frozenset()
 
     def changes(self) -> dict[str, dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}
@@ -201,51 +203,68 @@ def compile_specs(opt: Any, program: Program, boot: Mapping[str, list[tuple[int,
 
     lead = decodes[0] if decodes else None
     near = knn(knn_pool)
-    raw: list[tuple[str, dict[str, dict[str, Any]], set[int]]] = []
-    # first the strongest levers on small models (per-input demos, calibrated label scoring,
-    # constrained JSON, instructions that name the options), then demo sets and the rest
+    Raw = tuple[str, dict[str, dict[str, Any]], set[int], frozenset[str]]
+
+    def one(label: str, params: dict[str, dict[str, Any]], used: set[int], *levers: str) -> Raw:
+        return (label, params, used, frozenset(levers))
+
+    # single levers first, in order of prior promise on small models (per-input demos, calibrated
+    # label scoring, constrained JSON, instructions that name the options, demo sets): the compiler
+    # screens them, then orders the combinations below by the levers' measured effects
+    singles: list[Raw] = [one(f"{k} nearest demos", near, set(), "knn")]
     if lead:
-        raw += [(f"{lead} + signature instruction", merge(decode(lead), instr()), set()),
-                (f"{lead} + {k} nearest demos", merge(decode(lead), near), set())]
-    raw += [(f"json + {k} nearest demos + signature instruction", merge(fmt("json"), near, instr()), set()),
-            (f"{k} nearest demos", near, set())]
+        singles.append(one(f"{lead}, zero-shot", decode(lead), set(), lead))
+    singles += [one("json, zero-shot", fmt("json"), set(), "json"),
+                one("signature instruction, zero-shot", instr(), set(), "instr"),
+                one(f"{k} bootstrapped demos", demos(boot_k), boot_rows, "boot"),
+                one(f"{k} labelled demos", demos(lab_k), lab_rows, "labelled"),
+                one(f"{2 * k} bootstrapped demos", demos(boot_2k), boot2_rows, "boot2k"),
+                one("chat, zero-shot", fmt("chat"), set(), "chat")]
+    combos: list[Raw] = []
     if lead:
-        raw += [(f"{lead} + {k} nearest demos + signature instruction", merge(decode(lead), near, instr()),
-                 set()),
-                (f"{lead}, zero-shot", decode(lead), set())]
-    raw += [(f"json + {k} nearest demos", merge(fmt("json"), near), set()),
-            (f"{k} nearest demos + signature instruction", merge(near, instr()), set())]
+        combos += [one(f"{lead} + signature instruction", merge(decode(lead), instr()), set(), lead, "instr"),
+                   one(f"{lead} + {k} nearest demos", merge(decode(lead), near), set(), lead, "knn")]
+    combos += [one(f"json + {k} nearest demos + signature instruction", merge(fmt("json"), near, instr()), set(),
+                   "json", "knn", "instr")]
     if lead:
-        raw.append((f"{lead} + {k} bootstrapped demos", merge(decode(lead), demos(boot_k)), boot_rows))
+        combos.append(one(f"{lead} + {k} nearest demos + signature instruction",
+                          merge(decode(lead), near, instr()), set(), lead, "knn", "instr"))
+    combos += [one(f"json + {k} nearest demos", merge(fmt("json"), near), set(), "json", "knn"),
+               one(f"{k} nearest demos + signature instruction", merge(near, instr()), set(), "knn", "instr")]
+    if lead:
+        combos.append(one(f"{lead} + {k} bootstrapped demos", merge(decode(lead), demos(boot_k)), boot_rows,
+                          lead, "boot"))
         if "score" in decodes and lead != "score":
-            raw.append((f"score + {k} nearest demos", merge(decode("score"), near), set()))
-    raw += [(f"{k} bootstrapped demos", demos(boot_k), boot_rows),
-            (f"json + {k} bootstrapped demos", merge(fmt("json"), demos(boot_k)), boot_rows)]
+            combos.append(one(f"score + {k} nearest demos", merge(decode("score"), near), set(), "score", "knn"))
+    combos.append(one(f"json + {k} bootstrapped demos", merge(fmt("json"), demos(boot_k)), boot_rows,
+                      "json", "boot"))
     if lead:
-        raw.append((f"{lead} + {k} labelled demos", merge(decode(lead), demos(lab_k)), lab_rows))
-    raw += [(f"{k} labelled demos", demos(lab_k), lab_rows),
-            ("json, zero-shot", fmt("json"), set()),
-            ("signature instruction, zero-shot", instr(), set()),
-            ("json + signature instruction", merge(fmt("json"), instr()), set())]
+        combos.append(one(f"{lead} + {k} labelled demos", merge(decode(lead), demos(lab_k)), lab_rows,
+                          lead, "labelled"))
+    combos.append(one("json + signature instruction", merge(fmt("json"), instr()), set(), "json", "instr"))
     if lead:
-        raw.append((f"{lead} + {2 * k} bootstrapped demos", merge(decode(lead), demos(boot_2k)), boot2_rows))
-    raw += [(f"{2 * k} bootstrapped demos", demos(boot_2k), boot2_rows),
-            (f"{k} bootstrapped demos + signature instruction", merge(demos(boot_k), instr()), boot_rows),
-            (f"completion + {k} bootstrapped demos", merge(fmt("completion"), demos(boot_k)), boot_rows),
-            (f"chat + {k} bootstrapped demos", merge(fmt("chat"), demos(boot_k)), boot_rows)]
+        combos.append(one(f"{lead} + {2 * k} bootstrapped demos", merge(decode(lead), demos(boot_2k)), boot2_rows,
+                          lead, "boot2k"))
+    combos += [one(f"{k} bootstrapped demos + signature instruction", merge(demos(boot_k), instr()), boot_rows,
+                   "boot", "instr"),
+               one(f"completion + {k} bootstrapped demos", merge(fmt("completion"), demos(boot_k)), boot_rows,
+                   "completion", "boot"),
+               one(f"chat + {k} bootstrapped demos", merge(fmt("chat"), demos(boot_k)), boot_rows, "chat", "boot")]
     # model choice: every node on each other model of the context, then (several model nodes)
-    # one node at a time -- raced early, since a user who lists models wants them compared
+    # one node at a time -- single levers, screened early, since a user who lists models wants
+    # them compared
     lm_nodes = [n for n, m in mods.items() if "lm" in m.tunable]
-    model_specs: list[tuple[str, dict[str, dict[str, Any]], set[int]]] = []
+    model_specs: list[Raw] = []
     for name in opt._model_names(ctx):
-        model_specs.append((f"model {name}", {n: {"lm": name} for n in lm_nodes
-                                              if getattr(mods[n], "lm", None) != name}, set()))
+        model_specs.append(one(f"model {name}", {n: {"lm": name} for n in lm_nodes
+                                                 if getattr(mods[n], "lm", None) != name}, set(), f"model {name}"))
         if len(lm_nodes) > 1:
-            model_specs += [(f"{n} on model {name}", {n: {"lm": name}}, set()) for n in lm_nodes
-                            if getattr(mods[n], "lm", None) != name]
-    raw[4:4] = model_specs
+            model_specs += [one(f"{n} on model {name}", {n: {"lm": name}}, set(), f"{n} on model {name}")
+                            for n in lm_nodes if getattr(mods[n], "lm", None) != name]
+    singles[3:3] = model_specs
+    raw = singles + combos
     out, seen = [], set()
-    for label, params, used in raw:
+    for label, params, used, levers in raw:
         params = {n: p for n, p in params.items() if p}
         if not params:
             continue
@@ -257,7 +276,7 @@ def compile_specs(opt: Any, program: Program, boot: Mapping[str, list[tuple[int,
         if h in seen or h == program.content_hash():
             continue
         seen.add(h)
-        out.append(Spec(label, params, frozenset(used), prog, _per_row(prog)))
+        out.append(Spec(label, params, frozenset(used), prog, _per_row(prog), levers=levers))
     return out
 
 
