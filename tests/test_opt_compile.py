@@ -370,3 +370,23 @@ def test_race_cost_is_an_upper_bound_that_counts_rows_already_scored():
     assert Compile._race_cost([a, b], [20, 40], order) == 20 * 2 + 20 * 2
     champion = Spec("c", {}, rows=list(range(40)))
     assert Compile._race_cost([champion], [20, 40], order) == 0
+
+
+def test_the_winner_is_chosen_among_every_candidate_scored_on_all_search_rows():
+    # SST-2 seed 0 (headroom run of 2026-12-04): "json, zero-shot", +0.167 on all 60 search rows,
+    # was knocked out by a newcomer that led on its first 20 rows and then fell to +0.050 -- and
+    # the newcomer won by being the last one standing
+    from lmgraph.optimizers.candidates import Spec
+
+    order = list(range(60))
+    base = [0.0] * 30 + [1.0] * 30
+    champion = Spec("json, zero-shot", {}, rows=list(order), scores=[1.0] * 10 + [0.0] * 20 + [1.0] * 30)
+    newcomer = Spec("score + 4 nearest demos", {}, rows=list(order), scores=[1.0] * 3 + [0.0] * 27 + [1.0] * 30)
+    partial = Spec("chat, zero-shot", {}, rows=order[:20], scores=[1.0] * 20)  # never reached the last round
+    champion.alive = False
+    alive = Compile()._finalists([champion, newcomer, partial], [newcomer], [20, 40, 60], order, base)
+    assert alive == [champion] and champion.alive and not newcomer.alive
+    assert "rank 1 of 2" in champion.note and "rank 2 of 2" in newcomer.note
+    # one finisher and nothing else alive: it is the winner; none: the race's survivors stand
+    assert Compile()._finalists([newcomer], [], [20, 40, 60], order, base) == [newcomer]
+    assert Compile()._finalists([partial], [partial], [20, 40, 60], order, base) == [partial]

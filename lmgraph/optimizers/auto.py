@@ -298,6 +298,7 @@ class Compile(Optimizer):
         if not tried:
             report.notes.append("the budget left after the baseline cannot cover racing even one candidate "
                                 f"on {rounds[0]} rows and confirming it on {len(conf_idx)}")
+        alive = self._finalists(tried, alive, rounds, search_idx, base_scores)
         self._finish(session, base_prog, base_scores, tried, alive, conf_idx, rows)
         self._pareto(session, base_scores, base_entry, tried)
         if not alive:
@@ -430,6 +431,27 @@ class Compile(Optimizer):
             prev, n = end, max(1, math.ceil(n / 2))
         return cost
 
+    def _finalists(self, tried: Sequence[Spec], alive: list[Spec], rounds: Sequence[int], order: Sequence[int],
+                   base: Sequence[float]) -> list[Spec]:
+        """The winner among every candidate scored on all the search rows, not only the last wave's
+        survivor: a champion of an earlier wave that a later newcomer knocked out on a few rows
+        still competes on its full evidence (a newcomer that looked good on 20 rows and then fell
+        back must not win by being the last one standing)."""
+        full = set(order[:rounds[-1]]) if rounds else set()
+        done = [s for s in tried if s.rows and full <= set(s.rows) | set(s.demo_rows)]
+        if len(done) < 2 and not (done and not alive):
+            return alive
+        ranked = self._rank(done, base)
+        winner = ranked[0][0]
+        for pos, (s, est, d, se) in enumerate(ranked):
+            s.alive = pos == 0
+            s.note = (f"search rows {len(s.rows)}: {d:+.3f} vs baseline (se {se:.3f}), shrunk estimate {est:+.3f}; "
+                      f"scored on every search row: rank {pos + 1} of {len(ranked)} such candidates")
+        for s in alive:
+            if s is not winner and s not in done:
+                s.alive = False
+        return [winner]
+
     @staticmethod
     def _unfinished(alive: Sequence[Spec], rounds: Sequence[int], order: Sequence[int]) -> bool:
         """Whether several candidates are still in the race, or the one left has rows to score."""
@@ -466,8 +488,8 @@ class Compile(Optimizer):
             return [], specs, []
         screened = singles[:k]
         session.report.notes.append(
-            f"screening: {k} single-lever candidates on the first {rounds[0]} search rows ("
-            + ", ".join(s.label for s in screened) + ")")
+            f"screening: {k} single-lever candidates on the first {rounds[0]} search rows: "
+            + "; ".join(s.label for s in screened))
         alive = await self._race(session, screened, rounds[:1], order, rows, base,
                                  final_keep=math.ceil(k / 2), stage="screening")
         effect: dict[str, float] = {}
