@@ -444,7 +444,7 @@ class Compile(Optimizer):
         ranked = self._rank(done, base)
         winner = ranked[0][0]
         for pos, (s, est, d, se) in enumerate(ranked):
-            s.alive = pos == 0
+            s.alive, s.finished = pos == 0, True
             s.note = (f"search rows {len(s.rows)}: {d:+.3f} vs baseline (se {se:.3f}), shrunk estimate {est:+.3f}; "
                       f"scored on every search row: rank {pos + 1} of {len(ranked)} such candidates")
         for s in alive:
@@ -594,7 +594,7 @@ class Compile(Optimizer):
                 "scores": s.scores, "usage": {"calls": s.calls, "prompt_tokens": s.tokens, "completion_tokens": 0}},
                 rows=s.rows)
             c.rows = list(s.rows)
-            c.status = "advanced" if s.alive else "dropped"
+            c.status = "advanced" if s.alive or s.finished else "dropped"
             c.reason = s.note + ("; the race's winner" if s.alive and s in alive else "")
 
     def _explain_none(self, session: CompileSession, base: Sequence[float], tried: Sequence[Spec],

@@ -34,6 +34,7 @@ class Spec:
     tokens: int = 0
     dollars: float = 0.0
     alive: bool = True
+    finished: bool = False  # scored on every search row (a finalist)
     note: str = ""
     # the levers it sets (e.g. {"json", "knn"}): one lever = a single-lever candidate, screened first
     levers: frozenset[str] = frozenset()
