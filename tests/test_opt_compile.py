@@ -390,3 +390,28 @@ def test_the_winner_is_chosen_among_every_candidate_scored_on_all_search_rows():
     # one finisher and nothing else alive: it is the winner; none: the race's survivors stand
     assert Compile()._finalists([newcomer], [], [20, 40, 60], order, base) == [newcomer]
     assert Compile()._finalists([partial], [partial], [20, 40, 60], order, base) == [partial]
+
+
+def test_screening_and_waves_never_spend_past_the_budget_nor_cut_the_race_short():
+    # scoring (calibrated: 2 calls a row) and generating candidates mixed, many budgets and row counts:
+    # the planned waves keep every call inside the budget, and no BudgetStop cuts a race midway
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    class Scoring(FunctionLM):
+        supports_scoring = True
+
+    @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(n=st.integers(12, 90), calls=st.integers(40, 900), seed=st.integers(0, 3))
+    def check(n: int, calls: int, seed: int) -> None:
+        ctx = lg.RunContext(lm=Scoring(demo_lover), cache=False)
+        data = rows(n, seed)
+        try:
+            _, report = Compile().optimize(program(), data, label_accuracy(), budget=lg.Budget(max_calls=calls),
+                                           seed=seed, ctx=ctx)
+        except lg.BudgetError:
+            return  # a budget below the baseline's cost is refused before any call
+        assert report.spent["calls"] <= calls
+        assert not (report.stopped or "").startswith("race cut short"), report.stopped
+
+    check()
