@@ -327,8 +327,9 @@ class JointSearch(Optimizer):
                     positives = sum(1 for a in trials if race.delta(a) > 0)
                     reserve = min(self.confirm_top, positives) * n_val
                     if positives and not session.can_afford(prog, m + reserve):
-                        session.report.notes.append(f"trials stopped after {len(trials)}: the budget left is kept "
-                                                    "for confirming the best on the full validation set")
+                        session.report.add_stopped(f"trials stopped after {len(trials)} of {self.num_trials}: the "
+                                                   "budget left is kept for confirming the best on the full "
+                                                   "validation set")
                         break
                     await race.score(arm, session.rng.sample(range(n_val), m))
                     arm.candidate = record(session, arm.label, changes, arm.scores, arm.calls, arm.tokens,

@@ -148,7 +148,7 @@ async def successive_halving(race: Race, arms: list[Arm], perm: Sequence[int], s
         if any(a.rows for a in live):  # with evidence in hand, keep the budget for confirmation
             need = sum(len(set(inc) - set(a.rows)) for a in live if not a.free) + confirm_top * n_val
             if not session.can_afford(live[0].program, need):
-                session.report.notes.append(
+                session.report.add_stopped(
                     f"{what}" + ("no race on more rows" if r == 0 else f"the race stopped after {_rounds(r)}")
                     + ": the budget left is kept for confirming the leader on the full validation set")
                 break

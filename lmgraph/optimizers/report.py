@@ -86,6 +86,10 @@ class Report:
     # stopped, and requests that reached the provider (retries included; spent["calls"] is logical)
     faults: dict[str, int] = field(default_factory=dict)
 
+    def add_stopped(self, why: str) -> None:
+        """Record that the search was cut short (several reasons join with '; ')."""
+        self.stopped = f"{self.stopped}; {why}" if self.stopped else why
+
     @property
     def baseline(self) -> Candidate:
         return self.candidates[0]
