@@ -1,0 +1,144 @@
+"""The default compiler's race: screening of single levers, successive halving in waves, the
+finalists' choice, and upper-bound race costs (a mixin of :class:`~.auto.Compile`)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from .candidates import Spec
+from .selection import paired_stats, shrink
+from .session import CompileSession
+
+
+class Racing:
+    """Racing methods of :class:`~.auto.Compile` (needs ``min_race_rows``-based ``rounds``)."""
+
+    @staticmethod
+    def _race_cost(specs: Sequence[Spec], rounds: Sequence[int], order: Sequence[int]) -> float:
+        """Upper bound of the calls racing ``specs`` over ``rounds`` makes: in each round, the
+        candidates still in it (all, then the surviving half) score the round's rows they lack --
+        the most expensive ones assumed to survive. A champion already scored costs nothing."""
+        cost, prev, n = 0.0, 0, len(specs)
+        done = [set(s.rows) | set(s.demo_rows) for s in specs]
+        for end in rounds:
+            chunk = order[prev:end]
+            need = sorted((s.calls_per_row * sum(1 for i in chunk if i not in d) for s, d in zip(specs, done)),
+                          reverse=True)
+            cost += sum(need[:n])
+            prev, n = end, max(1, math.ceil(n / 2))
+        return cost
+
+    def _finalists(self, tried: Sequence[Spec], alive: list[Spec], rounds: Sequence[int], order: Sequence[int],
+                   base: Sequence[float]) -> list[Spec]:
+        """The winner among every candidate scored on all the search rows, not only the last wave's
+        survivor: a champion of an earlier wave that a later newcomer knocked out on a few rows
+        still competes on its full evidence (a newcomer that looked good on 20 rows and then fell
+        back must not win by being the last one standing)."""
+        full = set(order[:rounds[-1]]) if rounds else set()
+        done = [s for s in tried if s.rows and full <= set(s.rows) | set(s.demo_rows)]
+        if len(done) < 2 and not (done and not alive):
+            return alive
+        ranked = self._rank(done, base)
+        winner = ranked[0][0]
+        for pos, (s, est, d, se) in enumerate(ranked):
+            s.alive, s.finished = pos == 0, True
+            s.note = (f"search rows {len(s.rows)}: {d:+.3f} vs baseline (se {se:.3f}), shrunk estimate {est:+.3f}; "
+                      f"scored on every search row: rank {pos + 1} of {len(ranked)} such candidates")
+        for s in alive:
+            if s is not winner and s not in done:
+                s.alive = False
+        return [winner]
+
+    @staticmethod
+    def _unfinished(alive: Sequence[Spec], rounds: Sequence[int], order: Sequence[int]) -> bool:
+        """Whether several candidates are still in the race, or the one left has rows to score."""
+        if len(alive) > 1:
+            return True
+        todo = set(order[:rounds[-1]]) if rounds else set()
+        return bool(alive) and bool(todo - set(alive[0].rows) - set(alive[0].demo_rows))
+
+    async def _screen(self, session: CompileSession, specs: list[Spec], rounds: Sequence[int],
+                      order: Sequence[int], rows: Sequence[Mapping[str, Any]], base: Sequence[float],
+                      conf_idx: Sequence[int]) -> tuple[list[Spec], list[Spec], list[Spec]]:
+        """Score the single-lever candidates on the first round's rows, keep the better half, and
+        order the rest by the sum of their levers' shrunk effects (levers not screened count 0;
+        prior order breaks ties). Returns (survivors, the rest in order, the screened)."""
+        singles = [s for s in specs if len(s.levers) == 1]
+        if len(singles) < 2 or not rounds:
+            return [], specs, []
+        rem = session.remaining_calls()
+        k = len(singles)
+        while k >= 2 and rem is not None:
+            reserve = math.ceil(len(conf_idx) * max(s.calls_per_row for s in singles[:k]))
+            screen = self._race_cost(singles[:k], rounds[:1], order)
+            # the survivors, after screening, must still be able to finish the race
+            worst = max(s.calls_per_row for s in singles[:k])
+            finish, n, prev = 0.0, math.ceil(k / 2), rounds[0]
+            for end in rounds[1:]:
+                n = max(1, math.ceil(n / 2))
+                finish += n * (end - prev) * worst
+                prev = end
+            if reserve + screen + finish <= rem:
+                break
+            k -= 1
+        if k < 2:
+            return [], specs, []
+        screened = singles[:k]
+        session.report.notes.append(
+            f"screening: {k} single-lever candidates on the first {rounds[0]} search rows: "
+            + "; ".join(s.label for s in screened))
+        alive = await self._race(session, screened, rounds[:1], order, rows, base,
+                                 final_keep=math.ceil(k / 2), stage="screening")
+        effect: dict[str, float] = {}
+        for s, est, _d, _se in self._rank(screened, base):
+            effect[next(iter(s.levers))] = est
+        rest = [s for s in specs if s not in screened]
+        prior = {id(s): i for i, s in enumerate(rest)}
+        rest.sort(key=lambda s: (-sum(effect.get(lv, 0.0) for lv in s.levers), prior[id(s)]))
+        if effect:
+            session.report.data["lever_effects"] = {lv: round(e, 4) for lv, e in
+                                                    sorted(effect.items(), key=lambda t: -t[1])}
+        return alive, rest, screened
+
+    async def _race(self, session: CompileSession, specs: list[Spec], rounds: Sequence[int],
+                    order: Sequence[int], rows: Sequence[Mapping[str, Any]], base: Sequence[float], *,
+                    final_keep: int = 1, stage: str = "racing") -> list[Spec]:
+        """Successive halving over ``specs`` on the search rows (in ``order``); returns the
+        survivors (``final_keep`` after the last of ``rounds``)."""
+        alive, prev = list(specs), 0
+        for s in alive:
+            s.alive = True
+        for j, end in enumerate(rounds):
+            session.reporter.phase(f"{stage} {len(alive)} candidates, round {j + 1} of {len(rounds)} "
+                                   f"({end} of {len(order)} search rows)")
+            chunk = order[prev:end]
+            for s in alive:
+                done = set(s.rows)
+                use = [i for i in chunk if i not in s.demo_rows and i not in done]
+                if use:
+                    entry = await session.run(s.program, [rows[i] for i in use])  # type: ignore[arg-type]
+                    s.rows += use
+                    s.scores += entry["scores"]
+                    s.calls += entry["usage"]["calls"]
+                    s.tokens += entry["usage"]["prompt_tokens"] + entry["usage"]["completion_tokens"]
+                    s.dollars += entry["usage"].get("dollars", 0.0)
+            prev = end
+            ranked = self._rank(alive, base)
+            keep = max(1, math.ceil(len(alive) / 2)) if end < rounds[-1] else max(1, final_keep)
+            for pos, (s, est, d, se) in enumerate(ranked):
+                s.note = f"search rows {len(s.rows)}: {d:+.3f} vs baseline (se {se:.3f}), shrunk estimate {est:+.3f}"
+                if pos >= keep:
+                    s.alive = False
+                    s.note += (f"; dropped after the {'screening' if stage == 'screening' else 'race'} on {end} "
+                               f"search rows (rank {pos + 1} of {len(ranked)})")
+            alive = [s for s, *_ in ranked[:keep]]
+        return alive
+
+    @staticmethod
+    def _rank(specs: Sequence[Spec], base: Sequence[float]) -> list[tuple[Spec, float, float, float]]:
+        stats = [paired_stats([base[i] for i in s.rows], s.scores) for s in specs]
+        est = shrink([d for d, _ in stats], [se for _, se in stats])
+        ranked = sorted(zip(specs, est, stats), key=lambda t: (-t[1], -t[2][0]))
+        return [(s, e, d, se) for s, e, (d, se) in ranked]
