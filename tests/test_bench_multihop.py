@@ -292,7 +292,6 @@ def test_runs_on_the_embedded_model():
     for row, res in zip(test, results):
         assert res.error is None, res.error
         out = res.outputs
-        trace = lg.trace_of(out) if hasattr(out, "trace") else res.trace
-        hop2 = trace.node("retrieve2").outputs["passages"]
+        hop2 = lg.trace_of(out).node("retrieve2").outputs["passages"]
         assert len(hop2) == 2 and isinstance(out.search_query, str)
         assert 0.0 <= mh.TASK.score(row, {"answer": out.answer}) <= 1.0
