@@ -313,6 +313,12 @@ def test_three_rows_on_the_embedded_model_parse_and_score():
     prog = task.lmgraph_program()
     t0 = time.perf_counter()
     res = evaluate_sync(prog, rows, lambda ex, pred, trace=None: task.score(dict(ex), dict(pred)),
-                        ctx=lg.RunContext(max_concurrency=1))
-    assert len(res.scores) == 3 and all(s in (0.0, 1.0) for s in res.scores)
+                        ctx=lg.RunContext(max_concurrency=1, cache=False))
     assert time.perf_counter() - t0 < 300
+    assert [r.error for r in res.results] == [None] * 3  # both nodes answered on every row
+    for r, result in zip(rows, res.results):
+        out = result.outputs
+        assert isinstance(out["call"], str) and isinstance(out["function"], str)
+        s, text = task.score_feedback(r, {"call": out["call"]})
+        assert s in (0.0, 1.0) and text and s == task.score(r, {"call": out["call"]})
+        assert result.trace.node("write").inputs["function"] == out["function"]  # the chosen name reached write
