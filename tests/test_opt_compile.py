@@ -415,3 +415,35 @@ def test_screening_and_waves_never_spend_past_the_budget_nor_cut_the_race_short(
         assert not (report.stopped or "").startswith("race cut short"), report.stopped
 
     check()
+
+
+def test_a_node_fed_by_a_model_node_gets_labelled_demos_with_the_inputs_it_really_saw():
+    # 'answer' reads a query that the 'rewrite' node (a model call) writes: its labelled demos take
+    # the inputs from the baseline's own run of each row and the output from the row's label. The
+    # fake answers right only when shown >= 2 demos, so the baseline never passes: no bootstrapped
+    # demos exist, and without the traced labelled ones nothing could help
+    def fake(request):
+        text = request_text(request)
+        if "Sentence:" in text:  # the rewrite node
+            query = f"about {_last_sentence(text).split()[1]}"
+            return f"Query: {query}" if request.prompt is not None else query
+        word = re.findall(r"Query: about (\w+)", text)[-1]
+        shown = len(re.findall(r"Label: (?:positive|negative)", text))
+        answer = WORDS.get(word, "positive") if shown >= 2 else "unsure"
+        return f"Label: {answer}" if request.prompt is not None else answer
+
+    p = lg.Pipeline("two")
+    s = p.input("sentence")
+    q = p.add(lg.Predict("sentence -> query", max_tokens=8), name="rewrite", sentence=s)
+    a = p.add(lg.Predict("query -> label: Literal['negative', 'positive', 'unsure']", max_tokens=4),
+              name="answer", query=q.query)
+    p.output(label=a.label)
+    compiled, report = Compile(decodes=(), formats=("completion",)).optimize(
+        p.build(), rows(60), label_accuracy(), budget=lg.Budget(max_calls=900),
+        ctx=lg.RunContext(lm=FunctionLM(fake), cache=False))
+    answer = compiled.module("answer")
+    demos = answer.demos or answer.demo_pool
+    assert demos, report.table()
+    assert report.best.status == "accepted" and report.best.mean > 0.9
+    # each demo carries the query the rewrite node really wrote, and the row's label
+    assert all(d["query"].startswith("about ") and WORDS[d["query"].split()[1]] == d["label"] for d in demos)

@@ -48,7 +48,7 @@ from ..modules.predict import SCORING_DECODES
 from ..pipeline.program import Program, _run_sync
 from .base import CostEstimate, Optimizer, check_budget_covers_baseline, check_rows
 from .candidates import Spec, _per_row, backend_scores, balanced, compile_specs, signature_instruction, tunable_modules
-from .fewshot import _demo_sig, demo_nodes, labeled_demos, labeled_demos_computed
+from .fewshot import _demo_sig, demo_nodes, labeled_demos, labeled_demos_computed, labeled_demos_traced
 from .instructions import check_proposer, propose_instructions
 from .params import demo_param, example_demos
 from .racing import Racing
@@ -239,6 +239,9 @@ class Compile(Racing, Optimizer):
             return
         boot, labelled = self._pools(base_prog, base_entry, search_idx, rows)
         labelled.update(await self._computed_pools(session, base_prog, search_idx, rows, skip=set(labelled)))
+        # nodes whose inputs a model node computes: the inputs the baseline's run gave them, the labels
+        labelled.update(labeled_demos_traced(base_prog, [(i, base_entry["examples"][i], rows[i]) for i in search_idx],
+                                             self.label_map, skip=list(labelled)))
         specs = self._specs(base_prog, boot, labelled, getattr(self, "_ctx_hint", None), session.rng)
         specs[2:2] = await self._proposed(session, base_prog, labelled or boot)
         if not specs:

@@ -140,6 +140,43 @@ def _nested_labeled(program: Program, rows: Sequence[Mapping[str, Any]], k: int,
     return out
 
 
+def labeled_demos_traced(program: Program, items: Sequence[tuple[int, Mapping[str, Any], Mapping[str, Any]]],
+                         label_map: Mapping[str, str] | None = None,
+                         skip: Sequence[str] = ()) -> dict[str, list[tuple[int, Demo]]]:
+    """Labelled demos for nodes whose inputs another MODEL node computes (a multi-hop answer node
+    reading passages found with a generated query): the inputs the node really saw in the
+    program's own run of a row (``items``: (row index, example of a session evaluation, row)), the
+    outputs from the row's labels (the node's outputs must be exported). Returns node -> [(row
+    index, demo)]; nodes in ``skip`` and rows where the node did not run are left out."""
+    exported = _exported(program, dict(label_map or {}))
+    out: dict[str, list[tuple[int, Demo]]] = {}
+    for name in demo_nodes(program):
+        if name in skip:
+            continue
+        param = demo_param(program, name)
+        sig, optional = param.signature, set(param.optional)
+        assert sig is not None
+        outs: dict[str, str] = {}
+        for f in sig.outputs:
+            if (name, f.name) in exported:
+                outs[f.name] = exported[(name, f.name)]
+            elif f.name not in optional:
+                break
+        else:
+            if not outs:
+                continue
+            for i, example, row in items:
+                io = (example.get("nodes") or {}).get(name) or {}
+                ins = io.get("inputs")
+                if not isinstance(ins, Mapping) or not all(k in row for k in outs.values()) or \
+                        any(f.name not in ins for f in sig.inputs if f.name not in optional):
+                    continue
+                demo = {f.name: ins[f.name] for f in sig.inputs if f.name in ins}
+                demo.update({f: row[k] for f, k in outs.items()})
+                out.setdefault(name, []).append((i, demo))
+    return out
+
+
 async def labeled_demos_computed(program: Program, rows: Sequence[Mapping[str, Any]], k: int,
                                  label_map: Mapping[str, str] | None, ctx: Any, *,
                                  concurrency: int = 8, nested: bool = False) -> tuple[dict[str, list[Demo]], list[str]]:
