@@ -447,3 +447,23 @@ def test_a_node_fed_by_a_model_node_gets_labelled_demos_with_the_inputs_it_reall
     assert report.best.status == "accepted" and report.best.mean > 0.9
     # each demo carries the query the rewrite node really wrote, and the row's label
     assert all(d["query"].startswith("about ") and WORDS[d["query"].split()[1]] == d["label"] for d in demos)
+
+
+def test_traced_labelled_demos_take_labelled_upstream_outputs_from_the_row():
+    from lmgraph.optimizers.fewshot import labeled_demos_traced
+
+    p = lg.Pipeline("tools")
+    qn = p.input("question")
+    c = p.add(lg.Predict("question -> function"), name="choose", question=qn)
+    w = p.add(lg.Predict("question, function -> call"), name="write", question=qn, function=c.function)
+    p.output(call=w.call, function=c.function)
+    prog = p.build()
+    example = {"nodes": {"choose": {"inputs": {"question": "area?"}, "outputs": {"function": "wrong_fn"}},
+                         "write": {"inputs": {"question": "area?", "function": "wrong_fn"},
+                                   "outputs": {"call": "wrong_fn()"}}}}
+    row = {"question": "area?", "function": "area", "call": "area(b=1)"}
+    out = labeled_demos_traced(prog, [(7, example, row)], skip=["choose"])
+    assert out == {"write": [(7, {"question": "area?", "function": "area", "call": "area(b=1)"})]}
+    # a row without the labels, or a node that did not run, gives no demo
+    assert labeled_demos_traced(prog, [(7, example, {"question": "area?"})], skip=["choose"]) == {}
+    assert labeled_demos_traced(prog, [(7, {"nodes": {}}, row)], skip=["choose"]) == {}

@@ -5,7 +5,7 @@ both frameworks from ONE shared description (instruction, field names, label set
 and how to score a prediction. ``benchmarks/suite.py`` runs every system on every task.
 
 To add a task: write ``benchmarks/tasks/<name>.py`` defining ``TASK = Task(...)`` (see
-``trec.py``) and add its name to ``ORDER`` below.
+``trec.py``) and add its name to ``ORDER`` (or ``GRAPH_TASKS``) below.
 
 DSPy is imported only inside the ``dspy_*`` builders, so the task files load without it.
 """
@@ -19,6 +19,10 @@ from typing import Any
 
 Row = dict[str, Any]
 ORDER = ("trec", "sst2", "banking77", "hotpotqa", "gsm8k")
+# multi-stage tasks compiled as graphs (run by name: --tasks hotpotqa_multihop,bfcl): multi-hop
+# HotPotQA (retrieve -> write a query -> retrieve -> answer) and BFCL function calling (choose a
+# function -> write the call)
+GRAPH_TASKS = ("hotpotqa_multihop", "bfcl")
 
 
 @dataclass(frozen=True)

@@ -145,7 +145,8 @@ def labeled_demos_traced(program: Program, items: Sequence[tuple[int, Mapping[st
                          skip: Sequence[str] = ()) -> dict[str, list[tuple[int, Demo]]]:
     """Labelled demos for nodes whose inputs another MODEL node computes (a multi-hop answer node
     reading passages found with a generated query): the inputs the node really saw in the
-    program's own run of a row (``items``: (row index, example of a session evaluation, row)), the
+    program's own run of a row (``items``: (row index, example of a session evaluation, row)) --
+    except inputs wired to an upstream output the rows label, which take the label -- and the
     outputs from the row's labels (the node's outputs must be exported). Returns node -> [(row
     index, demo)]; nodes in ``skip`` and rows where the node did not run are left out."""
     exported = _exported(program, dict(label_map or {}))
@@ -172,6 +173,13 @@ def labeled_demos_traced(program: Program, items: Sequence[tuple[int, Mapping[st
                         any(f.name not in ins for f in sig.inputs if f.name not in optional):
                     continue
                 demo = {f.name: ins[f.name] for f in sig.inputs if f.name in ins}
+                # an input wired to an upstream output that the rows label takes the label (the
+                # right function, not the one a wrong upstream call picked): demos stay consistent
+                for f in sig.inputs:
+                    b = program.node_map[name].binding(f.name)
+                    key = exported.get((b.node, b.field)) if isinstance(b, Ref) else None
+                    if key is not None and key in row:
+                        demo[f.name] = row[key]
                 demo.update({f: row[k] for f, k in outs.items()})
                 out.setdefault(name, []).append((i, demo))
     return out
