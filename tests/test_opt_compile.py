@@ -467,3 +467,24 @@ def test_traced_labelled_demos_take_labelled_upstream_outputs_from_the_row():
     # a row without the labels, or a node that did not run, gives no demo
     assert labeled_demos_traced(prog, [(7, example, {"question": "area?"})], skip=["choose"]) == {}
     assert labeled_demos_traced(prog, [(7, {"nodes": {}}, row)], skip=["choose"]) == {}
+
+
+def test_an_input_wired_to_a_labelled_upstream_output_takes_the_rows_label():
+    from lmgraph.optimizers.fewshot import labeled_demos
+
+    p = lg.Pipeline("tools")
+    qn = p.input("question")
+    c = p.add(lg.Predict("question -> function"), name="choose", question=qn)
+    w = p.add(lg.Predict("question, function -> call"), name="write", question=qn, function=c.function)
+    p.output(call=w.call, function=c.function)
+    rows_ = [{"question": "area?", "function": "area", "call": "area(b=1)"}]
+    demos = labeled_demos(p.build(), rows_, 4)
+    assert demos["write"] == [{"question": "area?", "function": "area", "call": "area(b=1)"}]
+    assert demos["choose"] == [{"question": "area?", "function": "area"}]
+    # not exported: no label for the upstream output, so no labelled demo for 'write'
+    p2 = lg.Pipeline("tools2")
+    qn2 = p2.input("question")
+    c2 = p2.add(lg.Predict("question -> function"), name="choose", question=qn2)
+    w2 = p2.add(lg.Predict("question, function -> call"), name="write", question=qn2, function=c2.function)
+    p2.output(call=w2.call)
+    assert "write" not in labeled_demos(p2.build(), rows_, 4)

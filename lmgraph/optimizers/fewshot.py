@@ -57,7 +57,8 @@ def _label_sources(program: Program, name: str, exported: Mapping[tuple[str, str
 def _label_sources(program: Program, name: str, exported: Mapping[tuple[str, str], str],
                    computed: bool) -> Mapping[str, str | Ref] | None:
     """Where each demo field of node ``name`` comes from in a labelled row: a row key (an input
-    bound to a pipeline input; an output a program output exports), or -- with ``computed`` -- the
+    bound to a pipeline input or to an upstream output a program output exports; an output a
+    program output exports), or -- with ``computed`` -- the
     output of an upstream node that makes no model call (a retriever's passages), worked out per
     row. Optional demo fields (ChainOfThought's ``reasoning``) may have no source. None when a
     required field has none."""
@@ -70,6 +71,8 @@ def _label_sources(program: Program, name: str, exported: Mapping[tuple[str, str
         b = node.binding(f.name)
         if isinstance(b, Ref) and b.node == INPUT:
             out[f.name] = b.field
+        elif isinstance(b, Ref) and (b.node, b.field) in exported:
+            out[f.name] = exported[(b.node, b.field)]  # an upstream output the rows label
         elif isinstance(b, Ref) and computed and _model_free(program, b.node):
             out[f.name] = b
         elif f.name not in optional:
