@@ -71,10 +71,10 @@ def _label_sources(program: Program, name: str, exported: Mapping[tuple[str, str
         b = node.binding(f.name)
         if isinstance(b, Ref) and b.node == INPUT:
             out[f.name] = b.field
-        elif isinstance(b, Ref) and (b.node, b.field) in exported:
-            out[f.name] = exported[(b.node, b.field)]  # an upstream output the rows label
         elif isinstance(b, Ref) and computed and _model_free(program, b.node):
             out[f.name] = b
+        elif isinstance(b, Ref) and (b.node, b.field) in exported:
+            out[f.name] = exported[(b.node, b.field)]  # an upstream output the rows label
         elif f.name not in optional:
             return None
     for f in sig.outputs:
