@@ -376,7 +376,12 @@ class RayExecutor(Executor):
                 all_done.set()
 
         async def slot(actor: Any) -> None:
+            backoff = 0.0
             while not todo.empty():
+                if backoff:  # this slot's worker was lost: let the live workers' slots take the row first
+                    await asyncio.sleep(backoff)
+                    if todo.empty():
+                        break
                 i = todo.get_nowait()
                 row = rows[i]
                 inputs = {k: row[k] for k in names if k in row} if isinstance(row, Mapping) else row
@@ -390,8 +395,11 @@ class RayExecutor(Executor):
                                            "logs)") from e
                     self.rows_rerun += 1
                     todo.put_nowait(i)  # another slot (or this worker, restarted) runs it again
-                    await asyncio.sleep(0.05)
+                    # a restarting worker answers "unavailable" at once: back off (0.5 s doubling to
+                    # 8 s) instead of losing the same row to it again and again
+                    backoff = min(8.0, max(0.5, 2 * backoff))
                     continue
+                backoff = 0.0
                 finish(i, inputs, outputs, error, trace)
 
         tasks = [asyncio.ensure_future(slot(actor)) for actor in pool for _ in range(per_worker)]
