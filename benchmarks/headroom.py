@@ -72,7 +72,11 @@ def compile_unit(name: str, seed: int, args: argparse.Namespace) -> dict:
                     name, seed, args.test, args.rows, args.budget):
                 return {**u, "source": f"{path.relative_to(HERE.parent)}"}
     u = compile_default.unit(name, seed, SimpleNamespace(rows=args.rows, test=args.test, budget=args.budget))
-    return {**u, "source": "run by headroom.py"}
+    # kept at once: a run stopped in the (long) grid reuses the compile next time
+    path = HERE / "results" / "compile_default" / "headroom-compiles.jsonl"
+    with path.open("a") as f:
+        f.write(json.dumps(u) + "\n")
+    return {**u, "source": f"{path.relative_to(HERE.parent)}"}
 
 
 def grid_programs(program: lg.Program, rows: list[dict], k_grid: int, seed: int,
