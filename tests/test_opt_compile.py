@@ -449,15 +449,20 @@ def test_a_node_fed_by_a_model_node_gets_labelled_demos_with_the_inputs_it_reall
     assert all(d["query"].startswith("about ") and WORDS[d["query"].split()[1]] == d["label"] for d in demos)
 
 
-def test_traced_labelled_demos_take_labelled_upstream_outputs_from_the_row():
-    from lmgraph.optimizers.fewshot import labeled_demos_traced
-
+def tool_program(export_function: bool = True) -> lg.Program:
+    """choose (question -> function) -> write (question, function -> call), BFCL's shape."""
     p = lg.Pipeline("tools")
     qn = p.input("question")
     c = p.add(lg.Predict("question -> function"), name="choose", question=qn)
     w = p.add(lg.Predict("question, function -> call"), name="write", question=qn, function=c.function)
-    p.output(call=w.call, function=c.function)
-    prog = p.build()
+    p.output(call=w.call, **({"function": c.function} if export_function else {}))
+    return p.build()
+
+
+def test_traced_labelled_demos_take_labelled_upstream_outputs_from_the_row():
+    from lmgraph.optimizers.fewshot import labeled_demos_traced
+
+    prog = tool_program()
     example = {"nodes": {"choose": {"inputs": {"question": "area?"}, "outputs": {"function": "wrong_fn"}},
                          "write": {"inputs": {"question": "area?", "function": "wrong_fn"},
                                    "outputs": {"call": "wrong_fn()"}}}}
@@ -472,19 +477,9 @@ def test_traced_labelled_demos_take_labelled_upstream_outputs_from_the_row():
 def test_an_input_wired_to_a_labelled_upstream_output_takes_the_rows_label():
     from lmgraph.optimizers.fewshot import labeled_demos
 
-    p = lg.Pipeline("tools")
-    qn = p.input("question")
-    c = p.add(lg.Predict("question -> function"), name="choose", question=qn)
-    w = p.add(lg.Predict("question, function -> call"), name="write", question=qn, function=c.function)
-    p.output(call=w.call, function=c.function)
     rows_ = [{"question": "area?", "function": "area", "call": "area(b=1)"}]
-    demos = labeled_demos(p.build(), rows_, 4)
+    demos = labeled_demos(tool_program(), rows_, 4)
     assert demos["write"] == [{"question": "area?", "function": "area", "call": "area(b=1)"}]
     assert demos["choose"] == [{"question": "area?", "function": "area"}]
     # not exported: no label for the upstream output, so no labelled demo for 'write'
-    p2 = lg.Pipeline("tools2")
-    qn2 = p2.input("question")
-    c2 = p2.add(lg.Predict("question -> function"), name="choose", question=qn2)
-    w2 = p2.add(lg.Predict("question, function -> call"), name="write", question=qn2, function=c2.function)
-    p2.output(call=w2.call)
-    assert "write" not in labeled_demos(p2.build(), rows_, 4)
+    assert "write" not in labeled_demos(tool_program(export_function=False), rows_, 4)
