@@ -280,21 +280,13 @@ class Compile(Racing, Optimizer):
                         use.pop()
                     if use:
                         alive = await self._race(session, alive, use, search_idx, rows, base_scores)
-                    if len(alive) > 1:
-                        ranked = self._rank(alive, base_scores)
-                        for s, *_ in ranked[1:]:
-                            s.alive = False
-                            s.note += "; not raced further: the budget left covers no more rows"
-                        alive = [ranked[0][0]]
-                    break
+                    break  # several still alive: _finalists picks the best of them
                 wave, untried = untried[:k], untried[k:]
                 tried += wave
                 alive = await self._race(session, [*alive, *wave], rounds, search_idx, rows, base_scores)
         except BudgetStop as e:
             report.stopped = f"race cut short: {e}"
             alive = [s for s in alive if s.rows]
-            if len(alive) > 1:
-                alive = [self._rank(alive, base_scores)[0][0]]
         if untried:
             why = (f"the budget covers {len(tried)} of {len(specs)} candidates; not tried: "
                    + "; ".join(s.label for s in untried))

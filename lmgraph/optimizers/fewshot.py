@@ -77,6 +77,15 @@ def _label_sources(program: Program, name: str, exported: Mapping[tuple[str, str
             out[f.name] = exported[(b.node, b.field)]  # an upstream output the rows label
         elif f.name not in optional:
             return None
+    outs = _output_keys(name, sig, optional, exported)
+    return None if outs is None else {**out, **outs}
+
+
+def _output_keys(name: str, sig: Signature, optional: set[str],
+                 exported: Mapping[tuple[str, str], str]) -> dict[str, str] | None:
+    """The row key of each output of node ``name`` (the program outputs that export it); None when
+    a required output is not exported."""
+    out: dict[str, str] = {}
     for f in sig.outputs:
         if (name, f.name) in exported:
             out[f.name] = exported[(name, f.name)]
@@ -160,31 +169,24 @@ def labeled_demos_traced(program: Program, items: Sequence[tuple[int, Mapping[st
         param = demo_param(program, name)
         sig, optional = param.signature, set(param.optional)
         assert sig is not None
-        outs: dict[str, str] = {}
-        for f in sig.outputs:
-            if (name, f.name) in exported:
-                outs[f.name] = exported[(name, f.name)]
-            elif f.name not in optional:
-                break
-        else:
-            if not outs:
+        outs = _output_keys(name, sig, optional, exported)
+        if not outs:
+            continue
+        # an input wired to an upstream output that the rows label takes the label (the right
+        # function, not the one a wrong upstream call picked): demos stay consistent
+        labelled_in = {f.name: exported[(b.node, b.field)] for f in sig.inputs
+                       if isinstance(b := program.node_map[name].binding(f.name), Ref)
+                       and (b.node, b.field) in exported}
+        required = [f.name for f in sig.inputs if f.name not in optional]
+        for i, example, row in items:
+            ins = ((example.get("nodes") or {}).get(name) or {}).get("inputs")
+            if not isinstance(ins, Mapping) or not all(k in row for k in outs.values()) or \
+                    any(f not in ins for f in required):
                 continue
-            for i, example, row in items:
-                io = (example.get("nodes") or {}).get(name) or {}
-                ins = io.get("inputs")
-                if not isinstance(ins, Mapping) or not all(k in row for k in outs.values()) or \
-                        any(f.name not in ins for f in sig.inputs if f.name not in optional):
-                    continue
-                demo = {f.name: ins[f.name] for f in sig.inputs if f.name in ins}
-                # an input wired to an upstream output that the rows label takes the label (the
-                # right function, not the one a wrong upstream call picked): demos stay consistent
-                for f in sig.inputs:
-                    b = program.node_map[name].binding(f.name)
-                    key = exported.get((b.node, b.field)) if isinstance(b, Ref) else None
-                    if key is not None and key in row:
-                        demo[f.name] = row[key]
-                demo.update({f: row[k] for f, k in outs.items()})
-                out.setdefault(name, []).append((i, demo))
+            demo = {f.name: ins[f.name] for f in sig.inputs if f.name in ins}
+            demo.update({f: row[k] for f, k in labelled_in.items() if k in row})
+            demo.update({f: row[k] for f, k in outs.items()})
+            out.setdefault(name, []).append((i, demo))
     return out
 
 

@@ -35,10 +35,17 @@ class Racing:
         """The winner among every candidate scored on all the search rows, not only the last wave's
         survivor: a champion of an earlier wave that a later newcomer knocked out on a few rows
         still competes on its full evidence (a newcomer that looked good on 20 rows and then fell
-        back must not win by being the last one standing)."""
+        back must not win by being the last one standing). With fewer than two finalists, the
+        best of the race's survivors on the rows each has."""
         full = set(order[:rounds[-1]]) if rounds else set()
         done = [s for s in tried if s.rows and full <= set(s.rows) | set(s.demo_rows)]
         if len(done) < 2 and not (done and not alive):
+            if len(alive) > 1:  # the race was stopped with several left: the best on its rows so far
+                ranked = self._rank(alive, base)
+                for s, *_ in ranked[1:]:
+                    s.alive = False
+                    s.note += "; not raced further: the budget left covers no more rows"
+                return [ranked[0][0]]
             return alive
         ranked = self._rank(done, base)
         winner = ranked[0][0]
