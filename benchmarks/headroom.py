@@ -156,7 +156,9 @@ def unit(name: str, seed: int, args: argparse.Namespace) -> dict:
 
 def write_md(out: Path, units: list[dict], command: str) -> None:
     lines = ["# Headroom: zero-shot, the default compiler, and an oracle grid on test", "",
-             f"`{command}` -- {MODEL}", "",
+             f"`{command}` -- {MODEL}. The command resumes: each (task, seed) unit is kept in `units.jsonl` "
+             "as it finishes and skipped by the next run, so the table may have been filled by several runs of it.",
+             "",
              "The oracle grid is scored on the TEST rows: a diagnostic of the headroom available in the compiler's own "
              "search space, never used for selection. Its best is the max of several noisy scores (biased upward).",
              "", "| task | seed | zero-shot | compiled | paired diff [95% CI] | chosen | oracle (best grid config) | "
@@ -206,7 +208,10 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     jsonl = out / "units.jsonl"
     done = [json.loads(line) for line in jsonl.read_text().splitlines()] if jsonl.exists() else []
-    command = "python benchmarks/headroom.py " + " ".join(sys.argv[1:])
+    # the command that fills the whole table (a run of a subset of it resumes the same table)
+    command = ("python benchmarks/headroom.py --tasks trec,sst2,banking77,hotpotqa,gsm8k --seeds 0,1,2"
+               + "".join(f" --{k} {getattr(args, k)}" for k, d in (("test", 100), ("rows", 400), ("budget", 800),
+                                                                   ("grid", 6)) if getattr(args, k) != d))
     plan = [(t, s) for t in tasks for s in seeds] if args.order == "task" else [(t, s) for s in seeds for t in tasks]
     for name, seed in plan:
         if any((u["task"], u["seed"], u["test_n"], u["budget"]) == (name, seed, args.test, args.budget) for u in done):
