@@ -31,7 +31,7 @@ from tasks import Sizes, load  # noqa: E402
 
 # which version of the compiler's search a unit measured: units of another revision are never
 # reused (benchmarks/headroom.py checks it)
-COMPILER_REV = "single-lever screening, winner among all finalists (2026-12-04)"
+COMPILER_REV = "single-lever screening, finalists, waves pass over candidates the budget left cannot cover (2026-12-04)"
 
 
 def unit(task_name: str, seed: int, args: argparse.Namespace) -> dict:

@@ -28,10 +28,11 @@ def rows(n: int, seed: int = 0) -> list[dict]:
     return out
 
 
-def program(fmt: str = "completion") -> lg.Program:
+def program(fmt: str = "completion", repair: bool = True) -> lg.Program:
     p = lg.Pipeline("sent")
     s = p.input("sentence")
-    node = p.add(lg.Predict("sentence -> label: Literal['negative', 'positive']", format=fmt, max_tokens=4),
+    node = p.add(lg.Predict("sentence -> label: Literal['negative', 'positive']", format=fmt, max_tokens=4,
+                            repair=repair),
                  name="classify", sentence=s)
     p.output(label=node.label)
     return p.build()
@@ -390,6 +391,61 @@ def test_the_winner_is_chosen_among_every_candidate_scored_on_all_search_rows():
     # one finisher and nothing else alive: it is the winner; none: the race's survivors stand
     assert Compile()._finalists([newcomer], [], [20, 40, 60], order, base) == [newcomer]
     assert Compile()._finalists([partial], [partial], [20, 40, 60], order, base) == [partial]
+
+
+def test_a_candidate_too_costly_for_the_budget_left_is_passed_over_for_cheaper_ones():
+    # TREC seed 2 (headroom run of 2026-12-04): the race stopped at 656 of 800 calls with 11
+    # candidates untried, because the next one in order (calibrated scoring, two calls a row) did
+    # not fit -- while one-call candidates after it did
+    from lmgraph.optimizers.candidates import Spec
+
+    order, rounds = list(range(40)), [20, 40]
+    champion = Spec("champion", {}, rows=list(order), scores=[1.0] * 40)
+    costly = Spec("calibrated + demos", {}, calls_per_row=2.0)
+    cheap = [Spec(f"cheap {i}", {}) for i in range(3)]
+    opt = Compile(max_candidates=2)
+    # racing one 1-call newcomer against the champion: 20 + 20 calls; confirming on 10 rows: 10
+    wave = opt._wave([champion], [champion], [costly, *cheap], rounds, order, 10, 55)
+    assert wave == [cheap[0]]
+    # room for two: the cap of max_candidates holds, the order is kept
+    assert opt._wave([champion], [champion], [costly, *cheap], rounds, order, 10, 200) == [costly, cheap[0]]
+    assert opt._wave([champion], [champion], [costly, *cheap], rounds, order, 10, 49) == []
+    # the confirmation reserve covers the costliest candidate that can still win: a finished
+    # two-call candidate of an earlier wave keeps 20 calls in reserve for 10 confirmation rows
+    done = Spec("calibrated", {}, calls_per_row=2.0, rows=list(order), scores=[1.0] * 40)
+    assert opt._wave([champion, done], [champion], cheap, rounds, order, 10, 55) == []
+    assert opt._wave([champion, done], [champion], cheap, rounds, order, 10, 60) == [cheap[0]]
+
+
+def test_no_budget_is_left_unused_while_an_untried_candidate_fits():
+    # the end-to-end form: when candidates stay untried, what is left of the budget could not
+    # have raced the cheapest of them (all search rows) and confirmed the winner. Without repair
+    # calls a generating candidate costs one call a row, a calibrated one two
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    class Scoring(FunctionLM):
+        supports_scoring = True
+
+    @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(n=st.integers(20, 90), calls=st.integers(150, 700), seed=st.integers(0, 3))
+    def check(n: int, calls: int, seed: int) -> None:
+        ctx = lg.RunContext(lm=Scoring(demo_lover), cache=False)
+        try:
+            _, report = Compile().optimize(program(repair=False), rows(n, seed), label_accuracy(),
+                                           budget=lg.Budget(max_calls=calls), seed=seed, ctx=ctx)
+        except lg.BudgetError:
+            return
+        if "not tried" not in (report.stopped or ""):
+            return
+        folds = report.data["folds"]
+        untried = report.stopped.split("not tried: ", 1)[1].split("; ")
+        if all("calibrated" in label for label in untried):
+            return  # the two-call candidates: the bound below is for one-call ones
+        left = calls - report.spent["calls"]
+        assert left < folds["search"] + 2 * folds["confirm"], (left, folds, report.stopped)
+
+    check()
 
 
 def test_screening_and_waves_never_spend_past_the_budget_nor_cut_the_race_short():

@@ -267,21 +267,19 @@ class Compile(Racing, Optimizer):
             tried += screened
             while untried or self._unfinished(alive, rounds, search_idx):
                 rem = session.remaining_calls()
-                reserve = math.ceil(len(conf_idx) * max(s.calls_per_row for s in [*alive, *untried]))
-                k = min(len(untried), self.max_candidates)
-                while k > 0 and rem is not None and \
-                        reserve + self._race_cost([*alive, *untried[:k]], rounds, search_idx) > rem:
-                    k -= 1
-                if k == 0 and not self._unfinished(alive, rounds, search_idx):
+                wave = self._wave(tried, alive, untried, rounds, search_idx, len(conf_idx), rem)
+                if not wave and not self._unfinished(alive, rounds, search_idx):
                     break
-                if k == 0:  # nothing new fits: finish the survivors' race on the rounds the budget covers
+                if not wave:  # nothing new fits: finish the survivors' race on the rounds the budget covers
+                    reserve = math.ceil(len(conf_idx) * max(
+                        s.calls_per_row for s in self._contenders(tried, alive, rounds, search_idx)))
                     use = list(rounds)
                     while use and rem is not None and reserve + self._race_cost(alive, use, search_idx) > rem:
                         use.pop()
                     if use:
                         alive = await self._race(session, alive, use, search_idx, rows, base_scores)
                     break  # several still alive: _finalists picks the best of them
-                wave, untried = untried[:k], untried[k:]
+                untried = [s for s in untried if s not in wave]
                 tried += wave
                 alive = await self._race(session, [*alive, *wave], rounds, search_idx, rows, base_scores)
         except BudgetStop as e:

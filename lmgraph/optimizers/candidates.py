@@ -19,7 +19,7 @@ from .joint import accepts_format
 Demo = dict[str, Any]
 
 
-@dataclass
+@dataclass(eq=False)  # a candidate is itself: compared (and hashed) by identity, never field by field
 class Spec:
     """One candidate: a label, per-node parameter changes and the search rows its demos use."""
 

@@ -58,6 +58,32 @@ class Racing:
                 s.alive = False
         return [winner]
 
+    def _wave(self, tried: Sequence[Spec], alive: Sequence[Spec], untried: Sequence[Spec], rounds: Sequence[int],
+              order: Sequence[int], n_confirm: int, rem: float | None) -> list[Spec]:
+        """The next wave: untried candidates in order, each taken when racing it with the survivors
+        and those taken before it, plus confirming the costliest candidate that could then win,
+        still fits the budget left -- one that does not fit is passed over for cheaper ones after
+        it (a calibrated candidate at two calls a row must not stop the search while one-call
+        candidates fit). At most ``max_candidates``."""
+        contenders = self._contenders(tried, alive, rounds, order)
+        wave: list[Spec] = []
+        for s in untried:
+            if len(wave) >= self.max_candidates:  # type: ignore[attr-defined]
+                break
+            trial = [*wave, s]
+            reserve = math.ceil(n_confirm * max(c.calls_per_row for c in [*contenders, *trial]))
+            if rem is None or reserve + self._race_cost([*alive, *trial], rounds, order) <= rem:
+                wave = trial
+        return wave
+
+    @staticmethod
+    def _contenders(tried: Sequence[Spec], alive: Sequence[Spec], rounds: Sequence[int],
+                    order: Sequence[int]) -> list[Spec]:
+        """The candidates that can still be chosen (and so confirmed): the race's survivors and
+        every candidate scored on all the search rows (see :meth:`_finalists`)."""
+        full = set(order[:rounds[-1]]) if rounds else set()
+        return [*alive, *(s for s in tried if s not in alive and s.rows and full <= set(s.rows) | set(s.demo_rows))]
+
     @staticmethod
     def _unfinished(alive: Sequence[Spec], rounds: Sequence[int], order: Sequence[int]) -> bool:
         """Whether several candidates are still in the race, or the one left has rows to score."""
