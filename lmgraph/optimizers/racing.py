@@ -37,8 +37,7 @@ class Racing:
         still competes on its full evidence (a newcomer that looked good on 20 rows and then fell
         back must not win by being the last one standing). With fewer than two finalists, the
         best of the race's survivors on the rows each has."""
-        full = set(order[:rounds[-1]]) if rounds else set()
-        done = [s for s in tried if s.rows and full <= set(s.rows) | set(s.demo_rows)]
+        done = self._scored_on_all(tried, rounds, order)
         if len(done) < 2 and not (done and not alive):
             if len(alive) > 1:  # the race was stopped with several left: the best on its rows so far
                 ranked = self._rank(alive, base)
@@ -77,12 +76,16 @@ class Racing:
         return wave
 
     @staticmethod
-    def _contenders(tried: Sequence[Spec], alive: Sequence[Spec], rounds: Sequence[int],
+    def _scored_on_all(specs: Sequence[Spec], rounds: Sequence[int], order: Sequence[int]) -> list[Spec]:
+        """The candidates scored on every search row (their demo rows excepted): the finalists."""
+        full = set(order[:rounds[-1]]) if rounds else set()
+        return [s for s in specs if s.rows and full <= set(s.rows) | set(s.demo_rows)]
+
+    def _contenders(self, tried: Sequence[Spec], alive: Sequence[Spec], rounds: Sequence[int],
                     order: Sequence[int]) -> list[Spec]:
         """The candidates that can still be chosen (and so confirmed): the race's survivors and
         every candidate scored on all the search rows (see :meth:`_finalists`)."""
-        full = set(order[:rounds[-1]]) if rounds else set()
-        return [*alive, *(s for s in tried if s not in alive and s.rows and full <= set(s.rows) | set(s.demo_rows))]
+        return [*alive, *(s for s in self._scored_on_all(tried, rounds, order) if s not in alive)]
 
     @staticmethod
     def _unfinished(alive: Sequence[Spec], rounds: Sequence[int], order: Sequence[int]) -> bool:
