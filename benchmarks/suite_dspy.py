@@ -119,20 +119,17 @@ def _dspy_optimizer(system: System, metric: Callable, base_url: str, seed: int, 
     raise ValueError(f"unknown DSPy optimizer {system.optimizer!r}")
 
 
-def proposer_schema_adapter(base: Any, task_outputs: set[str]) -> Any:
-    """``base`` (a ChatAdapter or JSONAdapter) for the task's own signature; every other signature
-    (MIPROv2's instruction proposer, dataset and program describers) is answered in the server's
-    JSON mode with the signature's output fields as a JSON schema, which llama.cpp turns into a
-    grammar (``response_format={"type": "json_object", "schema": ...}``): the reply is the
-    object the JSONAdapter parses, never free text.
+def schema_json_adapter() -> Any:
+    """DSPy's JSONAdapter asking the server's JSON mode for the signature's output fields as a JSON
+    schema (``response_format={"type": "json_object", "schema": ...}``), which llama.cpp turns into
+    a grammar: the reply is the object the adapter parses, with the right keys and, for a Literal
+    output, one of the options -- never free text.
 
-    Why: with either stock adapter MIPROv2-light failed on this model with AdapterParseError in
-    the proposer (2026-11-24 full run): the 135M model wrote JSON of its own invention
-    (``{"tutorial": ...}``) instead of ``proposed_instruction``. DSPy's JSONAdapter sends a
-    schema only where litellm says the model supports one (not for ``openai/local``), so here it
-    asks for plain ``json_object``, which constrains the syntax but not the keys. The task
-    program still sees exactly the row's adapter, so its rows stay comparable to the others.
-    """
+    Stock DSPy sends a schema only where litellm says the model supports one (not for
+    ``openai/local``), and then in OpenAI's ``json_schema`` shape, which llama-cpp-python's server
+    does not read; otherwise it asks for plain ``json_object``, which constrains the syntax but not
+    the keys (the 135M model then writes JSON of its own invention). Adapters are DSPy's extension
+    point for exactly this, so this is as far as DSPy allows a parse failure to be removed."""
     import dspy
     import pydantic
 
@@ -143,7 +140,21 @@ def proposer_schema_adapter(base: Any, task_outputs: set[str]) -> Any:
             lm_kwargs["response_format"] = {"type": "json_object", "schema": {
                 "type": "object", "properties": props, "required": list(props)}}
 
-    constrained = SchemaJSON()
+    return SchemaJSON()
+
+
+def proposer_schema_adapter(base: Any, task_outputs: set[str]) -> Any:
+    """``base`` (a ChatAdapter or JSONAdapter) for the task's own signature; every other signature
+    (MIPROv2's instruction proposer, dataset and program describers) is answered by
+    :func:`schema_json_adapter` (schema-constrained JSON).
+
+    Why: with either stock adapter MIPROv2-light failed on this model with AdapterParseError in
+    the proposer (2026-11-24 full run): the 135M model wrote JSON of its own invention
+    (``{"tutorial": ...}``) instead of ``proposed_instruction``. The task program still sees
+    exactly the row's adapter, so its rows stay comparable to the others (the ``[schema]`` rows
+    constrain the task program too).
+    """
+    constrained = schema_json_adapter()
 
     class Dispatch(type(base)):  # type: ignore[misc]
         def _task(self, signature: Any) -> bool:
@@ -189,8 +200,11 @@ def run_dspy(system: System, task: Task, data: tuple[list, list, list], *, seed:
     logging.getLogger("dspy").setLevel(logging.CRITICAL)
     _dspy_fresh_cache()
     lm = _dspy_lm(base_url, task.max_tokens)
-    adapter = dspy.JSONAdapter() if system.variant == "json" else dspy.ChatAdapter()
-    if system.opts().get("schema_proposer"):
+    if system.variant == "schema":  # every signature, the task's included, in schema-constrained JSON
+        adapter = schema_json_adapter()
+    else:
+        adapter = dspy.JSONAdapter() if system.variant == "json" else dspy.ChatAdapter()
+    if system.opts().get("schema_proposer") and system.variant != "schema":
         adapter = proposer_schema_adapter(adapter, {task.output})
     dspy.configure(lm=lm, adapter=adapter)
 

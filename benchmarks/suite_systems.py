@@ -28,7 +28,7 @@ class System:
     name: str
     framework: str          # "lmgraph" | "dspy" | "lmgraph-inprocess"
     optimizer: str          # "zero-shot" or the optimizer's name
-    variant: str = ""       # DSPy adapter ("chat"/"json")
+    variant: str = ""       # DSPy adapter ("chat"/"json"/"schema": JSON constrained by the signature's schema)
     settings: tuple[tuple[str, Any], ...] = ()
 
     def opts(self) -> dict[str, Any]:
@@ -102,6 +102,18 @@ def reflective_systems(quick: bool) -> list[System]:
                    (("bsize", 8), ("num_candidates", 2), ("max_steps", 2)) if quick else
                    (("bsize", 32), ("num_candidates", 6), ("max_steps", 8))),
         ]
+    # DSPy with its parse failures removed as far as DSPy allows: every signature answered in the
+    # server's schema-constrained JSON mode (suite_dspy.schema_json_adapter)
+    out += [
+        System("DSPy zero-shot [schema]", "dspy", "zero-shot", "schema"),
+        System("DSPy BootstrapFewShot [schema]", "dspy", "BootstrapFewShot", "schema"),
+        System("DSPy MIPROv2-light [schema]", "dspy", "MIPROv2", "schema"),
+        System("DSPy GEPA [schema]", "dspy", "GEPA", "schema",
+               (("max_metric_calls", "budget") if quick else ("auto", "light"), ("reflection_lm", REFLECTOR_NOTE))),
+        System("DSPy SIMBA [schema]", "dspy", "SIMBA", "schema",
+               (("bsize", 8), ("num_candidates", 2), ("max_steps", 2)) if quick else
+               (("bsize", 32), ("num_candidates", 6), ("max_steps", 8))),
+    ]
     out += [
         System("lmgraph Reflect (in-process)", "lmgraph-inprocess", "Reflect",
                settings=(("max_iterations", 6 if quick else 12), ("reflection_lm", REFLECTOR_NOTE))),

@@ -20,7 +20,9 @@ import suite_systems  # noqa: E402
 
 NEW = {"lmgraph Reflect", "lmgraph Reflect (in-process)", "lmgraph Compile + model choice (in-process)",
        "DSPy GEPA [chat]", "DSPy GEPA [json]", "DSPy SIMBA [chat]", "DSPy SIMBA [json]",
-       "DSPy MIPROv2-light, constrained proposer [chat]", "DSPy MIPROv2-light, constrained proposer [json]"}
+       "DSPy MIPROv2-light, constrained proposer [chat]", "DSPy MIPROv2-light, constrained proposer [json]",
+       "DSPy zero-shot [schema]", "DSPy BootstrapFewShot [schema]", "DSPy MIPROv2-light [schema]",
+       "DSPy GEPA [schema]", "DSPy SIMBA [schema]"}
 
 
 def test_importing_the_suite_makes_no_model_and_loads_no_framework(tmp_path):
@@ -43,7 +45,8 @@ def test_systems_for_lists_the_new_rows_and_quick_runs_them_only_when_named():
     plain = {s.name for s in suite.pick_systems(quick, None, quick=True)}
     assert not plain & NEW and "lmgraph Compile" in plain  # the plain quick run keeps its line-up
     picked = {s.name for s in suite.pick_systems(quick, "Reflect, GEPA", quick=True)}
-    assert picked == {"lmgraph Reflect", "lmgraph Reflect (in-process)", "DSPy GEPA [chat]", "DSPy GEPA [json]"}
+    assert picked == {"lmgraph Reflect", "lmgraph Reflect (in-process)", "DSPy GEPA [chat]", "DSPy GEPA [json]",
+                      "DSPy GEPA [schema]"}
     assert {s.name for s in suite.pick_systems(suite.systems_for("full"), None, quick=False)} >= NEW
     gepa = next(s for s in quick if s.name == "DSPy GEPA [json]")
     assert gepa.opts()["max_metric_calls"] == "budget" and "135M" in gepa.opts()["reflection_lm"]
@@ -226,3 +229,35 @@ def test_constrained_proposer_adapter_schema_for_every_signature_but_the_tasks()
     with pytest.raises(Exception):  # noqa: B017 - acall dispatches the same way (any failure after the capture)
         asyncio.run(adapter.acall(lm, {}, proposer, [], {"task_demos": "x"}))
     assert lm.seen[n:] == [] or lm.seen[n]["response_format"]["schema"]["required"] == ["proposed_instruction"]
+
+
+def test_schema_rows_constrain_the_tasks_own_signature_to_its_options():
+    # the [schema] rows: every DSPy signature, the task program's included, asks the server for
+    # JSON constrained by the output fields' schema -- a Literal output becomes an enum, so the
+    # 135M model can only answer with an option (DSPy's parse failures removed as far as DSPy allows)
+    from typing import Literal
+
+    dspy = pytest.importorskip("dspy")
+    import suite_dspy
+
+    class Capture(dspy.BaseLM):
+        def __init__(self):
+            super().__init__("openai/capture")
+            self.seen = []
+
+        def forward(self, prompt=None, messages=None, **kwargs):
+            self.seen.append(kwargs)
+            raise RuntimeError("captured")
+
+    adapter = suite_dspy.schema_json_adapter()
+    assert isinstance(adapter, dspy.JSONAdapter)
+    sig = dspy.Signature({"question": dspy.InputField(), "answer_type": dspy.OutputField()})
+    sig = sig.with_updated_fields("answer_type", type_=Literal["human", "location"])  # as tasks.classification_dspy
+    lm = Capture()
+    with pytest.raises(Exception, match="captured"):
+        adapter(lm, {}, sig, [], {"question": "who?"})
+    fmt = lm.seen[0]["response_format"]
+    assert fmt["type"] == "json_object" and fmt["schema"]["required"] == ["answer_type"]
+    assert fmt["schema"]["properties"]["answer_type"]["enum"] == ["human", "location"]
+    schema_rows = [s for s in suite.systems_for("quick") if s.variant == "schema"]
+    assert {s.optimizer for s in schema_rows} == {"zero-shot", "BootstrapFewShot", "MIPROv2", "GEPA", "SIMBA"}
