@@ -201,10 +201,8 @@ def test_reflect_row_gives_its_metric_feedback_and_a_reflector(monkeypatch):
     assert seen["metric"][0] == 0.0 and "expected answer_type 'human'" in seen["metric"][1]
 
 
-def test_constrained_proposer_adapter_schema_for_every_signature_but_the_tasks():
-    dspy = pytest.importorskip("dspy")
-    import suite_dspy
-
+def _capture_lm(dspy):  # noqa: ANN001, ANN202
+    """A DSPy LM that records each request's settings and fails it (no model is called)."""
     class Capture(dspy.BaseLM):
         def __init__(self):
             super().__init__("openai/capture")
@@ -214,11 +212,18 @@ def test_constrained_proposer_adapter_schema_for_every_signature_but_the_tasks()
             self.seen.append(kwargs)
             raise RuntimeError("captured")
 
+    return Capture()
+
+
+def test_constrained_proposer_adapter_schema_for_every_signature_but_the_tasks():
+    dspy = pytest.importorskip("dspy")
+    import suite_dspy
+
     adapter = suite_dspy.proposer_schema_adapter(dspy.ChatAdapter(), {"answer_type"})
     assert isinstance(adapter, dspy.ChatAdapter)
     proposer = dspy.Signature("task_demos -> proposed_instruction")
     task_sig = dspy.Signature("question -> answer_type")
-    lm = Capture()
+    lm = _capture_lm(dspy)
     for sig in (proposer, task_sig):
         with pytest.raises(Exception, match="captured"):
             adapter(lm, {}, sig, [], {name: "x" for name in sig.input_fields})
@@ -240,20 +245,11 @@ def test_schema_rows_constrain_the_tasks_own_signature_to_its_options():
     dspy = pytest.importorskip("dspy")
     import suite_dspy
 
-    class Capture(dspy.BaseLM):
-        def __init__(self):
-            super().__init__("openai/capture")
-            self.seen = []
-
-        def forward(self, prompt=None, messages=None, **kwargs):
-            self.seen.append(kwargs)
-            raise RuntimeError("captured")
-
     adapter = suite_dspy.schema_json_adapter()
     assert isinstance(adapter, dspy.JSONAdapter)
     sig = dspy.Signature({"question": dspy.InputField(), "answer_type": dspy.OutputField()})
     sig = sig.with_updated_fields("answer_type", type_=Literal["human", "location"])  # as tasks.classification_dspy
-    lm = Capture()
+    lm = _capture_lm(dspy)
     with pytest.raises(Exception, match="captured"):
         adapter(lm, {}, sig, [], {"question": "who?"})
     fmt = lm.seen[0]["response_format"]
