@@ -271,8 +271,7 @@ class Compile(Racing, Optimizer):
                 if not wave and not self._unfinished(alive, rounds, search_idx):
                     break
                 if not wave:  # nothing new fits: finish the survivors' race on the rounds the budget covers
-                    reserve = math.ceil(len(conf_idx) * max(
-                        s.calls_per_row for s in self._contenders(tried, alive, rounds, search_idx)))
+                    reserve = self._reserve(len(conf_idx), self._contenders(tried, alive, rounds, search_idx))
                     use = list(rounds)
                     while use and rem is not None and reserve + self._race_cost(alive, use, search_idx) > rem:
                         use.pop()

@@ -70,10 +70,15 @@ class Racing:
             if len(wave) >= self.max_candidates:  # type: ignore[attr-defined]
                 break
             trial = [*wave, s]
-            reserve = math.ceil(n_confirm * max(c.calls_per_row for c in [*contenders, *trial]))
+            reserve = self._reserve(n_confirm, [*contenders, *trial])
             if rem is None or reserve + self._race_cost([*alive, *trial], rounds, order) <= rem:
                 wave = trial
         return wave
+
+    @staticmethod
+    def _reserve(n_confirm: int, specs: Sequence[Spec]) -> int:
+        """Calls kept back to confirm whichever of ``specs`` wins, at the costliest one's rate."""
+        return math.ceil(n_confirm * max((s.calls_per_row for s in specs), default=0.0))
 
     @staticmethod
     def _scored_on_all(specs: Sequence[Spec], rounds: Sequence[int], order: Sequence[int]) -> list[Spec]:
@@ -107,7 +112,7 @@ class Racing:
         rem = session.remaining_calls()
         k = len(singles)
         while k >= 2 and rem is not None:
-            reserve = math.ceil(len(conf_idx) * max(s.calls_per_row for s in singles[:k]))
+            reserve = self._reserve(len(conf_idx), singles[:k])
             screen = self._race_cost(singles[:k], rounds[:1], order)
             # the survivors, after screening, must still be able to finish the race
             worst = max(s.calls_per_row for s in singles[:k])
