@@ -32,6 +32,14 @@ from tasks import Sizes, load  # noqa: E402
 # which version of the compiler's search a unit measured: units of another revision are never
 # reused (benchmarks/headroom.py checks it)
 COMPILER_REV = "single-lever screening, finalists, waves pass over candidates the budget left cannot cover (2026-12-04)"
+# which version of how a program runs: a change that can move a score (a prompt that did not fit the
+# context window used to fail its row; now its farthest demos are dropped) makes earlier units stale
+RUNTIME_REV = "demos that do not fit the context window are dropped, farthest first (2026-12-04)"
+
+
+def current(unit: dict) -> bool:
+    """Was ``unit`` measured by this revision of the compiler and of the runtime?"""
+    return unit.get("compiler") == COMPILER_REV and unit.get("runtime") == RUNTIME_REV
 
 
 def unit(task_name: str, seed: int, args: argparse.Namespace) -> dict:
@@ -63,7 +71,7 @@ def unit(task_name: str, seed: int, args: argparse.Namespace) -> dict:
             "chosen": best.label if best.id != report.baseline.id else "unchanged (program as given)",
             "expected_gain": round(best.evidence.get("expected_gain", 0.0), 4),
             "compile_calls": report.spent.get("calls"), "compile_s": round(compile_s, 1),
-            "stopped": report.stopped, "labels": True, "compiler": COMPILER_REV,
+            "stopped": report.stopped, "labels": True, "compiler": COMPILER_REV, "runtime": RUNTIME_REV,
             "lever_effects": report.data.get("lever_effects")}
 
 

@@ -21,8 +21,10 @@ Headroom = best grid score - zero-shot (the max of several noisy test scores: bi
 "recovered" understates); recovered = (compiled - zero-shot) / headroom. Units are appended to
 ``results/headroom/units.jsonl`` at once (a killed run keeps what it finished; a rerun skips them);
 ``results/headroom/README.md`` is rewritten after each. Units measured with an earlier revision of the
-compiler are moved to ``results/headroom/units-superseded.jsonl``; their grid scores (keyed by the
-program's content hash) are reused, since the grid does not depend on the compiler's search.
+compiler or of the runtime (``compile_default.current``) are moved to
+``results/headroom/units-superseded.jsonl``; their grid scores (keyed by the program's content hash)
+are reused when measured by the same runtime revision, since the grid does not depend on the
+compiler's search.
 """
 
 from __future__ import annotations
@@ -67,7 +69,7 @@ def compile_unit(name: str, seed: int, args: argparse.Namespace) -> dict:
     for path in sorted((HERE / "results" / "compile_default").glob("*.jsonl")):
         for line in path.read_text().splitlines():
             u = json.loads(line)
-            if u.get("labels") and u.get("compiler") == compile_default.COMPILER_REV and \
+            if u.get("labels") and compile_default.current(u) and \
                     (u["task"], u["seed"], u["test_n"], u["rows"], u["budget"]) == (
                     name, seed, args.test, args.rows, args.budget):
                 return {**u, "source": f"{path.relative_to(HERE.parent)}"}
@@ -104,7 +106,8 @@ def _measured(name: str, seed: int, test_n: int, out: Path) -> dict[str, dict]:
     for line in lines:
         u = json.loads(line)
         if (u["task"], u["seed"], u["test_n"]) == (name, seed, test_n):
-            found.update({g["program_hash"]: g for g in u["grid"] if g.get("program_hash")})
+            found.update({g["program_hash"]: g for g in u["grid"] if g.get("program_hash")
+                          and g.get("runtime") == compile_default.RUNTIME_REV})
     return found
 
 
@@ -129,7 +132,8 @@ def grid_unit(name: str, seed: int, args: argparse.Namespace) -> dict:
         pb = paired_bootstrap(zero.scores, res.scores)
         configs.append({"config": label, "mean": round(res.mean, 4), "ci": [round(x, 4) for x in res.ci],
                         "diff": round(pb["diff"], 4), "diff_ci": [round(pb["ci_low"], 4), round(pb["ci_high"], 4)],
-                        "calls": res.usage.get("calls"), "program_hash": h})
+                        "calls": res.usage.get("calls"), "program_hash": h,
+                        "runtime": compile_default.RUNTIME_REV})
         print(f"  {name} seed {seed} grid: {label:<55} {res.mean:.3f}  {pb['diff']:+.3f}", flush=True)
     return {"zero_shot": round(zero.mean, 4), "grid": configs, "grid_s": round(time.perf_counter() - t0, 1)}
 
@@ -147,7 +151,7 @@ def unit(name: str, seed: int, args: argparse.Namespace) -> dict:
     return {"task": name, "seed": seed, "test_n": c["test_n"], "rows": c["rows"], "budget": c["budget"],
             "zero_shot": c["zero_shot"], "compiled": c["compiled"], "diff": c["diff"], "diff_ci": c["diff_ci"],
             "chosen": c["chosen"], "compile_calls": c["compile_calls"], "compile_source": c["source"],
-            "compiler": c.get("compiler"), "lever_effects": c.get("lever_effects"),
+            "compiler": c.get("compiler"), "runtime": c.get("runtime"), "lever_effects": c.get("lever_effects"),
             "oracle": round(oracle, 4), "oracle_config": best["config"] if best and best["mean"] > g["zero_shot"]
             else "zero-shot", "headroom": round(headroom, 4),
             "recovered": round(gain / headroom, 3) if headroom > 0 else None, "grid": g["grid"],
@@ -208,15 +212,15 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     jsonl = out / "units.jsonl"
     done = [json.loads(line) for line in jsonl.read_text().splitlines()] if jsonl.exists() else []
-    # the table is of one revision of the compiler: units of another move to units-superseded.jsonl
+    # the table is of one revision of the compiler and runtime: units of another move to units-superseded.jsonl
     # (their grid scores are still reused) and are measured again when their (task, seed) is run
-    stale = [u for u in done if u.get("compiler") != compile_default.COMPILER_REV]
+    stale = [u for u in done if not compile_default.current(u)]
     if stale:
         with (out / "units-superseded.jsonl").open("a") as f:
             f.writelines(json.dumps(u) + "\n" for u in stale)
-        done = [u for u in done if u.get("compiler") == compile_default.COMPILER_REV]
+        done = [u for u in done if compile_default.current(u)]
         jsonl.write_text("".join(json.dumps(u) + "\n" for u in done))
-        print(f"{len(stale)} units of another compiler revision moved to units-superseded.jsonl", flush=True)
+        print(f"{len(stale)} units of another compiler or runtime revision moved to units-superseded.jsonl", flush=True)
     # the command that fills the whole table (a run of a subset of it resumes the same table)
     command = ("python benchmarks/headroom.py --tasks trec,sst2,banking77,hotpotqa,gsm8k --seeds 0,1,2"
                + "".join(f" --{k} {getattr(args, k)}" for k, d in (("test", 100), ("rows", 400), ("budget", 800),

@@ -160,6 +160,8 @@ class LMError(RunError):
     prompt longer than the context); ``status`` is the HTTP status when the provider answered
     one; ``retry_after_s`` how long the provider asked to wait (``Retry-After`` /
     ``retry-after-ms``), honoured by :class:`~lmgraph.lm.wrappers.RetryLM`.
+    ``context_overflow`` is True when the prompt did not fit the model's context window (the
+    backends mark it; Predict then drops demos and asks again, see :mod:`lmgraph.modules.predict`).
     A retryable LMError that persists is a *provider failure*: a row it ends has no answer
     (not a wrong one) and is never scored, memoised or cached as one.
     """
@@ -167,13 +169,16 @@ class LMError(RunError):
     retryable: bool = True
     status: int | None = None
     retry_after_s: float | None = None
+    context_overflow: bool = False
 
     def __init__(self, message: str, *, node: str | None = None, retryable: bool = True,
-                 status: int | None = None, retry_after_s: float | None = None) -> None:
+                 status: int | None = None, retry_after_s: float | None = None,
+                 context_overflow: bool = False) -> None:
         super().__init__(message, node=node)
-        self.retryable = retryable
+        self.retryable = retryable and not context_overflow
         self.status = status
         self.retry_after_s = retry_after_s
+        self.context_overflow = context_overflow
 
 
 class ProviderFailureError(RunError):

@@ -6,6 +6,9 @@ an adaptive per-endpoint rate limiter.
   opposed to an answer (even an unparseable one) or a mistake no retry fixes?
 * :func:`retry_after` -- ``Retry-After`` (seconds or an HTTP date) and ``retry-after-ms``
   response headers, as seconds.
+* :func:`mark_context_overflow` -- marks an error whose text says the prompt did not fit the
+  model's context window (llama.cpp, llama-cpp-python's server, vLLM, OpenAI and litellm
+  wordings), so Predict can drop demos and ask again instead of losing the row.
 * :func:`count_request` -- backends that speak HTTP call it once per request that reached the
   provider; :class:`~lmgraph.lm.wrappers.BudgetLM` adds those to its meter's ``requests``.
 * :class:`AdaptiveRateLimiter` / :func:`endpoint_limiter` -- AIMD on 429: unlimited until the
@@ -21,6 +24,7 @@ import collections
 import contextvars
 import email.utils
 import math
+import re
 import threading
 import time
 from collections.abc import Mapping
@@ -34,6 +38,7 @@ __all__ = [
     "count_request",
     "endpoint_limiter",
     "is_provider_failure",
+    "mark_context_overflow",
     "reset_rate_limiters",
     "retry_after",
 ]
@@ -41,6 +46,23 @@ __all__ = [
 # HTTP statuses worth another try: request timeout, conflict (a lock), rate limited, and 5xx
 RETRYABLE_STATUS = frozenset({408, 409, 429})
 _TRANSIENT = (ConnectionError, TimeoutError, asyncio.TimeoutError, OSError)
+
+
+# how backends say a prompt is longer than the context window: llama.cpp / llama-cpp-python
+# ("Requested tokens (N) exceed context window of M"), vLLM and OpenAI ("maximum context length is
+# N tokens", "context_length_exceeded"), llama.cpp's C++ server ("exceeds the available context
+# size"), Anthropic ("prompt is too long"), litellm (ContextWindowExceededError)
+_OVERFLOW = re.compile(r"exceeds? (the )?(available )?context (window|size)|maximum context length|"
+                       r"context[_ ]length[_ ]exceeded|prompt is too long|ContextWindowExceeded", re.IGNORECASE)
+
+
+def mark_context_overflow(err: LMError, text: str) -> LMError:
+    """``err`` marked ``context_overflow`` (and not retryable) when ``text`` -- the provider's
+    error message or exception -- says the prompt did not fit the context window."""
+    if _OVERFLOW.search(text):
+        err.context_overflow = True
+        err.retryable = False
+    return err
 
 
 def retryable_status(status: int) -> bool:

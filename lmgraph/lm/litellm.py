@@ -43,7 +43,7 @@ from .credentials import (
     split_userinfo,
     url_secrets,
 )
-from .faults import count_request, endpoint_limiter, retry_after
+from .faults import count_request, endpoint_limiter, mark_context_overflow, retry_after
 from .openai_compat import (
     STREAM_FIELDS,
     MalformedResponse,
@@ -354,6 +354,7 @@ class LiteLLM(NegotiatedJsonMode):
         err = LMError(self._secrets.scrub(msg), retryable=type(exc).__name__ not in _NOT_RETRYABLE,
                       status=status, retry_after_s=wait)
         err.reached = not (names & _UNREACHED)  # type: ignore[attr-defined]
+        mark_context_overflow(err, " ".join([*sorted(names), str(exc)]))
         return mark_json_mode_rejection(err, status, str(exc), mode)
 
     def _to_response(self, raw: Any, request: LMRequest, latency: float,

@@ -480,8 +480,7 @@ class LlamaCppLM:
             n_prompt, n_ctx = match.groups()
             err = LMError(f"the prompt is {n_prompt} tokens, which does not fit the model's "
                           f"context window (n_ctx={n_ctx}). Raise n_ctx (LlamaCppLM(n_ctx=...)) "
-                          "or shorten the prompt (fewer demos, shorter inputs).")
-            err.retryable = False
+                          "or shorten the prompt (fewer demos, shorter inputs).", context_overflow=True)
             return err
         return LMError(f"llama.cpp failed ({type(exc).__name__}): {exc}")
 

@@ -41,7 +41,7 @@ from ..errors import DefinitionError, LMError
 from .base import LMRequest, LMResponse, Usage
 from .capabilities import JsonModeNegotiator, NegotiatedJsonMode, mark_json_mode_rejection
 from .credentials import Secrets, extra_secrets, redact_url, resolve_api_key, split_userinfo, url_secrets
-from .faults import count_request, endpoint_limiter, retry_after, retryable_status
+from .faults import count_request, endpoint_limiter, mark_context_overflow, retry_after, retryable_status
 from .openai_compat import (
     STREAM_FIELDS,
     MalformedResponse,
@@ -282,7 +282,7 @@ class OpenAIServerLM(NegotiatedJsonMode):
                 limiter.throttle(sent, wait)
             err = self._error(f"{self.model} at {shown} answered HTTP {status}: {text}",
                               retryable_status(status), status=status, retry_after_s=wait)
-            raise mark_json_mode_rejection(err, status, text, mode)
+            raise mark_json_mode_rejection(mark_context_overflow(err, text), status, text, mode)
         if limiter is not None:
             limiter.success()
         try:
@@ -327,10 +327,10 @@ class OpenAIServerLM(NegotiatedJsonMode):
                     wait = retry_after(resp.headers)
                     if resp.status == 429 and limiter is not None:
                         limiter.throttle(sent, wait)
-                    raise mark_json_mode_rejection(
+                    raise mark_json_mode_rejection(mark_context_overflow(
                         self._error(f"{self.model} at {shown} answered HTTP {resp.status}: {text}",
                                     retryable_status(resp.status), status=resp.status, retry_after_s=wait),
-                        resp.status, text, mode)
+                        text), resp.status, text, mode)
                 if limiter is not None:
                     limiter.success()
                 async for raw in resp.content:

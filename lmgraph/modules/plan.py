@@ -24,7 +24,7 @@ from ..errors import DefinitionError, OutputParseError
 from ..lm.prompt import get_format
 from ..lm.values import json_object
 from ..signatures import FieldSpec, Signature, ensure_signature
-from .predict import Predict
+from .predict import Predict, fitting_demos
 
 if TYPE_CHECKING:
     from ..pipeline.executor import NodeCall
@@ -259,10 +259,14 @@ class Plan(Predict):
         fmt_name = self._request_format()
         fmt = get_format(fmt_name)
         call.trace.format = fmt_name
-        request = self._bounded(fmt.render(sig, self.instructions, self.demos, inputs,
-                                           temperature=self.temperature, max_tokens=self.max_tokens,
-                                           node=call.node), fmt_name)
-        resp, rec = await call.generate(request, lm=self.lm)
+
+        async def send(shown: tuple[Mapping[str, Any], ...]) -> tuple[Any, Any, Any]:
+            request = self._bounded(fmt.render(sig, self.instructions, shown, inputs,
+                                               temperature=self.temperature, max_tokens=self.max_tokens,
+                                               node=call.node), fmt_name)
+            return request, *(await call.generate(request, lm=self.lm))
+
+        request, resp, rec = await fitting_demos(call, self.demos, send)  # demos that fit the context
         steps = parse_steps(resp.text, field.name, field.label, cut_off=resp.finish_reason == "length")
         if steps:
             return steps

@@ -14,16 +14,22 @@ Two decoding modes (``decode``, tunable):
   This removes the label bias a small model shows whatever the input (always "positive", always
   the first option). One extra scoring call per row, the same request every row (a cache hit
   after the first).
+
+Demos that do not fit: when the backend says the prompt is longer than the model's context
+window (an :class:`~lmgraph.errors.LMError` marked ``context_overflow``), the call is made again
+with the demo farthest from the input (the first shown) left out, until the prompt fits or no demo
+is left; the row is answered, not lost. The node's trace records how many were left out
+(``meta["demos_dropped"]``) and keeps the refused call's record (with its error).
 """
 
 from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
-from ..errors import DefinitionError, OutputParseError
+from ..errors import DefinitionError, LMError, OutputParseError
 from ..lm.prompt import get_format
 from ..lm.values import coerce, format_value
 from ..signatures import FieldSpec, Signature, ensure_signature, literal_options, type_to_str
@@ -32,6 +38,8 @@ from .base import FORMAT_CHOICES, Module, normalise_demos
 if TYPE_CHECKING:
     from ..pipeline.executor import NodeCall
 
+
+_T = TypeVar("_T")
 
 DECODE_CHOICES = ("generate", "score", "calibrated")
 SCORING_DECODES = ("score", "calibrated")
@@ -109,14 +117,17 @@ async def predict(call: NodeCall, sig: Signature, inputs: Mapping[str, Any], *,
     fmt_name = resolve_format(format, sig, preferred, call.ctx.default_format)
     fmt = get_format(fmt_name)
     call.trace.format = fmt_name
-    request = fmt.render(sig, instructions or sig.instructions, demos, inputs,
-                         temperature=temperature, max_tokens=max_tokens, rollout=rollout, node=call.node)
-    if stop:
-        request = request.replace(stop=tuple(dict.fromkeys((*request.stop, *stop))))
-    if stream and call.streaming:
-        resp, rec = await call.stream_generate(request, sig, lm=lm)
-    else:
-        resp, rec = await call.generate(request, lm=lm)
+
+    async def send(shown: tuple[Mapping[str, Any], ...]) -> tuple[Any, Any, Any]:
+        request = fmt.render(sig, instructions or sig.instructions, shown, inputs,
+                             temperature=temperature, max_tokens=max_tokens, rollout=rollout, node=call.node)
+        if stop:
+            request = request.replace(stop=tuple(dict.fromkeys((*request.stop, *stop))))
+        if stream and call.streaming:
+            return request, *(await call.stream_generate(request, sig, lm=lm))
+        return request, *(await call.generate(request, lm=lm))
+
+    request, resp, rec = await fitting_demos(call, demos, send)
     try:
         return fmt.parse(sig, resp.text)
     except OutputParseError as e:
@@ -145,11 +156,14 @@ async def score_predict(call: NodeCall, sig: Signature, inputs: Mapping[str, Any
     field = sig.outputs[0]
     fmt = get_format("completion")
     call.trace.format = "completion"
-    # sampling settings do not change a score: fixed values keep the cache key independent of them
-    request = fmt.render(sig, instructions or sig.instructions, demos, inputs, temperature=0.0,
-                         max_tokens=1, rollout=rollout, node=call.node)
-    request = request.replace(stop=(), choices=choices)
-    resp, rec = await call.generate(request, lm=lm)
+
+    async def scored(shown: tuple[Mapping[str, Any], ...]) -> tuple[tuple[Mapping[str, Any], ...], Any, Any]:
+        # sampling settings do not change a score: fixed values keep the cache key independent of them
+        request = fmt.render(sig, instructions or sig.instructions, shown, inputs, temperature=0.0,
+                             max_tokens=1, rollout=rollout, node=call.node)
+        return shown, *(await call.generate(request.replace(stop=(), choices=choices), lm=lm))
+
+    demos, resp, rec = await fitting_demos(call, demos, scored)  # the prior is scored with the same demos
     if resp.logprobs:
         call.trace.meta["scores"] = {str(item.get("choice", "")).strip(): item.get("logprob")
                                      for item in resp.logprobs if isinstance(item, Mapping)}
@@ -174,6 +188,23 @@ async def score_predict(call: NodeCall, sig: Signature, inputs: Mapping[str, Any
             raise OutputParseError(rec.parse_error, field=field.name, raw=resp.text).locate(call.node) from None
         return {field.name: value}
     return {field.name: _option_value(field.annotation, value)}
+
+
+async def fitting_demos(call: NodeCall, demos: Sequence[Mapping[str, Any]],
+                        attempt: Callable[[tuple[Mapping[str, Any], ...]], Awaitable[_T]]) -> _T:
+    """``attempt(demos)``; while the backend says the prompt does not fit the model's context
+    window, ``attempt`` again without the demo farthest from the input (the first shown). The
+    trace's ``meta["demos_dropped"]`` says how many were left out; with no demo left to drop, the
+    overflow is raised (its message names n_ctx and the fix)."""
+    shown = tuple(demos)
+    while True:
+        try:
+            return await attempt(shown)
+        except LMError as e:
+            if not e.context_overflow or not shown:
+                raise
+            shown = shown[1:]
+            call.trace.meta["demos_dropped"] = len(demos) - len(shown)
 
 
 def _option_value(annotation: Any, value: Any) -> Any:
