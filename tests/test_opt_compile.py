@@ -539,3 +539,73 @@ def test_an_input_wired_to_a_labelled_upstream_output_takes_the_rows_label():
     assert demos["choose"] == [{"question": "area?", "function": "area"}]
     # not exported: no label for the upstream output, so no labelled demo for 'write'
     assert "write" not in labeled_demos(tool_program(export_function=False), rows_, 4)
+
+
+# --------------------------------------------------------------------------- new draws of demo sets
+
+def _drawn_rows(n: int) -> list[dict]:
+    # every third row is a "beta" row: shown as a demo, it teaches the (fake) model the task
+    return [{"question": f"item {i} {'beta' if i % 3 == 0 else 'alpha'}", "answer": f"ans{i}"} for i in range(n)]
+
+
+def _beta_teaches(request):
+    """Right (answers ans<N> for item N) only when a demo in the prompt is a beta row."""
+    text = request_text(request)
+    items = re.findall(r"item (\d+) (alpha|beta)", text)
+    number, kind = items[-1]  # the input comes last
+    taught = sum(k == "beta" for _, k in items) - (kind == "beta") > 0
+    answer = f"ans{number}" if taught else "unknown"
+    if request.json_schema is not None:
+        return json.dumps({"answer": answer})
+    return f"Answer: {answer}" if request.prompt is not None else answer
+
+
+def _qa_program() -> lg.Program:
+    p = lg.Pipeline("qa")
+    q = p.input("question")
+    node = p.add(lg.Predict("question -> answer", max_tokens=8), name="qa", question=q)
+    p.output(answer=node.answer)
+    return p.build()
+
+
+def _exact(ex, pred, trace=None):
+    return float(pred.answer == ex["answer"])
+
+
+def test_budget_left_after_every_candidate_buys_new_draws_of_the_demo_sets_and_a_good_draw_wins():
+    """One demo, a third of the rows good demos: the first labelled draw is often a bad one. With
+    budget left after every planned candidate, the compiler draws the demo sets again; some seed
+    has a bad first draw and a good later one, and there the good draw is chosen."""
+    data = _drawn_rows(90)
+    found = []
+    for seed in range(12):
+        lm = FunctionLM(_beta_teaches)
+        compiled, report = Compile(max_demos=1, decodes=()).optimize(
+            _qa_program(), data, _exact, budget=lg.Budget(max_calls=2500), seed=seed,
+            ctx=lg.RunContext(lm=lm, cache=False))
+        assert report.spent["calls"] <= 2500
+        draws = [c for c in report.candidates if "(draw " in c.label and "(confirmed)" not in c.label]
+        assert draws and report.data["redraws"] == len(draws), report.table()
+        assert report.stopped is None  # later draws are extras: never reported as "not tried"
+        first = next(c for c in report.candidates if c.label == "1 labelled demos")
+        # later draws race only after every planned candidate was tried
+        assert min(c.id for c in draws) > max(c.id for c in report.candidates
+                                               if "(draw " not in c.label and "confirmed" not in c.label)
+        good_later = [c for c in draws if c.label.startswith("1 labelled demos") and c.scores and c.mean == 1.0]
+        if first.mean < 0.5 and good_later:
+            found.append(seed)
+            assert "labelled demos (draw" in report.best.label, report.table()
+            assert compiled.module("qa").demos[0]["question"].endswith("beta")
+            break
+    assert found, "no seed in 0..11 had a bad first draw and a good later one"
+
+
+def test_max_draws_one_draws_each_demo_set_once():
+    lm = FunctionLM(_beta_teaches)
+    _, report = Compile(max_demos=1, decodes=(), max_draws=1).optimize(
+        _qa_program(), _drawn_rows(90), _exact, budget=lg.Budget(max_calls=2500),
+        ctx=lg.RunContext(lm=lm, cache=False))
+    assert not [c for c in report.candidates if "(draw " in c.label]
+    assert "redraws" not in report.data
+    with pytest.raises(lg.DefinitionError, match="max_draws"):
+        Compile(max_draws=0)

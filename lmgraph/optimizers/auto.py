@@ -27,6 +27,11 @@ optimizers in three ways.
   combined estimate is positive; the report gives that expected gain with its 95% CI, and when
   nothing is chosen, why, and what would help.
 
+A random demo set is one draw among many, and a draw can matter as much as the lever: when every
+planned candidate has been raced and budget is left, the labelled and bootstrapped demo sets are
+drawn again (``(draw 2)``, ...; up to ``max_draws`` per set, the sets of the best-scoring levers
+first) and race like any candidate; they are extras, never listed as "not tried".
+
 The search is planned to fit the budget before it starts: :meth:`Compile.dry_run` shows the plan
 (its total never exceeds the budget), and candidates the budget can't cover are listed as not
 tried, with ``report.stopped`` saying so.
@@ -47,7 +52,16 @@ from ..lm.wrappers import Budget
 from ..modules.predict import SCORING_DECODES
 from ..pipeline.program import Program, _run_sync
 from .base import CostEstimate, Optimizer, check_budget_covers_baseline, check_rows
-from .candidates import Spec, _per_row, backend_scores, balanced, compile_specs, signature_instruction, tunable_modules
+from .candidates import (
+    Spec,
+    _per_row,
+    backend_scores,
+    balanced,
+    compile_specs,
+    redraws,
+    signature_instruction,
+    tunable_modules,
+)
 from .fewshot import _demo_sig, demo_nodes, labeled_demos, labeled_demos_computed, labeled_demos_traced
 from .instructions import check_proposer, propose_instructions
 from .params import demo_param, example_demos
@@ -70,13 +84,15 @@ class Compile(Racing, Optimizer):
                  decodes: Sequence[str] | str = "auto", formats: Sequence[str] = ("completion", "json", "chat"),
                  instructions: bool = True, label_map: Mapping[str, str] | None = None,
                  max_candidates: int = 12, models: Sequence[str] | str = "auto", proposer_lm: str | None = None,
-                 num_proposals: int = 2, max_scored_rows: int | str = "auto", **kwargs: Any) -> None:
+                 num_proposals: int = 2, max_scored_rows: int | str = "auto", max_draws: int = 4,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         from ..modules.base import FORMAT_CHOICES
 
-        if max_demos < 1 or min_race_rows < 1 or max_candidates < 1:
-            raise DefinitionError("max_demos, min_race_rows and max_candidates must be >= 1",
-                                  fix="e.g. Compile(max_demos=4, min_race_rows=20).")
+        if max_demos < 1 or min_race_rows < 1 or max_candidates < 1 or max_draws < 1:
+            raise DefinitionError("max_demos, min_race_rows, max_candidates and max_draws must be >= 1",
+                                  fix="e.g. Compile(max_demos=4, min_race_rows=20); max_draws=1 draws each "
+                                      "demo set once.")
         if not 0 < confirm_fraction < 1:
             raise DefinitionError(f"confirm_fraction must be in (0, 1), got {confirm_fraction}",
                                   fix="0.4 keeps 40% of the rows for confirming the chosen candidate.")
@@ -103,6 +119,9 @@ class Compile(Racing, Optimizer):
             raise DefinitionError(f"max_scored_rows must be 'auto' or a whole number >= 10, got {max_scored_rows!r}",
                                   fix="'auto' scores as many rows as a quarter of the budget covers.")
         self.max_scored_rows = max_scored_rows
+        # each random demo set (labelled, bootstrapped) is drawn up to max_draws times: draws after
+        # the first race only on budget the planned search left over
+        self.max_draws = max_draws
 
     def config(self) -> dict[str, Any]:
         return {"max_demos": self.max_demos, "confirm_fraction": self.confirm_fraction,
@@ -111,7 +130,7 @@ class Compile(Racing, Optimizer):
                 "label_map": self.label_map, "max_candidates": self.max_candidates,
                 "models": self.models if self.models == "auto" else list(self.models),
                 "proposer_lm": self.proposer_lm, "num_proposals": self.num_proposals,
-                "max_scored_rows": self.max_scored_rows}
+                "max_scored_rows": self.max_scored_rows, "max_draws": self.max_draws}
 
     # ---- folds and plan
     def folds(self, n: int, seed: int) -> tuple[list[int], list[int]]:
@@ -265,7 +284,13 @@ class Compile(Racing, Optimizer):
             alive, untried, screened = await self._screen(session, untried, rounds, search_idx, rows, base_scores,
                                                           conf_idx)
             tried += screened
-            while untried or self._unfinished(alive, rounds, search_idx):
+            known = {base_prog.content_hash(), *(sp.program.content_hash() for sp in specs if sp.program)}
+            while True:
+                if not untried:  # every planned candidate tried: new draws of the demo sets, best first
+                    untried = redraws(self._latest_draws(tried, base_scores), base_prog, boot, labelled,
+                                      session.seed, known, self.max_draws)
+                if not untried and not self._unfinished(alive, rounds, search_idx):
+                    break
                 rem = session.remaining_calls()
                 wave = self._wave(tried, alive, untried, rounds, search_idx, len(conf_idx), rem)
                 if not wave and not self._unfinished(alive, rounds, search_idx):
@@ -284,10 +309,17 @@ class Compile(Racing, Optimizer):
         except BudgetStop as e:
             report.stopped = f"race cut short: {e}"
             alive = [s for s in alive if s.rows]
+        untried = [s for s in untried if s.draw == 1]  # later draws only use what is left over
         if untried:
-            why = (f"the budget covers {len(tried)} of {len(specs)} candidates; not tried: "
+            first = [s for s in tried if s.draw == 1]
+            why = (f"the budget covers {len(first)} of {len(specs)} candidates; not tried: "
                    + "; ".join(s.label for s in untried))
             report.stopped = f"{report.stopped}; {why}" if report.stopped else why
+        more = [s.label for s in tried if s.draw > 1]
+        if more:
+            report.notes.append(f"with the budget left after every candidate: {len(more)} more draws of the "
+                                f"demo sets raced ({'; '.join(more)})")
+            report.data["redraws"] = len(more)
         if not tried:
             report.notes.append("the budget left after the baseline cannot cover racing even one candidate "
                                 f"on {rounds[0]} rows and confirming it on {len(conf_idx)}")
@@ -345,6 +377,20 @@ class Compile(Racing, Optimizer):
             report.notes.append(f"no change: the best candidate on the search rows ({winner.label}) was not better "
                                 f"on the {len(conf_idx)} held-out rows; gains under {mde:+.2f} can't be shown with "
                                 "that many rows -- more labelled rows would help")
+
+    def _latest_draws(self, tried: Sequence[Spec], base: Sequence[float]) -> list[Spec]:
+        """The latest draw of each drawn demo set raced so far, in order of the best shrunk
+        estimate among its draws (the draws of a promising lever first)."""
+        scored = [s for s in tried if s.rows]
+        best: dict[str, float] = {}
+        for s, est, _d, _se in self._rank(scored, base) if scored else []:
+            best.setdefault(s.label.split(" (draw ")[0], est)
+        latest: dict[str, Spec] = {}
+        for s in tried:
+            key = s.label.split(" (draw ")[0]
+            if key in best and (key not in latest or s.draw > latest[key].draw):
+                latest[key] = s
+        return sorted(latest.values(), key=lambda s: -best[s.label.split(" (draw ")[0]])
 
     def _model_names(self, ctx: RunContext | None) -> list[str]:
         known = sorted(ctx.lms) if ctx is not None else []
