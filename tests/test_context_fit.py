@@ -1,17 +1,13 @@
 """Demos that do not fit the model's context window are left out, farthest from the input first.
 
 Unit tests: a FunctionLM that refuses prompts over a length, as a backend refuses a prompt over
-its context window (LMError marked ``context_overflow``), and an OpenAI-compatible server on
-127.0.0.1 answering with llama-cpp-python's and vLLM's wording. Integration: the real embedded
-model with a small ``n_ctx``.
+its context window (LMError marked ``context_overflow``), and the wordings of the providers
+(an OpenAI-compatible server's answer: ``tests/test_openai_http.py``). Integration: the real
+embedded model with a small ``n_ctx``.
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -148,62 +144,6 @@ def test_providers_wordings_of_an_overflow_are_recognised(text: str) -> None:
 def test_other_errors_are_not_overflows(text: str) -> None:
     err = mark_context_overflow(LMError("x", retryable=True), text)
     assert not err.context_overflow and err.retryable
-
-
-# --------------------------------------------------------------------------- over HTTP
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-    def do_POST(self) -> None:  # noqa: N802
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        prompt = json.dumps(body.get("messages") or body.get("prompt"))
-        self.server.sizes.append(len(prompt))  # type: ignore[attr-defined]
-        if len(prompt) > 600:  # what llama-cpp-python's server answers for a prompt over n_ctx
-            status, payload = 400, {"error": {"message": "This model's maximum context length is 512 tokens. "
-                                              "However, you requested 700 tokens (690 in the messages, 10 in "
-                                              "the completion). Please reduce the length of the messages or "
-                                              "completion.", "type": "invalid_request_error"}}
-        else:
-            status, payload = 200, {"model": "m", "usage": {"prompt_tokens": 5, "completion_tokens": 2},
-                                    "choices": [{"message": {"role": "assistant", "content": "Answer: ok"},
-                                                 "finish_reason": "stop"}]}
-        raw = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(raw)))
-        self.end_headers()
-        self.wfile.write(raw)
-
-
-def test_an_openai_compatible_servers_overflow_answer_drops_demos_and_is_not_retried() -> None:
-    pytest.importorskip("aiohttp")
-    from lmgraph.lm.openai_http import OpenAIServerLM
-
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    srv.daemon_threads = True
-    srv.sizes = []  # type: ignore[attr-defined]
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    try:
-        lm = OpenAIServerLM(f"http://127.0.0.1:{srv.server_address[1]}/v1", model="m")
-        prog = one_node(lg.Predict(SIG, demos=[demo(t, 150) for t in ("a1", "b2", "c3")], format="chat"))
-
-        async def go() -> Any:
-            try:
-                return await prog.run(lg.RunContext(lm=lm, cache=False), question="q?")
-            finally:
-                await lm.aclose()
-        out = asyncio.run(go())
-        assert out.answer == "ok"
-        dropped = out.trace.node("qa").meta["demos_dropped"]
-        assert dropped >= 1 and len(srv.sizes) == dropped + 1  # one request per try: no retries of a 400
-        assert srv.sizes[-1] <= 600 < srv.sizes[-2]
-    finally:
-        srv.shutdown()
-        srv.server_close()
 
 
 # --------------------------------------------------------------------------- the real model

@@ -279,3 +279,34 @@ def test_extra_body_fields_are_sent_and_part_of_the_identity(fake) -> None:
     b = LiteLLM("openai/local", api_base=fake.base_url)
     assert a.identity()["extra"] == {"extra_body": {"repeat_penalty": 1.0}} and "extra" not in b.identity()
     assert "sk-z" not in json.dumps(LiteLLM("openai/x", extra={"api_key": "sk-z"}).identity())
+
+
+def test_a_servers_context_overflow_answer_makes_predict_drop_a_demo_without_retrying(fake) -> None:
+    """llama-cpp-python's server answers HTTP 400 "This model's maximum context length is ..." for a
+    prompt over n_ctx: the client marks it, no retry repeats it, and Predict asks again with the
+    demo farthest from the input left out."""
+    fake.script = [(400, {"error": {"message": "This model's maximum context length is 512 tokens. However, you "
+                                    "requested 700 tokens (690 in the messages, 10 in the completion).",
+                                    "type": "invalid_request_error"}}),
+                   (200, {"model": "m", "usage": {"prompt_tokens": 5, "completion_tokens": 2},
+                          "choices": [{"message": {"role": "assistant", "content": "Answer: ok"},
+                                       "finish_reason": "stop"}]})]
+    lm = OpenAIServerLM(fake.base_url, model="m")
+    p = lg.Pipeline("qa")
+    q = p.input("question")
+    node = p.add(lg.Predict("question -> answer", format="chat",
+                            demos=[{"question": "first demo?", "answer": "a"}, {"question": "second demo?",
+                                                                                 "answer": "b"}]),
+                 name="qa", question=q)
+    p.output(answer=node.answer)
+
+    async def go():
+        try:
+            return await p.build().run(lg.RunContext(lm=RetryLM(lm), cache=False), question="q?")
+        finally:
+            await lm.aclose()
+    out = asyncio.run(go())
+    assert out.answer == "ok" and out.trace.node("qa").meta["demos_dropped"] == 1
+    assert len(fake.bodies) == 2  # the 400 was not retried
+    sent = json.dumps(fake.bodies[1]["messages"])
+    assert "second demo?" in sent and "first demo?" not in sent
