@@ -109,7 +109,13 @@ class _Relay:
 
 
 class _WorkerLost(Exception):
-    """A worker died with this row unfinished (the row is run again)."""
+    """A worker died with this row unfinished (the row is run again). ``restarting``: Ray said the
+    worker is restarting (ActorUnavailableError) -- the row met a worker on its way back, not a
+    new death."""
+
+    def __init__(self, message: str, *, restarting: bool = False) -> None:
+        super().__init__(message)
+        self.restarting = restarting
 
 
 class RayExecutor(Executor):
@@ -303,7 +309,7 @@ class RayExecutor(Executor):
                     return msg[1], msg[2], msg[3]
             raise _WorkerLost("the worker's stream ended without a result")
         except _lost_errors(ray) as e:
-            raise _WorkerLost(str(e)) from e
+            raise _WorkerLost(str(e), restarting=type(e).__name__ == "ActorUnavailableError") from e
         finally:
             # calls still in the driver's stack for a lost row: cancelled (their budget slot freed,
             # identical requests of other rows take over the cache flight)
@@ -350,7 +356,8 @@ class RayExecutor(Executor):
         for i in range(len(rows)):
             todo.put_nowait(i)
         remaining = [len(rows)]
-        lost: dict[int, int] = {}
+        lost: dict[int, int] = {}   # row -> times its worker died under it
+        waits: dict[int, int] = {}  # row -> times it met a worker still restarting
         all_done = asyncio.Event()
 
         def finish(i: int, inputs: Mapping[str, Any], outputs: Any, error: Any, trace: Any) -> None:
@@ -388,9 +395,12 @@ class RayExecutor(Executor):
                 try:
                     outputs, error, trace = await self._run_row(ctx, actor, phash, box, settings, inputs)
                 except _WorkerLost as e:
-                    lost[i] = lost.get(i, 0) + 1
-                    if lost[i] > self.max_restarts + 1:
-                        raise RuntimeError(f"row {i} was lost with its worker {lost[i]} times (last: {e}); "
+                    # a worker still restarting (slow under load) is waited for, up to ~3 minutes of
+                    # back-off per row; a worker that died again counts toward max_restarts
+                    tally = waits if e.restarting else lost
+                    tally[i] = tally.get(i, 0) + 1
+                    if tally[i] > (25 if e.restarting else self.max_restarts + 1):
+                        raise RuntimeError(f"row {i} was lost with its worker {tally[i]} times (last: {e}); "
                                            "the workers keep dying -- see Ray's logs (/tmp/ray/session_latest/"
                                            "logs)") from e
                     self.rows_rerun += 1

@@ -31,6 +31,8 @@ def limited(limit: int, answer: str = "Answer: forty-two") -> FunctionLM:
                           context_overflow=True)
         if request.choices is not None:
             return request.choices[-1].strip()
+        if request.json_schema is not None:
+            return '{"answer": "%s"}' % answer.split(": ", 1)[-1]
         return answer
     return FunctionLM(fn)
 
@@ -165,3 +167,33 @@ def test_the_embedded_model_answers_with_the_demos_its_context_holds() -> None:
     assert "context window" in node.calls[0].error
     assert isinstance(first.answer, str)
     assert again.answer == first.answer and again.trace.node("qa").meta["demos_dropped"] == node.meta["demos_dropped"]
+
+
+def test_the_compile_report_says_where_demos_were_left_out_and_what_would_show_them_whole() -> None:
+    from lmgraph.optimizers import Compile
+
+    rows = [{"question": f"question {i} " + "about the long passage " * 8, "answer": "forty-two"} for i in range(40)]
+    lm = limited(900)  # zero-shot fits; two demos of ~200 characters fit, four do not
+
+    def exact(ex: Any, pred: Any, trace: Any = None) -> float:
+        return float(pred.answer == ex["answer"])
+    _, report = Compile(decodes=()).optimize(one_node(lg.Predict(SIG)), rows, exact,
+                                             budget=lg.Budget(max_calls=600), ctx=ctx(lm))
+    fit = report.data["demos_dropped"]["qa"]
+    assert fit["rows"] > 0 and fit["demos"] >= fit["rows"]
+    note = next(n for n in report.all_notes() if "context window" in n)
+    assert "qa:" in note and "n_ctx" in note
+    assert report.failures["error"] == 0  # no row was lost to the context window
+
+
+def test_a_compile_whose_prompts_fit_reports_no_context_note() -> None:
+    from lmgraph.optimizers import Compile
+
+    rows = [{"question": f"question {i}", "answer": "forty-two"} for i in range(40)]
+
+    def exact(ex: Any, pred: Any, trace: Any = None) -> float:
+        return float(pred.answer == ex["answer"])
+    _, report = Compile(decodes=()).optimize(one_node(lg.Predict(SIG)), rows, exact,
+                                             budget=lg.Budget(max_calls=600), ctx=ctx(limited(100_000)))
+    assert "demos_dropped" not in report.data
+    assert not [n for n in report.all_notes() if "context window" in n]

@@ -189,6 +189,10 @@ class Evaluator:
                     ex["params_io"] = jsonable(nested)
             else:
                 ex["error"] = f"{type(r.error).__name__}: {r.error}"
+            dropped = {n.node: n.meta["demos_dropped"] for n in (r.trace.nodes if r.trace else ())
+                       if n.meta.get("demos_dropped")}
+            if dropped:  # the prompt did not fit the context window with every demo (see modules.predict)
+                ex["demos_dropped"] = dropped
             examples.append(ex)
         entry = {"scores": scores, "examples": examples, "usage": usage}
         per_ex = usage["calls"] / max(1, len(rows))
@@ -297,6 +301,11 @@ class Evaluator:
             st = ex.get("status") or ("ok" if ex.get("ok") else "error")
             if st != "ok":
                 fails[st] = fails.get(st, 0) + 1
+            for node, n in (ex.get("demos_dropped") or {}).items():
+                fit = self.report.data.setdefault("demos_dropped", {})
+                got = fit.setdefault(node, {"rows": 0, "demos": 0})
+                got["rows"] += 1
+                got["demos"] += int(n)
         self._faults_to_report()
 
     def _faults_to_report(self) -> None:

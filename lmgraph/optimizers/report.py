@@ -121,10 +121,22 @@ class Report:
                      "baseline: too little to tell from noise on so few rows)")
         return text + "; add validation rows"
 
+    def context_fit(self) -> str | None:
+        """When prompts did not fit the model's context window with all their demos: where, how
+        often, and what to do; else None."""
+        fit = self.data.get("demos_dropped")
+        if not fit:
+            return None
+        parts = [f"{node}: {v['rows']} row runs, {v['demos']} demos left out" for node, v in sorted(fit.items())]
+        return ("some prompts did not fit the model's context window with all their demos, so the demos farthest "
+                f"from the input were left out ({'; '.join(parts)}): candidates with long demos were scored with "
+                "fewer of them -- a larger context window (e.g. LlamaCppLM(n_ctx=4096)) or shorter demo inputs "
+                "would show them whole")
+
     def all_notes(self) -> list[str]:
-        """The notes, plus the detectable-gain hint when nothing was accepted."""
-        hint = self.too_few_rows()
-        return [*self.notes, hint] if hint else list(self.notes)
+        """The notes, plus the context-window and detectable-gain hints where they apply."""
+        hints = [h for h in (self.context_fit(), self.too_few_rows()) if h]
+        return [*self.notes, *hints]
 
     def to_dict(self, *, timing: bool = True) -> dict[str, Any]:
         out = {"optimizer": self.optimizer, "seed": self.seed, "config": self.config, "budget": self.budget,
