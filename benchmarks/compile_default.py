@@ -9,7 +9,9 @@ with ``Compile()`` under ``--budget`` calls on ``--rows`` labelled rows (the tas
 the compiler never sees test rows) and scored again on the same test rows; the paired difference
 and its 95% CI are reported. Each finished unit is appended to
 ``benchmarks/results/compile_default/<tasks>.jsonl`` at once (a killed run keeps what it finished;
-a rerun skips finished units), and ``.md`` is rewritten after each.
+a rerun skips finished units), and ``.md`` is rewritten after each. The compile's report (every
+candidate raced, with its per-row scores, and the notes) goes to
+``benchmarks/results/compile_default/reports/<task>-seed<seed>-rows<rows>-budget<budget>.json``.
 """
 
 from __future__ import annotations
@@ -63,6 +65,11 @@ def unit(task_name: str, seed: int, args: argparse.Namespace) -> dict:
     compile_s = time.perf_counter() - t0
     comp = evaluate_sync(compiled, test, metric, ctx=ctx, concurrency=4)
     pb = paired_bootstrap(zero.scores, comp.scores)
+    # the compile's report (every candidate raced, per-row scores, notes), for reading why it chose
+    reports = HERE / "results" / "compile_default" / "reports"
+    reports.mkdir(parents=True, exist_ok=True)
+    (reports / f"{task_name}-seed{seed}-rows{args.rows}-budget{args.budget}.json").write_text(
+        json.dumps(report.to_dict(timing=False), indent=1) + "\n")
     best = report.best
     return {"task": task_name, "seed": seed, "test_n": len(test), "rows": len(train) + len(val),
             "budget": args.budget, "zero_shot": round(zero.mean, 4), "zero_ci": [round(x, 4) for x in zero.ci],
