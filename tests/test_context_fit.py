@@ -8,6 +8,7 @@ embedded model with a small ``n_ctx``.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -32,7 +33,7 @@ def limited(limit: int, answer: str = "Answer: forty-two") -> FunctionLM:
         if request.choices is not None:
             return request.choices[-1].strip()
         if request.json_schema is not None:
-            return '{"answer": "%s"}' % answer.split(": ", 1)[-1]
+            return json.dumps({"answer": answer.split(": ", 1)[-1]})
         return answer
     return FunctionLM(fn)
 
