@@ -119,6 +119,11 @@ class MetricWarning(LmgraphWarning):
     trace) calling convention."""
 
 
+class ContextFitWarning(LmgraphWarning):
+    """A node's prompt did not fit the model's context window with all its demos, so the demos
+    farthest from the input were left out (once per node and process; the trace says how many)."""
+
+
 class RunError(LmgraphError):
     """Something failed while executing a pipeline."""
 

@@ -198,3 +198,15 @@ def test_a_compile_whose_prompts_fit_reports_no_context_note() -> None:
                                              budget=lg.Budget(max_calls=600), ctx=ctx(limited(100_000)))
     assert "demos_dropped" not in report.data
     assert not [n for n in report.all_notes() if "context window" in n]
+
+
+def test_a_node_whose_demos_are_cut_warns_once_naming_the_node_and_the_fix() -> None:
+    p = lg.Pipeline("qa")
+    q = p.input("question")
+    node = p.add(lg.Predict(SIG, demos=[demo(t) for t in ("w1", "w2", "w3")]), name="warned_once", question=q)
+    p.output(answer=node.answer)
+    prog = p.build()
+    with pytest.warns(lg.ContextFitWarning, match="'warned_once'.*n_ctx") as caught:
+        for _ in range(3):
+            prog.run_sync(ctx(limited(500)), question="q?")
+    assert len([w for w in caught if issubclass(w.category, lg.ContextFitWarning)]) == 1

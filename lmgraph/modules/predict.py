@@ -26,10 +26,11 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
-from ..errors import DefinitionError, LMError, OutputParseError
+from ..errors import ContextFitWarning, DefinitionError, LMError, OutputParseError
 from ..lm.prompt import get_format
 from ..lm.values import coerce, format_value
 from ..signatures import FieldSpec, Signature, ensure_signature, literal_options, type_to_str
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
 
 
 _T = TypeVar("_T")
+_WARNED_FIT: set[str] = set()  # nodes whose context-fit warning was shown (once per node and process)
 
 DECODE_CHOICES = ("generate", "score", "calibrated")
 SCORING_DECODES = ("score", "calibrated")
@@ -205,6 +207,13 @@ async def fitting_demos(call: NodeCall, demos: Sequence[Mapping[str, Any]],
                 raise
             shown = shown[1:]
             call.trace.meta["demos_dropped"] = len(demos) - len(shown)
+            if call.node not in _WARNED_FIT:
+                _WARNED_FIT.add(call.node)
+                warnings.warn(f"node {call.node!r}: the prompt did not fit the model's context window with all "
+                              f"{len(demos)} demos, so the demos farthest from the input are left out where needed "
+                              "(the node's trace: meta['demos_dropped']); a larger context window (e.g. "
+                              "LlamaCppLM(n_ctx=4096)) or fewer/shorter demos shows them whole",
+                              ContextFitWarning, stacklevel=2)
 
 
 def _option_value(annotation: Any, value: Any) -> Any:
