@@ -384,13 +384,12 @@ class Compile(Racing, Optimizer):
         scored = [s for s in tried if s.rows]
         best: dict[str, float] = {}
         for s, est, _d, _se in self._rank(scored, base) if scored else []:
-            best.setdefault(s.label.split(" (draw ")[0], est)
+            best.setdefault(s.family, est)
         latest: dict[str, Spec] = {}
         for s in tried:
-            key = s.label.split(" (draw ")[0]
-            if key in best and (key not in latest or s.draw > latest[key].draw):
-                latest[key] = s
-        return sorted(latest.values(), key=lambda s: -best[s.label.split(" (draw ")[0]])
+            if s.family in best and (s.family not in latest or s.draw > latest[s.family].draw):
+                latest[s.family] = s
+        return sorted(latest.values(), key=lambda s: -best[s.family])
 
     def _model_names(self, ctx: RunContext | None) -> list[str]:
         known = sorted(ctx.lms) if ctx is not None else []

@@ -40,6 +40,11 @@ class Spec:
     levers: frozenset[str] = frozenset()
     draw: int = 1  # which draw of its demo sets (2, 3, ...: drawn again with budget left, see redraws)
 
+    @property
+    def family(self) -> str:
+        """The label without its ``(draw N)`` suffix: what every draw of one demo set shares."""
+        return self.label.split(" (draw ")[0]
+
     def changes(self) -> dict[str, dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}
         for node, p in self.params.items():
@@ -300,8 +305,7 @@ def redraws(ranked: Sequence[Spec], program: Program, boot: Mapping[str, list[tu
         if source is None or s.draw >= max_draws:
             continue
         pool = labelled if source == "labelled" else boot
-        base = s.label.split(" (draw ")[0]
-        label = f"{base} (draw {s.draw + 1})"
+        label = f"{s.family} (draw {s.draw + 1})"
         rng = random.Random(f"redraw:{seed}:{label}")
         params = {node: dict(p) for node, p in s.params.items()}
         used: set[int] = set()
