@@ -34,7 +34,7 @@ from tasks import Sizes, load  # noqa: E402
 # which version of the compiler's search a unit measured: units of another revision are never
 # reused (benchmarks/headroom.py checks it)
 COMPILER_REV = ("single-lever screening, finalists, waves that pass over what the budget cannot cover, "
-                "new demo draws with the budget left (2026-12-04)")
+                "new demo draws with the budget left, race planned at the calls rows took (2026-12-04)")
 # which version of how a program runs: a change that can move a score (a prompt that did not fit the
 # context window used to fail its row; now its farthest demos are dropped) makes earlier units stale
 RUNTIME_REV = "demos that do not fit the context window are dropped, farthest first (2026-12-04)"

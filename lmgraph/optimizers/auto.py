@@ -245,6 +245,8 @@ class Compile(Racing, Optimizer):
         n = len(rows)
         base_prog = session.incumbent
         base_entry = await session.run(base_prog, rows)  # the baseline's memo entry (no new calls)
+        self._costs_seen: dict[Any, float] = {}
+        self._seen(base_prog, base_entry["usage"]["calls"], n)
         base_scores = list(base_entry["scores"])
         search_idx, conf_idx = self.folds(n, session.seed)
         report = session.report
@@ -275,7 +277,7 @@ class Compile(Racing, Optimizer):
         # 1. screening: the single-lever candidates on the first round's rows (as many as leave the
         #    budget to race the surviving half to the end); 2. the combinations, ordered by the sum
         #    of their levers' screened effects, race in waves with the survivors -- each wave as many
-        #    untried candidates as the budget left covers (upper-bound costs, the confirmation kept
+        #    untried candidates as the budget left covers (expected costs, the confirmation kept
         #    in reserve) against the champions so far, whose scores are reused
         untried: list[Spec] = list(specs)
         tried: list[Spec] = []
@@ -301,11 +303,13 @@ class Compile(Racing, Optimizer):
                     while use and rem is not None and reserve + self._race_cost(alive, use, search_idx) > rem:
                         use.pop()
                     if use:
-                        alive = await self._race(session, alive, use, search_idx, rows, base_scores)
+                        alive = await self._race(session, alive, use, search_idx, rows, base_scores, reserve=reserve)
                     break  # several still alive: _finalists picks the best of them
                 untried = [s for s in untried if s not in wave]
                 tried += wave
-                alive = await self._race(session, [*alive, *wave], rounds, search_idx, rows, base_scores)
+                alive = await self._race(session, [*alive, *wave], rounds, search_idx, rows, base_scores,
+                                         reserve=self._reserve(len(conf_idx), [
+                                             *self._contenders(tried, alive, rounds, search_idx), *wave]))
         except BudgetStop as e:
             report.stopped = f"race cut short: {e}"
             alive = [s for s in alive if s.rows]
@@ -335,7 +339,8 @@ class Compile(Racing, Optimizer):
             return
         session.reporter.phase(f"confirming {winner.label} on the {len(conf_idx)} held-out rows")
         try:
-            entry = await session.run(winner.program, [rows[i] for i in conf_idx])  # type: ignore[arg-type]
+            entry = await session.run(winner.program, [rows[i] for i in conf_idx],  # type: ignore[arg-type]
+                                      per_row=self._row_cost(winner))
         except BudgetStop as e:
             report.stopped = f"{report.stopped + '; ' if report.stopped else ''}no budget to confirm: {e}"
             report.notes.append(f"best on the search rows: {winner.label} ({d:+.3f}); not confirmed, not taken")

@@ -135,20 +135,24 @@ class Evaluator:
     def remaining_calls(self) -> int | None:
         return self.meter.remaining()["calls"]  # type: ignore[return-value]
 
-    def calls_per_example(self, program: Program) -> float:
+    def calls_per_example(self, program: Program, per_row: float | None = None) -> float:
+        """Calls a row of ``program`` is expected to take: its static count, or the caller's estimate
+        for this program (``per_row``, e.g. what rows of the same shape took), else the most any
+        evaluation so far took a row."""
         static = static_calls_per_example(program)
-        return max(static, self.observed_calls or 0.0)
+        return max(static, per_row if per_row is not None else self.observed_calls or 0.0)
 
-    def can_afford(self, program: Program, n_rows: int) -> bool:
+    def can_afford(self, program: Program, n_rows: int, per_row: float | None = None) -> bool:
         rem = self.remaining_calls()
         if self.meter.exhausted:
             return False
-        return rem is None or n_rows * self.calls_per_example(program) <= rem
+        return rem is None or n_rows * self.calls_per_example(program, per_row) <= rem
 
     # ---- evaluation
-    async def run(self, program: Program, rows: Sequence[Mapping[str, Any]], *, kind: str = "eval"
-                  ) -> dict[str, Any]:
-        """Evaluate ``program`` on ``rows``: per-example scores, outputs and node I/O, and spend.
+    async def run(self, program: Program, rows: Sequence[Mapping[str, Any]], *, kind: str = "eval",
+                  per_row: float | None = None) -> dict[str, Any]:
+        """Evaluate ``program`` on ``rows``: per-example scores, outputs and node I/O, and spend
+        (``per_row``: the caller's estimate of its calls a row, for the affordability check).
 
         Raises BudgetStop (before any call) when the remaining budget can't cover it.
         """
@@ -168,10 +172,10 @@ class Evaluator:
                     # same state as the original run: later can_afford() decisions must match
                     self.observed_calls = max(self.observed_calls or 0.0, u["calls"] / max(1, len(rows)))
             return hit
-        if not self.can_afford(program, len(rows)):
+        if not self.can_afford(program, len(rows), per_row):
             rem = self.remaining_calls()
             raise BudgetStop(f"budget left ({rem} calls) cannot cover evaluating {len(rows)} examples "
-                             f"at ~{self.calls_per_example(program):.1f} calls each")
+                             f"at ~{self.calls_per_example(program, per_row):.1f} calls each")
         before = self.meter.snapshot()
         results, scores, feedback, statuses = await self._evaluate_all(program, rows, kind)
         after = self.meter.snapshot()

@@ -1,5 +1,6 @@
 """The default compiler's race: screening of single levers, successive halving in waves, the
-finalists' choice, and upper-bound race costs (a mixin of :class:`~.auto.Compile`)."""
+finalists' choice, and race costs planned from the calls rows really took (a mixin of
+:class:`~.auto.Compile`)."""
 
 from __future__ import annotations
 
@@ -8,23 +9,49 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .candidates import Spec
+from .evaluator import BudgetStop
 from .selection import paired_stats, shrink
 from .session import CompileSession
+
+
+def cost_key(program: object) -> tuple[tuple[str, object, object, object], ...]:
+    """What decides a program's calls per row: each node's module kind, output format and decoding
+    (demos and instructions change what a row says, not how many calls it takes)."""
+    nodes = getattr(program, "nodes", None) or []
+    return tuple((n.name, getattr(n.module, "kind", None), getattr(n.module, "format", None),
+                  getattr(n.module, "decode", None)) for n in nodes)
 
 
 class Racing:
     """Racing methods of :class:`~.auto.Compile` (needs ``min_race_rows``-based ``rounds``)."""
 
-    @staticmethod
-    def _race_cost(specs: Sequence[Spec], rounds: Sequence[int], order: Sequence[int]) -> float:
-        """Upper bound of the calls racing ``specs`` over ``rounds`` makes: in each round, the
-        candidates still in it (all, then the surviving half) score the round's rows they lack --
-        the most expensive ones assumed to survive. A champion already scored costs nothing."""
+    def _seen(self, program: object, calls: float, n_rows: int) -> None:
+        """Record the calls ``n_rows`` rows of ``program`` took (for :meth:`_row_cost`)."""
+        if n_rows:
+            costs: dict[Any, float] = self.__dict__.setdefault("_costs_seen", {})
+            key = cost_key(program)
+            costs[key] = max(costs.get(key, 0.0), calls / n_rows)
+
+    def _row_cost(self, s: Spec) -> float:
+        """Expected calls per row of ``s``: what its own rows took once it has some; before that,
+        the most any candidate with the same kinds, formats and decodings took (a repair call is
+        made for most free-text answers of a small model and for almost no grammar-constrained
+        one); with nothing seen yet, the upper bound ``calls_per_row``."""
+        if s.rows and s.calls:
+            return s.calls / len(s.rows)
+        seen = self.__dict__.get("_costs_seen", {}).get(cost_key(s.program)) if s.program is not None else None
+        return min(s.calls_per_row, seen) if seen else s.calls_per_row
+
+    def _race_cost(self, specs: Sequence[Spec], rounds: Sequence[int], order: Sequence[int]) -> float:
+        """Expected calls racing ``specs`` over ``rounds`` makes: in each round, the candidates
+        still in it (all, then the surviving half) score the round's rows they lack -- the most
+        expensive ones assumed to survive; each row at :meth:`_row_cost`. A champion already scored
+        costs nothing."""
         cost, prev, n = 0.0, 0, len(specs)
         done = [set(s.rows) | set(s.demo_rows) for s in specs]
         for end in rounds:
             chunk = order[prev:end]
-            need = sorted((s.calls_per_row * sum(1 for i in chunk if i not in d) for s, d in zip(specs, done)),
+            need = sorted((self._row_cost(s) * sum(1 for i in chunk if i not in d) for s, d in zip(specs, done)),
                           reverse=True)
             cost += sum(need[:n])
             prev, n = end, max(1, math.ceil(n / 2))
@@ -75,10 +102,15 @@ class Racing:
                 wave = trial
         return wave
 
-    @staticmethod
-    def _reserve(n_confirm: int, specs: Sequence[Spec]) -> int:
-        """Calls kept back to confirm whichever of ``specs`` wins, at the costliest one's rate."""
-        return math.ceil(n_confirm * max((s.calls_per_row for s in specs), default=0.0))
+    #: the confirmation's reserve over a candidate's expected calls a row (a winner whose
+    #: confirmation the budget cannot finish is not taken: the reserve errs high, up to the upper bound)
+    reserve_margin = 1.25
+
+    def _reserve(self, n_confirm: int, specs: Sequence[Spec]) -> int:
+        """Calls kept back to confirm whichever of ``specs`` wins, at the costliest one's rate:
+        ``reserve_margin`` times its expected calls a row, at most its upper bound."""
+        return math.ceil(n_confirm * max((min(s.calls_per_row, self.reserve_margin * self._row_cost(s))
+                                          for s in specs), default=0.0))
 
     @staticmethod
     def _scored_on_all(specs: Sequence[Spec], rounds: Sequence[int], order: Sequence[int]) -> list[Spec]:
@@ -115,7 +147,7 @@ class Racing:
             reserve = self._reserve(len(conf_idx), singles[:k])
             screen = self._race_cost(singles[:k], rounds[:1], order)
             # the survivors, after screening, must still be able to finish the race
-            worst = max(s.calls_per_row for s in singles[:k])
+            worst = max(self._row_cost(s) for s in singles[:k])
             finish, n, prev = 0.0, math.ceil(k / 2), rounds[0]
             for end in rounds[1:]:
                 n = max(1, math.ceil(n / 2))
@@ -131,7 +163,8 @@ class Racing:
             f"screening: {k} single-lever candidates on the first {rounds[0]} search rows: "
             + "; ".join(s.label for s in screened))
         alive = await self._race(session, screened, rounds[:1], order, rows, base,
-                                 final_keep=math.ceil(k / 2), stage="screening")
+                                 final_keep=math.ceil(k / 2), stage="screening",
+                                 reserve=self._reserve(len(conf_idx), screened))
         effect: dict[str, float] = {}
         for s, est, _d, _se in self._rank(screened, base):
             effect[next(iter(s.levers))] = est
@@ -145,9 +178,11 @@ class Racing:
 
     async def _race(self, session: CompileSession, specs: list[Spec], rounds: Sequence[int],
                     order: Sequence[int], rows: Sequence[Mapping[str, Any]], base: Sequence[float], *,
-                    final_keep: int = 1, stage: str = "racing") -> list[Spec]:
+                    final_keep: int = 1, stage: str = "racing", reserve: int = 0) -> list[Spec]:
         """Successive halving over ``specs`` on the search rows (in ``order``); returns the
-        survivors (``final_keep`` after the last of ``rounds``)."""
+        survivors (``final_keep`` after the last of ``rounds``). The race was planned with expected
+        costs; a candidate's rows are run only while, at its expected cost, they leave ``reserve``
+        calls (the confirmation's, at the upper bound) -- else :class:`BudgetStop`."""
         alive, prev = list(specs), 0
         for s in alive:
             s.alive = True
@@ -159,7 +194,13 @@ class Racing:
                 done = set(s.rows)
                 use = [i for i in chunk if i not in s.demo_rows and i not in done]
                 if use:
-                    entry = await session.run(s.program, [rows[i] for i in use])  # type: ignore[arg-type]
+                    rem, rate = session.remaining_calls(), self._row_cost(s)
+                    if rem is not None and rem - len(use) * rate < reserve:
+                        raise BudgetStop(f"{rem} calls left: {len(use)} more rows of {s.label} take ~"
+                                         f"{len(use) * rate:.0f}, and {reserve} are kept to confirm the winner")
+                    entry = await session.run(s.program, [rows[i] for i in use],  # type: ignore[arg-type]
+                                              per_row=rate)
+                    self._seen(s.program, entry["usage"]["calls"], len(use))
                     s.rows += use
                     s.scores += entry["scores"]
                     s.calls += entry["usage"]["calls"]

@@ -143,13 +143,15 @@ class CompileSession:
         return self.evaluator.can_afford(program, n_rows)
 
     # ---- evaluation (memoised, checkpointed)
-    async def run(self, program: Program, rows: Sequence[Mapping[str, Any]], *, kind: str = "eval"
-                  ) -> dict[str, Any]:
+    async def run(self, program: Program, rows: Sequence[Mapping[str, Any]], *, kind: str = "eval",
+                  per_row: float | None = None) -> dict[str, Any]:
         """Evaluate ``program`` on ``rows``: per-example scores, outputs and node I/O, and spend.
 
-        Raises BudgetStop (before any call) when the remaining budget can't cover it.
+        Raises BudgetStop (before any call) when the remaining budget can't cover it -- at
+        ``per_row`` calls a row where the caller knows what rows of this shape take, else at the
+        most any evaluation so far took.
         """
-        return await self.evaluator.run(program, rows, kind=kind)
+        return await self.evaluator.run(program, rows, kind=kind, per_row=per_row)
 
     # ---- the incumbent
     @property
