@@ -463,6 +463,9 @@ def test_a_graph_whose_rows_need_no_repair_is_raced_at_what_its_rows_take():
     assert len(raced) >= 3, report.table()
     assert 250 < report.spent["calls"] <= 300, report.spent
     assert report.best.status == "accepted"
+    # what the race was planned with, in the report: the baseline's shape took 2 calls a row
+    assert report.data["calls_per_row"]["classify: auto/generate, check: auto/generate"] == 2.0, \
+        report.data["calls_per_row"]
 
 
 def test_the_winner_is_chosen_among_every_candidate_scored_on_all_search_rows():

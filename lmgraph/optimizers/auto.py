@@ -327,6 +327,7 @@ class Compile(Racing, Optimizer):
         if not tried:
             report.notes.append("the budget left after the baseline cannot cover racing even one candidate "
                                 f"on {rounds[0]} rows and confirming it on {len(conf_idx)}")
+        report.data["calls_per_row"] = self._costs_report()  # what the race was planned with
         alive = self._finalists(tried, alive, rounds, search_idx, base_scores)
         self._finish(session, base_prog, base_scores, tried, alive, conf_idx, rows)
         self._pareto(session, base_scores, base_entry, tried)

@@ -32,6 +32,11 @@ class Racing:
             key = cost_key(program)
             costs[key] = max(costs.get(key, 0.0), calls / n_rows)
 
+    def _costs_report(self) -> dict[str, float]:
+        """The calls a row each shape of program took, by shape (``node: format/decode, ...``)."""
+        return {", ".join(f"{name}: {fmt or kind}/{dec or 'generate'}" for name, kind, fmt, dec in key): round(v, 3)
+                for key, v in self.__dict__.get("_costs_seen", {}).items()}
+
     def _row_cost(self, s: Spec) -> float:
         """Expected calls per row of ``s``: what its own rows took once it has some; before that,
         the most any candidate with the same kinds, formats and decodings took (a repair call is
@@ -182,7 +187,7 @@ class Racing:
         """Successive halving over ``specs`` on the search rows (in ``order``); returns the
         survivors (``final_keep`` after the last of ``rounds``). The race was planned with expected
         costs; a candidate's rows are run only while, at its expected cost, they leave ``reserve``
-        calls (the confirmation's, at the upper bound) -- else :class:`BudgetStop`."""
+        calls (the confirmation's) -- else :class:`BudgetStop`."""
         alive, prev = list(specs), 0
         for s in alive:
             s.alive = True
