@@ -33,8 +33,12 @@ drawn again (``(draw 2)``, ...; up to ``max_draws`` per set, the sets of the bes
 first) and race like any candidate; they are extras, never listed as "not tried".
 
 The search is planned to fit the budget before it starts: :meth:`Compile.dry_run` shows the plan
-(its total never exceeds the budget), and candidates the budget can't cover are listed as not
-tried, with ``report.stopped`` saying so.
+(at upper-bound costs; its total never exceeds the budget), and candidates the budget can't cover
+are listed as not tried, with ``report.stopped`` saying so. The race itself is planned at what rows
+really take, shape by shape (``report.data["calls_per_row"]``): a small model's free-text answers
+mostly need a repair call while grammar-constrained JSON ones never do, and a graph of generating
+nodes rarely needs the repairs its upper bound counts; the winner's confirmation keeps a reserve
+above its expected cost, and a race that would eat into it stops.
 """
 
 from __future__ import annotations
