@@ -704,3 +704,36 @@ def test_max_draws_one_draws_each_demo_set_once():
     assert "redraws" not in report.data
     with pytest.raises(lg.DefinitionError, match="max_draws"):
         Compile(max_draws=0)
+
+
+def test_the_affordability_check_takes_the_callers_estimate_for_this_program():
+    # a baseline whose free-text rows all need a repair call (2 calls a row) must not price a JSON
+    # program (1 call a row) out of the budget that is left: the race passes what rows of that
+    # shape took; without an estimate the most any evaluation took a row stays the rule
+    import asyncio
+
+    from lmgraph.optimizers.evaluator import BudgetStop
+    from lmgraph.optimizers.session import CompileSession
+
+    def answer(request):
+        if request.json_schema:
+            return json.dumps({"label": "positive"})
+        return "Label: positive" if "could not be read" in request_text(request) else "hmm"
+
+    data = rows(22)
+
+    def session() -> CompileSession:
+        return CompileSession(optimizer="test", config={}, program=program(), trainset=data, valset=data,
+                              metric=label_accuracy(), ctx=lg.RunContext(lm=FunctionLM(answer), cache=False),
+                              budget=lg.Budget(max_calls=35), seed=0, checkpoint=None, concurrency=2,
+                              accept_confidence=0.95, progress=False)
+
+    async def go(per_row: float | None) -> dict:
+        s = session()
+        base = await s.run(program(), data[:10])
+        assert base["usage"]["calls"] == 20  # every row repaired
+        return await s.run(program("json"), data[10:22], per_row=per_row)
+
+    assert asyncio.run(go(1.0))["usage"]["calls"] == 12
+    with pytest.raises(BudgetStop, match="12 examples at ~2.0 calls each"):
+        asyncio.run(go(None))
