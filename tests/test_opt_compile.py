@@ -175,6 +175,23 @@ def test_nearest_demos_are_chosen_per_input_and_never_the_row_itself():
     assert lg.Program.from_dict(prog.to_dict()).content_hash() == prog.content_hash()
 
 
+def test_a_rows_own_demo_is_left_out_when_an_upstream_node_changed_another_of_its_inputs():
+    # multi-hop HotPotQA, 2026-12-04: the answer node's pool holds each search row's question, the
+    # passages the baseline retrieved for it and its gold answer; with nearest demos on the query node
+    # too, a row's second passages differ from the pool's, the inputs no longer equal -- and the
+    # row's own demo (with its answer) came back as the nearest: +0.565 on the search rows, -0.056
+    # on the held-out ones. The question (distinct across the pool) identifies the row
+    pool = [{"question": f"who wrote book {i}?", "more": f"passage {i}", "answer": f"author {i}"} for i in range(6)]
+    m = lg.Predict("question, more -> answer", knn=3, demo_pool=pool)
+    picked = m.demos_for({"question": "who wrote book 2?", "more": "another passage"})
+    assert len(picked) == 3 and all(d["question"] != "who wrote book 2?" for d in picked)
+    # a field many entries share identifies nothing: an entry sharing only it stays eligible
+    shared = [{"lang": "en", "text": f"sentence {i}", "label": "x"} for i in range(4)]
+    m2 = lg.Predict("lang, text -> label", knn=4, demo_pool=shared)
+    assert len(m2.demos_for({"lang": "en", "text": "a new sentence"})) == 4
+    assert len(m2.demos_for({"lang": "fr", "text": "sentence 1"})) == 3  # the text identifies row 1
+
+
 def test_compile_can_choose_nearest_demos():
     # right only when a shown demo shares the input's sentiment word
     def copier(request):
