@@ -249,7 +249,7 @@ class Compile(Racing, Optimizer):
         n = len(rows)
         base_prog = session.incumbent
         base_entry = await session.run(base_prog, rows)  # the baseline's memo entry (no new calls)
-        self._costs_seen: dict[Any, float] = {}
+        self._costs.clear()  # what rows of each shape took: this search's own
         self._seen(base_prog, base_entry["usage"]["calls"], n)
         base_scores = list(base_entry["scores"])
         search_idx, conf_idx = self.folds(n, session.seed)

@@ -25,17 +25,22 @@ def cost_key(program: object) -> tuple[tuple[str, object, object, object], ...]:
 class Racing:
     """Racing methods of :class:`~.auto.Compile` (needs ``min_race_rows``-based ``rounds``)."""
 
+    @property
+    def _costs(self) -> dict[Any, float]:
+        """Calls a row by program shape (:func:`cost_key`), the most seen; reset by each search."""
+        costs: dict[Any, float] = self.__dict__.setdefault("_costs_seen", {})
+        return costs
+
     def _seen(self, program: object, calls: float, n_rows: int) -> None:
         """Record the calls ``n_rows`` rows of ``program`` took (for :meth:`_row_cost`)."""
         if n_rows:
-            costs: dict[Any, float] = self.__dict__.setdefault("_costs_seen", {})
             key = cost_key(program)
-            costs[key] = max(costs.get(key, 0.0), calls / n_rows)
+            self._costs[key] = max(self._costs.get(key, 0.0), calls / n_rows)
 
     def _costs_report(self) -> dict[str, float]:
         """The calls a row each shape of program took, by shape (``node: format/decode, ...``)."""
         return {", ".join(f"{name}: {fmt or kind}/{dec or 'generate'}" for name, kind, fmt, dec in key): round(v, 3)
-                for key, v in self.__dict__.get("_costs_seen", {}).items()}
+                for key, v in self._costs.items()}
 
     def _row_cost(self, s: Spec) -> float:
         """Expected calls per row of ``s``: what its own rows took once it has some; before that,
@@ -44,7 +49,7 @@ class Racing:
         one); with nothing seen yet, the upper bound ``calls_per_row``."""
         if s.rows and s.calls:
             return s.calls / len(s.rows)
-        seen = self.__dict__.get("_costs_seen", {}).get(cost_key(s.program)) if s.program is not None else None
+        seen = self._costs.get(cost_key(s.program)) if s.program is not None else None
         return min(s.calls_per_row, seen) if seen else s.calls_per_row
 
     def _race_cost(self, specs: Sequence[Spec], rounds: Sequence[int], order: Sequence[int]) -> float:
