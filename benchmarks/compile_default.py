@@ -7,16 +7,20 @@ compiled on the same seeded test rows, in process on the embedded model, per tas
 For every (task, seed): the task's zero-shot program is scored on ``--test`` test rows, compiled
 with ``Compile()`` under ``--budget`` calls on ``--rows`` labelled rows (the task's train+val split;
 the compiler never sees test rows) and scored again on the same test rows; the paired difference
-and its 95% CI are reported. Each finished unit is appended to
-``benchmarks/results/compile_default/<tasks>.jsonl`` at once (a killed run keeps what it finished;
-a rerun skips finished units), and ``.md`` is rewritten after each. The compile's report (every
-candidate raced, with its per-row scores, and the notes) goes to
+and its 95% CI are reported. The compile keeps a checkpoint of its finished evaluations in
+``benchmarks/results/compile_default/checkpoints/`` while it runs (removed once the unit is recorded):
+a unit longer than a machine session (Banking77, GSM8K: hours on 2 cores) is resumed on the next
+machine from the committed checkpoint, replaying what it finished with the same spend and result.
+Each finished unit is appended to ``benchmarks/results/compile_default/<tasks>.jsonl`` at once (a
+killed run keeps what it finished; a rerun skips finished units), and ``.md`` is rewritten after
+each. The compile's report (every candidate raced, with its per-row scores, and the notes) goes to
 ``benchmarks/results/compile_default/reports/<task>-seed<seed>-rows<rows>-budget<budget>.json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import time
@@ -40,6 +44,17 @@ COMPILER_REV = ("single-lever screening, finalists, waves that pass over what th
 RUNTIME_REV = "demos that do not fit the context window are dropped, farthest first (2026-12-04)"
 
 
+CHECKPOINTS = HERE / "results" / "compile_default" / "checkpoints"
+
+
+def checkpoint_path(task_name: str, seed: int, rows: int, budget: int) -> Path:
+    """Where the compile of (task, seed, rows, budget) keeps its finished evaluations while it runs.
+    The name carries the runtime revision: evaluations recorded by another runtime are not replayed
+    (the checkpoint's own fingerprint covers the program, data, seed, budget and settings)."""
+    rev = hashlib.sha256(RUNTIME_REV.encode()).hexdigest()[:8]
+    return CHECKPOINTS / f"{task_name}-seed{seed}-rows{rows}-budget{budget}-runtime{rev}.jsonl"
+
+
 def current(unit: dict) -> bool:
     """Was ``unit`` measured by this revision of the compiler and of the runtime?"""
     return unit.get("compiler") == COMPILER_REV and unit.get("runtime") == RUNTIME_REV
@@ -61,7 +76,8 @@ def unit(task_name: str, seed: int, args: argparse.Namespace) -> dict:
 
     zero = evaluate_sync(program, test, metric, ctx=ctx, concurrency=4)
     t0 = time.perf_counter()
-    compiled, report = Compile().optimize(program, train, metric, valset=val,
+    ckpt = checkpoint_path(task_name, seed, args.rows, args.budget)
+    compiled, report = Compile(checkpoint=ckpt).optimize(program, train, metric, valset=val,
                                           budget=lg.Budget(max_calls=args.budget), seed=seed, ctx=ctx)
     compile_s = time.perf_counter() - t0
     comp = evaluate_sync(compiled, test, metric, ctx=ctx, concurrency=4)
@@ -80,7 +96,15 @@ def unit(task_name: str, seed: int, args: argparse.Namespace) -> dict:
             "expected_gain": round(best.evidence.get("expected_gain", 0.0), 4),
             "compile_calls": report.spent.get("calls"), "compile_s": round(compile_s, 1),
             "stopped": report.stopped, "labels": True, "compiler": COMPILER_REV, "runtime": RUNTIME_REV,
-            "lever_effects": report.data.get("lever_effects")}
+            "lever_effects": report.data.get("lever_effects"),
+            # evaluations replayed from a checkpoint an earlier (killed) run of this unit left: the same
+            # result and spend as one uninterrupted run; its compile_s is this run's time only
+            "replayed_evaluations": report.runtime.get("replayed_evaluations", 0)}
+
+
+def finished(task_name: str, seed: int, rows: int, budget: int) -> None:
+    """The unit is recorded: its checkpoint has served its purpose."""
+    checkpoint_path(task_name, seed, rows, budget).unlink(missing_ok=True)
 
 
 def write_md(path: Path, units: list[dict], command: str) -> None:
@@ -118,6 +142,7 @@ def main() -> None:
             done.append(u)
             with jsonl.open("a") as f:
                 f.write(json.dumps(u) + "\n")
+            finished(name, seed, args.rows, args.budget)
             write_md(out.with_suffix(".md"), done, command)
             print(json.dumps(u), flush=True)
 

@@ -20,7 +20,11 @@ Per (task, seed):
 Headroom = best grid score - zero-shot (the max of several noisy test scores: biased upward, so
 "recovered" understates); recovered = (compiled - zero-shot) / headroom. Units are appended to
 ``results/headroom/units.jsonl`` at once (a killed run keeps what it finished; a rerun skips them);
-``results/headroom/README.md`` is rewritten after each. Units measured with an earlier revision of the
+``results/headroom/README.md`` is rewritten after each. A unit longer than a machine session (Banking77,
+GSM8K: hours on 2 cores) spans sessions: its compile keeps a checkpoint of finished evaluations
+(``results/compile_default/checkpoints/``) and its grid each scored configuration
+(``results/headroom/grid-progress.jsonl``); commit them, and the same command on the next machine
+resumes the unit where it stopped, with the same result. Units measured with an earlier revision of the
 compiler or of the runtime (``compile_default.current``) are moved to
 ``results/headroom/units-superseded.jsonl``; their grid scores (keyed by the program's content hash)
 are reused when measured by the same runtime revision, since the grid does not depend on the
@@ -78,6 +82,7 @@ def compile_unit(name: str, seed: int, args: argparse.Namespace) -> dict:
     path = HERE / "results" / "compile_default" / "headroom-compiles.jsonl"
     with path.open("a") as f:
         f.write(json.dumps(u) + "\n")
+    compile_default.finished(name, seed, args.rows, args.budget)
     return {**u, "source": f"{path.relative_to(HERE.parent)}"}
 
 
@@ -97,9 +102,14 @@ def grid_programs(program: lg.Program, rows: list[dict], k_grid: int, seed: int,
     return [(s.label, s.program) for s in picked]
 
 
+PROGRESS = "grid-progress.jsonl"  # grid configurations of units not finished yet, one per line
+
+
 def _measured(name: str, seed: int, test_n: int, out: Path) -> dict[str, dict]:
     """Grid scores measured before for (task, seed, test rows), by program content hash: a program
-    scored on the same test rows by the same greedy model scores the same (reused, not re-run)."""
+    scored on the same test rows by the same greedy model scores the same (reused, not re-run).
+    Read from finished units and from ``grid-progress.jsonl``, where a unit's configurations go as
+    each is scored -- so a unit longer than a machine session resumes its grid on the next machine."""
     found: dict[str, dict] = {}
     lines = [line for path in (out / "units-superseded.jsonl", out / "units.jsonl") if path.exists()
              for line in path.read_text().splitlines()]
@@ -108,7 +118,34 @@ def _measured(name: str, seed: int, test_n: int, out: Path) -> dict[str, dict]:
         if (u["task"], u["seed"], u["test_n"]) == (name, seed, test_n):
             found.update({g["program_hash"]: g for g in u["grid"] if g.get("program_hash")
                           and g.get("runtime") == compile_default.RUNTIME_REV})
+    for g in _progress(out):
+        same = (g["task"], g["seed"], g["test_n"]) == (name, seed, test_n)
+        if same and g.get("runtime") == compile_default.RUNTIME_REV:
+            found[g["program_hash"]] = {k: v for k, v in g.items() if k not in ("task", "seed", "test_n")}
     return found
+
+
+def _progress(out: Path) -> list[dict]:
+    path = out / PROGRESS
+    if not path.exists():
+        return []
+    got = []
+    for line in path.read_text().splitlines():
+        try:
+            got.append(json.loads(line))
+        except ValueError:
+            continue  # a torn last line from a kill
+    return got
+
+
+def _unit_done(out: Path, name: str, seed: int, test_n: int) -> None:
+    """A finished unit holds its grid: its lines leave the progress file."""
+    left = [g for g in _progress(out) if (g["task"], g["seed"], g["test_n"]) != (name, seed, test_n)]
+    path = out / PROGRESS
+    if left:
+        path.write_text("".join(json.dumps(g) + "\n" for g in left))
+    else:
+        path.unlink(missing_ok=True)
 
 
 def grid_unit(name: str, seed: int, args: argparse.Namespace) -> dict:
@@ -134,6 +171,8 @@ def grid_unit(name: str, seed: int, args: argparse.Namespace) -> dict:
                         "diff": round(pb["diff"], 4), "diff_ci": [round(pb["ci_low"], 4), round(pb["ci_high"], 4)],
                         "calls": res.usage.get("calls"), "program_hash": h,
                         "runtime": compile_default.RUNTIME_REV})
+        with (Path(args.out) / PROGRESS).open("a") as f:
+            f.write(json.dumps({"task": name, "seed": seed, "test_n": args.test, **configs[-1]}) + "\n")
         print(f"  {name} seed {seed} grid: {label:<55} {res.mean:.3f}  {pb['diff']:+.3f}", flush=True)
     return {"zero_shot": round(zero.mean, 4), "grid": configs, "grid_s": round(time.perf_counter() - t0, 1)}
 
@@ -243,6 +282,7 @@ def main() -> None:
         done.append(u)
         with jsonl.open("a") as f:
             f.write(json.dumps(u) + "\n")
+        _unit_done(out, name, seed, args.test)
         write_md(out, done, command)
         print(json.dumps({k: v for k, v in u.items() if k != "grid"}), flush=True)
 

@@ -754,3 +754,39 @@ def test_the_affordability_check_takes_the_callers_estimate_for_this_program():
     assert asyncio.run(go(1.0))["usage"]["calls"] == 12
     with pytest.raises(BudgetStop, match="12 examples at ~2.0 calls each"):
         asyncio.run(go(None))
+
+
+def test_a_compile_stopped_midway_resumes_from_its_checkpoint_to_the_same_program(tmp_path):
+    """The default compiler's checkpoint (what benchmarks/compile_default.py commits for a unit longer
+    than a machine session): stopped in its race, resumed with the same arguments, it ends with the
+    program, report choice and spend of an uninterrupted run, without re-running what it finished."""
+    from lmgraph.cache import MemoryCache
+    from lmgraph.errors import LMError, ProviderFailureError
+    from lmgraph.optimizers import save_artifact
+
+    data = rows(60)
+
+    def run(fn, name: str) -> tuple[bytes, object]:  # noqa: ANN001
+        ctx = lg.RunContext(lm=FunctionLM(fn), cache=MemoryCache(), retries=1)  # faults reach the session
+        new, rep = Compile(decodes=(), checkpoint=tmp_path / f"{name}.ckpt", provider_reruns=0).optimize(
+            program(), data, label_accuracy(), budget=lg.Budget(max_calls=600), ctx=ctx)
+        return save_artifact(tmp_path / f"{name}.json", new, rep).read_bytes(), rep
+
+    clean, clean_rep = run(demo_lover, "clean")
+    state = {"down": True}
+
+    def flaky(request):  # the provider goes down once the race shows demos, for one row
+        text = request_text(request)
+        if state["down"] and text.count("Sentence: ") > 2 and _last_sentence(text).endswith("number 7"):
+            raise LMError("HTTP 503: overloaded", status=503)
+        return demo_lover(request)
+
+    with pytest.raises(ProviderFailureError):
+        run(flaky, "resumed")
+    kept = (tmp_path / "resumed.ckpt").read_text().count("\n") - 1
+    assert kept >= 1  # the baseline (at least) was finished and kept
+    state["down"] = False
+    resumed, rep = run(flaky, "resumed")
+    assert resumed == clean
+    assert rep.runtime["replayed_evaluations"] >= kept
+    assert rep.spent == clean_rep.spent and rep.best.label == clean_rep.best.label != clean_rep.baseline.label

@@ -1,0 +1,47 @@
+"""benchmarks/headroom.py and compile_default.py: units longer than a machine session resume on the next one."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+import headroom  # noqa: E402
+
+import compile_default  # noqa: E402
+
+
+def _config(task: str, seed: int, h: str, mean: float, runtime: str = compile_default.RUNTIME_REV) -> dict:
+    return {"task": task, "seed": seed, "test_n": 100, "config": f"cfg {h}", "mean": mean, "ci": [0, 1],
+            "diff": 0.0, "diff_ci": [0, 0], "calls": 100, "program_hash": h, "runtime": runtime}
+
+
+def test_grid_configurations_scored_before_a_kill_are_reused_and_leave_when_the_unit_is_done(tmp_path):
+    lines = [_config("banking77", 0, "a", 0.1), _config("banking77", 0, "b", 0.2),
+             _config("banking77", 0, "c", 0.3, runtime="an older runtime"),  # another runtime: re-run
+             _config("banking77", 1, "d", 0.4), _config("gsm8k", 0, "e", 0.5)]
+    (tmp_path / headroom.PROGRESS).write_text("".join(json.dumps(g) + "\n" for g in lines) + '{"task": "bank')
+    got = headroom._measured("banking77", 0, 100, tmp_path)
+    assert sorted(got) == ["a", "b"] and got["b"]["mean"] == 0.2 and "task" not in got["a"]
+    assert headroom._measured("banking77", 0, 50, tmp_path) == {}  # other test rows: nothing reused
+    headroom._unit_done(tmp_path, "banking77", 0, 100)
+    left = [json.loads(x) for x in (tmp_path / headroom.PROGRESS).read_text().splitlines()]
+    assert [(g["task"], g["seed"]) for g in left] == [("banking77", 1), ("gsm8k", 0)]
+    headroom._unit_done(tmp_path, "banking77", 1, 100)
+    headroom._unit_done(tmp_path, "gsm8k", 0, 100)
+    assert not (tmp_path / headroom.PROGRESS).exists()
+
+
+def test_a_compile_checkpoint_is_named_by_unit_and_runtime_revision(monkeypatch, tmp_path):
+    monkeypatch.setattr(compile_default, "CHECKPOINTS", tmp_path)
+    a = compile_default.checkpoint_path("banking77", 0, 400, 800)
+    assert a.parent == tmp_path and a != compile_default.checkpoint_path("banking77", 1, 400, 800)
+    monkeypatch.setattr(compile_default, "RUNTIME_REV", "another runtime")
+    b = compile_default.checkpoint_path("banking77", 0, 400, 800)
+    assert b != a  # evaluations of another runtime are never replayed
+    b.write_text("{}\n")
+    compile_default.finished("banking77", 0, 400, 800)
+    assert not b.exists()
