@@ -138,6 +138,13 @@ def _progress(out: Path) -> list[dict]:
     return got
 
 
+def _append_progress(out: Path, line: dict) -> None:
+    path = out / PROGRESS
+    torn = path.exists() and path.stat().st_size > 0 and not path.read_bytes().endswith(b"\n")
+    with path.open("a") as f:  # after a torn last line (a kill mid-write), start on a line of its own
+        f.write(("\n" if torn else "") + json.dumps(line) + "\n")
+
+
 def _unit_done(out: Path, name: str, seed: int, test_n: int) -> None:
     """A finished unit holds its grid: its lines leave the progress file."""
     left = [g for g in _progress(out) if (g["task"], g["seed"], g["test_n"]) != (name, seed, test_n)]
@@ -171,8 +178,7 @@ def grid_unit(name: str, seed: int, args: argparse.Namespace) -> dict:
                         "diff": round(pb["diff"], 4), "diff_ci": [round(pb["ci_low"], 4), round(pb["ci_high"], 4)],
                         "calls": res.usage.get("calls"), "program_hash": h,
                         "runtime": compile_default.RUNTIME_REV})
-        with (Path(args.out) / PROGRESS).open("a") as f:
-            f.write(json.dumps({"task": name, "seed": seed, "test_n": args.test, **configs[-1]}) + "\n")
+        _append_progress(Path(args.out), {"task": name, "seed": seed, "test_n": args.test, **configs[-1]})
         print(f"  {name} seed {seed} grid: {label:<55} {res.mean:.3f}  {pb['diff']:+.3f}", flush=True)
     return {"zero_shot": round(zero.mean, 4), "grid": configs, "grid_s": round(time.perf_counter() - t0, 1)}
 

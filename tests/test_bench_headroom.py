@@ -27,6 +27,8 @@ def test_grid_configurations_scored_before_a_kill_are_reused_and_leave_when_the_
     got = headroom._measured("banking77", 0, 100, tmp_path)
     assert sorted(got) == ["a", "b"] and got["b"]["mean"] == 0.2 and "task" not in got["a"]
     assert headroom._measured("banking77", 0, 50, tmp_path) == {}  # other test rows: nothing reused
+    headroom._append_progress(tmp_path, _config("banking77", 0, "f", 0.6))  # after the torn line
+    assert sorted(headroom._measured("banking77", 0, 100, tmp_path)) == ["a", "b", "f"]
     headroom._unit_done(tmp_path, "banking77", 0, 100)
     left = [json.loads(x) for x in (tmp_path / headroom.PROGRESS).read_text().splitlines()]
     assert [(g["task"], g["seed"]) for g in left] == [("banking77", 1), ("gsm8k", 0)]
