@@ -30,7 +30,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import lmgraph as lg  # noqa: E402
-from lmgraph.evaluation import evaluate_sync, paired_bootstrap  # noqa: E402
+from lmgraph.evaluation import EvalResult, evaluate_sync, paired_bootstrap  # noqa: E402
 from lmgraph.optimizers import Compile  # noqa: E402
 
 from tasks import Sizes, load  # noqa: E402
@@ -74,7 +74,7 @@ def unit(task_name: str, seed: int, args: argparse.Namespace) -> dict:
     def metric(ex, pred, trace=None):  # noqa: ANN001, ANN202
         return task.score(dict(ex), dict(pred))
 
-    zero = evaluate_sync(program, test, metric, ctx=ctx, concurrency=4)
+    zero = zero_shot(program, test, metric, ctx, zero_path(task_name, seed, len(test)))
     t0 = time.perf_counter()
     ckpt = checkpoint_path(task_name, seed, args.rows, args.budget)
     compiled, report = Compile(checkpoint=ckpt).optimize(program, train, metric, valset=val,
@@ -102,9 +102,45 @@ def unit(task_name: str, seed: int, args: argparse.Namespace) -> dict:
             "replayed_evaluations": report.runtime.get("replayed_evaluations", 0)}
 
 
+def zero_path(task_name: str, seed: int, test_n: int) -> Path:
+    """Where the zero-shot scores on the test rows of (task, seed) are kept while a unit runs."""
+    rev = hashlib.sha256(RUNTIME_REV.encode()).hexdigest()[:8]
+    return CHECKPOINTS / f"{task_name}-seed{seed}-test{test_n}-runtime{rev}.zero.json"
+
+
+def zero_shot(program: lg.Program, test: list[dict], metric, ctx: lg.RunContext,  # noqa: ANN001
+              path: Path) -> EvalResult:
+    """The zero-shot program scored on the test rows, kept at ``path`` (committed with the checkpoint)
+    while the unit runs: a unit resumed on the next machine, and headroom.py's grid after the compile,
+    do not score it again (Banking77's and GSM8K's take a quarter of an hour). Reused only for the
+    same program, test rows, runtime revision and llama-cpp-python version."""
+    from importlib.metadata import version
+    key = hashlib.sha256(json.dumps([program.content_hash(), test, RUNTIME_REV, version("llama_cpp_python")],
+                                    sort_keys=True, default=str).encode()).hexdigest()
+    if path.exists():
+        try:
+            saved = json.loads(path.read_text())
+        except ValueError:  # cut off by a kill mid-write: score it again
+            saved = {}
+        if saved.get("key") == key:
+            n = len(saved["scores"])
+            return EvalResult(saved["scores"], [None] * n, [], 0.0, statuses=saved["statuses"])
+    zero = evaluate_sync(program, test, metric, ctx=ctx, concurrency=4)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"key": key, "scores": zero.scores, "statuses": zero.statuses}) + "\n")
+    tmp.replace(path)
+    return zero
+
+
 def finished(task_name: str, seed: int, rows: int, budget: int) -> None:
-    """The unit is recorded: its checkpoint has served its purpose."""
+    """The unit is recorded: its checkpoint has served its purpose (its zero-shot scores leave with
+    :func:`drop_zero`, once whatever else uses them -- headroom.py's grid -- is done too)."""
     checkpoint_path(task_name, seed, rows, budget).unlink(missing_ok=True)
+
+
+def drop_zero(task_name: str, seed: int, test_n: int) -> None:
+    zero_path(task_name, seed, test_n).unlink(missing_ok=True)
 
 
 def write_md(path: Path, units: list[dict], command: str) -> None:
@@ -143,6 +179,7 @@ def main() -> None:
             with jsonl.open("a") as f:
                 f.write(json.dumps(u) + "\n")
             finished(name, seed, args.rows, args.budget)
+            drop_zero(name, seed, args.test)
             write_md(out.with_suffix(".md"), done, command)
             print(json.dumps(u), flush=True)
 

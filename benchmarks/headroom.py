@@ -162,7 +162,7 @@ def grid_unit(name: str, seed: int, args: argparse.Namespace) -> dict:
     ctx = lg.RunContext(max_concurrency=2)
     metric = _metric(task)
     t0 = time.perf_counter()
-    zero = evaluate_sync(program, test, metric, ctx=ctx, concurrency=4)
+    zero = compile_default.zero_shot(program, test, metric, ctx, compile_default.zero_path(name, seed, len(test)))
     configs = []
     rows = [{**r, task.output: r[task.label_field]} for r in list(train) + list(val)]  # as compile_default
     before = _measured(name, seed, args.test, Path(args.out))
@@ -289,6 +289,7 @@ def main() -> None:
         with jsonl.open("a") as f:
             f.write(json.dumps(u) + "\n")
         _unit_done(out, name, seed, args.test)
+        compile_default.drop_zero(name, seed, args.test)
         write_md(out, done, command)
         print(json.dumps({k: v for k, v in u.items() if k != "grid"}), flush=True)
 

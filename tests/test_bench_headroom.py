@@ -47,3 +47,37 @@ def test_a_compile_checkpoint_is_named_by_unit_and_runtime_revision(monkeypatch,
     b.write_text("{}\n")
     compile_default.finished("banking77", 0, 400, 800)
     assert not b.exists()
+
+
+def test_the_zero_shot_scores_are_kept_while_a_unit_runs_and_reused_only_for_the_same_program_and_rows(
+        monkeypatch, tmp_path):
+    import lmgraph as lg
+    from lmgraph.testing import FunctionLM
+
+    from helpers import sentiment_fn, sentiment_program, sentiment_rows
+    monkeypatch.setattr(compile_default, "CHECKPOINTS", tmp_path)
+    rows = sentiment_rows(8)
+    calls = []
+
+    def fn(req):  # noqa: ANN001, ANN202
+        calls.append(req)
+        return sentiment_fn(req)
+
+    ctx = lg.RunContext(lm=FunctionLM(fn), cache=False)
+    path = compile_default.zero_path("sst2", 0, len(rows))
+
+    def metric(ex, pred, trace=None):  # noqa: ANN001, ANN202
+        return float(pred["label"] == ex["label"])
+
+    first = compile_default.zero_shot(sentiment_program(), rows, metric, ctx, path)
+    assert path.exists() and len(calls) == 8 and 0 < first.mean < 1
+    again = compile_default.zero_shot(sentiment_program(), rows, metric, ctx, path)  # the next machine
+    assert len(calls) == 8  # no model call: the kept scores
+    assert again.scores == first.scores and again.mean == first.mean and again.ci == first.ci
+    compile_default.zero_shot(sentiment_program(), rows[:7] + rows[:1], metric, ctx, path)  # other rows
+    assert len(calls) == 16
+    path.write_text('{"key": "ab')  # cut off by a kill mid-write: scored again, not a crash
+    compile_default.zero_shot(sentiment_program(), rows, metric, ctx, path)
+    assert len(calls) == 24
+    compile_default.drop_zero("sst2", 0, len(rows))
+    assert not path.exists()
