@@ -112,7 +112,7 @@ def zero_shot(program: lg.Program, test: list[dict], metric, ctx: lg.RunContext,
               path: Path) -> EvalResult:
     """The zero-shot program scored on the test rows, kept at ``path`` (committed with the checkpoint)
     while the unit runs: a unit resumed on the next machine, and headroom.py's grid after the compile,
-    do not score it again (Banking77's and GSM8K's take a quarter of an hour). Reused only for the
+    do not score it again (minutes each time on 2 cores for Banking77 or GSM8K). Reused only for the
     same program, test rows, runtime revision and llama-cpp-python version."""
     from importlib.metadata import version
     key = hashlib.sha256(json.dumps([program.content_hash(), test, RUNTIME_REV, version("llama_cpp_python")],
