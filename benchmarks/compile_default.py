@@ -47,12 +47,16 @@ RUNTIME_REV = "demos that do not fit the context window are dropped, farthest fi
 CHECKPOINTS = HERE / "results" / "compile_default" / "checkpoints"
 
 
+def runtime_tag() -> str:
+    """The short hash of RUNTIME_REV that names a unit's kept files: a file another runtime wrote is not reused."""
+    return hashlib.sha256(RUNTIME_REV.encode()).hexdigest()[:8]
+
+
 def checkpoint_path(task_name: str, seed: int, rows: int, budget: int) -> Path:
     """Where the compile of (task, seed, rows, budget) keeps its finished evaluations while it runs.
     The name carries the runtime revision: evaluations recorded by another runtime are not replayed
     (the checkpoint's own fingerprint covers the program, data, seed, budget and settings)."""
-    rev = hashlib.sha256(RUNTIME_REV.encode()).hexdigest()[:8]
-    return CHECKPOINTS / f"{task_name}-seed{seed}-rows{rows}-budget{budget}-runtime{rev}.jsonl"
+    return CHECKPOINTS / f"{task_name}-seed{seed}-rows{rows}-budget{budget}-runtime{runtime_tag()}.jsonl"
 
 
 def current(unit: dict) -> bool:
@@ -104,8 +108,7 @@ def unit(task_name: str, seed: int, args: argparse.Namespace) -> dict:
 
 def zero_path(task_name: str, seed: int, test_n: int) -> Path:
     """Where the zero-shot scores on the test rows of (task, seed) are kept while a unit runs."""
-    rev = hashlib.sha256(RUNTIME_REV.encode()).hexdigest()[:8]
-    return CHECKPOINTS / f"{task_name}-seed{seed}-test{test_n}-runtime{rev}.zero.json"
+    return CHECKPOINTS / f"{task_name}-seed{seed}-test{test_n}-runtime{runtime_tag()}.zero.json"
 
 
 def zero_shot(program: lg.Program, test: list[dict], metric, ctx: lg.RunContext,  # noqa: ANN001
