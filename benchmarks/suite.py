@@ -305,10 +305,18 @@ def report_scope(records: Sequence[dict[str, Any]], default_tasks: Sequence[str]
 def pick_systems(systems: Sequence[System], patterns: str | None, quick: bool) -> list[System]:
     """The systems an invocation runs: those whose name contains one of the comma-separated
     ``patterns`` (``--systems``); without patterns all of them, less (quick mode) the opt-in
-    rows of ``QUICK_OPT_IN``, which run only when named."""
+    rows of ``QUICK_OPT_IN``, which run only when named. A pattern that starts with ``=`` names one
+    system exactly (``=lmgraph Compile`` leaves out ``lmgraph Compile (in-process)``)."""
     if patterns:
         pats = [p.strip().lower() for p in patterns.split(",") if p.strip()]
-        return [s for s in systems if any(p in s.name.lower() for p in pats)]
+        exact = {p[1:].strip() for p in pats if p.startswith("=")}
+        subs = [p for p in pats if not p.startswith("=")]
+        picked = [s for s in systems if s.name.lower() in exact or any(p in s.name.lower() for p in subs)]
+        unknown = exact - {s.name.lower() for s in systems}
+        if unknown:
+            raise SystemExit(f"--systems: no system is named {sorted(unknown)}; the names are "
+                             f"{[s.name for s in systems]}")
+        return picked
     return [s for s in systems if not (quick and s.name in QUICK_OPT_IN)]
 
 

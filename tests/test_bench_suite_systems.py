@@ -48,6 +48,11 @@ def test_systems_for_lists_the_new_rows_and_quick_runs_them_only_when_named():
     assert picked == {"lmgraph Reflect", "lmgraph Reflect (in-process)", "DSPy GEPA [chat]", "DSPy GEPA [json]",
                       "DSPy GEPA [schema]"}
     assert {s.name for s in suite.pick_systems(suite.systems_for("full"), None, quick=False)} >= NEW
+    # "=" names a system exactly: the in-process rows that contain the name are left out
+    exact = {s.name for s in suite.pick_systems(suite.systems_for("full"), "=lmgraph Compile, [schema]", quick=False)}
+    assert exact == {"lmgraph Compile"} | {s.name for s in suite.systems_for("full") if "[schema]" in s.name}
+    with pytest.raises(SystemExit, match="no system is named"):
+        suite.pick_systems(quick, "=lmgraph compile (gpu)", quick=True)
     gepa = next(s for s in quick if s.name == "DSPy GEPA [json]")
     assert gepa.opts()["max_metric_calls"] == "budget" and "135M" in gepa.opts()["reflection_lm"]
     full_gepa = next(s for s in suite.systems_for("full") if s.name == "DSPy GEPA [json]")
