@@ -320,6 +320,22 @@ def pick_systems(systems: Sequence[System], patterns: str | None, quick: bool) -
     return [s for s in systems if not (quick and s.name in QUICK_OPT_IN)]
 
 
+# optional packages that a DSPy optimizer imports only when it runs (after the units before it)
+OPTIONAL_DEPS = {"MIPROv2": "optuna"}
+
+
+def missing_optional(systems: Sequence[System]) -> list[str]:
+    """The systems whose optimizer needs a package this interpreter lacks, as messages -- found before
+    the run starts, not as a FAILED unit an hour into it."""
+    import importlib.util
+    out = []
+    for s in systems:
+        dep = OPTIONAL_DEPS.get(s.optimizer) if s.framework == "dspy" else None
+        if dep and importlib.util.find_spec(dep) is None:
+            out.append(f"{s.name} needs {dep}")
+    return out
+
+
 def _slug(name: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
 
@@ -414,6 +430,11 @@ def _main(argv: Sequence[str] | None) -> int:
     chosen_tasks = task_defs.all_tasks(names)
     all_systems = systems_for(mode)
     systems = pick_systems(all_systems, args.systems, args.quick)
+    missing_deps = missing_optional(systems)
+    if missing_deps:
+        raise SystemExit("; ".join(missing_deps) + f" -- not importable by {sys.executable}: run the suite with "
+                         "benchmarks/.work/venv/bin/python (bash benchmarks/setup.sh installs them there), or "
+                         "leave those systems out with --systems")
     override = Sizes(*(int(x) for x in args.sizes.split(","))) if args.sizes else None
     if override:
         mode = f"{mode}-sizes{override.train}x{override.val}x{override.test}"

@@ -262,3 +262,16 @@ def test_schema_rows_constrain_the_tasks_own_signature_to_its_options():
     assert fmt["schema"]["properties"]["answer_type"]["enum"] == ["human", "location"]
     schema_rows = [s for s in suite.systems_for("quick") if s.variant == "schema"]
     assert {s.optimizer for s in schema_rows} == {"zero-shot", "BootstrapFewShot", "MIPROv2", "GEPA", "SIMBA"}
+
+
+def test_a_system_whose_optional_package_is_missing_is_named_before_the_run(monkeypatch):
+    """MIPROv2 imports optuna only when it runs: an interpreter without it is refused up front."""
+    import importlib.util
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "optuna" else real(name, *a))
+    full = suite.systems_for("full")
+    assert suite.missing_optional(full) == [f"{s.name} needs optuna" for s in full
+                                             if s.framework == "dspy" and s.optimizer == "MIPROv2"]
+    assert suite.missing_optional([s for s in full if s.optimizer != "MIPROv2"]) == []
+    with pytest.raises(SystemExit, match="DSPy MIPROv2-light \\[schema\\] needs optuna"):
+        suite._main(["--no-overhead", "--tasks", "trec", "--systems", "=DSPy MIPROv2-light [schema]"])
