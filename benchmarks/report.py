@@ -19,6 +19,12 @@ def _best(records: list[dict[str, Any]], framework: str) -> dict[str, Any] | Non
     return max(compiled, key=lambda r: (r["test"][r["main"]]["mean"], -(r["compile"] or {}).get("calls", 0)))
 
 
+def _unchanged(record: dict[str, Any]) -> bool:
+    """Whether an lmgraph optimizer returned the program as given (its report's choice is the
+    baseline): its score is then the zero-shot program's, not something the optimizer found."""
+    return str((record.get("compile") or {}).get("chosen", "")).startswith("baseline (")
+
+
 def goals(records: list[dict[str, Any]], task_names: Sequence[str]) -> list[dict[str, Any]]:
     """Per task: lmgraph's best compiled system vs DSPy's best (by test score, a reporting summary:
     no optimizer saw the test split), the score difference (paired bootstrap over the same test
@@ -45,6 +51,7 @@ def goals(records: list[dict[str, Any]], task_names: Sequence[str]) -> list[dict
                        lmgraph_best_calls=lg["compile"]["calls"], dspy_calls=dc,
                        lmgraph_cheapest=cheap and cheap["system"],
                        lmgraph_cheapest_score=cheap and cheap["test"][m]["mean"], lmgraph_calls=lc,
+                       lmgraph_cheapest_unchanged=bool(cheap) and _unchanged(cheap),
                        calls_ratio=round(lc / dc, 3) if (dc and lc is not None) else None,
                        score_goal=lg["test"][m]["mean"] >= dscore,
                        calls_goal=lc is not None and lc <= 0.5 * dc)
@@ -105,8 +112,9 @@ def markdown(doc: dict[str, Any]) -> str:
             calls = f"{g['lmgraph_calls']} / {g['dspy_calls']} = n/a (DSPy made no calls)"
         else:
             calls = f"{g['lmgraph_calls']} / {g['dspy_calls']} = {g['calls_ratio']}"
-        cheapest = (f"{g['lmgraph_cheapest']} ({g['lmgraph_cheapest_score']:.3f})" if g.get("lmgraph_cheapest")
-                    else "none")
+        cheapest = (f"{g['lmgraph_cheapest']} ({g['lmgraph_cheapest_score']:.3f}"
+                    + (", returned the program as given)" if g.get("lmgraph_cheapest_unchanged") else ")")
+                    if g.get("lmgraph_cheapest") else "none")
         lines.append(f"| {g['task']} ({g['metric']}) | {g['lmgraph_best']} | {g['dspy_best']} | "
                      f"{g['lmgraph_score']:.3f} vs {g['dspy_score']:.3f} | {g['paired_diff']:+.3f} "
                      f"[{g['paired_ci95'][0]:+.3f}, {g['paired_ci95'][1]:+.3f}] | {cheapest} | {calls} | {verdict} |")

@@ -189,6 +189,15 @@ def test_goals_compare_best_compiled_systems_and_call_ratio():
                           "records": recs, "overhead": None})
     assert "| t (accuracy) | lg B | ds A | 0.750 vs 0.250 |" in md and "score only" in md
     assert "| lg B (0.750) | 60 / 100 = 0.6 |" in md
+    # an optimizer that returned the program as given reaches DSPy's score with the zero-shot prompt: say so
+    recs[2]["compile"]["chosen"] = "baseline (the program as given)"
+    (g2,) = report.goals(recs, ["t"])
+    assert g2["lmgraph_cheapest_unchanged"] is True
+    md2 = report.markdown({"mode": "quick", "date": "d", "model": "m", "server": {"servers": 1, "threads": 1},
+                           "seed": 0, "command": "c", "wall_s": 60, "goals": [g2], "tasks": ["t"],
+                           "records": recs, "overhead": None})
+    assert "| lg B (0.750, returned the program as given) | 60 / 100 = 0.6 |" in md2
+    del recs[2]["compile"]["chosen"]
     failed = {"task": "t", "system": "ds M", "framework": "dspy", "optimizer": "M", "variant": "", "main": "accuracy",
               "failed": "AdapterParseError: could not parse\n\nLM Response: {\"a\": 1} | x"}
     md = report.markdown({"mode": "quick", "date": "d", "model": "m", "server": {"servers": 1, "threads": 1},
