@@ -17,6 +17,7 @@ import collections
 import hashlib
 import http.client
 import json
+import sys
 import threading
 import time
 import urllib.parse
@@ -220,6 +221,17 @@ def common_prefix_len(a: bytes, b: bytes) -> int:
     return lo
 
 
+class QuietHTTPServer(ThreadingHTTPServer):
+    """A threading HTTP server on loopback that does not print a traceback when a client hangs
+    up mid-reply (a stopped or killed run closes its connections; that is not an error)."""
+
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if not isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
+            super().handle_error(request, client_address)
+
+
 class CountingProxy:
     """An HTTP proxy on 127.0.0.1 in front of one or more OpenAI-compatible servers.
 
@@ -286,8 +298,7 @@ class CountingProxy:
             def do_POST(self) -> None:
                 self._forward("POST")
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
+        self._server = QuietHTTPServer(("127.0.0.1", 0), Handler)
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
 

@@ -340,11 +340,15 @@ def _slug(name: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
 
 
-def _stop_at(when: float, servers: Sequence[Any], grace_s: float = 90.0) -> threading.Thread:
+def _stop_at(when: float, servers: Sequence[Any], grace_s: float = 90.0,
+             reached: threading.Event | None = None) -> threading.Thread:
     """At ``when``, end the run as a kill would (SIGTERM: servers stopped, the unit in progress
-    keeps its journal); if it has not ended ``grace_s`` later, stop the servers and exit."""
+    keeps its journal); if it has not ended ``grace_s`` later, stop the servers and exit.
+    ``reached`` is set first, so the run can tell a stop it asked for from a kill."""
     def watch() -> None:
         time.sleep(max(0.0, when - time.time()))
+        if reached is not None:
+            reached.set()
         print("[suite] --stop-by reached: stopping; the unit in progress resumes on the next run", flush=True)
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(grace_s)
@@ -474,6 +478,7 @@ def _main(argv: Sequence[str] | None) -> int:
               "to resume)", flush=True)
         return 0
     records_before = len(state.records)
+    stop_reached = threading.Event()  # set by --stop-by
 
     def write_report(overhead: dict[str, Any] | None) -> None:
         import report as report_mod  # benchmarks/report.py
@@ -484,7 +489,7 @@ def _main(argv: Sequence[str] | None) -> int:
         tasks, missing = report_scope(latest, QUICK_TASKS if args.quick else task_defs.ORDER,
                                       [t.name for t in chosen_tasks], shown)
         # wall time: this invocation's, when it made every record; else the units' own, summed
-        fresh_run = not args.report_only and records_before == 0
+        fresh_run = not args.report_only and records_before == 0 and not stop_reached.is_set()
         wall_s = time.perf_counter() - t_start if fresh_run else sum(r.get("unit_wall_s", 0) for r in latest)
         paths = report_mod.write(latest, mode=mode, date=args.date, seed=args.seed, tasks=tasks,
                                  systems=shown, overhead=overhead, wall_s=wall_s,
@@ -521,7 +526,7 @@ def _main(argv: Sequence[str] | None) -> int:
                   flush=True)
         runners = Runners(proxy, n_threads=args.threads * max(1, args.servers))
         if stop_by is not None:
-            _stop_at(stop_by, servers)
+            _stop_at(stop_by, servers, reached=stop_reached)
         for task, system in order_units(todo, state.records, stop_by):
             sizes = override or (task.quick if args.quick else task.full)
             train, val, test = splits[task.name]
@@ -587,6 +592,8 @@ def _main(argv: Sequence[str] | None) -> int:
                       f"with the results; on another machine `--restore {args.date}` resumes it", flush=True)
         if carried.is_dir() and not any(carried.iterdir()):
             carried.rmdir()
+        if stop_reached.is_set() and len(state.records) > records_before:
+            write_report(overhead)  # the units finished before the stop are published too
 
     write_report(overhead)
     return 0

@@ -471,6 +471,26 @@ def test_stop_by_ends_the_run_then_forces_it(ignores_sigterm, tmp_path):
     assert "--stop-by reached" in proc.stdout and time.time() - t0 < 20
 
 
+def test_the_proxy_prints_no_traceback_when_a_client_hangs_up(capsys):
+    from http.server import BaseHTTPRequestHandler
+
+    srv = answers.QuietHTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler)
+    try:
+        for exc in (BrokenPipeError(), ConnectionResetError()):  # a stopped run closing its connections
+            try:
+                raise exc
+            except OSError:
+                srv.handle_error(None, ("127.0.0.1", 1))
+        assert capsys.readouterr().err == ""
+        try:
+            raise ValueError("boom")  # a real error still shows
+        except ValueError:
+            srv.handle_error(None, ("127.0.0.1", 1))
+        assert "boom" in capsys.readouterr().err
+    finally:
+        srv.server_close()
+
+
 def test_units_share_test_answers_but_never_compile_answers(counting_upstream, tmp_path):
     url, seen = counting_upstream
     proxy = answers.CountingProxy([url])

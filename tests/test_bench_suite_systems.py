@@ -131,6 +131,44 @@ def test_a_missing_second_model_is_recorded_as_a_skip_with_its_reason(tmp_path, 
     assert (tmp_path / "results" / "2026-12-04-quick-sizes4x4x4.md").exists()
 
 
+def test_a_run_stopped_by_stop_by_publishes_the_units_it_finished(tmp_path, monkeypatch):
+    import datetime as dt
+
+    from lmgraph.errors import DefinitionError
+    from lmgraph.evaluation import data_dir
+
+    try:
+        data_dir()
+    except DefinitionError:
+        pytest.skip("shared/data not available")
+    reached = []
+    monkeypatch.setattr(suite, "_stop_at", lambda when, servers, **k: reached.append(k["reached"]))
+    calls = []
+
+    def second_model(*a, **k):  # the first unit ends (a recorded skip); the stop comes in the second
+        calls.append(1)
+        if len(calls) == 1:
+            raise suite_systems.ModelUnavailable("llama_model_quantize(x.gguf -> Q2_K) returned 1")
+        reached[0].set()
+        raise SystemExit(143)  # what the SIGTERM handler raises
+
+    monkeypatch.setattr(suite_systems, "second_model", second_model)
+    monkeypatch.setattr(suite, "WORK", tmp_path / "work")
+    monkeypatch.setattr(suite, "RESULTS", tmp_path / "results")
+    import report
+
+    monkeypatch.setattr(report, "RESULTS", tmp_path / "results")
+    later = (dt.datetime.now() + dt.timedelta(hours=2)).isoformat(timespec="minutes")
+    with pytest.raises(SystemExit):
+        suite.main(["--quick", "--tasks", "trec,sst2", "--no-overhead", "--systems", "model choice",
+                    "--sizes", "4,4,4", "--date", "2026-12-05", "--stop-by", later])
+    assert len(calls) == 2
+    records = tmp_path / "work" / "quick-sizes4x4x4-s0" / "records.jsonl"
+    assert len(records.read_text().splitlines()) == 1
+    md = (tmp_path / "results" / "2026-12-05-quick-sizes4x4x4.md").read_text()
+    assert "no second model" in md or "skipped" in md
+
+
 def test_feedback_metrics_say_what_was_expected():
     import tasks
 
