@@ -71,6 +71,22 @@ def test_compile_finds_demos_and_confirms_on_held_out_rows():
     assert report.spent["calls"] <= 600
 
 
+def test_min_gain_turns_down_a_confirmed_gain_smaller_than_asked_and_says_so():
+    data = rows(60)
+    ctx = lg.RunContext(lm=FunctionLM(demo_lover), cache=False)
+    _, taken = Compile(decodes=()).optimize(program(), data, label_accuracy(), budget=lg.Budget(max_calls=600), ctx=ctx)
+    gain = taken.best.evidence["expected_gain"]
+    assert taken.best.status == "accepted" and 0 < gain < 0.9
+    compiled, report = Compile(decodes=(), min_gain=0.9).optimize(program(), data, label_accuracy(),
+                                                                  budget=lg.Budget(max_calls=600), ctx=ctx)
+    assert not compiled.module("classify").demos  # the program as given
+    turned_down = [c for c in report.candidates if "under min_gain" in (c.reason or "")]
+    assert turned_down and turned_down[0].status == "rejected"
+    assert turned_down[0].evidence["expected_gain"] == pytest.approx(gain)
+    assert any("under min_gain +0.900" in n and "lower min_gain" in n for n in report.notes)
+    assert report.config["min_gain"] == 0.9 and "min_gain" not in taken.config  # the default's fingerprint as before
+
+
 def test_compile_reports_why_when_outputs_do_not_depend_on_the_prompt():
     def constant(request):  # 'positive' in whatever format it is asked for
         return '{"label": "positive"}' if request.json_schema or request.prompt is None else "Label: positive"
@@ -154,6 +170,8 @@ def test_bad_options_are_definition_errors():
         Compile(confirm_fraction=1.5)
     with pytest.raises(lg.DefinitionError):
         Compile(decodes=("sample",))
+    with pytest.raises(lg.DefinitionError, match="min_gain"):
+        Compile(min_gain=-0.1)
 
 
 def test_nearest_demos_are_chosen_per_input_and_never_the_row_itself():

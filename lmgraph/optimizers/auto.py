@@ -24,8 +24,9 @@ optimizers in three ways.
   gain over the baseline shrunk toward 0 by an empirical-Bayes estimate of how much the
   candidates truly differ (the winner's-curse correction), and the winner is confirmed on the
   held-out fold. It replaces the program when the confirmed gain is not negative and the
-  combined estimate is positive; the report gives that expected gain with its 95% CI, and when
-  nothing is chosen, why, and what would help.
+  combined estimate is positive (at least ``min_gain``, when set: a change whose expected gain is
+  smaller -- a tie that costs longer prompts -- is not worth taking); the report gives that
+  expected gain with its 95% CI, and when nothing is chosen, why, and what would help.
 
 A random demo set is one draw among many, and a draw can matter as much as the lever: when every
 planned candidate has been raced and budget is left, the labelled and bootstrapped demo sets are
@@ -89,7 +90,7 @@ class Compile(Racing, Optimizer):
                  instructions: bool = True, label_map: Mapping[str, str] | None = None,
                  max_candidates: int = 12, models: Sequence[str] | str = "auto", proposer_lm: str | None = None,
                  num_proposals: int = 2, max_scored_rows: int | str = "auto", max_draws: int = 4,
-                 **kwargs: Any) -> None:
+                 min_gain: float = 0.0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         from ..modules.base import FORMAT_CHOICES
 
@@ -97,6 +98,10 @@ class Compile(Racing, Optimizer):
             raise DefinitionError("max_demos, min_race_rows, max_candidates and max_draws must be >= 1",
                                   fix="e.g. Compile(max_demos=4, min_race_rows=20); max_draws=1 draws each "
                                       "demo set once.")
+        if not 0 <= min_gain < 1:
+            raise DefinitionError(f"min_gain must be in [0, 1), got {min_gain}",
+                                  fix="min_gain=0.02 takes a change only if it is expected to gain 2 points "
+                                      "of the metric; 0 takes any expected gain.")
         if not 0 < confirm_fraction < 1:
             raise DefinitionError(f"confirm_fraction must be in (0, 1), got {confirm_fraction}",
                                   fix="0.4 keeps 40% of the rows for confirming the chosen candidate.")
@@ -126,6 +131,7 @@ class Compile(Racing, Optimizer):
         # each random demo set (labelled, bootstrapped) is drawn up to max_draws times: draws after
         # the first race only on budget the planned search left over
         self.max_draws = max_draws
+        self.min_gain = float(min_gain)
 
     def config(self) -> dict[str, Any]:
         return {"max_demos": self.max_demos, "confirm_fraction": self.confirm_fraction,
@@ -134,7 +140,9 @@ class Compile(Racing, Optimizer):
                 "label_map": self.label_map, "max_candidates": self.max_candidates,
                 "models": self.models if self.models == "auto" else list(self.models),
                 "proposer_lm": self.proposer_lm, "num_proposals": self.num_proposals,
-                "max_scored_rows": self.max_scored_rows, "max_draws": self.max_draws}
+                "max_scored_rows": self.max_scored_rows, "max_draws": self.max_draws,
+                # only when set: the default keeps the fingerprints of earlier checkpoints
+                **({"min_gain": self.min_gain} if self.min_gain else {})}
 
     # ---- folds and plan
     def folds(self, n: int, seed: int) -> tuple[list[int], list[int]]:
@@ -369,7 +377,7 @@ class Compile(Racing, Optimizer):
                          "confirm_p_better": ev["p_better"], "search_diff": d, "search_shrunk": est,
                          "expected_gain": combined, "rows": float(len(all_idx))}
         mde = detectable_gain(conf_base, len(conf_idx))
-        if dc >= 0 and combined > 0:
+        if dc >= 0 and combined > 0 and combined >= self.min_gain:
             cand.status = "accepted"
             cand.reason = (f"expected gain {combined:+.3f} (search rows {d:+.3f}, shrunk {est:+.3f}; held-out "
                            f"confirmation {dc:+.3f}, 95% CI {ev['ci_low']:+.3f}..{ev['ci_high']:+.3f} on "
@@ -380,6 +388,12 @@ class Compile(Racing, Optimizer):
                 report.notes.append(f"the held-out confirmation alone cannot rule out no gain: with {len(conf_idx)} "
                                     f"confirmation rows a gain under {mde:+.2f} is not distinguishable from noise; "
                                     "more labelled rows narrow it")
+        elif dc >= 0 and combined > 0:  # held up, but smaller than the user asked for
+            cand.status = "rejected"
+            cand.reason = (f"expected gain {combined:+.3f} (held-out confirmation {dc:+.3f}, 95% CI "
+                           f"{ev['ci_low']:+.3f}..{ev['ci_high']:+.3f}) is under min_gain {self.min_gain:+.3f}")
+            report.notes.append(f"no change: the best candidate ({winner.label}) is expected to gain {combined:+.3f}, "
+                                f"under min_gain {self.min_gain:+.3f}; lower min_gain to take it")
         else:
             cand.status = "rejected"
             cand.reason = (f"held-out confirmation {dc:+.3f} (95% CI {ev['ci_low']:+.3f}..{ev['ci_high']:+.3f}) "
