@@ -219,6 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-early-stop", action="store_true",
                    help="score every candidate on every validation row (default: drop a candidate as soon "
                         "as it is clearly worse than the incumbent on the rows scored so far)")
+    p.add_argument("--min-gain", type=float, metavar="GAIN",
+                   help="--optimizer compile only: keep the program as given unless the chosen change is "
+                        "expected to gain at least GAIN of the metric (default 0: any expected gain)")
     p.add_argument("--dry-run", action="store_true",
                    help="print the cost estimate and exit (within --max-calls: which phases the budget cuts)")
     p.add_argument("--out", metavar="ARTIFACT.json", help="where to write the compiled artifact")

@@ -14,6 +14,7 @@ from typing import Any
 
 from . import cli
 from .cli_data import OPTIMIZERS, make_metric, read_jsonl
+from .errors import DefinitionError
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
@@ -24,10 +25,16 @@ def cmd_compile(args: argparse.Namespace) -> int:
     program = cli.load_program(args.program)
     train = read_jsonl(args.train)
     val = read_jsonl(args.val) if args.val else None
+    extra: dict[str, Any] = {}
+    if args.min_gain is not None:
+        if args.optimizer != "compile":
+            raise DefinitionError(f"--min-gain applies to --optimizer compile, not {args.optimizer}",
+                                  fix="drop --min-gain, or use --optimizer compile (the default).")
+        extra["min_gain"] = args.min_gain
     opt = getattr(optimizers, OPTIMIZERS[args.optimizer])(checkpoint=args.checkpoint,
                                                           concurrency=args.concurrency,
                                                           early_stop=not args.no_early_stop,
-                                                          progress=cli._progress(args))
+                                                          progress=cli._progress(args), **extra)
     budget = Budget(max_calls=args.max_calls, max_tokens=args.max_tokens)
     if args.dry_run:
         print(dry_run_text(args.optimizer, opt, program, train, val, budget, args.seed))

@@ -189,6 +189,23 @@ def test_model_specs_build_the_named_backends() -> None:
     assert isinstance(cli.make_lm("litellm:gpt-4o-mini"), LiteLLM)
 
 
+def test_compile_min_gain_reaches_the_compiler_and_only_the_compiler(prog_path, fake, tmp_path, capsys) -> None:  # noqa: ANN001
+    rows = sentiment_rows(40)
+    train = write_jsonl(tmp_path / "train.jsonl", rows)
+    rep = tmp_path / "report.json"
+    assert cli.main(["compile", prog_path, "--train", train, "--metric", "accuracy:label:label", "--no-cache",
+                     "--max-calls", "300", "--min-gain", "0.9", "--report", str(rep),
+                     "--out", str(tmp_path / "a.json")]) == 0
+    report = json.loads(rep.read_text())
+    assert report["config"]["min_gain"] == 0.9
+    capsys.readouterr()
+    built = len(fake)
+    assert cli.main(["compile", prog_path, "--train", train, "--metric", "accuracy:label:label",
+                     "--optimizer", "labeled", "--min-gain", "0.1", "--out", str(tmp_path / "b.json")]) == 2
+    err = capsys.readouterr().err
+    assert "--min-gain applies to --optimizer compile" in err and len(fake) == built  # refused before any model
+
+
 def test_compile_no_early_stop_is_passed_to_the_optimizer(prog_path, fake, tmp_path, capsys) -> None:  # noqa: ANN001
     rows = sentiment_rows(40)
     train = write_jsonl(tmp_path / "train.jsonl", rows[:20])
