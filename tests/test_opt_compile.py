@@ -87,6 +87,44 @@ def test_min_gain_turns_down_a_confirmed_gain_smaller_than_asked_and_says_so():
     assert report.config["min_gain"] == 0.9 and "min_gain" not in taken.config  # the default's fingerprint as before
 
 
+def _helped_by_demos(sentences: set[str]):
+    """'positive' always, except that with two or more demos shown it gets ``sentences`` right."""
+    def lm(request):
+        text = request_text(request)
+        sentence = _last_sentence(text)
+        fixed = text.count("Sentence: ") - 1 >= 2 and sentence in sentences
+        answer = next((v for k, v in WORDS.items() if f" {k} " in f" {sentence} "), "positive") if fixed else "positive"
+        return f"Label: {answer}" if request.prompt is not None else answer
+    return FunctionLM(lm)
+
+
+def _negatives(data: list[dict], idx: list[int]) -> list[str]:
+    return [data[i]["sentence"] for i in idx if data[i]["label"] == "negative"]
+
+
+def test_a_candidate_that_ties_on_every_held_out_row_leaves_the_program_as_given():
+    data = rows(60)
+    search, _conf = Compile().folds(len(data), 0)
+    lm = _helped_by_demos({_negatives(data, search)[0]})  # one search row better, no held-out row
+    compiled, report = Compile(decodes=()).optimize(program(), data, label_accuracy(), budget=lg.Budget(max_calls=600),
+                                                    ctx=lg.RunContext(lm=lm, cache=False))
+    assert not compiled.module("classify").demos and report.best is report.baseline, report.table()
+    tied = [c for c in report.candidates if (c.reason or "").startswith("tied with the program as given")]
+    assert tied and tied[0].status == "rejected"
+    assert any("gave the same scores as the program as given on every one" in n for n in report.notes)
+
+
+def test_a_small_accepted_gain_says_it_is_within_noise_and_points_to_min_gain():
+    data = rows(60)
+    search, conf = Compile().folds(len(data), 0)
+    lm = _helped_by_demos({_negatives(data, search)[0], _negatives(data, conf)[0]})
+    compiled, report = Compile(decodes=()).optimize(program(), data, label_accuracy(), budget=lg.Budget(max_calls=600),
+                                                    ctx=lg.RunContext(lm=lm, cache=False))
+    assert report.best.status == "accepted" and 0 < report.best.evidence["expected_gain"] < 0.1, report.table()
+    assert compiled.module("classify").demos
+    assert any("cannot rule out no gain" in n and "min_gain keeps the program as given" in n for n in report.notes)
+
+
 def test_compile_reports_why_when_outputs_do_not_depend_on_the_prompt():
     def constant(request):  # 'positive' in whatever format it is asked for
         return '{"label": "positive"}' if request.json_schema or request.prompt is None else "Label: positive"

@@ -24,9 +24,9 @@ optimizers in three ways.
   gain over the baseline shrunk toward 0 by an empirical-Bayes estimate of how much the
   candidates truly differ (the winner's-curse correction), and the winner is confirmed on the
   held-out fold. It replaces the program when the confirmed gain is not negative and the
-  combined estimate is positive (at least ``min_gain``, when set: a change whose expected gain is
-  smaller -- a tie that costs longer prompts -- is not worth taking); the report gives that
-  expected gain with its 95% CI, and when nothing is chosen, why, and what would help.
+  combined estimate is positive (a tie on every held-out row is no gain; with ``min_gain`` set,
+  at least that: a near-tie that costs longer prompts is not worth taking); the report gives
+  that expected gain with its 95% CI, and when nothing is chosen, why, and what would help.
 
 A random demo set is one draw among many, and a draw can matter as much as the lever: when every
 planned candidate has been raced and budget is left, the labelled and bootstrapped demo sets are
@@ -77,6 +77,9 @@ from .session import BudgetStop, CompileSession
 
 Demo = dict[str, Any]
 
+
+# an expected gain this close to 0 is float noise: a tie
+_TIE = 1e-9
 
 # --------------------------------------------------------------------------- the optimizer
 
@@ -377,7 +380,10 @@ class Compile(Racing, Optimizer):
                          "confirm_p_better": ev["p_better"], "search_diff": d, "search_shrunk": est,
                          "expected_gain": combined, "rows": float(len(all_idx))}
         mde = detectable_gain(conf_base, len(conf_idx))
-        if dc >= 0 and combined > 0 and combined >= self.min_gain:
+        # an expected gain within float noise of 0 (every confirmation row tied: the confirmation's
+        # zero variance outweighs the search rows) is a tie, and a tie keeps the program as given
+        tied = abs(combined) <= _TIE
+        if dc >= 0 and combined > _TIE and combined >= self.min_gain:
             cand.status = "accepted"
             cand.reason = (f"expected gain {combined:+.3f} (search rows {d:+.3f}, shrunk {est:+.3f}; held-out "
                            f"confirmation {dc:+.3f}, 95% CI {ev['ci_low']:+.3f}..{ev['ci_high']:+.3f} on "
@@ -387,7 +393,16 @@ class Compile(Racing, Optimizer):
             if ev["ci_low"] <= 0:
                 report.notes.append(f"the held-out confirmation alone cannot rule out no gain: with {len(conf_idx)} "
                                     f"confirmation rows a gain under {mde:+.2f} is not distinguishable from noise; "
-                                    "more labelled rows narrow it")
+                                    "more labelled rows narrow it" + (
+                                        f"; the expected gain, {combined:+.3f}, is that small: min_gain keeps the "
+                                        "program as given for such gains" if combined < mde else ""))
+        elif dc >= 0 and tied:
+            cand.status = "rejected"
+            cand.reason = (f"tied with the program as given on all {len(conf_idx)} held-out confirmation rows "
+                           f"(search rows {d:+.3f}): expected gain 0")
+            report.notes.append(f"no change: the best candidate on the search rows ({winner.label}, {d:+.3f}) gave "
+                                "the same scores as the program as given on every one of the "
+                                f"{len(conf_idx)} held-out rows")
         elif dc >= 0 and combined > 0:  # held up, but smaller than the user asked for
             cand.status = "rejected"
             cand.reason = (f"expected gain {combined:+.3f} (held-out confirmation {dc:+.3f}, 95% CI "
