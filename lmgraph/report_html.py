@@ -170,10 +170,14 @@ def _summary(program: Program, rep: Mapping[str, Any], origin: str) -> str:
     if rep.get("optimizer"):
         rows.append(("optimizer", f"{rep['optimizer']}, seed {rep.get('seed', 0)}"))
     if cands:
+        from .optimizers.report import baseline_on_rows
+
         best = next((c for c in cands if c["id"] == rep.get("best_id", 0)), cands[0])
-        gain = best["score"] - cands[0]["score"]
+        base, where = ((cands[0]["score"], "") if best is cands[0] else
+                       baseline_on_rows(cands[0].get("scores") or [cands[0]["score"]], best.get("rows"),
+                                        best.get("n", 0)))
         rows.append(("result", f"best {best['score']:.3f} (candidate #{best['id']}) vs baseline "
-                               f"{cands[0]['score']:.3f} ({gain:+.3f}); {len(cands)} candidates"))
+                               f"{base:.3f}{where} ({best['score'] - base:+.3f}); {len(cands)} candidates"))
     if spent:
         rows.append(("spent", f"{spent.get('calls', 0)} calls, {spent.get('tokens', 0)} tokens"
                               + (f", ${spent['dollars']:.4f}" if spent.get("dollars") else "")))
@@ -440,8 +444,9 @@ def report_html(report: Report) -> str:
         rows.append(f"<tr{mark}><td>#{c.id}</td><td>{_e(c.status)}</td><td>{c.mean:.3f}</td>"
                     f"<td>[{lo:.3f}, {hi:.3f}]</td><td>{c.calls}</td><td>{_e(c.label)}</td></tr>")
     more = len(report.candidates) - _MAX_ROWS
+    base, where = report.baseline_on(report.best) if report.candidates else (0.0, "")
     head = (f"<b>{_e(report.optimizer)}</b>: best {report.best.mean:.3f} (#{report.best_id}) vs baseline "
-            f"{report.baseline.mean:.3f}; spent {_e(report.spent.get('calls', 0))} calls" if report.candidates
+            f"{base:.3f}{_e(where)}; spent {_e(report.spent.get('calls', 0))} calls" if report.candidates
             else f"<b>{_e(report.optimizer)}</b>: no candidates")
     return (f"<div>{head}<table><tr><th>id</th><th>status</th><th>score</th><th>95% CI</th><th>calls</th>"
             f"<th>label</th></tr>{''.join(rows)}</table>"

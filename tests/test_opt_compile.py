@@ -123,6 +123,25 @@ def test_a_small_accepted_gain_says_it_is_within_noise_and_points_to_min_gain():
     assert report.best.status == "accepted" and 0 < report.best.evidence["expected_gain"] < 0.1, report.table()
     assert compiled.module("classify").demos
     assert any("cannot rule out no gain" in n and "min_gain keeps the program as given" in n for n in report.notes)
+    # the baseline it is compared with is the baseline on the same rows, not on all of them
+    best, base = report.best, report.baseline.scores
+    same = sum(base[i] for i in best.rows) / len(best.rows)
+    assert len(best.rows) < len(base) and same != report.baseline.mean
+    assert f"vs baseline {same:.3f} on the same {len(best.rows)} rows" in report.table().splitlines()[0]
+    assert any(f"validation {same:.3f} -> {best.mean:.3f} on the same" in n for n in report.notes)
+    from lmgraph.report_html import render, report_html
+
+    assert f"vs baseline {same:.3f} on the same {len(best.rows)} rows" in report_html(report)
+    assert f"vs baseline {same:.3f} on the same {len(best.rows)} rows" in render((compiled, report.to_dict()))
+
+
+def test_baseline_on_rows_compares_like_with_like():
+    from lmgraph.optimizers.report import baseline_on_rows
+
+    assert baseline_on_rows([1.0, 0.0, 0.0, 1.0], [0, 3], 2) == (1.0, " on the same 2 rows")
+    assert baseline_on_rows([1.0, 0.0, 0.0, 1.0], None, 4) == (0.5, "")  # the baseline's own rows
+    assert baseline_on_rows([1.0, 0.0, 0.0, 1.0], [3, 2, 1, 0], 4) == (0.5, "")  # all of them, reordered
+    assert baseline_on_rows([1.0, 0.0], [0, 5], 2) == (0.5, "")  # rows it cannot match: no claim
 
 
 def test_compile_reports_why_when_outputs_do_not_depend_on_the_prompt():

@@ -204,8 +204,9 @@ class Optimizer:
         if inc is not None and inc.id != report.baseline.id:
             what = "; ".join(f"{node}: " + ", ".join(f"{k}={v}" for k, v in ch.items())
                              for node, ch in inc.changes.items()) or inc.label
+            base, where = report.baseline_on(inc)
             report.notes.append(f"what made the difference: candidate #{inc.id} ({inc.label}) -- {what}; "
-                                f"validation {report.baseline.mean:.3f} -> {inc.mean:.3f}")
+                                f"validation {base:.3f} -> {inc.mean:.3f}{where}")
         elif inc is not None:
             report.notes.append("no candidate beat the baseline with enough evidence; the program is unchanged")
         snap = session.meter.snapshot()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +23,17 @@ STATUSES = {
     "pending": "not decided yet",
 }
 PLAIN = ("baseline", "accepted", "rejected")  # statuses the table need not explain
+
+
+def baseline_on_rows(base: Sequence[float], rows: Sequence[int] | None, n: int) -> tuple[float, str]:
+    """The baseline's mean on a candidate's ``rows`` (indices into the baseline's; a candidate of
+    the default compiler's race is scored on a subset of them), and ``" on the same N rows"`` when
+    that is a subset: a comparison of means over different rows would mislead."""
+    whole = sum(base) / len(base) if base else 0.0
+    same = [base[i] for i in rows if 0 <= i < len(base)] if rows is not None else []
+    if not same or len(same) != n or len(same) == len(base):
+        return whole, ""
+    return sum(same) / len(same), f" on the same {len(same)} rows"
 
 
 @dataclass
@@ -98,6 +110,10 @@ class Report:
     def best(self) -> Candidate:
         return next(c for c in self.candidates if c.id == self.best_id)
 
+    def baseline_on(self, cand: Candidate) -> tuple[float, str]:
+        """The baseline's mean on the rows ``cand`` was scored on: see :func:`baseline_on_rows`."""
+        return baseline_on_rows(self.baseline.scores, cand.rows, len(cand.scores))
+
     def too_few_rows(self) -> str | None:
         """When nothing was accepted: how large a gain the validation set could have shown at all
         (from the baseline's per-row scores), in plain words; else None. The default compiler, which
@@ -165,8 +181,9 @@ class Report:
             mark = "*" if c.id == self.best_id else " "
             rows.append(f"{c.id:>3}{mark} {c.status:<9} {c.mean:6.3f}  [{lo:.3f},{hi:.3f}] {c.calls:>6}  "
                         f"{c.label}" + (f" -- {c.reason}" if c.reason else ""))
+        base, where = self.baseline_on(self.best)
         head = (f"{self.optimizer}: best {self.best.mean:.3f} (candidate {self.best_id}) vs baseline "
-                f"{self.baseline.mean:.3f}; spent {self.spent.get('calls', 0)} calls"
+                f"{base:.3f}{where}; spent {self.spent.get('calls', 0)} calls"
                 + (f" ({self.runtime['cache_misses']} cache misses)" if "cache_misses" in self.runtime else "")
                 + (f"; stopped: {self.stopped}" if self.stopped else "")
                 + (f"; provider faults: {self.faults['rows_without_answer']} rows got no answer and were re-run "
