@@ -61,25 +61,16 @@ def dry_run_text(name: str, opt: Any, program: Any, train: list[dict[str, Any]],
     the budget, and in plain words which phases the budget cuts (a BudgetError naming the minimum,
     as the compile itself would raise, when it cannot even cover scoring the program as given)."""
     from .optimizers import Compile
-    from .optimizers.base import CostEstimate, check_budget_covers_baseline
 
-    full = opt.dry_run(program, train, val)
     cap = budget.max_calls
+    full = opt.dry_run(program, train, val)
     if cap is None:
         return f"{name}: {full}"
+    # the default compiler plans its search to fit the budget; the others stop when it is spent
     compiler = isinstance(opt, Compile)
-    val_rows = [*train, *(val or [])] if compiler else opt._split(program, train, val, seed)[1]
-    check_budget_covers_baseline(program, val_rows, budget)
+    est = opt.dry_run(program, train, val, budget=budget).within(cap)  # a BudgetError under the baseline
     if full.calls <= cap:
         return f"{name}: {full}\n  fits --max-calls {cap}"
-    # the default compiler plans its search to fit the budget; the others stop when it is spent
-    plan = opt.dry_run(program, train, val, budget=budget) if compiler else full
-    left, capped = cap, {}
-    for phase, calls in plan.breakdown.items():  # phases in plan order, each with what the budget has left
-        capped[phase] = min(calls, left)
-        left -= capped[phase]
-    total = sum(capped.values())
-    est = CostEstimate(total, round(full.tokens * total / max(1, full.calls)), capped)
     cuts = [f"{phase} {calls} -> {est.breakdown.get(phase, 0) or 'none'}"
             for phase, calls in full.breakdown.items() if est.breakdown.get(phase, 0) < calls]
     if not any(v for k, v in est.breakdown.items() if k != "baseline"):

@@ -105,6 +105,21 @@ def test_dry_run_bounds_the_spend():
         assert {"baseline", "bootstrap", "proposals", "trials"} <= set(est.breakdown)
 
 
+def test_dry_run_within_a_budget_takes_the_phases_in_order_and_spends_no_more():
+    o = opt()
+    full = o.dry_run(program(), TRAIN, VAL)
+    cap = full.breakdown["baseline"] + full.breakdown["bootstrap"] + 3
+    est = o.dry_run(program(), TRAIN, VAL, budget=lg.Budget(max_calls=cap))
+    assert est.calls == cap and list(est.breakdown) == list(full.breakdown)
+    assert est.breakdown["baseline"] == full.breakdown["baseline"] and est.breakdown["proposals"] == 3
+    assert est.breakdown["trials"] == 0 and est.tokens < full.tokens
+    _, rep = o.optimize(program(), TRAIN, METRIC, valset=VAL, budget=lg.Budget(max_calls=cap), ctx=ctx())
+    assert rep.spent["calls"] <= est.calls
+    assert o.dry_run(program(), TRAIN, VAL, budget=lg.Budget(max_calls=10 ** 6)) == full  # a budget that fits
+    with pytest.raises(lg.BudgetError, match="baseline"):  # under the baseline: the compile's own error
+        o.dry_run(program(), TRAIN, VAL, budget=lg.Budget(max_calls=len(VAL) - 1))
+
+
 def test_full_valset_trials_when_minibatch_is_too_big():
     _new, rep = opt(minibatch_size=100, num_trials=12).optimize(program(), TRAIN, METRIC, valset=VAL, ctx=ctx())
     assert all(c.status in ("baseline", "accepted", "rejected") for c in rep.candidates)

@@ -39,6 +39,18 @@ class CostEstimate:
         parts = ", ".join(f"{k}: {v}" for k, v in self.breakdown.items())
         return f"<= {self.calls} model calls, ~{self.tokens} tokens ({parts})"
 
+    def within(self, max_calls: int | None) -> CostEstimate:
+        """This plan cut at ``max_calls``: the phases in order, each with what is left (a compile
+        that stops when its budget is spent); tokens scale with the calls kept."""
+        if max_calls is None or self.calls <= max_calls:
+            return self
+        left, capped = max_calls, {}
+        for phase, calls in self.breakdown.items():
+            capped[phase] = min(calls, left)
+            left -= capped[phase]
+        total = sum(capped.values())
+        return CostEstimate(total, round(self.tokens * total / max(1, self.calls)), capped)
+
 
 def check_rows(program: Program, rows: Sequence[Mapping[str, Any]], name: str) -> None:
     """Every row must be a mapping with the program's inputs (checked before any model call)."""
@@ -142,8 +154,15 @@ class Optimizer:
 
     # ---- public API
     def dry_run(self, program: Program, trainset: Sequence[Mapping[str, Any]],
-                valset: Sequence[Mapping[str, Any]] | None = None) -> CostEstimate:
+                valset: Sequence[Mapping[str, Any]] | None = None, *, budget: Budget | None = None,
+                ctx: RunContext | None = None) -> CostEstimate:
+        """What the compile would spend at most, before any model call. With a call ``budget``: what
+        it would spend within it (the phases in order, each with what the budget has left: this
+        optimizer stops when the budget is spent); a budget that cannot cover scoring the program as
+        given is a BudgetError naming the minimum. ``ctx`` is accepted for the optimizers whose plan
+        depends on the context's models (:class:`~lmgraph.optimizers.Compile`)."""
         train, val, _ = self._split(program, trainset, valset, seed=0)
+        check_budget_covers_baseline(program, val, budget)
         per = static_calls_per_example(program)
         breakdown = {"baseline": len(val) * per, **self.estimate(program, len(train), len(val))}
         if program.estimated_calls() > program.estimated_calls(repairs=False):
@@ -152,7 +171,8 @@ class Optimizer:
             breakdown = {k: 2 * v for k, v in breakdown.items()}
         calls = sum(breakdown.values())
         tokens = calls * (_prompt_tokens_guess(program, train[0]) // max(1, per) + 64)
-        return CostEstimate(calls, tokens, breakdown)
+        full = CostEstimate(calls, tokens, breakdown)
+        return full if budget is None else full.within(budget.max_calls)
 
     def _split(self, program: Program, trainset: Sequence[Mapping[str, Any]],
                valset: Sequence[Mapping[str, Any]] | None, seed: int
