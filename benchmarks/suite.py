@@ -67,6 +67,9 @@ WORK = HERE / ".work" / "runs"
 
 
 QUICK_TASKS = ("trec", "sst2")
+# a unit's compile budget: this many model calls per train+val row (twice that on GSM8K); a
+# system's own "budget_per_row" setting overrides it
+BUDGET_PER_ROW = 8
 
 
 # --------------------------------------------------------------------------- statistics
@@ -336,6 +339,13 @@ def missing_optional(systems: Sequence[System]) -> list[str]:
     return out
 
 
+def unit_budget(task_name: str, system: System, rows: int) -> int:
+    """A unit's compile budget in model calls: ``BUDGET_PER_ROW`` (or the system's own
+    ``budget_per_row``) per train+val row, twice that on GSM8K."""
+    per_row = int(system.opts().get("budget_per_row", BUDGET_PER_ROW))
+    return per_row * rows * (2 if task_name == "gsm8k" else 1)
+
+
 def _slug(name: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
 
@@ -535,7 +545,7 @@ def _main(argv: Sequence[str] | None) -> int:
             train, val = ([{**r, task.output: r[task.label_field]} for r in part] for part in (train, val))
             data = (train, val, test)
             data_sizes = {"train": len(data[0]), "val": len(data[1]), "test": len(data[2])}
-            budget = 8 * (sizes.train + sizes.val) * (2 if task.name == "gsm8k" else 1)
+            budget = unit_budget(task.name, system, sizes.train + sizes.val)
             jpath = journals / f"{_slug(task.name)}__{_slug(system.name)}.jsonl"
             if state.done(task.name, system.name) and jpath.exists():
                 jpath.unlink()  # --redo of a finished unit (left by a kill after its record was written)

@@ -49,6 +49,9 @@ def systems_for(mode: str) -> list[System]:
         System("lmgraph JointSearch", "lmgraph", "JointSearch", settings=(("num_trials", 4 if quick else 12),)),
         # the default compiler (lg.compile): pooled rows, raced levers, held-out confirmation
         System("lmgraph Compile", "lmgraph", "Compile"),
+        # the same at 3 calls per train+val row instead of the suite's 8: the cost-quality trade a
+        # user makes with lg.compile(..., budget=...) (its search is planned to fit the budget)
+        System("lmgraph Compile (3 calls/row)", "lmgraph", "Compile", settings=(("budget_per_row", 3),)),
         # plan -> per-step answers -> combine, accepted only on evidence (no demos for the new nodes)
         System("lmgraph Decompose", "lmgraph", "Decompose", settings=(("max_steps", 3),)),
     ]

@@ -169,6 +169,14 @@ def test_a_run_stopped_by_stop_by_publishes_the_units_it_finished(tmp_path, monk
     assert "no second model" in md or "skipped" in md
 
 
+def test_a_units_budget_is_calls_per_row_and_a_system_may_set_its_own():
+    full = {s.name: s for s in suite_systems.systems_for("full")}
+    assert suite.unit_budget("trec", full["lmgraph Compile"], 100) == 800
+    assert suite.unit_budget("gsm8k", full["lmgraph Compile"], 100) == 1600
+    assert suite.unit_budget("banking77", full["lmgraph Compile (3 calls/row)"], 100) == 300
+    assert "lmgraph Compile (3 calls/row)" not in {s.name for s in suite_systems.systems_for("quick")}
+
+
 def test_feedback_metrics_say_what_was_expected():
     import tasks
 
