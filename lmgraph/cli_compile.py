@@ -37,7 +37,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
                                                           progress=cli._progress(args), **extra)
     budget = Budget(max_calls=args.max_calls, max_tokens=args.max_tokens)
     if args.dry_run:
-        print(dry_run_text(args.optimizer, opt, program, train, val, budget, args.seed))
+        print(dry_run_text(args.optimizer, opt, program, train, val, budget))
         return 0
     metric = make_metric(args.metric, program)
     t0 = time.perf_counter()
@@ -56,7 +56,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
 
 def dry_run_text(name: str, opt: Any, program: Any, train: list[dict[str, Any]], val: list[dict[str, Any]] | None,
-                 budget: Any, seed: int = 0) -> str:
+                 budget: Any) -> str:
     """The cost estimate of a compile, within ``--max-calls`` when one is given: the plan capped by
     the budget, and in plain words which phases the budget cuts (a BudgetError naming the minimum,
     as the compile itself would raise, when it cannot even cover scoring the program as given)."""
@@ -68,7 +68,8 @@ def dry_run_text(name: str, opt: Any, program: Any, train: list[dict[str, Any]],
         return f"{name}: {full}"
     # the default compiler plans its search to fit the budget; the others stop when it is spent
     compiler = isinstance(opt, Compile)
-    est = opt.dry_run(program, train, val, budget=budget).within(cap)  # a BudgetError under the baseline
+    # a BudgetError under the baseline; cut at the cap too (an upper bound with repairs can pass it)
+    est = opt.dry_run(program, train, val, budget=budget).within(cap)
     if full.calls <= cap:
         return f"{name}: {full}\n  fits --max-calls {cap}"
     cuts = [f"{phase} {calls} -> {est.breakdown.get(phase, 0) or 'none'}"

@@ -173,9 +173,8 @@ def _summary(program: Program, rep: Mapping[str, Any], origin: str) -> str:
         from .optimizers.report import baseline_on_rows
 
         best = next((c for c in cands if c["id"] == rep.get("best_id", 0)), cands[0])
-        base, where = ((cands[0]["score"], "") if best is cands[0] else
-                       baseline_on_rows(cands[0].get("scores") or [cands[0]["score"]], best.get("rows"),
-                                        best.get("n", 0)))
+        base, where = baseline_on_rows(cands[0].get("scores") or [cands[0]["score"]], best.get("rows"),
+                                       best.get("n", 0))
         rows.append(("result", f"best {best['score']:.3f} (candidate #{best['id']}) vs baseline "
                                f"{base:.3f}{where} ({best['score'] - base:+.3f}); {len(cands)} candidates"))
     if spent:
