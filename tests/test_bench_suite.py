@@ -242,7 +242,7 @@ def test_every_task_file_defines_a_task_with_disjoint_seeded_splits():
     except DefinitionError:  # a checkout away from ../shared/data, no LMGRAPH_DATA_DIR
         pytest.skip("shared/data not available")
 
-    for t in tasks.all_tasks():
+    for t in tasks.all_tasks([*tasks.ORDER, *tasks.UNSEEN_TASKS]):
         a = t.splits(0, t.quick)
         b = t.splits(0, t.quick)
         assert a == b, t.name
@@ -250,6 +250,7 @@ def test_every_task_file_defines_a_task_with_disjoint_seeded_splits():
         assert (len(train), len(val), len(test)) == (t.quick.train, t.quick.val, t.quick.test)
         ids = lambda rows, t=t: {json.dumps({k: r[k] for k in t.inputs}, sort_keys=True) for r in rows}  # noqa: E731
         assert not ids(train) & ids(val), t.name
+        assert not (ids(train) | ids(val)) & ids(test), t.name
         assert t.main in t.metrics and all(k in train[0] for k in t.inputs)
         assert t.lmgraph_program().name == t.name
 

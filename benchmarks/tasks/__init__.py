@@ -23,6 +23,10 @@ ORDER = ("trec", "sst2", "banking77", "hotpotqa", "gsm8k")
 # HotPotQA (retrieve -> write a query -> retrieve -> answer) and BFCL function calling (choose a
 # function -> write the call)
 GRAPH_TASKS = ("hotpotqa_multihop", "bfcl")
+# tasks added on 2026-12-05 to check the default compiler on tasks it was never developed on (run by
+# name with benchmarks/compile_default.py): their programs, instructions and protocol were fixed and
+# committed before their first run and are not changed after seeing a result
+UNSEEN_TASKS = ("hover", "wic", "sentence_similarity")
 
 
 @dataclass(frozen=True)
