@@ -31,6 +31,7 @@ import datetime as _dt
 import json
 import logging
 import os
+import shlex
 import signal
 import sys
 import threading
@@ -290,6 +291,24 @@ def run_command(argv: Sequence[str]) -> str:
         elif a not in _PACING_FLAGS and not a.startswith(tuple(o + "=" for o in _PACING_OPTS)):
             kept.append(a)
     return " ".join(["bash benchmarks/run.sh", *kept])
+
+
+_SESSION_OPTS = ("--stop-by", "--restore")
+
+
+def invocation(argv: Sequence[str]) -> str:
+    """The ``suite.py`` invocation that ran a unit: its arguments less those that only pace a machine
+    session (``--stop-by``, ``--restore``), so that units run by ``--tasks``/``--systems`` invocations
+    say which, where the results files' command is the plain run that resumes what is missing."""
+    kept, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a in _SESSION_OPTS:
+            skip = True
+        elif not a.startswith(tuple(o + "=" for o in _SESSION_OPTS)):
+            kept.append(a)
+    return " ".join(["python benchmarks/suite.py", *(shlex.quote(a) for a in kept)])
 
 
 def report_scope(records: Sequence[dict[str, Any]], default_tasks: Sequence[str], chosen_tasks: Sequence[str],
@@ -577,6 +596,7 @@ def _main(argv: Sequence[str] | None) -> int:
                 rec["test_eval"]["shared_answers"] = journal.shared
             rec["unit_wall_s"] = round(unit_wall, 1)
             rec["lmgraph_commit"] = commit
+            rec["invocation"] = invocation(argv if argv is not None else sys.argv[1:])
             if proxy is not None and system.framework != "lmgraph-inprocess":
                 rec["affinity_wait_s"] = args.affinity_wait
                 if args.affinity_wait > 0:  # with no wait the proxy takes any free server

@@ -357,6 +357,25 @@ def test_results_cover_every_recorded_unit_not_only_the_last_invocations_tasks()
     assert missing == ["trec / b", "sst2 / a", "sst2 / b", "extra / b"]
 
 
+def test_each_unit_records_the_invocation_that_ran_it_and_the_results_say_so():
+    # the results files' command is the plain run that resumes what is missing; units run by
+    # --tasks/--systems invocations said nothing of how they were run
+    argv = ["--no-overhead", "--tasks", "hotpotqa", "--systems", "=lmgraph zero-shot,=DSPy GEPA [schema]",
+            "--date", "2026-12-05", "--restore", "2026-12-05", "--stop-by=01:15"]
+    inv = suite.invocation(argv)
+    assert inv == ("python benchmarks/suite.py --no-overhead --tasks hotpotqa --systems "
+                   "'=lmgraph zero-shot,=DSPy GEPA [schema]' --date 2026-12-05")
+    assert suite.run_command(argv) == "bash benchmarks/run.sh --no-overhead"
+    recs = [_rec("lg A", "lmgraph", "A", [1, 0], 4), _rec("lg B", "lmgraph", "B", [1, 1], 4),
+            _rec("ds", "dspy", "D", [0, 0], 4)]
+    recs[0]["invocation"] = recs[1]["invocation"] = inv
+    md = report.markdown({"mode": "full", "date": "d", "model": "m", "server": {"servers": 1, "threads": 1},
+                          "seed": 0, "command": "bash benchmarks/run.sh --no-overhead", "wall_s": 60,
+                          "goals": report.goals(recs, ["t"]), "tasks": ["t"], "records": recs, "overhead": None})
+    (line,) = [ln for ln in md.splitlines() if ln.startswith("Units made by: ")]
+    assert f"`{inv}` (2)" in line and "1 older unit(s)" in line
+
+
 @pytest.fixture()
 def counting_upstream():
     """An upstream whose answers number themselves: a replayed answer is told apart from a new one."""
