@@ -282,15 +282,20 @@ def run_command(argv: Sequence[str]) -> str:
     (``--date``, ``--stop-by``, ``--report-only``, ``--tasks``, ``--systems``, ``--redo``,
     ``--retry-failed``): the files cover every recorded unit of the mode and seed, and the
     plain command resumes what is missing."""
+    return " ".join(["bash benchmarks/run.sh", *_without(argv, _PACING_OPTS, _PACING_FLAGS)])
+
+
+def _without(argv: Sequence[str], opts: Sequence[str], flags: Sequence[str] = ()) -> list[str]:
+    """``argv`` less the options ``opts`` (with their values, spaced or ``=``) and the flags ``flags``."""
     kept, skip = [], False
     for a in argv:
         if skip:
             skip = False
-        elif a in _PACING_OPTS:
+        elif a in opts:
             skip = True
-        elif a not in _PACING_FLAGS and not a.startswith(tuple(o + "=" for o in _PACING_OPTS)):
+        elif a not in flags and not a.startswith(tuple(o + "=" for o in opts)):
             kept.append(a)
-    return " ".join(["bash benchmarks/run.sh", *kept])
+    return kept
 
 
 _SESSION_OPTS = ("--stop-by", "--restore")
@@ -300,15 +305,7 @@ def invocation(argv: Sequence[str]) -> str:
     """The ``suite.py`` invocation that ran a unit: its arguments less those that only pace a machine
     session (``--stop-by``, ``--restore``), so that units run by ``--tasks``/``--systems`` invocations
     say which, where the results files' command is the plain run that resumes what is missing."""
-    kept, skip = [], False
-    for a in argv:
-        if skip:
-            skip = False
-        elif a in _SESSION_OPTS:
-            skip = True
-        elif not a.startswith(tuple(o + "=" for o in _SESSION_OPTS)):
-            kept.append(a)
-    return " ".join(["python benchmarks/suite.py", *(shlex.quote(a) for a in kept)])
+    return " ".join(["python benchmarks/suite.py", *(shlex.quote(a) for a in _without(argv, _SESSION_OPTS))])
 
 
 def report_scope(records: Sequence[dict[str, Any]], default_tasks: Sequence[str], chosen_tasks: Sequence[str],

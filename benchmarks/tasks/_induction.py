@@ -9,7 +9,7 @@ from typing import Any
 from lmgraph.evaluation import sample, split
 from lmgraph.evaluation.datasets import dataset_file
 
-from . import Sizes
+from . import Sizes, Task, classification_dspy, classification_lmgraph, label_feedback, label_metric
 
 
 def rows(task: str, part: str, input_field: str) -> list[dict[str, Any]]:
@@ -34,3 +34,18 @@ def splits(task: str, input_field: str, seed: int, sizes: Sizes):
     pool = [r for r in rows(task, "induce", input_field) if r[input_field] not in seen]
     train, val = split(pool, [sizes.train, sizes.val], seed=seed)
     return train, val, sample(held_out, sizes.test, seed=seed)
+
+
+def task(name: str, source: str, description: str, output: str, labels: list[str], max_tokens: int = 16) -> Task:
+    """A one-node classification task over Instruction Induction's ``source``: ``sentences`` (the
+    row's input) -> ``output``, one of ``labels``, with the task's first human instruction."""
+    return Task(
+        name=name, description=description, inputs=("sentences",), output=output,
+        splits=lambda seed, sizes: splits(source, "sentences", seed, sizes),
+        lmgraph_program=lambda: classification_lmgraph(name, "sentences", output, labels, instruction(source),
+                                                       max_tokens),
+        dspy_program=lambda: classification_dspy("sentences", output, labels, instruction(source)),
+        metrics={"accuracy": label_metric(output)}, main="accuracy", max_tokens=max_tokens,
+        feedback=label_feedback(output, labels),
+        quick=Sizes(16, 16, 20), full=Sizes(50, 50, 100),
+    )
