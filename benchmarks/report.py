@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import platform
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -90,10 +91,7 @@ def markdown(doc: dict[str, Any]) -> str:
             lines[-2] += (f" {len(lru)} of them also had the LRU fallback (`routing` in their records, from "
                           "2026-11-25 04:30 UTC): a request whose prompt layout was evicted everywhere goes to the "
                           "least recently used free server, which parts DSPy's two alternating adapter layouts.")
-    made_by: dict[str, int] = {}
-    for r in doc["records"]:
-        if r.get("invocation"):
-            made_by[r["invocation"]] = made_by.get(r["invocation"], 0) + 1
+    made_by = Counter(r["invocation"] for r in doc["records"] if r.get("invocation"))
     if made_by:
         older = len(doc["records"]) - sum(made_by.values())
         lines += ["Units made by: " + "; ".join(f"`{cmd}` ({n})" for cmd, n in made_by.items())

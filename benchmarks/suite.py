@@ -539,6 +539,7 @@ def _main(argv: Sequence[str] | None) -> int:
     from provenance import git_commit  # benchmarks/provenance.py
 
     commit = git_commit()
+    made_with = invocation(argv if argv is not None else sys.argv[1:])
     print(f"[suite] {mode}: {len(chosen_tasks)} tasks x {len(systems)} systems; "
           f"{len(todo)} to run, {len(chosen_tasks) * len(systems) - len(todo)} already done", flush=True)
     servers: list[Any] = []
@@ -593,7 +594,7 @@ def _main(argv: Sequence[str] | None) -> int:
                 rec["test_eval"]["shared_answers"] = journal.shared
             rec["unit_wall_s"] = round(unit_wall, 1)
             rec["lmgraph_commit"] = commit
-            rec["invocation"] = invocation(argv if argv is not None else sys.argv[1:])
+            rec["invocation"] = made_with
             if proxy is not None and system.framework != "lmgraph-inprocess":
                 rec["affinity_wait_s"] = args.affinity_wait
                 if args.affinity_wait > 0:  # with no wait the proxy takes any free server
