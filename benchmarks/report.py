@@ -103,7 +103,9 @@ def markdown(doc: dict[str, Any]) -> str:
                   + ", ".join(doc["missing"][:12]) + (" ..." if len(doc["missing"]) > 12 else "") + ".", ""]
     lines += ["## Goal: lmgraph's best compiled >= DSPy's best, with <= 50% of DSPy's compile calls", "",
               "Score: lmgraph's best compiled system vs DSPy's best compiled system (by test score). Calls: the "
-              "cheapest lmgraph compiled system scoring at least DSPy's best, vs the calls of DSPy's best.", "",
+              "cheapest lmgraph compiled system scoring at least DSPy's best, vs the calls of DSPy's best. The "
+              "score half is judged on point estimates; \"ahead within noise\" marks a task where the paired "
+              "95% CI of the score difference includes 0.", "",
               "| task | lmgraph best | DSPy best | score (lmgraph vs DSPy) | paired diff [95% CI] | "
               "cheapest lmgraph >= DSPy best | compile calls (lmgraph / DSPy = ratio) | met? |",
               "|---|---|---|---|---|---|---|---|"]
@@ -113,6 +115,8 @@ def markdown(doc: dict[str, Any]) -> str:
             continue
         verdict = ("yes" if g["met"] else "score only" if g["score_goal"] else "calls only" if g["calls_goal"]
                    else "no")
+        if g["score_goal"] and g["paired_ci95"][0] <= 0:  # ahead on the point estimate only
+            verdict += " (score: ahead within noise)"
         if g.get("lmgraph_calls") is None:
             calls = f"- / {g['dspy_calls']}"
         elif g["calls_ratio"] is None:

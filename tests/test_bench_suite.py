@@ -188,6 +188,16 @@ def test_goals_compare_best_compiled_systems_and_call_ratio():
                           "seed": 0, "command": "c", "wall_s": 60, "goals": [g], "tasks": ["t"],
                           "records": recs, "overhead": None})
     assert "| t (accuracy) | lg B | ds A | 0.750 vs 0.250 |" in md and "score only" in md
+    # the score half is a point estimate: a paired CI that includes 0 is said to be within noise
+    def goal_row(goal):
+        text = report.markdown({"mode": "quick", "date": "d", "model": "m", "server": {"servers": 1, "threads": 1},
+                                "seed": 0, "command": "c", "wall_s": 60, "goals": [goal], "tasks": ["t"],
+                                "records": recs, "overhead": None})
+        return next(line for line in text.splitlines() if line.startswith("| t (accuracy) |"))
+
+    assert goal_row({**g, "paired_ci95": [0.1, 0.6]}).endswith("| score only |")
+    assert goal_row({**g, "paired_ci95": [-0.1, 0.6], "met": True}).endswith("| yes (score: ahead within noise) |")
+    assert goal_row({**g, "paired_ci95": [0.0, 0.6], "met": True}).endswith("| yes (score: ahead within noise) |")
     assert "| lg B (0.750) | 60 / 100 = 0.6 |" in md
     # an optimizer that returned the program as given reaches DSPy's score with the zero-shot prompt: say so
     recs[2]["compile"]["chosen"] = "baseline (the program as given)"
