@@ -265,6 +265,22 @@ def test_chat_cot_unlabelled_reasoning_is_kept_and_only_the_answer_asked_for():
     assert "missing 'Answer:'" in first.parse_error and again.parse_error is None
 
 
+def test_json_cot_cut_off_in_the_reasoning_keeps_it_and_asks_only_for_the_answer():
+    p = lg.Pipeline("cot")
+    q = p.input("q")
+    n = p.add(lg.ChainOfThought("q -> answer: int", format="json"), name="n", q=q)
+    p.output(answer=n.answer, reasoning=n.reasoning)
+    lm = ScriptedLM(['{"reasoning": "First, 2 + 3 = 5. So the total', '{"answer": 5}'])
+    out = p.build().run_sync(ctx(lm), q="2+3?")
+    assert (out.answer, out.reasoning) == (5, "First, 2 + 3 = 5. So the total")
+    assert len(lm.calls) == 2
+    second = lm.calls[1]
+    assert json.loads(second.messages[-2].content) == {"reasoning": "First, 2 + 3 = 5. So the total"}
+    assert second.json_schema["required"] == ["answer"]
+    first, again = out.trace.node("n").calls
+    assert "missing key 'answer'" in first.parse_error and again.parse_error is None
+
+
 def test_two_parse_failures_raise_with_node_and_trace():
     lm = ScriptedLM(["no idea", "still no idea"])
     with pytest.raises(OutputParseError) as ei:

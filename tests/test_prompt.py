@@ -253,6 +253,41 @@ def test_chat_continuation_keeps_the_written_fields_and_asks_for_the_rest():
     assert chat.continuation(chat.render(SENTIMENT, "x", [], {"review": "ok"}), "meh", SENTIMENT) is None
 
 
+def test_json_continuation_asks_only_for_the_keys_the_token_limit_cut_off():
+    """A JSON object cut off inside its first field (a small model's reasoning running past
+    max_tokens) is continued: the kept fields shown back closed, the missing keys asked for
+    under their own schema -- not a repair that makes the model rewrite the reasoning."""
+    fmt = get_format("json")
+    req = fmt.render(QA, "x", [], INPUTS, max_tokens=100)
+    text = '{"reasoning": "ten minus three is seven, because 3 + 7 = 1'
+    with pytest.raises(OutputParseError, match="missing key 'answer'"):
+        fmt.parse(QA, text)
+    follow, prefix = fmt.continuation(req, text, QA)
+    assert json.loads(prefix) == {"reasoning": "ten minus three is seven, because 3 + 7 = 1"}
+    assert [m.role for m in follow.messages][-2:] == ["assistant", "user"]
+    assert follow.messages[-2].content == prefix and follow.messages[:-2] == req.messages
+    assert follow.messages[-1].content == 'Now reply with only one JSON object with the keys "answer".'
+    assert set(follow.json_schema["properties"]) == {"answer"} and follow.max_tokens == req.max_tokens
+    assert fmt.parse_continuation(QA, prefix, '{"answer": 7}') == {
+        "reasoning": "ten minus three is seven, because 3 + 7 = 1", "answer": 7}
+    with pytest.raises(OutputParseError) as ei:
+        fmt.parse_continuation(QA, prefix, '{"answer": "seven"}')
+    assert ei.value.field == "answer"
+    with pytest.raises(OutputParseError, match="kept fields"):
+        fmt.parse_continuation(QA, "Reasoning: r", '{"answer": 7}')
+    # several keys missing: all of them, in one object
+    three = Signature.parse("q -> a, b: int, c")
+    follow, prefix = fmt.continuation(fmt.render(three, "x", [], {"q": "?"}), '{"a": "long', three)
+    assert set(follow.json_schema["properties"]) == {"b", "c"}
+    assert fmt.parse_continuation(three, prefix, '{"b": 2, "c": "x"}') == {"a": "long", "b": 2, "c": "x"}
+    # a complete object, nothing kept, a gap before a written key, one output, not JSON: the repair instead
+    assert fmt.continuation(req, '{"reasoning": "r"}', QA) is None
+    assert fmt.continuation(req, '{"reason', QA) is None
+    assert fmt.continuation(req, '{"answer": 7, "reas', QA) is None
+    assert fmt.continuation(req, "Ten minus three", QA) is None
+    assert fmt.continuation(fmt.render(SENTIMENT, "x", [], {"review": "ok"}), '{"sentiment": "pos', SENTIMENT) is None
+
+
 def test_json_cut_off_by_the_token_limit_keeps_what_was_written():
     fmt = get_format("json")
     # the open string and object are closed
