@@ -168,6 +168,11 @@ def test_json_parse():
     assert fmt.parse(QA, 'Sure! {"reasoning": "r", "answer": 7} Hope it helps.')["answer"] == 7
     sig = Signature.parse("q -> answer")
     assert fmt.parse(sig, '{"answer": 42}') == {"answer": "42"}  # a number where text was asked
+    # a raw newline inside a string (llama-cpp-python's server lets the model write one under a
+    # schema): read as written, complete or cut off -- not "the output is not JSON"
+    assert fmt.parse(QA, '{ "reasoning": "a;\nb", "answer" : 7 }') == {"reasoning": "a;\nb", "answer": 7}
+    assert fmt.parse(QA, '{"answer": 7, "reasoning": "line one\nline tw') == {"answer": 7,
+                                                                               "reasoning": "line one\nline tw"}
 
 
 def test_json_parse_models():

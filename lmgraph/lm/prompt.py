@@ -425,7 +425,7 @@ class JSONFormat(PromptFormat):
 
     def parse_continuation(self, sig: Signature, prefix: str, text: str) -> dict[str, Any]:
         try:
-            kept = json.loads(prefix)
+            kept = json.loads(prefix, strict=False)
         except (json.JSONDecodeError, RecursionError):
             kept = None
         if not isinstance(kept, dict):

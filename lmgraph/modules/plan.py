@@ -119,7 +119,7 @@ def _bracket_items(text: str) -> tuple[list[str], bool, str]:
 def _decode(raw: str) -> Any:
     raw = raw.strip()
     try:
-        return json.loads(raw)
+        return json.loads(raw, strict=False)
     except json.JSONDecodeError:
         return raw
 
@@ -148,7 +148,7 @@ def parse_steps(text: str, field: str = "steps", label: str | None = None, *, cu
     raw: list[Any] | None = None
     if body.startswith("{"):
         try:
-            data = json.loads(body)
+            data = json.loads(body, strict=False)
         except json.JSONDecodeError:  # cut off: read the list itself, up to where it stops
             start = re.search(rf'"{re.escape(field)}"\s*:\s*(?=\[)', body) or re.search(r":\s*(?=\[)", body)
             data = None if start else json_object(body)

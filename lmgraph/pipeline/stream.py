@@ -206,7 +206,7 @@ class JsonFieldReader:
             return
         raw = self.buf[self.value_start:end].strip()
         try:
-            value = validated_output(f, json.loads(raw), raw)
+            value = validated_output(f, json.loads(raw, strict=False), raw)
         except (ValueError, OutputParseError):
             return
         self.emitted.add(f.name)
@@ -227,7 +227,7 @@ class JsonFieldReader:
                     self.in_str = False
                     if self.phase == "key" and self.depth == 1:
                         try:
-                            self.key = json.loads(buf[self.key_start:self.i + 1])
+                            self.key = json.loads(buf[self.key_start:self.i + 1], strict=False)
                         except ValueError:
                             self.key = None
                         self.phase = "colon"
