@@ -428,8 +428,9 @@ def _main(argv: Sequence[str] | None) -> int:
                          "holds the longest prefix of its prompt (0: any free server)")
     ap.add_argument("--no-overhead", action="store_true", help="skip the overhead/scheduling part")
     ap.add_argument("--fresh", action="store_true", help="discard this mode's saved progress")
-    ap.add_argument("--redo", help="comma-separated substrings: run the matching systems again even where "
-                                   "finished (e.g. after a change to lmgraph); the newest record counts")
+    ap.add_argument("--redo", help="comma-separated substrings (=NAME: that system exactly, as in --systems): "
+                                   "run the matching systems again even where finished (e.g. after a change "
+                                   "to lmgraph); the newest record counts")
     ap.add_argument("--retry-failed", action="store_true",
                     help="run again the units whose last run failed with an exception (by default a "
                          "recorded failure is final and shows as FAILED in the results)")
@@ -532,10 +533,9 @@ def _main(argv: Sequence[str] | None) -> int:
         print(f"[suite] overhead and scheduling ({mode})", flush=True)
         overhead = overhead_mod.run_all(quick=args.quick)
 
-    redo = [p.strip().lower() for p in args.redo.split(",")] if args.redo else []
+    redo = {s.name for s in pick_systems(systems, args.redo, args.quick)} if args.redo else set()
     todo = [(t, s) for t in chosen_tasks for s in systems
-            if not state.done(t.name, s.name, retry_failed=args.retry_failed)
-            or any(p in s.name.lower() for p in redo)]
+            if not state.done(t.name, s.name, retry_failed=args.retry_failed) or s.name in redo]
     from provenance import git_commit  # benchmarks/provenance.py
 
     commit = git_commit()

@@ -670,3 +670,15 @@ def test_overhead_quick_measures_http_at_the_headline_latency_only(monkeypatch, 
     assert seen["repeats"] == (3 if quick else 5)
     # the headline targets come from the 100 ms row in both modes
     assert out["targets"]["throughput_fraction_of_ideal"]["met"] is True
+
+
+def test_pick_systems_exact_names_and_substrings():
+    """``--systems`` and ``--redo`` read patterns alike: ``=NAME`` is that system only (redoing
+    ``lg.compile`` must not redo ``lmgraph Compile (3 calls/row)``), a bare pattern every name
+    containing it, an unknown exact name an error that lists the names."""
+    systems = suite.systems_for("full")
+    names = lambda pats: [s.name for s in suite.pick_systems(systems, pats, quick=False)]  # noqa: E731
+    assert names("=lmgraph Compile") == ["lmgraph Compile"]
+    assert {"lmgraph Compile", "lmgraph Compile (3 calls/row)"} <= set(names("lmgraph compile"))
+    with pytest.raises(SystemExit, match="no system is named"):
+        names("=lmgraph Compil")
