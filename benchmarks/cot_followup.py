@@ -10,7 +10,7 @@ GSM8K) once with ``--no-continuation`` (the whole-object repair every JSON reply
 without.
 
     benchmarks/.work/venv/bin/python benchmarks/cot_followup.py [--rows 20] [--format chat|json]
-        [--instruction task|signature] [--no-continuation] [--out FILE]
+        [--instruction task|signature] [--no-continuation] [--in-process] [--out FILE]
 """
 
 from __future__ import annotations
@@ -42,6 +42,8 @@ def main() -> int:
                     help="the task's instruction, or the one lg.compile writes from the signature")
     ap.add_argument("--no-continuation", action="store_true",
                     help="the format's whole-object repair instead of the follow-up for missing fields")
+    ap.add_argument("--in-process", action="store_true",
+                    help="the embedded model in-process (llama-cpp-python) instead of its server")
     ap.add_argument("--out", help="also write the figures and per-row answers here (JSON)")
     args = ap.parse_args()
 
@@ -55,21 +57,29 @@ def main() -> int:
     if args.no_continuation:
         fmt = get_format(args.format)
         fmt.continuation = lambda *a, **k: None  # type: ignore[method-assign]  # this process only
-    server = LlamaServer(n_ctx=4096, n_threads=2, startup_timeout=120).start()
+    server = None if args.in_process else LlamaServer(n_ctx=4096, n_threads=2, startup_timeout=120).start()
     try:
-        lm = openai_compatible(server.base_url, "local", json_mode="json_object", timeout=600)
+        if server is None:
+            from lmgraph.lm.llamacpp import LlamaCppLM
+
+            lm: object = LlamaCppLM(n_ctx=4096)
+        else:
+            lm = openai_compatible(server.base_url, "local", json_mode="json_object", timeout=600)
         ctx = lg.RunContext(lm=lm, cache=False, max_concurrency=1)
         res = evaluate_sync(program, rows, lambda ex, pred, trace=None: gsm8k.numeric(ex, pred),
                             ctx=ctx, concurrency=1)
     finally:
-        server.stop()
+        if server is not None:
+            server.stop()
     per_row = [{"gold": parse_number(ex["answer"]), "answer": (r.outputs or {}).get("answer"),
                 "error": str(r.error) if r.error else None,
                 # each call's reply where the row failed to parse: what the model wrote
                 "replies": [c.response.text if c.response else None for c in r.trace.node("solve").calls]
                 if r.error and r.trace else None} for r, ex in zip(res.results, rows)]
     summary = {"lmgraph_commit": git_commit(), "format": args.format, "instruction": args.instruction,
-               "continuation": not args.no_continuation, "rows": len(rows), "correct": int(sum(res.scores)),
+               "continuation": not args.no_continuation,
+               "backend": "in-process" if args.in_process else "server", "rows": len(rows),
+               "correct": int(sum(res.scores)),
                "parse_failure_rate": res.parse_failure_rate, "calls": res.usage.get("calls"),
                "wall_s": round(res.wall_s, 1)}
     print(json.dumps(summary))
