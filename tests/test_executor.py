@@ -249,36 +249,31 @@ def test_repair_attempt_succeeds(fmt, good):
     assert "I am not sure" in request_text(lm.calls[1])  # the model sees its own bad answer
 
 
-def test_chat_cot_unlabelled_reasoning_is_kept_and_only_the_answer_asked_for():
+@pytest.mark.parametrize("fmt, first_reply, follow_up, missing", [
+    # chat: unlabelled reasoning that stopped before 'Answer:'; the answer asked for in plain text
+    ("chat", "First, 2 + 3 = 5. So the total is", "Answer: 5", "missing 'Answer:'"),
+    # json: the object cut off inside the reasoning string; the answer asked for under its own schema
+    ("json", '{"reasoning": "First, 2 + 3 = 5. So the total is', '{"answer": 5}', "missing key 'answer'"),
+])
+def test_cot_reasoning_that_stopped_early_is_kept_and_only_the_answer_asked_for(fmt, first_reply, follow_up,
+                                                                               missing):
     p = lg.Pipeline("cot")
     q = p.input("q")
-    n = p.add(lg.ChainOfThought("q -> answer: int", format="chat"), name="n", q=q)
+    n = p.add(lg.ChainOfThought("q -> answer: int", format=fmt), name="n", q=q)
     p.output(answer=n.answer, reasoning=n.reasoning)
-    lm = ScriptedLM(["First, 2 + 3 = 5. So the total is", "Answer: 5"])
+    lm = ScriptedLM([first_reply, follow_up])
     out = p.build().run_sync(ctx(lm), q="2+3?")
     assert (out.answer, out.reasoning) == (5, "First, 2 + 3 = 5. So the total is")
     assert len(lm.calls) == 2
     second = lm.calls[1]
-    assert second.messages[-2].content == "First, 2 + 3 = 5. So the total is"
-    assert second.messages[-1].content == "Now reply with only 'Answer: ...' (a number)."
+    if fmt == "chat":
+        assert second.messages[-2].content == "First, 2 + 3 = 5. So the total is"
+        assert second.messages[-1].content == "Now reply with only 'Answer: ...' (a number)."
+    else:
+        assert json.loads(second.messages[-2].content) == {"reasoning": "First, 2 + 3 = 5. So the total is"}
+        assert second.json_schema["required"] == ["answer"]
     first, again = out.trace.node("n").calls
-    assert "missing 'Answer:'" in first.parse_error and again.parse_error is None
-
-
-def test_json_cot_cut_off_in_the_reasoning_keeps_it_and_asks_only_for_the_answer():
-    p = lg.Pipeline("cot")
-    q = p.input("q")
-    n = p.add(lg.ChainOfThought("q -> answer: int", format="json"), name="n", q=q)
-    p.output(answer=n.answer, reasoning=n.reasoning)
-    lm = ScriptedLM(['{"reasoning": "First, 2 + 3 = 5. So the total', '{"answer": 5}'])
-    out = p.build().run_sync(ctx(lm), q="2+3?")
-    assert (out.answer, out.reasoning) == (5, "First, 2 + 3 = 5. So the total")
-    assert len(lm.calls) == 2
-    second = lm.calls[1]
-    assert json.loads(second.messages[-2].content) == {"reasoning": "First, 2 + 3 = 5. So the total"}
-    assert second.json_schema["required"] == ["answer"]
-    first, again = out.trace.node("n").calls
-    assert "missing key 'answer'" in first.parse_error and again.parse_error is None
+    assert missing in first.parse_error and again.parse_error is None
 
 
 def test_two_parse_failures_raise_with_node_and_trace():
