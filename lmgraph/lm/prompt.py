@@ -396,7 +396,8 @@ class JSONFormat(PromptFormat):
 
         A chain-of-thought object (``{"reasoning": ..., "answer": ...}``) is where this happens: a
         small model's reasoning runs past the token limit inside the JSON string, and the object
-        never reaches ``"answer"`` (GSM8K, SmolLM2-135M, JSON format: 5 of 12 test rows). A repair
+        never reaches ``"answer"`` (GSM8K, SmolLM2-135M in-process, JSON format: 5 of 30 validation
+        rows; ``benchmarks/results/cot_followup/``). A repair
         that asks for the whole object again makes the model rewrite the same reasoning and run
         out again; this follow-up shows the kept fields back as the assistant's (closed) object
         and asks for one JSON object with the missing keys under their schema, so the grammar
