@@ -255,6 +255,16 @@ class CompletionFormat(PromptFormat):
         return _parse_json_or_labels(self, sig, text)
 
 
+def _missing_after_written(sig: Signature, written: Mapping[str, Any]) -> list[FieldSpec] | None:
+    """The outputs a reply stopped before: the later ones, when the leading ones were written. None
+    when nothing was written, nothing is missing, or a written field follows a missing one (a
+    reply that is not a cut-off prefix: the ordinary repair's case)."""
+    present = [f.name in written for f in sig.outputs]
+    if not any(present) or all(present) or present.index(False) < sum(present):
+        return None
+    return [f for f in sig.outputs if f.name not in written]
+
+
 @functools.lru_cache(maxsize=1024)
 def _chat_system(sig: Signature, instructions: str) -> str:
     return _header(sig, instructions) + "\n\nReply with " + ", then ".join(
@@ -292,10 +302,9 @@ class ChatFormat(PromptFormat):
         if request.messages is None or len(sig.outputs) < 2 or not text.strip():
             return None
         sections = _chat_sections(sig, text)
-        present = [f.name in sections for f in sig.outputs]
-        if not any(present) or all(present) or present.index(False) < sum(present):
-            return None  # nothing kept, nothing missing, or a gap before a written field
-        missing = [f for f in sig.outputs if f.name not in sections]
+        missing = _missing_after_written(sig, sections)
+        if missing is None:
+            return None
         msgs = (*request.messages, Message(role="assistant", content=text))
         if len(missing) == 1:
             hint = _type_hint(missing[0])
@@ -397,11 +406,11 @@ class JSONFormat(PromptFormat):
         A chain-of-thought object (``{"reasoning": ..., "answer": ...}``) is where this happens: a
         small model's reasoning runs past the token limit inside the JSON string, and the object
         never reaches ``"answer"`` (GSM8K, SmolLM2-135M in-process, JSON format: 5 of 30 validation
-        rows; ``benchmarks/results/cot_followup/``). A repair
-        that asks for the whole object again makes the model rewrite the same reasoning and run
-        out again; this follow-up shows the kept fields back as the assistant's (closed) object
-        and asks for one JSON object with the missing keys under their schema, so the grammar
-        still guarantees a readable answer. The prefix is the kept object as JSON.
+        rows; ``benchmarks/results/cot_followup/``). A repair that asks for the whole object again
+        makes the model rewrite the same reasoning and run out again; this follow-up shows the kept
+        fields back as the assistant's (closed) object and asks for one JSON object with the missing
+        keys under their schema, so the grammar still guarantees a readable answer. The prefix is
+        the kept object as JSON.
         """
         if request.messages is None or len(sig.outputs) < 2:
             return None
@@ -412,11 +421,10 @@ class JSONFormat(PromptFormat):
             data = close_json_object(text)
         if not isinstance(data, dict):
             return None
-        present = [f.name in data for f in sig.outputs]
-        if not any(present) or all(present) or present.index(False) < sum(present):
-            return None  # nothing kept, nothing missing, or a gap before a written field
+        missing = _missing_after_written(sig, data)
+        if missing is None:
+            return None
         kept = {f.name: data[f.name] for f in sig.outputs if f.name in data}
-        missing = [f for f in sig.outputs if f.name not in data]
         prefix = json.dumps(kept, ensure_ascii=False)
         keys = ", ".join(f'"{f.name}"' for f in missing)
         note = f"Now reply with only one JSON object with the keys {keys}."
@@ -425,11 +433,8 @@ class JSONFormat(PromptFormat):
         return request.replace(messages=msgs, json_schema=_output_schema(rest)), prefix
 
     def parse_continuation(self, sig: Signature, prefix: str, text: str) -> dict[str, Any]:
-        try:
-            kept = json.loads(prefix, strict=False)
-        except (json.JSONDecodeError, RecursionError):
-            kept = None
-        if not isinstance(kept, dict):
+        kept = json_object(prefix)
+        if kept is None:
             raise OutputParseError("the kept fields are not a JSON object", raw=prefix)
         rest = [f for f in sig.outputs if f.name not in kept]
         out = {f.name: validated_output(f, kept[f.name], prefix) for f in sig.outputs if f.name in kept}
