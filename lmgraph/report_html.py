@@ -243,11 +243,20 @@ def _candidates_section(rep: Mapping[str, Any]) -> str:
                     f'#{c["id"]}</td><td class="status" title="{_e(STATUSES.get(c["status"], ""))}">{_e(c["status"])}'
                     f'</td><td>{_e(c["label"])}</td>{_num(c.get("n", 0), "{}")}{_num(c["score"])}'
                     f'<td class="num" data-v="{lo}">[{lo:.3f}, {hi:.3f}]</td>{_num(c.get("calls", 0), "{}")}'
-                    f'{_num(c.get("tokens", 0), "{}")}<td>{_e(c.get("reason", ""))}</td></tr>')
+                    f'{_num(c.get("tokens", 0), "{}")}{_unread(c)}<td>{_e(c.get("reason", ""))}</td></tr>')
     return ('<section id="candidates"><h2>Every candidate</h2><p class="muted">Click a column to sort. '
             "Bold ids: the accepted path; shaded: the program chosen.</p><table class=\"sortable\"><thead><tr>"
             "<th>id</th><th>status</th><th>label</th><th>rows</th><th>score</th><th>95% CI</th><th>calls</th>"
-            f"<th>tokens</th><th>why</th></tr></thead><tbody>{''.join(rows)}</tbody></table></section>")
+            f"<th>tokens</th><th title=\"share of its scored rows whose reply could not be read (scored as wrong)\">"
+            f"unread</th><th>why</th></tr></thead><tbody>{''.join(rows)}</tbody></table></section>")
+
+
+def _unread(c: Mapping[str, Any]) -> str:
+    """A candidate's share of scored rows whose reply could not be read ('-': not recorded, or no rows)."""
+    n, bad = c.get("n") or 0, c.get("unparsed")
+    if bad is None or not n:
+        return '<td class="num" data-v="-1">-</td>'
+    return f'<td class="num" data-v="{bad / n}">{bad / n:.0%}</td>'
 
 
 def _path_section(rep: Mapping[str, Any]) -> str:
@@ -441,14 +450,15 @@ def report_html(report: Report) -> str:
         lo, hi = c.ci
         mark = " style=\"background:#ecfdf5\"" if c.id == report.best_id else ""
         rows.append(f"<tr{mark}><td>#{c.id}</td><td>{_e(c.status)}</td><td>{c.mean:.3f}</td>"
-                    f"<td>[{lo:.3f}, {hi:.3f}]</td><td>{c.calls}</td><td>{_e(c.label)}</td></tr>")
+                    f"<td>[{lo:.3f}, {hi:.3f}]</td><td>{c.calls}</td>"
+                    f"<td>{f'{c.unparsed_rate:.0%}' if c.scores else '-'}</td><td>{_e(c.label)}</td></tr>")
     more = len(report.candidates) - _MAX_ROWS
     base, where = report.baseline_on(report.best) if report.candidates else (0.0, "")
     head = (f"<b>{_e(report.optimizer)}</b>: best {report.best.mean:.3f} (#{report.best_id}) vs baseline "
             f"{base:.3f}{_e(where)}; spent {_e(report.spent.get('calls', 0))} calls" if report.candidates
             else f"<b>{_e(report.optimizer)}</b>: no candidates")
     return (f"<div>{head}<table><tr><th>id</th><th>status</th><th>score</th><th>95% CI</th><th>calls</th>"
-            f"<th>label</th></tr>{''.join(rows)}</table>"
+            f"<th>unread</th><th>label</th></tr>{''.join(rows)}</table>"
             + (f"<i>{more} more candidates: report.table()</i>" if more > 0 else "") + "</div>")
 
 

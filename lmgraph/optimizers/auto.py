@@ -67,6 +67,7 @@ from .candidates import (
     signature_instruction,
     tunable_modules,
 )
+from .evaluator import unparsed_rows
 from .fewshot import _demo_sig, demo_nodes, labeled_demos, labeled_demos_computed, labeled_demos_traced
 from .instructions import check_proposer, propose_instructions
 from .params import demo_param, example_demos
@@ -373,7 +374,8 @@ class Compile(Racing, Optimizer):
             f"{winner.label} (confirmed)", winner.changes(),
             {"scores": all_scores, "usage": {"calls": winner.calls + entry["usage"]["calls"],
                                              "prompt_tokens": winner.tokens + entry["usage"]["prompt_tokens"],
-                                             "completion_tokens": entry["usage"]["completion_tokens"]}},
+                                             "completion_tokens": entry["usage"]["completion_tokens"]},
+             "unparsed": winner.unparsed + unparsed_rows(entry)},
             rows=all_idx)
         cand.rows = list(all_idx)
         cand.evidence = {"confirm_diff": ev["diff"], "confirm_ci_low": ev["ci_low"], "confirm_ci_high": ev["ci_high"],
@@ -539,7 +541,8 @@ class Compile(Racing, Optimizer):
             if not s.rows:
                 continue
             c = session.new_candidate(s.label, s.changes(), {
-                "scores": s.scores, "usage": {"calls": s.calls, "prompt_tokens": s.tokens, "completion_tokens": 0}},
+                "scores": s.scores, "usage": {"calls": s.calls, "prompt_tokens": s.tokens, "completion_tokens": 0},
+                "unparsed": s.unparsed},
                 rows=s.rows)
             c.rows = list(s.rows)
             c.status = "advanced" if s.alive or s.finished else "dropped"

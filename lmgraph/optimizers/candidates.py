@@ -33,6 +33,7 @@ class Spec:
     calls: int = 0
     tokens: int = 0
     dollars: float = 0.0
+    unparsed: int = 0  # search rows whose reply could not be read
     alive: bool = True
     finished: bool = False  # scored on every search row (a finalist)
     note: str = ""

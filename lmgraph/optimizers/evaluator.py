@@ -76,10 +76,19 @@ class Scored:
     usage: dict[str, float] = field(default_factory=lambda: {"calls": 0, "prompt_tokens": 0,
                                                              "completion_tokens": 0, "dollars": 0.0})
     evidence: dict[str, float] | None = None
+    unparsed: int = 0  # rows whose reply could not be read
 
     def entry(self) -> dict[str, Any]:
-        """The memo-entry view (``scores`` and ``usage``) a report row is made from."""
-        return {"scores": list(self.scores), "usage": dict(self.usage)}
+        """The memo-entry view (``scores``, ``usage``, ``unparsed``) a report row is made from."""
+        return {"scores": list(self.scores), "usage": dict(self.usage), "unparsed": self.unparsed}
+
+
+def unparsed_rows(entry: Mapping[str, Any]) -> int:
+    """How many of an evaluation's rows got a reply that could not be read (``parse_failure``):
+    counted from its per-row outcomes, or the entry's own ``unparsed`` count (a report row's view)."""
+    if "unparsed" in entry:
+        return int(entry["unparsed"])
+    return sum(1 for ex in entry.get("examples") or () if ex.get("status") == "parse_failure")
 
 
 # look(rows scored so far, their scores) -> evidence to stop on, or None to go on
@@ -219,6 +228,7 @@ class Evaluator:
             entry = await self.run(program, [valset[i] for i in idx])
             scored.rows += idx
             scored.scores += entry["scores"]
+            scored.unparsed += unparsed_rows(entry)
             for k in scored.usage:
                 scored.usage[k] += entry["usage"].get(k, 0)
             start = end
@@ -323,4 +333,5 @@ __all__ = [
     "Scored",
     "check_provider_policy",
     "static_calls_per_example",
+    "unparsed_rows",
 ]

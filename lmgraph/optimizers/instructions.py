@@ -374,7 +374,7 @@ class InstructionSearch(Optimizer):
                                                     after_first=resample if self.resample_top else None)
             for a in arms:
                 a.candidate = record(session, a.label, a.changes, a.scores, a.calls, a.tokens, a.reason,
-                                     rows=a.rows)
+                                     rows=a.rows, unparsed=a.unparsed)
             recorded = True
             await confirm(race, finalists, lambda a: f"{node}: instruction arm {a.idx} on the full valset")
             stopped = False
@@ -384,7 +384,7 @@ class InstructionSearch(Optimizer):
                     if a.scores:
                         a.reason = a.reason or f"the budget ran out during the race: {race.describe(a)}"
                         a.candidate = record(session, a.label, a.changes, a.scores, a.calls, a.tokens, a.reason,
-                                             rows=a.rows)
+                                             rows=a.rows, unparsed=a.unparsed)
             settle(arms, stopped=stopped)
 
     async def _no_race(self, session: CompileSession, node: str, arms: list[Arm], race: Race, resample: Any

@@ -333,7 +333,7 @@ class JointSearch(Optimizer):
                         break
                     await race.score(arm, session.rng.sample(range(n_val), m))
                     arm.candidate = record(session, arm.label, changes, arm.scores, arm.calls, arm.tokens,
-                                           f"minibatch: {race.describe(arm)}", rows=arm.rows)
+                                           f"minibatch: {race.describe(arm)}", rows=arm.rows, unparsed=arm.unparsed)
                 trials.append(arm)
                 est = inc_mean + race.delta(arm)  # the trial's estimated validation score
                 for ni, choice in enumerate(cfg):

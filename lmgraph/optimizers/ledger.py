@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..errors import LmgraphError
+from .evaluator import unparsed_rows
 from .report import Candidate, Report
 
 
@@ -42,12 +43,14 @@ class Ledger:
     def add(self, label: str, changes: Mapping[str, Any], entry: Mapping[str, Any], *,
             rows: Sequence[int] | None = None, status: str = "pending", reason: str = "") -> Candidate:
         """A new report row for an evaluation ``entry`` (``scores`` and ``usage``: calls and
-        prompt/completion tokens). ``rows``: the validation rows the scores are on, in order
+        prompt/completion tokens; its per-row ``examples`` or an ``unparsed`` count give the rows whose
+        reply could not be read). ``rows``: the validation rows the scores are on, in order
         (None: not validation rows, or not known -- such a row can never become the incumbent)."""
         u = entry["usage"]
         c = Candidate(id=len(self.report.candidates), label=label, changes=dict(changes),
                       scores=list(entry["scores"]), calls=u["calls"],
-                      tokens=u["prompt_tokens"] + u["completion_tokens"], status=status, reason=reason)
+                      tokens=u["prompt_tokens"] + u["completion_tokens"], status=status, reason=reason,
+                      unparsed=unparsed_rows(entry))
         self.report.candidates.append(c)
         self.set_rows(c, rows)
         return c

@@ -15,16 +15,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..pipeline.program import Program
+from .evaluator import unparsed_rows
 from .report import Candidate
 from .session import BudgetStop, CompileSession
 
 
 def record(session: CompileSession, label: str, changes: Mapping[str, Any], scores: Sequence[float],
            calls: int, tokens: int, reason: str, status: str = "pending", *,
-           rows: Sequence[int] | None = None) -> Candidate:
+           rows: Sequence[int] | None = None, unparsed: int = 0) -> Candidate:
     """Add a minibatch-scored candidate to the report (``rows``: the validation rows ``scores`` are
-    on); its status is settled once its fate is known (:func:`confirm`, :func:`settle`)."""
-    entry = {"scores": scores, "usage": {"calls": calls, "prompt_tokens": tokens, "completion_tokens": 0}}
+    on; ``unparsed``: how many of them got a reply that could not be read); its status is settled
+    once its fate is known (:func:`confirm`, :func:`settle`)."""
+    entry = {"scores": scores, "usage": {"calls": calls, "prompt_tokens": tokens, "completion_tokens": 0},
+             "unparsed": unparsed}
     return session.new_candidate(label, changes, entry, rows=rows, status=status, reason=reason)
 
 
@@ -75,6 +78,7 @@ class Arm:
     scores: list[float] = field(default_factory=list)
     calls: int = 0
     tokens: int = 0
+    unparsed: int = 0                       # scored rows whose reply could not be read
     alive: bool = True
     reason: str = ""
     candidate: Candidate | None = None
@@ -106,9 +110,11 @@ class Race:
             u = entry["usage"]
             arm.calls += u["calls"]
             arm.tokens += u["prompt_tokens"] + u["completion_tokens"]
+            arm.unparsed += unparsed_rows(entry)
         arm.rows += idx
         if arm.candidate is not None:  # keep its report row in step
-            arm.candidate.scores, arm.candidate.calls, arm.candidate.tokens = list(arm.scores), arm.calls, arm.tokens
+            c = arm.candidate
+            c.scores, c.calls, c.tokens, c.unparsed = list(arm.scores), arm.calls, arm.tokens, arm.unparsed
             self.session.ledger.set_rows(arm.candidate, arm.rows)
 
     def reference(self, arm: Arm) -> float:

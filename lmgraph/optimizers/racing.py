@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .candidates import Spec
-from .evaluator import BudgetStop
+from .evaluator import BudgetStop, unparsed_rows
 from .selection import paired_stats, shrink
 from .session import CompileSession
 
@@ -216,6 +216,7 @@ class Racing:
                     s.calls += entry["usage"]["calls"]
                     s.tokens += entry["usage"]["prompt_tokens"] + entry["usage"]["completion_tokens"]
                     s.dollars += entry["usage"].get("dollars", 0.0)
+                    s.unparsed += unparsed_rows(entry)
             prev = end
             ranked = self._rank(alive, base)
             keep = max(1, math.ceil(len(alive) / 2)) if end < rounds[-1] else max(1, final_keep)

@@ -49,6 +49,7 @@ from ..errors import DefinitionError
 from ..lm.values import format_value
 from ..pipeline.program import Program
 from .base import Optimizer
+from .evaluator import unparsed_rows
 from .instructions import (
     _memo_generate,
     _norm,
@@ -360,12 +361,12 @@ class Reflect(Optimizer):
         label = f"{where}: " + (repr(short(proposal)) if proposal else "no usable instruction")
         changes = {node: {"instructions": short(proposal, 120)}} if proposal else {}
 
-        def row(scores: Sequence[float], status: str, reason: str, *, on_val: bool = False,
+        def row(scores: Sequence[float], status: str, reason: str, *, on_val: bool = False, unparsed: int = 0,
                 **evidence: float) -> Candidate:
             now = session.meter.snapshot()
             c = record(session, label, changes, scores, now["calls"] - t0["calls"],
                        now["total_tokens"] - t0["total_tokens"], reason,
-                       rows=range(len(session.valset)) if on_val else None)
+                       rows=range(len(session.valset)) if on_val else None, unparsed=unparsed)
             c.status = status
             c.evidence = {"minibatch_parent": p_mean, "minibatch_n": float(len(rows)), **evidence}
             return c
@@ -388,13 +389,15 @@ class Reflect(Optimizer):
         mb = (f"minibatch of {len(rows)} training rows: {c_mean:.3f} vs the parent's {p_mean:.3f} "
               f"({d:+.3f}, se {se:.3f})")
         if sum(c_scores) <= sum(p_scores):
-            row(c_scores, "dropped", f"not better than its parent on the {mb}", minibatch_child=c_mean)
+            row(c_scores, "dropped", f"not better than its parent on the {mb}", minibatch_child=c_mean,
+                unparsed=unparsed_rows(c_entry))
             return False
         try:
             v_entry = await session.run(child, session.valset)
         except BudgetStop:
             row(c_scores, "dropped", f"better than its parent on the {mb}, but the budget ran out before it "
-                                     "could be scored on the validation set", minibatch_child=c_mean)
+                                     "could be scored on the validation set", minibatch_child=c_mean,
+                unparsed=unparsed_rows(c_entry))
             raise
         m = Member(len(pool), child, list(v_entry["scores"]), parents=(parent.idx,),
                    ancestors=parent.ancestors | {len(pool)}, next_node=parent.next_node,
@@ -402,7 +405,7 @@ class Reflect(Optimizer):
         vd, _ = paired_stats(parent.scores, m.scores)
         m.candidate = row(m.scores, "pool", f"pool #{m.idx}: better than its parent on the {mb}; validation "
                                             f"{m.mean:.3f} ({vd:+.3f} vs pool #{parent.idx})",
-                          on_val=True, minibatch_child=c_mean)
+                          on_val=True, minibatch_child=c_mean, unparsed=unparsed_rows(v_entry))
         pool.append(m)
         return True
 
@@ -430,7 +433,8 @@ class Reflect(Optimizer):
         changes = {n: {"instructions": short(merged.module(n).instructions, 120)}  # type: ignore[attr-defined]
                    for n in [*nodes_a, *nodes_b]}
         c = record(session, label, changes, scores, now["calls"] - t0["calls"],
-                   now["total_tokens"] - t0["total_tokens"], "", rows=range(len(session.valset)))
+                   now["total_tokens"] - t0["total_tokens"], "", rows=range(len(session.valset)),
+                   unparsed=unparsed_rows(entry))
         mean = sum(scores) / len(scores)
         by = weakly_dominated(scores, [m.scores for m in pool])
         if by is not None:

@@ -23,6 +23,7 @@ STATUSES = {
     "pending": "not decided yet",
 }
 PLAIN = ("baseline", "accepted", "rejected")  # statuses the table need not explain
+UNREADABLE = 0.1  # a chosen program whose replies fail to parse on this share of its rows gets a note
 
 
 def baseline_on_rows(base: Sequence[float], rows: Sequence[int] | None, n: int) -> tuple[float, str]:
@@ -52,10 +53,16 @@ class Candidate:
     # which scored rows ``scores`` are on (indices into the baseline's rows), when a candidate was
     # scored on a subset in another order (the default compiler's race); None: the baseline's rows
     rows: list[int] | None = None
+    unparsed: int = 0  # of the rows in ``scores``, those whose reply could not be read (scored as wrong)
 
     @property
     def mean(self) -> float:
         return sum(self.scores) / len(self.scores) if self.scores else 0.0
+
+    @property
+    def unparsed_rate(self) -> float:
+        """The share of its scored rows whose reply could not be read."""
+        return self.unparsed / len(self.scores) if self.scores else 0.0
 
     @property
     def ci(self) -> tuple[float, float]:
@@ -65,7 +72,7 @@ class Candidate:
         lo, hi = self.ci
         return {"id": self.id, "label": self.label, "changes": self.changes, "n": len(self.scores),
                 "score": round(self.mean, 6), "ci95": [round(lo, 6), round(hi, 6)], "calls": self.calls,
-                "tokens": self.tokens, "status": self.status, "reason": self.reason,
+                "tokens": self.tokens, "unparsed": self.unparsed, "status": self.status, "reason": self.reason,
                 "evidence": {k: round(v, 6) for k, v in self.evidence.items()},
                 "scores": [round(x, 6) for x in self.scores],  # per row: what a win/loss table needs
                 **({"rows": list(self.rows)} if self.rows is not None else {})}
@@ -149,9 +156,27 @@ class Report:
                 "fewer of them -- a larger context window (e.g. LlamaCppLM(n_ctx=4096)) or shorter demo inputs "
                 "would show them whole")
 
+    def unreadable(self) -> str | None:
+        """When the chosen program's replies often could not be read (on at least ``UNREADABLE`` of
+        its scored rows): how often, beside the program as given, and what to try; else None. Those
+        rows score as wrong, so a program can win while much of its output is lost."""
+        if not self.candidates:
+            return None
+        best, base = self.best, self.baseline
+        if not best.scores or best.unparsed_rate < UNREADABLE:
+            return None
+        text = (f"the chosen program's replies could not be read on {best.unparsed} of its {len(best.scores)} scored "
+                f"rows ({best.unparsed_rate:.0%}), which count as wrong")
+        if best is not base and base.scores:
+            text += f" (the program as given: {base.unparsed} of {len(base.scores)}, {base.unparsed_rate:.0%})"
+        return text + ("; its score may be held down by how replies are read rather than by what they say: look at "
+                       "the failing rows (lg.evaluate(...).failures: each says which node and field), and try a "
+                       "larger max_tokens, format='json' (grammar-constrained where the backend has it) or a "
+                       "stronger model")
+
     def all_notes(self) -> list[str]:
-        """The notes, plus the context-window and detectable-gain hints where they apply."""
-        hints = [h for h in (self.context_fit(), self.too_few_rows()) if h]
+        """The notes, plus the context-window, unreadable-reply and detectable-gain hints where they apply."""
+        hints = [h for h in (self.context_fit(), self.unreadable(), self.too_few_rows()) if h]
         return [*self.notes, *hints]
 
     def to_dict(self, *, timing: bool = True) -> dict[str, Any]:
@@ -175,11 +200,12 @@ class Report:
 
     def table(self) -> str:
         """A plain-text table of every candidate."""
-        rows = [f"{'id':>3}  {'status':<9} {'score':>6}  {'95% CI':<13} {'calls':>6}  label / reason"]
+        rows = [f"{'id':>3}  {'status':<9} {'score':>6}  {'95% CI':<13} {'calls':>6} {'unread':>6}  label / reason"]
         for c in self.candidates:
             lo, hi = c.ci
             mark = "*" if c.id == self.best_id else " "
-            rows.append(f"{c.id:>3}{mark} {c.status:<9} {c.mean:6.3f}  [{lo:.3f},{hi:.3f}] {c.calls:>6}  "
+            unread = f"{c.unparsed_rate:.0%}" if c.scores else "-"
+            rows.append(f"{c.id:>3}{mark} {c.status:<9} {c.mean:6.3f}  [{lo:.3f},{hi:.3f}] {c.calls:>6} {unread:>6}  "
                         f"{c.label}" + (f" -- {c.reason}" if c.reason else ""))
         base, where = self.baseline_on(self.best)
         head = (f"{self.optimizer}: best {self.best.mean:.3f} (candidate {self.best_id}) vs baseline "
