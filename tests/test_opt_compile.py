@@ -144,10 +144,12 @@ def test_baseline_on_rows_compares_like_with_like():
     assert baseline_on_rows([1.0, 0.0], [0, 5], 2) == (0.5, "")  # rows it cannot match: no claim
 
 
-def test_compile_reports_why_when_outputs_do_not_depend_on_the_prompt():
-    def constant(request):  # 'positive' in whatever format it is asked for
-        return '{"label": "positive"}' if request.json_schema or request.prompt is None else "Label: positive"
+def constant(request):
+    """'positive' in whatever format it is asked for."""
+    return '{"label": "positive"}' if request.json_schema or request.prompt is None else "Label: positive"
 
+
+def test_compile_reports_why_when_outputs_do_not_depend_on_the_prompt():
     lm = FunctionLM(constant)
     compiled, report = Compile(decodes=()).optimize(program(), rows(40), label_accuracy(),
                                                     budget=lg.Budget(max_calls=800),
@@ -155,6 +157,26 @@ def test_compile_reports_why_when_outputs_do_not_depend_on_the_prompt():
     assert compiled.content_hash() == program().content_hash()
     text = " ".join(report.notes)
     assert "do not depend on the prompt" in text and "more labelled rows" in text
+
+
+def test_rows_the_budget_left_unscored_turn_the_advice_into_the_budget_that_scores_them():
+    """200 labelled rows, 400 calls: the compile scores 50 and says so -- and the budget it names
+    does score all 200 (the advice is not "more labelled rows" when the user has them)."""
+    data = rows(200)
+
+    def run(calls: int):  # noqa: ANN202
+        return Compile(decodes=()).optimize(program(), data, label_accuracy(), budget=lg.Budget(max_calls=calls),
+                                            ctx=lg.RunContext(lm=FunctionLM(constant), cache=False))[1]
+    small = run(400)
+    folds = small.data["folds"]
+    assert (folds["search"] + folds["confirm"], folds["demo_only"]) == (50, 150)
+    text = " ".join(small.notes)
+    assert "(50 of your 200 labelled rows were scored; the other 150 only fed demos)" in text, text
+    assert "more labelled rows" not in text
+    named = int(re.search(r"\): budget=(\d+) scores all of them, where gains down to about \+0\.\d\d", text)[1])
+    big = run(named)
+    assert big.data["folds"]["demo_only"] == 0 and big.data["folds"]["search"] + big.data["folds"]["confirm"] == 200
+    assert "more labelled rows would help" in " ".join(big.notes)
 
 
 def test_dry_run_fits_the_budget_and_a_small_budget_says_what_was_left_out():

@@ -73,7 +73,7 @@ from .instructions import check_proposer, propose_instructions
 from .params import demo_param, example_demos
 from .racing import Racing
 from .report import Report
-from .selection import detectable_gain, paired_stats, shrink
+from .selection import detectable_gain, paired_stats, shrink, what_would_help
 from .session import BudgetStop, CompileSession
 
 Demo = dict[str, Any]
@@ -238,6 +238,7 @@ class Compile(Racing, Optimizer):
             self._ctx_hint = ctx
             self._budget_hint = budget
             self._pool_only = pool_only
+            self._scored_plan = (len(scored), len(pool_only), _per_row(program))
             return await super().aoptimize(program, rows, metric, valset=scored, budget=budget, seed=seed, ctx=ctx)
         return await super().aoptimize(program, trainset, metric, valset=valset, budget=budget, seed=seed, ctx=ctx)
 
@@ -395,7 +396,7 @@ class Compile(Racing, Optimizer):
             if ev["ci_low"] <= 0:
                 report.notes.append(f"the held-out confirmation alone cannot rule out no gain: with {len(conf_idx)} "
                                     f"confirmation rows a gain under {mde:+.2f} is not distinguishable from noise; "
-                                    "more labelled rows narrow it" + (
+                                    + self._what_helps(mde, len(conf_idx), confirm=True) + (
                                         f"; the expected gain, {combined:+.3f}, is that small: min_gain keeps the "
                                         "program as given for such gains" if combined < mde else ""))
         elif dc >= 0 and tied:
@@ -417,7 +418,17 @@ class Compile(Racing, Optimizer):
                            f"did not hold up the search-row gain {d:+.3f}")
             report.notes.append(f"no change: the best candidate on the search rows ({winner.label}) was not better "
                                 f"on the {len(conf_idx)} held-out rows; gains under {mde:+.2f} can't be shown with "
-                                "that many rows -- more labelled rows would help")
+                                "that many rows -- " + self._what_helps(mde, len(conf_idx), confirm=True))
+
+    def _what_helps(self, mde: float, fold_now: int, *, confirm: bool) -> str:
+        """More labelled rows -- or, when the budget left some of the user's rows unscored, the
+        budget (or ``max_scored_rows``) that scores them all (:func:`.selection.what_would_help`)."""
+        scored, pool_only, per_row = getattr(self, "_scored_plan", (0, 0, 1.0))
+        total = scored + pool_only
+        search_all, conf_all = self.folds(total, 0)
+        how = (f"max_scored_rows={total}" if isinstance(self.max_scored_rows, int)
+               else f"budget={math.ceil(4 * per_row * total)}")
+        return what_would_help(mde, fold_now, len(conf_all) if confirm else len(search_all), scored, total, how)
 
     def _latest_draws(self, tried: Sequence[Spec], base: Sequence[float]) -> list[Spec]:
         """The latest draw of each drawn demo set raced so far, in order of the best shrunk
@@ -563,7 +574,7 @@ class Compile(Racing, Optimizer):
         if demo_worse and len(demo_worse) >= len([s for s in raced if any("demos" in p for p in s.params.values())]):
             why.append("every demo set lowered the score")
         why.append(f"with {len(search_idx)} search rows, gains under {mde:+.2f} cannot be told from noise: "
-                   "more labelled rows would help")
+                   + self._what_helps(mde, len(search_idx), confirm=False))
         report.notes.append("; ".join(why))
 
 

@@ -48,4 +48,18 @@ def detectable_gain(base: Sequence[float], n: int) -> float:
     return 2.0 * math.sqrt(2 * var / n)
 
 
-__all__ = ["detectable_gain", "paired_stats", "shrink"]
+def what_would_help(mde: float, fold_now: int, fold_all: int, scored: int, total: int, how: str) -> str:
+    """What would let a compile show smaller gains, in plain words: when only ``scored`` of the
+    ``total`` labelled rows were scored (the budget's choice; the rest only fed demos), scoring
+    all of them (``how``: the setting that does it) -- the fold of ``fold_now`` rows would hold
+    ``fold_all``, and the smallest detectable gain ``mde`` shrinks with its square root; else
+    more labelled rows."""
+    if total <= scored:
+        return "more labelled rows would help"
+    smaller = mde * math.sqrt(fold_now / max(1, fold_all))
+    return (f"a larger budget would help ({scored} of your {total} labelled rows were scored; the other "
+            f"{total - scored} only fed demos): {how} scores all of them, where gains down to about {smaller:+.2f} "
+            "could be shown")
+
+
+__all__ = ["detectable_gain", "paired_stats", "shrink", "what_would_help"]
