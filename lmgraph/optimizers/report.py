@@ -165,14 +165,15 @@ class Report:
         best, base = self.best, self.baseline
         if not best.scores or best.unparsed_rate < UNREADABLE:
             return None
-        text = (f"the chosen program's replies could not be read on {best.unparsed} of its {len(best.scores)} scored "
+        who = "the chosen program's" if best is not base else "the program's (kept as given)"
+        text = (f"{who} replies could not be read on {best.unparsed} of its {len(best.scores)} scored "
                 f"rows ({best.unparsed_rate:.0%}), which count as wrong")
         if best is not base and base.scores:
             text += f" (the program as given: {base.unparsed} of {len(base.scores)}, {base.unparsed_rate:.0%})"
-        return text + ("; its score may be held down by how replies are read rather than by what they say: look at "
-                       "the failing rows (lg.evaluate(...).failures: each says which node and field), and try a "
-                       "larger max_tokens, format='json' (grammar-constrained where the backend has it) or a "
-                       "stronger model")
+        return text + ("; its score may be held down by how replies are read rather than by what they say: look "
+                       "at the failing rows (lmgraph.evaluation.evaluate_sync(...).failures name the node and "
+                       "field), and try a larger max_tokens, format='json' (grammar-constrained where the backend "
+                       "has it) or a stronger model")
 
     def all_notes(self) -> list[str]:
         """The notes, plus the context-window, unreadable-reply and detectable-gain hints where they apply."""
