@@ -46,6 +46,20 @@ def test_each_report_row_counts_its_unreadable_rows_exactly() -> None:
     assert all(0 <= c.unparsed <= len(c.scores) for c in rep.candidates)
 
 
+def test_a_candidate_stopped_early_counts_them_on_the_rows_it_was_scored_on() -> None:
+    def demo_mumbler(request):  # noqa: ANN001, ANN202
+        """Mumbles whenever the prompt shows demos: the demo candidate is stopped after its first stage."""
+        return "hmm" if request_text(request).count("Sentence: ") > 1 else oc.demo_lover(request)
+
+    data = oc.rows(100)
+    _, rep = LabeledFewShot(k=4).optimize(oc.program(), data[:20], label_accuracy(), valset=data[20:],
+                                          ctx=lg.RunContext(lm=FunctionLM(demo_mumbler), cache=False))
+    demo = rep.candidates[1]
+    assert demo.status == "rejected" and "stopped early" in demo.reason and 0 < len(demo.scores) < 80
+    assert demo.unparsed == len(demo.scores) and rep.baseline.unparsed == 0
+    assert rep.best is rep.baseline and not any("could not be read" in n for n in rep.all_notes())
+
+
 def test_the_default_compiler_counts_them_on_the_rows_each_candidate_was_scored_on() -> None:
     data = oc.rows(60)
     compiled, rep = Compile(decodes=()).optimize(oc.program(), data, label_accuracy(),
