@@ -174,6 +174,11 @@ def test_rows_the_budget_left_unscored_turn_the_advice_into_the_budget_that_scor
     assert "(50 of your 200 labelled rows were scored; the other 150 only fed demos)" in text, text
     assert "more labelled rows" not in text
     named = int(re.search(r"\): budget=(\d+) scores all of them, where gains down to about \+0\.\d\d", text)[1])
+    planned = Compile(decodes=()).dry_run(program(), data, budget=lg.Budget(max_calls=400))  # said before running
+    assert f"50 of the 200 labelled rows will be scored and the other 150 only feed demos: budget={named} " \
+           "scores all of them" in str(planned)
+    assert not any("labelled rows" in n for n in Compile(decodes=()).dry_run(
+        program(), data, budget=lg.Budget(max_calls=named)).notes)
     big = run(named)
     assert big.data["folds"]["demo_only"] == 0 and big.data["folds"]["search"] + big.data["folds"]["confirm"] == 200
     assert "more labelled rows would help" in " ".join(big.notes)

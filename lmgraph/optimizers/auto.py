@@ -73,7 +73,7 @@ from .instructions import check_proposer, propose_instructions
 from .params import demo_param, example_demos
 from .racing import Racing
 from .report import Report
-from .selection import detectable_gain, paired_stats, shrink, what_would_help
+from .selection import detectable_gain, paired_stats, plan_notes, shrink, what_would_help
 from .session import BudgetStop, CompileSession
 
 Demo = dict[str, Any]
@@ -213,9 +213,9 @@ class Compile(Racing, Optimizer):
     def dry_run(self, program: Program, trainset: Sequence[Mapping[str, Any]],
                 valset: Sequence[Mapping[str, Any]] | None = None, *, budget: Budget | None = None,
                 ctx: RunContext | None = None) -> CostEstimate:
-        rows = self._pool(trainset, valset)
-        check_rows(program, rows, "trainset")
-        rows = self.scored_split(program, rows, budget, 0)[0]
+        pooled = self._pool(trainset, valset)
+        check_rows(program, pooled, "trainset")
+        rows = self.scored_split(program, pooled, budget, 0)[0]
         check_budget_covers_baseline(program, rows, budget)
         per = _per_row(program)
         specs = self._spec_skeleton(program, rows, ctx)
@@ -223,7 +223,9 @@ class Compile(Racing, Optimizer):
         p = self.plan(len(rows), per, cand, budget.max_calls if budget else None, len(specs))
         breakdown = {"baseline": p["baseline"], "race": p["race"], "confirmation": p["confirmation"]}
         calls = sum(breakdown.values())
-        return CostEstimate(calls, calls * 300, breakdown)
+        notes = plan_notes(len(rows), len(pooled), self._score_all(len(pooled), per), p["candidates"],
+                           min(p["of"], self.max_candidates) if budget is not None else 0)
+        return CostEstimate(calls, calls * 300, breakdown, notes)
 
     # ---- run
     async def aoptimize(self, program: Program, trainset: Sequence[Mapping[str, Any]], metric: Metric, *,
@@ -426,9 +428,13 @@ class Compile(Racing, Optimizer):
         scored, pool_only, per_row = getattr(self, "_scored_plan", (0, 0, 1.0))
         total = scored + pool_only
         search_all, conf_all = self.folds(total, 0)
-        how = (f"max_scored_rows={total}" if isinstance(self.max_scored_rows, int)
-               else f"budget={math.ceil(4 * per_row * total)}")
-        return what_would_help(mde, fold_now, len(conf_all) if confirm else len(search_all), scored, total, how)
+        return what_would_help(mde, fold_now, len(conf_all) if confirm else len(search_all), scored, total,
+                               self._score_all(total, per_row))
+
+    def _score_all(self, total: int, per_row: float) -> str:
+        """The setting under which the compile scores all ``total`` labelled rows (see :meth:`n_scored`)."""
+        return (f"max_scored_rows={total}" if isinstance(self.max_scored_rows, int)
+                else f"budget={math.ceil(4 * per_row * total)}")
 
     def _latest_draws(self, tried: Sequence[Spec], base: Sequence[float]) -> list[Spec]:
         """The latest draw of each drawn demo set raced so far, in order of the best shrunk

@@ -34,10 +34,12 @@ class CostEstimate:
     calls: int
     tokens: int
     breakdown: dict[str, int]
+    notes: tuple[str, ...] = ()  # what the plan leaves out, in plain words (and what would cover it)
 
     def __str__(self) -> str:
         parts = ", ".join(f"{k}: {v}" for k, v in self.breakdown.items())
-        return f"<= {self.calls} model calls, ~{self.tokens} tokens ({parts})"
+        return f"<= {self.calls} model calls, ~{self.tokens} tokens ({parts})" + "".join(
+            f"\nnote: {n}" for n in self.notes)
 
     def within(self, max_calls: int | None) -> CostEstimate:
         """This plan cut at ``max_calls``: the phases in order, each with what is left (a compile
@@ -49,7 +51,7 @@ class CostEstimate:
             capped[phase] = min(calls, left)
             left -= capped[phase]
         total = sum(capped.values())
-        return CostEstimate(total, round(self.tokens * total / max(1, self.calls)), capped)
+        return CostEstimate(total, round(self.tokens * total / max(1, self.calls)), capped, self.notes)
 
 
 def check_rows(program: Program, rows: Sequence[Mapping[str, Any]], name: str) -> None:

@@ -62,4 +62,17 @@ def what_would_help(mde: float, fold_now: int, fold_all: int, scored: int, total
             "could be shown")
 
 
-__all__ = ["detectable_gain", "paired_stats", "shrink", "what_would_help"]
+def plan_notes(scored: int, total: int, how: str, covered: int, of: int) -> tuple[str, ...]:
+    """A dry run's notes on what a budget leaves out: labelled rows it will not score (``how``:
+    the setting that scores all ``total``), and candidates it cannot cover (``covered`` of ``of``)."""
+    notes = []
+    if scored < total:
+        notes.append(f"{scored} of the {total} labelled rows will be scored and the other {total - scored} only "
+                     f"feed demos: {how} scores all of them, so smaller gains can be told from noise")
+    if covered < of:
+        notes.append(f"the budget covers about {covered} of the {of} candidates (planned at a row's "
+                     "upper-bound cost: rows that need no repair call leave room for more)")
+    return tuple(notes)
+
+
+__all__ = ["detectable_gain", "paired_stats", "plan_notes", "shrink", "what_would_help"]
