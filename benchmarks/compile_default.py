@@ -2,7 +2,7 @@
 compiled on the same seeded test rows, in process on the embedded model, per task and split seed.
 
     .venv/bin/python benchmarks/compile_default.py --tasks trec,sst2 --seeds 0,1,2 [--test 100]
-        [--rows 400] [--budget 800]
+        [--rows 400] [--budget 800] [--name STEM]
 
 For every (task, seed): the task's zero-shot program is scored on ``--test`` test rows, compiled
 with ``Compile()`` under ``--budget`` calls on ``--rows`` labelled rows (the task's train+val split;
@@ -165,17 +165,21 @@ def main() -> None:
     ap.add_argument("--test", type=int, default=100)
     ap.add_argument("--rows", type=int, default=400)
     ap.add_argument("--budget", type=int, default=800)
+    ap.add_argument("--name", default=None,
+                    help="results file stem (default: the tasks joined by '-', then -test<n>-labelled)")
     args = ap.parse_args()
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     seeds = [int(s) for s in args.seeds.split(",")]
-    out = HERE / "results" / "compile_default" / ("-".join(tasks) + f"-test{args.test}-labelled")
+    stem = args.name or ("-".join(tasks) + f"-test{args.test}-labelled")
+    out = HERE / "results" / "compile_default" / stem
     out.parent.mkdir(parents=True, exist_ok=True)
     jsonl = out.with_suffix(".jsonl")
     done = [json.loads(line) for line in jsonl.read_text().splitlines()] if jsonl.exists() else []
     command = "python benchmarks/compile_default.py " + " ".join(sys.argv[1:])
     for seed in seeds:
         for name in tasks:
-            if any(u["task"] == name and u["seed"] == seed for u in done):
+            if any((u["task"], u["seed"], u["test_n"], u["rows"], u["budget"]) == (
+                    name, seed, args.test, args.rows, args.budget) for u in done):
                 continue
             u = unit(name, seed, args)
             done.append(u)
