@@ -15,7 +15,8 @@ never scored on test.
 
     .venv/bin/python benchmarks/acceptance_replay.py
 
-writes ``results/acceptance_replay.{json,md}``.
+writes ``results/acceptance_replay.{json,md}``. It also lists which units' reports, rebuilt from
+their committed JSON, get the report's floor note (``Report.at_floor()``: no program scored 0.10).
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from lmgraph.optimizers.report import Candidate, Report
 from lmgraph.optimizers.selection import paired_stats
 
 HERE = Path(__file__).parent
@@ -55,9 +57,22 @@ def latest_units() -> list[dict[str, Any]]:
     return list(last.values())
 
 
+def report_path(unit: dict[str, Any]) -> Path:
+    return UNITS / "reports" / f"{unit['task']}-seed{unit['seed']}-rows{unit['rows']}-budget{unit['budget']}.json"
+
+
+def rebuilt(unit: dict[str, Any]) -> Report:
+    """The unit's report rebuilt from its committed JSON (candidates with their per-row scores)."""
+    d = json.loads(report_path(unit).read_text())
+    keys = set(Candidate.__dataclass_fields__)
+    return Report(optimizer=d["optimizer"], seed=d["seed"], config=d["config"], budget=d["budget"],
+                  data=d["data"], candidates=[Candidate(**{k: v for k, v in c.items() if k in keys})
+                                              for c in d["candidates"]], best_id=d["best_id"])
+
+
 def evidence(unit: dict[str, Any]) -> Evidence | None:
     """The confirmed candidate's evidence, recomputed from the report's per-row scores."""
-    path = UNITS / "reports" / f"{unit['task']}-seed{unit['seed']}-rows{unit['rows']}-budget{unit['budget']}.json"
+    path = report_path(unit)
     report = json.loads(path.read_text())
     confirmed = [c for c in report["candidates"] if "confirm_diff" in (c.get("evidence") or {})]
     if not confirmed:  # nothing reached the confirmation: nothing for a stricter rule to reject
@@ -89,7 +104,7 @@ def main() -> None:
         ev = evidence(u)
         units.append({"task": u["task"], "seed": u["seed"], "rows": u["rows"], "budget": u["budget"],
                       "test_n": u["test_n"], "diff": u["diff"], "diff_ci": u["diff_ci"],
-                      "chosen": u["chosen"], "evidence": ev})
+                      "chosen": u["chosen"], "evidence": ev, "floor_note": rebuilt(u).at_floor() is not None})
     out: dict[str, Any] = {"units": units, "rules": {}}
     for name, rule in RULES.items():
         diffs, changed = [], []
@@ -123,6 +138,9 @@ def main() -> None:
              else "- | - | -")
         lines.append(f"| {u['task']} | {u['seed']} | {u['budget']} | {u['chosen']} | {e} | "
                      f"{u['diff']:+.3f} [{u['diff_ci'][0]:+.3f}, {u['diff_ci'][1]:+.3f}] |")
+    floor = [f"{u['task']} s{u['seed']} b{u['budget']}" for u in units if u["floor_note"]]
+    lines += ["", f"Floor note (`Report.at_floor()`, no program scored 0.10 on its rows) on {len(floor)} of "
+              f"{len(units)} reports: {', '.join(floor) or 'none'}."]
     (HERE / "results" / "acceptance_replay.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

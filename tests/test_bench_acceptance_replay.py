@@ -22,6 +22,8 @@ def test_each_committed_unit_replays_to_the_choice_it_recorded() -> None:
         assert (ev is not None and ev["accepted"] == 1.0) == changed, (u["task"], u["seed"], u["budget"])
         if changed:
             assert ev is not None and ev["combined"] > 0 and ev["confirm_diff"] >= 0
+        # the floor note: on GSM8K (every program 0.00-0.05) and on no other committed report
+        assert (acceptance_replay.rebuilt(u).at_floor() is not None) == (u["task"] == "gsm8k"), u["task"]
 
 
 def test_a_rule_that_rejects_a_unit_scores_it_as_given() -> None:

@@ -159,6 +159,30 @@ def test_compile_reports_why_when_outputs_do_not_depend_on_the_prompt():
     assert "do not depend on the prompt" in text and "more labelled rows" in text
 
 
+def contrarian(request):
+    """Always the wrong label, in whatever format it is asked for: every prompt scores 0."""
+    sentence = _last_sentence(request_text(request))
+    truth = next((v for k, v in WORDS.items() if f" {k} " in f" {sentence} "), "positive")
+    wrong = "negative" if truth == "positive" else "positive"
+    return f'{{"label": "{wrong}"}}' if request.json_schema or request.prompt is None else f"Label: {wrong}"
+
+
+def test_a_task_the_model_solves_whatever_the_prompt_gets_a_floor_note_and_others_do_not():
+    ctx = lg.RunContext(lm=FunctionLM(contrarian), cache=False)
+    _, report = Compile(decodes=()).optimize(program(), rows(40), label_accuracy(),
+                                             budget=lg.Budget(max_calls=800), ctx=ctx)
+    floor = [n for n in report.all_notes() if n.startswith("no program scored 0.10 or more")]
+    scored = [c for c in report.candidates if c.scores]
+    assert len(floor) == 1 and len(scored) >= 3 and all(c.mean == 0 for c in scored)
+    assert f"({len(scored)} scored; the program as given 0.000" in floor[0] and "stronger model" in floor[0]
+    assert floor[0] in report.to_dict()["notes"]
+    # a model right on about half the rows is not at the floor, even when nothing beats the baseline
+    _, report = Compile(decodes=()).optimize(program(), rows(40), label_accuracy(),
+                                             budget=lg.Budget(max_calls=800),
+                                             ctx=lg.RunContext(lm=FunctionLM(constant), cache=False))
+    assert report.at_floor() is None and report.baseline.mean > 0.1
+
+
 def test_rows_the_budget_left_unscored_turn_the_advice_into_the_budget_that_scores_them():
     """200 labelled rows, 400 calls: the compile scores 50 and says so -- and the budget it names
     does score all 200 (the advice is not "more labelled rows" when the user has them)."""

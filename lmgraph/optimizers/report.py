@@ -24,6 +24,7 @@ STATUSES = {
 }
 PLAIN = ("baseline", "accepted", "rejected")  # statuses the table need not explain
 UNREADABLE = 0.1  # a chosen program whose replies fail to parse on this share of its rows gets a note
+FLOOR = 0.1  # when no scored program reaches this mean score (metric in [0, 1]), the task is at the model's floor
 
 
 def baseline_on_rows(base: Sequence[float], rows: Sequence[int] | None, n: int) -> tuple[float, str]:
@@ -175,9 +176,25 @@ class Report:
                        "field), and try a larger max_tokens, format='json' (grammar-constrained where the backend "
                        "has it) or a stronger model")
 
+    def at_floor(self) -> str | None:
+        """When no program the compile scored reached a mean of ``FLOOR`` on its rows (a metric in
+        [0, 1], at least three programs scored): the model solves almost none of the task whatever
+        the prompt, and the budget is better spent on a stronger model than on more prompts; else None."""
+        scored = [c for c in self.candidates if c.scores]
+        if len(scored) < 3 or any(not 0 <= s <= 1 for c in scored for s in c.scores):
+            return None
+        top = max(scored, key=lambda c: (c.mean, -c.id))
+        if top.mean >= FLOOR:
+            return None
+        return (f"no program scored {FLOOR:.2f} or more on its rows ({len(scored)} scored; the program as given "
+                f"{self.baseline.mean:.3f}, the best #{top.id} {top.mean:.3f}): the model solves almost none of this "
+                "task whatever the prompt or demos, so a larger budget for them is unlikely to help -- a stronger "
+                "model (RunContext(lms={...}) with Compile(models=...) picks one per node), or steps the model "
+                "can do (decompose the task into nodes)")
+
     def all_notes(self) -> list[str]:
-        """The notes, plus the context-window, unreadable-reply and detectable-gain hints where they apply."""
-        hints = [h for h in (self.context_fit(), self.unreadable(), self.too_few_rows()) if h]
+        """The notes, plus the context-window, unreadable-reply, floor and detectable-gain hints where they apply."""
+        hints = [h for h in (self.context_fit(), self.unreadable(), self.at_floor(), self.too_few_rows()) if h]
         return [*self.notes, *hints]
 
     def to_dict(self, *, timing: bool = True) -> dict[str, Any]:
