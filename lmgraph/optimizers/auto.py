@@ -73,7 +73,7 @@ from .instructions import check_proposer, propose_instructions
 from .params import demo_param, example_demos
 from .racing import Racing
 from .report import Report
-from .selection import detectable_gain, paired_stats, plan_notes, shrink, what_would_help
+from .selection import detectable_gain, paired_stats, plan_notes, shrink, what_would_help, why_unchanged
 from .session import BudgetStop, CompileSession
 
 Demo = dict[str, Any]
@@ -355,7 +355,8 @@ class Compile(Racing, Optimizer):
         winner = alive[0]
         est, d, se = next((e, dd, s_) for s_obj, e, dd, s_ in self._rank(alive, base_scores) if s_obj is winner)
         if est <= 0 and d <= 0:
-            self._explain_none(session, base_scores, tried, search_idx)
+            session.report.notes.append(why_unchanged(
+                base_scores, tried, search_idx, lambda mde, n: self._what_helps(mde, n, confirm=False)))
             return
         session.reporter.phase(f"confirming {winner.label} on the {len(conf_idx)} held-out rows")
         try:
@@ -564,24 +565,6 @@ class Compile(Racing, Optimizer):
             c.rows = list(s.rows)
             c.status = "advanced" if s.alive or s.finished else "dropped"
             c.reason = s.note + ("; the race's winner" if s.alive and s in alive else "")
-
-    def _explain_none(self, session: CompileSession, base: Sequence[float], tried: Sequence[Spec],
-                      search_idx: Sequence[int]) -> None:
-        report = session.report
-        raced = [s for s in tried if s.rows]
-        same = [s for s in raced if all(abs(a - base[i]) < 1e-12 for i, a in zip(s.rows, s.scores))]
-        mde = detectable_gain([base[i] for i in search_idx], len(search_idx))
-        why = [f"no candidate beat the baseline on the {len(search_idx)} search rows; the program is unchanged"]
-        if raced and len(same) == len(raced):
-            why.append("every candidate scored exactly like the baseline on every row: the outputs do not depend "
-                       "on the prompt -- try log-prob scoring with calibration (a scoring backend), or a larger model")
-        demo_worse = [s for s in raced if any("demos" in p for p in s.params.values())
-                      and paired_stats([base[i] for i in s.rows], s.scores)[0] < 0]
-        if demo_worse and len(demo_worse) >= len([s for s in raced if any("demos" in p for p in s.params.values())]):
-            why.append("every demo set lowered the score")
-        why.append(f"with {len(search_idx)} search rows, gains under {mde:+.2f} cannot be told from noise: "
-                   + self._what_helps(mde, len(search_idx), confirm=False))
-        report.notes.append("; ".join(why))
 
 
 def compile(program: Program, trainset: Sequence[Mapping[str, Any]], metric: Metric, *,  # noqa: A001

@@ -4,7 +4,8 @@ an empirical-Bayes shrinkage against the winner's curse, and the smallest detect
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 
 def shrink(deltas: Sequence[float], ses: Sequence[float]) -> list[float]:
@@ -75,4 +76,25 @@ def plan_notes(scored: int, total: int, how: str, covered: int, of: int) -> tupl
     return tuple(notes)
 
 
-__all__ = ["detectable_gain", "paired_stats", "plan_notes", "shrink", "what_would_help"]
+def why_unchanged(base: Sequence[float], tried: Sequence[Any], search_idx: Sequence[int],
+                  what_helps: Callable[[float, int], str]) -> str:
+    """The note of a race that no candidate won: why (every candidate tied the baseline row for
+    row, every demo set lowered the score) and what would help (``what_helps(mde, n)``). ``tried``:
+    the race's candidates (``rows``, ``scores`` on those rows, ``params`` per node)."""
+    raced = [s for s in tried if s.rows]
+    same = [s for s in raced if all(abs(a - base[i]) < 1e-12 for i, a in zip(s.rows, s.scores))]
+    mde = detectable_gain([base[i] for i in search_idx], len(search_idx))
+    why = [f"no candidate beat the baseline on the {len(search_idx)} search rows; the program is unchanged"]
+    if raced and len(same) == len(raced):
+        why.append("every candidate scored exactly like the baseline on every row: the outputs do not depend "
+                   "on the prompt -- try log-prob scoring with calibration (a scoring backend), or a larger model")
+    with_demos = [s for s in raced if any("demos" in p for p in s.params.values())]
+    demo_worse = [s for s in with_demos if paired_stats([base[i] for i in s.rows], s.scores)[0] < 0]
+    if demo_worse and len(demo_worse) >= len(with_demos):
+        why.append("every demo set lowered the score")
+    why.append(f"with {len(search_idx)} search rows, gains under {mde:+.2f} cannot be told from noise: "
+               + what_helps(mde, len(search_idx)))
+    return "; ".join(why)
+
+
+__all__ = ["detectable_gain", "paired_stats", "plan_notes", "shrink", "what_would_help", "why_unchanged"]
