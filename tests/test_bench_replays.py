@@ -1,9 +1,10 @@
-"""benchmarks/acceptance_replay.py on the committed compile units: every report's per-row scores
+"""benchmarks/acceptance_replay.py and search_vs_test.py on the committed compile units: every report's per-row scores
 reproduce its evidence, and the replayed default rule takes exactly the units the compiler changed.
 No model calls (the committed reports are the input)."""
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -33,3 +34,16 @@ def test_a_rule_that_rejects_a_unit_scores_it_as_given() -> None:
     assert not rules["min_gain=0.02"](ev)
     assert not rules["expected gain >= 0.5 standard errors"](ev)
     assert not rules["confirmation significant (95% CI above 0)"](ev)
+
+
+def test_search_vs_test_pairs_same_configurations_and_ranks_with_ties() -> None:
+    import search_vs_test
+
+    assert abs(search_vs_test.spearman([1, 2, 3], [10, 20, 30]) - 1) < 1e-9
+    assert abs(search_vs_test.spearman([1, 2, 3], [3, 2, 1]) + 1) < 1e-9
+    assert abs(search_vs_test.spearman([1, 1, 2], [1, 2, 3]) - 0.866) < 1e-3  # tied ranks share their mean
+    units = [json.loads(line) for line in search_vs_test.UNITS.read_text().splitlines()]
+    for u in units:
+        grid = {g["config"] for g in u["grid"]}
+        for p in search_vs_test.pairs(u):
+            assert p["config"] in grid and "labelled demos" not in p["config"] and p["rows"] >= 1
