@@ -2,7 +2,7 @@
 compiled on the same seeded test rows, in process on the embedded model, per task and split seed.
 
     .venv/bin/python benchmarks/compile_default.py --tasks trec,sst2 --seeds 0,1,2 [--test 100]
-        [--rows 400] [--budget 800] [--name STEM]
+        [--rows 400] [--budget 800] [--name STEM] [--stratify]
 
 For every (task, seed): the task's zero-shot program is scored on ``--test`` test rows, compiled
 with ``Compile()`` under ``--budget`` calls on ``--rows`` labelled rows (the task's train+val split;
@@ -15,6 +15,9 @@ Each finished unit is appended to ``benchmarks/results/compile_default/<tasks>.j
 killed run keeps what it finished; a rerun skips finished units), and ``.md`` is rewritten after
 each. The compile's report (every candidate raced, with its per-row scores, and the notes) goes to
 ``benchmarks/results/compile_default/reports/<task>-seed<seed>-rows<rows>-budget<budget>.json``.
+``--stratify`` compiles with ``Compile(stratify=True)`` (the race's rows in an order as hard for the
+baseline as the whole search fold): its units carry ``"options": {"stratify": true}``, its reports and
+checkpoints a ``-stratified`` suffix, so they never mix with the default's.
 """
 
 from __future__ import annotations
@@ -52,11 +55,11 @@ def runtime_tag() -> str:
     return hashlib.sha256(RUNTIME_REV.encode()).hexdigest()[:8]
 
 
-def checkpoint_path(task_name: str, seed: int, rows: int, budget: int) -> Path:
+def checkpoint_path(task_name: str, seed: int, rows: int, budget: int, suffix: str = "") -> Path:
     """Where the compile of (task, seed, rows, budget) keeps its finished evaluations while it runs.
     The name carries the runtime revision: evaluations recorded by another runtime are not replayed
     (the checkpoint's own fingerprint covers the program, data, seed, budget and settings)."""
-    return CHECKPOINTS / f"{task_name}-seed{seed}-rows{rows}-budget{budget}-runtime{runtime_tag()}.jsonl"
+    return CHECKPOINTS / f"{task_name}-seed{seed}-rows{rows}-budget{budget}{suffix}-runtime{runtime_tag()}.jsonl"
 
 
 def current(unit: dict) -> bool:
@@ -80,8 +83,10 @@ def unit(task_name: str, seed: int, args: argparse.Namespace) -> dict:
 
     zero = zero_shot(program, test, metric, ctx, zero_path(task_name, seed, len(test)))
     t0 = time.perf_counter()
-    ckpt = checkpoint_path(task_name, seed, args.rows, args.budget)
-    compiled, report = Compile(checkpoint=ckpt).optimize(program, train, metric, valset=val,
+    stratify = getattr(args, "stratify", False)
+    suffix = "-stratified" if stratify else ""
+    ckpt = checkpoint_path(task_name, seed, args.rows, args.budget, suffix)
+    compiled, report = Compile(checkpoint=ckpt, stratify=stratify).optimize(program, train, metric, valset=val,
                                           budget=lg.Budget(max_calls=args.budget), seed=seed, ctx=ctx)
     compile_s = time.perf_counter() - t0
     comp = evaluate_sync(compiled, test, metric, ctx=ctx, concurrency=4)
@@ -89,7 +94,7 @@ def unit(task_name: str, seed: int, args: argparse.Namespace) -> dict:
     # the compile's report (every candidate raced, per-row scores, notes), for reading why it chose
     reports = HERE / "results" / "compile_default" / "reports"
     reports.mkdir(parents=True, exist_ok=True)
-    (reports / f"{task_name}-seed{seed}-rows{args.rows}-budget{args.budget}.json").write_text(
+    (reports / f"{task_name}-seed{seed}-rows{args.rows}-budget{args.budget}{suffix}.json").write_text(
         json.dumps(report.to_dict(timing=False), indent=1) + "\n")
     best = report.best
     return {"task": task_name, "seed": seed, "test_n": len(test), "rows": len(train) + len(val),
@@ -103,7 +108,8 @@ def unit(task_name: str, seed: int, args: argparse.Namespace) -> dict:
             "lever_effects": report.data.get("lever_effects"),
             # evaluations replayed from a checkpoint an earlier (killed) run of this unit left: the same
             # result and spend as one uninterrupted run; its compile_s is this run's time only
-            "replayed_evaluations": report.runtime.get("replayed_evaluations", 0)}
+            "replayed_evaluations": report.runtime.get("replayed_evaluations", 0),
+            **({"options": {"stratify": True}} if stratify else {})}
 
 
 def zero_path(task_name: str, seed: int, test_n: int) -> Path:
@@ -136,10 +142,10 @@ def zero_shot(program: lg.Program, test: list[dict], metric, ctx: lg.RunContext,
     return zero
 
 
-def finished(task_name: str, seed: int, rows: int, budget: int) -> None:
+def finished(task_name: str, seed: int, rows: int, budget: int, suffix: str = "") -> None:
     """The unit is recorded: its checkpoint has served its purpose (its zero-shot scores leave with
     :func:`drop_zero`, once whatever else uses them -- headroom.py's grid -- is done too)."""
-    checkpoint_path(task_name, seed, rows, budget).unlink(missing_ok=True)
+    checkpoint_path(task_name, seed, rows, budget, suffix).unlink(missing_ok=True)
 
 
 def drop_zero(task_name: str, seed: int, test_n: int) -> None:
@@ -165,6 +171,8 @@ def main() -> None:
     ap.add_argument("--test", type=int, default=100)
     ap.add_argument("--rows", type=int, default=400)
     ap.add_argument("--budget", type=int, default=800)
+    ap.add_argument("--stratify", action="store_true",
+                    help="compile with Compile(stratify=True): race rows as hard for the baseline as the fold")
     ap.add_argument("--name", default=None,
                     help="results file stem (default: the tasks joined by '-', then -test<n>-labelled)")
     args = ap.parse_args()
@@ -176,16 +184,17 @@ def main() -> None:
     jsonl = out.with_suffix(".jsonl")
     done = [json.loads(line) for line in jsonl.read_text().splitlines()] if jsonl.exists() else []
     command = "python benchmarks/compile_default.py " + " ".join(sys.argv[1:])
+    options = {"stratify": True} if args.stratify else {}
     for seed in seeds:
         for name in tasks:
-            if any((u["task"], u["seed"], u["test_n"], u["rows"], u["budget"]) == (
-                    name, seed, args.test, args.rows, args.budget) for u in done):
+            if any((u["task"], u["seed"], u["test_n"], u["rows"], u["budget"], u.get("options", {})) == (
+                    name, seed, args.test, args.rows, args.budget, options) for u in done):
                 continue
             u = unit(name, seed, args)
             done.append(u)
             with jsonl.open("a") as f:
                 f.write(json.dumps(u) + "\n")
-            finished(name, seed, args.rows, args.budget)
+            finished(name, seed, args.rows, args.budget, "-stratified" if args.stratify else "")
             drop_zero(name, seed, args.test)
             write_md(out.with_suffix(".md"), done, command)
             print(json.dumps(u), flush=True)

@@ -69,11 +69,12 @@ def splits(task, seed: int, args: argparse.Namespace):  # noqa: ANN001, ANN201
 
 
 def compile_unit(name: str, seed: int, args: argparse.Namespace) -> dict:
-    """The compile_default unit for (task, seed): reused from any results/compile_default/*.jsonl."""
+    """The compile_default unit for (task, seed): reused from any results/compile_default/*.jsonl
+    (the default compiler's: a unit compiled with non-default options, e.g. --stratify, is not it)."""
     for path in sorted((HERE / "results" / "compile_default").glob("*.jsonl")):
         for line in path.read_text().splitlines():
             u = json.loads(line)
-            if u.get("labels") and compile_default.current(u) and \
+            if u.get("labels") and compile_default.current(u) and not u.get("options") and \
                     (u["task"], u["seed"], u["test_n"], u["rows"], u["budget"]) == (
                     name, seed, args.test, args.rows, args.budget):
                 return {**u, "source": f"{path.relative_to(HERE.parent)}"}

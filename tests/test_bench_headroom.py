@@ -47,6 +47,28 @@ def test_a_compile_checkpoint_is_named_by_unit_and_runtime_revision(monkeypatch,
     b.write_text("{}\n")
     compile_default.finished("banking77", 0, 400, 800)
     assert not b.exists()
+    # a unit compiled with non-default options keeps its own checkpoint
+    c = compile_default.checkpoint_path("banking77", 0, 400, 800, "-stratified")
+    assert c != b and c.parent == tmp_path
+    c.write_text("{}\n")
+    compile_default.finished("banking77", 0, 400, 800)
+    assert c.exists()
+    compile_default.finished("banking77", 0, 400, 800, "-stratified")
+    assert not c.exists()
+
+
+def test_the_headroom_table_never_reuses_a_compile_made_with_non_default_options(monkeypatch, tmp_path):
+    from types import SimpleNamespace
+
+    unit = {"task": "trec", "seed": 0, "test_n": 100, "rows": 400, "budget": 800, "labels": True,
+            "compiler": compile_default.COMPILER_REV, "runtime": compile_default.RUNTIME_REV}
+    (tmp_path / "results" / "compile_default").mkdir(parents=True)
+    (tmp_path / "results" / "compile_default" / "pilot.jsonl").write_text(
+        json.dumps({**unit, "options": {"stratify": True}, "diff": 0.5}) + "\n")
+    (tmp_path / "results" / "compile_default" / "plain.jsonl").write_text(json.dumps({**unit, "diff": 0.1}) + "\n")
+    monkeypatch.setattr(headroom, "HERE", tmp_path)
+    got = headroom.compile_unit("trec", 0, SimpleNamespace(test=100, rows=400, budget=800))
+    assert got["diff"] == 0.1 and "options" not in got
 
 
 def test_the_zero_shot_scores_are_kept_while_a_unit_runs_and_reused_only_for_the_same_program_and_rows(

@@ -183,6 +183,46 @@ def test_a_task_the_model_solves_whatever_the_prompt_gets_a_floor_note_and_other
     assert report.at_floor() is None and report.baseline.mean > 0.1
 
 
+def test_stratified_order_keeps_the_baselines_strata_in_proportion_in_every_prefix():
+    from lmgraph.optimizers.selection import stratified_order
+
+    rng = random.Random(3)
+    scores = [1.0] * 42 + [0.0] * 14 + [0.5] * 4  # easy rows first, as an unlucky shuffle may put them
+    idx = list(range(60))
+    rng.shuffle(idx)
+    idx.sort(key=lambda i: -scores[i])  # worst case: every right row ahead of every wrong one
+    out = stratified_order(idx, scores)
+    assert sorted(out) == list(range(60))
+    for k in (1, 5, 20, 40, 60):
+        for stratum, share in ((1.0, 42 / 60), (0.0, 14 / 60), (0.5, 4 / 60)):
+            assert abs(sum(scores[i] == stratum for i in out[:k]) - share * k) <= 1, (k, stratum)
+    for stratum in (1.0, 0.0, 0.5):  # each stratum keeps the order it had
+        assert [i for i in out if scores[i] == stratum] == [i for i in idx if scores[i] == stratum]
+
+
+def test_compile_can_race_on_rows_as_hard_for_the_baseline_as_the_fold():
+    def first_round(report, n):  # noqa: ANN001, ANN202
+        screened = next(c for c in report.candidates[1:] if c.rows and len(c.rows) >= n)
+        return [report.baseline.scores[i] for i in screened.rows[:n]]
+
+    data = rows(100, seed=7)  # rows whose seeded shuffle puts easy rows for the baseline first
+    ctx = lg.RunContext(lm=FunctionLM(demo_lover), cache=False)
+    _, plain = Compile().optimize(program(), data, label_accuracy(), budget=lg.Budget(max_calls=1200), ctx=ctx)
+    _, strat = Compile(stratify=True).optimize(program(), data, label_accuracy(), budget=lg.Budget(max_calls=1200),
+                                               ctx=lg.RunContext(lm=FunctionLM(demo_lover), cache=False))
+    assert strat.config["stratify"] is True and "stratify" not in plain.config
+    assert strat.data["folds"]["order"] == "stratified by the baseline's score"
+    n_search, n_round = strat.data["folds"]["search"], 20
+    search = sorted(set(i for c in strat.candidates[1:] if c.rows and "(confirmed)" not in c.label for i in c.rows))
+    assert len(search) == n_search
+    fold_right = sum(strat.baseline.scores[i] for i in search) / n_search
+    assert abs(sum(first_round(strat, n_round)) - fold_right * n_round) <= 1
+    # the seeded shuffle alone: a first round easier for the baseline than the fold
+    assert sum(first_round(plain, n_round)) - fold_right * n_round > 2
+    # the same rows are searched and confirmed either way: only their order differs
+    assert plain.data["folds"]["search"] == n_search
+
+
 def test_rows_the_budget_left_unscored_turn_the_advice_into_the_budget_that_scores_them():
     """200 labelled rows, 400 calls: the compile scores 50 and says so -- and the budget it names
     does score all 200 (the advice is not "more labelled rows" when the user has them)."""

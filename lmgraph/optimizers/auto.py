@@ -56,6 +56,7 @@ from ..evaluation.metrics import Metric
 from ..lm.wrappers import Budget
 from ..modules.predict import SCORING_DECODES
 from ..pipeline.program import Program, _run_sync
+from . import selection
 from .base import CostEstimate, Optimizer, check_budget_covers_baseline, check_rows
 from .candidates import (
     Spec,
@@ -94,7 +95,7 @@ class Compile(Racing, Optimizer):
                  instructions: bool = True, label_map: Mapping[str, str] | None = None,
                  max_candidates: int = 12, models: Sequence[str] | str = "auto", proposer_lm: str | None = None,
                  num_proposals: int = 2, max_scored_rows: int | str = "auto", max_draws: int = 4,
-                 min_gain: float = 0.0, **kwargs: Any) -> None:
+                 min_gain: float = 0.0, stratify: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         from ..modules.base import FORMAT_CHOICES
 
@@ -136,6 +137,9 @@ class Compile(Racing, Optimizer):
         # the first race only on budget the planned search left over
         self.max_draws = max_draws
         self.min_gain = float(min_gain)
+        # race the search rows in an order whose every prefix holds the baseline's right, partial and
+        # wrong rows in the fold's shares (selection.stratified_order); off: the seeded shuffle
+        self.stratify = bool(stratify)
 
     def config(self) -> dict[str, Any]:
         return {"max_demos": self.max_demos, "confirm_fraction": self.confirm_fraction,
@@ -146,7 +150,8 @@ class Compile(Racing, Optimizer):
                 "proposer_lm": self.proposer_lm, "num_proposals": self.num_proposals,
                 "max_scored_rows": self.max_scored_rows, "max_draws": self.max_draws,
                 # only when set: the default keeps the fingerprints of earlier checkpoints
-                **({"min_gain": self.min_gain} if self.min_gain else {})}
+                **({"min_gain": self.min_gain} if self.min_gain else {}),
+                **({"stratify": True} if self.stratify else {})}
 
     # ---- folds and plan
     def folds(self, n: int, seed: int) -> tuple[list[int], list[int]]:
@@ -268,8 +273,11 @@ class Compile(Racing, Optimizer):
         self._seen(base_prog, base_entry["usage"]["calls"], n)
         base_scores = list(base_entry["scores"])
         search_idx, conf_idx = self.folds(n, session.seed)
+        if self.stratify:
+            search_idx = selection.stratified_order(search_idx, base_scores)
         report = session.report
         report.data["folds"] = {"search": len(search_idx), "confirm": len(conf_idx),
+                                **({"order": "stratified by the baseline's score"} if self.stratify else {}),
                                 "demo_only": len(getattr(self, "_pool_only", [])),
                                 "note": "train and validation rows pooled; demos only from search and demo-only "
                                         "rows; the confirmation rows are scored once, by the chosen candidate"}

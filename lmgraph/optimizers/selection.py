@@ -97,4 +97,28 @@ def why_unchanged(base: Sequence[float], tried: Sequence[Any], search_idx: Seque
     return "; ".join(why)
 
 
-__all__ = ["detectable_gain", "paired_stats", "plan_notes", "shrink", "what_would_help", "why_unchanged"]
+def stratified_order(idx: Sequence[int], scores: Sequence[float]) -> list[int]:
+    """``idx`` reordered so that every prefix holds the rows the baseline got wrong (score <= 0),
+    partly right and right (score >= 1) in about the shares of the whole -- each stratum keeps its
+    order in ``idx`` (a seeded shuffle), and the next row comes from the stratum furthest behind its
+    share. A paired gain can only come from rows the baseline got wrong and a loss only from rows
+    it got right, so a first racing round of rows that happen to be easy for the baseline makes
+    every lever look worse than it is (and hard ones, better); with the strata in proportion, the
+    round's rows are as hard as the fold."""
+    def stratum(i: int) -> int:
+        return 0 if scores[i] <= 0 else 2 if scores[i] >= 1 else 1
+
+    groups: dict[int, list[int]] = {}
+    for i in idx:
+        groups.setdefault(stratum(i), []).append(i)
+    n, taken, out = len(idx), dict.fromkeys(groups, 0), []
+    for pos in range(1, n + 1):
+        k = max((k for k in groups if taken[k] < len(groups[k])),
+                key=lambda k: (len(groups[k]) * pos / n - taken[k], -k))
+        out.append(groups[k][taken[k]])
+        taken[k] += 1
+    return out
+
+
+__all__ = ["detectable_gain", "paired_stats", "plan_notes", "shrink", "stratified_order", "what_would_help",
+           "why_unchanged"]
