@@ -29,6 +29,8 @@ from typing import Any
 from lmgraph.optimizers.report import Candidate, Report
 from lmgraph.optimizers.selection import paired_stats
 
+import compile_default
+
 HERE = Path(__file__).parent
 UNITS = HERE / "results" / "compile_default"
 FILES = ("headroom-compiles.jsonl", "hover-wic-sentence_similarity-test100-labelled.jsonl",
@@ -58,7 +60,7 @@ def latest_units() -> list[dict[str, Any]]:
 
 
 def report_path(unit: dict[str, Any]) -> Path:
-    return UNITS / "reports" / f"{unit['task']}-seed{unit['seed']}-rows{unit['rows']}-budget{unit['budget']}.json"
+    return compile_default.report_path(unit["task"], unit["seed"], unit["rows"], unit["budget"])
 
 
 def rebuilt(unit: dict[str, Any]) -> Report:

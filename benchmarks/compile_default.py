@@ -84,7 +84,7 @@ def unit(task_name: str, seed: int, args: argparse.Namespace) -> dict:
     zero = zero_shot(program, test, metric, ctx, zero_path(task_name, seed, len(test)))
     t0 = time.perf_counter()
     stratify = getattr(args, "stratify", False)
-    suffix = "-stratified" if stratify else ""
+    suffix = option_suffix(stratify)
     ckpt = checkpoint_path(task_name, seed, args.rows, args.budget, suffix)
     compiled, report = Compile(checkpoint=ckpt, stratify=stratify).optimize(program, train, metric, valset=val,
                                           budget=lg.Budget(max_calls=args.budget), seed=seed, ctx=ctx)
@@ -92,9 +92,9 @@ def unit(task_name: str, seed: int, args: argparse.Namespace) -> dict:
     comp = evaluate_sync(compiled, test, metric, ctx=ctx, concurrency=4)
     pb = paired_bootstrap(zero.scores, comp.scores)
     # the compile's report (every candidate raced, per-row scores, notes), for reading why it chose
-    reports = HERE / "results" / "compile_default" / "reports"
-    reports.mkdir(parents=True, exist_ok=True)
-    (reports / f"{task_name}-seed{seed}-rows{args.rows}-budget{args.budget}{suffix}.json").write_text(
+    path = report_path(task_name, seed, args.rows, args.budget, suffix)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
         json.dumps(report.to_dict(timing=False), indent=1) + "\n")
     best = report.best
     return {"task": task_name, "seed": seed, "test_n": len(test), "rows": len(train) + len(val),
@@ -110,6 +110,17 @@ def unit(task_name: str, seed: int, args: argparse.Namespace) -> dict:
             # result and spend as one uninterrupted run; its compile_s is this run's time only
             "replayed_evaluations": report.runtime.get("replayed_evaluations", 0),
             **({"options": {"stratify": True}} if stratify else {})}
+
+
+def option_suffix(stratify: bool) -> str:
+    """What names the files of a unit compiled with non-default options (none for the default's)."""
+    return "-stratified" if stratify else ""
+
+
+def report_path(task_name: str, seed: int, rows: int, budget: int, suffix: str = "") -> Path:
+    """Where a unit's compile report (every candidate raced, per-row scores, notes) is kept."""
+    name = f"{task_name}-seed{seed}-rows{rows}-budget{budget}{suffix}.json"
+    return HERE / "results" / "compile_default" / "reports" / name
 
 
 def zero_path(task_name: str, seed: int, test_n: int) -> Path:
@@ -194,7 +205,7 @@ def main() -> None:
             done.append(u)
             with jsonl.open("a") as f:
                 f.write(json.dumps(u) + "\n")
-            finished(name, seed, args.rows, args.budget, "-stratified" if args.stratify else "")
+            finished(name, seed, args.rows, args.budget, option_suffix(args.stratify))
             drop_zero(name, seed, args.test)
             write_md(out.with_suffix(".md"), done, command)
             print(json.dumps(u), flush=True)

@@ -19,9 +19,10 @@ import math
 from pathlib import Path
 from typing import Any
 
+import compile_default
+
 HERE = Path(__file__).parent
 UNITS = HERE / "results" / "headroom" / "units.jsonl"
-REPORTS = HERE / "results" / "compile_default" / "reports"
 
 
 def pairs(unit: dict[str, Any]) -> list[dict[str, Any]]:
@@ -30,7 +31,7 @@ def pairs(unit: dict[str, Any]) -> list[dict[str, Any]]:
     draw of labelled demos and the compile's are different demo sets under one label; the other
     levers (format, decoding, instruction, nearest demos) build the same prompts from the same
     rows, but for the nearest demos' pool (the compile's lacks its confirmation rows)."""
-    path = REPORTS / f"{unit['task']}-seed{unit['seed']}-rows{unit['rows']}-budget{unit['budget']}.json"
+    path = compile_default.report_path(unit["task"], unit["seed"], unit["rows"], unit["budget"])
     report = json.loads(path.read_text())
     base = report["candidates"][0]["scores"]
     grid = {g["config"]: g for g in unit["grid"]}
