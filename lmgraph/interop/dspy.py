@@ -362,6 +362,8 @@ def _dspy_lacks(m: Any) -> list[str]:
         lacks.append(f"decode={m.decode}")
     if getattr(m, "knn", 0):
         lacks.append(f"knn={m.knn} (per-input demos from a pool of {len(m.demo_pool)})")
+    if getattr(m, "verbalizer", ()):
+        lacks.append(f"verbalizer ({len(m.verbalizer)} labels shown as words)")
     if m.lm:
         lacks.append(f"lm={m.lm}")
     return lacks

@@ -530,6 +530,10 @@ def _normalise_param(key: str, value: Any, module: Module) -> Any:
     spec = module.demo_spec(key)
     if spec is not None:
         return normalise_demos(value, spec[0], optional=spec[1])
+    if key == "verbalizer":
+        from .verbalizer import normalise_verbalizer
+
+        return normalise_verbalizer(value, module.signature)
     if key == "format" and value not in FORMAT_CHOICES:
         raise DefinitionError(f"unknown prompt format {value!r}",
                               fix=f"choose one of {', '.join(FORMAT_CHOICES)}.")

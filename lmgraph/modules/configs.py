@@ -123,8 +123,9 @@ class PredictConfig(ModuleConfig):
     decode: str = "generate"
     knn: int = 0
     demo_pool: list[JSONDict] = []
+    verbalizer: list[JSONDict] = []
     kind_fields = ("signature",)
-    omit_defaults = (("cache",), ("decode",), ("knn", "demo_pool"))
+    omit_defaults = (("cache",), ("decode",), ("knn", "demo_pool"), ("verbalizer",))
 
 
 class ChainOfThoughtConfig(PredictConfig):

@@ -35,6 +35,7 @@ from ..lm.prompt import get_format
 from ..lm.values import coerce, format_value
 from ..signatures import FieldSpec, Signature, ensure_signature, literal_options, type_to_str
 from .base import FORMAT_CHOICES, Module, normalise_demos
+from .verbalizer import Verbalizer, normalise_verbalizer
 
 if TYPE_CHECKING:
     from ..pipeline.executor import NodeCall
@@ -296,13 +297,14 @@ class Predict(GenerationSettings, Module):
     kind = "predict"
     config_model = "PredictConfig"
     tunable: ClassVar[tuple[str, ...]] = ("instructions", "demos", "format", "lm", "temperature", "max_tokens",
-                                          "decode", "knn", "demo_pool")
+                                          "decode", "knn", "demo_pool", "verbalizer")
 
     def __init__(self, signature: str | Signature | type[Signature], *, instructions: str | None = None,
                  demos: Sequence[Mapping[str, Any]] = (), format: str = "auto", lm: str | None = None,
                  temperature: float = 0.0, max_tokens: int = 256, repair: bool = True,
                  types: Mapping[str, Any] | None = None, decode: str = "generate", cache: bool = True,
-                 knn: int = 0, demo_pool: Sequence[Mapping[str, Any]] = ()) -> None:
+                 knn: int = 0, demo_pool: Sequence[Mapping[str, Any]] = (),
+                 verbalizer: Mapping[Any, str] | Sequence[Mapping[str, Any]] = ()) -> None:
         self.base_signature = ensure_signature(signature, types=dict(types or {}))
         self._init_generation(instructions=instructions, format=format, lm=lm, temperature=temperature,
                               max_tokens=max_tokens, repair=repair, cache=cache)
@@ -311,6 +313,8 @@ class Predict(GenerationSettings, Module):
         # per-input demos: the `knn` entries of `demo_pool` most similar to the inputs (BM25), after `demos`
         self.knn = knn
         self.demo_pool = normalise_demos(demo_pool, self.signature, optional=self.optional_demo_fields)
+        # the words the model is shown for the label output's options (modules/verbalizer.py)
+        self.verbalizer = normalise_verbalizer(verbalizer, self.signature)
         self._check()
         self._freeze()
 
@@ -352,9 +356,17 @@ class Predict(GenerationSettings, Module):
         return (*self.demos, *cached.select(inputs, self.knn))
 
     async def forward(self, inputs: dict[str, Any], call: NodeCall) -> dict[str, Any]:
-        return await predict(call, self.signature, inputs, instructions=self.instructions, demos=self.demos_for(inputs),
-                             format=self.format, lm=self.lm, temperature=self.temperature,
-                             max_tokens=self.max_tokens, repair=self.repair, decode=self.decode, stream=True)
+        sig, demos = self.signature, self.demos_for(inputs)
+        if not self.verbalizer:
+            return await predict(call, sig, inputs, instructions=self.instructions, demos=demos,
+                                 format=self.format, lm=self.lm, temperature=self.temperature,
+                                 max_tokens=self.max_tokens, repair=self.repair, decode=self.decode, stream=True)
+        v = Verbalizer.of(self.verbalizer, sig)
+        out = await predict(call, v.signature(sig), inputs, instructions=self.instructions, demos=v.demos(demos),
+                            format=self.format, lm=self.lm, temperature=self.temperature,
+                            max_tokens=self.max_tokens, repair=self.repair, decode=self.decode, stream=True)
+        field = sig.output(v.field)
+        return v.labels(out, field.annotation if field is not None else None)
 
     def estimated_calls(self, list_lengths: Mapping[str, int] | None = None, *, repairs: bool = True) -> int:
         """One call (calibrated scoring: two); generating with ``repair`` on, a reply that cannot be
@@ -368,6 +380,8 @@ class Predict(GenerationSettings, Module):
         if self.knn:
             extra += f", {self.knn} nearest of {len(self.demo_pool)}"
         mode = f", {self.decode}" if self.decode in SCORING_DECODES else ""
+        if self.verbalizer:
+            extra += f", {len(self.verbalizer)} labels verbalized"
         return f"{type(self).__name__}[{self.format}{mode}{extra}]"
 
     def summary(self) -> list[str]:

@@ -67,6 +67,7 @@ from .candidates import (
     redraws,
     signature_instruction,
     tunable_modules,
+    verbalizers,
 )
 from .evaluator import unparsed_rows
 from .fewshot import _demo_sig, demo_nodes, labeled_demos, labeled_demos_computed, labeled_demos_traced
@@ -95,7 +96,8 @@ class Compile(Racing, Optimizer):
                  instructions: bool = True, label_map: Mapping[str, str] | None = None,
                  max_candidates: int = 12, models: Sequence[str] | str = "auto", proposer_lm: str | None = None,
                  num_proposals: int = 2, max_scored_rows: int | str = "auto", max_draws: int = 4,
-                 min_gain: float = 0.0, stratify: bool = False, **kwargs: Any) -> None:
+                 min_gain: float = 0.0, stratify: bool = False,
+                 verbalize: bool | Mapping[str, Mapping[Any, str]] = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         from ..modules.base import FORMAT_CHOICES
 
@@ -140,6 +142,10 @@ class Compile(Racing, Optimizer):
         # race the search rows in an order whose every prefix holds the baseline's right, partial and
         # wrong rows in the fold's shares (selection.stratified_order); off: the seeded shuffle
         self.stratify = bool(stratify)
+        # label words as a lever (candidates.verbalizers): True -- labels that read as identifiers
+        # shown as plain words; {node: {label: word}} -- the user's words; False: off
+        self.verbalize = ({n: dict(w) for n, w in verbalize.items()} if isinstance(verbalize, Mapping)
+                          else bool(verbalize))
 
     def config(self) -> dict[str, Any]:
         return {"max_demos": self.max_demos, "confirm_fraction": self.confirm_fraction,
@@ -151,7 +157,8 @@ class Compile(Racing, Optimizer):
                 "max_scored_rows": self.max_scored_rows, "max_draws": self.max_draws,
                 # only when set: the default keeps the fingerprints of earlier checkpoints
                 **({"min_gain": self.min_gain} if self.min_gain else {}),
-                **({"stratify": True} if self.stratify else {})}
+                **({"stratify": True} if self.stratify else {}),
+                **({"verbalize": self.verbalize} if self.verbalize else {})}
 
     # ---- folds and plan
     def folds(self, n: int, seed: int) -> tuple[list[int], list[int]]:
@@ -240,6 +247,7 @@ class Compile(Racing, Optimizer):
             check_rows(program, trainset, "trainset")
             self._model_names(ctx)  # names the context lacks fail before any model call
             check_proposer(ctx, self.proposer_lm)
+            verbalizers(self, tunable_modules(program))  # label words the user gave are checked here
             rows = self._pool(trainset, valset)
             scored, pool_only = self.scored_split(program, rows, budget, seed)
             self._ctx_hint = ctx

@@ -11,6 +11,7 @@ from typing import Any
 from ..context import RunContext
 from ..errors import DefinitionError
 from ..modules.predict import check_score_signature
+from ..modules.verbalizer import Verbalizer, label_field, normalise_verbalizer, plain_words
 from ..pipeline.program import Program
 from ..signatures import literal_options
 from .fewshot import _demo_sig
@@ -202,6 +203,18 @@ def compile_specs(opt: Any, program: Program, boot: Mapping[str, list[tuple[int,
                     out[n] = {"instructions": text}
         return out
 
+    def verbal() -> dict[str, dict[str, Any]]:
+        return {n: {"verbalizer": w} for n, w in verbalizers(opt, mods).items()}
+
+    def verbal_instr() -> dict[str, dict[str, Any]]:
+        # the signature instruction names the options as the model sees them: the words
+        out = {}
+        for n, w in verbalizers(opt, mods).items():
+            if opt.instructions and "instructions" in mods[n].tunable:
+                v = Verbalizer.of(normalise_verbalizer(w, mods[n].signature), mods[n].signature)
+                out[n] = {"instructions": signature_instruction(v.signature(mods[n].signature))}
+        return out
+
     def merge(*parts: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}
         for p in parts:
@@ -258,6 +271,13 @@ def compile_specs(opt: Any, program: Program, boot: Mapping[str, list[tuple[int,
                one(f"completion + {k} bootstrapped demos", merge(fmt("completion"), demos(boot_k)), boot_rows,
                    "completion", "boot"),
                one(f"chat + {k} bootstrapped demos", merge(fmt("chat"), demos(boot_k)), boot_rows, "chat", "boot")]
+    if verbal():  # label words (Compile(verbalize=...)): alone, then with the levers that lead on labels
+        singles.append(one("verbalized labels, zero-shot", verbal(), set(), "verbal"))
+        combos[:0] = [one(f"json + {k} nearest demos + verbalized labels", merge(fmt("json"), near, verbal()),
+                          set(), "json", "knn", "verbal"),
+                      one(f"{k} nearest demos + verbalized labels", merge(near, verbal()), set(), "knn", "verbal"),
+                      one(f"json + {k} nearest demos + verbalized labels + signature instruction",
+                          merge(fmt("json"), near, verbal(), verbal_instr()), set(), "json", "knn", "verbal", "instr")]
     # model choice: every node on each other model of the context, then (several model nodes)
     # one node at a time -- single levers, screened early, since a user who lists models wants
     # them compared
@@ -285,6 +305,33 @@ def compile_specs(opt: Any, program: Program, boot: Mapping[str, list[tuple[int,
             continue
         seen.add(h)
         out.append(Spec(label, params, frozenset(used), prog, _per_row(prog), levers=levers))
+    return out
+
+
+def verbalizers(opt: Any, mods: Mapping[str, Any]) -> dict[str, dict[Any, str]]:
+    """The label words the compile tries, by node (``opt.verbalize``): ``True`` -- for each node
+    with one Literal/Enum output whose labels read as identifiers, :func:`plain_words`; a mapping
+    -- the user's words for the nodes it names (``{node: {label: word}}``); else none. Nodes that
+    already show words keep them."""
+    how = getattr(opt, "verbalize", False)
+    out: dict[str, dict[Any, str]] = {}
+    unknown = [n for n in how if n not in mods] if isinstance(how, Mapping) else []
+    if unknown:
+        raise DefinitionError(f"Compile(verbalize=...) names node {unknown[0]!r}, which has no tunable module",
+                              fix=f"nodes: {', '.join(mods) or 'none'}; e.g. verbalize={{'classify': {{'pos': "
+                                  "'positive'}}}}, or verbalize=True for plain words from identifier labels.")
+    for n, m in mods.items():
+        if "verbalizer" not in m.tunable or m.verbalizer:
+            continue
+        if isinstance(how, Mapping):
+            if n in how:
+                normalise_verbalizer(how[n], m.signature, node=n)  # bad words fail here, before any call
+                out[n] = dict(how[n])
+        elif how:
+            field = label_field(m.signature)
+            words = plain_words(literal_options(field.annotation) or ()) if field is not None else {}
+            if words:
+                out[n] = words
     return out
 
 
@@ -328,4 +375,4 @@ def redraws(ranked: Sequence[Spec], program: Program, boot: Mapping[str, list[tu
 
 
 __all__ = ["DRAWN_LEVERS", "Spec", "backend_scores", "balanced", "compile_specs", "redraws", "signature_instruction",
-           "tunable_modules"]
+           "tunable_modules", "verbalizers"]
