@@ -30,7 +30,9 @@ sys.path.insert(0, str(HERE))
 
 import lmgraph as lg  # noqa: E402
 from lmgraph.evaluation import evaluate_sync, paired_bootstrap  # noqa: E402
+from lmgraph.modules.verbalizer import Verbalizer, normalise_verbalizer, plain_words  # noqa: E402
 from lmgraph.optimizers.auto import balanced, signature_instruction  # noqa: E402
+from lmgraph.signatures import literal_options  # noqa: E402
 
 from tasks import Sizes, load  # noqa: E402
 
@@ -43,7 +45,8 @@ def dev_rows(task, seed: int, sizes: Sizes, n: int) -> list[dict]:
     return [r for r in everything if json.dumps(r, sort_keys=True, default=str) not in used][:n]
 
 
-def grid(program: lg.Program, pool: list[dict], k: int, seed: int) -> list[tuple[str, lg.Program]]:
+def grid(program: lg.Program, pool: list[dict], k: int, seed: int, *,
+         verbalize: bool = False) -> list[tuple[str, lg.Program]]:
     node = program.order[0]
     m = program.module(node)
     sig = m.signature
@@ -64,6 +67,12 @@ def grid(program: lg.Program, pool: list[dict], k: int, seed: int) -> list[tuple
                         params["decode"] = dec
                     label = f"{dec}/{fmt}, {demo_label}{ins_label}"
                     out.append((label, params))
+                    words = plain_words(literal_options(sig.outputs[0].annotation) or ()) if verbalize else {}
+                    if words:  # the same configuration with the labels shown as plain words
+                        if ins:
+                            verbal_sig = Verbalizer.of(normalise_verbalizer(words, sig), sig).signature(sig)
+                            params = {**params, "instructions": signature_instruction(verbal_sig)}
+                        out.append((f"{label} + plain-word labels", {**params, "verbalizer": words}))
     progs = []
     for label, params in out:
         try:
@@ -83,6 +92,8 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=4)
     ap.add_argument("--only", default="",
                     help="substrings separated by |: run only the configurations whose name contains one")
+    ap.add_argument("--verbalize", action="store_true",
+                    help="add each configuration with the labels shown as plain words (identifier labels only)")
     args = ap.parse_args()
 
     task = load(args.task)
@@ -96,7 +107,7 @@ def main() -> None:
         return task.score(ex, dict(pred))
 
     results, zero = [], None
-    configs = grid(program, train + val, args.k, args.seed)
+    configs = grid(program, train + val, args.k, args.seed, verbalize=args.verbalize)
     if args.only:
         keep = [s.strip() for s in args.only.split("|")]
         configs = [c for c in configs if c[0] == "zero-shot (as given)" or any(s in c[0] for s in keep)]
@@ -115,7 +126,7 @@ def main() -> None:
               + (f"  diff {row['diff']:+.3f} [{row['diff_ci'][0]:+.3f},{row['diff_ci'][1]:+.3f}]"
                  if "diff" in row else ""),
               flush=True)
-    tag = "" if args.pool == 100 else f"-pool{args.pool}"
+    tag = ("" if args.pool == 100 else f"-pool{args.pool}") + ("-verbalize" if args.verbalize else "")
     out = HERE / "results" / "levers" / f"{args.task}-{args.on}-seed{args.seed}{tag}"
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"task": args.task, "on": args.on, "seed": args.seed, "n": len(rows), "pool": len(train + val),
