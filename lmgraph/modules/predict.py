@@ -381,7 +381,7 @@ class Predict(GenerationSettings, Module):
             extra += f", {self.knn} nearest of {len(self.demo_pool)}"
         mode = f", {self.decode}" if self.decode in SCORING_DECODES else ""
         if self.verbalizer:
-            extra += f", {len(self.verbalizer)} labels verbalized"
+            extra += f", {len(self.verbalizer)} label{'s' if len(self.verbalizer) != 1 else ''} verbalized"
         return f"{type(self).__name__}[{self.format}{mode}{extra}]"
 
     def summary(self) -> list[str]:
