@@ -2,7 +2,7 @@
 compiled on the same seeded test rows, in process on the embedded model, per task and split seed.
 
     .venv/bin/python benchmarks/compile_default.py --tasks trec,sst2 --seeds 0,1,2 [--test 100]
-        [--rows 400] [--budget 800] [--name STEM] [--stratify]
+        [--rows 400] [--budget 800] [--name STEM] [--stratify] [--verbalize]
 
 For every (task, seed): the task's zero-shot program is scored on ``--test`` test rows, compiled
 with ``Compile()`` under ``--budget`` calls on ``--rows`` labelled rows (the task's train+val split;
@@ -17,7 +17,9 @@ each. The compile's report (every candidate raced, with its per-row scores, and 
 ``benchmarks/results/compile_default/reports/<task>-seed<seed>-rows<rows>-budget<budget>.json``.
 ``--stratify`` compiles with ``Compile(stratify=True)`` (the race's rows in an order as hard for the
 baseline as the whole search fold): its units carry ``"options": {"stratify": true}``, its reports and
-checkpoints a ``-stratified`` suffix, so they never mix with the default's.
+checkpoints a ``-stratified`` suffix, so they never mix with the default's. ``--verbalize`` likewise
+compiles with ``Compile(verbalize=True)`` (labels that read as identifiers also tried as plain
+words; ``"options": {"verbalize": true}``, suffix ``-verbalized``).
 """
 
 from __future__ import annotations
@@ -83,11 +85,12 @@ def unit(task_name: str, seed: int, args: argparse.Namespace) -> dict:
 
     zero = zero_shot(program, test, metric, ctx, zero_path(task_name, seed, len(test)))
     t0 = time.perf_counter()
-    stratify = getattr(args, "stratify", False)
-    suffix = option_suffix(stratify)
+    options = unit_options(args)
+    suffix = option_suffix(options)
     ckpt = checkpoint_path(task_name, seed, args.rows, args.budget, suffix)
-    compiled, report = Compile(checkpoint=ckpt, stratify=stratify).optimize(program, train, metric, valset=val,
-                                          budget=lg.Budget(max_calls=args.budget), seed=seed, ctx=ctx)
+    compiled, report = Compile(checkpoint=ckpt, **options).optimize(program, train, metric, valset=val,
+                                                                    budget=lg.Budget(max_calls=args.budget), seed=seed,
+                                                                    ctx=ctx)
     compile_s = time.perf_counter() - t0
     comp = evaluate_sync(compiled, test, metric, ctx=ctx, concurrency=4)
     pb = paired_bootstrap(zero.scores, comp.scores)
@@ -109,12 +112,17 @@ def unit(task_name: str, seed: int, args: argparse.Namespace) -> dict:
             # evaluations replayed from a checkpoint an earlier (killed) run of this unit left: the same
             # result and spend as one uninterrupted run; its compile_s is this run's time only
             "replayed_evaluations": report.runtime.get("replayed_evaluations", 0),
-            **({"options": {"stratify": True}} if stratify else {})}
+            **({"options": options} if options else {})}
 
 
-def option_suffix(stratify: bool) -> str:
+def unit_options(args: argparse.Namespace) -> dict[str, bool]:
+    """The non-default ``Compile`` options a unit is compiled with (none: the default compiler)."""
+    return {k: True for k in ("stratify", "verbalize") if getattr(args, k, False)}
+
+
+def option_suffix(options: dict[str, bool]) -> str:
     """What names the files of a unit compiled with non-default options (none for the default's)."""
-    return "-stratified" if stratify else ""
+    return ("-stratified" if options.get("stratify") else "") + ("-verbalized" if options.get("verbalize") else "")
 
 
 def report_path(task_name: str, seed: int, rows: int, budget: int, suffix: str = "") -> Path:
@@ -184,6 +192,8 @@ def main() -> None:
     ap.add_argument("--budget", type=int, default=800)
     ap.add_argument("--stratify", action="store_true",
                     help="compile with Compile(stratify=True): race rows as hard for the baseline as the fold")
+    ap.add_argument("--verbalize", action="store_true",
+                    help="compile with Compile(verbalize=True): identifier labels also tried as plain words")
     ap.add_argument("--name", default=None,
                     help="results file stem (default: the tasks joined by '-', then -test<n>-labelled)")
     args = ap.parse_args()
@@ -195,7 +205,7 @@ def main() -> None:
     jsonl = out.with_suffix(".jsonl")
     done = [json.loads(line) for line in jsonl.read_text().splitlines()] if jsonl.exists() else []
     command = "python benchmarks/compile_default.py " + " ".join(sys.argv[1:])
-    options = {"stratify": True} if args.stratify else {}
+    options = unit_options(args)
     for seed in seeds:
         for name in tasks:
             if any((u["task"], u["seed"], u["test_n"], u["rows"], u["budget"], u.get("options", {})) == (
@@ -205,7 +215,7 @@ def main() -> None:
             done.append(u)
             with jsonl.open("a") as f:
                 f.write(json.dumps(u) + "\n")
-            finished(name, seed, args.rows, args.budget, option_suffix(args.stratify))
+            finished(name, seed, args.rows, args.budget, option_suffix(options))
             drop_zero(name, seed, args.test)
             write_md(out.with_suffix(".md"), done, command)
             print(json.dumps(u), flush=True)
