@@ -311,8 +311,8 @@ def compile_specs(opt: Any, program: Program, boot: Mapping[str, list[tuple[int,
 def verbalizers(opt: Any, mods: Mapping[str, Any]) -> dict[str, dict[Any, str]]:
     """The label words the compile tries, by node (``opt.verbalize``): ``True`` -- for each node
     with one Literal/Enum output whose labels read as identifiers, :func:`plain_words`; a mapping
-    -- the user's words for the nodes it names (``{node: {label: word}}``); else none. Nodes that
-    already show words keep them."""
+    -- the user's words for the nodes it names (``{node: {label: word}}``); else none. With
+    ``True``, nodes that already have a verbalizer keep it."""
     how = getattr(opt, "verbalize", False)
     out: dict[str, dict[Any, str]] = {}
     unknown = [n for n in how if n not in mods] if isinstance(how, Mapping) else []
@@ -321,13 +321,16 @@ def verbalizers(opt: Any, mods: Mapping[str, Any]) -> dict[str, dict[Any, str]]:
                               fix=f"nodes: {', '.join(mods) or 'none'}; e.g. verbalize={{'classify': {{'pos': "
                                   "'positive'}}}}, or verbalize=True for plain words from identifier labels.")
     for n, m in mods.items():
-        if "verbalizer" not in m.tunable or m.verbalizer:
+        if "verbalizer" not in m.tunable:
+            if isinstance(how, Mapping) and n in how:
+                raise DefinitionError(f"Compile(verbalize=...) names node {n!r}, whose module has no label words "
+                                      "to set", node=n, fix="name Predict or ChainOfThought nodes.")
             continue
         if isinstance(how, Mapping):
             if n in how:
                 normalise_verbalizer(how[n], m.signature, node=n)  # bad words fail here, before any call
                 out[n] = dict(how[n])
-        elif how:
+        elif how and not m.verbalizer:
             field = label_field(m.signature)
             words = plain_words(literal_options(field.annotation) or ()) if field is not None else {}
             if words:
