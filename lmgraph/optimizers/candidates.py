@@ -278,6 +278,9 @@ def compile_specs(opt: Any, program: Program, boot: Mapping[str, list[tuple[int,
                       one(f"{k} nearest demos + verbalized labels", merge(near, verbal()), set(), "knn", "verbal"),
                       one(f"json + {k} nearest demos + verbalized labels + signature instruction",
                           merge(fmt("json"), near, verbal(), verbal_instr()), set(), "json", "knn", "verbal", "instr")]
+        if lead:  # scored continuations are the words too
+            combos.insert(2, one(f"{lead} + {k} nearest demos + verbalized labels", merge(decode(lead), near, verbal()),
+                                 set(), lead, "knn", "verbal"))
     # model choice: every node on each other model of the context, then (several model nodes)
     # one node at a time -- single levers, screened early, since a user who lists models wants
     # them compared
