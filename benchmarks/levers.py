@@ -106,7 +106,7 @@ def main() -> None:
     def metric(ex, pred, trace=None):  # noqa: ANN001, ANN202
         return task.score(ex, dict(pred))
 
-    results, zero = [], None
+    results, zero, scores = [], None, {}
     configs = grid(program, train + val, args.k, args.seed, verbalize=args.verbalize)
     if args.only:
         keep = [s.strip() for s in args.only.split("|")]
@@ -121,10 +121,17 @@ def main() -> None:
         else:
             pb = paired_bootstrap(zero, res.scores)
             row["diff"], row["diff_ci"] = pb["diff"], [pb["ci_low"], pb["ci_high"]]
+        scores[label] = res.scores
+        twin = label.removesuffix(" + plain-word labels")
+        if twin != label and twin in scores:  # the labels as words vs the same configuration without
+            pb = paired_bootstrap(scores[twin], res.scores)
+            row["vs_twin"], row["vs_twin_ci"] = pb["diff"], [pb["ci_low"], pb["ci_high"]]
         results.append(row)
         print(f"{label:<60} {res.mean:.3f} [{res.ci[0]:.3f},{res.ci[1]:.3f}]"
               + (f"  diff {row['diff']:+.3f} [{row['diff_ci'][0]:+.3f},{row['diff_ci'][1]:+.3f}]"
-                 if "diff" in row else ""),
+                 if "diff" in row else "")
+              + (f"  vs without {row['vs_twin']:+.3f} [{row['vs_twin_ci'][0]:+.3f},{row['vs_twin_ci'][1]:+.3f}]"
+                 if "vs_twin" in row else ""),
               flush=True)
     tag = ("" if args.pool == 100 else f"-pool{args.pool}") + ("-verbalize" if args.verbalize else "")
     out = HERE / "results" / "levers" / f"{args.task}-{args.on}-seed{args.seed}{tag}"
@@ -136,10 +143,15 @@ def main() -> None:
                      if args.on == "test" else "dev rows from the training file, outside the train/val split")}
     out.with_suffix(".json").write_text(json.dumps({**meta, "results": results}, indent=1))
     lines = [f"# Levers: {args.task}, {meta['note']}", "", f"`{meta['command']}` -- {meta['model']}, n={len(rows)}", "",
-             "| configuration | mean [95% CI] | vs zero-shot [95% CI] | calls |", "|---|---|---|---|"]
+             "| configuration | mean [95% CI] | vs zero-shot [95% CI] | calls |"
+             + (" vs the same without plain-word labels [95% CI] |" if args.verbalize else ""),
+             "|---|---|---|---|" + ("---|" if args.verbalize else "")]
     for r in results:
         d = f"{r['diff']:+.3f} [{r['diff_ci'][0]:+.3f}, {r['diff_ci'][1]:+.3f}]" if "diff" in r else "-"
-        lines.append(f"| {r['config']} | {r['mean']:.3f} [{r['ci'][0]:.3f}, {r['ci'][1]:.3f}] | {d} | {r['calls']} |")
+        t = f" {r['vs_twin']:+.3f} [{r['vs_twin_ci'][0]:+.3f}, {r['vs_twin_ci'][1]:+.3f}] |" if "vs_twin" in r else (
+            " - |" if args.verbalize else "")
+        mean = f"{r['mean']:.3f} [{r['ci'][0]:.3f}, {r['ci'][1]:.3f}]"
+        lines.append(f"| {r['config']} | {mean} | {d} | {r['calls']} |{t}")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print(f"wrote {out}.md")
 
