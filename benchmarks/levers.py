@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -138,7 +139,7 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"task": args.task, "on": args.on, "seed": args.seed, "n": len(rows), "pool": len(train + val),
             "k": args.k, "model": "SmolLM2-135M-Instruct Q4_1 (embedded, greedy)",
-            "command": "python benchmarks/levers.py " + " ".join(sys.argv[1:]),
+            "command": "python benchmarks/levers.py " + shlex.join(sys.argv[1:]),
             "note": ("ORACLE GRID on the test split: a diagnostic of the available headroom, never used for selection"
                      if args.on == "test" else "dev rows from the training file, outside the train/val split")}
     out.with_suffix(".json").write_text(json.dumps({**meta, "results": results}, indent=1))
