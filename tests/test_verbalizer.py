@@ -222,3 +222,21 @@ def test_preview_shows_the_words():
     prog = one_node(lg.Predict(SIG, verbalizer=WORDS))
     shown = str(prog.prompts(text="where is it"))
     assert "card arrival" in shown and "card_arrival" not in shown
+
+
+def test_compile_takes_enum_labels_in_the_users_words():
+    class Mood(enum.Enum):
+        NEG = "neg_mood"
+        POS = "pos_mood"
+
+    p = lg.Pipeline("enum")
+    x = p.input("text")
+    n = p.add(lg.Predict("text -> label: Mood", types={"Mood": Mood}), name="c", text=x)
+    p.output(label=n.label)
+    data = [{"text": f"t{i}", "label": "neg_mood" if i % 2 else "pos_mood"} for i in range(20)]
+    ctx = lg.RunContext(lm=FunctionLM(lambda r: "Label: negative"), cache=False)
+    opt = Compile(decodes=(), verbalize={"c": {Mood.NEG: "negative", Mood.POS: "positive"}})
+    assert opt.config()["verbalize"] == {"c": {"neg_mood": "negative", "pos_mood": "positive"}}
+    _, report = opt.optimize(p.build(), data, label_accuracy(), budget=lg.Budget(max_calls=200), ctx=ctx)
+    assert json.dumps(report.to_dict(timing=False))  # the config (and the checkpoint fingerprint) is JSON
+    assert any("verbalized labels" in c.label for c in report.candidates)

@@ -144,8 +144,8 @@ class Compile(Racing, Optimizer):
         self.stratify = bool(stratify)
         # label words as a lever (candidates.verbalizers): True -- labels that read as identifiers
         # shown as plain words; {node: {label: word}} -- the user's words; False: off
-        self.verbalize = ({n: dict(w) for n, w in verbalize.items()} if isinstance(verbalize, Mapping)
-                          else bool(verbalize))
+        self.verbalize = ({n: {getattr(k, "value", k): w for k, w in ws.items()} for n, ws in verbalize.items()}
+                          if isinstance(verbalize, Mapping) else bool(verbalize))  # Enum keys by their value
 
     def config(self) -> dict[str, Any]:
         return {"max_demos": self.max_demos, "confirm_fraction": self.confirm_fraction,
