@@ -240,3 +240,19 @@ def test_compile_takes_enum_labels_in_the_users_words():
     _, report = opt.optimize(p.build(), data, label_accuracy(), budget=lg.Budget(max_calls=200), ctx=ctx)
     assert json.dumps(report.to_dict(timing=False))  # the config (and the checkpoint fingerprint) is JSON
     assert any("verbalized labels" in c.label for c in report.candidates)
+
+
+def test_a_copy_with_other_words_shows_its_own_words():
+    seen = []
+
+    def fn(request):
+        seen.append(request_text(request))
+        return "Intent: lost card"
+
+    ctx = lg.RunContext(lm=FunctionLM(fn), cache=False)
+    prog = one_node(lg.Predict(SIG, verbalizer=WORDS))
+    assert prog.run_sync(ctx, text="x")["intent"] == "lost_or_stolen_card"
+    assert "one of: card arrival, lost card" in seen[-1]
+    other = prog.with_parameters({"classify.verbalizer": {"card_arrival": "arrival", "lost_or_stolen_card": "lost"}})
+    fn_answer = other.run_sync(lg.RunContext(lm=FunctionLM(lambda r: "Intent: lost"), cache=False), text="x")
+    assert fn_answer["intent"] == "lost_or_stolen_card"

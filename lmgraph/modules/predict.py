@@ -361,7 +361,11 @@ class Predict(GenerationSettings, Module):
             return await predict(call, sig, inputs, instructions=self.instructions, demos=demos,
                                  format=self.format, lm=self.lm, temperature=self.temperature,
                                  max_tokens=self.max_tokens, repair=self.repair, decode=self.decode, stream=True)
-        v = Verbalizer.of(self.verbalizer, sig)
+        cached = self.__dict__.get("_verbal")
+        if cached is None or cached[0] is not self.verbalizer:  # a copy with other words rebuilds it
+            cached = (self.verbalizer, Verbalizer.of(self.verbalizer, sig))
+            object.__setattr__(self, "_verbal", cached)  # a cache, not configuration
+        v = cached[1]
         out = await predict(call, v.signature(sig), inputs, instructions=self.instructions, demos=v.demos(demos),
                             format=self.format, lm=self.lm, temperature=self.temperature,
                             max_tokens=self.max_tokens, repair=self.repair, decode=self.decode, stream=True)

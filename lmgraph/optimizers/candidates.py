@@ -203,13 +203,15 @@ def compile_specs(opt: Any, program: Program, boot: Mapping[str, list[tuple[int,
                     out[n] = {"instructions": text}
         return out
 
+    words = verbalizers(opt, mods)
+
     def verbal() -> dict[str, dict[str, Any]]:
-        return {n: {"verbalizer": w} for n, w in verbalizers(opt, mods).items()}
+        return {n: {"verbalizer": w} for n, w in words.items()}
 
     def verbal_instr() -> dict[str, dict[str, Any]]:
         # the signature instruction names the options as the model sees them: the words
         out = {}
-        for n, w in verbalizers(opt, mods).items():
+        for n, w in words.items():
             if opt.instructions and "instructions" in mods[n].tunable:
                 v = Verbalizer.of(normalise_verbalizer(w, mods[n].signature), mods[n].signature)
                 out[n] = {"instructions": signature_instruction(v.signature(mods[n].signature))}
@@ -271,7 +273,7 @@ def compile_specs(opt: Any, program: Program, boot: Mapping[str, list[tuple[int,
                one(f"completion + {k} bootstrapped demos", merge(fmt("completion"), demos(boot_k)), boot_rows,
                    "completion", "boot"),
                one(f"chat + {k} bootstrapped demos", merge(fmt("chat"), demos(boot_k)), boot_rows, "chat", "boot")]
-    if verbal():  # label words (Compile(verbalize=...)): alone, then with the levers that lead on labels
+    if words:  # label words (Compile(verbalize=...)): alone, then with the levers that lead on labels
         singles.append(one("verbalized labels, zero-shot", verbal(), set(), "verbal"))
         combos[:0] = [one(f"json + {k} nearest demos + verbalized labels", merge(fmt("json"), near, verbal()),
                           set(), "json", "knn", "verbal"),
