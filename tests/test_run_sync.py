@@ -123,7 +123,12 @@ def test_a_failed_run_leaves_no_tasks_behind() -> None:
 def test_ctrl_c_while_run_sync_waits_inside_a_loop_stops_the_worker_run() -> None:
     """A notebook's interrupt reaches the waiting caller at once, and the worker's batch stops."""
     import _thread
+    import signal
 
+    # The precondition this test relies on: Ctrl-C raises KeyboardInterrupt in the main thread. A pytest
+    # started as a background job (`cmd &` in a non-interactive shell) inherits SIGINT *ignored*, and then
+    # interrupt_main() does nothing -- the batch ran to its end ("DID NOT RAISE"). Set Python's default.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     prog = qa()
     lm = FunctionLM(echo, latency_s=0.3)
     rows = [{"question": f"q{i}"} for i in range(40)]  # >= 6 s of model time: the interrupt lands mid-batch
@@ -140,6 +145,7 @@ def test_ctrl_c_while_run_sync_waits_inside_a_loop_stops_the_worker_run() -> Non
         waited = loop.run_until_complete(main())
     finally:
         loop.close()
+        signal.signal(signal.SIGINT, previous)
     made = len(lm.calls)
     time.sleep(0.5)
     assert waited < 3 and made < len(rows) and len(lm.calls) == made
