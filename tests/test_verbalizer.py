@@ -256,3 +256,93 @@ def test_a_copy_with_other_words_shows_its_own_words():
     other = prog.with_parameters({"classify.verbalizer": {"card_arrival": "arrival", "lost_or_stolen_card": "lost"}})
     fn_answer = other.run_sync(lg.RunContext(lm=FunctionLM(lambda r: "Intent: lost"), cache=False), text="x")
     assert fn_answer["intent"] == "lost_or_stolen_card"
+
+
+# ---- label words a proposer model writes (Compile(verbalize=True, proposer_lm=...))
+
+OPAQUE = {"good": "C1", "bad": "C2"}  # codes no identifier rule turns into words
+
+
+def opaque_program() -> lg.Program:
+    p = lg.Pipeline("opaque")
+    s = p.input("sentence")
+    node = p.add(lg.Predict("sentence -> label: Literal['C1', 'C2']", format="completion", max_tokens=4),
+                 name="classify", sentence=s)
+    p.output(label=node.label)
+    return p.build()
+
+
+def opaque_rows(n: int) -> list[dict]:
+    rng = random.Random(1)
+    return [{"sentence": f"a {w} film number {i}", "label": OPAQUE[w]}
+            for i, w in enumerate(rng.choice(sorted(OPAQUE)) for _ in range(n))]
+
+
+def reads_names_only(request):
+    """Right when the options are shown as 'pleasant'/'unpleasant'; with the codes, always C1."""
+    text = request_text(request)
+    sentence = re.findall(r"Sentence: (.*)", text)[-1]
+    listed = re.search(r"one of: (.*)", text).group(1)
+    if "unpleasant" in listed:
+        answer = "pleasant" if " good " in f" {sentence} " else "unpleasant"
+    else:
+        answer = "C1"
+    return f"Label: {answer}" if request.prompt is not None else answer
+
+
+def test_a_proposer_model_names_opaque_labels_and_the_compile_uses_its_words():
+    seen = []
+
+    def writer(request):
+        text = request_text(request)
+        seen.append(text)
+        names = "1. C1: pleasant\n2. C2: unpleasant."
+        return f"Names: {names}" if request.prompt is not None else names
+
+    assert plain_words(["C1", "C2"]) == {}  # without a proposer there is nothing to verbalize
+    ctx = lg.RunContext(lm=FunctionLM(reads_names_only), lms={"writer": FunctionLM(writer)}, cache=False)
+    opt = Compile(decodes=(), formats=("completion",), verbalize=True, proposer_lm="writer", num_proposals=0,
+                  models=())  # the writer is not raced as the task's model here
+    compiled, report = opt.optimize(opaque_program(), opaque_rows(60), label_accuracy(),
+                                    budget=lg.Budget(max_calls=700), ctx=ctx)
+    assert len(seen) == 1  # one call for the node's labels
+    assert "- C1" in seen[0] and "C1 <- Sentence: a good film" in seen[0] and "C2 <- Sentence: a bad film" in seen[0]
+    assert report.data["label_words"] == {"classify": {"C1": "pleasant", "C2": "unpleasant"}}
+    assert any("named 2 of 2 labels" in n for n in report.notes)
+    assert compiled.module("classify").verbalizer == ({"label": "C1", "word": "pleasant"},
+                                                      {"label": "C2", "word": "unpleasant"}), report.table()
+    assert report.best.status == "accepted"
+    # without verbalize=True the proposer writes no label words
+    seen.clear()
+    off = Compile(decodes=(), formats=("completion",), proposer_lm="writer", num_proposals=0, models=())
+    unchanged, rep = off.optimize(opaque_program(), opaque_rows(60), label_accuracy(),
+                                  budget=lg.Budget(max_calls=300), ctx=ctx)
+    assert not seen and "label_words" not in rep.data and not unchanged.module("classify").verbalizer
+
+
+def test_unusable_label_words_are_reported_and_leave_no_verbalized_candidate():
+    ctx = lg.RunContext(lm=FunctionLM(reads_names_only),
+                        lms={"writer": FunctionLM(lambda r: "Names: I cannot help with that.")}, cache=False)
+    opt = Compile(decodes=(), formats=("completion",), verbalize=True, proposer_lm="writer", num_proposals=0,
+                  models=())
+    _, report = opt.optimize(opaque_program(), opaque_rows(30), label_accuracy(),
+                             budget=lg.Budget(max_calls=200), ctx=ctx)
+    assert any("label words were unusable" in n for n in report.notes)
+    assert not any("verbalized" in c.label for c in report.candidates)
+
+
+def test_parse_label_words_keeps_a_valid_verbalizer():
+    from lmgraph.optimizers.proposals import parse_label_words
+    from lmgraph.signatures import Signature
+
+    sig = Signature.parse("text -> intent: Literal['card_arrival', 'lost_or_stolen_card', 'top_up', 'C4']")
+    text = ("Here are the names:\n"
+            "- card_arrival: `card arrival`\n"
+            "* lost or stolen card -> lost card.\n"
+            "3) top_up: lost card\n"                       # a name another label has: dropped
+            "C4: C4\n"                                    # its own label: nothing to show
+            "unknown: whatever\n"                          # not a label
+            "card_arrival: a second name\n"                # a label named twice: the first stands
+            "top_up = " + "a very long sentence that explains what topping up the card means in detail")
+    assert parse_label_words(text, sig) == {"card_arrival": "card arrival", "lost_or_stolen_card": "lost card"}
+    assert parse_label_words(None, sig) == {} and parse_label_words("no lines here", sig) == {}

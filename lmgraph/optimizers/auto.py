@@ -56,7 +56,7 @@ from ..evaluation.metrics import Metric
 from ..lm.wrappers import Budget
 from ..modules.predict import SCORING_DECODES
 from ..pipeline.program import Program, _run_sync
-from . import selection
+from . import proposals, selection
 from .base import CostEstimate, Optimizer, check_budget_covers_baseline, check_rows
 from .candidates import (
     Spec,
@@ -70,8 +70,8 @@ from .candidates import (
     verbalizers,
 )
 from .evaluator import unparsed_rows
-from .fewshot import _demo_sig, demo_nodes, labeled_demos, labeled_demos_computed, labeled_demos_traced
-from .instructions import check_proposer, propose_instructions
+from .fewshot import demo_nodes, labeled_demos, labeled_demos_computed, labeled_demos_traced
+from .instructions import check_proposer
 from .params import demo_param, example_demos
 from .racing import Racing
 from .report import Report
@@ -247,6 +247,7 @@ class Compile(Racing, Optimizer):
             check_rows(program, trainset, "trainset")
             self._model_names(ctx)  # names the context lacks fail before any model call
             check_proposer(ctx, self.proposer_lm)
+            self._proposed_words: dict[str, dict[Any, str]] = {}  # a proposer's label words: written in search
             verbalizers(self, tunable_modules(program))  # label words the user gave are checked here
             rows = self._pool(trainset, valset)
             scored, pool_only = self.scored_split(program, rows, budget, seed)
@@ -298,8 +299,13 @@ class Compile(Racing, Optimizer):
         # nodes whose inputs a model node computes: the inputs the baseline's run gave them, the labels
         labelled.update(labeled_demos_traced(base_prog, [(i, base_entry["examples"][i], rows[i]) for i in search_idx],
                                              self.label_map, skip=list(labelled)))
+        self._proposed_words = (await proposals.label_words(session, base_prog, labelled,
+                                                            proposer_lm=self.proposer_lm)
+                                if self.verbalize is True else {})  # words a proposer model wrote for labels
         specs = self._specs(base_prog, boot, labelled, getattr(self, "_ctx_hint", None), session.rng)
-        specs[2:2] = await self._proposed(session, base_prog, labelled or boot)
+        specs[2:2] = await proposals.instruction_specs(session, base_prog, labelled or boot,
+                                                       proposer_lm=self.proposer_lm,
+                                                       num_proposals=self.num_proposals, max_demos=self.max_demos)
         if not specs:
             report.notes.append("nothing to search: no node has tunable demos, format, decoding or instructions")
             return
@@ -498,35 +504,6 @@ class Compile(Racing, Optimizer):
         if any(p[0].startswith("model ") or " on model " in p[0] for p in points[1:]):
             session.report.notes.append("score / cost front (tokens per row): " + "; ".join(
                 f"{p[0]}: {p[1]:.3f} at {p[3]:.0f} tokens" for p in front))
-
-    async def _proposed(self, session: CompileSession, program: Program,
-                        pool: Mapping[str, list[tuple[int, Demo]]]) -> list[Spec]:
-        """Candidates with instructions a proposer model wrote from search-row examples (APE)."""
-        if self.proposer_lm is None or not self.num_proposals:
-            return []
-        out: list[Spec] = []
-        mods = tunable_modules(program)
-        for node, items in pool.items():
-            m = mods.get(node)
-            if m is None or "instructions" not in m.tunable or not items:
-                continue
-            session.reporter.phase(f"{node}: a proposer model writes instructions")
-            examples = [d for _, d in items[:2 * self.max_demos]]
-            try:
-                texts = await propose_instructions(session, _demo_sig(program, node), examples, self.num_proposals,
-                                                   proposer_lm=self.proposer_lm, exclude=[m.instructions])
-            except BudgetStop:
-                break
-            for i, text in enumerate(texts, 1):
-                params = {node: {"instructions": text}}
-                try:
-                    prog = program.with_parameters({f"{node}.instructions": text})
-                except DefinitionError:
-                    continue
-                used = frozenset(r for r, _ in items[:2 * self.max_demos])  # the proposer saw these rows
-                out.append(Spec(f"{node}: proposed instruction {i} ({text[:40]!r})", params, used, prog,
-                                _per_row(prog)))
-        return out
 
     # ---- pieces
     def _pools(self, program: Program, entry: Mapping[str, Any], search_idx: Sequence[int],

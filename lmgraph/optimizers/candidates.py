@@ -317,8 +317,10 @@ def verbalizers(opt: Any, mods: Mapping[str, Any]) -> dict[str, dict[Any, str]]:
     """The label words the compile tries, by node (``opt.verbalize``): ``True`` -- for each node
     with one Literal/Enum output whose labels read as identifiers, :func:`plain_words`; a mapping
     -- the user's words for the nodes it names (``{node: {label: word}}``); else none. With
-    ``True``, nodes that already have a verbalizer keep it."""
+    ``True``, nodes that already have a verbalizer keep it, and the words a proposer model wrote
+    for a node (``opt._proposed_words``, see :mod:`.proposals`) stand in for its plain words."""
     how = getattr(opt, "verbalize", False)
+    proposed: Mapping[str, dict[Any, str]] = getattr(opt, "_proposed_words", None) or {}
     out: dict[str, dict[Any, str]] = {}
     unknown = [n for n in how if n not in mods] if isinstance(how, Mapping) else []
     if unknown:
@@ -338,6 +340,7 @@ def verbalizers(opt: Any, mods: Mapping[str, Any]) -> dict[str, dict[Any, str]]:
         elif how and not m.verbalizer:
             field = label_field(m.signature)
             words = plain_words(literal_options(field.annotation) or ()) if field is not None else {}
+            words = proposed.get(n) or words  # a proposer model's names stand in for the plain words
             if words:
                 out[n] = words
     return out
