@@ -405,6 +405,16 @@ def test_model_choice_reports_the_score_cost_front_and_picks_the_better_model():
     labels = [p["label"] for p in front]
     assert labels[0].startswith("baseline") and any("model big" in lab for lab in labels)
     assert front[0]["tokens_per_row"] < front[-1]["tokens_per_row"] and front[0]["score"] < front[-1]["score"]
+    # Report.front(): the same points, the chosen one marked, each with its program to take instead
+    points = report.front()
+    assert [p["label"] for p in points] == labels
+    chosen = [p for p in points if p["chosen"]]
+    assert len(chosen) == 1 and report.best.label == chosen[0]["label"] + " (confirmed)"
+    assert chosen[0]["program"].module("classify").lm == "big"
+    cheapest = points[0]["program"]
+    assert cheapest.module("classify").lm != "big"  # the program as given: the cheaper point
+    assert cheapest.run_sync(ctx, sentence="a fine film").label == "positive"
+    assert "programs" not in report.to_dict() and all("program" not in p for p in report.data["pareto"])
     with pytest.raises(lg.DefinitionError, match="lacks"):
         Compile(models=("huge",)).optimize(program(), rows(20), label_accuracy(), ctx=ctx)
 

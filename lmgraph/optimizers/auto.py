@@ -498,6 +498,8 @@ class Compile(Racing, Optimizer):
         front = [p for p in points if not any(q[1] >= p[1] and q[3] <= p[3] and (q[1] > p[1] or q[3] < p[3])
                                               for q in points)]
         front.sort(key=lambda p: p[3])
+        programs = {s.label: s.program for s in tried}
+        session.report.programs = {p[0]: programs.get(p[0], session.incumbent) for p in front}  # Report.front()
         session.report.data["pareto"] = [
             {"label": p[0], "score": round(p[1], 4), "calls_per_row": round(p[2], 3),
              "tokens_per_row": round(p[3], 1), "dollars_per_row": round(p[4], 8)} for p in front]

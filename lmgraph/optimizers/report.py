@@ -105,6 +105,20 @@ class Report:
     # rows that got no answer and were re-run, re-run passes, rows still without one when a compile
     # stopped, and requests that reached the provider (retries included; spent["calls"] is logical)
     faults: dict[str, int] = field(default_factory=dict)
+    # the programs of the score/cost front's points (``data["pareto"]``) by label: in memory only,
+    # in the session that compiled them (not in ``to_dict``, not in the artifact) -- see :meth:`front`
+    programs: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    def front(self) -> list[dict[str, Any]]:
+        """The score/cost front the default compiler recorded (``data["pareto"]``: the program as
+        given and every raced candidate that no other beats on both score and tokens per row, cheapest
+        first; ``[]`` for optimizers that record none). Each point also says whether it is the program
+        the compile returned (``chosen``; a confirmed candidate is its raced point) and holds its
+        ``program`` -- to take a cheaper point than the chosen one -- while the report is the one the
+        compile returned (``None`` for a report read back from a file)."""
+        best = self.best.label.removesuffix(" (confirmed)") if self.candidates else None
+        return [{**p, "chosen": p["label"] == best, "program": self.programs.get(p["label"])}
+                for p in self.data.get("pareto", [])]
 
     def add_stopped(self, why: str) -> None:
         """Record that the search was cut short (several reasons join with '; ')."""
