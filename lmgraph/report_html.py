@@ -144,7 +144,7 @@ def render(source: str | Path | tuple[Program, Report | Mapping[str, Any]], *,
     after, notes = _previews(program, lm)
     before, notes_before = _previews(base, lm)
     sections = [_summary(program, rep, origin), _graph_section(program), _plot_section(rep),
-                _candidates_section(rep), _path_section(rep), _changes_section(program, base, rep),
+                _candidates_section(rep), _front_section(rep), _path_section(rep), _changes_section(program, base, rep),
                 _prompts_section(after, before, [*notes_before, *notes]), _usage_section(program, after, before, rep),
                 _winloss_section(rep)]
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
@@ -249,6 +249,24 @@ def _candidates_section(rep: Mapping[str, Any]) -> str:
             "<th>id</th><th>status</th><th>label</th><th>rows</th><th>score</th><th>95% CI</th><th>calls</th>"
             f"<th>tokens</th><th title=\"share of its scored rows whose reply could not be read (scored as wrong)\">"
             f"unread</th><th>why</th></tr></thead><tbody>{''.join(rows)}</tbody></table></section>")
+
+
+def _front_section(rep: Mapping[str, Any]) -> str:
+    """The default compiler's score/cost front (``data["pareto"]``), the chosen point shaded."""
+    points = (rep.get("data") or {}).get("pareto") or []
+    if len(points) < 2:
+        return ""
+    best = next((c["label"] for c in rep.get("candidates") or [] if c["id"] == rep.get("best_id")), "")
+    best = best.removesuffix(" (confirmed)")
+    rows = "".join(
+        f'<tr class="{"best" if p["label"] == best else ""}"><td>{_e(p["label"])}</td>{_num(p["score"])}'
+        f'{_num(p.get("calls_per_row", 0), "{:.2f}")}{_num(p.get("tokens_per_row", 0), "{:.0f}")}'
+        f'{_num(p.get("dollars_per_row", 0), "{:.6f}")}</tr>' for p in points)
+    return ('<section id="front"><h2>Score against cost</h2><p class="muted">The program as given and every raced '
+            "candidate that no other beats on both search-row score and tokens per row, cheapest first; shaded: "
+            "the point of the program chosen (<code>report.front()</code> holds each point's program).</p>"
+            '<table class="sortable"><thead><tr><th>candidate</th><th>score</th><th>calls / row</th>'
+            f"<th>tokens / row</th><th>dollars / row</th></tr></thead><tbody>{rows}</tbody></table></section>")
 
 
 def _unread(c: Mapping[str, Any]) -> str:

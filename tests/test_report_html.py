@@ -94,6 +94,19 @@ def test_page_from_a_program_and_report(compiled):
     assert f'data-v="{u["requests"]}"' in usage and f'data-v="{u["prompt_tokens"]}"' in usage
 
 
+def test_page_shows_the_score_cost_front_with_the_chosen_point(compiled):
+    _, out, rep, art, *_ = compiled
+    points = rep.front()
+    assert len(points) >= 2 and sum(p["chosen"] for p in points) <= 1
+    for page in (report_html.render((out, rep)), report_html.render(art)):  # in memory, and from the file
+        front = _section(page, "front")
+        assert all(f"<td>{p['label']}</td>" in front for p in points)
+        shaded = re.findall(r'<tr class="best"><td>(.*?)</td>', front)
+        assert shaded == [p["label"] for p in points if p["chosen"]]
+    one = {**rep.to_dict(), "data": {**rep.data, "pareto": rep.data["pareto"][:1]}}
+    assert 'id="front"' not in report_html.render((out, one))  # one point is no front
+
+
 def test_win_loss_counts_on_shared_rows(compiled):
     _, out, rep, *_ = compiled
     page = report_html.render((out, rep))
