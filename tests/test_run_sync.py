@@ -4,8 +4,10 @@ started is cancelled and awaited before it returns or raises -- nothing leaks in
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 import time
+import warnings
 
 import pytest
 
@@ -149,4 +151,43 @@ def test_ctrl_c_while_run_sync_waits_inside_a_loop_stops_the_worker_run() -> Non
     made = len(lm.calls)
     time.sleep(0.5)
     assert waited < 3 and made < len(rows) and len(lm.calls) == made
+    assert not [t for t in threading.enumerate() if t.name == "lmgraph-run-sync"]
+
+
+@pytest.mark.parametrize("started", [True, False])
+def test_ctrl_c_while_the_worker_starts_stops_it_or_never_runs_it(monkeypatch, started):
+    """A Ctrl-C that lands inside Thread.start() -- after the worker thread exists, or before --
+    is raised to the caller, and no batch goes on in the background."""
+    prog = qa()
+    lm = FunctionLM(echo, latency_s=0.3)
+    rows = [{"question": f"q{i}"} for i in range(40)]
+    real_start = threading.Thread.start
+
+    def start(self):
+        if self.name == "lmgraph-run-sync":
+            if started:
+                real_start(self)
+            raise KeyboardInterrupt
+        real_start(self)
+
+    monkeypatch.setattr(threading.Thread, "start", start)
+
+    async def main() -> None:
+        with pytest.raises(KeyboardInterrupt):
+            prog.batch_sync(rows, ctx=ctx(lm), concurrency=2)
+
+    loop = asyncio.new_event_loop()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            t0 = time.perf_counter()
+            loop.run_until_complete(main())
+            waited = time.perf_counter() - t0
+        finally:
+            loop.close()
+        gc.collect()
+    assert not [w for w in caught if "never awaited" in str(w.message)]  # a batch never started is closed
+    made = len(lm.calls)
+    time.sleep(0.7)
+    assert waited < 4 and made < len(rows) and len(lm.calls) == made
     assert not [t for t in threading.enumerate() if t.name == "lmgraph-run-sync"]

@@ -104,12 +104,15 @@ def _run_in_worker(coro: Coroutine[Any, Any, _T]) -> _T:
 
     thread = threading.Thread(target=contextvars.copy_context().run, args=(work,),
                               name="lmgraph-run-sync", daemon=True)
-    thread.start()
     try:
+        thread.start()  # inside the try: a Ctrl-C while it starts the worker must stop the worker too
         while thread.is_alive():  # a timed wait: a pending Ctrl-C is raised here, not after the run
             thread.join(0.1)
     except BaseException:  # Ctrl-C in the caller: stop the worker's run too, then re-raise
-        ready.wait()
+        # the worker sets `ready` first thing; not set after a while: it was never started
+        if not ready.wait(_WORKER_START_S):
+            coro.close()
+            raise
         try:
             box["loop"].call_soon_threadsafe(_cancel_all, box["loop"])
         except RuntimeError:  # the loop has just closed: the run is over
@@ -120,6 +123,10 @@ def _run_in_worker(coro: Coroutine[Any, Any, _T]) -> _T:
         raise box["error"]
     result: _T = box["result"]
     return result
+
+
+#: how long an interrupted caller waits for a worker it may have started to come up (see _run_in_worker)
+_WORKER_START_S = 2.0
 
 
 def _cancel_all(loop: asyncio.AbstractEventLoop) -> None:
