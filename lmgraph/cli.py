@@ -115,13 +115,32 @@ def make_ctx(args: argparse.Namespace, **kw: Any) -> Any:
 
     json_mode = getattr(args, "json_mode", "auto")
     lm = make_lm(args.model) if json_mode == "auto" else make_lm(args.model, json_mode=json_mode)
+    lms = {name: make_lm(spec) if json_mode == "auto" else make_lm(spec, json_mode=json_mode)
+           for name, spec in named_models(args).items()}
     if getattr(args, "trace", None) and "tracer" not in kw:  # --trace FILE: one JSON line per run
         if getattr(args, "_traces", None) is None:
             from .observe import JsonlTraces
 
             args._traces = JsonlTraces(args.trace, mode="w", content=getattr(args, "trace_content", False))
         kw["tracer"] = args._traces
-    return RunContext(lm=lm, cache=not args.no_cache, max_concurrency=args.concurrency, **kw)
+    return RunContext(lm=lm, lms=lms, cache=not args.no_cache, max_concurrency=args.concurrency, **kw)
+
+
+def named_models(args: argparse.Namespace) -> dict[str, str]:
+    """``--lm NAME=MODEL`` options as ``{name: model spec}``; a malformed or repeated one fails here,
+    before any model is built."""
+    out: dict[str, str] = {}
+    for item in getattr(args, "lm", None) or []:
+        name, sep, spec = item.partition("=")
+        name, spec = name.strip(), spec.strip()
+        if not sep or not name or not spec:
+            raise DefinitionError(f"--lm {_shown(item)!r} is not NAME=MODEL",
+                                  fix="e.g. --lm big=litellm:gpt-4o-mini or --lm local=gguf:/models/m.gguf "
+                                      "(MODEL as for --model).")
+        if name in out:
+            raise DefinitionError(f"--lm names {name!r} twice", fix="give each model its own name.")
+        out[name] = spec
+    return out
 
 
 def _progress(args: argparse.Namespace) -> bool:
@@ -168,6 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how an HTTP model takes a JSON schema: auto (default: negotiate with the server), "
                         "json_schema (OpenAI, vLLM, Ollama), json_object (llama-cpp-python's server), "
                         "none (schema in the prompt)")
+    g.add_argument("--lm", action="append", default=[], metavar="NAME=MODEL",
+                   help="another model by name (MODEL as for --model; repeatable): nodes saved with lm=NAME "
+                        "run on it, and compile races it per node (see compile --models)")
     g.add_argument("--no-cache", action="store_true", help="disable the on-disk call cache")
     g.add_argument("--concurrency", type=_pos_int, default=8, help="concurrent examples / model calls (8)")
     model.add_argument("--quiet", action="store_true",
@@ -222,6 +244,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-gain", type=float, metavar="GAIN",
                    help="--optimizer compile only: keep the program as given unless the chosen change is "
                         "expected to gain at least GAIN of the metric (default 0: any expected gain)")
+    p.add_argument("--models", default="auto", metavar="auto|none|NAME[,NAME...]",
+                   help="--optimizer compile only: which --lm models to race per node (default auto: all of them)")
+    p.add_argument("--proposer", metavar="NAME",
+                   help="--optimizer compile only: an --lm model that writes instruction candidates (and, with "
+                        "--verbalize, names for the labels); a small task model writes nonsense, so none by default")
+    p.add_argument("--verbalize", action="store_true",
+                   help="--optimizer compile only: also try label outputs' options shown as words (identifier "
+                        "labels as plain words; with --proposer, the names it writes)")
+    p.add_argument("--stratify", action="store_true",
+                   help="--optimizer compile only: race the search rows in an order whose every prefix is as hard "
+                        "for the program as given as the whole search fold")
     p.add_argument("--dry-run", action="store_true",
                    help="print the cost estimate and exit (within --max-calls: which phases the budget cuts)")
     p.add_argument("--out", metavar="ARTIFACT.json", help="where to write the compiled artifact")

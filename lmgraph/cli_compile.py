@@ -25,12 +25,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
     program = cli.load_program(args.program)
     train = read_jsonl(args.train)
     val = read_jsonl(args.val) if args.val else None
-    extra: dict[str, Any] = {}
-    if args.min_gain is not None:
-        if args.optimizer != "compile":
-            raise DefinitionError(f"--min-gain applies to --optimizer compile, not {args.optimizer}",
-                                  fix="drop --min-gain, or use --optimizer compile (the default).")
-        extra["min_gain"] = args.min_gain
+    extra = compiler_options(args)
     opt = getattr(optimizers, OPTIMIZERS[args.optimizer])(checkpoint=args.checkpoint,
                                                           concurrency=args.concurrency,
                                                           early_stop=not args.no_early_stop,
@@ -53,6 +48,43 @@ def cmd_compile(args: argparse.Namespace) -> int:
                                      encoding="utf-8")
         print(f"report: {args.report}")
     return 0
+
+
+def compiler_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The options only the default compiler takes (``--min-gain``, ``--models``, ``--proposer``,
+    ``--verbalize``, ``--stratify``) as its keyword arguments; given to another optimizer, or naming a
+    model no ``--lm`` names, they fail here, before any model is built."""
+    given = {"--min-gain": args.min_gain is not None, "--models": args.models != "auto",
+             "--proposer": args.proposer is not None, "--verbalize": args.verbalize, "--stratify": args.stratify}
+    if args.optimizer != "compile":
+        flag = next((f for f, on in given.items() if on), None)
+        if flag:
+            raise DefinitionError(f"{flag} applies to --optimizer compile, not {args.optimizer}",
+                                  fix=f"drop {flag}, or use --optimizer compile (the default).")
+        return {}
+    names = list(cli.named_models(args))
+    out: dict[str, Any] = {}
+    if args.min_gain is not None:
+        out["min_gain"] = args.min_gain
+    if args.models != "auto":
+        race = [] if args.models == "none" else [m.strip() for m in args.models.split(",") if m.strip()]
+        unknown = [m for m in race if m not in names]
+        if unknown or (args.models != "none" and not race):
+            raise DefinitionError(f"--models {args.models!r} names {unknown[0] if unknown else 'no model'!r}, "
+                                  "which no --lm names",
+                                  fix=f"name models given with --lm NAME=MODEL (given: {', '.join(names) or 'none'}),"
+                                      " or --models auto / none.")
+        out["models"] = tuple(race)
+    if args.proposer is not None:
+        if args.proposer not in names:
+            raise DefinitionError(f"--proposer {args.proposer!r} is not a model given with --lm",
+                                  fix=f"add --lm {args.proposer}=MODEL (given: {', '.join(names) or 'none'}).")
+        out["proposer_lm"] = args.proposer
+    if args.verbalize:
+        out["verbalize"] = True
+    if args.stratify:
+        out["stratify"] = True
+    return out
 
 
 def dry_run_text(name: str, opt: Any, program: Any, train: list[dict[str, Any]], val: list[dict[str, Any]] | None,

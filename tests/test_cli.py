@@ -217,3 +217,61 @@ def test_compile_no_early_stop_is_passed_to_the_optimizer(prog_path, fake, tmp_p
                          "--out", str(tmp_path / "a.json"), *flag]) == 0
         assert json.loads(rep.read_text())["config"]["early_stop"] is expected
     capsys.readouterr()
+
+
+def test_named_models_reach_the_context_and_the_compiler(prog_path, fake, tmp_path, capsys) -> None:  # noqa: ANN001
+    rows = sentiment_rows(40)
+    train = write_jsonl(tmp_path / "train.jsonl", rows)
+    rep = tmp_path / "report.json"
+    assert cli.main(["compile", prog_path, "--train", train, "--metric", "accuracy:label:label", "--no-cache",
+                     "--max-calls", "400", "--lm", "big=openai:http://127.0.0.1:9/v1", "--lm", "writer=litellm:x",
+                     "--proposer", "writer", "--verbalize", "--stratify", "--report", str(rep),
+                     "--out", str(tmp_path / "a.json")]) == 0
+    assert fake == ["embedded", "openai:http://127.0.0.1:9/v1", "litellm:x"]  # --model, then each --lm
+    report = json.loads(rep.read_text())
+    config = report["config"]
+    assert config["proposer_lm"] == "writer" and config["verbalize"] is True and config["stratify"] is True
+    raced = [c["label"] for c in report["candidates"]]
+    assert any(lab == "model big" for lab in raced) and not any("writer" in lab for lab in raced)  # not the proposer
+    capsys.readouterr()
+    # --models picks which to race; none races none
+    assert cli.main(["compile", prog_path, "--train", train, "--metric", "accuracy:label:label", "--no-cache",
+                     "--max-calls", "300", "--lm", "big=litellm:y", "--models", "none", "--report", str(rep),
+                     "--out", str(tmp_path / "b.json")]) == 0
+    assert not any(c["label"].startswith("model ") for c in json.loads(rep.read_text())["candidates"])
+    assert json.loads(rep.read_text())["config"]["models"] == []
+
+
+@pytest.mark.parametrize(("argv", "says"), [
+    (["--lm", "big"], "is not NAME=MODEL"),
+    (["--lm", "a=litellm:x", "--lm", "a=litellm:y"], "names 'a' twice"),
+    (["--proposer", "nope"], "--proposer 'nope' is not a model given with --lm"),
+    (["--lm", "a=litellm:x", "--models", "a,b"], "names 'b', which no --lm names"),
+    (["--optimizer", "labeled", "--verbalize"], "--verbalize applies to --optimizer compile"),
+    (["--optimizer", "bootstrap", "--lm", "a=litellm:x", "--proposer", "a"], "--proposer applies to"),
+])
+def test_bad_model_options_fail_before_any_model_is_built(prog_path, fake, tmp_path, capsys, argv, says) -> None:  # noqa: ANN001
+    train = write_jsonl(tmp_path / "train.jsonl", sentiment_rows(20))
+    assert cli.main(["compile", prog_path, "--train", train, "--metric", "accuracy:label:label",
+                     "--out", str(tmp_path / "a.json"), *argv]) == 2
+    err = capsys.readouterr().err
+    assert says in err and "fix" in err.lower()
+    assert fake == []
+
+
+def test_run_binds_a_node_saved_with_a_named_model(tmp_path, monkeypatch, capsys) -> None:  # noqa: ANN001
+    built: dict[str, FunctionLM] = {}
+
+    def make_lm(spec: str) -> FunctionLM:
+        built[spec] = FunctionLM(lambda r, s=spec: "Label: negative" if s == "litellm:big" else "Label: positive")
+        return built[spec]
+
+    monkeypatch.setattr(cli, "make_lm", make_lm)
+    p = lg.Pipeline("named")
+    s = p.input("sentence")
+    n = p.add(lg.Predict("sentence -> label: Literal['negative', 'positive']", lm="big"), name="clf", sentence=s)
+    p.output(label=n.label)
+    path = str(p.build().save(tmp_path / "named.json"))
+    assert cli.main(["run", path, "--input", "sentence=x", "--no-cache", "--lm", "big=litellm:big"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"label": "negative"}  # the node ran on 'big'
+    assert len(built["litellm:big"].calls) == 1 and not built["embedded"].calls

@@ -14,9 +14,10 @@ optimizers in three ways.
   (completion, chat, grammar-constrained JSON), bootstrapped or labelled demos (label-balanced),
   their number, per-input (nearest-neighbour) demos, instructions written from the signature
   (field names, options) rather than by the task model, and -- when the run context lists other
-  models (``RunContext(lms=...)``) -- the model of each node; the report then carries the
-  (score, cost) Pareto front of everything raced (``report.data["pareto"]``: score, calls,
-  tokens and dollars per row). The single-lever candidates (one lever changed) are screened
+  models (``RunContext(lms=...)``, all but the proposer unless ``models=`` names them) -- the
+  model of each node; the report then carries the (score, cost) Pareto front of everything raced
+  (``report.data["pareto"]``: score, calls, tokens and dollars per row; ``report.front()`` adds
+  each point's program). The single-lever candidates (one lever changed) are screened
   first on the first racing round's rows; the combinations are then ordered by the sum of their
   levers' screened effects (``report.data["lever_effects"]``) and race against the survivors.
 * **Selection maximises the expected held-out gain.** Candidates are raced by successive halving
@@ -474,8 +475,8 @@ class Compile(Racing, Optimizer):
 
     def _model_names(self, ctx: RunContext | None) -> list[str]:
         known = sorted(ctx.lms) if ctx is not None else []
-        if self.models == "auto":
-            return known
+        if self.models == "auto":  # every model of the context but the proposer (name it to race it too)
+            return [m for m in known if m != self.proposer_lm]
         missing = [m for m in self.models if m not in known]
         if missing:
             raise DefinitionError(f"Compile(models=...) names {missing[0]!r}, which the run context lacks",
