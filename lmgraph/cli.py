@@ -247,8 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", default="auto", metavar="auto|none|NAME[,NAME...]",
                    help="--optimizer compile only: which --lm models to race per node (default auto: all of them)")
     p.add_argument("--proposer", metavar="NAME",
-                   help="--optimizer compile only: an --lm model that writes instruction candidates (and, with "
-                        "--verbalize, names for the labels); a small task model writes nonsense, so none by default")
+                   help="an --lm model that writes instruction candidates (compile, instructions, joint; with "
+                        "--verbalize also names for the labels) or reflects on failing rows (reflect); by default "
+                        "the compiler proposes nothing and the others use the task model")
     p.add_argument("--verbalize", action="store_true",
                    help="--optimizer compile only: also try label outputs' options shown as words (identifier "
                         "labels as plain words; with --proposer, the names it writes)")

@@ -35,6 +35,10 @@ def cmd_compile(args: argparse.Namespace) -> int:
         print(dry_run_text(args.optimizer, opt, program, train, val, budget))
         return 0
     metric = make_metric(args.metric, program)
+    if args.optimizer == "reflect":  # the reflection reads what each failing row expected
+        from .evaluation import with_feedback
+
+        metric = with_feedback(metric)
     t0 = time.perf_counter()
     compiled, report = opt.optimize(program, train, metric, valset=val, budget=budget, seed=args.seed,
                                     ctx=cli.make_ctx(args))
@@ -50,20 +54,34 @@ def cmd_compile(args: argparse.Namespace) -> int:
     return 0
 
 
+#: the optimizers a proposer model writes for, and the keyword that names it
+PROPOSER_KW = {"compile": "proposer_lm", "instructions": "proposer_lm", "joint": "proposer_lm",
+               "reflect": "reflection_lm"}
+
+
 def compiler_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The options only the default compiler takes (``--min-gain``, ``--models``, ``--proposer``,
-    ``--verbalize``, ``--stratify``) as its keyword arguments; given to another optimizer, or naming a
-    model no ``--lm`` names, they fail here, before any model is built."""
+    """The options only some optimizers take as their keyword arguments: ``--proposer`` (the
+    compiler's and the instruction optimizers' proposer, Reflect's reflection model), and for the
+    default compiler only ``--min-gain``, ``--models``, ``--verbalize``, ``--stratify``. Given to
+    another optimizer, or naming a model no ``--lm`` names, they fail here, before any model is built."""
+    names = list(cli.named_models(args))
+    out: dict[str, Any] = {}
+    if args.proposer is not None:
+        if args.optimizer not in PROPOSER_KW:
+            raise DefinitionError(f"--proposer applies to --optimizer {', '.join(PROPOSER_KW)}, not {args.optimizer}",
+                                  fix="drop --proposer, or use one of those optimizers.")
+        if args.proposer not in names:
+            raise DefinitionError(f"--proposer {args.proposer!r} is not a model given with --lm",
+                                  fix=f"add --lm {args.proposer}=MODEL (given: {', '.join(names) or 'none'}).")
+        out[PROPOSER_KW[args.optimizer]] = args.proposer
     given = {"--min-gain": args.min_gain is not None, "--models": args.models != "auto",
-             "--proposer": args.proposer is not None, "--verbalize": args.verbalize, "--stratify": args.stratify}
+             "--verbalize": args.verbalize, "--stratify": args.stratify}
     if args.optimizer != "compile":
         flag = next((f for f, on in given.items() if on), None)
         if flag:
             raise DefinitionError(f"{flag} applies to --optimizer compile, not {args.optimizer}",
                                   fix=f"drop {flag}, or use --optimizer compile (the default).")
-        return {}
-    names = list(cli.named_models(args))
-    out: dict[str, Any] = {}
+        return out
     if args.min_gain is not None:
         out["min_gain"] = args.min_gain
     if args.models != "auto":
@@ -75,11 +93,6 @@ def compiler_options(args: argparse.Namespace) -> dict[str, Any]:
                                   fix=f"name models given with --lm NAME=MODEL (given: {', '.join(names) or 'none'}),"
                                       " or --models auto / none.")
         out["models"] = tuple(race)
-    if args.proposer is not None:
-        if args.proposer not in names:
-            raise DefinitionError(f"--proposer {args.proposer!r} is not a model given with --lm",
-                                  fix=f"add --lm {args.proposer}=MODEL (given: {', '.join(names) or 'none'}).")
-        out["proposer_lm"] = args.proposer
     if args.verbalize:
         out["verbalize"] = True
     if args.stratify:

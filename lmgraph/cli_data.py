@@ -14,7 +14,7 @@ METRICS = {"exact_match": "exact_match", "em": "normalized_em", "f1": "token_f1"
            "accuracy": "label_accuracy", "numeric": "numeric_match"}
 OPTIMIZERS = {"labeled": "LabeledFewShot", "bootstrap": "BootstrapFewShot",
               "random_search": "BootstrapRandomSearch", "instructions": "InstructionSearch",
-              "joint": "JointSearch", "decompose": "Decompose", "compile": "Compile"}
+              "joint": "JointSearch", "decompose": "Decompose", "reflect": "Reflect", "compile": "Compile"}
 
 
 def read_jsonl(path: str) -> list[dict[str, Any]]:

@@ -11,7 +11,7 @@ import pytest
 import lmgraph as lg
 from lmgraph import cli
 from lmgraph.optimizers import load_artifact
-from lmgraph.testing import FunctionLM
+from lmgraph.testing import FunctionLM, request_text
 
 from helpers import sentiment_fn, sentiment_program, sentiment_rows
 
@@ -275,3 +275,42 @@ def test_run_binds_a_node_saved_with_a_named_model(tmp_path, monkeypatch, capsys
     assert cli.main(["run", path, "--input", "sentence=x", "--no-cache", "--lm", "big=litellm:big"]) == 0
     assert json.loads(capsys.readouterr().out) == {"label": "negative"}  # the node ran on 'big'
     assert len(built["litellm:big"].calls) == 1 and not built["embedded"].calls
+
+
+def test_reflect_from_the_command_line_reads_what_each_failing_row_expected(prog_path, tmp_path, monkeypatch,
+                                                                             capsys) -> None:  # noqa: ANN001
+    from helpers import sentiment_fn
+
+    built: dict[str, FunctionLM] = {}
+
+    def reflector(request):  # writes an instruction; the task model ignores it (it answers 'positive')
+        return "Instruction: Say negative when the sentence says bad."
+
+    def make_lm(spec: str) -> FunctionLM:
+        built[spec] = FunctionLM(reflector if spec == "litellm:r" else sentiment_fn)
+        return built[spec]
+
+    monkeypatch.setattr(cli, "make_lm", make_lm)
+    rows = sentiment_rows(24)
+    train = write_jsonl(tmp_path / "train.jsonl", rows[:12])
+    val = write_jsonl(tmp_path / "val.jsonl", rows[12:])
+    rep = tmp_path / "report.json"
+    assert cli.main(["compile", prog_path, "--train", train, "--val", val, "--metric", "accuracy:label:label",
+                     "--optimizer", "reflect", "--lm", "r=litellm:r", "--proposer", "r", "--no-cache",
+                     "--max-calls", "200", "--report", str(rep), "--out", str(tmp_path / "a.json")]) == 0
+    report = json.loads(rep.read_text())
+    assert report["optimizer"] == "reflect" and report["config"]["reflection_lm"] == "r"
+    asked = [request_text(c) for c in built["litellm:r"].calls]
+    assert asked and all("Feedback: wrong (score 0): expected 'negative', got 'positive'" in a for a in asked)
+
+
+def test_with_feedback_names_what_was_expected():
+    from lmgraph.evaluation import label_accuracy, with_feedback
+
+    m = with_feedback(label_accuracy())
+    assert m({"label": "human"}, {"label": "human"}) == (1.0, None)
+    assert m({"label": "human"}, {"label": "entity"}) == (0.0, "wrong (score 0): expected 'human', got 'entity'")
+    assert m({"label": "human"}, None)[1] == "wrong (score 0): expected 'human', no output (the run failed)"
+    assert m.fields == ("label",) and m.pred_fields == ("label",)
+    with pytest.raises(lg.DefinitionError, match="declares its fields"):
+        with_feedback(lambda ex, pred, trace=None: 1.0)

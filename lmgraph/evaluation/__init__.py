@@ -23,9 +23,11 @@ from .metrics import (
                        numeric_match,
                        parse_number,
                        token_f1,
+                       with_feedback,
 )
 
 __all__ = ["EvalResult", "banking77_labels", "bootstrap_ci", "data_dir", "evaluate", "evaluate_sync",
            "exact_match", "f1_score", "fingerprint", "label_accuracy", "load_banking77", "load_gsm8k",
            "load_hotpotqa", "load_hotpotqa_corpus", "load_sst2", "load_trec", "normalize_answer",
-           "normalized_em", "numeric_match", "paired_bootstrap", "parse_number", "sample", "split", "token_f1"]
+           "normalized_em", "numeric_match", "paired_bootstrap", "parse_number", "sample", "split", "token_f1",
+           "with_feedback"]

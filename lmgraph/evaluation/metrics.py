@@ -22,7 +22,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
-from ..errors import DatasetError, MetricError, MetricWarning
+from ..errors import DatasetError, DefinitionError, MetricError, MetricWarning
 
 if TYPE_CHECKING:
     from ..pipeline.program import Program
@@ -129,6 +129,34 @@ def _declare(metric: Callable[..., Any], pred_field: str, label: str) -> Metric:
     metric.fields = (label,)  # type: ignore[attr-defined]
     metric.pred_fields = (pred_field,)  # type: ignore[attr-defined]
     return metric
+
+
+def with_feedback(metric: Metric, *, max_chars: int = 200) -> Metric:
+    """``metric`` returning ``(score, feedback)``: below a full score, the feedback names what the
+    row expected and what the program gave (``"expected 'human', got 'entity'"``) -- what a
+    reflective optimizer (:class:`~lmgraph.optimizers.Reflect`) reads beside the failing trace.
+    ``metric`` must declare the fields it reads (the built-in metrics do)."""
+    fields, preds = getattr(metric, "fields", None), getattr(metric, "pred_fields", None)
+    if not fields or not preds:
+        raise DefinitionError(f"with_feedback() needs a metric that declares its fields, and "
+                              f"{metric_name(metric)} does not",
+                              fix="use a built-in metric (label_accuracy(), exact_match(), ...), or return "
+                                  "(score, feedback) from your own metric.")
+    label, pred_field = fields[0], preds[0]
+
+    def shown(value: Any) -> str:
+        text = repr(value)
+        return text if len(text) <= max_chars else text[:max_chars] + "..."
+
+    def fed(example: Mapping[str, Any], pred: Mapping[str, Any] | None, trace: Any = None) -> tuple[float, str | None]:
+        score, _ = score_value(metric(example, pred, trace), metric=metric_name(metric))
+        if score >= 1.0:
+            return score, None
+        got = "no output (the run failed)" if pred is None else f"got {shown(pred.get(pred_field))}"
+        return score, f"wrong (score {score:g}): expected {shown(example.get(label))}, {got}"
+
+    fed.__name__ = f"{metric_name(metric)}+feedback"
+    return _declare(fed, pred_field, label)
 
 
 def metric_name(metric: Any) -> str:
