@@ -419,6 +419,29 @@ def test_model_choice_reports_the_score_cost_front_and_picks_the_better_model():
         Compile(models=("huge",)).optimize(program(), rows(20), label_accuracy(), ctx=ctx)
 
 
+def test_the_front_is_drawn_in_dollars_when_the_models_are_priced():
+    from lmgraph.lm.base import Usage
+
+    def small(request):  # few tokens, but priced high, and always 'positive'
+        return LMResponse(text="Label: positive" if request.prompt is not None else "positive", cost=0.01)
+
+    def big(request):  # right, many tokens, priced low
+        text = request_text(request)
+        truth = next((v for k, v in WORDS.items() if f" {k} " in f" {_last_sentence(text)} "), "positive")
+        return LMResponse(text=f"Label: {truth}" if request.prompt is not None else truth,
+                          usage=Usage(prompt_tokens=400, completion_tokens=4), cost=0.001)
+
+    ctx = lg.RunContext(lm=FunctionLM(small), lms={"big": FunctionLM(big, name="big")}, cache=False)
+    compiled, report = Compile(decodes=(), max_demos=2).optimize(program(), rows(60), label_accuracy(),
+                                                                 budget=lg.Budget(max_calls=900), ctx=ctx)
+    assert report.data["pareto_cost"] == "dollars_per_row"
+    front = report.front()
+    # 'model big' is better and cheaper in dollars: nothing on the small model is on the front
+    assert front and all("big" in p["label"] for p in front), front
+    assert not any(p["label"].startswith("baseline") for p in front)
+    assert any("dollars per row" in n for n in report.notes)
+
+
 def test_demo_with_a_budget_below_the_baseline_exits_2_with_one_line_and_no_model_call():
     import subprocess
     import sys

@@ -487,7 +487,8 @@ class Compile(Racing, Optimizer):
     def _pareto(self, session: CompileSession, base: Sequence[float], base_entry: Mapping[str, Any],
                 tried: Sequence[Spec]) -> None:
         """The (score, cost) front of the baseline and the raced candidates: score on their search
-        rows, cost as model calls and tokens per row (and dollars where the backend prices them)."""
+        rows, cost per row in dollars where the backend prices a call, else in tokens (calls, tokens
+        and dollars per row recorded for every point; ``data["pareto_cost"]`` names the axis)."""
         n = max(1, len(base))
         u = base_entry["usage"]
         points = [("baseline (the program as given)", sum(base) / n, u["calls"] / n,
@@ -496,17 +497,20 @@ class Compile(Racing, Optimizer):
             if s.rows:
                 m = len(s.rows)
                 points.append((s.label, sum(s.scores) / m, s.calls / m, s.tokens / m, s.dollars / m))
-        front = [p for p in points if not any(q[1] >= p[1] and q[3] <= p[3] and (q[1] > p[1] or q[3] < p[3])
+        c = 4 if any(p[4] > 0 for p in points) else 3  # the cost axis: dollars where priced, else tokens
+        front = [p for p in points if not any(q[1] >= p[1] and q[c] <= p[c] and (q[1] > p[1] or q[c] < p[c])
                                               for q in points)]
-        front.sort(key=lambda p: p[3])
+        front.sort(key=lambda p: (p[c], p[3]))
+        session.report.data["pareto_cost"] = "dollars_per_row" if c == 4 else "tokens_per_row"
         programs = {s.label: s.program for s in tried}
         session.report.programs = {p[0]: programs.get(p[0], session.incumbent) for p in front}  # Report.front()
         session.report.data["pareto"] = [
             {"label": p[0], "score": round(p[1], 4), "calls_per_row": round(p[2], 3),
              "tokens_per_row": round(p[3], 1), "dollars_per_row": round(p[4], 8)} for p in front]
         if any(p[0].startswith("model ") or " on model " in p[0] for p in points[1:]):
-            session.report.notes.append("score / cost front (tokens per row): " + "; ".join(
-                f"{p[0]}: {p[1]:.3f} at {p[3]:.0f} tokens" for p in front))
+            unit = "dollars" if c == 4 else "tokens"
+            session.report.notes.append(f"score / cost front ({unit} per row): " + "; ".join(
+                f"{p[0]}: {p[1]:.3f} at " + (f"${p[4]:.6f}" if c == 4 else f"{p[3]:.0f} tokens") for p in front))
 
     # ---- pieces
     def _pools(self, program: Program, entry: Mapping[str, Any], search_idx: Sequence[int],
