@@ -435,6 +435,7 @@ def test_the_front_is_drawn_in_dollars_when_the_models_are_priced():
     compiled, report = Compile(decodes=(), max_demos=2).optimize(program(), rows(60), label_accuracy(),
                                                                  budget=lg.Budget(max_calls=900), ctx=ctx)
     assert report.data["pareto_cost"] == "dollars_per_row"
+    assert compiled.module("classify").lm == "big"
     front = report.front()
     # 'model big' is better and cheaper in dollars: nothing on the small model is on the front
     assert front and all("big" in p["label"] for p in front), front
