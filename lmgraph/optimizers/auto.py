@@ -497,20 +497,24 @@ class Compile(Racing, Optimizer):
             if s.rows:
                 m = len(s.rows)
                 points.append((s.label, sum(s.scores) / m, s.calls / m, s.tokens / m, s.dollars / m))
-        c = 4 if any(p[4] > 0 for p in points) else 3  # the cost axis: dollars where priced, else tokens
-        front = [p for p in points if not any(q[1] >= p[1] and q[c] <= p[c] and (q[1] > p[1] or q[c] < p[c])
+        priced = any(p[4] > 0 for p in points)  # the cost axis: dollars where priced, else tokens
+
+        def cost(p: tuple[str, float, float, float, float]) -> float:
+            return p[4] if priced else p[3]
+
+        front = [p for p in points if not any(q[1] >= p[1] and cost(q) <= cost(p) and (q[1] > p[1] or cost(q) < cost(p))
                                               for q in points)]
-        front.sort(key=lambda p: (p[c], p[3]))
-        session.report.data["pareto_cost"] = "dollars_per_row" if c == 4 else "tokens_per_row"
+        front.sort(key=lambda p: (cost(p), p[3]))
+        session.report.data["pareto_cost"] = "dollars_per_row" if priced else "tokens_per_row"
         programs = {s.label: s.program for s in tried}
         session.report.programs = {p[0]: programs.get(p[0], session.incumbent) for p in front}  # Report.front()
         session.report.data["pareto"] = [
             {"label": p[0], "score": round(p[1], 4), "calls_per_row": round(p[2], 3),
              "tokens_per_row": round(p[3], 1), "dollars_per_row": round(p[4], 8)} for p in front]
         if any(p[0].startswith("model ") or " on model " in p[0] for p in points[1:]):
-            unit = "dollars" if c == 4 else "tokens"
+            unit = "dollars" if priced else "tokens"
             session.report.notes.append(f"score / cost front ({unit} per row): " + "; ".join(
-                f"{p[0]}: {p[1]:.3f} at " + (f"${p[4]:.6f}" if c == 4 else f"{p[3]:.0f} tokens") for p in front))
+                f"{p[0]}: {p[1]:.3f} at " + (f"${p[4]:.6f}" if priced else f"{p[3]:.0f} tokens") for p in front))
 
     # ---- pieces
     def _pools(self, program: Program, entry: Mapping[str, Any], search_idx: Sequence[int],
