@@ -346,3 +346,14 @@ def test_parse_label_words_keeps_a_valid_verbalizer():
             "top_up = " + "a very long sentence that explains what topping up the card means in detail")
     assert parse_label_words(text, sig) == {"card_arrival": "card arrival", "lost_or_stolen_card": "lost card"}
     assert parse_label_words(None, sig) == {} and parse_label_words("no lines here", sig) == {}
+
+
+def test_the_dry_run_counts_the_proposer_calls_within_the_budget():
+    ctx = lg.RunContext(lm=FunctionLM(reads_names_only), lms={"writer": FunctionLM(lambda r: "x")}, cache=False)
+    budget = lg.Budget(max_calls=300)
+    opt = Compile(verbalize=True, proposer_lm="writer", num_proposals=2, models=())
+    est = opt.dry_run(opaque_program(), opaque_rows(60), budget=budget, ctx=ctx)
+    assert est.breakdown["proposals"] == 3 and est.calls <= 300  # 2 instructions + the label words
+    plain = Compile(models=()).dry_run(opaque_program(), opaque_rows(60), budget=budget, ctx=ctx)
+    assert "proposals" not in plain.breakdown and plain.calls <= 300
+    assert est.breakdown["race"] <= plain.breakdown["race"]  # the proposals come out of the race's share

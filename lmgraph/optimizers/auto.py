@@ -218,6 +218,15 @@ class Compile(Racing, Optimizer):
         return {"candidates": k, "of": n_specs, "baseline": base, "race": race,
                 "confirmation": confirm if k else 0, "search_rows": len(search), "confirm_rows": len(conf)}
 
+    def proposal_calls(self, program: Program) -> int:
+        """The calls a proposer model makes (at most): ``num_proposals`` instructions per node with
+        tunable instructions, and with ``verbalize=True`` one call per label node for its words."""
+        if self.proposer_lm is None:
+            return 0
+        instr = sum(1 for m in tunable_modules(program).values() if "instructions" in m.tunable)
+        words = len(proposals.label_word_nodes(program)) if self.verbalize is True else 0
+        return instr * self.num_proposals + words
+
     @staticmethod
     def _pool(trainset: Sequence[Mapping[str, Any]],
               valset: Sequence[Mapping[str, Any]] | None) -> list[Mapping[str, Any]]:
@@ -233,8 +242,11 @@ class Compile(Racing, Optimizer):
         per = _per_row(program)
         specs = self._spec_skeleton(program, rows, ctx)
         cand = max([_per_row(program, s) for s in specs] or [per])
-        p = self.plan(len(rows), per, cand, budget.max_calls if budget else None, len(specs))
-        breakdown = {"baseline": p["baseline"], "race": p["race"], "confirmation": p["confirmation"]}
+        props = self.proposal_calls(program)
+        cap = max(0, budget.max_calls - props) if budget and budget.max_calls is not None else None
+        p = self.plan(len(rows), per, cand, cap, len(specs))
+        breakdown = {"baseline": p["baseline"], **({"proposals": props} if props else {}), "race": p["race"],
+                     "confirmation": p["confirmation"]}
         calls = sum(breakdown.values())
         notes = plan_notes(len(rows), len(pooled), self._score_all(len(pooled), per), p["candidates"],
                            min(p["of"], self.max_candidates) if budget is not None else 0)
