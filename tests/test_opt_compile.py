@@ -990,3 +990,15 @@ def test_a_compile_stopped_midway_resumes_from_its_checkpoint_to_the_same_progra
     assert resumed == clean
     assert rep.runtime["replayed_evaluations"] >= kept
     assert rep.spent == clean_rep.spent and rep.best.label == clean_rep.best.label != clean_rep.baseline.label
+
+
+def test_score_cost_front_on_hand_made_points():
+    from lmgraph.optimizers.report import score_cost_front
+
+    pts = [("a", 0.5, 1, 10, 0.0), ("b", 0.7, 1, 20, 0.0), ("c", 0.6, 1, 30, 0.0), ("d", 0.7, 1, 20, 0.0)]
+    front, priced = score_cost_front(pts)
+    assert not priced and [p[0] for p in front] == ["a", "b", "d"]  # c: worse and dearer than b; b, d tie
+    priced_pts = [("a", 0.5, 1, 10, 0.02), ("b", 0.7, 1, 400, 0.001)]
+    front, priced = score_cost_front(priced_pts)
+    assert priced and [p[0] for p in front] == ["b"]  # cheaper in dollars and better: a is dominated
+    assert score_cost_front([]) == ([], False)

@@ -75,7 +75,7 @@ from .fewshot import demo_nodes, labeled_demos, labeled_demos_computed, labeled_
 from .instructions import check_proposer
 from .params import demo_param, example_demos
 from .racing import Racing
-from .report import Report
+from .report import Report, score_cost_front
 from .selection import detectable_gain, paired_stats, plan_notes, shrink, what_would_help, why_unchanged
 from .session import BudgetStop, CompileSession
 
@@ -509,14 +509,7 @@ class Compile(Racing, Optimizer):
             if s.rows:
                 m = len(s.rows)
                 points.append((s.label, sum(s.scores) / m, s.calls / m, s.tokens / m, s.dollars / m))
-        priced = any(p[4] > 0 for p in points)  # the cost axis: dollars where priced, else tokens
-
-        def cost(p: tuple[str, float, float, float, float]) -> float:
-            return p[4] if priced else p[3]
-
-        front = [p for p in points if not any(q[1] >= p[1] and cost(q) <= cost(p) and (q[1] > p[1] or cost(q) < cost(p))
-                                              for q in points)]
-        front.sort(key=lambda p: (cost(p), p[3]))
+        front, priced = score_cost_front(points)
         session.report.data["pareto_cost"] = "dollars_per_row" if priced else "tokens_per_row"
         programs = {s.label: s.program for s in tried}
         session.report.programs = {p[0]: programs.get(p[0], session.incumbent) for p in front}  # Report.front()

@@ -38,6 +38,23 @@ def baseline_on_rows(base: Sequence[float], rows: Sequence[int] | None, n: int) 
     return sum(same) / len(same), f" on the same {len(same)} rows"
 
 
+#: a point of a score/cost front: (label, score, calls, tokens, dollars), the costs per row
+Point = tuple[str, float, float, float, float]
+
+
+def score_cost_front(points: Sequence[Point]) -> tuple[list[Point], bool]:
+    """(the points no other beats on both score and cost, cheapest first; whether the cost is
+    dollars): the cost is dollars per row where any point is priced, else tokens per row."""
+    priced = any(p[4] > 0 for p in points)
+
+    def cost(p: Point) -> float:
+        return p[4] if priced else p[3]
+
+    front = [p for p in points
+             if not any(q[1] >= p[1] and cost(q) <= cost(p) and (q[1] > p[1] or cost(q) < cost(p)) for q in points)]
+    return sorted(front, key=lambda p: (cost(p), p[3])), priced
+
+
 @dataclass
 class Candidate:
     """One evaluated pipeline variant."""
