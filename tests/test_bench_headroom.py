@@ -103,3 +103,21 @@ def test_the_zero_shot_scores_are_kept_while_a_unit_runs_and_reused_only_for_the
     assert len(calls) == 24
     compile_default.drop_zero("sst2", 0, len(rows))
     assert not path.exists()
+
+
+def test_a_share_of_headroom_within_noise_on_every_seed_is_flagged(tmp_path):
+    def unit(task: str, seed: int, compiled: float, best: float, lo: float) -> dict:
+        return {"task": task, "seed": seed, "test_n": 100, "zero_shot": 0.02, "compiled": compiled,
+                "diff": compiled - 0.02, "diff_ci": [-0.04, 0.04], "chosen": "x", "oracle": best,
+                "oracle_config": "cfg", "headroom": best - 0.02, "recovered": None,
+                "grid": [{"config": "cfg", "mean": best, "ci": [0, 1], "diff": best - 0.02,
+                          "diff_ci": [lo, 0.1], "calls": 100}]}
+
+    units = [unit("gsm8k", 0, 0.01, 0.02, -0.02), unit("gsm8k", 1, 0.02, 0.03, -0.03),
+             unit("trec", 0, 0.5, 0.6, 0.1)]
+    headroom.write_md(tmp_path, units, "cmd")
+    text = (tmp_path / "README.md").read_text()
+    row = next(line for line in text.splitlines() if line.startswith("| gsm8k | 0, 1 |"))
+    assert "(headroom within noise on every seed)" in row and "0 of 2" in row
+    trec = next(line for line in text.splitlines() if line.startswith("| trec | 0 |") and "1 of 1" in line)
+    assert "within noise" not in trec
