@@ -172,3 +172,31 @@ def test_json_chain_of_thought_cut_off_by_the_token_limit_is_continued_not_lost(
             assert "missing key 'answer'" in calls[0].parse_error and calls[1].parse_error is None
             continued += 1
     assert continued >= 1  # measured: two of the three (without the continuation both fail to parse)
+
+
+def test_a_proposer_on_the_embedded_model_names_labels_or_says_it_could_not(lm):
+    """Compile(verbalize=True, proposer_lm=...) with the embedded model as the proposer: its one
+    call per label node runs, and whatever it writes ends as a valid verbalizer or an 'unusable'
+    note -- never an error. (The 135M model echoes the examples: measured, the note.)"""
+    from lmgraph.evaluation import label_accuracy
+    from lmgraph.optimizers.auto import Compile
+
+    p = lg.Pipeline("intents")
+    x = p.input("text")
+    node = p.add(lg.Predict("text -> intent: Literal['card_arrival', 'lost_or_stolen_card']", format="completion",
+                            max_tokens=8), name="classify", text=x)
+    p.output(intent=node.intent)
+    rows = [{"text": t, "intent": i} for t, i in [("when will my card arrive", "card_arrival"),
+                                                  ("my card was stolen", "lost_or_stolen_card"),
+                                                  ("is my new card on its way", "card_arrival"),
+                                                  ("I lost my card yesterday", "lost_or_stolen_card")] * 5]
+    ctx = lg.RunContext(lm=lm, lms={"proposer": lm}, cache=MemoryCache())
+    opt = Compile(verbalize=True, proposer_lm="proposer", num_proposals=0, models=(), decodes=(),
+                  formats=("completion",))
+    compiled, report = opt.optimize(p.build(), rows, label_accuracy("intent", "intent"),
+                                    budget=lg.Budget(max_calls=60), ctx=ctx)
+    notes = " ".join(report.notes)
+    assert "the proposer model named" in notes or "label words were unusable" in notes, notes
+    words = report.data.get("label_words", {}).get("classify", {})
+    assert set(words) <= {"card_arrival", "lost_or_stolen_card"}
+    assert report.spent["calls"] <= 60 and compiled.module("classify").signature == node.module.signature
