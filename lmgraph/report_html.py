@@ -264,7 +264,8 @@ def _front_section(rep: Mapping[str, Any]) -> str:
         f'{_num(p.get("dollars_per_row", 0), "{:.6f}")}</tr>' for p in points)
     axis = "dollars" if (rep.get("data") or {}).get("pareto_cost") == "dollars_per_row" else "tokens"
     return ('<section id="front"><h2>Score against cost</h2><p class="muted">The program as given and every raced '
-            f"candidate that no other beats on both search-row score and {axis} per row, cheapest first; shaded: "
+            f"candidate that no other beats on both score (the program as given's mean plus the candidate's paired "
+            f"gain on its search rows) and {axis} per row, cheapest first; shaded: "
             "the point of the program chosen (<code>report.front()</code> holds each point's program).</p>"
             '<table class="sortable"><thead><tr><th>candidate</th><th>score</th><th>calls / row</th>'
             f"<th>tokens / row</th><th>dollars / row</th></tr></thead><tbody>{rows}</tbody></table></section>")

@@ -498,17 +498,21 @@ class Compile(Racing, Optimizer):
 
     def _pareto(self, session: CompileSession, base: Sequence[float], base_entry: Mapping[str, Any],
                 tried: Sequence[Spec]) -> None:
-        """The (score, cost) front of the baseline and the raced candidates: score on their search
-        rows, cost per row in dollars where the backend prices a call, else in tokens (calls, tokens
-        and dollars per row recorded for every point; ``data["pareto_cost"]`` names the axis)."""
+        """The (score, cost) front of the baseline and the raced candidates. A candidate raced on some
+        rows scores the baseline's mean plus its paired gain on those rows (clipped to [0, 1]), so
+        candidates raced on different rows compare; cost per row in dollars where the backend prices
+        a call, else in tokens (``data["pareto_cost"]`` names the axis; calls, tokens and dollars per
+        row are recorded for every point)."""
         n = max(1, len(base))
         u = base_entry["usage"]
         points = [("baseline (the program as given)", sum(base) / n, u["calls"] / n,
                    (u["prompt_tokens"] + u["completion_tokens"]) / n, u.get("dollars", 0.0) / n)]
+        ref = sum(base) / n
         for s in tried:
-            if s.rows:
+            if s.rows:  # scored on some rows: the baseline's mean plus its paired gain there (comparable)
                 m = len(s.rows)
-                points.append((s.label, sum(s.scores) / m, s.calls / m, s.tokens / m, s.dollars / m))
+                est = min(1.0, max(0.0, ref + sum(x - base[r] for x, r in zip(s.scores, s.rows)) / m))
+                points.append((s.label, est, s.calls / m, s.tokens / m, s.dollars / m))
         front, priced = score_cost_front(points)
         session.report.data["pareto_cost"] = "dollars_per_row" if priced else "tokens_per_row"
         programs = {s.label: s.program for s in tried}
