@@ -269,6 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "given and upstream model outputs appear as <placeholders>")
     p.add_argument("--inputs", metavar="JSON", help='program inputs as a JSON object, e.g. \'{"question": "..."}\'')
     p.add_argument("--model", default="embedded", help="the model the prompts are rendered for (as for run)")
+    p.add_argument("--lm", action="append", default=[], metavar="NAME=MODEL",
+                   help="the model a node saved with lm=NAME is rendered for (as for run; repeatable)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_show)
 

@@ -193,7 +193,8 @@ def cmd_show(args: argparse.Namespace) -> int:
         raise DefinitionError(f"--inputs is a JSON {type(inputs).__name__}, not an object",
                               fix='pass a JSON object of input name -> value, e.g. --inputs \'{"question": "..."}\'.')
     try:
-        prompts = program.prompts(ctx=RunContext(lm=cli.make_lm(args.model), cache=False), **inputs)
+        lms = {name: cli.make_lm(spec) for name, spec in cli.named_models(args).items()}
+        prompts = program.prompts(ctx=RunContext(lm=cli.make_lm(args.model), lms=lms, cache=False), **inputs)
     except InputError as e:
         raise DefinitionError(f"--inputs: {e}") from None  # a mistake in the command: exit 2
     if unbound:

@@ -275,6 +275,11 @@ def test_run_binds_a_node_saved_with_a_named_model(tmp_path, monkeypatch, capsys
     assert cli.main(["run", path, "--input", "sentence=x", "--no-cache", "--lm", "big=litellm:big"]) == 0
     assert json.loads(capsys.readouterr().out) == {"label": "negative"}  # the node ran on 'big'
     assert len(built["litellm:big"].calls) == 1 and not built["embedded"].calls
+    # show --prompts previews it too (without --lm the node's model is unknown: exit 2, naming it)
+    assert cli.main(["show", path, "--prompts", "--inputs", '{"sentence": "x"}', "--lm", "big=litellm:big"]) == 0
+    assert "Sentence: x" in capsys.readouterr().out
+    assert cli.main(["show", path, "--prompts", "--inputs", '{"sentence": "x"}']) == 2
+    assert "'big'" in capsys.readouterr().err
 
 
 def test_reflect_from_the_command_line_reads_what_each_failing_row_expected(prog_path, tmp_path, monkeypatch,
