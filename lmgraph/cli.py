@@ -245,7 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--optimizer compile only: keep the program as given unless the chosen change is "
                         "expected to gain at least GAIN of the metric (default 0: any expected gain)")
     p.add_argument("--models", default="auto", metavar="auto|none|NAME[,NAME...]",
-                   help="--optimizer compile only: which --lm models to race per node (default auto: all of them)")
+                   help="--optimizer compile only: which --lm models to race per node (default auto: all but the "
+                        "--proposer)")
     p.add_argument("--proposer", metavar="NAME",
                    help="an --lm model that writes instruction candidates (compile, instructions, joint; with "
                         "--verbalize also names for the labels) or reflects on failing rows (reflect); by default "
