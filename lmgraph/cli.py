@@ -114,9 +114,11 @@ def make_ctx(args: argparse.Namespace, **kw: Any) -> Any:
     from .context import RunContext
 
     json_mode = getattr(args, "json_mode", "auto")
-    lm = make_lm(args.model) if json_mode == "auto" else make_lm(args.model, json_mode=json_mode)
-    lms = {name: make_lm(spec) if json_mode == "auto" else make_lm(spec, json_mode=json_mode)
-           for name, spec in named_models(args).items()}
+    def build(spec: str) -> Any:
+        return make_lm(spec) if json_mode == "auto" else make_lm(spec, json_mode=json_mode)
+
+    lm = build(args.model)
+    lms = {name: build(spec) for name, spec in named_models(args).items()}
     if getattr(args, "trace", None) and "tracer" not in kw:  # --trace FILE: one JSON line per run
         if getattr(args, "_traces", None) is None:
             from .observe import JsonlTraces

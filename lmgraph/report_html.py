@@ -253,11 +253,13 @@ def _candidates_section(rep: Mapping[str, Any]) -> str:
 
 def _front_section(rep: Mapping[str, Any]) -> str:
     """The default compiler's score/cost front (``data["pareto"]``), the chosen point shaded."""
+    from .optimizers.report import raced_label
+
     points = (rep.get("data") or {}).get("pareto") or []
     if len(points) < 2:
         return ""
     best = next((c["label"] for c in rep.get("candidates") or [] if c["id"] == rep.get("best_id")), "")
-    best = best.removesuffix(" (confirmed)")
+    best = raced_label(best)
     rows = "".join(
         f'<tr class="{"best" if p["label"] == best else ""}"><td>{_e(p["label"])}</td>{_num(p["score"])}'
         f'{_num(p.get("calls_per_row", 0), "{:.2f}")}{_num(p.get("tokens_per_row", 0), "{:.0f}")}'

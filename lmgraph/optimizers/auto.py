@@ -75,7 +75,7 @@ from .fewshot import demo_nodes, labeled_demos, labeled_demos_computed, labeled_
 from .instructions import check_proposer
 from .params import demo_param, example_demos
 from .racing import Racing
-from .report import Report, score_cost_front
+from .report import CONFIRMED, Report, score_cost_front
 from .selection import detectable_gain, paired_stats, plan_notes, shrink, what_would_help, why_unchanged
 from .session import BudgetStop, CompileSession
 
@@ -410,7 +410,7 @@ class Compile(Racing, Optimizer):
         all_idx = winner.rows + conf_idx
         all_scores = winner.scores + list(entry["scores"])
         cand = session.new_candidate(
-            f"{winner.label} (confirmed)", winner.changes(),
+            winner.label + CONFIRMED, winner.changes(),
             {"scores": all_scores, "usage": {"calls": winner.calls + entry["usage"]["calls"],
                                              "prompt_tokens": winner.tokens + entry["usage"]["prompt_tokens"],
                                              "completion_tokens": entry["usage"]["completion_tokens"]},

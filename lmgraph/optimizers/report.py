@@ -38,6 +38,15 @@ def baseline_on_rows(base: Sequence[float], rows: Sequence[int] | None, n: int) 
     return sum(same) / len(same), f" on the same {len(same)} rows"
 
 
+#: how the default compiler labels the candidate it confirmed: its raced label plus this
+CONFIRMED = " (confirmed)"
+
+
+def raced_label(label: str) -> str:
+    """The raced candidate's label behind a confirmed one's (the label of its front point)."""
+    return label.removesuffix(CONFIRMED)
+
+
 #: a point of a score/cost front: (label, score, calls, tokens, dollars), the costs per row
 Point = tuple[str, float, float, float, float]
 
@@ -133,7 +142,7 @@ class Report:
         the compile returned (``chosen``; a confirmed candidate is its raced point) and holds its
         ``program`` -- to take a cheaper point than the chosen one -- while the report is the one the
         compile returned (``None`` for a report read back from a file)."""
-        best = self.best.label.removesuffix(" (confirmed)") if self.candidates else None
+        best = raced_label(self.best.label) if self.candidates else None
         return [{**p, "chosen": p["label"] == best, "program": self.programs.get(p["label"])}
                 for p in self.data.get("pareto", [])]
 
