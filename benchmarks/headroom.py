@@ -88,16 +88,18 @@ def compile_unit(name: str, seed: int, args: argparse.Namespace) -> dict:
 
 
 def grid_programs(program: lg.Program, rows: list[dict], k_grid: int, seed: int,
-                  ctx: lg.RunContext) -> list[tuple[str, lg.Program]]:
+                  ctx: lg.RunContext, draw: int = 0) -> list[tuple[str, lg.Program]]:
     """Compile's single-lever candidates and its first ``k_grid`` combinations (in its order of
     prior promise), demos from all labelled rows; bootstrapped-demo candidates are left out (they
-    need the program's own passing runs: the labelled-demo candidates stand for them)."""
+    need the program's own passing runs: the labelled-demo candidates stand for them). ``draw`` > 0
+    draws the random demo sets again (``benchmarks/draws.py``); draw 0 is the grid's own."""
     opt = Compile()
     demos, _ = asyncio.run(labeled_demos_computed(program, rows, len(rows), None, ctx, nested=True))
     if not demos:
         raise RuntimeError("no labelled demos: the rows lack the program's output names")
     pool = {node: list(enumerate(ds)) for node, ds in demos.items()}
-    specs = [s for s in opt._specs(program, pool, pool, ctx, random.Random(f"grid:{seed}"))
+    rng = random.Random(f"grid:{seed}" + (f":draw{draw}" if draw else ""))
+    specs = [s for s in opt._specs(program, pool, pool, ctx, rng)
              if not s.levers & {"boot", "boot2k"}]
     picked = [s for s in specs if len(s.levers) == 1] + [s for s in specs if len(s.levers) > 1][:k_grid]
     return [(s.label, s.program) for s in picked]

@@ -121,3 +121,24 @@ def test_a_share_of_headroom_within_noise_on_every_seed_is_flagged(tmp_path):
     assert "(headroom within noise on every seed)" in row and "0 of 2" in row
     trec = next(line for line in text.splitlines() if line.startswith("| trec | 0 |") and "1 of 1" in line)
     assert "within noise" not in trec
+
+
+def test_demo_draws_find_the_drawn_configurations_and_average_them_into_the_oracle(tmp_path):
+    import draws
+    grids = [[("zero", "z"), ("4 labelled demos", "d0"), ("4 nearest demos", "n")],
+             [("zero", "z"), ("4 labelled demos", "d1"), ("4 nearest demos", "n")]]
+    assert draws.drawn_configs(grids) == {"4 labelled demos"}
+    unit = {"task": "hotpotqa", "seed": 1, "zero_shot": 0.1, "compiled": 0.2, "chosen": "4 labelled demos",
+            "oracle": 0.4, "oracle_config": "4 labelled demos", "headroom": 0.3, "recovered": 0.333,
+            "grid": [{"config": "4 labelled demos", "mean": 0.4}, {"config": "4 nearest demos", "mean": 0.3}]}
+    new = [{"task": "hotpotqa", "seed": 1, "draw": 2, "config": "4 labelled demos", "mean": 0.2},
+           {"task": "hotpotqa", "seed": 1, "draw": 1, "config": "4 labelled demos", "mean": 0.15}]
+    s = draws.summarise(unit, new)
+    labelled = next(r for r in s["configs"] if r["config"] == "4 labelled demos")
+    assert labelled["scores"] == [0.4, 0.15, 0.2] and labelled["drawn"]  # draw 0 (the grid's) first
+    # the lucky draw 0 no longer makes the oracle: the undrawn 0.3 does, and the compile recovers half of it
+    assert s["oracle_avg_config"] == "4 nearest demos" and s["headroom_avg"] == 0.2 and s["recovered_avg"] == 0.5
+    draws.write_md(tmp_path, [s], "python benchmarks/draws.py")
+    md = (tmp_path / "draws.md").read_text()
+    assert "| hotpotqa | 1 | +0.100 | +0.300 | 33% | +0.200 | 50% |" in md
+    assert "| 4 labelled demos | 0.400, 0.150, 0.200 | 0.250 | 0.150-0.400 |" in md
