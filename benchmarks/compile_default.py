@@ -2,7 +2,7 @@
 compiled on the same seeded test rows, in process on the embedded model, per task and split seed.
 
     .venv/bin/python benchmarks/compile_default.py --tasks trec,sst2 --seeds 0,1,2 [--test 100]
-        [--rows 400] [--budget 800] [--name STEM] [--stratify] [--verbalize]
+        [--rows 400] [--budget 800] [--name STEM] [--stratify] [--verbalize] [--min-race-rows N]
 
 For every (task, seed): the task's zero-shot program is scored on ``--test`` test rows, compiled
 with ``Compile()`` under ``--budget`` calls on ``--rows`` labelled rows (the task's train+val split;
@@ -19,17 +19,20 @@ each. The compile's report (every candidate raced, with its per-row scores, and 
 baseline as the whole search fold): its units carry ``"options": {"stratify": true}``, its reports and
 checkpoints a ``-stratified`` suffix, so they never mix with the default's. ``--verbalize`` likewise
 compiles with ``Compile(verbalize=True)`` (labels that read as identifiers also tried as plain
-words; ``"options": {"verbalize": true}``, suffix ``-verbalized``).
+words; ``"options": {"verbalize": true}``, suffix ``-verbalized``), and ``--min-race-rows N`` with
+``Compile(min_race_rows=N)`` (no candidate dropped on fewer than N search rows; suffix ``-raceN``).
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import inspect
 import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -50,6 +53,7 @@ RUNTIME_REV = "demos that do not fit the context window are dropped, farthest fi
 
 
 CHECKPOINTS = HERE / "results" / "compile_default" / "checkpoints"
+DEFAULT_MIN_RACE_ROWS = inspect.signature(Compile).parameters["min_race_rows"].default
 
 
 def runtime_tag() -> str:
@@ -115,14 +119,18 @@ def unit(task_name: str, seed: int, args: argparse.Namespace) -> dict:
             **({"options": options} if options else {})}
 
 
-def unit_options(args: argparse.Namespace) -> dict[str, bool]:
+def unit_options(args: argparse.Namespace) -> dict[str, Any]:
     """The non-default ``Compile`` options a unit is compiled with (none: the default compiler)."""
-    return {k: True for k in ("stratify", "verbalize") if getattr(args, k, False)}
+    got: dict[str, Any] = {k: True for k in ("stratify", "verbalize") if getattr(args, k, False)}
+    if getattr(args, "min_race_rows", None) not in (None, DEFAULT_MIN_RACE_ROWS):
+        got["min_race_rows"] = args.min_race_rows
+    return got
 
 
-def option_suffix(options: dict[str, bool]) -> str:
+def option_suffix(options: dict[str, Any]) -> str:
     """What names the files of a unit compiled with non-default options (none for the default's)."""
-    return ("-stratified" if options.get("stratify") else "") + ("-verbalized" if options.get("verbalize") else "")
+    return (("-stratified" if options.get("stratify") else "") + ("-verbalized" if options.get("verbalize") else "")
+            + (f"-race{options['min_race_rows']}" if options.get("min_race_rows") else ""))
 
 
 def report_path(task_name: str, seed: int, rows: int, budget: int, suffix: str = "") -> Path:
@@ -194,6 +202,9 @@ def main() -> None:
                     help="compile with Compile(stratify=True): race rows as hard for the baseline as the fold")
     ap.add_argument("--verbalize", action="store_true",
                     help="compile with Compile(verbalize=True): identifier labels also tried as plain words")
+    ap.add_argument("--min-race-rows", type=int, default=DEFAULT_MIN_RACE_ROWS,
+                    help="compile with Compile(min_race_rows=N): no candidate dropped on fewer search rows "
+                         f"(default {DEFAULT_MIN_RACE_ROWS}, the compiler's)")
     ap.add_argument("--name", default=None,
                     help="results file stem (default: the tasks joined by '-', then -test<n>-labelled)")
     args = ap.parse_args()

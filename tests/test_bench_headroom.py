@@ -71,6 +71,16 @@ def test_the_headroom_table_never_reuses_a_compile_made_with_non_default_options
     assert got["diff"] == 0.1 and "options" not in got
 
 
+def test_a_unit_raced_on_more_rows_than_the_default_is_a_unit_of_its_own():
+    from types import SimpleNamespace
+
+    plain = SimpleNamespace(stratify=False, verbalize=False, min_race_rows=compile_default.DEFAULT_MIN_RACE_ROWS)
+    assert compile_default.unit_options(plain) == {} and compile_default.option_suffix({}) == ""
+    wide = SimpleNamespace(stratify=True, verbalize=False, min_race_rows=40)
+    assert compile_default.unit_options(wide) == {"stratify": True, "min_race_rows": 40}
+    assert compile_default.option_suffix(compile_default.unit_options(wide)) == "-stratified-race40"
+
+
 def test_the_zero_shot_scores_are_kept_while_a_unit_runs_and_reused_only_for_the_same_program_and_rows(
         monkeypatch, tmp_path):
     import lmgraph as lg
