@@ -20,7 +20,6 @@ goes to ``results/headroom/draws.jsonl`` at once (a killed run keeps it, a rerun
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from pathlib import Path
@@ -38,24 +37,6 @@ import compile_default  # noqa: E402
 from tasks import load  # noqa: E402
 
 OUT = headroom.OUT
-
-
-def _lines(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    got = []
-    for line in path.read_text().splitlines():
-        try:
-            got.append(json.loads(line))
-        except ValueError:
-            continue  # a torn last line from a kill
-    return got
-
-
-def _append(path: Path, line: dict) -> None:
-    torn = path.exists() and path.stat().st_size > 0 and not path.read_bytes().endswith(b"\n")
-    with path.open("a") as f:
-        f.write(("\n" if torn else "") + json.dumps(line) + "\n")
 
 
 def drawn_configs(grids: list[list[tuple[str, str]]]) -> set[str]:
@@ -155,7 +136,7 @@ def run_unit(name: str, seed: int, unit: dict, k: int, args: argparse.Namespace,
                     "diff_ci": [round(pb["ci_low"], 4), round(pb["ci_high"], 4)], "calls": res.usage.get("calls"),
                     "program_hash": prog.content_hash(), "runtime": compile_default.RUNTIME_REV}
             done.append(line)
-            _append(Path(args.out) / "draws.jsonl", line)
+            headroom.append_line(Path(args.out) / "draws.jsonl", line)
             print(f"  {name} seed {seed} draw {j}: {label:<50} {res.mean:.3f}  {pb['diff']:+.3f}", flush=True)
 
 
@@ -169,8 +150,8 @@ def main() -> None:
     ap.add_argument("--render", action="store_true", help="only write draws.md again (no model call)")
     args = ap.parse_args()
     out = Path(args.out)
-    units = {(u["task"], u["seed"]): u for u in _lines(out / "units.jsonl")}
-    done = [d for d in _lines(out / "draws.jsonl") if d.get("runtime") == compile_default.RUNTIME_REV]
+    units = {(u["task"], u["seed"]): u for u in headroom.read_lines(out / "units.jsonl")}
+    done = [d for d in headroom.read_lines(out / "draws.jsonl") if d.get("runtime") == compile_default.RUNTIME_REV]
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     seeds = [int(s) for s in args.seeds.split(",")]
     command = f"python benchmarks/draws.py --tasks {args.tasks} --seeds {args.seeds} --draws {args.draws}"

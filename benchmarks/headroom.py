@@ -128,8 +128,9 @@ def _measured(name: str, seed: int, test_n: int, out: Path) -> dict[str, dict]:
     return found
 
 
-def _progress(out: Path) -> list[dict]:
-    path = out / PROGRESS
+def read_lines(path: Path) -> list[dict]:
+    """The JSON lines of a results file written as work finishes (none if it is missing; a torn last
+    line from a kill is skipped)."""
     if not path.exists():
         return []
     got = []
@@ -141,11 +142,18 @@ def _progress(out: Path) -> list[dict]:
     return got
 
 
-def _append_progress(out: Path, line: dict) -> None:
-    path = out / PROGRESS
+def append_line(path: Path, line: dict) -> None:
     torn = path.exists() and path.stat().st_size > 0 and not path.read_bytes().endswith(b"\n")
     with path.open("a") as f:  # after a torn last line (a kill mid-write), start on a line of its own
         f.write(("\n" if torn else "") + json.dumps(line) + "\n")
+
+
+def _progress(out: Path) -> list[dict]:
+    return read_lines(out / PROGRESS)
+
+
+def _append_progress(out: Path, line: dict) -> None:
+    append_line(out / PROGRESS, line)
 
 
 def _unit_done(out: Path, name: str, seed: int, test_n: int) -> None:
