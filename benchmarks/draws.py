@@ -14,7 +14,9 @@ with their one score), and the compile's gain is set against it beside the singl
 
 Diagnostic only, like the grid: scored ON THE TEST ROWS and never used for selection. Each scored draw
 goes to ``results/headroom/draws.jsonl`` at once (a killed run keeps it, a rerun skips it);
-``results/headroom/draws.md`` is rewritten after each. Needs the (task, seed) unit in ``units.jsonl``.
+``results/headroom/draws.md`` is rewritten after each; the zero-shot scores the paired differences
+need are kept in ``results/headroom/draws-zero/`` (scored once per task, seed and runtime revision).
+Needs the (task, seed) unit in ``units.jsonl``.
 """
 
 from __future__ import annotations
