@@ -3,6 +3,7 @@ compiled on the same seeded test rows, in process on the embedded model, per tas
 
     .venv/bin/python benchmarks/compile_default.py --tasks trec,sst2 --seeds 0,1,2 [--test 100]
         [--rows 400] [--budget 800] [--name STEM] [--stratify] [--verbalize] [--min-race-rows N]
+        [--max-scored-rows N]
 
 For every (task, seed): the task's zero-shot program is scored on ``--test`` test rows, compiled
 with ``Compile()`` under ``--budget`` calls on ``--rows`` labelled rows (the task's train+val split;
@@ -20,7 +21,10 @@ baseline as the whole search fold): its units carry ``"options": {"stratify": tr
 checkpoints a ``-stratified`` suffix, so they never mix with the default's. ``--verbalize`` likewise
 compiles with ``Compile(verbalize=True)`` (labels that read as identifiers also tried as plain
 words; ``"options": {"verbalize": true}``, suffix ``-verbalized``), and ``--min-race-rows N`` with
-``Compile(min_race_rows=N)`` (no candidate dropped on fewer than N search rows; suffix ``-raceN``).
+``Compile(min_race_rows=N)`` (no candidate dropped on fewer than N search rows; suffix ``-raceN``),
+``--max-scored-rows N`` with ``Compile(max_scored_rows=N)`` (N labelled rows scored, the rest demo
+sources only, instead of what a quarter of the budget covers at a row's upper-bound cost; suffix
+``-scoredN``).
 """
 
 from __future__ import annotations
@@ -124,13 +128,16 @@ def unit_options(args: argparse.Namespace) -> dict[str, Any]:
     got: dict[str, Any] = {k: True for k in ("stratify", "verbalize") if getattr(args, k, False)}
     if getattr(args, "min_race_rows", None) not in (None, DEFAULT_MIN_RACE_ROWS):
         got["min_race_rows"] = args.min_race_rows
+    if getattr(args, "max_scored_rows", None) is not None:
+        got["max_scored_rows"] = args.max_scored_rows
     return got
 
 
 def option_suffix(options: dict[str, Any]) -> str:
     """What names the files of a unit compiled with non-default options (none for the default's)."""
     return (("-stratified" if options.get("stratify") else "") + ("-verbalized" if options.get("verbalize") else "")
-            + (f"-race{options['min_race_rows']}" if options.get("min_race_rows") else ""))
+            + (f"-race{options['min_race_rows']}" if options.get("min_race_rows") else "")
+            + (f"-scored{options['max_scored_rows']}" if options.get("max_scored_rows") else ""))
 
 
 def report_path(task_name: str, seed: int, rows: int, budget: int, suffix: str = "") -> Path:
@@ -205,6 +212,9 @@ def main() -> None:
     ap.add_argument("--min-race-rows", type=int, default=DEFAULT_MIN_RACE_ROWS,
                     help="compile with Compile(min_race_rows=N): no candidate dropped on fewer search rows "
                          f"(default {DEFAULT_MIN_RACE_ROWS}, the compiler's)")
+    ap.add_argument("--max-scored-rows", type=int, default=None,
+                    help="compile with Compile(max_scored_rows=N): N labelled rows scored, the others demo "
+                         "sources only (default: the compiler's, what a quarter of the budget covers)")
     ap.add_argument("--name", default=None,
                     help="results file stem (default: the tasks joined by '-', then -test<n>-labelled)")
     args = ap.parse_args()

@@ -79,6 +79,10 @@ def test_a_unit_raced_on_more_rows_than_the_default_is_a_unit_of_its_own():
     wide = SimpleNamespace(stratify=True, verbalize=False, min_race_rows=40)
     assert compile_default.unit_options(wide) == {"stratify": True, "min_race_rows": 40}
     assert compile_default.option_suffix(compile_default.unit_options(wide)) == "-stratified-race40"
+    more = SimpleNamespace(stratify=False, verbalize=False, min_race_rows=compile_default.DEFAULT_MIN_RACE_ROWS,
+                           max_scored_rows=185)
+    assert compile_default.unit_options(more) == {"max_scored_rows": 185}
+    assert compile_default.option_suffix(compile_default.unit_options(more)) == "-scored185"
 
 
 def test_the_zero_shot_scores_are_kept_while_a_unit_runs_and_reused_only_for_the_same_program_and_rows(
