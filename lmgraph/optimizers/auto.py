@@ -76,6 +76,7 @@ from .instructions import check_proposer
 from .params import demo_param, example_demos
 from .racing import Racing
 from .report import CONFIRMED, Report, score_cost_front
+from .scored import ScoredRows
 from .selection import detectable_gain, paired_stats, plan_notes, shrink, what_would_help, why_unchanged
 from .session import BudgetStop, CompileSession
 
@@ -87,7 +88,7 @@ _TIE = 1e-9
 
 # --------------------------------------------------------------------------- the optimizer
 
-class Compile(Racing, Optimizer):
+class Compile(Racing, ScoredRows, Optimizer):
     """The default compiler (see the module docstring)."""
 
     name = "compile"
@@ -132,9 +133,11 @@ class Compile(Racing, Optimizer):
         # default: a 135M proposer writes nonsense); off when None
         self.proposer_lm = proposer_lm
         self.num_proposals = num_proposals
-        if max_scored_rows != "auto" and (not isinstance(max_scored_rows, int) or max_scored_rows < 10):
-            raise DefinitionError(f"max_scored_rows must be 'auto' or a whole number >= 10, got {max_scored_rows!r}",
-                                  fix="'auto' scores as many rows as a quarter of the budget covers.")
+        if max_scored_rows not in ("auto", "measured") and (not isinstance(max_scored_rows, int)
+                                                            or max_scored_rows < 10):
+            raise DefinitionError(f"max_scored_rows must be 'auto', 'measured' or a whole number >= 10, got "
+                                  f"{max_scored_rows!r}", fix="'auto' scores as many rows as a quarter of the "
+                                  "budget covers at a row's upper-bound cost; 'measured' at the calls rows take.")
         self.max_scored_rows = max_scored_rows
         # each random demo set (labelled, bootstrapped) is drawn up to max_draws times: draws after
         # the first race only on budget the planned search left over
@@ -168,26 +171,6 @@ class Compile(Racing, Optimizer):
         random.Random(f"folds:{seed}").shuffle(perm)
         n_conf = max(1, round(n * self.confirm_fraction)) if n >= 4 else 0
         return perm[n_conf:], perm[:n_conf]
-
-    def n_scored(self, program: Program, n: int, budget: Budget | None) -> int:
-        """How many of ``n`` labelled rows are scored (the others only feed demos): all of them, or
-        with ``max_scored_rows="auto"`` and a call budget, as many as a baseline using a quarter of
-        the budget can score (never fewer than 50)."""
-        if isinstance(self.max_scored_rows, int):
-            return max(1, min(n, self.max_scored_rows))
-        if budget is None or budget.max_calls is None:
-            return n
-        return min(n, max(50, int(budget.max_calls / (4 * _per_row(program)))))
-
-    def scored_split(self, program: Program, rows: Sequence[Mapping[str, Any]], budget: Budget | None,
-                     seed: int) -> tuple[list[Mapping[str, Any]], list[Mapping[str, Any]]]:
-        """(rows scored by the compile, rows used only as demo sources): a seeded choice."""
-        k = self.n_scored(program, len(rows), budget)
-        if k >= len(rows):
-            return list(rows), []
-        perm = list(range(len(rows)))
-        random.Random(f"scored:{seed}").shuffle(perm)
-        return [rows[i] for i in perm[:k]], [rows[i] for i in perm[k:]]
 
     def rounds(self, n_search: int) -> list[int]:
         """Row counts after each racing round: at least ``min_race_rows``, doubling, ending at all."""
@@ -263,7 +246,8 @@ class Compile(Racing, Optimizer):
             self._proposed_words: dict[str, dict[Any, str]] = {}  # a proposer's label words: written in search
             verbalizers(self, tunable_modules(program))  # label words the user gave are checked here
             rows = self._pool(trainset, valset)
-            scored, pool_only = self.scored_split(program, rows, budget, seed)
+            scored, pool_only = self.scored_split(program, rows, budget, seed,
+                                                  most=self.max_scored_rows == "measured")
             self._ctx_hint = ctx
             self._budget_hint = budget
             self._pool_only = pool_only

@@ -213,7 +213,7 @@ class Optimizer:
         misses_before = int(session.ctx.usage.total()["calls"])
         nodes_before = session.ctx.usage.by_node()
         try:
-            await session.baseline()
+            await self.run_baseline(session)
             await self.search(session)
         except BudgetStop as e:
             report.stopped = str(e)
@@ -241,6 +241,11 @@ class Optimizer:
                           "nodes": _usage_since(nodes_before, session.ctx.usage.by_node())}
         report.wall_s = time.perf_counter() - t0
         return session.incumbent, report
+
+    async def run_baseline(self, session: CompileSession) -> None:
+        """Score the program as given on the validation rows (an optimizer may first measure what
+        rows take and keep fewer: :meth:`CompileSession.narrow_valset`)."""
+        await session.baseline()
 
     def optimize(self, program: Program, trainset: Sequence[Mapping[str, Any]], metric: Metric, *,
                  valset: Sequence[Mapping[str, Any]] | None = None, budget: Budget | None = None,

@@ -129,6 +129,20 @@ class Evaluator:
         if self.checkpoint is not None:
             self.checkpoint.append(key, entry)
 
+    def join(self, program: Program, parts: Sequence[tuple[Sequence[Mapping[str, Any]], Mapping[str, Any]]],
+             kind: str = "eval") -> None:
+        """Memoise ``program``'s evaluation on the rows of ``parts`` (each ``(rows, entry)``, already
+        run and paid for), one part after another, as the parts' entries joined: a later run on all
+        those rows is a memo hit that costs nothing more. Not checkpointed (the parts are)."""
+        rows = [r for rs, _ in parts for r in rs]
+        key = _hash({"kind": kind, "program": program.content_hash(), "rows": fingerprint(rows)})
+        usage = {k: sum(e["usage"].get(k, 0) for _, e in parts)
+                 for k in ("calls", "prompt_tokens", "completion_tokens", "dollars")}
+        self.memo[key] = {"scores": [x for _, e in parts for x in e["scores"]],
+                          "examples": [x for _, e in parts for x in e["examples"]], "usage": usage}
+        self._charged.add(key)
+        self._counted.add(key)  # the parts' outcomes are counted already
+
     def recall(self, key: str) -> dict[str, Any] | None:
         """A memo entry that is not an evaluation (a proposer's text): charged its recorded spend
         (every time: like a run, a recalled call counts), None when absent."""

@@ -217,6 +217,19 @@ class CompileSession:
 
     _new_candidate = new_candidate  # the name optimizers used before the ledger
 
+    def narrow_valset(self, n: int) -> None:
+        """Keep only the first ``n`` validation rows -- before the baseline is recorded (an optimizer
+        that measured what its rows take, and scores fewer of them than it was given: ``Compile``
+        with ``max_scored_rows="measured"``). The checkpoint's fingerprint stays the one of the rows
+        given, so a resumed run narrows the same way."""
+        if self._incumbent_candidate is not None or self.report.candidates:
+            raise RuntimeError("narrow_valset() comes before the baseline is recorded")
+        self.valset = self.valset[:n]
+        self._stage_perm = [i for i in self._stage_perm if i < n]
+        self._val_fp = fingerprint(self.valset)
+        self.report.data["val"] = {"n": len(self.valset), "sha256_16": self._val_fp}
+        self.ledger = Ledger(self.report, len(self.valset))
+
     async def baseline(self) -> Candidate:
         entry = await self.run(self._incumbent, self.valset)
         c = self.new_candidate("baseline (the program as given)", {}, entry, rows=range(len(self.valset)))
