@@ -8,14 +8,13 @@ import json
 import re
 
 import pytest
+from test_opt_compile import _last_sentence, demo_lover, program, rows
 
 import lmgraph as lg
 from lmgraph.evaluation import label_accuracy
 from lmgraph.optimizers.auto import Compile
 from lmgraph.optimizers.scored import PROBE
 from lmgraph.testing import FunctionLM, request_text
-
-from test_opt_compile import _last_sentence, demo_lover, program, rows
 
 
 def _measured_note(report: lg.optimizers.Report) -> str:
