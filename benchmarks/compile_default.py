@@ -24,7 +24,8 @@ words; ``"options": {"verbalize": true}``, suffix ``-verbalized``), and ``--min-
 ``Compile(min_race_rows=N)`` (no candidate dropped on fewer than N search rows; suffix ``-raceN``),
 ``--max-scored-rows N`` with ``Compile(max_scored_rows=N)`` (N labelled rows scored, the rest demo
 sources only, instead of what a quarter of the budget covers at a row's upper-bound cost; suffix
-``-scoredN``).
+``-scoredN``; ``measured``: as many as the quarter covers at the calls the baseline's first rows
+took, suffix ``-scoredmeasured``).
 """
 
 from __future__ import annotations
@@ -212,9 +213,10 @@ def main() -> None:
     ap.add_argument("--min-race-rows", type=int, default=DEFAULT_MIN_RACE_ROWS,
                     help="compile with Compile(min_race_rows=N): no candidate dropped on fewer search rows "
                          f"(default {DEFAULT_MIN_RACE_ROWS}, the compiler's)")
-    ap.add_argument("--max-scored-rows", type=int, default=None,
+    ap.add_argument("--max-scored-rows", type=lambda v: v if v == "measured" else int(v), default=None,
                     help="compile with Compile(max_scored_rows=N): N labelled rows scored, the others demo "
-                         "sources only (default: the compiler's, what a quarter of the budget covers)")
+                         "sources only, or 'measured': as many as a quarter of the budget covers at the calls "
+                         "the baseline's rows take (default: the compiler's, at a row's upper-bound cost)")
     ap.add_argument("--name", default=None,
                     help="results file stem (default: the tasks joined by '-', then -test<n>-labelled)")
     args = ap.parse_args()

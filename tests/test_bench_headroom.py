@@ -83,6 +83,8 @@ def test_a_unit_raced_on_more_rows_than_the_default_is_a_unit_of_its_own():
                            max_scored_rows=185)
     assert compile_default.unit_options(more) == {"max_scored_rows": 185}
     assert compile_default.option_suffix(compile_default.unit_options(more)) == "-scored185"
+    more.max_scored_rows = "measured"
+    assert compile_default.option_suffix(compile_default.unit_options(more)) == "-scoredmeasured"
 
 
 def test_the_zero_shot_scores_are_kept_while_a_unit_runs_and_reused_only_for_the_same_program_and_rows(
