@@ -233,7 +233,7 @@ def mutated_programs(draw: Any) -> Any:
             if draw(st.integers(0, 4)) == 0 and isinstance(parent, dict):
                 parent.pop(path[-1], None)
             else:
-                parent[path[-1]] = draw(ODD_VALUES)
+                parent[path[-1]] = copy.deepcopy(draw(ODD_VALUES))  # a fresh copy: no aliasing, no cycles
         except (KeyError, IndexError, TypeError):
             continue
     return data
