@@ -55,6 +55,19 @@ def demo_lover(request):
     return f"Label: {answer}" if request.prompt is not None else answer
 
 
+def even_rows_unreadable(request):
+    """:func:`demo_lover`, whose completions are unreadable on even-numbered rows (a repair call
+    follows, which it answers); JSON and scored answers always read."""
+    out = demo_lover(request)
+    if request.json_schema:
+        return json.dumps({"label": out.split(":")[-1].strip()})
+    if request.choices or request.prompt is None:
+        return out
+    text = request_text(request)
+    odd = int(re.findall(r"number (\d+)", _last_sentence(text))[0]) % 2
+    return out if odd or "could not be read" in text else "hmm"
+
+
 def test_compile_finds_demos_and_confirms_on_held_out_rows():
     lm = FunctionLM(demo_lover)
     data = rows(60)
@@ -627,15 +640,7 @@ def test_free_text_repairs_and_a_winner_always_confirmed_under_expected_costs():
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
 
-    def mixed(request):
-        out = demo_lover(request)
-        if request.json_schema:
-            return json.dumps({"label": out.split(":")[-1].strip()})
-        if request.choices or request.prompt is None:
-            return out
-        text = request_text(request)
-        odd = int(re.findall(r"number (\d+)", _last_sentence(text))[0]) % 2
-        return out if odd or "could not be read" in text else "hmm"
+    mixed = even_rows_unreadable
 
     @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
     @given(n=st.integers(30, 90), calls=st.integers(100, 500), seed=st.integers(0, 3))

@@ -4,17 +4,16 @@ row those took (lmgraph.optimizers.scored), with scripted fake models."""
 
 from __future__ import annotations
 
-import json
 import re
 
 import pytest
-from test_opt_compile import _last_sentence, demo_lover, program, rows
+from test_opt_compile import demo_lover, even_rows_unreadable, program, rows
 
 import lmgraph as lg
 from lmgraph.evaluation import label_accuracy
 from lmgraph.optimizers.auto import Compile
 from lmgraph.optimizers.scored import PROBE
-from lmgraph.testing import FunctionLM, request_text
+from lmgraph.testing import FunctionLM
 
 
 def _measured_note(report: lg.optimizers.Report) -> str:
@@ -43,15 +42,7 @@ def test_measured_rate_counts_the_repair_calls_rows_really_take_and_stays_in_bud
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
 
-    def mixed(request):
-        out = demo_lover(request)
-        if request.json_schema:
-            return json.dumps({"label": out.split(":")[-1].strip()})
-        if request.choices or request.prompt is None:
-            return out
-        text = request_text(request)
-        odd = int(re.findall(r"number (\d+)", _last_sentence(text))[0]) % 2
-        return out if odd or "could not be read" in text else "hmm"
+    mixed = even_rows_unreadable
 
     @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
     @given(n=st.integers(60, 400), calls=st.integers(250, 900), seed=st.integers(0, 3))
