@@ -81,7 +81,7 @@ class ScoredRows:
         dropped = rows[k:]
         session.narrow_valset(k)
         self._pool_only: list[Mapping[str, Any]] = [*dropped, *getattr(self, "_pool_only", [])]
-        self._scored_plan = (k, len(self._pool_only), max(rate, 1e-9) if rate > 0 else 1.0)
+        self._scored_plan = (k, len(self._pool_only), rate if rate > 0 else 1.0)
         session.report.notes.append(
             f"the baseline took {rate:.2f} calls a row on the first {len(first)} rows: {k} rows scored "
             f"(a quarter of the {budget.max_calls}-call budget at that rate), {len(self._pool_only)} demo sources only")
