@@ -94,6 +94,9 @@ def test_max_scored_rows_names_its_choices_and_the_session_narrows_only_before_t
     data = rows(300)
     plan = Compile(decodes=(), max_scored_rows="measured").dry_run(program(), data, budget=lg.Budget(max_calls=400))
     assert plan.calls <= 400
+    assert any("the run scores up to 100" in n for n in plan.notes), plan.notes
+    assert not any("the run scores up to" in n for n in Compile(decodes=()).dry_run(
+        program(), data, budget=lg.Budget(max_calls=400)).notes)
     # a compile without a call budget scores every row, measured or not
     ctx = lg.RunContext(lm=FunctionLM(demo_lover), cache=False)
     _, rep = Compile(decodes=(), max_scored_rows="measured", max_candidates=2).optimize(

@@ -233,6 +233,10 @@ class Compile(Racing, ScoredRows, Optimizer):
         calls = sum(breakdown.values())
         notes = plan_notes(len(rows), len(pooled), self._score_all(len(pooled), per), p["candidates"],
                            min(p["of"], self.max_candidates) if budget is not None else 0)
+        most = len(self.scored_split(program, pooled, budget, 0, most=True)[0])
+        if self.max_scored_rows == "measured" and most > len(rows):
+            notes += (f"planned at {len(rows)} scored rows; the run scores up to {most}: as many as a quarter of "
+                      "the budget covers at the calls its first 50 rows take",)
         return CostEstimate(calls, calls * 300, breakdown, notes)
 
     # ---- run
