@@ -68,22 +68,31 @@ def splits(task, seed: int, args: argparse.Namespace):  # noqa: ANN001, ANN201
     return task.splits(seed, Sizes(args.rows - n_val, n_val, args.test))
 
 
+def compile_args(args: argparse.Namespace) -> SimpleNamespace:
+    """What compile_default.unit is given: the sizes, the budget and the non-default Compile options."""
+    return SimpleNamespace(rows=args.rows, test=args.test, budget=args.budget,
+                           max_scored_rows=getattr(args, "max_scored_rows", None))
+
+
 def compile_unit(name: str, seed: int, args: argparse.Namespace) -> dict:
     """The compile_default unit for (task, seed): reused from any results/compile_default/*.jsonl
-    (the default compiler's: a unit compiled with non-default options, e.g. --stratify, is not it)."""
+    compiled with the same options (none: the default compiler's; a unit compiled with other options,
+    e.g. --stratify, is not it)."""
+    cargs = compile_args(args)
+    options = compile_default.unit_options(cargs)
     for path in sorted((HERE / "results" / "compile_default").glob("*.jsonl")):
         for line in path.read_text().splitlines():
             u = json.loads(line)
-            if u.get("labels") and compile_default.current(u) and not u.get("options") and \
+            if u.get("labels") and compile_default.current(u) and (u.get("options") or {}) == options and \
                     (u["task"], u["seed"], u["test_n"], u["rows"], u["budget"]) == (
                     name, seed, args.test, args.rows, args.budget):
                 return {**u, "source": f"{path.relative_to(HERE.parent)}"}
-    u = compile_default.unit(name, seed, SimpleNamespace(rows=args.rows, test=args.test, budget=args.budget))
+    u = compile_default.unit(name, seed, cargs)
     # kept at once: a run stopped in the (long) grid reuses the compile next time
     path = HERE / "results" / "compile_default" / "headroom-compiles.jsonl"
     with path.open("a") as f:
         f.write(json.dumps(u) + "\n")
-    compile_default.finished(name, seed, args.rows, args.budget)
+    compile_default.finished(name, seed, args.rows, args.budget, compile_default.option_suffix(options))
     return {**u, "source": f"{path.relative_to(HERE.parent)}"}
 
 
@@ -114,14 +123,15 @@ def _measured(name: str, seed: int, test_n: int, out: Path) -> dict[str, dict]:
     Read from finished units and from ``grid-progress.jsonl``, where a unit's configurations go as
     each is scored -- so a unit longer than a machine session resumes its grid on the next machine."""
     found: dict[str, dict] = {}
-    lines = [line for path in (out / "units-superseded.jsonl", out / "units.jsonl") if path.exists()
-             for line in path.read_text().splitlines()]
+    folders = list(dict.fromkeys((OUT, out)))  # the default table's grids serve a table of other options too
+    lines = [line for folder in folders for path in (folder / "units-superseded.jsonl", folder / "units.jsonl")
+             if path.exists() for line in path.read_text().splitlines()]
     for line in lines:
         u = json.loads(line)
         if (u["task"], u["seed"], u["test_n"]) == (name, seed, test_n):
             found.update({g["program_hash"]: g for g in u["grid"] if g.get("program_hash")
                           and g.get("runtime") == compile_default.RUNTIME_REV})
-    for g in _progress(out):
+    for g in (g for folder in folders for g in _progress(folder)):
         same = (g["task"], g["seed"], g["test_n"]) == (name, seed, test_n)
         if same and g.get("runtime") == compile_default.RUNTIME_REV:
             found[g["program_hash"]] = {k: v for k, v in g.items() if k not in ("task", "seed", "test_n")}
@@ -166,14 +176,18 @@ def _unit_done(out: Path, name: str, seed: int, test_n: int) -> None:
         path.unlink(missing_ok=True)
 
 
-def grid_unit(name: str, seed: int, args: argparse.Namespace) -> dict:
+def grid_unit(name: str, seed: int, args: argparse.Namespace, zero_mean: float | None = None) -> dict:
+    """The oracle grid of (task, seed). ``zero_mean``: the zero-shot score the compile unit measured on
+    the same test rows -- with it, a grid whose every configuration was measured before costs no call
+    (the zero-shot scores are run only when a configuration must be scored against them)."""
     task = load(name)
     train, val, test = splits(task, seed, args)
     program = task.lmgraph_program()
     ctx = lg.RunContext(max_concurrency=2)
     metric = _metric(task)
     t0 = time.perf_counter()
-    zero = compile_default.zero_shot(program, test, metric, ctx, compile_default.zero_path(name, seed, len(test)))
+    zero = None if zero_mean is not None else compile_default.zero_shot(
+        program, test, metric, ctx, compile_default.zero_path(name, seed, len(test)))
     configs = []
     rows = [{**r, task.output: r[task.label_field]} for r in list(train) + list(val)]  # as compile_default
     before = _measured(name, seed, args.test, Path(args.out))
@@ -183,6 +197,9 @@ def grid_unit(name: str, seed: int, args: argparse.Namespace) -> dict:
             configs.append({**before[h], "config": label})
             print(f"  {name} seed {seed} grid: {label:<55} {before[h]['mean']:.3f}  (measured before)", flush=True)
             continue
+        if zero is None:
+            zero = compile_default.zero_shot(program, test, metric, ctx,
+                                             compile_default.zero_path(name, seed, len(test)))
         res = evaluate_sync(prog, test, metric, ctx=ctx, concurrency=4)
         pb = paired_bootstrap(zero.scores, res.scores)
         configs.append({"config": label, "mean": round(res.mean, 4), "ci": [round(x, 4) for x in res.ci],
@@ -191,12 +208,15 @@ def grid_unit(name: str, seed: int, args: argparse.Namespace) -> dict:
                         "runtime": compile_default.RUNTIME_REV})
         _append_progress(Path(args.out), {"task": name, "seed": seed, "test_n": args.test, **configs[-1]})
         print(f"  {name} seed {seed} grid: {label:<55} {res.mean:.3f}  {pb['diff']:+.3f}", flush=True)
-    return {"zero_shot": round(zero.mean, 4), "grid": configs, "grid_s": round(time.perf_counter() - t0, 1)}
+    return {"zero_shot": round(zero.mean, 4) if zero is not None else zero_mean, "grid": configs,
+            "grid_s": round(time.perf_counter() - t0, 1)}
 
 
 def unit(name: str, seed: int, args: argparse.Namespace) -> dict:
     c = compile_unit(name, seed, args)
-    g = grid_unit(name, seed, args)
+    # the default table's grid is measured with its own zero-shot run (the check below); a table of other
+    # compile options reuses those grids against its compile unit's zero-shot score
+    g = grid_unit(name, seed, args, c["zero_shot"] if getattr(args, "max_scored_rows", None) else None)
     if abs(g["zero_shot"] - c["zero_shot"]) > 1e-9:  # same rows, same program, greedy: must agree
         raise RuntimeError(f"{name} seed {seed}: zero-shot {g['zero_shot']} here vs {c['zero_shot']} in "
                            f"{c['source']} -- the reused compile unit is not from this model/code")
@@ -211,7 +231,7 @@ def unit(name: str, seed: int, args: argparse.Namespace) -> dict:
             "oracle": round(oracle, 4), "oracle_config": best["config"] if best and best["mean"] > g["zero_shot"]
             else "zero-shot", "headroom": round(headroom, 4),
             "recovered": round(gain / headroom, 3) if headroom > 0 else None, "grid": g["grid"],
-            "grid_s": g["grid_s"]}
+            "grid_s": g["grid_s"], **({"options": c["options"]} if c.get("options") else {})}
 
 
 def _headroom_significant(u: dict) -> bool:
@@ -222,7 +242,9 @@ def _headroom_significant(u: dict) -> bool:
 
 
 def write_md(out: Path, units: list[dict], command: str) -> None:
-    lines = ["# Headroom: zero-shot, the default compiler, and an oracle grid on test", "",
+    options = next((u["options"] for u in units if u.get("options")), None)
+    who = f"`Compile({', '.join(f'{k}={v!r}' for k, v in options.items())})`" if options else "the default compiler"
+    lines = [f"# Headroom: zero-shot, {who}, and an oracle grid on test", "",
              f"`{command}` -- {MODEL}. The command resumes: each (task, seed) unit is kept in `units.jsonl` "
              "as it finishes and skipped by the next run, so the table may have been filled by several runs of it.",
              "",
@@ -272,10 +294,18 @@ def main() -> None:
                     help="combinations in the grid (the compiler's first N), beside every single lever")
     ap.add_argument("--order", choices=("seed", "task"), default="seed",
                     help="seed: every task on a seed before the next seed; task: every seed of a task first")
-    ap.add_argument("--out", default=str(OUT), help="results folder")
+    ap.add_argument("--max-scored-rows", default=None,
+                    help="compile with Compile(max_scored_rows=...) ('measured' or a number) instead of the "
+                         "default; the table goes to results/headroom-scored<value>/ unless --out is given, and "
+                         "reuses the default table's grids")
+    ap.add_argument("--out", default=None, help="results folder (default: results/headroom)")
     ap.add_argument("--render", action="store_true",
                     help="only write README.md again from the finished units in units.jsonl (no model call)")
     args = ap.parse_args()
+    if args.max_scored_rows not in (None, "measured"):
+        args.max_scored_rows = int(args.max_scored_rows)
+    if args.out is None:
+        args.out = str(OUT if args.max_scored_rows is None else OUT.parent / f"headroom-scored{args.max_scored_rows}")
     out = Path(args.out)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -294,7 +324,8 @@ def main() -> None:
     # the command that fills the whole table (a run of a subset of it resumes the same table)
     command = ("python benchmarks/headroom.py --tasks trec,sst2,banking77,hotpotqa,gsm8k --seeds 0,1,2"
                + "".join(f" --{k} {getattr(args, k)}" for k, d in (("test", 100), ("rows", 400), ("budget", 800),
-                                                                   ("grid", 6)) if getattr(args, k) != d))
+                                                                   ("grid", 6)) if getattr(args, k) != d)
+               + (f" --max-scored-rows {args.max_scored_rows}" if args.max_scored_rows is not None else ""))
     if args.render:
         write_md(out, done, command)
         return
