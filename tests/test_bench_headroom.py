@@ -19,7 +19,8 @@ def _config(task: str, seed: int, h: str, mean: float, runtime: str = compile_de
             "diff": 0.0, "diff_ci": [0, 0], "calls": 100, "program_hash": h, "runtime": runtime}
 
 
-def test_grid_configurations_scored_before_a_kill_are_reused_and_leave_when_the_unit_is_done(tmp_path):
+def test_grid_configurations_scored_before_a_kill_are_reused_and_leave_when_the_unit_is_done(monkeypatch, tmp_path):
+    monkeypatch.setattr(headroom, "OUT", tmp_path)  # the default table's grids: none but these
     lines = [_config("banking77", 0, "a", 0.1), _config("banking77", 0, "b", 0.2),
              _config("banking77", 0, "c", 0.3, runtime="an older runtime"),  # another runtime: re-run
              _config("banking77", 1, "d", 0.4), _config("gsm8k", 0, "e", 0.5)]
@@ -69,6 +70,38 @@ def test_the_headroom_table_never_reuses_a_compile_made_with_non_default_options
     monkeypatch.setattr(headroom, "HERE", tmp_path)
     got = headroom.compile_unit("trec", 0, SimpleNamespace(test=100, rows=400, budget=800))
     assert got["diff"] == 0.1 and "options" not in got
+    # and a table of those options takes only the compile made with exactly them
+    (tmp_path / "results" / "compile_default" / "measured.jsonl").write_text(
+        json.dumps({**unit, "options": {"max_scored_rows": "measured"}, "diff": 0.3}) + "\n")
+    got = headroom.compile_unit("trec", 0, SimpleNamespace(test=100, rows=400, budget=800, max_scored_rows="measured"))
+    assert got["diff"] == 0.3 and got["options"] == {"max_scored_rows": "measured"}
+
+
+def test_a_table_of_other_options_reuses_the_default_tables_grid_without_a_call(monkeypatch, tmp_path):
+    from types import SimpleNamespace
+
+    import lmgraph as lg
+
+    default, other = tmp_path / "headroom", tmp_path / "headroom-scoredmeasured"
+    default.mkdir()
+    other.mkdir()
+    monkeypatch.setattr(headroom, "OUT", default)
+    p = lg.Pipeline("t")
+    p.output(label=p.add(lg.Predict("question -> label"), name="classify", question=p.input("question")).label)
+    program = p.build()
+    h = program.content_hash()
+    monkeypatch.setattr(headroom, "grid_programs", lambda *a, **k: [("zero again", program)])
+    (default / headroom.PROGRESS).write_text(json.dumps(_config("trec", 0, h, 0.42)) + "\n")
+    assert sorted(headroom._measured("trec", 0, 100, other)) == [h]  # the default table's grid, seen from the other
+
+    def no_call(*a, **k):  # noqa: ANN002, ANN003, ANN202
+        raise AssertionError("a grid measured before must not be run again")
+
+    monkeypatch.setattr(headroom, "evaluate_sync", no_call)
+    monkeypatch.setattr(compile_default, "zero_shot", no_call)
+    args = SimpleNamespace(test=100, rows=400, budget=800, grid=6, out=str(other))
+    got = headroom.grid_unit("trec", 0, args, zero_mean=0.31)
+    assert got["zero_shot"] == 0.31 and [g["mean"] for g in got["grid"]] == [0.42]
 
 
 def test_a_unit_raced_on_more_rows_than_the_default_is_a_unit_of_its_own():
