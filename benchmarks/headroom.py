@@ -241,7 +241,12 @@ def _headroom_significant(u: dict) -> bool:
     return bool(best and best["mean"] > u["zero_shot"] and best["diff_ci"][0] > 0)
 
 
+TABLE_ORDER = ("trec", "sst2", "hotpotqa", "banking77", "gsm8k")  # the table's rows: by task, then seed
+
+
 def write_md(out: Path, units: list[dict], command: str) -> None:
+    units = sorted(units, key=lambda u: (TABLE_ORDER.index(u["task"]) if u["task"] in TABLE_ORDER
+                                         else len(TABLE_ORDER), u["seed"]))
     options = next((u["options"] for u in units if u.get("options")), None)
     who = f"`Compile({', '.join(f'{k}={v!r}' for k, v in options.items())})`" if options else "the default compiler"
     lines = [f"# Headroom: zero-shot, {who}, and an oracle grid on test", "",
