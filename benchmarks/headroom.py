@@ -117,13 +117,14 @@ def grid_programs(program: lg.Program, rows: list[dict], k_grid: int, seed: int,
 PROGRESS = "grid-progress.jsonl"  # grid configurations of units not finished yet, one per line
 
 
-def _measured(name: str, seed: int, test_n: int, out: Path) -> dict[str, dict]:
+def _measured(name: str, seed: int, test_n: int, out: Path, grids: Path | None = None) -> dict[str, dict]:
     """Grid scores measured before for (task, seed, test rows), by program content hash: a program
     scored on the same test rows by the same greedy model scores the same (reused, not re-run).
     Read from finished units and from ``grid-progress.jsonl``, where a unit's configurations go as
     each is scored -- so a unit longer than a machine session resumes its grid on the next machine."""
     found: dict[str, dict] = {}
-    folders = list(dict.fromkeys((OUT, out)))  # the default table's grids serve a table of other options too
+    # the default table's grids (``grids``; results/headroom unless told) serve a table of other options too
+    folders = list(dict.fromkeys((grids or OUT, out)))
     lines = [line for folder in folders for path in (folder / "units-superseded.jsonl", folder / "units.jsonl")
              if path.exists() for line in path.read_text().splitlines()]
     for line in lines:
@@ -190,7 +191,7 @@ def grid_unit(name: str, seed: int, args: argparse.Namespace, zero_mean: float |
         program, test, metric, ctx, compile_default.zero_path(name, seed, len(test)))
     configs = []
     rows = [{**r, task.output: r[task.label_field]} for r in list(train) + list(val)]  # as compile_default
-    before = _measured(name, seed, args.test, Path(args.out))
+    before = _measured(name, seed, args.test, Path(args.out), Path(getattr(args, "grids", None) or OUT))
     for label, prog in grid_programs(program, rows, args.grid, seed, ctx):
         h = prog.content_hash()
         if h in before:
@@ -288,6 +289,26 @@ def write_md(out: Path, units: list[dict], command: str) -> None:
     (out / "README.md").write_text("\n".join(lines) + "\n")
 
 
+DEFAULT_TASKS = "trec,sst2,banking77,hotpotqa,gsm8k"
+
+
+def table_command(args: argparse.Namespace, tasks: list[str], seeds: list[int]) -> str:
+    """The command that fills a whole table: its tasks and seeds (those in it and this run's), and every
+    setting that is not the default's."""
+    names = list(dict.fromkeys(tasks))
+    task_arg = DEFAULT_TASKS if set(names) <= set(DEFAULT_TASKS.split(",")) else ",".join(names)
+    seed_arg = ",".join(str(s) for s in sorted(set(seeds) | {0, 1, 2}))
+    own = OUT if args.max_scored_rows is None else OUT.parent / f"headroom-scored{args.max_scored_rows}"
+    return (f"python benchmarks/headroom.py --tasks {task_arg} --seeds {seed_arg}"
+            + "".join(f" --{k} {getattr(args, k)}" for k, d in (("test", 100), ("rows", 400), ("budget", 800),
+                                                                ("grid", 6)) if getattr(args, k) != d)
+            + (f" --max-scored-rows {args.max_scored_rows}" if args.max_scored_rows is not None else "")
+            + (f" --out {Path(args.out).resolve().relative_to(HERE.parent)}"
+               if Path(args.out).resolve() != own.resolve() else "")
+            + (f" --grids {Path(args.grids).resolve().relative_to(HERE.parent)}"
+               if args.grids and Path(args.grids).resolve() != OUT.resolve() else ""))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tasks", default="trec,sst2,banking77,hotpotqa,gsm8k")
@@ -304,6 +325,9 @@ def main() -> None:
                          "default; the table goes to results/headroom-scored<value>/ unless --out is given, and "
                          "reuses the default table's grids")
     ap.add_argument("--out", default=None, help="results folder (default: results/headroom)")
+    ap.add_argument("--grids", default=None,
+                    help="with --max-scored-rows: the folder of the default table whose grids are reused "
+                         "(default: results/headroom; e.g. results/headroom-unseen)")
     ap.add_argument("--render", action="store_true",
                     help="only write README.md again from the finished units in units.jsonl (no model call)")
     args = ap.parse_args()
@@ -327,10 +351,8 @@ def main() -> None:
         jsonl.write_text("".join(json.dumps(u) + "\n" for u in done))
         print(f"{len(stale)} units of another compiler or runtime revision moved to units-superseded.jsonl", flush=True)
     # the command that fills the whole table (a run of a subset of it resumes the same table)
-    command = ("python benchmarks/headroom.py --tasks trec,sst2,banking77,hotpotqa,gsm8k --seeds 0,1,2"
-               + "".join(f" --{k} {getattr(args, k)}" for k, d in (("test", 100), ("rows", 400), ("budget", 800),
-                                                                   ("grid", 6)) if getattr(args, k) != d)
-               + (f" --max-scored-rows {args.max_scored_rows}" if args.max_scored_rows is not None else ""))
+    mine = ([], []) if args.render else (tasks, seeds)  # a re-render: the table's own tasks and seeds
+    command = table_command(args, [u["task"] for u in done] + mine[0], [u["seed"] for u in done] + mine[1])
     if args.render:
         write_md(out, done, command)
         return

@@ -191,3 +191,26 @@ def test_demo_draws_find_the_drawn_configurations_and_average_them_into_the_orac
     md = (tmp_path / "draws.md").read_text()
     assert "| hotpotqa | 1 | +0.100 | +0.300 | 33% | +0.200 | 50% |" in md
     assert "| 4 labelled demos | 0.400, 0.150, 0.200 | 0.250 | 0.150-0.400 |" in md
+
+
+def test_a_tables_command_names_its_own_tasks_folder_and_options():
+    from types import SimpleNamespace
+
+    def args(**kw):  # noqa: ANN003, ANN202
+        base = {"test": 100, "rows": 400, "budget": 800, "grid": 6, "max_scored_rows": None,
+                "out": str(headroom.OUT), "grids": None}
+        return SimpleNamespace(**{**base, **kw})
+
+    assert headroom.table_command(args(), ["sst2", "trec"], [0]) == \
+        "python benchmarks/headroom.py --tasks trec,sst2,banking77,hotpotqa,gsm8k --seeds 0,1,2"
+    unseen = headroom.OUT.parent / "headroom-unseen"
+    got = headroom.table_command(args(rows=200, budget=400, out=str(unseen)), ["hover", "wic"], [0, 1])
+    assert got == ("python benchmarks/headroom.py --tasks hover,wic --seeds 0,1,2 --rows 200 --budget 400 "
+                   "--out benchmarks/results/headroom-unseen")
+    measured = headroom.OUT.parent / "headroom-scoredmeasured"
+    assert headroom.table_command(args(max_scored_rows="measured", out=str(measured)), ["trec"], [0]).endswith(
+        "--seeds 0,1,2 --max-scored-rows measured")
+    got = headroom.table_command(args(max_scored_rows="measured", out=str(unseen) + "-scoredmeasured",
+                                      grids=str(unseen)), ["wic"], [2])
+    assert got.endswith("--max-scored-rows measured --out benchmarks/results/headroom-unseen-scoredmeasured "
+                        "--grids benchmarks/results/headroom-unseen")
