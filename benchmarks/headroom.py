@@ -2,7 +2,7 @@
 ORACLE GRID on the same seeded test rows, per task and split seed, in process on the embedded model.
 
     .venv/bin/python benchmarks/headroom.py --tasks trec,sst2,banking77,hotpotqa,gsm8k --seeds 0,1,2
-        [--test 100] [--rows 400] [--budget 800] [--grid 6]
+        [--test 100] [--rows 400] [--budget 800] [--grid 6] [--max-scored-rows measured [--grids DIR]]
 
 Per (task, seed):
 
@@ -29,6 +29,11 @@ compiler or of the runtime (``compile_default.current``) are moved to
 ``results/headroom/units-superseded.jsonl``; their grid scores (keyed by the program's content hash)
 are reused when measured by the same runtime revision, since the grid does not depend on the
 compiler's search.
+
+``--max-scored-rows measured`` (or a number) makes a table of ``Compile(max_scored_rows=...)`` instead of
+the default compiler (``results/headroom-scored<value>/``): its compile units are those made with exactly
+that option, and its grids are the default table's (``--grids``, results/headroom unless told), found by
+program hash -- a table whose every grid configuration was measured before costs only its compiles.
 """
 
 from __future__ import annotations
