@@ -297,13 +297,18 @@ def write_md(out: Path, units: list[dict], command: str) -> None:
 DEFAULT_TASKS = "trec,sst2,banking77,hotpotqa,gsm8k"
 
 
+def default_out(max_scored_rows: int | str | None) -> Path:
+    """A table's folder unless --out says otherwise: the default compiler's, or one per compile option."""
+    return OUT if max_scored_rows is None else OUT.parent / f"headroom-scored{max_scored_rows}"
+
+
 def table_command(args: argparse.Namespace, tasks: list[str], seeds: list[int]) -> str:
     """The command that fills a whole table: its tasks and seeds (those in it and this run's), and every
     setting that is not the default's."""
     names = list(dict.fromkeys(tasks))
     task_arg = DEFAULT_TASKS if set(names) <= set(DEFAULT_TASKS.split(",")) else ",".join(names)
     seed_arg = ",".join(str(s) for s in sorted(set(seeds) | {0, 1, 2}))
-    own = OUT if args.max_scored_rows is None else OUT.parent / f"headroom-scored{args.max_scored_rows}"
+    own = default_out(args.max_scored_rows)
     return (f"python benchmarks/headroom.py --tasks {task_arg} --seeds {seed_arg}"
             + "".join(f" --{k} {getattr(args, k)}" for k, d in (("test", 100), ("rows", 400), ("budget", 800),
                                                                 ("grid", 6)) if getattr(args, k) != d)
@@ -339,7 +344,7 @@ def main() -> None:
     if args.max_scored_rows not in (None, "measured"):
         args.max_scored_rows = int(args.max_scored_rows)
     if args.out is None:
-        args.out = str(OUT if args.max_scored_rows is None else OUT.parent / f"headroom-scored{args.max_scored_rows}")
+        args.out = str(default_out(args.max_scored_rows))
     out = Path(args.out)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     seeds = [int(s) for s in args.seeds.split(",")]
