@@ -27,7 +27,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from headroom import TABLE_ORDER, read_lines  # noqa: E402
+from headroom import TABLE_ORDER, _headroom_significant, read_lines  # noqa: E402
 
 REPORTS = HERE / "results" / "compile_default" / "reports"
 PAIRS = ("results/headroom:results/headroom-scored{option}",
@@ -116,6 +116,8 @@ def render(units: list[tuple[dict, dict]], option: str, command: str) -> str:
         gb = sum(_gain(b) for _, b in us) / len(us)
         h = sum(a["headroom"] for a, _ in us) / len(us)
         meets = " / ".join("yes" if h > 0 and g / h >= GOAL else "no" for g in (ga, gb))
+        if all("grid" in a and not _headroom_significant(a) for a, _ in us):
+            meets = "- (no seed's headroom beyond noise)"
         worse = sum(b["diff_ci"][1] < 0 for _, b in us)
         lines.append(f"| {task} | {budget} | {len(us)} | {ga:+.3f} -> {gb:+.3f} | {h:+.3f} | "
                      f"{_share(ga, h)} -> {_share(gb, h)} | {meets} | {worse} of {len(us)} |")

@@ -50,6 +50,9 @@ def test_units_are_matched_compared_and_summed_over_units(monkeypatch, tmp_path)
     assert "50% -> 100%" in rows["| sst20"]  # 0.1 and 0.2 of a 0.2 headroom
     # sst2: mean gain 0.15 -> 0.175 of a 0.2 headroom: 75% (no) -> 88% (yes)
     assert "| +0.150 -> +0.175 | +0.200 | 75% -> 88% | no / yes | 0 of 2 |" in md
+    no_room = [dict(a, grid=[{"mean": 0.31, "diff_ci": [-0.05, 0.07]}]) for a, _ in units[1:]]
+    md2 = pilot_compare.render([(a, b) for a, (_, b) in zip(no_room, units[1:])], "measured", "cmd")
+    assert "| 75% -> 88% | - (no seed's headroom beyond noise) |" in md2  # the grid's best is within noise
     assert "3 units:" in md and "per-unit difference +0.017" in md
     assert "higher on 1, lower on 1, equal on 1 (1 of them the same unit)" in md
 
