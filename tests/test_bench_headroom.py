@@ -164,8 +164,11 @@ def test_a_share_of_headroom_within_noise_on_every_seed_is_flagged(tmp_path):
 
     units = [unit("gsm8k", 0, 0.01, 0.02, -0.02), unit("gsm8k", 1, 0.02, 0.03, -0.03),
              unit("trec", 0, 0.5, 0.6, 0.1)]
+    units[2]["chosen"] = "cfg (confirmed)"  # a choice the grid scored: its grid score stands beside it
     headroom.write_md(tmp_path, units, "cmd")
     text = (tmp_path / "README.md").read_text()
+    assert "| 0.500 | +0.480 [-0.040, +0.040] | cfg (confirmed) | 0.600 | 0.600 (cfg) |" in text
+    assert "| x | - | 0.020 (cfg) |" in text  # a choice the grid has no configuration for
     row = next(line for line in text.splitlines() if line.startswith("| gsm8k | 0, 1 |"))
     assert "(headroom within noise on every seed)" in row and "0 of 2" in row
     trec = next(line for line in text.splitlines() if line.startswith("| trec | 0 |") and "1 of 1" in line)
