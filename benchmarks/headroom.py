@@ -269,9 +269,9 @@ def write_md(out: Path, units: list[dict], command: str) -> None:
              "",
              "The oracle grid is scored on the TEST rows: a diagnostic of the headroom available in the compiler's own "
              "search space, never used for selection. Its best is the max of several noisy scores (biased upward).",
-             "", "\"Chosen, on the grid\": the grid's score for the configuration the compile chose, built from all the "
-             "labelled rows (its own demo draw, and a nearest-demo pool that includes the compile's confirmation rows): "
-             "where it is far from the compiled score, the gap is the demos, not the choice.",
+             "", "\"Chosen, on the grid\": the grid's score for the configuration the compile chose, built from all "
+             "the labelled rows (its own demo draw, and a nearest-demo pool that includes the compile's confirmation "
+             "rows): where it is far from the compiled score, the gap is the demos, not the choice.",
              "", "| task | seed | zero-shot | compiled | paired diff [95% CI] | chosen | chosen, on the grid | "
              "oracle (best grid config) | headroom | recovered |", "|---|---|---|---|---|---|---|---|---|---|"]
     for u in units:
