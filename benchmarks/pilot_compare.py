@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import re
 import sys
 from pathlib import Path
@@ -29,7 +28,10 @@ sys.path.insert(0, str(HERE))
 
 from headroom import TABLE_ORDER, _headroom_significant, read_lines  # noqa: E402
 
-REPORTS = HERE / "results" / "compile_default" / "reports"
+from lmgraph.evaluation import bootstrap_ci  # noqa: E402
+
+import compile_default  # noqa: E402
+
 PAIRS = ("results/headroom:results/headroom-scored{option}",
          "results/headroom-unseen:results/headroom-unseen-scored{option}")
 #: what a task must recover of its mean headroom to count toward issue 23's "4 of the 5 visible tasks"
@@ -44,7 +46,7 @@ def _key(u: dict) -> tuple:
 def scored_rows(u: dict, suffix: str = "") -> tuple[int | None, float | None]:
     """(labelled rows the unit's compile scored, calls a row its baseline took when it measured them)
     from the compile's report; (None, None) without a report."""
-    path = REPORTS / f"{u['task']}-seed{u['seed']}-rows{u['rows']}-budget{u['budget']}{suffix}.json"
+    path = compile_default.report_path(u["task"], u["seed"], u["rows"], u["budget"], suffix)
     if not path.exists():
         return None, None
     rep = json.loads(path.read_text())
@@ -57,15 +59,6 @@ def scored_rows(u: dict, suffix: str = "") -> tuple[int | None, float | None]:
 def same_unit(a: dict, b: dict) -> bool:
     """Both compiles returned the same choice with the same test score and compile calls."""
     return (a["chosen"], a["compiled"], a.get("compile_calls")) == (b["chosen"], b["compiled"], b.get("compile_calls"))
-
-
-def bootstrap_mean(xs: list[float], seed: int = 0, n: int = 10_000) -> tuple[float, float]:
-    """95% percentile bootstrap interval of the mean of ``xs`` (resampling the values)."""
-    if not xs:
-        return 0.0, 0.0
-    rng = random.Random(seed)
-    means = sorted(sum(rng.choice(xs) for _ in xs) / len(xs) for _ in range(n))
-    return means[int(0.025 * n)], means[min(n - 1, int(0.975 * n))]
 
 
 def matched(pairs: list[tuple[Path, Path]]) -> list[tuple[dict, dict]]:
@@ -91,7 +84,7 @@ def _share(gain: float, headroom: float) -> str:
 
 
 def render(units: list[tuple[dict, dict]], option: str, command: str) -> str:
-    suffix = f"-scored{option}"
+    suffix = compile_default.option_suffix({"max_scored_rows": option})
     lines = [f"# `Compile(max_scored_rows={option!r})` against the default compiler, unit by unit", "",
              f"`{command}` -- from the finished headroom tables (no model call). Gains are paired test-score "
              "differences over zero-shot on the unit's test rows; headroom is the oracle grid's (scored on test: "
@@ -122,7 +115,7 @@ def render(units: list[tuple[dict, dict]], option: str, command: str) -> str:
         lines.append(f"| {task} | {budget} | {len(us)} | {ga:+.3f} -> {gb:+.3f} | {h:+.3f} | "
                      f"{_share(ga, h)} -> {_share(gb, h)} | {meets} | {worse} of {len(us)} |")
     d = [_gain(b) - _gain(a) for a, b in units]
-    lo, hi = bootstrap_mean(d)
+    lo, hi = bootstrap_ci(d)
     up, down = sum(x > 1e-9 for x in d), sum(x < -1e-9 for x in d)
     same = sum(same_unit(a, b) for a, b in units)
     lines += ["", "## Over all matched units", "",

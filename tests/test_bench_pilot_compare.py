@@ -26,12 +26,13 @@ def _table(folder: Path, units: list[dict]) -> None:
 
 
 def test_units_are_matched_compared_and_summed_over_units(monkeypatch, tmp_path):
-    monkeypatch.setattr(pilot_compare, "REPORTS", tmp_path / "reports")
-    (tmp_path / "reports").mkdir()
-    (tmp_path / "reports" / "sst2-seed0-rows400-budget800-scoredmeasured.json").write_text(json.dumps(
+    monkeypatch.setattr(pilot_compare.compile_default, "HERE", tmp_path)  # the compile reports: these only
+    reports = tmp_path / "results" / "compile_default" / "reports"
+    reports.mkdir(parents=True)
+    (reports / "sst2-seed0-rows400-budget800-scoredmeasured.json").write_text(json.dumps(
         {"data": {"folds": {"search": 118, "confirm": 78}},
          "notes": ["the baseline took 1.02 calls a row on the first 50 rows: 196 rows scored"]}))
-    (tmp_path / "reports" / "sst2-seed0-rows400-budget800.json").write_text(json.dumps(
+    (reports / "sst2-seed0-rows400-budget800.json").write_text(json.dumps(
         {"data": {"folds": {"search": 60, "confirm": 40}}, "notes": []}))
     _table(tmp_path / "base", [_unit("trec", 0, 0.6, "json", 700), _unit("sst2", 0, 0.4, "json", 750),
                                _unit("sst2", 1, 0.5, "json", 740), _unit("gsm8k", 0, 0.3, "unchanged", 780)])
@@ -56,9 +57,3 @@ def test_units_are_matched_compared_and_summed_over_units(monkeypatch, tmp_path)
     assert "3 units:" in md and "per-unit difference +0.017" in md
     assert "higher on 1, lower on 1, equal on 1 (1 of them the same unit)" in md
 
-
-def test_the_bootstrap_interval_holds_the_mean_and_is_degenerate_for_one_value():
-    lo, hi = pilot_compare.bootstrap_mean([0.1, -0.05, 0.0, 0.2, 0.05])
-    assert lo < 0.06 < hi
-    assert pilot_compare.bootstrap_mean([0.3]) == (0.3, 0.3)
-    assert pilot_compare.bootstrap_mean([]) == (0.0, 0.0)
