@@ -35,7 +35,12 @@ HERE = Path(__file__).parent
 UNITS = HERE / "results" / "compile_default"
 FILES = ("headroom-compiles.jsonl", "hover-wic-sentence_similarity-test100-labelled.jsonl",
          "unseen-budget1600-test100-labelled.jsonl", "bfcl-test50-labelled.jsonl",
-         "hotpotqa_multihop-test50-labelled.jsonl")
+         "hotpotqa_multihop-test50-labelled.jsonl", "hotpotqa-budget1600-test100-labelled.jsonl")
+# where a task's test rows come from, when not from the pool its labelled rows are cut from: the
+# report can only know the labelled rows' distribution
+TEST_SOURCE = {"trec": "its own test file", "banking77": "its own test file", "gsm8k": "its own test file",
+               "wic": "execute rows, labelled rows from induce", "sentence_similarity":
+               "execute rows, labelled rows from induce"}
 
 Evidence = dict[str, float]
 RULES: dict[str, Callable[[Evidence], bool]] = {
@@ -50,12 +55,15 @@ RULES: dict[str, Callable[[Evidence], bool]] = {
 
 
 def latest_units() -> list[dict[str, Any]]:
-    """The last recorded unit of each task/seed/rows/budget (a report file holds the last run's)."""
+    """The last recorded unit of each task/seed/rows/budget (a report file holds the last run's),
+    the default compiler's only: a pilot's units (``options`` set, e.g. ``max_scored_rows``) share
+    some of these files but keep their reports under their own names."""
     last: dict[tuple[Any, ...], dict[str, Any]] = {}
     for name in FILES:
         for line in (UNITS / name).read_text().splitlines():
             u = json.loads(line)
-            last[(u["task"], u["seed"], u["rows"], u["budget"])] = u
+            if not u.get("options"):
+                last[(u["task"], u["seed"], u["rows"], u["budget"])] = u
     return list(last.values())
 
 
@@ -96,8 +104,40 @@ def evidence(unit: dict[str, Any]) -> Evidence | None:
             raise SystemExit(f"{path.name}: recomputed {what} {mine:+.4f} != reported {theirs:+.4f}: "
                              "the report's per-row scores and its evidence disagree")
     return {"accepted": float(cand["status"] == "accepted"), "combined": combined,
-            "z": combined * math.sqrt(w1 + w2), "confirm_diff": dc,
-            "confirm_ci_low": cand["evidence"]["confirm_ci_low"]}
+            "z": combined * math.sqrt(w1 + w2), "combined_se": 1 / math.sqrt(w1 + w2), "confirm_diff": dc,
+            "confirm_se": sec, "confirm_ci_low": cand["evidence"]["confirm_ci_low"]}
+
+
+def calibration(units: list[dict[str, Any]]) -> dict[str, Any]:
+    """Did the report's figures predict the test? For every unit that took a change: the test
+    gain minus the report's expected gain (and minus its held-out confirmation alone), in
+    standard errors of the difference (the estimate's and the test's; the test's read off its
+    95% CI). Honest figures put 95% of the units within +/-1.96."""
+    rows = []
+    for u in units:
+        ev = u["evidence"]
+        se_t = (u["diff_ci"][1] - u["diff_ci"][0]) / (2 * 1.96)
+        if ev is None or not ev["accepted"] or se_t <= 0:  # a test diff with no spread: every row tied
+            continue
+        z = {k: (u["diff"] - ev[k]) / math.sqrt(ev[se] ** 2 + se_t ** 2)
+             for k, se in (("combined", "combined_se"), ("confirm_diff", "confirm_se"))}
+        rows.append({"task": u["task"], "seed": u["seed"], "budget": u["budget"], "test": u["diff"],
+                     "test_se": se_t, "expected": ev["combined"], "confirm": ev["confirm_diff"],
+                     "z_expected": z["combined"], "z_confirm": z["confirm_diff"],
+                     "test_source": TEST_SOURCE.get(u["task"], "the labelled rows' pool")})
+    groups: dict[str, Any] = {}
+    for name, keep in (("all", lambda r: True), ("test rows from the labelled rows' pool",
+                                                  lambda r: r["task"] not in TEST_SOURCE),
+                       ("test rows from elsewhere", lambda r: r["task"] in TEST_SOURCE)):
+        sel = [r for r in rows if keep(r)]
+        if not sel:
+            continue
+        groups[name] = {"units": len(sel), **{
+            f"{what}_{stat}": val for what, key, z in (("expected", "expected", "z_expected"),
+                                                      ("confirm", "confirm", "z_confirm"))
+            for stat, val in (("mean_test_minus", sum(r["test"] - r[key] for r in sel) / len(sel)),
+                              ("within_1_96", sum(1 for r in sel if abs(r[z]) <= 1.96)))}}
+    return {"units": rows, "groups": groups}
 
 
 def main() -> None:
@@ -121,6 +161,7 @@ def main() -> None:
         worse = sum(1 for x in diffs if x < 0)
         out["rules"][name] = {"mean_diff": sum(diffs) / len(diffs), "significant_gains": sig_kept,
                               "units_below_zero_shot": worse, "kept_as_given": changed}
+    out["calibration"] = calibration(units)
     (HERE / "results" / "acceptance_replay.json").write_text(json.dumps(out, indent=1) + "\n")
     lines = ["# The acceptance rule replayed on the committed compile units (no model calls)", "",
              "`.venv/bin/python benchmarks/acceptance_replay.py`", "",
@@ -143,6 +184,23 @@ def main() -> None:
     floor = [f"{u['task']} s{u['seed']} b{u['budget']}" for u in units if u["floor_note"]]
     lines += ["", f"Floor note (`Report.at_floor()`, no program scored 0.10 on its rows) on {len(floor)} of "
               f"{len(units)} reports: {', '.join(floor) or 'none'}."]
+    cal = out["calibration"]
+    lines += ["", "## Did the report's figures predict the test?", "",
+              f"Every unit that took a change and whose test diff has a spread ({len(cal['units'])}): the test gain "
+              "minus the report's expected gain (search rows, shrunk, pooled with the confirmation) and minus "
+              "its held-out confirmation alone, and how many units fall within 1.96 standard errors of the "
+              "difference (the estimate's and the test's, read off its 95% CI): 95% of them, for honest figures.", "",
+              "| units | n | test - expected gain (mean) | within 1.96 se | test - confirmation (mean) "
+              "| within 1.96 se |",
+              "|---|---|---|---|---|---|"]
+    for name, g in cal["groups"].items():
+        lines.append(f"| {name} | {g['units']} | {g['expected_mean_test_minus']:+.3f} | {g['expected_within_1_96']} "
+                     f"| {g['confirm_mean_test_minus']:+.3f} | {g['confirm_within_1_96']} |")
+    lines += ["", "| task | seed | budget | expected gain (z) | confirmation (z) | test diff | test rows |",
+              "|---|---|---|---|---|---|---|"]
+    for r in cal["units"]:
+        lines.append(f"| {r['task']} | {r['seed']} | {r['budget']} | {r['expected']:+.3f} ({r['z_expected']:+.2f}) | "
+                     f"{r['confirm']:+.3f} ({r['z_confirm']:+.2f}) | {r['test']:+.3f} | {r['test_source']} |")
     (HERE / "results" / "acceptance_replay.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

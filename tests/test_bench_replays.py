@@ -20,6 +20,9 @@ def test_each_committed_unit_replays_to_the_choice_it_recorded() -> None:
     for u in units:
         ev = acceptance_replay.evidence(u)  # raises when the report's scores and evidence disagree
         changed = not u["chosen"].startswith("unchanged")
+        report = json.loads(acceptance_replay.report_path(u).read_text())
+        best = next(c for c in report["candidates"] if c["id"] == report["best_id"])
+        assert (best["label"] if changed else "unchanged (program as given)") == u["chosen"], u  # its own report
         assert (ev is not None and ev["accepted"] == 1.0) == changed, (u["task"], u["seed"], u["budget"])
         if changed:
             assert ev is not None and ev["combined"] > 0 and ev["confirm_diff"] >= 0
