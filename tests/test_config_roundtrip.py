@@ -71,7 +71,9 @@ def generation(draw: Any, *, fields: tuple[str, ...] = ("question", "answer"), m
 
 def knn(draw: Any, fields: Mapping[str, Any]) -> dict:
     pool = draw(st.lists(st.fixed_dictionaries(fields), max_size=3))
-    return {"demo_pool": pool, "knn": draw(st.integers(0, len(pool))) if pool else 0}
+    first = next(iter(fields))  # an input in every signature drawn here
+    return {"demo_pool": pool, "knn": draw(st.integers(0, len(pool))) if pool else 0,
+            "knn_fields": draw(st.sampled_from([(), (first,)]))}
 
 
 def predict(draw: Any, sig: str = "question -> answer") -> lg.Predict:

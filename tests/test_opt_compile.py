@@ -371,6 +371,37 @@ def test_a_rows_own_demo_is_left_out_when_an_upstream_node_changed_another_of_it
     assert len(m2.demos_for({"lang": "fr", "text": "sentence 1"})) == 3  # the text identifies row 1
 
 
+def test_nearest_demos_can_match_on_chosen_input_fields():
+    # a long passage field decides a match on every input; knn_fields=("question",) matches on the question
+    pool = [{"context": "tokyo kyoto osaka " * 20, "question": "how tall is the tower?", "answer": "333 m"},
+            {"context": "paris lyon marseille " * 20, "question": "who founded the city?", "answer": "the romans"},
+            *({"context": f"place{i} " * 20, "question": f"what is thing {i}?", "answer": str(i)} for i in range(4))]
+    inputs = {"context": "paris lyon " * 20, "question": "how tall is the bridge?"}
+    every = lg.Predict("context, question -> answer", knn=1, demo_pool=pool)
+    by_question = every.replace(knn_fields=("question",))
+    assert every.demos_for(inputs)[0]["answer"] == "the romans"
+    assert by_question.demos_for(inputs)[0]["answer"] == "333 m"
+    assert "by question" in by_question.describe() and "by" not in every.describe().split("nearest")[1]
+    with pytest.raises(lg.DefinitionError, match="'answer' is not an input"):
+        lg.Predict("context, question -> answer", knn=1, demo_pool=pool, knn_fields=["answer"])
+    with pytest.raises(lg.DefinitionError, match="named twice"):
+        lg.Predict("context, question -> answer", knn_fields=["question", "question"])
+    p = lg.Pipeline("k")
+    c, q = p.input("context"), p.input("question")
+    n = p.add(by_question, name="answer", context=c, question=q)
+    p.output(answer=n.answer)
+    prog = p.build()
+    loaded = lg.Program.from_dict(prog.to_dict())
+    assert loaded.module("answer").knn_fields == ("question",) and loaded.content_hash() == prog.content_hash()
+    assert dict(prog.named_parameters())["answer.knn_fields"].value == ("question",)
+    # what the compiler's nearest-demo candidates set (knn, demo_pool) keeps the node's fields
+    on = lg.Predict("context, question -> answer", knn_fields=["question"])
+    on = on.with_parameters({"knn": 2, "demo_pool": pool})
+    assert on.knn_fields == ("question",) and on.demos_for(inputs)[-1]["answer"] == "333 m"
+    # the default (all inputs) is not written, so the programs saved before knn_fields hash as they did
+    assert "knn_fields" not in json.dumps(prog.with_module("answer", every).to_dict())
+
+
 def test_compile_can_choose_nearest_demos():
     # right only when a shown demo shares the input's sentiment word
     def copier(request):

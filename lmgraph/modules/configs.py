@@ -123,9 +123,10 @@ class PredictConfig(ModuleConfig):
     decode: str = "generate"
     knn: int = 0
     demo_pool: list[JSONDict] = []
+    knn_fields: list[str] = []
     verbalizer: list[JSONDict] = []
     kind_fields = ("signature",)
-    omit_defaults = (("cache",), ("decode",), ("knn", "demo_pool"), ("verbalizer",))
+    omit_defaults = (("cache",), ("decode",), ("knn", "demo_pool"), ("knn_fields",), ("verbalizer",))
 
 
 class ChainOfThoughtConfig(PredictConfig):

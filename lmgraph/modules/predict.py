@@ -297,13 +297,13 @@ class Predict(GenerationSettings, Module):
     kind = "predict"
     config_model = "PredictConfig"
     tunable: ClassVar[tuple[str, ...]] = ("instructions", "demos", "format", "lm", "temperature", "max_tokens",
-                                          "decode", "knn", "demo_pool", "verbalizer")
+                                          "decode", "knn", "demo_pool", "knn_fields", "verbalizer")
 
     def __init__(self, signature: str | Signature | type[Signature], *, instructions: str | None = None,
                  demos: Sequence[Mapping[str, Any]] = (), format: str = "auto", lm: str | None = None,
                  temperature: float = 0.0, max_tokens: int = 256, repair: bool = True,
                  types: Mapping[str, Any] | None = None, decode: str = "generate", cache: bool = True,
-                 knn: int = 0, demo_pool: Sequence[Mapping[str, Any]] = (),
+                 knn: int = 0, demo_pool: Sequence[Mapping[str, Any]] = (), knn_fields: Sequence[str] = (),
                  verbalizer: Mapping[Any, str] | Sequence[Mapping[str, Any]] = ()) -> None:
         self.base_signature = ensure_signature(signature, types=dict(types or {}))
         self._init_generation(instructions=instructions, format=format, lm=lm, temperature=temperature,
@@ -313,6 +313,9 @@ class Predict(GenerationSettings, Module):
         # per-input demos: the `knn` entries of `demo_pool` most similar to the inputs (BM25), after `demos`
         self.knn = knn
         self.demo_pool = normalise_demos(demo_pool, self.signature, optional=self.optional_demo_fields)
+        # the input fields the nearest demos are matched on (empty: all of them) -- e.g. the question
+        # alone, where a long passage field would decide the match; kept when knn is 0, for when it is on
+        self.knn_fields = (knn_fields,) if isinstance(knn_fields, str) else tuple(knn_fields)
         # the words the model is shown for the label output's options (modules/verbalizer.py)
         self.verbalizer = normalise_verbalizer(verbalizer, self.signature)
         self._check()
@@ -329,6 +332,14 @@ class Predict(GenerationSettings, Module):
         if self.knn and not self.demo_pool:
             raise DefinitionError(f"knn={self.knn} needs a demo_pool to choose from",
                                   fix="pass demo_pool=[{...}, ...] (labelled examples) or knn=0.")
+        inputs = [f.name for f in self.signature.inputs]
+        bad = [f for f in self.knn_fields if f not in inputs]
+        if bad or len(set(self.knn_fields)) != len(self.knn_fields):
+            raise DefinitionError(
+                f"knn_fields {list(self.knn_fields)!r}: " + (f"{bad[0]!r} is not an input of "
+                f"{self.signature.shorthand()!r}" if bad else "a field is named twice"),
+                fix=f"name inputs to match the nearest demos on, each once, from: {', '.join(inputs)} "
+                    "(or leave knn_fields empty to match on all of them).")
         if self.decode not in DECODE_CHOICES:
             raise DefinitionError(f"unknown decode mode {self.decode!r}",
                                   fix=f"choose one of {', '.join(DECODE_CHOICES)}.")
@@ -348,10 +359,11 @@ class Predict(GenerationSettings, Module):
         if not self.knn:
             return self.demos
         cached = self.__dict__.get("_knn_index")
-        if cached is None or cached.pool is not self.demo_pool:
+        fields = self.knn_fields or tuple(f.name for f in self.signature.inputs)
+        if cached is None or cached.pool is not self.demo_pool or cached.fields != fields:
             from .knn import DemoIndex
 
-            cached = DemoIndex(self.demo_pool, [f.name for f in self.signature.inputs])
+            cached = DemoIndex(self.demo_pool, fields)
             object.__setattr__(self, "_knn_index", cached)  # a cache, not configuration
         return (*self.demos, *cached.select(inputs, self.knn))
 
@@ -382,7 +394,8 @@ class Predict(GenerationSettings, Module):
     def describe(self) -> str:
         extra = f", {len(self.demos)} demos" if self.demos else ""
         if self.knn:
-            extra += f", {self.knn} nearest of {len(self.demo_pool)}"
+            extra += f", {self.knn} nearest of {len(self.demo_pool)}" + (
+                f" by {'+'.join(self.knn_fields)}" if self.knn_fields else "")
         mode = f", {self.decode}" if self.decode in SCORING_DECODES else ""
         if self.verbalizer:
             extra += f", {len(self.verbalizer)} label{'s' if len(self.verbalizer) != 1 else ''} verbalized"
