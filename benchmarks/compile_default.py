@@ -3,7 +3,7 @@ compiled on the same seeded test rows, in process on the embedded model, per tas
 
     .venv/bin/python benchmarks/compile_default.py --tasks trec,sst2 --seeds 0,1,2 [--test 100]
         [--rows 400] [--budget 800] [--name STEM] [--stratify] [--verbalize] [--min-race-rows N]
-        [--max-scored-rows N]
+        [--max-scored-rows N] [--knn-match text]
 
 For every (task, seed): the task's zero-shot program is scored on ``--test`` test rows, compiled
 with ``Compile()`` under ``--budget`` calls on ``--rows`` labelled rows (the task's train+val split;
@@ -25,7 +25,8 @@ words; ``"options": {"verbalize": true}``, suffix ``-verbalized``), and ``--min-
 ``--max-scored-rows N`` with ``Compile(max_scored_rows=N)`` (N labelled rows scored, the rest demo
 sources only, instead of what a quarter of the budget covers at a row's upper-bound cost; suffix
 ``-scoredN``; ``measured``: as many as the quarter covers at the calls the baseline's first rows
-took, suffix ``-scoredmeasured``).
+took, suffix ``-scoredmeasured``); ``--knn-match text`` with ``Compile(knn_match="text")`` (nearest
+demos matched on a node's text inputs where it also sees lists of passages; suffix ``-knntext``).
 """
 
 from __future__ import annotations
@@ -131,6 +132,8 @@ def unit_options(args: argparse.Namespace) -> dict[str, Any]:
         got["min_race_rows"] = args.min_race_rows
     if getattr(args, "max_scored_rows", None) is not None:
         got["max_scored_rows"] = args.max_scored_rows
+    if getattr(args, "knn_match", "all") != "all":
+        got["knn_match"] = args.knn_match
     return got
 
 
@@ -138,7 +141,8 @@ def option_suffix(options: dict[str, Any]) -> str:
     """What names the files of a unit compiled with non-default options (none for the default's)."""
     return (("-stratified" if options.get("stratify") else "") + ("-verbalized" if options.get("verbalize") else "")
             + (f"-race{options['min_race_rows']}" if options.get("min_race_rows") else "")
-            + (f"-scored{options['max_scored_rows']}" if options.get("max_scored_rows") else ""))
+            + (f"-scored{options['max_scored_rows']}" if options.get("max_scored_rows") else "")
+            + (f"-knn{options['knn_match']}" if options.get("knn_match") else ""))
 
 
 def report_path(task_name: str, seed: int, rows: int, budget: int, suffix: str = "") -> Path:
@@ -217,6 +221,9 @@ def main() -> None:
                     help="compile with Compile(max_scored_rows=N): N labelled rows scored, the others demo "
                          "sources only, or 'measured': as many as a quarter of the budget covers at the calls "
                          "the baseline's rows take (default: the compiler's, at a row's upper-bound cost)")
+    ap.add_argument("--knn-match", choices=("all", "text"), default="all",
+                    help="compile with Compile(knn_match='text'): nearest demos matched on a node's text inputs "
+                         "where it also sees lists (retrieved passages); default: on every input")
     ap.add_argument("--name", default=None,
                     help="results file stem (default: the tasks joined by '-', then -test<n>-labelled)")
     args = ap.parse_args()

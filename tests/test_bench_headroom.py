@@ -118,6 +118,11 @@ def test_a_unit_raced_on_more_rows_than_the_default_is_a_unit_of_its_own():
     assert compile_default.option_suffix(compile_default.unit_options(more)) == "-scored185"
     more.max_scored_rows = "measured"
     assert compile_default.option_suffix(compile_default.unit_options(more)) == "-scoredmeasured"
+    by_text = SimpleNamespace(stratify=False, verbalize=False, knn_match="text")
+    assert compile_default.unit_options(by_text) == {"knn_match": "text"}
+    assert compile_default.option_suffix(compile_default.unit_options(by_text)) == "-knntext"
+    by_text.knn_match = "all"  # the compiler's default is no option
+    assert compile_default.unit_options(by_text) == {}
 
 
 def test_the_zero_shot_scores_are_kept_while_a_unit_runs_and_reused_only_for_the_same_program_and_rows(

@@ -1038,3 +1038,29 @@ def test_score_cost_front_on_hand_made_points():
     front, priced = score_cost_front(priced_pts)
     assert priced and [p[0] for p in front] == ["b"]  # cheaper in dollars and better: a is dominated
     assert score_cost_front([]) == ([], False)
+
+
+def test_knn_match_text_matches_nearest_demos_on_the_text_inputs_of_a_node_that_sees_passages():
+    p = lg.Pipeline("rag")
+    c, q = p.input("context", list[str]), p.input("question")
+    n = p.add(lg.Predict("context: list[str], question -> answer"), name="answer", context=c, question=q)
+    p.output(answer=n.answer)
+    prog = p.build()
+    data = [{"context": [f"passage {i}"], "question": f"question {i}?", "answer": f"a{i}"} for i in range(40)]
+
+    def knn_specs(opt: Compile) -> list:
+        return [s for s in opt._spec_skeleton(prog, data, None) if "knn" in s.levers]
+
+    default, text = knn_specs(Compile()), knn_specs(Compile(knn_match="text"))
+    assert default and all(not s.program.module("answer").knn_fields for s in default)
+    assert [s.program.module("answer").knn_fields for s in text] == [("question",)] * len(default)
+    assert all("nearest demos by text inputs" in s.label for s in text)
+    assert Compile(knn_match="text").config()["knn_match"] == "text" and "knn_match" not in Compile().config()
+    # a node's own fields win; a node with no list input is left alone
+    own = prog.with_module("answer", prog.module("answer").replace(knn_fields=("context",)))
+    assert {s.program.module("answer").knn_fields for s in Compile(knn_match="text")._spec_skeleton(own, data, None)
+            if "knn" in s.levers} == {("context",)}
+    plain = [s for s in Compile(knn_match="text")._spec_skeleton(program(), rows(40), None) if "knn" in s.levers]
+    assert plain and all(not s.program.module("classify").knn_fields and "text inputs" not in s.label for s in plain)
+    with pytest.raises(lg.DefinitionError, match="knn_match"):
+        Compile(knn_match="question")

@@ -99,7 +99,8 @@ class Compile(Racing, ScoredRows, Optimizer):
                  max_candidates: int = 12, models: Sequence[str] | str = "auto", proposer_lm: str | None = None,
                  num_proposals: int = 2, max_scored_rows: int | str = "auto", max_draws: int = 4,
                  min_gain: float = 0.0, stratify: bool = False,
-                 verbalize: bool | Mapping[str, Mapping[Any, str]] = False, **kwargs: Any) -> None:
+                 verbalize: bool | Mapping[str, Mapping[Any, str]] = False, knn_match: str = "all",
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         from ..modules.base import FORMAT_CHOICES
 
@@ -117,6 +118,10 @@ class Compile(Racing, ScoredRows, Optimizer):
         bad = [f for f in formats if f not in FORMAT_CHOICES or f == "auto"]
         if bad:
             raise DefinitionError(f"unknown prompt format {bad[0]!r}", fix="choose from completion, chat, json.")
+        if knn_match not in ("all", "text"):
+            raise DefinitionError(f"knn_match must be 'all' or 'text', got {knn_match!r}",
+                                  fix="'all' matches nearest demos on every input of a node; 'text' on its "
+                                      "text inputs where it also sees lists (retrieved passages).")
         if decodes != "auto" and any(d not in SCORING_DECODES for d in decodes):
             raise DefinitionError(f"decodes must be 'auto' or a subset of {SCORING_DECODES}, got {decodes!r}",
                                   fix="decodes=() turns log-prob scoring off.")
@@ -150,6 +155,9 @@ class Compile(Racing, ScoredRows, Optimizer):
         # shown as plain words; {node: {label: word}} -- the user's words; False: off
         self.verbalize = ({n: {getattr(k, "value", k): w for k, w in ws.items()} for n, ws in verbalize.items()}
                           if isinstance(verbalize, Mapping) else bool(verbalize))  # Enum keys by their value
+        # nearest demos matched on every input ("all") or, where a node sees lists (retrieved
+        # passages) beside text inputs, on the text inputs ("text"; a node's own knn_fields win)
+        self.knn_match = knn_match
 
     def config(self) -> dict[str, Any]:
         return {"max_demos": self.max_demos, "confirm_fraction": self.confirm_fraction,
@@ -162,7 +170,8 @@ class Compile(Racing, ScoredRows, Optimizer):
                 # only when set: the default keeps the fingerprints of earlier checkpoints
                 **({"min_gain": self.min_gain} if self.min_gain else {}),
                 **({"stratify": True} if self.stratify else {}),
-                **({"verbalize": self.verbalize} if self.verbalize else {})}
+                **({"verbalize": self.verbalize} if self.verbalize else {}),
+                **({"knn_match": self.knn_match} if self.knn_match != "all" else {})}
 
     # ---- folds and plan
     def folds(self, n: int, seed: int) -> tuple[list[int], list[int]]:

@@ -4,6 +4,7 @@ row costs, and which backends score label options."""
 from __future__ import annotations
 
 import random
+import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -175,8 +176,18 @@ def compile_specs(opt: Any, program: Program, boot: Mapping[str, list[tuple[int,
 
     def knn(pool: Mapping[str, list[tuple[int, Demo]]]) -> dict[str, dict[str, Any]]:
         # per-input demos from the whole pool; a row is never its own demo (leave-one-out)
-        return {n: {"knn": k, "demo_pool": [d for _, d in items]} for n, items in pool.items()
+        return {n: {"knn": k, "demo_pool": [d for _, d in items], **knn_match(n)} for n, items in pool.items()
                 if items and "knn" in mods[n].tunable}
+
+    def knn_match(node: str) -> dict[str, Any]:
+        # Compile(knn_match="text"): a node that sees lists (retrieved passages) beside text inputs
+        # has its nearest demos matched on the text inputs -- unless the node names its own fields
+        m = mods[node]
+        if getattr(opt, "knn_match", "all") != "text" or getattr(m, "knn_fields", ()) or \
+                "knn_fields" not in m.tunable:
+            return {}
+        text = tuple(f.name for f in m.signature.inputs if typing.get_origin(f.annotation) not in (list, tuple))
+        return {"knn_fields": text} if text and len(text) < len(m.signature.inputs) else {}
 
     knn_pool = {n: labelled.get(n) or boot.get(n) or [] for n in set(labelled) | set(boot)}
     boot_k, boot_rows = demos_of(boot, k)
@@ -228,7 +239,11 @@ def compile_specs(opt: Any, program: Program, boot: Mapping[str, list[tuple[int,
     near = knn(knn_pool)
     Raw = tuple[str, dict[str, dict[str, Any]], set[int], frozenset[str]]
 
+    by_text = any("knn_fields" in v for v in near.values())  # Compile(knn_match="text") applied
+
     def one(label: str, params: dict[str, dict[str, Any]], used: set[int], *levers: str) -> Raw:
+        if by_text and "knn" in levers:
+            label = label.replace(f"{k} nearest demos", f"{k} nearest demos by text inputs")
         return (label, params, used, frozenset(levers))
 
     # single levers first, in order of prior promise on small models (per-input demos, calibrated
