@@ -12,7 +12,8 @@ optimizers in three ways.
 * **The levers are the ones small and large models respond to**: the output decoding (generate,
   log-prob scoring of a label's options, scoring with contextual calibration), the prompt format
   (completion, chat, grammar-constrained JSON), bootstrapped or labelled demos (label-balanced),
-  their number, per-input (nearest-neighbour) demos, instructions written from the signature
+  their number, per-input (nearest-neighbour) demos (``knn_match="text"``: matched on a node's text
+  inputs where it also sees passage lists), instructions written from the signature
   (field names, options) rather than by the task model, and -- when the run context lists other
   models (``RunContext(lms=...)``, all but the proposer unless ``models=`` names them) -- the
   model of each node; the report then carries the (score, cost) Pareto front of everything raced
