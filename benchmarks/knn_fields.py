@@ -113,8 +113,7 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1,2")
     args = ap.parse_args()
     path = OUT.with_suffix(".jsonl")
-    done = {json.loads(line)["seed"]: json.loads(line) for line in path.read_text().splitlines()} \
-        if path.exists() else {}
+    done = {u["seed"]: u for u in headroom.read_lines(path)}
     for seed in (int(s) for s in args.seeds.split(",")):
         if seed not in done:
             done[seed] = unit(seed)

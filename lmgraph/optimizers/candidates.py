@@ -183,8 +183,7 @@ def compile_specs(opt: Any, program: Program, boot: Mapping[str, list[tuple[int,
         # Compile(knn_match="text"): a node that sees lists (retrieved passages) beside text inputs
         # has its nearest demos matched on the text inputs -- unless the node names its own fields
         m = mods[node]
-        if getattr(opt, "knn_match", "all") != "text" or getattr(m, "knn_fields", ()) or \
-                "knn_fields" not in m.tunable:
+        if opt.knn_match != "text" or "knn_fields" not in m.tunable or m.knn_fields:
             return {}
         text = tuple(f.name for f in m.signature.inputs if typing.get_origin(f.annotation) not in (list, tuple))
         return {"knn_fields": text} if text and len(text) < len(m.signature.inputs) else {}
