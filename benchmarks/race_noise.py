@@ -106,10 +106,45 @@ def by_task(units: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def blind_choice(tasks: list[dict[str, Any]], headroom_units: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Diagnostic, on the oracle grid's TEST scores (``results/headroom/units.jsonl``; never used to choose):
+    per task, the share of the grid's headroom a compile would recover if it picked blindly among the
+    configurations (zero-shot included) within the race's detectable difference of the grid's best -- those
+    its search rows cannot tell from the best -- beside the share the compile recovered. Means over seeds."""
+    det = {(t["task"], t["budget"]): t["detectable_search"] for t in tasks}
+    out: dict[str, dict[str, Any]] = {}
+    for u in headroom_units:
+        d = det.get((u["task"], u["budget"]))
+        if d is None:
+            continue
+        scores = [g["mean"] for g in u["grid"]] + [u["zero_shot"]]
+        near = [x for x in scores if x >= u["oracle"] - d]
+        t = out.setdefault(u["task"], {"task": u["task"], "budget": u["budget"], "detectable": d, "seeds": 0,
+                                       "near": [], "blind": 0.0, "compiled": 0.0, "headroom": 0.0})
+        t["seeds"] += 1
+        t["near"].append(f"{len(near)} of {len(scores)}")
+        t["blind"] += sum(near) / len(near) - u["zero_shot"]
+        t["compiled"] += u["compiled"] - u["zero_shot"]
+        t["headroom"] += u["headroom"]
+    for t in out.values():
+        h = t["headroom"]
+        t.update({k: round(t[k] / t["seeds"], 4) for k in ("blind", "compiled", "headroom")})
+        t["blind_share"] = round(t["blind"] / t["headroom"], 3) if h > 0 else None
+        t["compiled_share"] = round(t["compiled"] / t["headroom"], 3) if h > 0 else None
+    return list(out.values())
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{x:.0%}"
+
+
 def main() -> None:
     units = [n for n in (unit_noise(u) for u in acceptance_replay.latest_units()) if n is not None]
     tasks = by_task(units)
-    (HERE / "results" / "race_noise.json").write_text(json.dumps({"tasks": tasks, "units": units}, indent=1) + "\n")
+    grid = [json.loads(line) for line in (HERE / "results" / "headroom" / "units.jsonl").read_text().splitlines()]
+    blind = blind_choice(tasks, grid)
+    (HERE / "results" / "race_noise.json").write_text(
+        json.dumps({"tasks": tasks, "units": units, "blind_choice": blind}, indent=1) + "\n")
     head = ("| rows per candidate to detect 0.05 | to detect 0.10 |")
     lines = ["# How many rows the race needs to tell candidates apart (no model call)", "",
              "`.venv/bin/python benchmarks/race_noise.py` -- from the committed default-compiler reports' "
@@ -123,6 +158,16 @@ def main() -> None:
         lines.append(f"| {t['task']} | {t['budget']} | {t['units']} | {t['sd']:.3f} | {t['screen_rows']} "
                      f"| {t['detectable_screen']:.2f} | {t['search_rows']} | {t['detectable_search']:.2f} "
                      f"| {t['rows_for_0.05']} | {t['rows_for_0.10']} |")
+    lines += ["", "## Against the oracle grid (its TEST scores: a diagnostic, never used to choose)", "",
+              "Configurations of the grid (`results/headroom/units.jsonl`; zero-shot included) within the race's "
+              "detectable difference on its search rows of the grid's best cannot be told from the best by the "
+              "race: the share of the headroom a blind pick among them recovers (mean gain over seeds / mean "
+              "headroom), beside the compile's share (`results/headroom/README.md`).", "",
+              "| task | budget | detectable on the search rows | within it of the best, per seed | blind pick's share "
+              "| the compile's share |", "|---|---|---|---|---|---|"]
+    for b in blind:
+        lines.append(f"| {b['task']} | {b['budget']} | {b['detectable']:.2f} | {', '.join(b['near'])} | "
+                     f"{_pct(b['blind_share'])} | {_pct(b['compiled_share'])} |")
     lines += ["", "## Units", "", "| task | seed | budget | pairs | sd | detectable on screening rows "
               "| detectable on search rows (n) |", "|---|---|---|---|---|---|---|"]
     for u in units:

@@ -61,6 +61,19 @@ def test_the_committed_table_reproduces_from_the_committed_reports() -> None:
     units = [u for u in (race_noise.unit_noise(u) for u in acceptance_replay.latest_units()) if u is not None]
     committed = json.loads((BENCH / "results" / "race_noise.json").read_text())
     assert race_noise.by_task(units) == committed["tasks"]
+    grid = [json.loads(line) for line in (BENCH / "results" / "headroom" / "units.jsonl").read_text().splitlines()]
+    assert race_noise.blind_choice(committed["tasks"], grid) == committed["blind_choice"]
     for u in units:
         assert 0 <= u["sd"] < 1.5 and u["rows_for_0.05"] >= u["rows_for_0.10"] >= 0  # 0: every pair tied on every row
     assert any(u["sd"] == 0 for u in units if u["task"] == "gsm8k")  # the model's floor: nothing to tell apart
+
+
+def test_a_blind_pick_averages_the_configurations_the_race_cannot_tell_from_the_best() -> None:
+    tasks = [{"task": "t", "budget": 800, "detectable_search": 0.10}]
+    units = [{"task": "t", "budget": 800, "seed": s, "zero_shot": 0.2, "oracle": 0.5, "headroom": 0.3,
+              "compiled": c, "grid": [{"mean": 0.5}, {"mean": 0.42}, {"mean": 0.3}]} for s, c in ((0, 0.44), (1, 0.5))]
+    units.append({**units[0], "task": "other"})  # a task the noise table lacks: left out
+    (b,) = race_noise.blind_choice(tasks, units)
+    assert b["near"] == ["2 of 4", "2 of 4"]  # 0.5 and 0.42 are within 0.10 of 0.5; 0.3 and zero-shot are not
+    assert b["blind_share"] == pytest.approx(((0.5 + 0.42) / 2 - 0.2) / 0.3, abs=1e-3)
+    assert b["compiled_share"] == pytest.approx(0.27 / 0.3, abs=1e-3)
