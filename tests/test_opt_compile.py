@@ -1064,3 +1064,28 @@ def test_knn_match_text_matches_nearest_demos_on_the_text_inputs_of_a_node_that_
     assert plain and all(not s.program.module("classify").knn_fields and "text inputs" not in s.label for s in plain)
     with pytest.raises(lg.DefinitionError, match="knn_match"):
         Compile(knn_match="question")
+
+
+def test_the_report_names_the_candidates_the_search_rows_could_not_tell_from_the_chosen_one():
+    from lmgraph.optimizers.candidates import Spec
+    from lmgraph.optimizers.racing import Racing
+
+    win = Spec("json + 4 nearest demos", {}, rows=list(range(20)), scores=[1.0, 0.0] * 10)
+    close = Spec("4 labelled demos", {}, rows=list(range(20)), scores=[1.0, 0.0] * 9 + [0.0, 0.0])   # -0.05
+    worse = Spec("chat, zero-shot", {}, rows=list(range(20)), scores=[0.0] * 20)                       # -0.50
+    redraw = Spec("json + 4 nearest demos (draw 2)", {}, rows=list(range(20)), scores=[1.0, 0.0] * 10)
+    apart = Spec("json", {}, rows=[40, 41], scores=[1.0, 1.0])                                         # no shared row
+    ties = Racing.near_ties([win, close, worse, redraw, apart], win)
+    assert [t["label"] for t in ties] == ["4 labelled demos"]
+    assert ties[0]["diff"] == pytest.approx(-0.05) and ties[0]["rows"] == 20
+
+    # a compile where every demo candidate is perfect: the note names those it took one of
+    data = rows(60)
+    _compiled, report = Compile(decodes=()).optimize(program(), data, label_accuracy(),
+                                                     budget=lg.Budget(max_calls=600),
+                                                     ctx=lg.RunContext(lm=FunctionLM(demo_lover), cache=False))
+    assert report.best.status == "accepted"
+    near = report.data["near_ties"]
+    assert near and all(t["diff"] + 1.96 * t["se"] >= 0 for t in near)
+    assert report.best.label.split(" (confirmed)")[0] not in {t["label"] for t in near}
+    assert any("could not tell" in n and near[0]["label"] in n for n in report.notes), report.notes

@@ -429,6 +429,7 @@ class Compile(Racing, ScoredRows, Optimizer):
                            f"{len(conf_idx)} rows)")
             # scored on its search and confirmation rows only: the final choice, compared with nothing after
             session.set_incumbent(winner.program, cand, partial=True)  # type: ignore[arg-type]
+            self._note_near_ties(report, tried, winner)
             if ev["ci_low"] <= 0:
                 report.notes.append(f"the held-out confirmation alone cannot rule out no gain: with {len(conf_idx)} "
                                     f"confirmation rows a gain under {mde:+.2f} is not distinguishable from noise; "

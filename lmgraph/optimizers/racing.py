@@ -229,6 +229,40 @@ class Racing:
             alive = [s for s, *_ in ranked[:keep]]
         return alive
 
+    #: at most this many near ties are named in the report's note
+    near_ties_shown = 3
+
+    @staticmethod
+    def near_ties(tried: Sequence[Spec], winner: Spec) -> list[dict[str, Any]]:
+        """The candidates the search rows could not tell from ``winner``: on the rows both were scored
+        on (at least two), their paired difference from it is not below 0 by more than 1.96 standard
+        errors. Best first; other draws of the winner's own demo sets left out."""
+        mine = dict(zip(winner.rows, winner.scores))
+        out = []
+        for s in tried:
+            shared = [(x, mine[r]) for r, x in zip(s.rows, s.scores) if r in mine]
+            if s is winner or s.family == winner.family or len(shared) < 2:
+                continue
+            d, se = paired_stats([w for _, w in shared], [x for x, _ in shared])
+            if d + 1.96 * se >= 0:
+                out.append({"label": s.label, "diff": round(d, 4), "se": round(se, 4), "rows": len(shared)})
+        return sorted(out, key=lambda t: -t["diff"])
+
+    def _note_near_ties(self, report: Any, tried: Sequence[Spec], winner: Spec) -> None:
+        """Say in the report which candidates the chosen one could not be told from (``data["near_ties"]``)."""
+        ties = self.near_ties(tried, winner)
+        if not ties:
+            return
+        report.data["near_ties"] = ties
+        shown = "; ".join(f"{t['label']} {t['diff']:+.3f} (se {t['se']:.3f}, {t['rows']} rows)"
+                          for t in ties[:self.near_ties_shown])
+        more = f" and {len(ties) - self.near_ties_shown} more" if len(ties) > self.near_ties_shown else ""
+        report.notes.append(
+            f"the search rows could not tell {winner.label} from {len(ties)} other candidate"
+            f"{'s' if len(ties) > 1 else ''} (paired difference from it, within 1.96 standard errors of 0 or "
+            f"above): {shown}{more}; which is best is not settled on these rows -- more labelled rows (or a "
+            "budget that scores more of them) would separate them")
+
     @staticmethod
     def _rank(specs: Sequence[Spec], base: Sequence[float]) -> list[tuple[Spec, float, float, float]]:
         stats = [paired_stats([base[i] for i in s.rows], s.scores) for s in specs]
