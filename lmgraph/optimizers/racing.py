@@ -10,6 +10,7 @@ from typing import Any
 
 from .candidates import Spec
 from .evaluator import BudgetStop, unparsed_rows
+from .report import Report
 from .selection import paired_stats, shrink
 from .session import CompileSession
 
@@ -248,7 +249,7 @@ class Racing:
                 out.append({"label": s.label, "diff": round(d, 4), "se": round(se, 4), "rows": len(shared)})
         return sorted(out, key=lambda t: -t["diff"])
 
-    def _note_near_ties(self, report: Any, tried: Sequence[Spec], winner: Spec) -> None:
+    def _note_near_ties(self, report: Report, tried: Sequence[Spec], winner: Spec) -> None:
         """Say in the report which candidates the chosen one could not be told from (``data["near_ties"]``)."""
         ties = self.near_ties(tried, winner)
         if not ties:
