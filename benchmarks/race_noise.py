@@ -45,11 +45,17 @@ def rows_needed(sd: float, effect: float) -> int:
     return math.ceil((Z * sd / effect) ** 2)
 
 
-def pair_spreads(report: dict[str, Any]) -> list[float]:
+def implied(sd: float, first: int, search: int) -> dict[str, Any]:
+    """What a spread ``sd`` means for a race screening on ``first`` rows and searching on ``search``."""
+    return {"detectable_screen": round(detectable(sd, first), 3), "detectable_search": round(detectable(sd, search), 3),
+            **{f"rows_for_{e:.2f}": rows_needed(sd, e) for e in EFFECTS}}
+
+
+def pair_spreads(report: dict[str, Any], search_rows: list[int] | None = None) -> list[float]:
     """The standard deviation of the per-row score differences of every pair of raced candidates that
     share at least ``MIN_SHARED`` search rows (the baseline and the confirmed re-runs left out: the
-    race compares candidates with each other)."""
-    search = set(folds(report)[0])
+    race compares candidates with each other). ``search_rows``: the report's (:func:`folds`) when given."""
+    search = set(folds(report)[0] if search_rows is None else search_rows)
     raced = []
     for c in report["candidates"][1:]:
         if not c.get("rows") or c["label"].endswith("(confirmed)"):
@@ -79,16 +85,15 @@ def folds(report: dict[str, Any]) -> tuple[list[int], list[int]]:
 
 def unit_noise(unit: dict[str, Any]) -> dict[str, Any] | None:
     report = json.loads(acceptance_replay.report_path(unit).read_text())
-    spreads = pair_spreads(report)
+    search_rows = folds(report)[0]
+    spreads = pair_spreads(report, search_rows)
     if not spreads:
         return None
     sd = statistics.median(spreads)
-    search = len(folds(report)[0])
+    search = len(search_rows)
     first = compiler(report).rounds(search)[0]
     return {"task": unit["task"], "seed": unit["seed"], "budget": unit["budget"], "pairs": len(spreads),
-            "sd": round(sd, 4), "screen_rows": first, "search_rows": search,
-            "detectable_screen": round(detectable(sd, first), 3), "detectable_search": round(detectable(sd, search), 3),
-            **{f"rows_for_{e:.2f}": rows_needed(sd, e) for e in EFFECTS}}
+            "sd": round(sd, 4), "screen_rows": first, "search_rows": search, **implied(sd, first, search)}
 
 
 def by_task(units: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -100,9 +105,7 @@ def by_task(units: list[dict[str, Any]]) -> list[dict[str, Any]]:
         search = round(statistics.median(u["search_rows"] for u in mine))
         first = mine[0]["screen_rows"]
         out.append({"task": task, "budget": budget, "units": len(mine), "sd": round(sd, 4), "screen_rows": first,
-                    "search_rows": search, "detectable_screen": round(detectable(sd, first), 3),
-                    "detectable_search": round(detectable(sd, search), 3),
-                    **{f"rows_for_{e:.2f}": rows_needed(sd, e) for e in EFFECTS}})
+                    "search_rows": search, **implied(sd, first, search)})
     return out
 
 
