@@ -69,6 +69,28 @@ def test_no_passing_run_means_no_candidate_and_unchanged_program() -> None:
                                             ctx=ctx(lambda r: " neutral"))
     assert new == prog and len(rep.candidates) == 1
     assert any("nothing to bootstrap" in n for n in rep.notes)
+    assert any("every reply failed to parse" in n for n in rep.notes)  # ' neutral' is not a label
+    _, rep = BootstrapFewShot(2).optimize(prog, TRAIN, lambda ex, pred, trace=None: 0.0, valset=VAL, ctx=ctx())
+    note = next(n for n in rep.notes if "nothing to bootstrap" in n)
+    assert "threshold=1" in note and "best 0 over 20 runs, 0 above 0" in note and "pass threshold" not in note
+
+
+def test_graded_metric_below_the_mark_names_the_threshold_that_would_bootstrap() -> None:
+    acc = label_accuracy()
+
+    def partial(example, pred, trace=None):  # noqa: ANN001, ANN202 -- partial credit, never 1.0
+        return 0.6 * acc(example, pred)
+
+    prog = sentiment_program()
+    new, rep = BootstrapFewShot(2).optimize(prog, TRAIN, partial, valset=VAL, ctx=ctx())
+    assert new == prog and len(rep.candidates) == 1
+    note = next(n for n in rep.notes if "nothing to bootstrap" in n)
+    assert "best 0.6 over 20 runs, 10 above 0" in note
+    assert "pass threshold=0.6 (it keeps 10 of these runs)" in note
+    # the named threshold does what the note says: the runs are kept and the demos fix the task
+    new, rep = BootstrapFewShot(2, threshold=0.6).optimize(prog, TRAIN, partial, valset=VAL, ctx=ctx())
+    assert rep.best.label == "bootstrapped demos" and rep.best.mean == pytest.approx(0.6)
+    assert not any("nothing to bootstrap" in n for n in rep.notes)
 
 
 def test_labeled_fewshot_needs_mappable_nodes_and_label_map_helps() -> None:

@@ -256,9 +256,12 @@ def _dedupe(demos: Sequence[Demo]) -> list[Demo]:
 
 
 async def bootstrap_pool(session: CompileSession, teacher: Program, student: Program, want: int,
-                         threshold: float, chunk: int, *, nested: bool = False) -> dict[str, list[Demo]]:
+                         threshold: float, chunk: int, *, nested: bool = False,
+                         scores: list[float] | None = None) -> dict[str, list[Demo]]:
     """Run ``teacher`` on shuffled training rows until every demo node of ``student`` has
     ``want`` demos from runs scoring >= ``threshold`` (or the training set is used up).
+    ``scores``, when given, receives the metric score of every run that finished (for the
+    report's note when too few pass: :func:`threshold_note`).
 
     ``nested``: nested modules too (keys are their paths), from the nested I/O the session
     records per example (``params_io``: a Refine's final answer for its generator, one record per
@@ -278,6 +281,8 @@ async def bootstrap_pool(session: CompileSession, teacher: Program, student: Pro
         for ex in entry["examples"]:
             if not ex["ok"]:
                 continue
+            if scores is not None:
+                scores.append(float(ex["score"]))
             nested_io = ex.get("params_io") or {}
             seen.update(n for n in nodes if nested_io.get(n))
             if ex["score"] < threshold:
@@ -286,6 +291,24 @@ async def bootstrap_pool(session: CompileSession, teacher: Program, student: Pro
                 pool[n] += demos
         pool = {n: _dedupe(d) for n, d in pool.items()}
     return pool
+
+
+def threshold_note(scores: Sequence[float], threshold: float, want: int) -> str:
+    """Why bootstrapping found nothing, and what would help: a graded metric (F1, similarity)
+    rarely reaches the default mark of 1.0, so name the mark that would have kept ``want`` runs."""
+    if not scores:
+        return ("no training run finished (every reply failed to parse or errored: see report.failures): "
+                "nothing to bootstrap")
+    ranked = sorted(scores, reverse=True)
+    above = sum(1 for s in scores if s > 0)
+    note = (f"no training run scored >= threshold={threshold:g} (best {ranked[0]:.3g} over {len(scores)} runs, "
+            f"{above} above 0): nothing to bootstrap")
+    if 0 < ranked[0] < threshold:
+        mark = ranked[min(want, above) - 1]
+        kept = sum(1 for s in scores if s >= mark)
+        note += (f"; for a graded metric (F1, similarity) pass threshold={mark:.3g} "
+                 f"(it keeps {kept} of these runs)")
+    return note
 
 
 class LabeledFewShot(Optimizer):
@@ -352,11 +375,12 @@ class BootstrapFewShot(Optimizer):
 
     async def search(self, session: CompileSession) -> None:
         teacher = await self._teacher(session)
+        scores: list[float] = []
         pool = await bootstrap_pool(session, teacher, session.incumbent, self.max_demos, self.threshold,
-                                    chunk=max(4, 2 * self.max_demos), nested=True)
+                                    chunk=max(4, 2 * self.max_demos), nested=True, scores=scores)
         demos = {n: d[:self.max_demos] for n, d in pool.items() if d}
         if not demos:
-            session.report.notes.append("no training run passed the metric: nothing to bootstrap")
+            session.report.notes.append(threshold_note(scores, self.threshold, self.max_demos))
             return
         session.reporter.phase("scoring the bootstrapped demos")
         await session.consider(with_demos(session.incumbent, demos), "bootstrapped demos",
@@ -384,8 +408,9 @@ class BootstrapRandomSearch(BootstrapFewShot):
         base = session.incumbent
         teacher = await self._teacher(session)
         want = self.max_demos * max(2, self.num_candidates // 2)
+        scores: list[float] = []
         pool = await bootstrap_pool(session, teacher, base, want, self.threshold,
-                                    chunk=max(8, 2 * self.max_demos), nested=True)
+                                    chunk=max(8, 2 * self.max_demos), nested=True, scores=scores)
         candidates: list[tuple[str, dict[str, list[Demo]]]] = []
         if self.max_labeled:
             rows = list(session.trainset)
@@ -405,7 +430,8 @@ class BootstrapRandomSearch(BootstrapFewShot):
             if pick:
                 candidates.append((f"random set #{i + 1} ({k} demo{'s' if k != 1 else ''} per node)", pick))
         if not candidates:
-            session.report.notes.append("no training run passed the metric and no labels map: no candidates")
+            session.report.notes.append(threshold_note(scores, self.threshold, self.max_demos)
+                                        .replace("nothing to bootstrap", "no labels map either: no candidates"))
             return
         for j, (label, demos) in enumerate(candidates, 1):
             session.reporter.phase(f"candidate {j} of {len(candidates)}: {label}")
