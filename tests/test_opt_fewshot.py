@@ -93,6 +93,15 @@ def test_graded_metric_below_the_mark_names_the_threshold_that_would_bootstrap()
     assert not any("nothing to bootstrap" in n for n in rep.notes)
 
 
+def test_threshold_note_cases() -> None:
+    from lmgraph.optimizers.fewshot import threshold_note
+    assert "every reply failed to parse" in threshold_note([], 1.0, 4)
+    assert "2 of 3 training runs scored >= threshold=1 but none recorded" in threshold_note([1.0, 1.0, 0.0], 1.0, 4)
+    # the suggested mark keeps ``want`` runs when that many scored above 0
+    note = threshold_note([0.9, 0.2, 0.5, 0.0, 0.7], 1.0, 2)
+    assert "best 0.9 over 5 runs, 4 above 0" in note and "pass threshold=0.7 (it keeps 2 of these runs)" in note
+
+
 def test_labeled_fewshot_needs_mappable_nodes_and_label_map_helps() -> None:
     p = lg.Pipeline("s")
     n = p.add(lg.Predict("sentence -> sentiment: Literal['negative', 'positive']", format="completion"),

@@ -300,6 +300,10 @@ def threshold_note(scores: Sequence[float], threshold: float, want: int) -> str:
         return ("no training run finished (every reply failed to parse or errored: see report.failures): "
                 "nothing to bootstrap")
     ranked = sorted(scores, reverse=True)
+    if ranked[0] >= threshold:
+        passed = sum(1 for s in scores if s >= threshold)
+        return (f"{passed} of {len(scores)} training runs scored >= threshold={threshold:g} but none recorded "
+                "the inputs and outputs of a node that takes demos: nothing to bootstrap")
     above = sum(1 for s in scores if s > 0)
     note = (f"no training run scored >= threshold={threshold:g} (best {ranked[0]:.3g} over {len(scores)} runs, "
             f"{above} above 0): nothing to bootstrap")
