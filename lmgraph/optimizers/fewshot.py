@@ -293,20 +293,21 @@ async def bootstrap_pool(session: CompileSession, teacher: Program, student: Pro
     return pool
 
 
-def threshold_note(scores: Sequence[float], threshold: float, want: int) -> str:
+def threshold_note(scores: Sequence[float], threshold: float, want: int,
+                   outcome: str = "nothing to bootstrap") -> str:
     """Why bootstrapping found nothing, and what would help: a graded metric (F1, similarity)
     rarely reaches the default mark of 1.0, so name the mark that would have kept ``want`` runs."""
     if not scores:
         return ("no training run finished (every reply failed to parse or errored: see report.failures): "
-                "nothing to bootstrap")
+                f"{outcome}")
     ranked = sorted(scores, reverse=True)
     if ranked[0] >= threshold:
         passed = sum(1 for s in scores if s >= threshold)
         return (f"{passed} of {len(scores)} training runs scored >= threshold={threshold:g} but none recorded "
-                "the inputs and outputs of a node that takes demos: nothing to bootstrap")
+                f"the inputs and outputs of a node that takes demos: {outcome}")
     above = sum(1 for s in scores if s > 0)
     note = (f"no training run scored >= threshold={threshold:g} (best {ranked[0]:.3g} over {len(scores)} runs, "
-            f"{above} above 0): nothing to bootstrap")
+            f"{above} above 0): {outcome}")
     if 0 < ranked[0] < threshold:
         mark = ranked[min(want, above) - 1]
         kept = sum(1 for s in scores if s >= mark)
@@ -434,8 +435,8 @@ class BootstrapRandomSearch(BootstrapFewShot):
             if pick:
                 candidates.append((f"random set #{i + 1} ({k} demo{'s' if k != 1 else ''} per node)", pick))
         if not candidates:
-            session.report.notes.append(threshold_note(scores, self.threshold, self.max_demos)
-                                        .replace("nothing to bootstrap", "no labels map either: no candidates"))
+            session.report.notes.append(threshold_note(scores, self.threshold, self.max_demos,
+                                                       "no labels map either: no candidates"))
             return
         for j, (label, demos) in enumerate(candidates, 1):
             session.reporter.phase(f"candidate {j} of {len(candidates)}: {label}")
