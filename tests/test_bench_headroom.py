@@ -222,3 +222,25 @@ def test_a_tables_command_names_its_own_tasks_folder_and_options():
                                       grids=str(unseen)), ["wic"], [2])
     assert got.endswith("--max-scored-rows measured --out benchmarks/results/headroom-unseen-scoredmeasured "
                         "--grids benchmarks/results/headroom-unseen")
+
+
+def test_the_share_recovered_carries_an_interval_that_widens_with_the_noise(tmp_path):
+    def unit(seed: int, gain_ci: list[float], head_ci: list[float]) -> dict:
+        return {"task": "t", "seed": seed, "test_n": 100, "zero_shot": 0.1, "compiled": 0.18, "diff": 0.08,
+                "diff_ci": gain_ci, "chosen": "x", "oracle": 0.2, "oracle_config": "cfg", "headroom": 0.1,
+                "recovered": 0.8, "grid": [{"config": "cfg", "mean": 0.2, "ci": [0, 1], "diff": 0.1,
+                                            "diff_ci": head_ci, "calls": 100}]}
+
+    tight = [unit(s, [0.078, 0.082], [0.098, 0.102]) for s in range(3)]
+    lo, hi = headroom.recovered_interval(tight)
+    assert 0.75 < lo < 0.8 < hi < 0.85
+    assert headroom.recovered_interval(tight) == (lo, hi)  # seeded: the same table every render
+    wide = [unit(s, [0.0, 0.16], [-0.05, 0.25]) for s in range(3)]
+    wlo, whi = headroom.recovered_interval(wide)
+    assert wlo < lo and whi > hi
+    noisy = [unit(0, [0.0, 0.16], [-0.3, 0.5])]  # a headroom whose draws reach 0: no upper bound
+    assert headroom.recovered_interval(noisy)[1] == float("inf")
+    headroom.write_md(tmp_path, noisy, "cmd")
+    lines = (tmp_path / "README.md").read_text().splitlines()
+    row = next(line for line in lines if line.startswith("| t | 0 | +0.080 |"))
+    assert "| 80% (headroom within noise on every seed) | [" in row and "unbounded] |" in row
