@@ -114,6 +114,8 @@ def unit(task_name: str, seed: int, args: argparse.Namespace) -> dict:
             "budget": args.budget, "zero_shot": round(zero.mean, 4), "zero_ci": [round(x, 4) for x in zero.ci],
             "compiled": round(comp.mean, 4), "compiled_ci": [round(x, 4) for x in comp.ci],
             "diff": round(pb["diff"], 4), "diff_ci": [round(pb["ci_low"], 4), round(pb["ci_high"], 4)],
+            # per test row, in the split's order: a share of the oracle's headroom gets a paired interval
+            "zero_scores": [round(x, 4) for x in zero.scores], "compiled_scores": [round(x, 4) for x in comp.scores],
             "chosen": best.label if best.id != report.baseline.id else "unchanged (program as given)",
             "expected_gain": round(best.evidence.get("expected_gain", 0.0), 4),
             "compile_calls": report.spent.get("calls"), "compile_s": round(compile_s, 1),

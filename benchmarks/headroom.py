@@ -212,7 +212,7 @@ def grid_unit(name: str, seed: int, args: argparse.Namespace, zero_mean: float |
         configs.append({"config": label, "mean": round(res.mean, 4), "ci": [round(x, 4) for x in res.ci],
                         "diff": round(pb["diff"], 4), "diff_ci": [round(pb["ci_low"], 4), round(pb["ci_high"], 4)],
                         "calls": res.usage.get("calls"), "program_hash": h,
-                        "runtime": compile_default.RUNTIME_REV})
+                        "runtime": compile_default.RUNTIME_REV, "scores": [round(x, 4) for x in res.scores]})
         _append_progress(Path(args.out), {"task": name, "seed": seed, "test_n": args.test, **configs[-1]})
         print(f"  {name} seed {seed} grid: {label:<55} {res.mean:.3f}  {pb['diff']:+.3f}", flush=True)
     return {"zero_shot": round(zero.mean, 4) if zero is not None else zero_mean, "grid": configs,
@@ -238,7 +238,8 @@ def unit(name: str, seed: int, args: argparse.Namespace) -> dict:
             "oracle": round(oracle, 4), "oracle_config": best["config"] if best and best["mean"] > g["zero_shot"]
             else "zero-shot", "headroom": round(headroom, 4),
             "recovered": round(gain / headroom, 3) if headroom > 0 else None, "grid": g["grid"],
-            "grid_s": g["grid_s"], **({"options": c["options"]} if c.get("options") else {})}
+            "grid_s": g["grid_s"], **({"options": c["options"]} if c.get("options") else {}),
+            **{k: c[k] for k in ("zero_scores", "compiled_scores") if k in c}}
 
 
 def _headroom_significant(u: dict) -> bool:
@@ -248,13 +249,16 @@ def _headroom_significant(u: dict) -> bool:
     return bool(best and best["mean"] > u["zero_shot"] and best["diff_ci"][0] > 0)
 
 
-def recovered_interval(us: list[dict], draws: int = 20000) -> tuple[float, float] | None:
-    """An approximate 95% interval for the share recovered over seeds (mean gain / mean headroom):
-    each seed's paired gain and its oracle's paired headroom taken as normal with the standard error
-    their 95% CIs imply, independent of each other (they share the zero-shot scores, so the true
-    interval is narrower: this one errs wide), and the ratio's 2.5th and 97.5th percentiles over
-    seeded draws (``inf`` where the headroom's draws reach 0). It does not correct the oracle's
-    upward bias as the best of several noisy scores. None without a positive headroom."""
+def recovered_interval(us: list[dict], draws: int = 20000) -> tuple[float, float, str] | None:
+    """A 95% interval for the share recovered over seeds (mean gain / mean headroom), and how it was
+    made. Where every unit keeps its per-row test scores (zero-shot, compiled, the oracle's
+    configuration), a paired bootstrap: the test rows of each seed resampled together, 2,000 seeded
+    times. Otherwise an approximation: each seed's paired gain and its oracle's paired headroom taken
+    as normal with the standard error their 95% CIs imply, independent of each other (they share the
+    zero-shot scores, so the true interval is narrower: this one errs wide). Either way the ratio's
+    2.5th and 97.5th percentiles (``inf`` where the headroom reaches 0), the oracle held at the
+    configuration that scored best (its upward bias as the best of several noisy scores is not
+    corrected). None without a positive headroom."""
     best = [max(u["grid"], key=lambda r: r["mean"], default=None) for u in us]
     if any(b is None for b in best):
         return None
@@ -262,6 +266,19 @@ def recovered_interval(us: list[dict], draws: int = 20000) -> tuple[float, float
     h = sum(u["headroom"] for u in us) / len(us)
     if h <= 0:
         return None
+    rows = [(u.get("zero_scores"), u.get("compiled_scores"), b.get("scores") if b else None) for u, b in zip(us, best)]
+    if all(z and c and o and len(z) == len(c) == len(o) for z, c, o in rows):
+        rng, ratios = random.Random(0), []
+        for _ in range(2000):
+            gs, hs = 0.0, 0.0
+            for z, c, o in rows:
+                idx = [rng.randrange(len(z)) for _ in z]
+                zm = sum(z[i] for i in idx)
+                gs += (sum(c[i] for i in idx) - zm) / len(idx)
+                hs += max(0.0, (sum(o[i] for i in idx) - zm) / len(idx))
+            ratios.append(gs / hs if hs > 0 else math.inf)
+        ratios.sort()
+        return ratios[50], ratios[1949], "paired bootstrap"
 
     def se(ci: list[float]) -> float:
         return (ci[1] - ci[0]) / 3.92
@@ -274,7 +291,7 @@ def recovered_interval(us: list[dict], draws: int = 20000) -> tuple[float, float
         gg, hh = rng.gauss(g, g_se), rng.gauss(h, h_se)
         ratios.append(gg / hh if hh > 0 else math.inf)
     ratios.sort()
-    return ratios[int(0.025 * draws)], ratios[int(0.975 * draws) - 1]
+    return ratios[int(0.025 * draws)], ratios[int(0.975 * draws) - 1], "approx."
 
 
 def _share(x: float) -> str:
@@ -314,7 +331,7 @@ def write_md(out: Path, units: list[dict], command: str) -> None:
                      f"[{u['diff_ci'][0]:+.3f}, {u['diff_ci'][1]:+.3f}] | {u['chosen']} | {chosen_on_grid(u)} | "
                      f"{u['oracle']:.3f} ({u['oracle_config']}) | {u['headroom']:+.3f} | {rec} |")
     lines += ["", "## Mean over seeds", "", "| task | seeds | mean gain | mean headroom | recovered (mean gain / mean "
-              "headroom) | approx. 95% interval of the share | never significantly worse | seeds whose oracle beats "
+              "headroom) | 95% interval of the share | never significantly worse | seeds whose oracle beats "
               "zero-shot significantly |", "|---|---|---|---|---|---|---|---|"]
     for name in dict.fromkeys(u["task"] for u in units):
         us = [u for u in units if u["task"] == name]
@@ -326,16 +343,18 @@ def write_md(out: Path, units: list[dict], command: str) -> None:
         if h > 0 and not real:  # a share of a headroom no seed shows beyond noise says nothing
             rec += " (headroom within noise on every seed)"
         iv = recovered_interval(us) if h > 0 else None
-        span = f"[{_share(iv[0])}, {_share(iv[1])}]" if iv else "-"
+        span = f"[{_share(iv[0])}, {_share(iv[1])}] ({iv[2]})" if iv else "-"
         lines.append(f"| {name} | {', '.join(str(u['seed']) for u in us)} | {g:+.3f} | {h:+.3f} | {rec} | {span} | "
                      f"{'NO' if worse else 'yes'} | {real} of {len(us)} |")
     lines += ["", "Where the oracle's best configuration does not beat zero-shot with a paired 95% CI above 0, the "
               "headroom is within noise and the share recovered says little about the compiler.", "",
-              "The share's approximate 95% interval (`recovered_interval`): each seed's paired gain and its oracle's "
-              "paired headroom taken as independent normals with the standard errors their 95% CIs imply, the "
-              "ratio's percentiles over 20,000 seeded draws. Both differences share the zero-shot scores, so the "
-              "true interval is narrower (this one errs wide); the oracle's upward bias (best of several noisy "
-              "scores) is not corrected.", "", "## Grids", ""]
+              "The share's 95% interval (`recovered_interval`): \"paired bootstrap\" where the units keep their "
+              "per-row test scores (each seed's test rows resampled together); \"approx.\" where they do not "
+              "(units measured before 2026-12-08): each seed's paired gain and its oracle's paired headroom taken "
+              "as independent normals with the standard errors their 95% CIs imply, the ratio's percentiles over "
+              "20,000 seeded draws -- both differences share the zero-shot scores, so the true interval is "
+              "narrower (this one errs wide). Neither corrects the oracle's upward bias (best of several noisy "
+              "scores).", "", "## Grids", ""]
     for u in units:
         lines += [f"### {u['task']} seed {u['seed']} (zero-shot {u['zero_shot']:.3f}, n={u['test_n']})", "",
                   "| configuration | test mean [95% CI] | vs zero-shot [95% CI] | calls |", "|---|---|---|---|"]

@@ -232,15 +232,41 @@ def test_the_share_recovered_carries_an_interval_that_widens_with_the_noise(tmp_
                                             "diff_ci": head_ci, "calls": 100}]}
 
     tight = [unit(s, [0.078, 0.082], [0.098, 0.102]) for s in range(3)]
-    lo, hi = headroom.recovered_interval(tight)
+    lo, hi, how = headroom.recovered_interval(tight)
+    assert how == "approx."  # no per-row scores: from the CIs
     assert 0.75 < lo < 0.8 < hi < 0.85
-    assert headroom.recovered_interval(tight) == (lo, hi)  # seeded: the same table every render
+    assert headroom.recovered_interval(tight) == (lo, hi, how)  # seeded: the same table every render
     wide = [unit(s, [0.0, 0.16], [-0.05, 0.25]) for s in range(3)]
-    wlo, whi = headroom.recovered_interval(wide)
+    wlo, whi, _ = headroom.recovered_interval(wide)
     assert wlo < lo and whi > hi
     noisy = [unit(0, [0.0, 0.16], [-0.3, 0.5])]  # a headroom whose draws reach 0: no upper bound
     assert headroom.recovered_interval(noisy)[1] == float("inf")
     headroom.write_md(tmp_path, noisy, "cmd")
     lines = (tmp_path / "README.md").read_text().splitlines()
     row = next(line for line in lines if line.startswith("| t | 0 | +0.080 |"))
-    assert "| 80% (headroom within noise on every seed) | [" in row and "unbounded] |" in row
+    assert "| 80% (headroom within noise on every seed) | [" in row and "unbounded] (approx.) |" in row
+
+
+def test_units_with_per_row_scores_get_a_paired_bootstrap_interval():
+    import random
+
+    rng = random.Random(3)
+    units = []
+    for seed in range(3):
+        zero = [float(rng.random() < 0.2) for _ in range(100)]
+        # the oracle fixes 30 rows zero-shot got wrong, the compile 24 of those same rows: its gain is
+        # mostly the oracle's, so the paired interval is far narrower than the CIs alone imply
+        wrong = [i for i, z in enumerate(zero) if not z][:30]
+        oracle = [1.0 if i in wrong else z for i, z in enumerate(zero)]
+        comp = [1.0 if i in wrong[:24] else z for i, z in enumerate(zero)]
+        mean = sum(oracle) / 100
+        units.append({"task": "t", "seed": seed, "test_n": 100, "zero_shot": sum(zero) / 100,
+                      "compiled": sum(comp) / 100, "diff": 0.24, "diff_ci": [0.16, 0.32], "chosen": "x",
+                      "oracle": mean, "oracle_config": "cfg", "headroom": 0.3, "recovered": 0.8,
+                      "zero_scores": zero, "compiled_scores": comp,
+                      "grid": [{"config": "cfg", "mean": mean, "ci": [0, 1], "diff": 0.3, "diff_ci": [0.21, 0.39],
+                                "calls": 100, "scores": oracle}]})
+    lo, hi, how = headroom.recovered_interval(units)
+    assert how == "paired bootstrap" and 0.7 < lo < 0.8 < hi < 0.9
+    approx = headroom.recovered_interval([{k: v for k, v in u.items() if k != "zero_scores"} for u in units])
+    assert approx[2] == "approx." and approx[1] - approx[0] > 2 * (hi - lo)
