@@ -430,3 +430,88 @@ def test_reflect_on_the_embedded_model_runs_within_budget():
     props = [c for c in rep.candidates if c.label.startswith("iteration")]
     assert all(c.status in ("pool", "dropped") and c.reason for c in props)
     json.dumps(rep.to_dict())
+
+
+# ---- credit assignment: which node a reflection works on
+
+def chain3_program():
+    """word -> draft (first) -> shout (middle) -> answer (last): the middle step is the one to fix."""
+    p = lg.Pipeline("chain3")
+    a = p.add(lg.Predict("word -> draft", format="completion", repair=False), name="first", word=p.input("word"))
+    b = p.add(lg.Predict("draft -> shout", format="completion", repair=False), name="middle", draft=a.draft)
+    c = p.add(lg.Predict("shout -> answer", format="completion", repair=False), name="last", shout=b.shout)
+    p.output(answer=c.answer)
+    return p.build()
+
+
+def chain3_fn(req):
+    """first and last copy their input; middle uppercases only with 'PHRASE M' in its instruction."""
+    text = request_text(req)
+    ins = instruction_of(text)
+    if text.rstrip().endswith("Shout:"):  # middle
+        d = text.rsplit("Draft:", 1)[-1].split("\n", 1)[0].strip()
+        return " " + (d.upper() if "PHRASE M" in ins else d)
+    if text.rstrip().endswith("Answer:"):  # last
+        return " " + text.rsplit("Shout:", 1)[-1].split("\n", 1)[0].strip()
+    return " " + word_of(text)
+
+
+def chain3_metric(example, pred, trace=None):
+    ok = pred["answer"] == example["word"].upper()
+    return float(ok), None if ok else "the shout was not in capitals, so neither is the answer"
+
+
+def chain3_reflector(req):
+    text = request_text(req)
+    if "Step: middle (" in text and "capitals" in text:
+        return "PHRASE M: write the draft in capitals."
+    return "Copy the input exactly."
+
+
+def test_blame_reads_errors_empty_outputs_and_feedback_that_names_an_upstream_step():
+    from lmgraph.optimizers.reflect import blame
+
+    prog = chain3_program()
+    nodes = ["first", "middle", "last"]
+
+    def ex(feedback=None, outputs=None, ok=True, error=""):
+        io = {"first": {"outputs": {"draft": "hot"}}, "middle": {"outputs": {"shout": "hot"}},
+              "last": {"outputs": {"answer": "hot"}}}
+        io.update(outputs or {})
+        return {"ok": ok, "feedback": feedback, "nodes": io if ok else {}, "error": error, "score": 0.0}
+
+    # naming an upstream step's output field (as words or as the identifier) accuses that step
+    assert blame(prog, nodes, [ex("the shout is lowercase")]) == {"first": 0, "middle": 1, "last": 0}
+    assert blame(prog, nodes, [ex("bad draft")])["first"] == 1
+    # the last step's own outputs are where every mistake shows: naming them accuses nobody
+    assert blame(prog, nodes, [ex("the answer is wrong")]) == {"first": 0, "middle": 0, "last": 0}
+    # a failed run whose error names a node, and a node that returned nothing, accuse that node
+    failed = ex(ok=False, error="ParseError: node 'last': no answer field")
+    assert blame(prog, nodes, [failed])["last"] == 1
+    assert blame(prog, nodes, [ex(outputs={"middle": {"outputs": {"shout": ""}}})])["middle"] == 1
+    # one vote a row, shared among the nodes it accuses
+    assert blame(prog, nodes, [ex("the draft and the shout")]) == {"first": 0.5, "middle": 0.5, "last": 0}
+    # a node name under 3 characters is never read as mentioned (two_node_program's a and b)
+    assert blame(two_node_program(), ["a", "b"], [ex("a word, b side")]) == {"a": 0, "b": 0}
+
+
+@pytest.mark.parametrize("select", ["blame", "round_robin"])
+def test_credit_assignment_reflects_on_the_step_the_feedback_points_at(select):
+    rows = [{"word": w} for w in WORDS]
+    c = lg.RunContext(lm=FunctionLM(chain3_fn), lms={"reflector": FunctionLM(chain3_reflector)}, cache=False)
+    opt = Reflect(reflection_lm="reflector", minibatch_size=4, max_iterations=1, select=select)
+    new, rep = opt.optimize(chain3_program(), rows[:12], chain3_metric, valset=rows[12:], ctx=c)
+    first = next(x for x in rep.candidates if x.label.startswith("iteration 1:"))
+    if select == "blame":  # the feedback names the middle step's output: one reflection fixes it
+        assert first.label.startswith("iteration 1: middle of pool #0")
+        assert "the step: chosen from the traces: 4 of the 4 rows that fell short point at it" in first.reason
+        assert "PHRASE M" in new.module("middle").instructions and rep.best.mean == 1.0
+    else:  # round robin starts at the first step, which the feedback does not concern
+        assert first.label.startswith("iteration 1: first of pool #0") and "the step: round robin" in first.reason
+        assert new == chain3_program()
+    assert json.loads(json.dumps(opt.config()))["select"] == select
+
+
+def test_select_is_checked_before_any_call():
+    with pytest.raises(lg.DefinitionError, match="select must be 'blame' or 'round_robin'"):
+        Reflect(select="random")

@@ -12,10 +12,17 @@ One iteration:
 1. pick a parent from the Pareto front (the pool members that are best on at least one
    validation example, after dropping those another front member covers everywhere), drawn with
    probability proportional to the number of examples it is best on (seeded);
-2. pick the parent's next node with tunable instructions (round robin per candidate);
-3. run the parent on a minibatch of training rows (epochs of a seeded shuffle) and collect, for the
-   rows that fell short of ``perfect_score``, the node's inputs and outputs, the program's outputs,
-   the score and the metric's feedback; a minibatch without such a row is skipped;
+2. run the parent on a minibatch of training rows (epochs of a seeded shuffle); a minibatch where
+   every row reaches ``perfect_score`` is skipped;
+3. pick the node to reflect on -- *credit assignment from the traces* (``select="blame"``, the
+   default; :func:`blame`): each row that fell short points at the nodes its trace accuses (a
+   failed run whose error names a node; a node whose outputs came back empty; feedback that names
+   a node, or an output field of a node whose output feeds a later tuned step -- the last step's
+   own outputs are where every step's mistakes show, so naming them accuses nobody), one vote a
+   row, shared among the nodes it accuses; the node with the most votes is taken, ties and rows
+   that accuse nobody going to the parent's next node in round robin (``select="round_robin"``:
+   always that) -- and collect, for the rows that fell short, the node's inputs and outputs, the
+   program's outputs, the score and the metric's feedback;
 4. ask the reflection model (``reflection_lm=``, a name in ``RunContext.lms``; default the task
    model) for a new instruction for the node given the current one and those examples; clean it;
 5. score the child (the parent with the node's instruction replaced) on the same minibatch; if it
@@ -41,6 +48,7 @@ Only top-level nodes are tuned (composite modules' inner modules once the progra
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -242,6 +250,60 @@ def _clean(text: str | None, max_chars: int) -> str | None:
     return t
 
 
+# --------------------------------------------------------------------------- credit assignment
+
+def _mentions(text: str, name: str) -> bool:
+    """Whether ``text`` names ``name`` as a word (``search_query`` also as "search query"); names
+    under 3 characters are never taken as mentioned (a node called ``a`` is not the article)."""
+    if len(name) < 3:
+        return False
+    forms = {name.lower(), name.lower().replace("_", " ")}
+    return any(re.search(rf"(?<![\w]){re.escape(f)}(?![\w])", text.lower()) for f in forms)
+
+
+def _downstream(program: Program, node: str) -> set[str]:
+    seen: set[str] = set()
+    todo = list(program.dependents.get(node, ()))
+    while todo:
+        n = todo.pop()
+        if n not in seen:
+            seen.add(n)
+            todo.extend(program.dependents.get(n, ()))
+    return seen
+
+
+def blame(program: Program, nodes: Sequence[str], examples: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """Credit assignment from the traces of rows that fell short (memo entries of ``session.run``):
+    votes per node of ``nodes`` (nested paths count for their top-level node). A row's vote is
+    shared among the nodes it accuses: a failed run's error naming a node; a node whose outputs are
+    all empty; feedback naming a node, or an output field of a node whose output reaches a later
+    node of ``nodes`` (the last tuned step's own outputs are where every mistake shows: naming them
+    accuses nobody). Rows that accuse nobody give no vote."""
+    top = {n: n.split(".", 1)[0] for n in nodes}
+    tops = set(top.values())
+    upstream = {t for t in tops if _downstream(program, t) & tops}
+    votes = {n: 0.0 for n in nodes}
+    for ex in examples:
+        accused: set[str] = set()
+        if not ex.get("ok", True):
+            accused |= {t for t in tops if _mentions(str(ex.get("error", "")), t)}
+        io = ex.get("nodes") or {}
+        for t in tops:
+            outs = (io.get(t) or {}).get("outputs")
+            if outs and all(v in (None, "", [], {}) for v in outs.values()):
+                accused.add(t)
+        fb = str(ex.get("feedback") or "")
+        if fb:
+            for t in upstream:
+                fields = ((io.get(t) or {}).get("outputs") or {}).keys()
+                if _mentions(fb, t) or any(_mentions(fb, f) for f in fields):
+                    accused.add(t)
+        paths = [n for n in nodes if top[n] in accused]
+        for n in paths:
+            votes[n] += 1.0 / len(paths)
+    return votes
+
+
 # --------------------------------------------------------------------------- the optimizer
 
 class Reflect(Optimizer):
@@ -252,8 +314,12 @@ class Reflect(Optimizer):
     def __init__(self, *, reflection_lm: str | None = None, max_iterations: int = 12, minibatch_size: int = 4,
                  merge: bool = True, max_merges: int = 4, nodes: Sequence[str] | None = None,
                  perfect_score: float = 1.0, max_examples: int = 4, temperature: float = 0.7,
-                 max_instruction_chars: int = 1000, **kwargs: Any) -> None:
+                 max_instruction_chars: int = 1000, select: str = "blame", **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        if select not in ("blame", "round_robin"):
+            raise DefinitionError(f"select must be 'blame' or 'round_robin', got {select!r}",
+                                  fix="'blame' reflects on the node the failing rows' traces point at; "
+                                      "'round_robin' on each node in turn.")
         if max_iterations < 1 or minibatch_size < 1 or max_examples < 1 or max_merges < 0:
             raise DefinitionError("max_iterations, minibatch_size and max_examples must be >= 1, max_merges >= 0",
                                   fix="e.g. Reflect(max_iterations=12, minibatch_size=4).")
@@ -267,12 +333,14 @@ class Reflect(Optimizer):
         self.max_examples = max_examples
         self.temperature = float(temperature)
         self.max_instruction_chars = max_instruction_chars
+        self.select = select
 
     def config(self) -> dict[str, Any]:
         return {**super().config(), "reflection_lm": self.reflection_lm, "max_iterations": self.max_iterations,
                 "minibatch_size": self.minibatch_size, "merge": self.merge, "max_merges": self.max_merges,
                 "nodes": self.nodes, "perfect_score": self.perfect_score, "max_examples": self.max_examples,
-                "temperature": self.temperature, "max_instruction_chars": self.max_instruction_chars}
+                "temperature": self.temperature, "max_instruction_chars": self.max_instruction_chars,
+                "select": self.select}
 
     def estimate(self, program: Program, n_train: int, n_val: int) -> dict[str, int]:
         """Upper bound per phase: every iteration reflects once, scores parent and child on a
@@ -334,15 +402,25 @@ class Reflect(Optimizer):
         ids = list(front)
         weights = [max(front[i], 1e-9) for i in ids]
         parent = pool[rng.choices(ids, weights=weights)[0]]
-        node = nodes[parent.next_node % len(nodes)]
+        turn = parent.next_node % len(nodes)  # round robin: this node, unless the traces point elsewhere
         parent.next_node += 1
         idx = batches.next()
         rows = [session.trainset[i] for i in idx]
-        session.reporter.phase(f"reflection {it} of {self.max_iterations}: {node} of pool #{parent.idx} "
+        session.reporter.phase(f"reflection {it} of {self.max_iterations}: pool #{parent.idx} "
                                f"(pool of {len(pool)})")
         t0 = session.meter.snapshot()
         p_entry = await session.run(parent.program, rows)
         short_of = [(r, ex) for r, ex in zip(rows, p_entry["examples"]) if ex["score"] < self.perfect_score]
+        node, why_node = nodes[turn], "round robin"
+        if self.select == "blame" and short_of and len(nodes) > 1:
+            votes = blame(parent.program, nodes, [ex for _, ex in short_of])
+            rr = {n: (k - turn) % len(nodes) for k, n in enumerate(nodes)}  # ties: the round robin's order
+            pick = min(nodes, key=lambda n: (-votes[n], rr[n]))
+            if votes[pick] > 0:
+                node = pick
+                why_node = (f"chosen from the traces: {votes[pick]:g} of the {len(short_of)} rows that fell "
+                            f"short point at it" + "".join(f", {votes[n]:g} at {n}" for n in nodes
+                                                             if n != pick and votes[n] > 0))
         where = f"iteration {it}: {node} of pool #{parent.idx}"
         if not short_of:
             session.report.notes.append(f"{where}: every row of its minibatch ({len(rows)} training rows) scored "
@@ -369,6 +447,8 @@ class Reflect(Optimizer):
                        rows=range(len(session.valset)) if on_val else None, unparsed=unparsed)
             c.status = status
             c.evidence = {"minibatch_parent": p_mean, "minibatch_n": float(len(rows)), **evidence}
+            if len(nodes) > 1:
+                c.reason += f"; the step: {why_node}"
             return c
 
         if proposal is None or _norm(proposal) == _norm(current):
@@ -487,5 +567,5 @@ class Reflect(Optimizer):
                                 "to replace the program")
 
 
-__all__ = ["REFLECT_INSTRUCTIONS", "Reflect", "merge_plan", "pareto_front", "reflection_input",
+__all__ = ["REFLECT_INSTRUCTIONS", "Reflect", "blame", "merge_plan", "pareto_front", "reflection_input",
            "weakly_dominated"]
