@@ -515,3 +515,41 @@ def test_credit_assignment_reflects_on_the_step_the_feedback_points_at(select):
 def test_select_is_checked_before_any_call():
     with pytest.raises(lg.DefinitionError, match="select must be 'blame' or 'round_robin'"):
         Reflect(select="random")
+
+
+# ---- nested modules: Refine's generator is rewritten like a node
+
+def refine_program():
+    p = lg.Pipeline("refined")
+    n = p.add(lg.Refine(lg.Predict("word -> answer", format="completion", repair=False), max_rounds=1),
+              name="refine", word=p.input("word"))
+    p.output(answer=n.answer)
+    return p.build()
+
+
+def refine_fn(req):
+    """The judge always accepts; the generator uppercases only with the phrase in its instruction."""
+    text = request_text(req)
+    if "Verdict" in text:
+        return " fine\nVerdict: yes"
+    return task_fn(req)
+
+
+def test_reflect_rewrites_a_nested_modules_instruction_from_its_own_calls():
+    from lmgraph.optimizers.reflect import reflect_nodes
+
+    prog = refine_program()
+    assert reflect_nodes(prog, None) == ["refine.generator", "refine.judge"]
+    assert reflect_nodes(prog, ["refine.generator"]) == ["refine.generator"]
+    train, val = split()
+    c = lg.RunContext(lm=FunctionLM(refine_fn), lms={"reflector": FunctionLM(reflector_fn)}, cache=False)
+    new, rep = Reflect(reflection_lm="reflector", minibatch_size=4, max_iterations=2).optimize(
+        prog, train, metric, valset=val, ctx=c)
+    assert PHRASE in new.module("refine.generator").instructions.lower(), rep.table()
+    assert new.module("refine.judge") == prog.module("refine.judge")
+    assert rep.best.mean == 1.0 and rep.best.changes == {
+        "refine.generator": {"instructions": "Read the word and answer in uppercase."}}
+    # the reflector read the generator's own call: its inputs and outputs, not just the program's
+    seen = request_text(c.lms["reflector"].calls[0])
+    assert "Step: refine.generator (word -> answer)" in seen
+    assert "Step inputs:\n  word: " in seen and "Step outputs:\n  answer: " in seen

@@ -42,7 +42,8 @@ validation gain over the program as given, shrunk toward 0 for the number of can
 so the report carries the evidence. Every proposal is a report row: its text, parent, node,
 minibatch scores and why it was kept or dropped.
 
-Only top-level nodes are tuned (composite modules' inner modules once the program exposes them).
+Every module with instructions is tuned, nested ones by path (Refine's generator and judge, a
+Map's sub-program, a BestOfN's module): the reflection sees the nested module's own calls.
 """
 
 from __future__ import annotations
@@ -213,9 +214,12 @@ def _block(values: Mapping[str, Any] | None, limit: int) -> str:
 
 
 def reflection_input(program: Program, node: str, rows: Sequence[Mapping[str, Any]],
-                     examples: Sequence[Mapping[str, Any]], *, max_value_chars: int = 400) -> str:
+                     examples: Sequence[Mapping[str, Any]], *, max_value_chars: int = 400,
+                     max_calls_shown: int = 2) -> str:
     """What the reflection model reads: the node, its current instruction and the examples (with
-    scores and the metric's feedback) -- ``examples`` are memo entries from ``session.run``."""
+    scores and the metric's feedback) -- ``examples`` are memo entries from ``session.run``. A
+    nested module (``refine.generator``) shows its own calls' inputs and outputs, the first
+    ``max_calls_shown`` of a run."""
     module = program.module(node)
     sig = module.signature
     parts = [f"Step: {node} ({sig.shorthand()})",
@@ -224,9 +228,15 @@ def reflection_input(program: Program, node: str, rows: Sequence[Mapping[str, An
     for k, (row, ex) in enumerate(zip(rows, examples), 1):
         lines = [f"### Example {k}"]
         io = (ex.get("nodes") or {}).get(node)
+        calls = (ex.get("params_io") or {}).get(node) or []  # a nested module: one record per call
         if io is not None:
             lines += ["Step inputs:", _block(io.get("inputs"), max_value_chars),
                       "Step outputs:", _block(io.get("outputs"), max_value_chars)]
+        elif calls:
+            for j, rec in enumerate(calls[:max_calls_shown], 1):
+                tag = f" (call {j} of {len(calls)})" if len(calls) > 1 else ""
+                lines += [f"Step inputs{tag}:", _block(rec.get("inputs"), max_value_chars),
+                          f"Step outputs{tag}:", _block(rec.get("outputs"), max_value_chars)]
         else:
             lines += ["Program inputs:", _block({f: row[f] for f in program.input_specs if f in row},
                                                 max_value_chars)]
@@ -248,6 +258,14 @@ def _clean(text: str | None, max_chars: int) -> str | None:
     if t is not None and _norm(t) in _norm(REFLECT_INSTRUCTIONS):
         return None  # an echo of the reflection prompt
     return t
+
+
+def reflect_nodes(program: Program, nodes: Sequence[str] | None) -> list[str]:
+    """The modules Reflect rewrites: ``nodes`` (checked), else every module with tunable
+    instructions, nested ones by path (``refine.generator``, ``refine.judge``), in schedule order."""
+    if nodes is not None:
+        return instruction_nodes(program, nodes)
+    return [path.rsplit(".", 1)[0] for path, prm in program.named_parameters() if prm.kind == "instructions"]
 
 
 # --------------------------------------------------------------------------- credit assignment
@@ -345,7 +363,7 @@ class Reflect(Optimizer):
     def estimate(self, program: Program, n_train: int, n_val: int) -> dict[str, int]:
         """Upper bound per phase: every iteration reflects once, scores parent and child on a
         minibatch and the child on the validation set; every merge scores on the validation set."""
-        instruction_nodes(program, self.nodes)
+        reflect_nodes(program, self.nodes)
         per = static_calls_per_example(program)
         m = min(self.minibatch_size, n_train)
         out = {"reflections": self.max_iterations, "minibatches": self.max_iterations * 2 * m * per,
@@ -356,13 +374,13 @@ class Reflect(Optimizer):
 
     async def aoptimize(self, program: Program, *args: Any, **kwargs: Any) -> tuple[Program, Report]:
         if isinstance(program, Program):  # fail before any model call
-            instruction_nodes(program, self.nodes)
+            reflect_nodes(program, self.nodes)
             check_proposer(kwargs.get("ctx"), self.reflection_lm)
         return await super().aoptimize(program, *args, **kwargs)
 
     async def search(self, session: CompileSession) -> None:
         report = session.report
-        nodes = instruction_nodes(session.incumbent, self.nodes)
+        nodes = reflect_nodes(session.incumbent, self.nodes)
         if not nodes:
             report.notes.append("no node has tunable instructions: nothing to reflect on")
             return
@@ -567,5 +585,5 @@ class Reflect(Optimizer):
                                 "to replace the program")
 
 
-__all__ = ["REFLECT_INSTRUCTIONS", "Reflect", "blame", "merge_plan", "pareto_front", "reflection_input",
-           "weakly_dominated"]
+__all__ = ["REFLECT_INSTRUCTIONS", "Reflect", "blame", "merge_plan", "pareto_front", "reflect_nodes",
+           "reflection_input", "weakly_dominated"]
