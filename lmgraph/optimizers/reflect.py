@@ -17,8 +17,8 @@ One iteration:
 3. pick the node to reflect on -- *credit assignment from the traces* (``select="blame"``, the
    default; :func:`blame`): each row that fell short points at the nodes its trace accuses (a
    failed run whose error names a node; a node whose outputs came back empty; feedback that names
-   a node, or an output field of a node whose output feeds a later tuned step -- the last step's
-   own outputs are where every step's mistakes show, so naming them accuses nobody), one vote a
+   a step whose output feeds a later tuned step, by its node name or an output field -- the last
+   step is where every step's mistakes show, so naming it accuses nobody), one vote a
    row, shared among the nodes it accuses; the node with the most votes is taken, ties and rows
    that accuse nobody going to the parent's next node in round robin (``select="round_robin"``:
    always that) -- and collect, for the rows that fell short, the node's inputs and outputs, the
@@ -294,9 +294,9 @@ def blame(program: Program, nodes: Sequence[str], examples: Sequence[Mapping[str
     """Credit assignment from the traces of rows that fell short (memo entries of ``session.run``):
     votes per node of ``nodes`` (nested paths count for their top-level node). A row's vote is
     shared among the nodes it accuses: a failed run's error naming a node; a node whose outputs are
-    all empty; feedback naming a node, or an output field of a node whose output reaches a later
-    node of ``nodes`` (the last tuned step's own outputs are where every mistake shows: naming them
-    accuses nobody). Rows that accuse nobody give no vote."""
+    all empty; feedback naming a node whose output reaches a later node of ``nodes``, by its name or
+    one of its output fields (the last tuned step is where every mistake shows: naming it accuses
+    nobody). Rows that accuse nobody give no vote."""
     top = {n: n.split(".", 1)[0] for n in nodes}
     tops = set(top.values())
     upstream = {t for t in tops if _downstream(program, t) & tops}
