@@ -553,3 +553,61 @@ def test_reflect_rewrites_a_nested_modules_instruction_from_its_own_calls():
     seen = request_text(c.lms["reflector"].calls[0])
     assert "Step: refine.generator (word -> answer)" in seen
     assert "Step inputs:\n  word: " in seen and "Step outputs:\n  answer: " in seen
+
+
+def test_feedback_per_step_is_the_metrics_own_word_on_which_step_went_wrong():
+    from lmgraph.evaluation.metrics import feedback_text, score_value
+    from lmgraph.optimizers.reflect import blame
+
+    assert feedback_text({"middle": "the shout is lowercase", "last": "", "first": None}) == \
+        "[middle] the shout is lowercase"
+    assert score_value((0.0, {"last": "copied its input"})) == (0.0, "[last] copied its input")
+    assert feedback_text({}) is None and feedback_text("plain") == "plain"
+    prog = chain3_program()
+    nodes = ["first", "middle", "last"]
+    ok = {"first": {"outputs": {"draft": "hot"}}, "middle": {"outputs": {"shout": "hot"}},
+          "last": {"outputs": {"answer": "hot"}}}
+
+    def ex(fb):
+        return {"ok": True, "feedback": fb, "nodes": ok, "score": 0.0}
+
+    # a tag accuses the step it names, the last one too; the words around it are not read for names
+    assert blame(prog, nodes, [ex("[last] the answer dropped the shout")]) == {"first": 0, "middle": 0, "last": 1}
+    assert blame(prog, nodes, [ex("[first] bad draft\n[middle] bad shout")]) == \
+        {"first": 0.5, "middle": 0.5, "last": 0}
+    # a tag naming no node is ignored, and the plain reading applies
+    assert blame(prog, nodes, [ex("[judge] the shout is lowercase")])["middle"] == 1
+    # nested paths: a tag may name the nested module
+    assert blame(refine_program(), ["refine.generator", "refine.judge"],
+                 [{"ok": True, "feedback": "[refine.generator] lowercase", "nodes": {}, "score": 0.0}]) == \
+        {"refine.generator": 1, "refine.judge": 0}
+
+
+def test_a_metric_with_feedback_per_step_steers_the_reflection_to_the_last_step():
+    """The last step is never accused by plain feedback; a metric that tags it is taken at its word."""
+    rows = [{"word": w} for w in WORDS]
+
+    def fn(req):  # first and middle uppercase; last keeps the shout only with 'PHRASE L'
+        text = request_text(req)
+        if text.rstrip().endswith("Answer:"):
+            shout = text.rsplit("Shout:", 1)[-1].split("\n", 1)[0].strip()
+            return " " + (shout if "PHRASE L" in instruction_of(text) else shout.lower())
+        if text.rstrip().endswith("Shout:"):
+            return " " + text.rsplit("Draft:", 1)[-1].split("\n", 1)[0].strip().upper()
+        return " " + word_of(text)
+
+    def tagged(example, pred, trace=None):
+        ok = pred["answer"] == example["word"].upper()
+        return float(ok), None if ok else {"last": "it lowercased the shout it was given"}
+
+    def reflector(req):
+        text = request_text(req)
+        return "PHRASE L: copy the shout as it is." if "Step: last (" in text else "Copy the input."
+
+    c = lg.RunContext(lm=FunctionLM(fn), lms={"reflector": FunctionLM(reflector)}, cache=False)
+    new, rep = Reflect(reflection_lm="reflector", minibatch_size=4, max_iterations=1).optimize(
+        chain3_program(), rows[:12], tagged, valset=rows[12:], ctx=c)
+    first = next(x for x in rep.candidates if x.label.startswith("iteration 1:"))
+    assert first.label.startswith("iteration 1: last of pool #0"), first.label
+    assert "PHRASE L" in new.module("last").instructions and rep.best.mean == 1.0
+    assert "[last] it lowercased the shout" in request_text(c.lms["reflector"].calls[0])

@@ -166,6 +166,17 @@ def metric_name(metric: Any) -> str:
 _RETURN_FIX = "return a number in [0,1], a bool, or (score, feedback)."
 
 
+def feedback_text(feedback: Any) -> str | None:
+    """A metric's feedback as text. Feedback per step -- a mapping ``{node: text}`` (``{"generate_query":
+    "the query missed the second entity"}``) -- becomes one ``[node] text`` line per step: ``Reflect``
+    reads those tags as the metric's own word on which step went wrong."""
+    if feedback is None:
+        return None
+    if isinstance(feedback, Mapping):
+        return "\n".join(f"[{k}] {v}" for k, v in feedback.items() if v is not None and str(v).strip()) or None
+    return str(feedback)
+
+
 def score_value(raw: Any, *, metric: str | None = None, row: int | None = None) -> tuple[float, str | None]:
     """Normalise a metric's return value to (score, feedback); anything else is a MetricError."""
     where = f"on row {row}" if row is not None else ""
@@ -179,7 +190,7 @@ def score_value(raw: Any, *, metric: str | None = None, row: int | None = None) 
     if isinstance(score, (bool, numbers.Real)) or type(score).__name__ == "bool_":  # numpy bools too
         value = float(score)
         if not math.isnan(value):
-            return value, (None if feedback is None else str(feedback))
+            return value, feedback_text(feedback)
         shown = "NaN"
     else:
         shown = f"a {type(score).__name__} ({score!r:.60})"

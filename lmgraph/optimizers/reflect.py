@@ -16,9 +16,10 @@ One iteration:
    every row reaches ``perfect_score`` is skipped;
 3. pick the node to reflect on -- *credit assignment from the traces* (``select="blame"``, the
    default; :func:`blame`): each row that fell short points at the nodes its trace accuses (a
-   failed run whose error names a node; a node whose outputs came back empty; feedback that names
-   a step whose output feeds a later tuned step, by its node name or an output field -- the last
-   step is where every step's mistakes show, so naming it accuses nobody), one vote a
+   failed run whose error names a node; a node whose outputs came back empty; feedback per step --
+   the metric returned ``{node: text}`` -- for the steps it names; else feedback that names a step
+   whose output feeds a later tuned step, by its node name or an output field -- the last step is
+   where every step's mistakes show, so naming it accuses nobody), one vote a
    row, shared among the nodes it accuses; the node with the most votes is taken, ties and rows
    that accuse nobody going to the parent's next node in round robin (``select="round_robin"``:
    always that) -- and collect, for the rows that fell short, the node's inputs and outputs, the
@@ -279,6 +280,10 @@ def _mentions(text: str, name: str) -> bool:
     return any(re.search(rf"(?<![\w]){re.escape(f)}(?![\w])", text.lower()) for f in forms)
 
 
+#: a line of feedback per step (``metric`` returned ``{node: text}``; see ``evaluation.metrics.feedback_text``)
+_TAG = re.compile(r"^\[([\w.]+)\] ", re.MULTILINE)
+
+
 def _downstream(program: Program, node: str) -> set[str]:
     seen: set[str] = set()
     todo = list(program.dependents.get(node, ()))
@@ -294,9 +299,10 @@ def blame(program: Program, nodes: Sequence[str], examples: Sequence[Mapping[str
     """Credit assignment from the traces of rows that fell short (memo entries of ``session.run``):
     votes per node of ``nodes`` (nested paths count for their top-level node). A row's vote is
     shared among the nodes it accuses: a failed run's error naming a node; a node whose outputs are
-    all empty; feedback naming a node whose output reaches a later node of ``nodes``, by its name or
-    one of its output fields (the last tuned step is where every mistake shows: naming it accuses
-    nobody). Rows that accuse nobody give no vote."""
+    all empty; feedback per step (the metric returned ``{node: text}``, read as ``[node] text``
+    lines) accusing the steps it names, any of them; otherwise feedback naming a node whose output
+    reaches a later node of ``nodes``, by its name or one of its output fields (the last tuned step
+    is where every mistake shows: naming it accuses nobody). Rows that accuse nobody give no vote."""
     top = {n: n.split(".", 1)[0] for n in nodes}
     tops = set(top.values())
     upstream = {t for t in tops if _downstream(program, t) & tops}
@@ -311,12 +317,13 @@ def blame(program: Program, nodes: Sequence[str], examples: Sequence[Mapping[str
             if outs and all(v in (None, "", [], {}) for v in outs.values()):
                 accused.add(t)
         fb = str(ex.get("feedback") or "")
-        if fb:
+        tagged = {m for m in _TAG.findall(fb) if m in top or m in tops}  # feedback per step: [node] text
+        if fb and not tagged:
             for t in upstream:
                 fields = ((io.get(t) or {}).get("outputs") or {}).keys()
                 if _mentions(fb, t) or any(_mentions(fb, f) for f in fields):
                     accused.add(t)
-        paths = [n for n in nodes if top[n] in accused]
+        paths = [n for n in nodes if top[n] in accused or n in tagged or top[n] in tagged]
         for n in paths:
             votes[n] += 1.0 / len(paths)
     return votes
