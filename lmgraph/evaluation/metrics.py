@@ -1,5 +1,8 @@
 """Metrics: ``metric(example, prediction, trace) -> float | bool | (float, feedback)``.
 
+``feedback`` is text, or text per step (``{node: text}``: :func:`feedback_text` turns it into
+``[node] text`` lines, which ``Reflect`` reads as the metric's word on which step went wrong).
+
 Factories return such callables for common cases; any user callable with that shape works
 (a DSPy-style ``(example, prediction)`` function is adapted, once, with a warning).
 ``prediction`` is None when the run failed (scored 0 by :func:`evaluate`).
