@@ -4,7 +4,9 @@ matter? Multi-hop HotPotQA (retrieve -> generate_query -> retrieve -> answer) co
 search query missed the gold passage it should have found (the row's ``search_query`` label, the
 gold title hop 1 missed), or the passages held the answer and the answer step missed it -- once
 with ``select="blame"`` (the default: the node the failing rows' traces point at) and once with
-``select="round_robin"`` (each node in turn), everything else equal:
+``select="round_robin"`` (each node in turn), everything else equal; ``--selects blame+tagged`` runs
+blame with the same feedback given per step (``{"generate_query": ...}`` / ``{"answer": ...}``),
+which can accuse the answer step too:
 
     .venv/bin/python benchmarks/reflect_credit.py --seed 0 --rows 200 --test 50 --budget 400
 
@@ -39,8 +41,9 @@ from tasks.hotpotqa_multihop import retriever  # noqa: E402
 OUT = HERE / "results"
 
 
-def feedback_metric(task):  # noqa: ANN001, ANN201
-    """F1 on the answer, with feedback naming the step at fault (the search query, or the answer)."""
+def feedback_metric(task, tagged: bool = False):  # noqa: ANN001, ANN201
+    """F1 on the answer, with feedback naming the step at fault (the search query, or the answer) --
+    in words, or (``tagged``) as feedback per step, ``{node: text}``."""
     def metric(example, pred, trace=None):  # noqa: ANN001, ANN202
         score = task.score(dict(example), dict(pred))
         if score >= 1.0:
@@ -49,19 +52,23 @@ def feedback_metric(task):  # noqa: ANN001, ANN201
         query = str(pred.get("search_query") or "")
         found = [str(getattr(p, "title", "")) for p in retriever().search(query, 2)] if query else []
         if target and target not in found:
-            return score, (f"the search query {query!r} did not find the passage '{target}', which holds the "
-                           "second fact; the query should name it")
-        return score, (f"the passages held the second fact, but the answer {pred.get('answer')!r} does not match "
-                       f"{example.get('answer')!r}")
+            text = (f"the search query {query!r} did not find the passage '{target}', which holds the second "
+                    "fact; the query should name it")
+            return score, ({"generate_query": text} if tagged else text)
+        text = f"the passages held the second fact, but the answer {pred.get('answer')!r} does not match " \
+               f"{example.get('answer')!r}"
+        return score, ({"answer": text} if tagged else text)
     return metric
 
 
 def run(seed: int, select: str, args: argparse.Namespace) -> dict:
+    tagged = select.endswith("+tagged")  # "blame+tagged": the metric's feedback per step
+    select = select.removesuffix("+tagged")
     task = load("hotpotqa_multihop")
     train, val, test = headroom.splits(task, seed, SimpleNamespace(rows=args.rows, test=args.test))
     program = task.lmgraph_program()
     ctx = lg.RunContext(max_concurrency=2)
-    metric = feedback_metric(task)
+    metric = feedback_metric(task, tagged)
     plain = headroom._metric(task)
     t0 = time.perf_counter()
     opt = Reflect(max_iterations=args.iterations, minibatch_size=4, select=select)
@@ -74,6 +81,7 @@ def run(seed: int, select: str, args: argparse.Namespace) -> dict:
     props = [c for c in report.candidates if c.label.startswith("iteration")]
     went = Counter(c.label.split(": ", 1)[1].split(" of pool", 1)[0] for c in props)
     by_traces = sum(1 for c in props if "chosen from the traces" in c.reason)
+    select = select + ("+tagged" if tagged else "")
     print(f"seed {seed} {select}: {zero.mean:.3f} -> {comp.mean:.3f}, reflections {dict(went)}", flush=True)
     return {"seed": seed, "select": select, "rows": args.rows, "val": len(val[:args.val]), "test_n": len(test),
             "budget": args.budget, "iterations": args.iterations, "zero_shot": round(zero.mean, 4),
@@ -90,8 +98,8 @@ def render(units: list[dict]) -> str:
              "`.venv/bin/python benchmarks/reflect_credit.py --seed <seed> --rows 200 --test 50 --budget 400` -- "
              "SmolLM2-135M-Instruct Q4_1 in process (greedy) as task and reflection model; a feedback metric that "
              "names the step at fault (the second-hop search query missed the gold passage, or the answer step "
-             "missed an answer the passages held); test F1 on the oracle grid's 50 test rows, paired against "
-             "zero-shot.", "",
+             "missed an answer the passages held) -- in words, or per step (`{node: text}`) where the select says "
+             "`+tagged`; test F1 on the oracle grid's 50 test rows, paired against zero-shot.", "",
              "| seed | select | zero-shot | compiled | paired diff [95% CI] | reflections by node (chosen from the "
              "traces) | kept in the pool | chosen | compile calls |", "|---|---|---|---|---|---|---|---|---|"]
     for u in units:
@@ -110,7 +118,9 @@ def main() -> None:
     ap.add_argument("--val", type=int, default=20, help="validation rows Reflect scores pool candidates on")
     ap.add_argument("--budget", type=int, default=400)
     ap.add_argument("--iterations", type=int, default=10)
-    ap.add_argument("--selects", default="blame,round_robin")
+    ap.add_argument("--selects", default="blame,round_robin",
+                    help='"blame", "round_robin"; "+tagged" (e.g. "blame+tagged"): the metric gives feedback per '
+                         "step ({node: text}) instead of in words")
     args = ap.parse_args()
     path = OUT / "reflect_credit.jsonl"
     for select in args.selects.split(","):
