@@ -277,8 +277,7 @@ def recovered_interval(us: list[dict], draws: int = 20000) -> tuple[float, float
                 gs += (sum(c[i] for i in idx) - zm) / len(idx)
                 hs += max(0.0, (sum(o[i] for i in idx) - zm) / len(idx))
             ratios.append(gs / hs if hs > 0 else math.inf)
-        ratios.sort()
-        return ratios[50], ratios[1949], "paired bootstrap"
+        return (*_middle95(ratios), "paired bootstrap")
 
     def se(ci: list[float]) -> float:
         return (ci[1] - ci[0]) / 3.92
@@ -290,8 +289,13 @@ def recovered_interval(us: list[dict], draws: int = 20000) -> tuple[float, float
     for _ in range(draws):
         gg, hh = rng.gauss(g, g_se), rng.gauss(h, h_se)
         ratios.append(gg / hh if hh > 0 else math.inf)
-    ratios.sort()
-    return ratios[int(0.025 * draws)], ratios[int(0.975 * draws) - 1], "approx."
+    return (*_middle95(ratios), "approx.")
+
+
+def _middle95(values: list[float]) -> tuple[float, float]:
+    """The 2.5th and 97.5th percentiles of ``values`` (sorted in place)."""
+    values.sort()
+    return values[int(0.025 * len(values))], values[int(0.975 * len(values)) - 1]
 
 
 def _share(x: float) -> str:
